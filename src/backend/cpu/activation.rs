@@ -1,0 +1,63 @@
+//! Elementwise activations, in place over any shape.
+//!
+//! silu(x) = x * sigmoid(x); gelu (exact, erf): 0.5 x (1 + erf(x / sqrt 2));
+//! quick_gelu (CLIP): x * sigmoid(1.702 x); swiglu (Mistral MLP): silu(gate) * up.
+
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 14;
+
+fn map_inplace(x: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    x.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
+}
+
+pub fn silu(x: &mut [f32]) {
+    map_inplace(x, |v| v / (1.0 + (-v).exp()));
+}
+
+pub fn gelu(x: &mut [f32]) {
+    map_inplace(x, |v| (0.5 * v as f64 * (1.0 + libm::erf(v as f64 / std::f64::consts::SQRT_2))) as f32);
+}
+
+pub fn quick_gelu(x: &mut [f32]) {
+    map_inplace(x, |v| v / (1.0 + (-1.702 * v).exp()));
+}
+
+/// gate <- silu(gate) * up, elementwise.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "swiglu: gate and up differ in length");
+    gate.par_chunks_mut(CHUNK).zip(up.par_chunks(CHUNK)).for_each(|(g, u)| {
+        for (a, &b) in g.iter_mut().zip(u) {
+            *a = *a / (1.0 + (-*a).exp()) * b;
+        }
+    });
+}
+
+/// Apply an activation by its HF name.
+pub fn by_name(name: &str, x: &mut [f32]) {
+    match name {
+        "gelu" => gelu(x),
+        "quick_gelu" => quick_gelu(x),
+        "silu" => silu(x),
+        other => panic!("activation `{other}` should have been rejected when the config was read"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_values() {
+        let mut g = vec![1.0f32, -1.0, 0.0];
+        gelu(&mut g);
+        // torch.nn.functional.gelu(torch.tensor([1., -1., 0.]))
+        assert!((g[0] - 0.841_344_7).abs() < 1e-6 && (g[1] + 0.158_655_26).abs() < 1e-6 && g[2] == 0.0);
+        let mut s = vec![2.0f32];
+        silu(&mut s);
+        assert!((s[0] - 1.761_594_2).abs() < 1e-6);
+        let mut q = vec![1.0f32];
+        quick_gelu(&mut q);
+        assert!((q[0] - 0.845_795_77).abs() < 1e-6); // 1 / (1 + exp(-1.702))
+    }
+}

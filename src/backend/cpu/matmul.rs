@@ -1,0 +1,123 @@
+//! Dense matrix products through the `gemm` crate (multi-threaded, SIMD).
+//!
+//! matmul_t: y[M, N] = x[M, K] @ w[N, K]^T   (the `Linear` layout: HF stores weights [out, in])
+//! matmul:   y[M, N] = a[M, K] @ b[K, N]
+
+use gemm::Parallelism;
+
+/// Threads for one GEMM: rayon's pool when the product is large enough to pay for it.
+fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
+    if m * n * k >= 1 << 18 && rayon::current_num_threads() > 1 && rayon::current_thread_index().is_none() {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// General strided product, out[i, j] = sum_k a[i, k] * b[k, j], overwriting `out`.
+/// Strides are in elements: (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    out: &mut [f32],
+    out_rs: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Bounds: the last element each operand touches must be inside its slice.
+    assert!(out.len() >= (m - 1) * out_rs + n, "gemm: out too small");
+    if k > 0 {
+        assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs, "gemm: lhs too small");
+        assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs, "gemm: rhs too small");
+    }
+    // SAFETY: the asserts above keep every access of the m x k, k x n and m x n views inside the
+    // slices; `out` does not alias `a` or `b` (it is a distinct &mut).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            out_rs as isize,
+            false,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(m, n, k),
+        );
+    }
+}
+
+/// y[M, N] = x[M, K] @ w[N, K]^T.
+pub fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "matmul_t: x is not [{m}, {k}]");
+    assert_eq!(w.len(), n * k, "matmul_t: w is not [{n}, {k}]");
+    let mut y = vec![0f32; m * n];
+    gemm_strided(m, n, k, &mut y, n, x, k, 1, w, 1, k);
+    y
+}
+
+/// y[M, N] = a[M, K] @ b[K, N].
+pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(a.len(), m * k, "matmul: a is not [{m}, {k}]");
+    assert_eq!(b.len(), k * n, "matmul: b is not [{k}, {n}]");
+    let mut y = vec![0f32; m * n];
+    gemm_strided(m, n, k, &mut y, n, a, k, 1, b, n, 1);
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut y = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                y[i * n + j] = (0..k).map(|l| x[i * k + l] as f64 * w[j * k + l] as f64).sum();
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn matmul_t_matches_f64_reference() {
+        let (m, k, n) = (37, 129, 65);
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729 % 997) as f32 / 498.0) - 1.0).collect();
+        let y = matmul_t(&x, &w, m, k, n);
+        let r = naive_t(&x, &w, m, k, n);
+        for (a, b) in y.iter().zip(&r) {
+            assert!((*a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        // matmul with b = w^T gives the same product.
+        let mut wt = vec![0f32; k * n];
+        for j in 0..n {
+            for l in 0..k {
+                wt[l * n + j] = w[j * k + l];
+            }
+        }
+        let y2 = matmul(&x, &wt, m, k, n);
+        for (a, b) in y2.iter().zip(&r) {
+            assert!((*a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()));
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Rotary position embedding, HF's rotate_half (non-interleaved) form, in place on x[T, H*D].
+//!
+//! For pair i < D/2: (x_i, x_{i+D/2}) -> (x_i cos - x_{i+D/2} sin, x_{i+D/2} cos + x_i sin),
+//! angle = pos * inv_freq_i, inv_freq_i = 1 / theta^(2i/D).
+//! The table mirrors transformers' arithmetic: inv_freq in f32, angle = f32(pos) * inv_freq in f32,
+//! cos/sin of that f32 angle, so positions in the thousands round the way torch's do.
+
+pub struct RopeTable {
+    pub head_dim: usize,
+    inv_freq: Vec<f32>,
+}
+
+impl RopeTable {
+    pub fn new(head_dim: usize, theta: f64) -> Self {
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| {
+                let p = theta.powf((2 * i) as f64 / head_dim as f64) as f32;
+                1.0f32 / p
+            })
+            .collect();
+        RopeTable { head_dim, inv_freq }
+    }
+
+    /// (cos, sin) for one absolute position, each D/2 long.
+    pub fn cos_sin(&self, pos: usize) -> (Vec<f32>, Vec<f32>) {
+        let p = pos as f32;
+        self.inv_freq
+            .iter()
+            .map(|&f| {
+                let a = (p * f) as f64;
+                (a.cos() as f32, a.sin() as f32)
+            })
+            .unzip()
+    }
+}
+
+/// Rotate x[T, n_heads * D] in place; row t has absolute position `positions[t]`.
+pub fn rope(x: &mut [f32], n_heads: usize, positions: &[usize], table: &RopeTable) {
+    let d = table.head_dim;
+    let half = d / 2;
+    assert_eq!(x.len(), positions.len() * n_heads * d, "rope: x is not [T={}, {n_heads}*{d}]", positions.len());
+    for (t, row) in x.chunks_mut(n_heads * d).enumerate() {
+        let (cos, sin) = table.cos_sin(positions[t]);
+        for h in row.chunks_mut(d) {
+            for i in 0..half {
+                let (a, b) = (h[i], h[i + half]);
+                h[i] = a * cos[i] - b * sin[i];
+                h[i + half] = b * cos[i] + a * sin[i];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_preserves_norm_and_relative_angle() {
+        let t = RopeTable::new(8, 10000.0);
+        let mut q: Vec<f32> = (0..8).map(|i| i as f32 * 0.3 - 1.0).collect();
+        let mut k = q.clone();
+        let n0: f32 = q.iter().map(|v| v * v).sum();
+        rope(&mut q, 1, &[7], &t);
+        rope(&mut k, 1, &[3], &t);
+        let n1: f32 = q.iter().map(|v| v * v).sum();
+        assert!((n0 - n1).abs() < 1e-4);
+        // <R(7)x, R(3)x> == <R(4)x, x>
+        let mut q2: Vec<f32> = (0..8).map(|i| i as f32 * 0.3 - 1.0).collect();
+        let base = q2.clone();
+        rope(&mut q2, 1, &[4], &t);
+        let d1: f32 = q.iter().zip(&k).map(|(a, b)| a * b).sum();
+        let d2: f32 = q2.iter().zip(&base).map(|(a, b)| a * b).sum();
+        assert!((d1 - d2).abs() < 1e-4);
+    }
+}

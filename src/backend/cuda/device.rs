@@ -1,0 +1,169 @@
+//! [`CudaDevice`]: one CUDA context on one GPU, its stream and the embedded kernel modules.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
+use cudarc::nvrtc::Ptx;
+
+use super::{cuda_err, kernels};
+use crate::error::{Error, Result};
+
+/// True when the CUDA driver library can be loaded and reports at least one device. Never
+/// panics: false on a machine without the NVIDIA driver, without a GPU, or with
+/// `CUDA_VISIBLE_DEVICES` hiding all of them. The answer is computed once per process.
+pub fn cuda_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| device_count().map(|n| n > 0).unwrap_or(false))
+}
+
+/// The number of CUDA devices, or why there are none usable.
+fn device_count() -> std::result::Result<usize, String> {
+    // cudarc panics when libcuda cannot be loaded, so check for it first; and guard the probe
+    // anyway (a driver too old for a symbol cudarc looks up would panic as well).
+    // SAFETY: only tries to dlopen the driver library.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("the CUDA driver library (libcuda.so) was not found".into());
+    }
+    match std::panic::catch_unwind(CudaContext::device_count) {
+        Ok(Ok(n)) => Ok(n.max(0) as usize),
+        Ok(Err(e)) => Err(format!("{e}")),
+        Err(_) => Err("the CUDA driver library could not be used".into()),
+    }
+}
+
+/// One CUDA context (the primary context of device `ordinal`) with one stream on which every op
+/// is issued in order, and every `kernels/*.cu` module loaded.
+///
+/// The ops are methods on this type (see `cast.rs`); they are asynchronous on the stream, and
+/// copying a result to the host (`dtoh`) waits for them.
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: HashMap<&'static str, Arc<CudaModule>>,
+    functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+    num_sms: u32,
+    name: String,
+    compute_capability: (i32, i32),
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice")
+            .field("ordinal", &self.ctx.ordinal())
+            .field("name", &self.name)
+            .field("compute_capability", &self.compute_capability)
+            .field("num_sms", &self.num_sms)
+            .finish()
+    }
+}
+
+impl CudaDevice {
+    /// Opens device `ordinal` and loads every embedded kernel module. Fails (without panicking)
+    /// when there is no driver or no such device, or when the driver cannot load a module
+    /// (e.g. a driver older than CUDA 13.0, which the kernels are compiled with).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let op = "CudaDevice::new";
+        let n = device_count().map_err(|e| cuda_err(op, format!("device {ordinal}"), e))?;
+        if ordinal >= n {
+            return Err(cuda_err(op, format!("device {ordinal}"), format!("only {n} CUDA device(s) present")));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| cuda_err(op, format!("device {ordinal}"), e))?;
+        let stream = ctx.default_stream();
+        let name = ctx.name().unwrap_or_else(|_| "?".into());
+        let compute_capability = ctx.compute_capability().map_err(|e| cuda_err(op, "compute capability", e))?;
+        let num_sms = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| cuda_err(op, "multiprocessor count", e))? as u32;
+        let mut modules = HashMap::new();
+        for &(kname, image) in kernels::KERNELS {
+            // cuModuleLoadData reads the fatbin in place; the Vec gives it malloc's alignment
+            // (include_bytes! data is only byte-aligned).
+            let module = ctx.load_module(Ptx::from_binary(image.to_vec())).map_err(|e| {
+                cuda_err(
+                    op,
+                    format!("module kernels/{kname}.cu ({} bytes, {}) on {name} sm_{}{}", image.len(), kernels::GENCODE, compute_capability.0, compute_capability.1),
+                    e,
+                )
+            })?;
+            modules.insert(kname, module);
+        }
+        Ok(CudaDevice { ctx, stream, modules, functions: Mutex::new(HashMap::new()), num_sms, name, compute_capability })
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    /// The GPU's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.compute_capability
+    }
+    pub fn num_sms(&self) -> u32 {
+        self.num_sms
+    }
+
+    /// The kernel `func` of the module built from `kernels/<module>.cu` (cached after the first
+    /// look-up).
+    pub fn function(&self, module: &'static str, func: &'static str) -> Result<CudaFunction> {
+        let mut cache = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = cache.get(&(module, func)) {
+            return Ok(f.clone());
+        }
+        let m = self.modules.get(module).ok_or_else(|| Error::Cuda {
+            op: func.to_string(),
+            msg: format!("no kernel module kernels/{module}.cu is embedded"),
+        })?;
+        let f = m.load_function(func).map_err(|e| cuda_err(func, format!("kernels/{module}.cu"), e))?;
+        cache.insert((module, func), f.clone());
+        Ok(f)
+    }
+
+    /// A 1-D launch for a grid-stride kernel over `n` elements: `block` threads per block and
+    /// enough blocks to cover `n`, capped at 32 blocks per SM (the loop covers the rest).
+    pub fn grid_stride_config(&self, n: usize, block: u32) -> LaunchConfig {
+        let blocks = n.div_ceil(block as usize).clamp(1, self.num_sms.max(1) as usize * 32);
+        LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    /// Copies host data to a new device buffer.
+    pub fn htod<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        let r = if data.is_empty() { self.stream.null() } else { self.stream.clone_htod(data) };
+        r.map_err(|e| cuda_err("htod", format!("[{}]", data.len()), e))
+    }
+
+    /// Copies a device buffer to the host, after everything queued before it on the stream.
+    pub fn dtoh<T: DeviceRepr>(&self, data: &CudaSlice<T>) -> Result<Vec<T>> {
+        if data.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.stream.clone_dtoh(data).map_err(|e| cuda_err("dtoh", format!("[{}]", data.len()), e))
+    }
+
+    /// A new device buffer of `n` zeroed elements.
+    pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
+        self.stream.alloc_zeros(n).map_err(|e| cuda_err("alloc_zeros", format!("[{n}]"), e))
+    }
+
+    /// A new device buffer of `n` elements whose contents are unspecified (an empty one for
+    /// `n == 0`).
+    ///
+    /// # Safety
+    /// The caller must write every element before reading it (typically by launching a kernel
+    /// that writes all of them); until then the contents are garbage and may be invalid for `T`.
+    pub unsafe fn alloc_uninit<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
+        let r = if n == 0 { self.stream.null() } else { unsafe { self.stream.alloc(n) } };
+        r.map_err(|e| cuda_err("alloc", format!("[{n}]"), e))
+    }
+
+    /// Waits until every op queued on the stream has finished; reports asynchronous kernel errors.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| cuda_err("synchronize", "-", e))
+    }
+}

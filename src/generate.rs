@@ -1,0 +1,301 @@
+//! The inference pipeline: checkpoint directory -> tokenizer + image processor + model, and the two
+//! jobs the CLI exposes: batched generation with a KV cache, and scoring a response
+//! (per-token log-probabilities, what DPO consumes).
+//!
+//! Sampling follows HF `generate`'s order of logits processors: temperature, then top-k, then
+//! top-p; temperature 0 is greedy (argmax, lowest index on ties, like torch.argmax). Each sequence
+//! of a batch draws from its own random stream derived from the seed and its index, so a sequence's
+//! output does not depend on what it is batched with.
+
+use std::path::Path;
+
+use crate::backend::cpu::logsumexp;
+use crate::config::{generation_eos, CheckpointPaths};
+use crate::error::{Error, Result};
+use crate::image::{preprocess, ImageProcessorConfig, RgbImage};
+use crate::model::{KvCache, Llava};
+use crate::tensor::Tensor;
+use crate::text::{ChatTemplate, Tokenizer, IMAGE_TOKEN};
+
+#[derive(Clone, Debug)]
+pub struct SamplingParams {
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    /// 1.0 = off.
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { max_new_tokens: 64, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+    }
+}
+
+/// SplitMix64: a small, well-known generator, so that a seed gives the same samples everywhere.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Pick the next token from one row of logits [V].
+pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut Rng) -> u32 {
+    let argmax = || {
+        let mut best = 0;
+        for (i, &v) in logits.iter().enumerate() {
+            if v > logits[best] {
+                best = i;
+            }
+        }
+        best as u32
+    };
+    if p.temperature <= 0.0 {
+        return argmax();
+    }
+    let mut scores: Vec<f32> = logits.iter().map(|&v| v / p.temperature).collect();
+    if p.top_k > 0 && p.top_k < scores.len() {
+        let mut sorted = scores.clone();
+        sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+        let kth = sorted[p.top_k - 1];
+        scores.iter_mut().filter(|v| **v < kth).for_each(|v| *v = f32::NEG_INFINITY);
+    }
+    if p.top_p < 1.0 {
+        // HF TopPLogitsWarper: sort ascending, drop the low tail whose cumulative probability is
+        // <= 1 - top_p, always keeping the most likely token.
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+        let probs = softmax(&scores);
+        let mut cum = 0f64;
+        let last = order.len() - 1;
+        for (rank, &i) in order.iter().enumerate() {
+            cum += probs[i];
+            if cum <= 1.0 - p.top_p as f64 && rank != last {
+                scores[i] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let probs = softmax(&scores);
+    let u = rng.uniform();
+    let mut cum = 0f64;
+    let mut last_nonzero = 0;
+    for (i, &q) in probs.iter().enumerate() {
+        if q > 0.0 {
+            cum += q;
+            last_nonzero = i;
+            if u < cum {
+                return i as u32;
+            }
+        }
+    }
+    last_nonzero as u32
+}
+
+fn softmax(x: &[f32]) -> Vec<f64> {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let e: Vec<f64> = x.iter().map(|&v| if v == f32::NEG_INFINITY { 0.0 } else { (v as f64 - m).exp() }).collect();
+    let z: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / z).collect()
+}
+
+/// One generation request: a prompt (already templated or raw) and its images.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub prompt: String,
+    pub images: Vec<RgbImage>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Generation {
+    pub prompt_ids: Vec<u32>,
+    pub n_image_tokens: usize,
+    pub output_ids: Vec<u32>,
+    pub text: String,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Score {
+    pub response_ids: Vec<u32>,
+    pub logprobs: Vec<f64>,
+    pub sum: f64,
+}
+
+pub struct Pipeline {
+    pub model: Llava,
+    pub tokenizer: Tokenizer,
+    pub processor: ImageProcessorConfig,
+    pub template: ChatTemplate,
+    pub eos: Vec<u32>,
+}
+
+impl Pipeline {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let paths = CheckpointPaths::new(dir);
+        let model = Llava::load(dir)?;
+        let tokenizer = Tokenizer::from_file(&paths.tokenizer)?;
+        let mut processor = ImageProcessorConfig::from_file(&paths.preprocessor)?;
+        if processor.image_grid_pinpoints.is_none() && !model.cfg.image_grid_pinpoints.is_empty() {
+            processor.image_grid_pinpoints = Some(model.cfg.image_grid_pinpoints.clone());
+        }
+        let eos = generation_eos(&paths.generation)?.unwrap_or_else(|| model.cfg.text.eos_token_ids.clone());
+        let template = ChatTemplate::for_decoder(model.cfg.text.arch);
+        Ok(Pipeline { model, tokenizer, processor, template, eos })
+    }
+
+    /// The prompt text the model sees: templated unless `raw`.
+    pub fn format_prompt(&self, prompt: &str, n_images: usize, raw: bool) -> String {
+        if raw {
+            prompt.to_string()
+        } else {
+            self.template.apply(prompt, n_images > 0)
+        }
+    }
+
+    /// Token ids (BOS first) of a formatted prompt, before `<image>` expansion; checks that the
+    /// prompt has one `<image>` per image.
+    pub fn prompt_ids(&self, text: &str, n_images: usize) -> Result<Vec<u32>> {
+        let ids = self.tokenizer.encode(text, true)?;
+        let n_tok = ids.iter().filter(|&&t| t == self.model.cfg.image_token_index).count();
+        if n_tok != n_images {
+            return Err(Error::Input(format!(
+                "the prompt has {n_tok} {IMAGE_TOKEN} token(s) but {n_images} image(s) were given; \
+                 put one {IMAGE_TOKEN} where each image goes (or drop --raw-prompt to use the chat template)"
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// Input embeddings [T, C] for prompt ids and images, and the number of image feature rows.
+    pub fn embed(&self, ids: &[u32], images: &[RgbImage]) -> Result<(Tensor, usize)> {
+        let feats = images
+            .iter()
+            .map(|img| self.model.image_features(&preprocess(img, &self.processor)?))
+            .collect::<Result<Vec<_>>>()?;
+        let k = feats.iter().map(|f| f.dim(0)).sum();
+        Ok((self.model.embed_with_images(ids, &feats)?, k))
+    }
+
+    /// Generate for a batch of requests at once (one prefill call, then one decode call per step
+    /// over every unfinished sequence).
+    pub fn generate(&self, reqs: &[Request], params: &SamplingParams) -> Result<Vec<Generation>> {
+        let mut prompt_ids = Vec::new();
+        let mut inputs = Vec::new();
+        let mut n_img = Vec::new();
+        for r in reqs {
+            let ids = self.prompt_ids(&r.prompt, r.images.len())?;
+            let (x, k) = self.embed(&ids, &r.images)?;
+            prompt_ids.push(ids);
+            inputs.push(x);
+            n_img.push(k);
+        }
+        let outputs = self.generate_from_embeds(inputs, params)?;
+        reqs.iter()
+            .enumerate()
+            .map(|(i, _)| {
+                Ok(Generation {
+                    prompt_ids: prompt_ids[i].clone(),
+                    n_image_tokens: n_img[i],
+                    text: self.tokenizer.decode(&outputs[i], true)?,
+                    output_ids: outputs[i].clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The decode loop over prepared input embeddings (each [T_b, C]). Output ids include the EOS
+    /// token that stopped a sequence, as HF's `generate` returns them.
+    pub fn generate_from_embeds(&self, inputs: Vec<Tensor>, params: &SamplingParams) -> Result<Vec<Vec<u32>>> {
+        let dec = &self.model.decoder;
+        let b = inputs.len();
+        let lens: Vec<usize> = inputs.iter().map(|x| x.dim(0)).collect();
+        let mut caches: Vec<KvCache> = lens.iter().map(|&t| KvCache::new(&dec.cfg, t + params.max_new_tokens)).collect();
+        let mut rngs: Vec<Rng> = (0..b).map(|i| Rng::new(params.seed ^ (i as u64).wrapping_mul(0xA24B_AED4_963E_E407))).collect();
+        let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+        if params.max_new_tokens == 0 || b == 0 {
+            return Ok(out);
+        }
+        let refs: Vec<&Tensor> = inputs.iter().collect();
+        let x = Tensor::cat_rows(&refs)?;
+        let mut cache_refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+        let h = dec.forward(x, &lens, &mut cache_refs)?;
+        // Last row of each sequence.
+        let mut last_rows = Vec::with_capacity(b);
+        let mut row = 0;
+        for &n in &lens {
+            row += n;
+            last_rows.push(h.rows(row - 1, row));
+        }
+        let mut active: Vec<usize> = (0..b).collect();
+        let mut hidden = Tensor::cat_rows(&last_rows.iter().collect::<Vec<_>>())?;
+        loop {
+            let logits = dec.logits(&hidden)?;
+            let mut next_active = Vec::new();
+            let mut next_tokens = Vec::new();
+            for (j, &s) in active.iter().enumerate() {
+                let t = sample(logits.row(j), params, &mut rngs[s]);
+                out[s].push(t);
+                if !self.eos.contains(&t) && out[s].len() < params.max_new_tokens {
+                    next_active.push(s);
+                    next_tokens.push(t);
+                }
+            }
+            if next_active.is_empty() {
+                break;
+            }
+            let x = dec.embed(&next_tokens)?;
+            let mut refs: Vec<&mut KvCache> = caches
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| next_active.contains(i))
+                .map(|(_, c)| c)
+                .collect();
+            hidden = dec.forward(x, &vec![1; next_active.len()], &mut refs)?;
+            active = next_active;
+        }
+        Ok(out)
+    }
+
+    /// Log-probabilities of `response` (tokenized without BOS, appended right after the prompt)
+    /// given the formatted prompt and its images.
+    pub fn score(&self, prompt: &str, images: &[RgbImage], response: &str) -> Result<Score> {
+        let ids = self.prompt_ids(prompt, images.len())?;
+        let response_ids = self.tokenizer.encode(response, false)?;
+        if response_ids.is_empty() {
+            return Err(Error::Input("the response is empty after tokenization".into()));
+        }
+        let all: Vec<u32> = ids.iter().chain(&response_ids).copied().collect();
+        let (x, _) = self.embed(&all, images)?;
+        let logprobs = self.score_embeds(x, &response_ids)?;
+        let sum = logprobs.iter().sum();
+        Ok(Score { response_ids, logprobs, sum })
+    }
+
+    /// Per-token log-probs of the last `targets.len()` rows of `x` [T, C].
+    pub fn score_embeds(&self, x: Tensor, targets: &[u32]) -> Result<Vec<f64>> {
+        let dec = &self.model.decoder;
+        let t = x.dim(0);
+        let r = targets.len();
+        let mut cache = KvCache::new(&dec.cfg, t);
+        let h = dec.forward(x, &[t], &mut [&mut cache])?;
+        // Row t-r-1 predicts target 0, ..., row t-2 predicts target r-1.
+        let logits = dec.logits(&h.rows(t - r - 1, t - 1))?;
+        Ok(targets.iter().enumerate().map(|(i, &tok)| logits.row(i)[tok as usize] as f64 - logsumexp(logits.row(i))).collect())
+    }
+}

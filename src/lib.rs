@@ -1,0 +1,26 @@
+//! stic: run and train LLaVA-style vision-language models.
+//!
+//! Module map (see docs/ARCHITECTURE.md):
+//! - `config`    HF config.json / preprocessor_config.json with HF defaults for missing keys
+//! - `weights`   memory-mapped (sharded) safetensors, dtype widening, missing/extra tensor checks
+//! - `tensor`    the host f32 tensor
+//! - `backend`   ops: `backend::cpu` is the reference; `backend::cuda` (feature `cuda`) the GPU
+//! - `nn`        `Linear` (one type for every projection; LoRA attaches here later)
+//! - `model`     CLIP vision tower, projector, Mistral/LLaMA decoder, LLaVA(-NeXT) glue
+//! - `image`     PIL-exact preprocessing: CLIP resize/crop/normalise, AnyRes tiling
+//! - `text`      tokenizer and chat templates
+//! - `generate`  KV cache, sampling, batched generation, response scoring
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod image;
+pub mod model;
+pub mod nn;
+pub mod tensor;
+pub mod text;
+pub mod weights;
+
+pub use error::{Error, Result};
+pub use tensor::Tensor;

@@ -1,0 +1,201 @@
+//! Mistral / LLaMA decoder (HF `MistralModel`, `LlamaModel` + `lm_head`).
+//!
+//! x[T, C] -> L layers of: h = x + o(attn(rope(q(n1(x))), rope(k(n1(x))), v(n1(x))))
+//!                         x = h + down(silu(gate(n2(h))) * up(n2(h)))
+//! -> final RMSNorm -> lm_head [V, C] (or the tied embedding).
+//! q: [T, H*D], k/v: [T, Hkv*D] (GQA, H a multiple of Hkv). Causal attention, with Mistral's
+//! optional sliding window.
+//!
+//! Batching: `forward` takes several sequences at once, their rows stacked into one x[sum T_b, C].
+//! The projections run on all rows together; attention runs per sequence over that sequence's
+//! `KvCache`, which grows by T_b rows per call. Prefill of a batch is one call with each prompt's
+//! length; a decode step is one call with length 1 per active sequence.
+
+use crate::backend::cpu;
+use crate::config::TextConfig;
+use crate::error::{Error, Result};
+use crate::model::clip::add_inplace;
+use crate::nn::{Linear, RmsNorm};
+use crate::tensor::Tensor;
+use crate::weights::WeightStore;
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_attention_layernorm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Keys and values of one sequence: per layer, rows [len, Hkv*D].
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(cfg: &TextConfig, capacity: usize) -> Self {
+        let w = cfg.num_key_value_heads * cfg.head_dim;
+        KvCache {
+            k: (0..cfg.num_hidden_layers).map(|_| Vec::with_capacity(capacity * w)).collect(),
+            v: (0..cfg.num_hidden_layers).map(|_| Vec::with_capacity(capacity * w)).collect(),
+            len: 0,
+        }
+    }
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+pub struct Decoder {
+    pub cfg: TextConfig,
+    embed_tokens: Tensor, // [V, C]
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>, // None: tied to embed_tokens
+    rope: cpu::RopeTable,
+}
+
+impl Decoder {
+    /// `model_prefix` holds embed_tokens/layers/norm; `lm_head` is the lm_head weight's name.
+    pub fn load(ws: &WeightStore, model_prefix: &str, lm_head: &str, cfg: &TextConfig) -> Result<Self> {
+        let (c, v, f) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
+        let (qd, kvd) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
+        let eps = cfg.rms_norm_eps;
+        let embed_tokens = ws.get(&format!("{model_prefix}.embed_tokens.weight"), &[v, c])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("{model_prefix}.layers.{i}");
+            let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
+            ws.skip(&format!("{p}.self_attn.rotary_emb.inv_freq"));
+            layers.push(DecoderLayer {
+                input_layernorm: RmsNorm::load(ws, &format!("{p}.input_layernorm"), c, eps)?,
+                q: Linear::load(ws, &format!("{p}.self_attn.q_proj"), c, qd, ab)?,
+                k: Linear::load(ws, &format!("{p}.self_attn.k_proj"), c, kvd, ab)?,
+                v: Linear::load(ws, &format!("{p}.self_attn.v_proj"), c, kvd, ab)?,
+                o: Linear::load(ws, &format!("{p}.self_attn.o_proj"), qd, c, ab)?,
+                post_attention_layernorm: RmsNorm::load(ws, &format!("{p}.post_attention_layernorm"), c, eps)?,
+                gate: Linear::load(ws, &format!("{p}.mlp.gate_proj"), c, f, mb)?,
+                up: Linear::load(ws, &format!("{p}.mlp.up_proj"), c, f, mb)?,
+                down: Linear::load(ws, &format!("{p}.mlp.down_proj"), f, c, mb)?,
+            });
+        }
+        let norm = RmsNorm::load(ws, &format!("{model_prefix}.norm"), c, eps)?;
+        let lm_head = if cfg.tie_word_embeddings && !ws.contains(lm_head) {
+            None
+        } else {
+            Some(Linear::load(ws, lm_head.trim_end_matches(".weight"), c, v, false)?)
+        };
+        let rope = cpu::RopeTable::new(cfg.head_dim, cfg.rope_theta);
+        Ok(Decoder { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rope })
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    /// Token embeddings [T, C].
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        let c = self.cfg.hidden_size;
+        let mut x = Vec::with_capacity(ids.len() * c);
+        for &id in ids {
+            if id as usize >= self.cfg.vocab_size {
+                return Err(Error::Input(format!("token id {id} is outside the vocabulary ({})", self.cfg.vocab_size)));
+            }
+            x.extend_from_slice(self.embed_tokens.row(id as usize));
+        }
+        Tensor::new(x, &[ids.len(), c])
+    }
+
+    /// Run the stacked rows of several sequences (`lens[b]` rows each) through the decoder,
+    /// appending to each sequence's cache. Returns the final-normed hidden states [sum T_b, C].
+    pub fn forward(&self, x: Tensor, lens: &[usize], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let total: usize = lens.iter().sum();
+        if lens.len() != caches.len() || x.rows_cols() != (total, cfg.hidden_size) {
+            return Err(Error::shape(
+                "decoder",
+                format!("x {:?} with {} sequences of lengths {lens:?} and {} caches", x.shape(), lens.len(), caches.len()),
+            ));
+        }
+        let (h, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (qw, kw) = (h * d, hkv * d);
+        // Absolute positions of every row: each sequence continues where its cache stops.
+        let mut positions = Vec::with_capacity(total);
+        for (b, &n) in lens.iter().enumerate() {
+            let start = caches[b].len;
+            if start + n > cfg.max_position_embeddings {
+                return Err(Error::Input(format!(
+                    "sequence of {} tokens exceeds max_position_embeddings {}",
+                    start + n,
+                    cfg.max_position_embeddings
+                )));
+            }
+            positions.extend(start..start + n);
+        }
+        let mask = cpu::AttnMask::Causal { window: cfg.sliding_window };
+        let mut x = x;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let hn = layer.input_layernorm.forward(&x)?;
+            let mut q = layer.q.forward(&hn)?;
+            let mut k = layer.k.forward(&hn)?;
+            let v = layer.v.forward(&hn)?;
+            cpu::rope(q.data_mut(), h, &positions, &self.rope);
+            cpu::rope(k.data_mut(), hkv, &positions, &self.rope);
+            let mut attn = Vec::with_capacity(total * qw);
+            let mut row = 0;
+            for (b, &n) in lens.iter().enumerate() {
+                let cache = &mut *caches[b];
+                let start = cache.len;
+                cache.k[li].extend_from_slice(&k.data()[row * kw..(row + n) * kw]);
+                cache.v[li].extend_from_slice(&v.data()[row * kw..(row + n) * kw]);
+                attn.extend(cpu::attention(
+                    &q.data()[row * qw..(row + n) * qw],
+                    &cache.k[li],
+                    &cache.v[li],
+                    n,
+                    start + n,
+                    h,
+                    hkv,
+                    d,
+                    start,
+                    mask,
+                ));
+                row += n;
+            }
+            let a = layer.o.forward(&Tensor::new(attn, &[total, qw])?)?;
+            add_inplace(&mut x, &a);
+            let hn = layer.post_attention_layernorm.forward(&x)?;
+            let mut g = layer.gate.forward(&hn)?;
+            let u = layer.up.forward(&hn)?;
+            cpu::swiglu(g.data_mut(), u.data());
+            let m = layer.down.forward(&g)?;
+            add_inplace(&mut x, &m);
+        }
+        for (b, &n) in lens.iter().enumerate() {
+            caches[b].len += n;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Logits [R, V] for hidden rows [R, C].
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        match &self.lm_head {
+            Some(l) => l.forward(hidden),
+            None => {
+                let (r, c) = hidden.rows_cols();
+                Tensor::new(cpu::matmul_t(hidden.data(), self.embed_tokens.data(), r, c, self.cfg.vocab_size), &[r, self.cfg.vocab_size])
+            }
+        }
+    }
+}

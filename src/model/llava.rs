@@ -1,0 +1,221 @@
+//! LLaVA-1.5 and LLaVA-NeXT: vision tower + projector + decoder, and the merge of image features
+//! into the token sequence.
+//!
+//! Image path: pixels[N, 3, S, S] -> CLIP hidden_states[idx] (concat over idx) [N, 1+G*G, Cv*L]
+//! -> drop the class token ("default") -> projector -> [N, G*G, C]. LLaVA-1.5: N = 1, K = G*G.
+//! LLaVA-NeXT: tile 0 is the base image; tiles 1.. form a rows x cols grid that is laid out as a
+//! (rows*G) x (cols*G) feature map, unpadded to the original aspect ratio, with `image_newline`
+//! appended to every row: K = G*G + h'*(w'+1).
+//! Each single `<image>` token in the prompt is replaced in place by its image's K feature rows.
+//!
+//! Checkpoint key layouts: the hub's llava-hf files use `language_model.model.*`,
+//! `language_model.lm_head.weight`, `vision_tower.vision_model.*`, `multi_modal_projector.*`,
+//! `image_newline`; the in-memory layout of newer transformers is `model.language_model.*`,
+//! `model.vision_tower.*`, `lm_head.weight`, `model.image_newline`; transformers 5.23 saves
+//! `vision_tower.*` without `vision_model.`. All load.
+
+use std::path::Path;
+
+use crate::config::{FeatureSelect, LlavaConfig, LlavaKind};
+use crate::error::{Error, Result};
+use crate::image::{anyres_grid_shape, ProcessedImage};
+use crate::model::clip::ClipVision;
+use crate::model::decoder::Decoder;
+use crate::model::projector::Projector;
+use crate::tensor::Tensor;
+use crate::weights::WeightStore;
+
+/// Candidate prefixes of each component, newest layout first. Each component is located on its
+/// own (by a tensor it must have), because writers mix styles: transformers 5.23 writes the hub's
+/// `language_model.model.*` but a `vision_tower.*` without the `vision_model.` level.
+const VISION: [&str; 4] = ["model.vision_tower.vision_model", "model.vision_tower", "vision_tower.vision_model", "vision_tower"];
+const PROJECTOR: [&str; 2] = ["model.multi_modal_projector", "multi_modal_projector"];
+const LM: [&str; 2] = ["model.language_model", "language_model.model"];
+const LM_HEAD: [&str; 2] = ["lm_head.weight", "language_model.lm_head.weight"];
+const NEWLINE: [&str; 2] = ["model.image_newline", "image_newline"];
+
+/// The first prefix `p` for which `{p}{probe}` is in the checkpoint.
+fn locate<'a>(ws: &WeightStore, candidates: &[&'a str], probe: &str, what: &str) -> Result<&'a str> {
+    candidates.iter().copied().find(|p| ws.contains(&format!("{p}{probe}"))).ok_or_else(|| {
+        let tried: Vec<String> = candidates.iter().map(|p| format!("`{p}{probe}`")).collect();
+        Error::weights(ws.dir(), format!("no {what} found: expected one of {}", tried.join(", ")))
+    })
+}
+
+pub struct Llava {
+    pub cfg: LlavaConfig,
+    vision: ClipVision,
+    projector: Projector,
+    pub decoder: Decoder,
+    image_newline: Option<Tensor>,
+    feature_states: Vec<usize>,
+}
+
+impl Llava {
+    /// Load `config.json` and the weights of the checkpoint in `dir`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cfg = LlavaConfig::from_file(&dir.join("config.json"))?;
+        let ws = WeightStore::open(dir)?;
+        let model = Self::from_weights(cfg, &ws)?;
+        ws.finish()?;
+        Ok(model)
+    }
+
+    pub fn from_weights(cfg: LlavaConfig, ws: &WeightStore) -> Result<Self> {
+        let lm = locate(ws, &LM, ".embed_tokens.weight", "language-model embedding")?;
+        let vision_prefix = locate(ws, &VISION, ".embeddings.class_embedding", "vision tower")?;
+        let projector_prefix = locate(ws, &PROJECTOR, ".linear_1.weight", "projector")?;
+        // A tied lm_head may be absent; the decoder then uses the embedding.
+        let lm_head = locate(ws, &LM_HEAD, "", "lm_head").unwrap_or(LM_HEAD[0]);
+        let feature_states = cfg.feature_state_indices();
+        let n_layers = feature_states.iter().copied().max().unwrap_or(0);
+        let vision = ClipVision::load(ws, vision_prefix, &cfg.vision, n_layers)?;
+        let vdim = cfg.vision.hidden_size * feature_states.len();
+        let projector = Projector::load(
+            ws,
+            projector_prefix,
+            vdim,
+            cfg.text.hidden_size,
+            &cfg.projector_hidden_act,
+            cfg.multimodal_projector_bias,
+        )?;
+        let decoder = Decoder::load(ws, lm, lm_head, &cfg.text)?;
+        let image_newline = if cfg.kind == LlavaKind::LlavaNext {
+            Some(ws.get(locate(ws, &NEWLINE, "", "image_newline")?, &[cfg.text.hidden_size])?)
+        } else {
+            None
+        };
+        Ok(Llava { cfg, vision, projector, decoder, image_newline, feature_states })
+    }
+
+    /// Projected features of every tile: [N, P, C] with P = G*G ("default") or G*G+1 ("full").
+    pub fn tile_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        let states = self.vision.forward(pixels, &self.feature_states)?;
+        let (n, tokens, cv) = (states[0].dim(0), states[0].dim(1), states[0].dim(2));
+        let skip = match self.cfg.vision_feature_select_strategy {
+            FeatureSelect::Default => 1,
+            FeatureSelect::Full => 0,
+        };
+        let p = tokens - skip;
+        let l = states.len();
+        let mut x = vec![0f32; n * p * cv * l];
+        for t in 0..n {
+            for j in 0..p {
+                for (si, s) in states.iter().enumerate() {
+                    let src = &s.data()[((t * tokens) + j + skip) * cv..][..cv];
+                    x[((t * p + j) * l + si) * cv..][..cv].copy_from_slice(src);
+                }
+            }
+        }
+        let y = self.projector.forward(&Tensor::new(x, &[n * p, cv * l])?)?;
+        y.reshape(&[n, p, self.cfg.text.hidden_size])
+    }
+
+    /// The K feature rows [K, C] that replace one `<image>` token.
+    pub fn image_features(&self, image: &ProcessedImage) -> Result<Tensor> {
+        let feats = self.tile_features(&image.pixel_values)?;
+        let c = self.cfg.text.hidden_size;
+        let (n, p) = (feats.dim(0), feats.dim(1));
+        let flat = feats.reshape(&[n * p, c])?;
+        match self.cfg.kind {
+            LlavaKind::Llava => Ok(flat),
+            LlavaKind::LlavaNext => {
+                let newline = self.image_newline.as_ref().expect("LLaVA-NeXT has image_newline");
+                if n == 1 {
+                    return Tensor::cat_rows(&[&flat, &newline.clone().reshape(&[1, c])?]);
+                }
+                let g = self.cfg.vision.grid();
+                let (rows, cols) = anyres_grid_shape(image.image_size, &self.cfg.image_grid_pinpoints, self.cfg.vision.image_size);
+                if rows * cols != n - 1 || p != g * g {
+                    return Err(Error::shape(
+                        "anyres_merge",
+                        format!("{} grid tiles of {p} features, expected a {rows}x{cols} grid of {g}x{g}", n - 1),
+                    ));
+                }
+                let base = flat.rows(0, p);
+                let grid = pack_grid(&flat.data()[p * c..], rows, cols, g, c, image.image_size, newline.data());
+                Tensor::cat_rows(&[&base, &grid])
+            }
+        }
+    }
+
+    /// Token embeddings with every `<image>` token replaced by its image's feature rows.
+    pub fn embed_with_images(&self, ids: &[u32], images: &[Tensor]) -> Result<Tensor> {
+        let n_tok = ids.iter().filter(|&&t| t == self.cfg.image_token_index).count();
+        if n_tok != images.len() {
+            return Err(Error::Input(format!(
+                "the prompt has {n_tok} <image> token(s) (id {}) but {} image(s) were given",
+                self.cfg.image_token_index,
+                images.len()
+            )));
+        }
+        let c = self.cfg.text.hidden_size;
+        // The image token itself is never embedded (it may lie outside the text vocabulary).
+        let text_ids: Vec<u32> = ids.iter().map(|&t| if t == self.cfg.image_token_index { 0 } else { t }).collect();
+        let text = self.decoder.embed(&text_ids)?;
+        let total = ids.len() - n_tok + images.iter().map(|f| f.dim(0)).sum::<usize>();
+        let mut x = Vec::with_capacity(total * c);
+        let mut img = images.iter();
+        for (i, &id) in ids.iter().enumerate() {
+            if id == self.cfg.image_token_index {
+                x.extend_from_slice(img.next().unwrap().data());
+            } else {
+                x.extend_from_slice(text.row(i));
+            }
+        }
+        Tensor::new(x, &[total, c])
+    }
+}
+
+/// Lay out grid-tile features [rows*cols*G*G, C] as a (rows*G) x (cols*G) map, remove the rows or
+/// columns that are padding for an image of `orig_hw`, and append `newline` to every row.
+fn pack_grid(tiles: &[f32], rows: usize, cols: usize, g: usize, c: usize, orig_hw: (usize, usize), newline: &[f32]) -> Tensor {
+    let (h, w) = (rows * g, cols * g);
+    let (r0, r1, c0, c1) = unpad_bounds(h, w, orig_hw);
+    let mut out = Vec::with_capacity((r1 - r0) * (c1 - c0 + 1) * c);
+    for y in r0..r1 {
+        let (tr, iy) = (y / g, y % g);
+        for x in c0..c1 {
+            let (tc, ix) = (x / g, x % g);
+            let tile = tr * cols + tc;
+            out.extend_from_slice(&tiles[((tile * g + iy) * g + ix) * c..][..c]);
+        }
+        out.extend_from_slice(newline);
+    }
+    let n = out.len() / c;
+    Tensor::new(out, &[n, c]).expect("pack_grid shape")
+}
+
+/// HF `unpad_image`: the [r0, r1) x [c0, c1) window of an h x w feature map that holds the image
+/// (the padding added by the aspect-preserving resize is cut off).
+pub fn unpad_bounds(h: usize, w: usize, (oh, ow): (usize, usize)) -> (usize, usize, usize, usize) {
+    // Python: int(round(x, 7)); rounding at 7 decimals only matters for values like 11.99999999.
+    let round7 = |x: f64| ((x * 1e7).round_ties_even() / 1e7).trunc() as usize;
+    let orig_aspect = ow as f64 / oh as f64;
+    let cur_aspect = w as f64 / h as f64;
+    if orig_aspect > cur_aspect {
+        let new_h = round7(oh as f64 * (w as f64 / ow as f64));
+        let pad = (h - new_h.min(h)) / 2;
+        (pad, h - pad, 0, w)
+    } else {
+        let new_w = round7(ow as f64 * (h as f64 / oh as f64));
+        let pad = (w - new_w.min(w)) / 2;
+        (0, h, pad, w - pad)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpad_wide_and_tall() {
+        // 200x120 (w x h) image on a 1x2 grid of 24: map 24 x 48, aspect 1.67 < 2:
+        // w' = int(200 * 24/120) = 40, pad 4 columns each side.
+        assert_eq!(unpad_bounds(24, 48, (120, 200)), (0, 24, 4, 44));
+        // 500x300 image in a 48x48 map: aspect 1.67 > 1: h' = round(300*48/500) = 28, pad 10.
+        assert_eq!(unpad_bounds(48, 48, (300, 500)), (10, 38, 0, 48));
+        // tall 90x250 (w x h) in a 72x24 map: aspect .36 > .333: h' = round(250*24/90)=66, pad 3.
+        assert_eq!(unpad_bounds(72, 24, (250, 90)), (3, 69, 0, 24));
+    }
+}

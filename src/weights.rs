@@ -1,0 +1,232 @@
+//! Checkpoint weights: single or sharded safetensors, memory-mapped, widened to f32 on load.
+//!
+//! `WeightStore::open(dir)` reads `model.safetensors.index.json` when present (every shard it names
+//! must exist and hold exactly the tensors the index assigns to it) or else `model.safetensors`.
+//! Each file's header is validated up front, so a truncated file fails at open with its path.
+//! Tensors are fetched by name with their expected shape; the store remembers what was taken, and
+//! `finish` reports any tensor that the model did not use ("extra"), so a checkpoint for a
+//! different architecture cannot load silently.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use memmap2::Mmap;
+use rayon::prelude::*;
+use safetensors::tensor::{Dtype, Metadata};
+use safetensors::SafeTensors;
+
+use crate::config::read_json;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+    /// Byte offset of the data section (8 + header length).
+    data_start: usize,
+    meta: Metadata,
+}
+
+/// Where one tensor lives.
+#[derive(Clone, Copy)]
+struct Entry {
+    shard: usize,
+}
+
+pub struct WeightStore {
+    dir: PathBuf,
+    shards: Vec<Shard>,
+    entries: BTreeMap<String, Entry>,
+    taken: Mutex<HashSet<String>>,
+}
+
+fn open_shard(path: &Path) -> Result<Shard> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the file is opened read-only and we never mutate it; a checkpoint rewritten while
+    // being read is outside what this loader defends against, as in every mmap-based loader.
+    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let (header_len, meta) = SafeTensors::read_metadata(&mmap[..]).map_err(|e| {
+        Error::weights(path, format!("not a valid safetensors file (truncated or corrupt?): {e}"))
+    })?;
+    Ok(Shard { path: path.to_path_buf(), mmap, data_start: 8 + header_len, meta })
+}
+
+impl WeightStore {
+    /// Open the weights of the checkpoint in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        if index.exists() {
+            Self::open_sharded(dir, &index)
+        } else if single.exists() {
+            Self::from_files(dir, &[single])
+        } else {
+            Err(Error::weights(dir, "no model.safetensors or model.safetensors.index.json in this directory"))
+        }
+    }
+
+    /// Open a given list of safetensors files (tensor names must be unique across them).
+    pub fn from_files(dir: &Path, files: &[PathBuf]) -> Result<Self> {
+        let shards = files.iter().map(|p| open_shard(p)).collect::<Result<Vec<_>>>()?;
+        let mut entries = BTreeMap::new();
+        for (i, s) in shards.iter().enumerate() {
+            for name in s.meta.tensors().keys() {
+                if let Some(prev) = entries.insert(name.clone(), Entry { shard: i }) {
+                    return Err(Error::weights(
+                        &s.path,
+                        format!("tensor `{name}` is also in {}", shards[prev.shard].path.display()),
+                    ));
+                }
+            }
+        }
+        Ok(WeightStore { dir: dir.to_path_buf(), shards, entries, taken: Mutex::new(HashSet::new()) })
+    }
+
+    fn open_sharded(dir: &Path, index: &Path) -> Result<Self> {
+        let v = read_json(index)?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::config(index, "weight_map", "missing or not an object"))?;
+        let mut files: Vec<String> = Vec::new();
+        let mut expect: HashMap<String, String> = HashMap::new();
+        for (name, file) in map {
+            let file = file
+                .as_str()
+                .ok_or_else(|| Error::config(index, format!("weight_map.{name}"), "expected a file name"))?;
+            if !files.iter().any(|f| f == file) {
+                files.push(file.to_string());
+            }
+            expect.insert(name.clone(), file.to_string());
+        }
+        files.sort();
+        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+        for p in &paths {
+            if !p.exists() {
+                return Err(Error::weights(p, format!("shard listed in {} does not exist", index.display())));
+            }
+        }
+        let store = Self::from_files(dir, &paths)?;
+        for (name, file) in &expect {
+            match store.entries.get(name) {
+                None => {
+                    return Err(Error::weights(
+                        dir.join(file),
+                        format!("tensor `{name}` is listed in {} but missing from the shard", index.display()),
+                    ))
+                }
+                Some(e) if store.shards[e.shard].path != dir.join(file) => {
+                    return Err(Error::weights(
+                        &store.shards[e.shard].path,
+                        format!("tensor `{name}` is here but the index assigns it to {file}"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        for (name, e) in &store.entries {
+            if !expect.contains_key(name) {
+                return Err(Error::weights(
+                    &store.shards[e.shard].path,
+                    format!("tensor `{name}` is not listed in {}", index.display()),
+                ));
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// The file a tensor lives in, or the checkpoint directory when it is absent (for errors).
+    pub fn file_of(&self, name: &str) -> PathBuf {
+        self.entries.get(name).map(|e| self.shards[e.shard].path.clone()).unwrap_or_else(|| self.dir.clone())
+    }
+
+    /// The stored shape of a tensor.
+    pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        let e = self.entries.get(name)?;
+        self.shards[e.shard].meta.tensors().get(name).map(|i| i.shape.clone())
+    }
+
+    /// Fetch `name` as f32, checking its shape against `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let e = self.entries.get(name).ok_or_else(|| {
+            Error::weights(&self.dir, format!("missing tensor `{name}` (expected shape {shape:?})"))
+        })?;
+        let shard = &self.shards[e.shard];
+        let info = shard.meta.tensors()[name];
+        if info.shape != shape {
+            return Err(Error::weights(
+                &shard.path,
+                format!("tensor `{name}` has shape {:?}, expected {shape:?}", info.shape),
+            ));
+        }
+        let (a, b) = info.data_offsets;
+        let bytes = &shard.mmap[shard.data_start + a..shard.data_start + b];
+        let data = widen(bytes, info.dtype).map_err(|m| Error::weights(&shard.path, format!("tensor `{name}`: {m}")))?;
+        self.taken.lock().unwrap().insert(name.to_string());
+        Tensor::new(data, shape)
+    }
+
+    /// Mark tensors as deliberately unused (e.g. CLIP's post-layernorm, which LLaVA never runs).
+    pub fn skip(&self, name: &str) {
+        self.taken.lock().unwrap().insert(name.to_string());
+    }
+
+    /// Error if any tensor in the checkpoint was neither taken nor skipped.
+    pub fn finish(&self) -> Result<()> {
+        let taken = self.taken.lock().unwrap();
+        let extra: Vec<&String> = self.entries.keys().filter(|k| !taken.contains(*k)).collect();
+        if let Some(first) = extra.first() {
+            return Err(Error::weights(
+                self.file_of(first),
+                format!(
+                    "{} unexpected tensor(s) that this model does not use, first `{first}`{}",
+                    extra.len(),
+                    if extra.len() > 1 { format!(", then `{}`", extra[1]) } else { String::new() }
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Little-endian f32/f16/bf16 bytes to f32. Bytes in an mmap may be unaligned, so they are read
+/// as byte chunks rather than cast.
+fn widen(bytes: &[u8], dtype: Dtype) -> std::result::Result<Vec<f32>, String> {
+    const CHUNK: usize = 1 << 16;
+    match dtype {
+        Dtype::F32 => {
+            let mut out = vec![0f32; bytes.len() / 4];
+            out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * 4)).for_each(|(o, b)| {
+                for (x, c) in o.iter_mut().zip(b.chunks_exact(4)) {
+                    *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            });
+            Ok(out)
+        }
+        Dtype::F16 | Dtype::BF16 => {
+            let mut out = vec![0f32; bytes.len() / 2];
+            let bf = dtype == Dtype::BF16;
+            out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * 2)).for_each(|(o, b)| {
+                for (x, c) in o.iter_mut().zip(b.chunks_exact(2)) {
+                    let bits = u16::from_le_bytes([c[0], c[1]]);
+                    *x = if bf { half::bf16::from_bits(bits).to_f32() } else { half::f16::from_bits(bits).to_f32() };
+                }
+            });
+            Ok(out)
+        }
+        other => Err(format!("unsupported dtype {other:?} (expected F32, F16 or BF16)")),
+    }
+}

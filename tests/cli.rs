@@ -1,0 +1,82 @@
+//! The `stic` binary's contract (issue #2): `generate --json` and `score --json` on the fixtures
+//! print exactly the JSON fields scripts depend on, with transformers' values.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn stic(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_stic")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn generate_json_matches_transformers() {
+    let exp = read_json("expected/llava_next_tiny.json");
+    let case = &exp["cases"][1];
+    let model = fixtures().join("llava_next_tiny");
+    let image = fixtures().join(case["image"].as_str().unwrap());
+    let (ok, out, err) = stic(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--prompt",
+        case["prompt"].as_str().unwrap(),
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(ids(&v["prompt_ids"]), ids(&case["prompt_ids"]));
+    assert_eq!(v["n_image_tokens"], case["n_image_tokens"]);
+    assert_eq!(ids(&v["output_ids"]), ids(&case["greedy_ids"]));
+    assert_eq!(v["text"], case["greedy_text"]);
+    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+}
+
+#[test]
+fn score_json_matches_transformers() {
+    let exp = read_json("expected/llava15_tiny.json");
+    let case = &exp["cases"][0];
+    let model = fixtures().join("llava15_tiny");
+    let image = fixtures().join(case["image"].as_str().unwrap());
+    let (ok, out, err) = stic(&[
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--prompt",
+        case["prompt"].as_str().unwrap(),
+        "--response",
+        case["response"].as_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(ids(&v["response_ids"]), ids(&case["response_ids"]));
+    let (got, want) = (floats(&v["logprobs"]), floats(&case["logprobs"]));
+    assert_eq!(got.len(), want.len());
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+    assert!((v["sum"].as_f64().unwrap() - got.iter().sum::<f64>()).abs() < 1e-9);
+}
+
+#[test]
+fn raw_prompt_without_image_token_fails_clearly() {
+    let model = fixtures().join("llava15_tiny");
+    let image = fixtures().join("images/wide.jpg");
+    let (ok, _, err) = stic(&[
+        "generate", "--model", model.to_str().unwrap(), "--image", image.to_str().unwrap(),
+        "--prompt", "USER: hello ASSISTANT:", "--raw-prompt",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("<image>"), "{err}");
+}

@@ -1,0 +1,157 @@
+//! CUDA kernels against the CPU reference. Built only with `--features cuda`; on a machine
+//! without a CUDA device a test that needs one prints `skipped: no CUDA device` and passes.
+#![cfg(feature = "cuda")]
+
+use half::bf16;
+use stic::backend::cuda::{cuda_available, CudaDevice};
+
+/// The device, or `None` (after printing the skip line) when this machine has none.
+fn device() -> Option<CudaDevice> {
+    if !cuda_available() {
+        // Straight to the stdout handle: libtest captures `println!` of passing tests.
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), "skipped: no CUDA device");
+        return None;
+    }
+    Some(CudaDevice::new(0).expect("a CUDA device is present but could not be opened"))
+}
+
+/// splitmix64: a small deterministic generator (no rand dependency).
+struct Rng(u64);
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+}
+
+/// Awkward lengths: around block (256) and vector boundaries, primes, and one longer than the
+/// grid-stride grid covers in one pass.
+const SIZES: &[usize] = &[1, 2, 3, 7, 255, 257, 1000, 4097, 65_537, 1_000_003, 5_000_011];
+
+/// f32 bit patterns that exercise the rounding: ties to even both ways, carries into the exponent,
+/// overflow to inf, subnormals, infinities, signalling and quiet NaNs with payloads, signed zeros.
+const SPECIAL_F32: &[u32] = &[
+    0x3F80_8000, // 1.00390625: tie, kept lsb even -> down
+    0x3F81_8000, // tie, kept lsb odd -> up
+    0x3F80_8001, // just above the tie -> up
+    0x3F80_7FFF, // just below the tie -> down
+    0x3FFF_FFFF, // carry through the mantissa into the exponent
+    0x7F7F_FFFF, // f32::MAX -> rounds to +inf
+    0xFF7F_FFFF, // -f32::MAX -> -inf
+    0x7F7F_7FFF, // largest that stays finite
+    0x0000_0001, // smallest subnormal -> +0
+    0x0000_8000, // subnormal tie -> even (down)
+    0x0001_8000, // subnormal tie -> up
+    0x007F_FFFF, // largest subnormal -> rounds up to the smallest normal
+    0x8000_0001, // negative subnormal
+    0x7F80_0000, // +inf
+    0xFF80_0000, // -inf
+    0x7F80_0001, // signalling NaN, payload only in the dropped bits
+    0x7FC0_0000, // quiet NaN
+    0xFFBF_FFFF, // negative signalling NaN with a full payload
+    0x7FFF_FFFF, // NaN, all ones
+    0x0000_0000, // +0
+    0x8000_0000, // -0
+];
+
+fn random_f32_bits(rng: &mut Rng, n: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| {
+            if i % 97 == 0 {
+                return SPECIAL_F32[(i / 97) % SPECIAL_F32.len()];
+            }
+            let r = rng.next_u32();
+            match i % 4 {
+                // Values of ordinary magnitude (activations, weights): exponent around 2^-8..2^8.
+                0 | 1 => (r & 0x807F_FFFF) | ((119 + (r >> 23) % 18) << 23),
+                // Exactly on a rounding tie (lower 16 bits 0x8000), both parities.
+                2 => (r & 0xFFFF_0000) | 0x8000,
+                // Any bit pattern at all (includes NaNs, infs, subnormals).
+                _ => r,
+            }
+        })
+        .map(|b| if b == 0 { 0x3F80_0001 } else { b }) // non-zero, so a missed write shows
+        .collect()
+}
+
+#[test]
+fn cast_cuda_matches_cpu() {
+    let Some(dev) = device() else { return };
+    eprintln!("device: {dev:?}");
+    let mut rng = Rng(0x5715_C0DA);
+
+    // bf16 -> f32: every one of the 65536 bit patterns, then random ones at each awkward size.
+    let all: Vec<u16> = (0..=u16::MAX).collect();
+    let mut inputs: Vec<Vec<u16>> = vec![all];
+    for &n in SIZES {
+        inputs.push((0..n).map(|_| (rng.next_u32() as u16).max(1)).collect());
+    }
+    for x in &inputs {
+        let want: Vec<u32> = x.iter().map(|&b| bf16::from_bits(b).to_f32().to_bits()).collect();
+        let dx = dev.htod(x).unwrap();
+        let got: Vec<u32> = dev.dtoh(&dev.cast_bf16_to_f32(&dx).unwrap()).unwrap().iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got.len(), want.len());
+        if let Some(i) = (0..want.len()).find(|&i| got[i] != want[i]) {
+            panic!("cast_bf16_to_f32 n={}: [{i}] bf16 {:#06x}: got {:#010x}, want {:#010x}", x.len(), x[i], got[i], want[i]);
+        }
+    }
+
+    // f32 -> bf16 at each awkward size, plus the special values alone.
+    let mut inputs: Vec<Vec<u32>> = vec![SPECIAL_F32.to_vec()];
+    for &n in SIZES {
+        inputs.push(random_f32_bits(&mut rng, n));
+    }
+    for bits in &inputs {
+        let x: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+        let want: Vec<u16> = x.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+        let dx = dev.htod(&x).unwrap();
+        let got = dev.dtoh(&dev.cast_f32_to_bf16(&dx).unwrap()).unwrap();
+        assert_eq!(got.len(), want.len());
+        if let Some(i) = (0..want.len()).find(|&i| got[i] != want[i]) {
+            panic!("cast_f32_to_bf16 n={}: [{i}] f32 {:#010x}: got {:#06x}, want {:#06x}", x.len(), bits[i], got[i], want[i]);
+        }
+    }
+
+    // The `_into` forms on sub-views at odd offsets (2- and 4-byte aligned, not 16), leaving the
+    // elements around the view untouched.
+    let n = 10_007;
+    let x: Vec<f32> = random_f32_bits(&mut rng, n + 3).into_iter().map(f32::from_bits).collect();
+    let dx = dev.htod(&x).unwrap();
+    let sentinel = 0xABCDu16;
+    let mut dy = dev.htod(&vec![sentinel; n + 5]).unwrap();
+    {
+        let xv = dx.slice(3..n + 3);
+        let mut yv = dy.slice_mut(1..n + 1);
+        dev.cast_f32_to_bf16_into(&xv, &mut yv).unwrap();
+    }
+    let got = dev.dtoh(&dy).unwrap();
+    assert_eq!(got[0], sentinel);
+    assert!(got[n + 1..].iter().all(|&v| v == sentinel));
+    for i in 0..n {
+        assert_eq!(got[i + 1], bf16::from_f32(x[i + 3]).to_bits(), "cast_f32_to_bf16_into [{i}]");
+    }
+
+    // A shape mismatch is an error, not a launch.
+    let mut small = dev.htod(&[0u16; 4]).unwrap();
+    let err = dev.cast_f32_to_bf16_into(&dx.slice(0..5), &mut small.slice_mut(..)).unwrap_err();
+    assert!(err.to_string().contains("cast_f32_to_bf16"), "{err}");
+
+    // Empty input.
+    let e = dev.htod::<u16>(&[]).unwrap();
+    assert!(dev.dtoh(&dev.cast_bf16_to_f32(&e).unwrap()).unwrap().is_empty());
+}
+
+#[test]
+fn cuda_device_error_is_not_a_panic() {
+    // Without a device, opening one is an error naming the op; with one, an absent ordinal is.
+    let err = CudaDevice::new(1 << 20).unwrap_err();
+    assert!(err.to_string().contains("CudaDevice::new"), "{err}");
+    eprintln!("{err}");
+}

@@ -1,0 +1,113 @@
+//! Bad input gets a clear error naming the file, the field, the tensor or the shape.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::*;
+use safetensors::SafeTensors;
+use stic::generate::Pipeline;
+use stic::image::load_image;
+use stic::model::Llava;
+
+fn load_err(dir: &Path) -> String {
+    match Llava::load(dir) {
+        Ok(_) => panic!("{} loaded but should not have", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Rewrite `file` with `edit` applied to its tensor list.
+fn rewrite(file: &Path, edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) {
+    let bytes = std::fs::read(file).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut ts: Vec<_> = st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    edit(&mut ts);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = ts
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let out = safetensors::serialize(views, None::<HashMap<String, String>>).unwrap();
+    std::fs::write(file, out).unwrap();
+}
+
+#[test]
+fn truncated_safetensors_names_the_file() {
+    let dir = scratch_copy("llava15_tiny", "trunc");
+    let f = dir.join("model.safetensors");
+    let len = std::fs::metadata(&f).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+    file.set_len(len / 2).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn missing_shard_names_the_shard() {
+    let dir = scratch_copy("llava_next_tiny", "noshard");
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("does not exist"), "{e}");
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = scratch_copy("llava15_tiny", "missing");
+    let victim = "language_model.model.layers.1.mlp.up_proj.weight";
+    rewrite(&dir.join("model.safetensors"), |ts| ts.retain(|t| t.0 != victim));
+    let e = load_err(&dir);
+    assert!(e.contains(victim) && e.contains("missing"), "{e}");
+}
+
+#[test]
+fn extra_tensor_is_named() {
+    let dir = scratch_copy("llava15_tiny", "extra");
+    rewrite(&dir.join("model.safetensors"), |ts| {
+        ts.push(("language_model.model.layers.7.mlp.up_proj.weight".into(), safetensors::Dtype::F32, vec![2], vec![0; 8]))
+    });
+    let e = load_err(&dir);
+    assert!(e.contains("language_model.model.layers.7.mlp.up_proj.weight") && e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn shape_mismatch_names_tensor_and_shapes() {
+    let dir = scratch_copy("llava15_tiny", "shape");
+    let cfg_path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["text_config"]["intermediate_size"] = serde_json::json!(48);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("gate_proj.weight") && e.contains("[64, 32]") && e.contains("[48, 32]"), "{e}");
+}
+
+#[test]
+fn bad_head_count_names_the_field() {
+    let dir = scratch_copy("llava_next_tiny", "heads");
+    let cfg_path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["text_config"]["num_attention_heads"] = serde_json::json!(3);
+    cfg["text_config"].as_object_mut().unwrap().remove("head_dim");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("config.json") && e.contains("text_config.num_attention_heads"), "{e}");
+}
+
+#[test]
+fn corrupt_image_names_the_file() {
+    let p = std::env::temp_dir().join(format!("stic-corrupt-{}.jpg", std::process::id()));
+    std::fs::write(&p, b"\xff\xd8\xff\xe0 this is not really a jpeg").unwrap();
+    let e = load_image(&p).unwrap_err().to_string();
+    assert!(e.contains(&p.display().to_string()), "{e}");
+    let missing = load_image(Path::new("/nonexistent/cat.png")).unwrap_err().to_string();
+    assert!(missing.contains("/nonexistent/cat.png"), "{missing}");
+}
+
+#[test]
+fn prompt_without_image_token_is_rejected() {
+    let pipe = Pipeline::load(&fixtures().join("llava15_tiny")).unwrap();
+    let e = pipe.prompt_ids("USER: describe the picture ASSISTANT:", 1).unwrap_err().to_string();
+    assert!(e.contains("<image>") && e.contains("0") && e.contains("1 image"), "{e}");
+    // Two <image> for one image is also wrong.
+    assert!(pipe.prompt_ids("<image><image> hi", 1).is_err());
+}

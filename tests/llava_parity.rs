@@ -1,0 +1,163 @@
+//! The CPU engine against transformers on the tiny random checkpoints (tests/fixtures, made by
+//! scripts/gen_fixtures.py with transformers 5.23 / torch 2.9.1 in float32):
+//! pixels, image features, per-token log-probs of a response, last-position logits, and greedy ids
+//! (one at a time and batched).
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::*;
+use stic::generate::{Pipeline, Request, SamplingParams};
+use stic::image::{load_image, preprocess};
+
+/// Tolerances (docs/TOLERANCES.md): f32 engine vs f32 transformers on the same weights. Both round
+/// differently (GEMM blocking, f64 vs f32 reductions), and tiny models with std-0.2 / std-1 weights
+/// have logits of magnitude ~30, so errors are relative to 1 + |value|.
+const LOGPROB_TOL: f64 = 1e-4;
+const FEATURE_TOL: f32 = 1e-4;
+const PIXEL_TOL: f32 = 1e-5;
+
+fn pipeline(name: &str) -> &'static Pipeline {
+    static NEXT: OnceLock<Pipeline> = OnceLock::new();
+    static V15: OnceLock<Pipeline> = OnceLock::new();
+    let cell = if name == "llava_next_tiny" { &NEXT } else { &V15 };
+    cell.get_or_init(|| Pipeline::load(&fixtures().join(name)).unwrap_or_else(|e| panic!("loading {name}: {e}")))
+}
+
+fn check_model(name: &str) {
+    let exp = read_json(&format!("expected/{name}.json"));
+    let tensors = read_tensors(&format!("expected/{name}.safetensors"));
+    let pipe = pipeline(name);
+    for (i, case) in exp["cases"].as_array().unwrap().iter().enumerate() {
+        let img_path = fixtures().join(case["image"].as_str().unwrap());
+        let img = load_image(&img_path).unwrap();
+        let what = format!("{name} case {i} ({})", case["image"]);
+
+        // Prompt and its ids before <image> expansion.
+        let prompt = pipe.format_prompt(case["prompt"].as_str().unwrap(), 1, false);
+        assert_eq!(prompt, case["templated"].as_str().unwrap(), "{what}: template");
+        let prompt_ids = pipe.prompt_ids(&prompt, 1).unwrap();
+        assert_eq!(prompt_ids, ids(&case["prompt_ids"]), "{what}: prompt ids");
+
+        // Pixels.
+        let px = preprocess(&img, &pipe.processor).unwrap();
+        let (shape, want) = &tensors[&format!("case{i}.pixel_values")];
+        assert_eq!(px.pixel_values.shape(), &shape[..], "{what}: pixel shape");
+        let err = px.pixel_values.data().iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(err <= PIXEL_TOL, "{what}: pixels differ by {err}");
+        let ih = case["image_size"].as_array().unwrap();
+        assert_eq!(px.image_size, (ih[0].as_u64().unwrap() as usize, ih[1].as_u64().unwrap() as usize));
+
+        // Image features (what replaces <image>).
+        let feats = pipe.model.image_features(&px).unwrap();
+        let (fshape, fwant) = &tensors[&format!("case{i}.image_features")];
+        assert_eq!(feats.shape(), &fshape[..], "{what}: feature shape");
+        assert_eq!(feats.dim(0), case["n_image_tokens"].as_u64().unwrap() as usize);
+        let err = max_rel_err(feats.data(), fwant);
+        assert!(err < FEATURE_TOL, "{what}: image features differ by {err}");
+
+        // Response log-probs.
+        let s = pipe.score(&prompt, &[img.clone()], case["response"].as_str().unwrap()).unwrap();
+        assert_eq!(s.response_ids, ids(&case["response_ids"]), "{what}: response ids");
+        let want = floats(&case["logprobs"]);
+        for (j, (a, b)) in s.logprobs.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= LOGPROB_TOL * (1.0 + b.abs()), "{what}: logprob {j}: {a} vs {b}");
+        }
+        assert!((s.sum - want.iter().sum::<f64>()).abs() < LOGPROB_TOL * 10.0 * (1.0 + s.sum.abs()));
+
+        // Logits at the last prompt position.
+        let (x, _) = pipe.embed(&prompt_ids, &[img.clone()]).unwrap();
+        let t = x.dim(0);
+        let mut cache = stic::model::KvCache::new(&pipe.model.decoder.cfg, t);
+        let h = pipe.model.decoder.forward(x, &[t], &mut [&mut cache]).unwrap();
+        let logits = pipe.model.decoder.logits(&h.rows(t - 1, t)).unwrap();
+        let (_, lwant) = &tensors[&format!("case{i}.last_logits")];
+        let err = max_rel_err(logits.data(), lwant);
+        assert!(err < FEATURE_TOL, "{what}: last logits differ by {err}");
+    }
+}
+
+fn greedy(name: &str) {
+    let exp = read_json(&format!("expected/{name}.json"));
+    let pipe = pipeline(name);
+    let cases = exp["cases"].as_array().unwrap();
+    let reqs: Vec<Request> = cases
+        .iter()
+        .map(|c| Request {
+            prompt: c["templated"].as_str().unwrap().to_string(),
+            images: vec![load_image(&fixtures().join(c["image"].as_str().unwrap())).unwrap()],
+        })
+        .collect();
+    let params = SamplingParams { max_new_tokens: 8, ..Default::default() };
+    // One at a time.
+    for (c, r) in cases.iter().zip(&reqs) {
+        let g = pipe.generate(std::slice::from_ref(r), &params).unwrap();
+        assert_eq!(g[0].output_ids, ids(&c["greedy_ids"]), "{name} {}: greedy ids", c["image"]);
+        assert_eq!(g[0].text, c["greedy_text"].as_str().unwrap());
+        assert_eq!(g[0].n_image_tokens, c["n_image_tokens"].as_u64().unwrap() as usize);
+    }
+    // All at once: prompts of different lengths share prefill and decode calls.
+    let g = pipe.generate(&reqs, &params).unwrap();
+    for (c, out) in cases.iter().zip(&g) {
+        assert_eq!(out.output_ids, ids(&c["greedy_ids"]), "{name} {}: batched greedy ids", c["image"]);
+    }
+}
+
+#[test]
+fn llava_next_matches_transformers() {
+    check_model("llava_next_tiny");
+}
+
+#[test]
+fn llava15_matches_transformers() {
+    check_model("llava15_tiny");
+}
+
+#[test]
+fn llava_next_greedy_matches_transformers() {
+    greedy("llava_next_tiny");
+}
+
+#[test]
+fn llava15_greedy_matches_transformers() {
+    greedy("llava15_tiny");
+}
+
+#[test]
+fn sampling_is_seeded_and_stops_at_max_tokens() {
+    let pipe = pipeline("llava15_tiny");
+    let img = load_image(&fixtures().join("images/wide.jpg")).unwrap();
+    let req = Request { prompt: pipe.format_prompt("Describe it.", 1, false), images: vec![img] };
+    let p = SamplingParams { max_new_tokens: 6, temperature: 1.0, top_p: 0.9, top_k: 50, seed: 7 };
+    let a = pipe.generate(std::slice::from_ref(&req), &p).unwrap();
+    let b = pipe.generate(std::slice::from_ref(&req), &p).unwrap();
+    assert_eq!(a[0].output_ids, b[0].output_ids, "same seed, same tokens");
+    assert_eq!(a[0].output_ids.len(), 6);
+    let c = pipe.generate(std::slice::from_ref(&req), &SamplingParams { seed: 8, ..p.clone() }).unwrap();
+    let d = pipe.generate(std::slice::from_ref(&req), &SamplingParams { seed: 9, ..p }).unwrap();
+    assert!(a[0].output_ids != c[0].output_ids || a[0].output_ids != d[0].output_ids, "seeds change samples");
+}
+
+#[test]
+fn mistral_sliding_window_matches_transformers() {
+    // Same checkpoint with text_config.sliding_window = 16 (transformers' eager mask, recorded by
+    // gen_fixtures.py); the sequences are ~170 tokens, so the window cuts most of the attention.
+    let exp = read_json("expected/llava_next_tiny.json");
+    let dir = scratch_copy("llava_next_tiny", "window");
+    let cfg_path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let window = exp["cases"][0]["sliding_window"].as_u64().unwrap();
+    cfg["text_config"]["sliding_window"] = serde_json::json!(window);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let pipe = Pipeline::load(&dir).unwrap();
+    assert_eq!(pipe.model.cfg.text.sliding_window, Some(window as usize));
+    for case in exp["cases"].as_array().unwrap() {
+        let img = load_image(&fixtures().join(case["image"].as_str().unwrap())).unwrap();
+        let s = pipe.score(case["templated"].as_str().unwrap(), &[img], case["response"].as_str().unwrap()).unwrap();
+        let want = floats(&case["logprobs_sliding_window"]);
+        for (a, b) in s.logprobs.iter().zip(&want) {
+            assert!((a - b).abs() <= LOGPROB_TOL * (1.0 + b.abs()), "{}: {a} vs {b}", case["image"]);
+        }
+    }
+}
