@@ -299,3 +299,58 @@ impl Pipeline {
         Ok(targets.iter().enumerate().map(|(i, &tok)| logits.row(i)[tok as usize] as f64 - logsumexp(logits.row(i))).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn freqs(logits: &[f32], p: &SamplingParams, n: usize) -> Vec<f64> {
+        let mut rng = Rng::new(p.seed);
+        let mut c = vec![0f64; logits.len()];
+        for _ in 0..n {
+            c[sample(logits, p, &mut rng) as usize] += 1.0;
+        }
+        c.iter().map(|x| x / n as f64).collect()
+    }
+
+    #[test]
+    fn greedy_takes_first_max() {
+        let p = SamplingParams::default();
+        assert_eq!(sample(&[0.0, 2.0, 2.0, 1.0], &p, &mut Rng::new(0)), 1);
+    }
+
+    #[test]
+    fn temperature_sampling_follows_softmax() {
+        let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
+        let p = SamplingParams { temperature: 1.0, seed: 3, ..Default::default() };
+        let f = freqs(&logits, &p, 40_000);
+        for (a, b) in f.iter().zip([0.5, 0.3, 0.2]) {
+            assert!((a - b).abs() < 0.01, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn top_p_drops_the_tail_like_hf() {
+        // HF TopPLogitsWarper with top_p 0.6: ascending cumulative probs 0.2, 0.5, 1.0; the tokens
+        // whose cumulative mass is <= 0.4 go, so 0.2 is dropped and 0.5 / 0.3 renormalise.
+        let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
+        let p = SamplingParams { temperature: 1.0, top_p: 0.6, seed: 5, ..Default::default() };
+        let f = freqs(&logits, &p, 40_000);
+        assert_eq!(f[2], 0.0);
+        assert!((f[0] - 0.625).abs() < 0.01 && (f[1] - 0.375).abs() < 0.01, "{f:?}");
+        // A tiny top_p keeps only the most likely token.
+        let p = SamplingParams { top_p: 0.01, ..p };
+        assert_eq!(freqs(&logits, &p, 1000)[0], 1.0);
+    }
+
+    #[test]
+    fn top_k_keeps_k_tokens() {
+        let logits = [1.0f32, 3.0, 2.0, 0.0];
+        let p = SamplingParams { temperature: 2.0, top_k: 2, seed: 9, ..Default::default() };
+        let f = freqs(&logits, &p, 20_000);
+        assert_eq!(f[0] + f[3], 0.0);
+        // softmax([3, 2] / 2): e^0.5 / (1 + e^0.5)
+        let want = 0.5f64.exp() / (1.0 + 0.5f64.exp());
+        assert!((f[1] - want).abs() < 0.015, "{f:?}");
+    }
+}

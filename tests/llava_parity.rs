@@ -161,3 +161,62 @@ fn mistral_sliding_window_matches_transformers() {
         }
     }
 }
+
+#[test]
+fn vision_tower_hidden_state_matches_transformers() {
+    // hidden_states[-2] with the class token dropped, from HF's own pixel values.
+    for name in ["llava_next_tiny", "llava15_tiny"] {
+        let tensors = read_tensors(&format!("expected/{name}.safetensors"));
+        let pipe = pipeline(name);
+        for i in 0..3 {
+            let (ps, px) = &tensors[&format!("case{i}.pixel_values")];
+            let pixels = stic::Tensor::new(px.clone(), ps).unwrap();
+            let ours = pipe.model.vision_features(&pixels).unwrap();
+            let (vs, want) = &tensors[&format!("case{i}.vision_hidden")];
+            assert_eq!(ours.shape(), &vs[..], "{name} case {i}");
+            let err = max_rel_err(ours.data(), want);
+            assert!(err < FEATURE_TOL, "{name} case {i}: vision hidden differs by {err}");
+        }
+    }
+}
+
+#[test]
+fn linear_projector_checkpoint() {
+    // LLaVA-1.0's single-Linear projector: rewrite the llava15 fixture with one
+    // `multi_modal_projector.{weight,bias}` and check features = vision_hidden @ W^T + b, with
+    // vision_hidden from transformers and the product in f64.
+    use safetensors::tensor::TensorView;
+    let dir = scratch_copy("llava15_tiny", "linearproj");
+    let file = dir.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (c, cv) = (32usize, 32usize);
+    let w: Vec<f32> = (0..c * cv).map(|i| ((i * 37 % 101) as f32 - 50.0) / 200.0).collect();
+    let b: Vec<f32> = (0..c).map(|i| (i as f32 - 16.0) / 40.0).collect();
+    let wb: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let bb: Vec<u8> = b.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut views: Vec<(String, TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("multi_modal_projector."))
+        .collect();
+    views.push(("multi_modal_projector.weight".into(), TensorView::new(safetensors::Dtype::F32, vec![c, cv], &wb).unwrap()));
+    views.push(("multi_modal_projector.bias".into(), TensorView::new(safetensors::Dtype::F32, vec![c], &bb).unwrap()));
+    let out = safetensors::serialize(views, None::<std::collections::HashMap<String, String>>).unwrap();
+    std::fs::write(&file, out).unwrap();
+
+    let model = stic::model::Llava::load(&dir).unwrap();
+    let tensors = read_tensors("expected/llava15_tiny.safetensors");
+    let (ps, px) = &tensors["case0.pixel_values"];
+    let (_, vh) = &tensors["case0.vision_hidden"];
+    let feats = model.tile_features(&stic::Tensor::new(px.clone(), ps).unwrap()).unwrap();
+    assert_eq!(feats.shape(), &[1, 36, c]);
+    let mut want = vec![0f32; 36 * c];
+    for t in 0..36 {
+        for o in 0..c {
+            want[t * c + o] = (b[o] as f64 + (0..cv).map(|k| vh[t * cv + k] as f64 * w[o * cv + k] as f64).sum::<f64>()) as f32;
+        }
+    }
+    let err = max_rel_err(feats.data(), &want);
+    assert!(err < FEATURE_TOL, "linear projector features differ by {err}");
+}

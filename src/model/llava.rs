@@ -30,6 +30,10 @@ use crate::weights::WeightStore;
 /// `language_model.model.*` but a `vision_tower.*` without the `vision_model.` level.
 const VISION: [&str; 4] = ["model.vision_tower.vision_model", "model.vision_tower", "vision_tower.vision_model", "vision_tower"];
 const PROJECTOR: [&str; 2] = ["model.multi_modal_projector", "multi_modal_projector"];
+/// The projector is found by its first weight: `linear_1` (mlp2x_gelu) or its own (linear).
+fn locate_projector(ws: &WeightStore) -> Result<&'static str> {
+    locate(ws, &PROJECTOR, ".linear_1.weight", "projector").or_else(|_| locate(ws, &PROJECTOR, ".weight", "projector"))
+}
 const LM: [&str; 2] = ["model.language_model", "language_model.model"];
 const LM_HEAD: [&str; 2] = ["lm_head.weight", "language_model.lm_head.weight"];
 const NEWLINE: [&str; 2] = ["model.image_newline", "image_newline"];
@@ -64,7 +68,7 @@ impl Llava {
     pub fn from_weights(cfg: LlavaConfig, ws: &WeightStore) -> Result<Self> {
         let lm = locate(ws, &LM, ".embed_tokens.weight", "language-model embedding")?;
         let vision_prefix = locate(ws, &VISION, ".embeddings.class_embedding", "vision tower")?;
-        let projector_prefix = locate(ws, &PROJECTOR, ".linear_1.weight", "projector")?;
+        let projector_prefix = locate_projector(ws)?;
         // A tied lm_head may be absent; the decoder then uses the embedding.
         let lm_head = locate(ws, &LM_HEAD, "", "lm_head").unwrap_or(LM_HEAD[0]);
         let feature_states = cfg.feature_state_indices();
@@ -88,8 +92,9 @@ impl Llava {
         Ok(Llava { cfg, vision, projector, decoder, image_newline, feature_states })
     }
 
-    /// Projected features of every tile: [N, P, C] with P = G*G ("default") or G*G+1 ("full").
-    pub fn tile_features(&self, pixels: &Tensor) -> Result<Tensor> {
+    /// The selected vision hidden states, concatenated over the feature layers, with the class
+    /// token dropped for the "default" strategy: [N, P, Cv*L] with P = G*G (or G*G+1 for "full").
+    pub fn vision_features(&self, pixels: &Tensor) -> Result<Tensor> {
         let states = self.vision.forward(pixels, &self.feature_states)?;
         let (n, tokens, cv) = (states[0].dim(0), states[0].dim(1), states[0].dim(2));
         let skip = match self.cfg.vision_feature_select_strategy {
@@ -107,7 +112,14 @@ impl Llava {
                 }
             }
         }
-        let y = self.projector.forward(&Tensor::new(x, &[n * p, cv * l])?)?;
+        Tensor::new(x, &[n, p, cv * l])
+    }
+
+    /// Projected features of every tile: [N, P, C].
+    pub fn tile_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        let v = self.vision_features(pixels)?;
+        let (n, p, cvl) = (v.dim(0), v.dim(1), v.dim(2));
+        let y = self.projector.forward(&v.reshape(&[n * p, cvl])?)?;
         y.reshape(&[n, p, self.cfg.text.hidden_size])
     }
 
