@@ -1,6 +1,6 @@
 """Pillow reference outputs for `stic::image::resize_pil` and `load_image`.
 
-Writes tests/fixtures/pixels/resize_refs.safetensors (uint8 tensors, ~370 KB):
+Writes tests/fixtures/pixels/resize_refs.safetensors (uint8 tensors, ~400 KB):
 - src/<name>  [H, W, 3]  the test image as HF sees it: PIL.Image.open + transformers'
   convert_to_rgb (alpha composited onto white, grey replicated). `gray` is stored as [H, W, 1]
   (its RGB form is the grey value three times; checked below).
@@ -8,6 +8,10 @@ Writes tests/fixtures/pixels/resize_refs.safetensors (uint8 tensors, ~370 KB):
   wcrop (wide rows 40..70, cols 30..70: a 40x30 image for cheap upscaling cases).
 - resize/<name>/<filter>/<W>x<H>  [H, W, 3]  Image.fromarray(src, "RGB").resize((W, H), filter)
   <filter> is the PIL id: 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming.
+- jpeg/<variant>/file [n]  the bytes of a small JPEG that PIL wrote from a 45x37 crop of wide, and
+  jpeg/<variant>/pil [37, 45, 3]  what PIL + convert_to_rgb decode from it (libjpeg-turbo):
+  progressive 4:2:0, baseline 4:2:2 with restart markers, progressive greyscale, Adobe CMYK,
+  RGB without the YCbCr transform (4:4:4), optimised Huffman tables at quality 100.
 
 The file's metadata records the Pillow version: Pillow 13 changed the order of the two
 resampling passes for some sizes (see src/image/resize.rs), and the Rust test follows it.
@@ -16,6 +20,7 @@ Generate with the Pillow of the transformers environment the other fixtures come
 Usage (Pillow + numpy + safetensors):
     python scripts/gen_resize_refs.py [tests/fixtures]
 """
+import io
 import sys
 from pathlib import Path
 
@@ -51,6 +56,28 @@ def hf_convert_to_rgb(im: Image.Image) -> np.ndarray:
     return np.array(im.convert("RGB"))
 
 
+JPEG_VARIANTS = {
+    "prog420": ("RGB", dict(quality=75, subsampling=2, progressive=True)),
+    "rst422": ("RGB", dict(quality=80, subsampling=1, restart_marker_blocks=2)),
+    "grayprog": ("L", dict(quality=70, progressive=True)),
+    "cmyk": ("CMYK", dict(quality=90)),
+    "rgb444": ("RGB", dict(quality=85, subsampling=0, keep_rgb=True)),
+    "q100opt": ("RGB", dict(quality=100, subsampling=0, optimize=True)),
+}
+
+
+def jpeg_cases(src: np.ndarray) -> dict:
+    out = {}
+    crop = Image.fromarray(np.ascontiguousarray(src[10:47, 20:65]), "RGB")
+    for name, (mode, kw) in JPEG_VARIANTS.items():
+        buf = io.BytesIO()
+        crop.convert(mode).save(buf, "JPEG", **kw)
+        data = buf.getvalue()
+        out[f"jpeg/{name}/file"] = np.frombuffer(data, np.uint8).copy()
+        out[f"jpeg/{name}/pil"] = hf_convert_to_rgb(Image.open(io.BytesIO(data)))
+    return out
+
+
 def main(fixtures: Path):
     images = fixtures / "images"
     src = {
@@ -69,6 +96,8 @@ def main(fixtures: Path):
         pil = Image.fromarray(src[name], "RGB")
         for f in filters:
             out[f"resize/{name}/{f}/{w}x{h}"] = np.array(pil.resize((w, h), resample=f))
+
+    out.update(jpeg_cases(src["wide"]))
 
     import PIL
     dest = fixtures / "pixels" / "resize_refs.safetensors"

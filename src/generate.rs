@@ -147,8 +147,17 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_with(dir, None)
+    }
+
+    /// Load the checkpoint in `dir`; with `random_weights = Some(seed)`, build the model of
+    /// `dir`/config.json with seeded random weights instead of reading safetensors.
+    pub fn load_with(dir: &Path, random_weights: Option<u64>) -> Result<Self> {
         let paths = CheckpointPaths::new(dir);
-        let model = Llava::load(dir)?;
+        let model = match random_weights {
+            Some(seed) => Llava::random(dir, seed)?,
+            None => Llava::load(dir)?,
+        };
         let tokenizer = Tokenizer::from_file(&paths.tokenizer)?;
         let mut processor = ImageProcessorConfig::from_file(&paths.preprocessor)?;
         if processor.image_grid_pinpoints.is_none() && !model.cfg.image_grid_pinpoints.is_empty() {

@@ -58,6 +58,19 @@ struct Common {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Ignore the safetensors: build the model of DIR/config.json with seeded random weights
+    /// (benches and profiling of any config without a download).
+    #[arg(long)]
+    random_weights: bool,
+    /// Seed of --random-weights.
+    #[arg(long, default_value_t = 0)]
+    weights_seed: u64,
+}
+
+impl Common {
+    fn pipeline(&self) -> Result<Pipeline> {
+        Pipeline::load_with(&self.model, self.random_weights.then_some(self.weights_seed))
+    }
 }
 
 #[derive(Args)]
@@ -109,7 +122,7 @@ fn run(cli: Cli) -> Result<()> {
                     a.prompt.len()
                 )));
             }
-            let pipe = Pipeline::load(&c.model)?;
+            let pipe = c.pipeline()?;
             let reqs: Vec<Request> = a
                 .prompt
                 .iter()
@@ -154,7 +167,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Score(a) => {
             let c = &a.common;
             let images = c.image.iter().map(|p| load_image(p)).collect::<Result<Vec<_>>>()?;
-            let pipe = Pipeline::load(&c.model)?;
+            let pipe = c.pipeline()?;
             let prompt = pipe.format_prompt(&a.prompt, images.len(), c.raw_prompt);
             let s = pipe.score(&prompt, &images, &a.response)?;
             if c.json {

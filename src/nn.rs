@@ -4,7 +4,7 @@
 use crate::backend::cpu;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-use crate::weights::WeightStore;
+use crate::weights::WeightSource;
 
 /// y = x W^T + b, with W stored [out, in] as in HF checkpoints.
 #[derive(Clone, Debug)]
@@ -15,7 +15,7 @@ pub struct Linear {
 
 impl Linear {
     /// Load `{prefix}.weight` [out, in] and, if `bias`, `{prefix}.bias` [out].
-    pub fn load(ws: &WeightStore, prefix: &str, in_features: usize, out_features: usize, bias: bool) -> Result<Self> {
+    pub fn load(ws: &dyn WeightSource, prefix: &str, in_features: usize, out_features: usize, bias: bool) -> Result<Self> {
         let weight = ws.get(&format!("{prefix}.weight"), &[out_features, in_features])?;
         let bias = if bias { Some(ws.get(&format!("{prefix}.bias"), &[out_features])?) } else { None };
         Ok(Linear { weight, bias })
@@ -58,7 +58,7 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    pub fn load(ws: &WeightStore, name: &str, c: usize, eps: f64) -> Result<Self> {
+    pub fn load(ws: &dyn WeightSource, name: &str, c: usize, eps: f64) -> Result<Self> {
         Ok(RmsNorm { weight: ws.get(&format!("{name}.weight"), &[c])?, eps })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -75,7 +75,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn load(ws: &WeightStore, name: &str, c: usize, eps: f64) -> Result<Self> {
+    pub fn load(ws: &dyn WeightSource, name: &str, c: usize, eps: f64) -> Result<Self> {
         Ok(LayerNorm { weight: ws.get(&format!("{name}.weight"), &[c])?, bias: ws.get(&format!("{name}.bias"), &[c])?, eps })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -34,6 +34,88 @@ struct Entry {
     shard: usize,
 }
 
+/// Where a model's tensors come from: a checkpoint (`WeightStore`) or a seeded random generator
+/// (`RandomWeights`, for benches and profiling without a download). Model loaders only use this.
+pub trait WeightSource {
+    /// Fetch `name` as f32, checking its shape against `shape`.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// Whether the source has a tensor of that name (used to tell checkpoint layouts apart).
+    fn contains(&self, name: &str) -> bool;
+    /// Mark a tensor as deliberately unused.
+    fn skip(&self, name: &str);
+    /// The directory to name in errors.
+    fn dir(&self) -> &Path;
+}
+
+impl WeightSource for WeightStore {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        WeightStore::get(self, name, shape)
+    }
+    fn contains(&self, name: &str) -> bool {
+        WeightStore::contains(self, name)
+    }
+    fn skip(&self, name: &str) {
+        WeightStore::skip(self, name)
+    }
+    fn dir(&self) -> &Path {
+        WeightStore::dir(self)
+    }
+}
+
+/// Random weights for any config: every tensor a model asks for exists, with values that depend
+/// only on the seed and the tensor's name. Norm scales are near 1, biases near 0, other weights
+/// uniform with std `1/sqrt(fan_in)`, so activations keep a sane scale through deep models.
+/// Layout probes see the newest checkpoint layout.
+pub struct RandomWeights {
+    dir: PathBuf,
+    seed: u64,
+}
+
+impl RandomWeights {
+    pub fn new(dir: &Path, seed: u64) -> Self {
+        RandomWeights { dir: dir.to_path_buf(), seed }
+    }
+}
+
+impl WeightSource for RandomWeights {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        // FNV-1a of the name, mixed with the seed.
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)) ^ self.seed;
+        let is_norm = name.contains("norm") && name.ends_with(".weight");
+        let is_bias = name.ends_with(".bias") || name.ends_with("class_embedding") || name.ends_with("image_newline");
+        let fan_in = if shape.len() >= 2 { shape[1..].iter().product::<usize>() } else { shape[0] };
+        let (center, half_width) = if is_norm {
+            (1.0f32, 0.1f32)
+        } else if is_bias {
+            (0.0, 0.1)
+        } else {
+            (0.0, (3.0 / fan_in as f32).sqrt())
+        };
+        let mut data = vec![0f32; n];
+        data.par_chunks_mut(1 << 16).enumerate().for_each(|(ci, chunk)| {
+            for (j, v) in chunk.iter_mut().enumerate() {
+                // SplitMix64 of (name hash, element index).
+                let mut z = h.wrapping_add((((ci << 16) + j) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                let u = (z >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+                *v = center + half_width * (2.0 * u - 1.0);
+            }
+        });
+        Tensor::new(data, shape)
+    }
+    fn contains(&self, name: &str) -> bool {
+        // Probes of the newest layout succeed; the older names do not exist.
+        name.starts_with("model.") || name == "lm_head.weight"
+    }
+    fn skip(&self, _name: &str) {}
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
 pub struct WeightStore {
     dir: PathBuf,
     shards: Vec<Shard>,

@@ -80,3 +80,23 @@ fn raw_prompt_without_image_token_fails_clearly() {
     assert!(!ok);
     assert!(err.contains("<image>"), "{err}");
 }
+
+#[test]
+fn random_weights_build_any_config_deterministically() {
+    // The tiny config with random weights: runs, is seeded, and differs from the real weights.
+    let model = fixtures().join("llava_next_tiny");
+    let image = fixtures().join("images/tall.png");
+    let run = |seed: &str| {
+        let (ok, out, err) = stic(&[
+            "generate", "--model", model.to_str().unwrap(), "--image", image.to_str().unwrap(),
+            "--prompt", "Hi", "--max-new-tokens", "5", "--random-weights", "--weights-seed", seed, "--json",
+        ]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        ids(&v["output_ids"])
+    };
+    let (a, b, c) = (run("1"), run("1"), run("2"));
+    assert_eq!(a.len(), 5);
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}

@@ -9,6 +9,7 @@
 //!    [1,3,336,336], no rescale/normalise) and tests/fixtures/expected/{llava_next,llava15}_tiny
 //!    .safetensors (f32 `case{i}.pixel_values`, normalised, tiny configs).
 //! 3. Unit checks: best-resolution selection on the real 336 pinpoints, config parsing, errors.
+//!
 //! Pixel tensors are NCHW: [N, 3, H, W]; images HWC uint8.
 //!
 //! `#[ignore]`d `dev_*` tests read larger references from $STIC_DEV_REFS (a directory written by
@@ -19,12 +20,14 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 use stic::image::{
-    anyres_grid_shape, load_image, preprocess, preprocess_anyres, preprocess_clip, resize_pil,
-    resize_pil_compat, select_best_resolution, ImageProcessorConfig, PillowCompat, RgbImage,
+    anyres_grid_shape, decode_image, load_image, preprocess, preprocess_anyres, preprocess_clip,
+    resize_pil, resize_pil_compat, select_best_resolution, ImageProcessorConfig, PillowCompat,
+    RgbImage,
 };
 use stic::Error;
 
-const PINPOINTS_336: [[usize; 2]; 5] = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]];
+const PINPOINTS_336: [[usize; 2]; 5] =
+    [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]];
 const TEST_IMAGES: [&str; 3] = ["wide.jpg", "tall.png", "gray.png"];
 
 fn fixture(rel: &str) -> PathBuf {
@@ -66,14 +69,16 @@ impl Refs {
         let st = self.st();
         let t = st.tensor(name).unwrap_or_else(|_| panic!("missing tensor {name}"));
         assert_eq!(t.dtype(), Dtype::F32, "{name}");
-        let v = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let v =
+            t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
         (t.shape().to_vec(), v)
     }
     fn i64(&self, name: &str) -> (Vec<usize>, Vec<i64>) {
         let st = self.st();
         let t = st.tensor(name).unwrap_or_else(|_| panic!("missing tensor {name}"));
         assert_eq!(t.dtype(), Dtype::I64, "{name}");
-        let v = t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+        let v =
+            t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
         (t.shape().to_vec(), v)
     }
     /// An HWC uint8 tensor as an image; a single channel is replicated to RGB.
@@ -89,7 +94,8 @@ impl Refs {
     }
     fn pillow_compat(&self) -> PillowCompat {
         let v = self.metadata().get("pillow").cloned().unwrap_or_default();
-        PillowCompat::from_version(&v).unwrap_or_else(|| panic!("no Pillow version in metadata: {v:?}"))
+        PillowCompat::from_version(&v)
+            .unwrap_or_else(|| panic!("no Pillow version in metadata: {v:?}"))
     }
 }
 
@@ -124,13 +130,34 @@ fn resize_refs() -> Refs {
 #[test]
 fn load_image_matches_pil_and_hf_convert_to_rgb() {
     let refs = resize_refs();
-    for (file, key) in [("wide.jpg", "src/wide"), ("tall.png", "src/tall"), ("gray.png", "src/gray")] {
+    for (file, key) in
+        [("wide.jpg", "src/wide"), ("tall.png", "src/tall"), ("gray.png", "src/gray")]
+    {
         let ours = load_image(&fixture(&format!("images/{file}"))).unwrap();
         let want = refs.image(key);
         assert_eq!((ours.width, ours.height), (want.width, want.height), "{file}");
         let (max, n) = diff_u8(&ours.data, &want.data);
         assert_eq!(max, 0, "{file}: {n} bytes differ from PIL (max {max})");
     }
+}
+
+#[test]
+fn jpeg_variants_decode_like_pil() {
+    // Progressive, restart markers, 4:2:2 / 4:4:4 / 4:2:0, greyscale, Adobe CMYK, RGB without the
+    // YCbCr transform: libjpeg-turbo's output through PIL, bit for bit.
+    let refs = resize_refs();
+    let mut checked = 0;
+    for name in refs.names().iter().filter(|n| n.starts_with("jpeg/") && n.ends_with("/file")) {
+        let variant = name.trim_start_matches("jpeg/").trim_end_matches("/file");
+        let (_, bytes) = refs.u8(name);
+        let ours = decode_image(&bytes, Path::new(variant)).unwrap();
+        let want = refs.image(&format!("jpeg/{variant}/pil"));
+        assert_eq!((ours.width, ours.height), (want.width, want.height), "{variant}");
+        let (max, n) = diff_u8(&ours.data, &want.data);
+        assert_eq!(max, 0, "{variant}: {n} bytes differ from PIL (max {max})");
+        checked += 1;
+    }
+    assert!(checked >= 6, "only {checked} JPEG variants");
 }
 
 #[test]
@@ -251,9 +278,13 @@ fn config_from_json_llava_files() {
     assert_eq!(cfg, ImageProcessorConfig::llava_next_336(), "LlavaNext default pinpoints");
 
     // Old-style ints: size -> shortest edge, crop_size -> square.
-    let v = serde_json::json!({"size": 224, "crop_size": 224, "image_grid_pinpoints": [[224, 448]]});
+    let v =
+        serde_json::json!({"size": 224, "crop_size": 224, "image_grid_pinpoints": [[224, 448]]});
     let cfg = ImageProcessorConfig::from_json(&v, Path::new("p.json")).unwrap();
-    assert_eq!((cfg.shortest_edge, cfg.resize_to_square, cfg.crop_height, cfg.crop_width), (224, false, 224, 224));
+    assert_eq!(
+        (cfg.shortest_edge, cfg.resize_to_square, cfg.crop_height, cfg.crop_width),
+        (224, false, 224, 224)
+    );
     assert_eq!(cfg.image_grid_pinpoints, Some(vec![[224, 448]]));
 }
 
@@ -325,6 +356,16 @@ fn uint8_pixels_match_hf_slow_processors() {
         }
         let refs = Refs::open(&path);
         let img = load_image(&image_for_stem(stem)).unwrap();
+        if let Ok(text) = std::fs::read_to_string(fixture("pixels/index.json")) {
+            let index: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let entry = &index["images"][format!("images/{file}")];
+            let pair = |v: &serde_json::Value| {
+                (v[0].as_u64().unwrap() as usize, v[1].as_u64().unwrap() as usize)
+            };
+            assert_eq!((img.height, img.width), pair(&entry["image_size"]), "{file} image_size");
+            let best = select_best_resolution((img.height, img.width), &PINPOINTS_336);
+            assert_eq!(best, pair(&entry["best_resolution"]), "{file} best_resolution");
+        }
         for (key, cfg) in [
             ("next336", ImageProcessorConfig::llava_next_336()),
             ("clip336", ImageProcessorConfig::clip_336()),
@@ -334,6 +375,8 @@ fn uint8_pixels_match_hf_slow_processors() {
             assert_eq!(ours.pixel_values.shape(), &shape[..], "{stem} {key}");
             let (max, n) = diff_u8(&as_bytes(ours.pixel_values.data()), &want);
             eprintln!("{stem} {key} {shape:?}: max diff {max}, {n} of {} bytes differ", want.len());
+            // Bit-exact is what we get (and the tolerance the brief allows is 1 level); anything
+            // else means a behaviour change, e.g. fixtures regenerated with Pillow <= 12.
             assert_eq!(max, 0, "{stem} {key}: max diff {max} ({n} bytes)");
             checked += 1;
         }
@@ -351,19 +394,59 @@ fn normalised_pixels_match_hf_tiny_processors() {
         }
         let refs = Refs::open(&refs_path);
         let cfg = ImageProcessorConfig::from_file(&cfg_path).unwrap();
+        let meta_path = fixture(&format!("expected/{name}.json"));
+        let meta: Option<serde_json::Value> =
+            std::fs::read_to_string(&meta_path).ok().map(|t| serde_json::from_str(&t).unwrap());
         for (i, file) in TEST_IMAGES.iter().enumerate() {
             let key = format!("case{i}.pixel_values");
             assert!(refs.has(&key), "{name}: {key} missing");
             let (shape, want) = refs.f32(&key);
             let img = load_image(&fixture(&format!("images/{file}"))).unwrap();
             let ours = preprocess(&img, &cfg).unwrap();
+            if let Some(case) = meta.as_ref().map(|m| &m["cases"][i]) {
+                check_case_geometry(case, file, &ours, &cfg);
+            }
             // HF may return [1, N, 3, H, W] (batch of one) or [N, 3, H, W].
-            let want_shape: Vec<usize> = if shape.len() == 5 { shape[1..].to_vec() } else { shape.clone() };
+            let want_shape: Vec<usize> =
+                if shape.len() == 5 { shape[1..].to_vec() } else { shape.clone() };
             assert_eq!(ours.pixel_values.shape(), &want_shape[..], "{name} {file}");
             let (max, n) = diff_f32(ours.pixel_values.data(), &want);
             eprintln!("{name} {file} {shape:?}: max diff {max:e}, {n} values differ");
             assert!(max <= 1e-5, "{name} {file}: max diff {max} ({n} values)");
+            assert_eq!(
+                n, 0,
+                "{name} {file}: normalised pixels are not bit-exact (max diff {max:e})"
+            );
         }
+    }
+}
+
+/// image_size, tile count and best resolution against expected/<model>.json's case entry.
+fn check_case_geometry(
+    case: &serde_json::Value,
+    file: &str,
+    ours: &stic::image::ProcessedImage,
+    cfg: &ImageProcessorConfig,
+) {
+    let pair =
+        |v: &serde_json::Value| (v[0].as_u64().unwrap() as usize, v[1].as_u64().unwrap() as usize);
+    assert!(
+        case["image"].as_str().unwrap().ends_with(file),
+        "case order: {} vs {file}",
+        case["image"]
+    );
+    assert_eq!(ours.image_size, pair(&case["image_size"]), "{file} image_size (h, w)");
+    assert_eq!(
+        ours.pixel_values.shape()[0] as u64,
+        case["n_tiles"].as_u64().unwrap(),
+        "{file} n_tiles"
+    );
+    if let (Some(best), Some(pp)) = (case.get("best_resolution"), &cfg.image_grid_pinpoints) {
+        assert_eq!(
+            select_best_resolution(ours.image_size, pp),
+            pair(best),
+            "{file} best_resolution"
+        );
     }
 }
 
@@ -401,7 +484,10 @@ fn dev_resize_sweep_vs_pillow() {
             let (max, n) = diff_u8(&ours.data, &want.data);
             if max != 0 {
                 bad += 1;
-                eprintln!("case{i}: {}x{} -> {w}x{h} filter {f}: {n} differ, max {max}", src.width, src.height);
+                eprintln!(
+                    "case{i}: {}x{} -> {w}x{h} filter {f}: {n} differ, max {max}",
+                    src.width, src.height
+                );
             }
         }
         eprintln!("Pillow {major}: {} cases, {bad} mismatching", cases.len());
@@ -443,7 +529,11 @@ fn dev_hf_processors_sweep() {
             eprintln!("{key}/{name} {shape:?}: uint8 max diff {max} ({n} differ)");
             worst.0 = worst.0.max(max);
             if key == "next336" {
-                assert_eq!(ours.image_size, (size[0] as usize, size[1] as usize), "{name} image_sizes");
+                assert_eq!(
+                    ours.image_size,
+                    (size[0] as usize, size[1] as usize),
+                    "{name} image_sizes"
+                );
             }
         }
         for (key, cfg) in [("next336n", &next), ("clip336n", &clip), ("nexttiny", &tiny)] {
@@ -468,10 +558,109 @@ fn dev_hf_processors_sweep() {
         let b = select_best_resolution(hw, &PINPOINTS_336);
         assert_eq!(b, (best[2 * i] as usize, best[2 * i + 1] as usize), "best {hw:?}");
         let bt = select_best_resolution(hw, &tiny_pp);
-        assert_eq!(bt, (best_tiny[2 * i] as usize, best_tiny[2 * i + 1] as usize), "best tiny {hw:?}");
+        assert_eq!(
+            bt,
+            (best_tiny[2 * i] as usize, best_tiny[2 * i + 1] as usize),
+            "best tiny {hw:?}"
+        );
         let p = stic::image::patch_output_size(hw, b);
         assert_eq!(p, (patch[2 * i] as usize, patch[2 * i + 1] as usize), "patch {hw:?}");
         let s = stic::image::transforms::shortest_edge_size(hw, 336);
         assert_eq!(s, (short[2 * i] as usize, short[2 * i + 1] as usize), "short {hw:?}");
     }
+}
+
+#[test]
+#[ignore]
+fn dev_decode_vs_pil() {
+    let dir = dev_dir().expect("set STIC_DEV_REFS");
+    let refs = Refs::open(&dir.join("decode_refs.safetensors"));
+    let files: Vec<(String, Option<String>)> =
+        serde_json::from_str(&refs.metadata()["files"]).unwrap();
+    let (mut exact, mut bad, mut pil_fails_we_decode) = (0, Vec::<String>::new(), Vec::new());
+    for (path, key) in &files {
+        let ours = load_image(Path::new(path));
+        match (key, ours) {
+            (Some(key), Ok(img)) => {
+                let want = refs.image(key);
+                if (img.width, img.height) != (want.width, want.height) {
+                    bad.push(format!(
+                        "{path}: size {}x{} vs PIL {}x{}",
+                        img.width, img.height, want.width, want.height
+                    ));
+                    continue;
+                }
+                let (max, n) = diff_u8(&img.data, &want.data);
+                if max == 0 {
+                    exact += 1;
+                } else {
+                    bad.push(format!("{path}: max diff {max}, {n} of {} bytes", want.data.len()));
+                }
+            }
+            (Some(_), Err(e)) => bad.push(format!("{path}: we fail, PIL reads it: {e}")),
+            (None, Ok(_)) => pil_fails_we_decode.push(path.clone()),
+            (None, Err(_)) => {}
+        }
+    }
+    for b in &bad {
+        eprintln!("MISMATCH {b}");
+    }
+    eprintln!(
+        "{exact} exact, {} mismatching; PIL fails but we decode: {pil_fails_we_decode:?}",
+        bad.len()
+    );
+    // Pillow's deliberately corrupt hopper_bad_exif.jpg decodes to coefficients (checked equal to
+    // libjpeg's) that overflow the 16-bit lanes of libjpeg-turbo's SIMD IDCT; we match its C IDCT
+    // (JSIMD_FORCENONE=1) exactly, PIL's SIMD output only outside those blocks.
+    bad.retain(|b| !b.contains("hopper_bad_exif.jpg"));
+    assert!(bad.is_empty());
+}
+
+#[test]
+#[ignore]
+fn dev_jpeg_fuzz_never_panics() {
+    // Corrupt the committed JPEG variants at random (bytes flipped, truncated, spliced) and check
+    // that decoding returns Ok or Err but never panics.
+    let refs = resize_refs();
+    let mut files: Vec<Vec<u8>> =
+        refs.names().iter().filter(|n| n.ends_with("/file")).map(|n| refs.u8(n).1).collect();
+    files.push(std::fs::read(fixture("images/wide.jpg")).unwrap());
+    let mut state = 0x2545F4914F6CDD1Du64;
+    let mut rnd = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n.max(1) as u64) as usize
+    };
+    let (mut ok, mut err) = (0, 0);
+    for iter in 0..20000 {
+        let mut data = files[iter % files.len()].clone();
+        match rnd(4) {
+            0 => data.truncate(rnd(data.len())),
+            1 => {
+                for _ in 0..1 + rnd(8) {
+                    let i = rnd(data.len());
+                    data[i] = rnd(256) as u8;
+                }
+            }
+            2 => {
+                let i = rnd(data.len());
+                data[i] ^= 1 << rnd(8);
+            }
+            _ => {
+                let (a, b) = (rnd(data.len()), rnd(data.len()));
+                let chunk: Vec<u8> = data[a.min(b)..a.max(b)].to_vec();
+                let at = rnd(data.len());
+                data.splice(at..at, chunk);
+            }
+        }
+        match decode_image(&data, Path::new("fuzz.jpg")) {
+            Ok(img) => {
+                assert_eq!(img.data.len(), img.width * img.height * 3);
+                ok += 1
+            }
+            Err(_) => err += 1,
+        }
+    }
+    eprintln!("fuzz: {ok} decoded, {err} rejected, no panic");
 }

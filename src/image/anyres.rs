@@ -14,8 +14,8 @@
 //!
 //! Output: pixel_values [1 + rows * cols, 3, crop_h, crop_w], base first.
 
-use super::transforms::{clip_resize_crop, crop, pad_to_center, to_tensor};
 use super::resize::resize_pil_compat;
+use super::transforms::{clip_resize_crop, crop, pad_to_center, to_tensor};
 use super::{ImageProcessorConfig, ProcessedImage, RgbImage};
 use crate::error::{Error, Result};
 
@@ -60,7 +60,11 @@ pub fn patch_output_size(orig_hw: (usize, usize), target_hw: (usize, usize)) -> 
 
 /// The tile grid (rows, cols) that AnyRes produces for an image of `orig_hw`, as HF's
 /// `get_anyres_image_grid_shape`: best resolution divided by the tile size (floor).
-pub fn anyres_grid_shape(orig_hw: (usize, usize), pinpoints: &[[usize; 2]], tile: usize) -> (usize, usize) {
+pub fn anyres_grid_shape(
+    orig_hw: (usize, usize),
+    pinpoints: &[[usize; 2]],
+    tile: usize,
+) -> (usize, usize) {
     let (h, w) = select_best_resolution(orig_hw, pinpoints);
     (h / tile, w / tile)
 }
@@ -79,11 +83,10 @@ fn divide_to_tiles(img: &RgbImage, tile: usize) -> Vec<RgbImage> {
 
 /// The uint8 images LLaVA-NeXT feeds to the CLIP steps: [base, tiles...].
 pub fn anyres_images(img: &RgbImage, cfg: &ImageProcessorConfig) -> Result<Vec<RgbImage>> {
-    let pinpoints = cfg
-        .image_grid_pinpoints
-        .as_deref()
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| Error::Input("AnyRes preprocessing needs image_grid_pinpoints".into()))?;
+    let pinpoints =
+        cfg.image_grid_pinpoints.as_deref().filter(|p| !p.is_empty()).ok_or_else(|| {
+            Error::Input("AnyRes preprocessing needs image_grid_pinpoints".into())
+        })?;
     let orig_hw = (img.height, img.width);
     let best = select_best_resolution(orig_hw, pinpoints);
     let (nh, nw) = patch_output_size(orig_hw, best);
@@ -92,7 +95,8 @@ pub fn anyres_images(img: &RgbImage, cfg: &ImageProcessorConfig) -> Result<Vec<R
     // HF's patch size: crop_size.height (LLaVA configs always have a crop size).
     let tiles = divide_to_tiles(&padded, cfg.crop_height);
 
-    let base_side = cfg.shortest_edge; // size {"shortest_edge": s} -> (s, s); {"height": s, ...} too
+    // HF: size {"shortest_edge": s} (or {"height": s, "width": s}) -> a straight (s, s) resize.
+    let base_side = cfg.shortest_edge;
     let base = resize_pil_compat(img, base_side, base_side, cfg.resample, cfg.pillow_compat);
 
     let mut out = Vec::with_capacity(1 + tiles.len());
@@ -106,7 +110,10 @@ pub fn anyres_images(img: &RgbImage, cfg: &ImageProcessorConfig) -> Result<Vec<R
 pub fn preprocess_anyres(img: &RgbImage, cfg: &ImageProcessorConfig) -> Result<ProcessedImage> {
     let images: Vec<RgbImage> =
         anyres_images(img, cfg)?.iter().map(|im| clip_resize_crop(im, cfg)).collect();
-    Ok(ProcessedImage { pixel_values: to_tensor(&images, cfg)?, image_size: (img.height, img.width) })
+    Ok(ProcessedImage {
+        pixel_values: to_tensor(&images, cfg)?,
+        image_size: (img.height, img.width),
+    })
 }
 
 #[cfg(test)]
@@ -117,7 +124,7 @@ mod tests {
 
     #[test]
     fn patch_output_size_examples() {
-        // 120x200 into 336x672: scale_w = 3.36, scale_h = 2.8 -> height-bound, w = ceil(200*2.8)=560
+        // 120x200 into 336x672: scale_w = 3.36, scale_h = 2.8 -> height-bound, ceil(200*2.8) = 560
         assert_eq!(patch_output_size((120, 200), (336, 672)), (336, 560));
         assert_eq!(patch_output_size((250, 90), (1008, 336)), (934, 336));
     }

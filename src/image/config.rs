@@ -1,12 +1,13 @@
 //! `ImageProcessorConfig`: the fields of a Hugging Face `preprocessor_config.json` that the
 //! CLIP / LLaVA-NeXT image processors use, with transformers' defaults for missing keys.
 //!
-//! Key names and defaults follow `CLIPImageProcessor` / `LlavaNextImageProcessor` (transformers 5):
-//! `size` {"shortest_edge": 224}, `crop_size` {"height": 224, "width": 224}, `resample` 3 (bicubic),
-//! `rescale_factor` 1/255, OpenAI CLIP mean/std, every `do_*` flag true. `size` may also be an int
-//! (the shortest edge), {"height", "width"} (a fixed square resize) or a [h, w] list; `crop_size` an
-//! int (square), {"height", "width"} or a [h, w] list. `image_grid_pinpoints` holds (height, width)
-//! pairs; a `LlavaNextImageProcessor` config without it gets transformers' default pinpoints.
+//! Key names and defaults follow `CLIPImageProcessor` / `LlavaNextImageProcessor` (transformers
+//! 5): `size` {"shortest_edge": 224}, `crop_size` {"height": 224, "width": 224}, `resample` 3
+//! (bicubic), `rescale_factor` 1/255, OpenAI CLIP mean/std, every `do_*` flag true. `size` may
+//! also be an int (the shortest edge), {"height", "width"} (a fixed square resize) or a [h, w]
+//! list; `crop_size` an int (square), {"height", "width"} or a [h, w] list.
+//! `image_grid_pinpoints` holds (height, width) pairs; a `LlavaNextImageProcessor` config without
+//! it gets transformers' default pinpoints.
 
 use std::path::Path;
 
@@ -15,8 +16,11 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::image::resize::PillowCompat;
 
-/// OpenAI CLIP normalisation constants (transformers' `OPENAI_CLIP_MEAN` / `OPENAI_CLIP_STD`).
+/// OpenAI CLIP normalisation constants (transformers' `OPENAI_CLIP_MEAN` / `OPENAI_CLIP_STD`),
+/// written as in transformers; they are rounded to f32 like numpy's `np.array(mean, float32)`.
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 /// transformers' default `image_grid_pinpoints` for `LlavaNextImageProcessor`, (height, width).
@@ -111,20 +115,20 @@ impl ImageProcessorConfig {
 
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| Error::Json { path: path.into(), source: e })?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Json { path: path.into(), source: e })?;
         Self::from_json(&v, path)
     }
 
     /// Parse a preprocessor config; `path` only names the source in errors.
     pub fn from_json(v: &Value, path: &Path) -> Result<Self> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| Error::config(path, "<root>", "expected a JSON object"))?;
+        let obj =
+            v.as_object().ok_or_else(|| Error::config(path, "<root>", "expected a JSON object"))?;
         let p = Parser { obj, path };
         let d = Self::default();
         let (shortest_edge, resize_to_square) = p.size("size")?.unwrap_or((d.shortest_edge, false));
-        let (crop_height, crop_width) = p.crop_size("crop_size")?.unwrap_or((d.crop_height, d.crop_width));
+        let (crop_height, crop_width) =
+            p.crop_size("crop_size")?.unwrap_or((d.crop_height, d.crop_width));
         let processor_type = p.string("image_processor_type")?.unwrap_or_default();
         let pinpoints = match p.pinpoints("image_grid_pinpoints")? {
             Some(pp) => Some(pp),
@@ -162,7 +166,7 @@ impl ImageProcessorConfig {
         if self.crop_height == 0 || self.crop_width == 0 {
             return Err(Error::config(path, "crop_size", "must be positive"));
         }
-        if self.image_std.iter().any(|&s| s == 0.0) {
+        if self.image_std.contains(&0.0) {
             return Err(Error::config(path, "image_std", "must not contain 0"));
         }
         crate::image::resize::check_resample(self.resample)
@@ -203,7 +207,9 @@ impl Parser<'_> {
     fn string(&self, key: &str) -> Result<Option<String>> {
         self.get(key)
             .map(|v| {
-                v.as_str().map(str::to_owned).ok_or_else(|| self.err(key, format!("expected a string, got {v}")))
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| self.err(key, format!("expected a string, got {v}")))
             })
             .transpose()
     }
@@ -231,7 +237,8 @@ impl Parser<'_> {
         })?;
         let mut out = [0f32; 3];
         for (o, x) in out.iter_mut().zip(arr) {
-            *o = x.as_f64().ok_or_else(|| self.err(key, format!("expected a number, got {x}")))? as f32;
+            *o = x.as_f64().ok_or_else(|| self.err(key, format!("expected a number, got {x}")))?
+                as f32;
         }
         Ok(Some(out))
     }
@@ -245,14 +252,20 @@ impl Parser<'_> {
         }
         let (h, w) = if let Some(m) = v.as_object() {
             if m.contains_key("longest_edge") || m.contains_key("max_height") {
-                return Err(self.err(key, format!("unsupported size keys {v}: use shortest_edge or height/width")));
+                return Err(self.err(
+                    key,
+                    format!("unsupported size keys {v}: use shortest_edge or height/width"),
+                ));
             }
             if let Some(se) = m.get("shortest_edge") {
                 return Ok(Some((self.usize_of(key, se)?, false)));
             }
             match (m.get("height"), m.get("width")) {
                 (Some(h), Some(w)) => (self.usize_of(key, h)?, self.usize_of(key, w)?),
-                _ => return Err(self.err(key, format!("expected shortest_edge or height and width, got {v}"))),
+                _ => {
+                    return Err(self
+                        .err(key, format!("expected shortest_edge or height and width, got {v}")))
+                }
             }
         } else {
             self.pair(key, v)?
@@ -282,7 +295,8 @@ impl Parser<'_> {
     fn pair(&self, key: &str, v: &Value) -> Result<(usize, usize)> {
         match v.as_array().map(Vec::as_slice) {
             Some([h, w]) => Ok((self.usize_of(key, h)?, self.usize_of(key, w)?)),
-            _ => Err(self.err(key, format!("expected an int, a dict or a [height, width] list, got {v}"))),
+            _ => Err(self
+                .err(key, format!("expected an int, a dict or a [height, width] list, got {v}"))),
         }
     }
 
@@ -295,9 +309,9 @@ impl Parser<'_> {
 
     fn pinpoints(&self, key: &str) -> Result<Option<Vec<[usize; 2]>>> {
         let Some(v) = self.get(key) else { return Ok(None) };
-        let arr = v
-            .as_array()
-            .ok_or_else(|| self.err(key, format!("expected a list of [height, width] pairs, got {v}")))?;
+        let arr = v.as_array().ok_or_else(|| {
+            self.err(key, format!("expected a list of [height, width] pairs, got {v}"))
+        })?;
         arr.iter()
             .map(|p| self.pair(key, p).map(|(h, w)| [h, w]))
             .collect::<Result<Vec<_>>>()

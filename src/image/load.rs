@@ -1,15 +1,14 @@
 //! Decoding image files into `RgbImage` (HWC uint8, 3 channels) the way HF sees them: what
 //! `PIL.Image.open(path)` yields, passed through transformers' `convert_to_rgb`.
 //!
+//! JPEGs are decoded by libjpeg itself (the `mozjpeg` crate, built from source with PIL's settings:
+//! accurate integer IDCT, fancy upsampling), so their pixels are the bytes PIL gets from
+//! libjpeg-turbo; the `image` crate's own JPEG decoder differs by up to 7 levels. PNG is lossless.
 //! `convert_to_rgb` (transformers 5, PIL input): an image with an alpha band or a `transparency`
 //! entry is converted to RGBA and alpha-composited onto opaque white (`Image.alpha_composite`),
 //! anything else goes through `Image.convert("RGB")` (grey replicated to R = G = B). The `image`
 //! crate expands palettes and tRNS chunks into RGB(A) / grey+alpha, which matches PIL's
-//! convert-then-composite. JPEGs are decoded by libjpeg (the `mozjpeg` crate, built from source,
-//! accurate integer IDCT and fancy upsampling: PIL's settings), so their pixels are the bytes PIL
-//! gets from libjpeg-turbo; the `image` crate's own JPEG decoder differs by up to 7 levels.
-//! CMYK/YCCK JPEGs, which PIL converts with its own formulas, go through the `image` crate.
-//! 16-bit PNGs follow PIL's modes: RGB(A)/LA keep the high byte, and
+//! convert-then-composite. 16-bit PNGs follow PIL's modes: RGB(A)/LA keep the high byte, and
 //! 16-bit grey (PIL "I;16") clamps to 0..=255 on conversion, as PIL does. No EXIF rotation is
 //! applied (neither `Image.open` nor the HF processors apply one).
 
@@ -22,33 +21,35 @@ use crate::error::{Error, Result};
 
 /// Decode a JPEG or PNG file (format sniffed from the content) into RGB.
 pub fn load_image(path: &Path) -> Result<RgbImage> {
-    let img_err = |msg: String| Error::Image { path: path.into(), msg };
-    let bytes = std::fs::read(path).map_err(|e| img_err(format!("cannot open: {e}")))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Image { path: path.into(), msg: format!("cannot read: {e}") })?;
     decode_image(&bytes, path)
 }
 
-/// Decode an in-memory JPEG or PNG; `name` labels errors (e.g. a URL or "<stdin>").
+/// Decode an in-memory JPEG or PNG; `name` labels errors (e.g. the file path or a URL).
+///
+/// JPEGs go through libjpeg (see the module doc); PNGs through the `image` crate.
 pub fn decode_image(bytes: &[u8], name: &Path) -> Result<RgbImage> {
     let img_err = |msg: String| Error::Image { path: name.into(), msg };
-    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        if let Some(img) = decode_jpeg_libjpeg(bytes).map_err(|e| img_err(format!("cannot decode JPEG: {e}")))? {
-            return Ok(img);
-        }
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        return decode_jpeg(bytes).map_err(|e| img_err(format!("cannot decode JPEG: {e}")));
     }
     let decoded = image::load_from_memory(bytes).map_err(|e| img_err(format!("cannot decode: {e}")))?;
-    to_rgb(decoded).map_err(img_err)
+    to_rgb(decoded, is_png_gray16(bytes)).map_err(img_err)
 }
 
-/// Decode a JPEG with libjpeg as PIL configures it. `Ok(None)` for colour spaces PIL converts
-/// itself (CMYK, YCCK).
-fn decode_jpeg_libjpeg(bytes: &[u8]) -> std::result::Result<Option<RgbImage>, String> {
+/// Decode a JPEG with libjpeg configured as PIL configures it, then convert as PIL's
+/// `convert("RGB")` would: grey is replicated; CMYK (libjpeg turns YCCK into CMYK) goes through
+/// PIL's `cmyk2rgb`, on inverted bytes when the file has an Adobe marker (PIL's "CMYK;I").
+fn decode_jpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     use mozjpeg::{ColorSpace, DctMethod};
     // libjpeg reports fatal errors by unwinding out of its error handler.
-    let run = std::panic::catch_unwind(|| -> std::io::Result<Option<RgbImage>> {
-        let mut d = mozjpeg::Decompress::new_mem(bytes)?;
+    let run = std::panic::catch_unwind(|| -> std::io::Result<RgbImage> {
+        let mut d = mozjpeg::Decompress::with_markers(mozjpeg::ALL_MARKERS).from_mem(bytes)?;
         d.dct_method(DctMethod::IntegerSlow);
         d.do_fancy_upsampling(true);
         let (width, height) = d.size();
+        let adobe = d.markers().any(|m| m.marker == mozjpeg::Marker::APP(14) && m.data.starts_with(b"Adobe"));
         let data = match d.color_space() {
             ColorSpace::JCS_GRAYSCALE => {
                 let mut s = d.grayscale()?;
@@ -56,15 +57,20 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> std::result::Result<Option<RgbImage>, St
                 s.finish()?;
                 g.iter().flat_map(|&v| [v, v, v]).collect()
             }
-            ColorSpace::JCS_YCbCr | ColorSpace::JCS_RGB => {
+            ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => {
+                let mut s = d.to_colorspace(ColorSpace::JCS_CMYK)?;
+                let px: Vec<[u8; 4]> = s.read_scanlines()?;
+                s.finish()?;
+                cmyk_to_rgb_pil(&px, adobe)
+            }
+            _ => {
                 let mut s = d.rgb()?;
                 let px: Vec<[u8; 3]> = s.read_scanlines()?;
                 s.finish()?;
                 px.into_iter().flatten().collect()
             }
-            _ => return Ok(None),
         };
-        Ok(Some(RgbImage { width, height, data }))
+        Ok(RgbImage { width, height, data })
     });
     match run {
         Ok(r) => r.map_err(|e| e.to_string()),
@@ -76,25 +82,63 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> std::result::Result<Option<RgbImage>, St
     }
 }
 
-/// HF `convert_to_rgb` on a decoded image.
-fn to_rgb(img: DynamicImage) -> std::result::Result<RgbImage, String> {
+/// Pillow's `cmyk2rgb` (Convert.c): channel = clip(nk - nk * c / 255) with nk = 255 - k and
+/// Pillow's rounded MULDIV255; `inverted` reads the bytes as Adobe's inverted CMYK.
+fn cmyk_to_rgb_pil(px: &[[u8; 4]], inverted: bool) -> Vec<u8> {
+    let muldiv255 = |a: i32, b: i32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    let mut out = Vec::with_capacity(px.len() * 3);
+    for p in px {
+        let v = |i: usize| if inverted { 255 - p[i] as i32 } else { p[i] as i32 };
+        let nk = 255 - v(3);
+        for i in 0..3 {
+            out.push((nk - muldiv255(v(i), nk)).clamp(0, 255) as u8);
+        }
+    }
+    out
+}
+
+/// A 16-bit greyscale PNG (colour type 0): PIL opens it as mode "I;16", whose conversion to
+/// L/RGB clamps values to 255 (it does not scale), also when a tRNS chunk adds transparency.
+fn is_png_gray16(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"\x89PNG\r\n\x1a\n")
+        && bytes.len() > 25
+        && &bytes[12..16] == b"IHDR"
+        && bytes[24] == 16
+        && bytes[25] == 0
+}
+
+/// HF `convert_to_rgb` on a decoded image (`gray16`: see `is_png_gray16`).
+fn to_rgb(img: DynamicImage, gray16: bool) -> std::result::Result<RgbImage, String> {
     let (width, height) = (img.width() as usize, img.height() as usize);
+    let hi = |v: u16| (v >> 8) as u8;
     let data = match img {
         DynamicImage::ImageRgb8(b) => b.into_raw(),
-        DynamicImage::ImageRgba8(b) => composite_on_white(b.as_raw(), 4, |p| (p[0], p[1], p[2], p[3])),
+        DynamicImage::ImageRgba8(b) => {
+            composite_on_white(b.as_raw(), 4, |p| (p[0], p[1], p[2], p[3]))
+        }
         DynamicImage::ImageLuma8(b) => b.as_raw().iter().flat_map(|&g| [g, g, g]).collect(),
-        DynamicImage::ImageLumaA8(b) => composite_on_white(b.as_raw(), 2, |p| (p[0], p[0], p[0], p[1])),
-        DynamicImage::ImageRgb16(b) => b.as_raw().iter().map(|&v| (v >> 8) as u8).collect(),
+        DynamicImage::ImageLumaA8(b) => {
+            composite_on_white(b.as_raw(), 2, |p| (p[0], p[0], p[0], p[1]))
+        }
+        // PIL reads 16-bit RGB(A) / LA PNGs keeping the high byte of each sample.
+        DynamicImage::ImageRgb16(b) => b.as_raw().iter().map(|&v| hi(v)).collect(),
         DynamicImage::ImageRgba16(b) => {
-            let hi: Vec<u8> = b.as_raw().iter().map(|&v| (v >> 8) as u8).collect();
-            composite_on_white(&hi, 4, |p| (p[0], p[1], p[2], p[3]))
+            let bytes: Vec<u8> = b.as_raw().iter().map(|&v| hi(v)).collect();
+            composite_on_white(&bytes, 4, |p| (p[0], p[1], p[2], p[3]))
         }
         DynamicImage::ImageLuma16(b) => {
             b.as_raw().iter().flat_map(|&v| [v.min(255) as u8; 3]).collect()
         }
         DynamicImage::ImageLumaA16(b) => {
-            let hi: Vec<u8> = b.as_raw().iter().map(|&v| (v >> 8) as u8).collect();
-            composite_on_white(&hi, 2, |p| (p[0], p[0], p[0], p[1]))
+            // Grey + tRNS of a colour-type-0 PNG ("I;16" + transparency) clamps the grey; a true
+            // grey+alpha PNG ("LA") keeps high bytes.
+            let grey = |v: u16| if gray16 { v.min(255) as u8 } else { hi(v) };
+            let bytes: Vec<u8> =
+                b.as_raw().chunks_exact(2).flat_map(|p| [grey(p[0]), hi(p[1])]).collect();
+            composite_on_white(&bytes, 2, |p| (p[0], p[0], p[0], p[1]))
         }
         other => return Err(format!("unsupported pixel format {:?}", other.color())),
     };

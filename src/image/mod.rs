@@ -12,7 +12,8 @@
 //!   -> per image: `resize_pil` to the shortest edge, center crop
 //!   -> rescale (x * 1/255 in f64 -> f32) and normalise ((x - mean) / std in f32).
 //!
-//! Submodules: `config` (preprocessor_config.json), `load` (decoding), `resize` (Pillow's
+//! Submodules: `config` (preprocessor_config.json), `load` (file decoding + RGB conversion; JPEG
+//! through libjpeg, which PIL uses), `resize` (Pillow's
 //! resampler), `transforms` (crop/pad/normalise), `anyres` (LLaVA-NeXT tiling).
 
 pub mod anyres;
@@ -22,7 +23,9 @@ pub mod resize;
 pub mod transforms;
 
 pub use anyres::{anyres_grid_shape, patch_output_size, preprocess_anyres, select_best_resolution};
-pub use config::{ImageProcessorConfig, LLAVA_NEXT_DEFAULT_PINPOINTS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
+pub use config::{
+    ImageProcessorConfig, LLAVA_NEXT_DEFAULT_PINPOINTS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+};
 pub use load::{decode_image, load_image};
 pub use resize::{resize_pil, resize_pil_compat, PillowCompat};
 
@@ -43,7 +46,11 @@ impl RgbImage {
         if data.len() != width * height * 3 || width == 0 || height == 0 {
             return Err(Error::shape(
                 "RgbImage::new",
-                format!("{width}x{height} RGB needs {} bytes, got {}", width * height * 3, data.len()),
+                format!(
+                    "{width}x{height} RGB needs {} bytes, got {}",
+                    width * height * 3,
+                    data.len()
+                ),
             ));
         }
         Ok(RgbImage { width, height, data })

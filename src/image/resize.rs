@@ -11,6 +11,7 @@
 //!   will read);
 //! - Pillow >= 13.0 runs the vertical pass first when the height shrinks by more than twice as
 //!   many pixels as the width: `(H - h) > 0 && (H - h) > 2 * (W - w)`.
+//!
 //! `resize_pil` follows Pillow 13 (the Pillow of the reference transformers environment);
 //! `resize_pil_compat` picks either. A pass whose dimension is unchanged is skipped, and an
 //! unchanged size is a plain copy (Pillow's crop shortcut).
@@ -28,10 +29,14 @@ const PARALLEL_MIN_OUTPUTS: usize = 1 << 16;
 
 /// Ok when `resample` is a filter `resize_pil` implements; else a message for a config error.
 pub fn check_resample(r: u32) -> std::result::Result<(), String> {
+    use resample::*;
     match r {
-        resample::LANCZOS | resample::BILINEAR | resample::BICUBIC | resample::BOX | resample::HAMMING => Ok(()),
-        resample::NEAREST => Err("resample 0 (nearest) is not supported; use 1-5".into()),
-        _ => Err(format!("unknown PIL resampling filter {r}; supported: 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming")),
+        LANCZOS | BILINEAR | BICUBIC | BOX | HAMMING => Ok(()),
+        NEAREST => Err("resample 0 (nearest) is not supported; use 1-5".into()),
+        _ => Err(format!(
+            "unknown PIL resampling filter {r}; \
+             supported: 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming"
+        )),
     }
 }
 
@@ -136,8 +141,9 @@ impl Coeffs {
         let mut weights = vec![0i32; out_size * ksize];
         let mut w = vec![0f64; ksize];
         for (xx, k_out) in weights.chunks_exact_mut(ksize).enumerate() {
-            let center = (xx as f64 + 0.5) * scale; // + in0 = 0
-            // C's (int) cast truncates toward zero; negative starts clamp to 0 either way.
+            // Pillow adds the box start in0 (0 here). C's (int) cast truncates toward zero;
+            // negative window starts clamp to 0 either way.
+            let center = (xx as f64 + 0.5) * scale;
             let xmin = ((center - support + 0.5) as i64).max(0);
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
             let n = xmax.max(0) as usize;
@@ -180,7 +186,13 @@ fn clip8(acc: i32) -> u8 {
 const ROUNDING: i32 = 1 << (PRECISION_BITS - 1);
 
 /// Horizontal pass over input rows `row0..row0 + rows`: out is `rows x out_w` RGB.
-fn resample_horizontal(img: &RgbImage, row0: usize, rows: usize, c: &Coeffs, out_w: usize) -> Vec<u8> {
+fn resample_horizontal(
+    img: &RgbImage,
+    row0: usize,
+    rows: usize,
+    c: &Coeffs,
+    out_w: usize,
+) -> Vec<u8> {
     let in_stride = img.width * CHANNELS;
     let out_stride = out_w * CHANNELS;
     let mut out = vec![0u8; rows * out_stride];
@@ -271,7 +283,11 @@ pub fn resize_pil_compat(
     compat: PillowCompat,
 ) -> RgbImage {
     assert!(width > 0 && height > 0, "resize_pil: output size {width}x{height} must be positive");
-    assert_eq!(img.data.len(), img.width * img.height * CHANNELS, "resize_pil: bad RgbImage buffer");
+    assert_eq!(
+        img.data.len(),
+        img.width * img.height * CHANNELS,
+        "resize_pil: bad RgbImage buffer"
+    );
     if width == img.width && height == img.height {
         return img.clone();
     }
@@ -319,7 +335,10 @@ mod tests {
                 let c = Coeffs::new(i, o, filter_for(r));
                 for xx in 0..o {
                     let s: i64 = c.taps(xx).1.iter().map(|&k| k as i64).sum();
-                    assert!((s - (1 << PRECISION_BITS)).abs() <= c.len[xx] as i64, "{i}->{o} r{r} x{xx}: {s}");
+                    assert!(
+                        (s - (1 << PRECISION_BITS)).abs() <= c.len[xx] as i64,
+                        "{i}->{o} r{r} x{xx}: {s}"
+                    );
                 }
             }
         }

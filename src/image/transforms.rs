@@ -127,7 +127,8 @@ fn value_table(cfg: &ImageProcessorConfig) -> [[f32; 256]; 3] {
     let mut lut = [[0f32; 256]; 3];
     for (c, table) in lut.iter_mut().enumerate() {
         for (v, out) in table.iter_mut().enumerate() {
-            let mut x = if cfg.do_rescale { (v as f64 * cfg.rescale_factor) as f32 } else { v as f32 };
+            let mut x =
+                if cfg.do_rescale { (v as f64 * cfg.rescale_factor) as f32 } else { v as f32 };
             if cfg.do_normalize {
                 x = (x - cfg.image_mean[c]) / cfg.image_std[c];
             }
@@ -142,7 +143,11 @@ mod tests {
     use super::*;
 
     fn ramp(w: usize, h: usize) -> RgbImage {
-        RgbImage { width: w, height: h, data: (0..w * h * 3).map(|i| (i % 251) as u8 + 1).collect() }
+        RgbImage {
+            width: w,
+            height: h,
+            data: (0..w * h * 3).map(|i| (i % 251) as u8 + 1).collect(),
+        }
     }
 
     #[test]
@@ -158,7 +163,7 @@ mod tests {
         let img = ramp(5, 4);
         let c = center_crop(&img, 2, 3);
         assert_eq!((c.height, c.width), (2, 3));
-        assert_eq!(&c.data[..3], &img.data[(1 * 5 + 1) * 3..][..3]);
+        assert_eq!(&c.data[..3], &img.data[(5 + 1) * 3..][..3]);
         // Larger than the image: 4x5 inside 7x8, image at top ceil(3/2)=2, left ceil(3/2)=2.
         let p = center_crop(&img, 7, 8);
         assert_eq!((p.height, p.width), (7, 8));
@@ -171,6 +176,6 @@ mod tests {
         let img = ramp(3, 2);
         let p = pad_to_center(&img, (5, 6));
         // top = (5-2)//2 = 1, left = (6-3)//2 = 1
-        assert_eq!(&p.data[(1 * 6 + 1) * 3..][..3], &img.data[..3]);
+        assert_eq!(&p.data[(6 + 1) * 3..][..3], &img.data[..3]);
     }
 }

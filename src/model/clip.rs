@@ -12,7 +12,7 @@ use crate::config::VisionConfig;
 use crate::error::{Error, Result};
 use crate::nn::{LayerNorm, Linear};
 use crate::tensor::Tensor;
-use crate::weights::WeightStore;
+use crate::weights::WeightSource;
 
 struct ClipLayer {
     ln1: LayerNorm,
@@ -37,7 +37,7 @@ pub struct ClipVision {
 impl ClipVision {
     /// Load from `{prefix}.embeddings...` etc. (`prefix` ends in `vision_model`). Only the first
     /// `n_layers` encoder layers are loaded; the others are marked as skipped.
-    pub fn load(ws: &WeightStore, prefix: &str, cfg: &VisionConfig, n_layers: usize) -> Result<Self> {
+    pub fn load(ws: &dyn WeightSource, prefix: &str, cfg: &VisionConfig, n_layers: usize) -> Result<Self> {
         let c = cfg.hidden_size;
         let p = cfg.patch_size;
         let n_pos = cfg.num_patches() + 1;

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::model::clip::add_inplace;
 use crate::nn::{Linear, RmsNorm};
 use crate::tensor::Tensor;
-use crate::weights::WeightStore;
+use crate::weights::WeightSource;
 
 struct DecoderLayer {
     input_layernorm: RmsNorm,
@@ -68,7 +68,7 @@ pub struct Decoder {
 
 impl Decoder {
     /// `model_prefix` holds embed_tokens/layers/norm; `lm_head` is the lm_head weight's name.
-    pub fn load(ws: &WeightStore, model_prefix: &str, lm_head: &str, cfg: &TextConfig) -> Result<Self> {
+    pub fn load(ws: &dyn WeightSource, model_prefix: &str, lm_head: &str, cfg: &TextConfig) -> Result<Self> {
         let (c, v, f) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
         let (qd, kvd) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
         let eps = cfg.rms_norm_eps;
@@ -91,7 +91,9 @@ impl Decoder {
             });
         }
         let norm = RmsNorm::load(ws, &format!("{model_prefix}.norm"), c, eps)?;
-        let lm_head = if cfg.tie_word_embeddings && !ws.contains(lm_head) {
+        // HF ties lm_head to the embedding whenever the config says so, whatever the file holds.
+        let lm_head = if cfg.tie_word_embeddings {
+            ws.skip(lm_head);
             None
         } else {
             Some(Linear::load(ws, lm_head.trim_end_matches(".weight"), c, v, false)?)

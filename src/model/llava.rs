@@ -23,7 +23,7 @@ use crate::model::clip::ClipVision;
 use crate::model::decoder::Decoder;
 use crate::model::projector::Projector;
 use crate::tensor::Tensor;
-use crate::weights::WeightStore;
+use crate::weights::{RandomWeights, WeightSource, WeightStore};
 
 /// Candidate prefixes of each component, newest layout first. Each component is located on its
 /// own (by a tensor it must have), because writers mix styles: transformers 5.23 writes the hub's
@@ -31,7 +31,7 @@ use crate::weights::WeightStore;
 const VISION: [&str; 4] = ["model.vision_tower.vision_model", "model.vision_tower", "vision_tower.vision_model", "vision_tower"];
 const PROJECTOR: [&str; 2] = ["model.multi_modal_projector", "multi_modal_projector"];
 /// The projector is found by its first weight: `linear_1` (mlp2x_gelu) or its own (linear).
-fn locate_projector(ws: &WeightStore) -> Result<&'static str> {
+fn locate_projector(ws: &dyn WeightSource) -> Result<&'static str> {
     locate(ws, &PROJECTOR, ".linear_1.weight", "projector").or_else(|_| locate(ws, &PROJECTOR, ".weight", "projector"))
 }
 const LM: [&str; 2] = ["model.language_model", "language_model.model"];
@@ -39,7 +39,7 @@ const LM_HEAD: [&str; 2] = ["lm_head.weight", "language_model.lm_head.weight"];
 const NEWLINE: [&str; 2] = ["model.image_newline", "image_newline"];
 
 /// The first prefix `p` for which `{p}{probe}` is in the checkpoint.
-fn locate<'a>(ws: &WeightStore, candidates: &[&'a str], probe: &str, what: &str) -> Result<&'a str> {
+fn locate<'a>(ws: &dyn WeightSource, candidates: &[&'a str], probe: &str, what: &str) -> Result<&'a str> {
     candidates.iter().copied().find(|p| ws.contains(&format!("{p}{probe}"))).ok_or_else(|| {
         let tried: Vec<String> = candidates.iter().map(|p| format!("`{p}{probe}`")).collect();
         Error::weights(ws.dir(), format!("no {what} found: expected one of {}", tried.join(", ")))
@@ -65,7 +65,13 @@ impl Llava {
         Ok(model)
     }
 
-    pub fn from_weights(cfg: LlavaConfig, ws: &WeightStore) -> Result<Self> {
+    /// A model of the config in `dir`/config.json with seeded random weights (no safetensors read).
+    pub fn random(dir: &Path, seed: u64) -> Result<Self> {
+        let cfg = LlavaConfig::from_file(&dir.join("config.json"))?;
+        Self::from_weights(cfg, &RandomWeights::new(dir, seed))
+    }
+
+    pub fn from_weights(cfg: LlavaConfig, ws: &dyn WeightSource) -> Result<Self> {
         let lm = locate(ws, &LM, ".embed_tokens.weight", "language-model embedding")?;
         let vision_prefix = locate(ws, &VISION, ".embeddings.class_embedding", "vision tower")?;
         let projector_prefix = locate_projector(ws)?;

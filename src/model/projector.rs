@@ -7,7 +7,7 @@ use crate::backend::cpu;
 use crate::error::Result;
 use crate::nn::Linear;
 use crate::tensor::Tensor;
-use crate::weights::WeightStore;
+use crate::weights::WeightSource;
 
 pub enum Projector {
     Mlp { linear_1: Linear, act: String, linear_2: Linear },
@@ -15,7 +15,7 @@ pub enum Projector {
 }
 
 impl Projector {
-    pub fn load(ws: &WeightStore, prefix: &str, vision_dim: usize, text_dim: usize, act: &str, bias: bool) -> Result<Self> {
+    pub fn load(ws: &dyn WeightSource, prefix: &str, vision_dim: usize, text_dim: usize, act: &str, bias: bool) -> Result<Self> {
         if !ws.contains(&format!("{prefix}.linear_1.weight")) && ws.contains(&format!("{prefix}.weight")) {
             return Ok(Projector::Linear(Linear::load(ws, prefix, vision_dim, text_dim, bias)?));
         }
