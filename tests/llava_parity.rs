@@ -220,3 +220,34 @@ fn linear_projector_checkpoint() {
     let err = max_rel_err(feats.data(), &want);
     assert!(err < FEATURE_TOL, "linear projector features differ by {err}");
 }
+
+#[test]
+fn generation_stops_at_eos_per_sequence() {
+    // With the EOS set to a token that transformers' greedy run emits, each sequence must stop
+    // right after its first occurrence of it (and include it, as HF's generate does), while the
+    // other sequences of the batch go on.
+    let exp = read_json("expected/llava_next_tiny.json");
+    let cases = exp["cases"].as_array().unwrap();
+    let mut pipe = Pipeline::load(&fixtures().join("llava_next_tiny")).unwrap();
+    let eos = ids(&cases[0]["greedy_ids"])[2];
+    pipe.eos = vec![eos];
+    let reqs: Vec<Request> = cases
+        .iter()
+        .map(|c| Request {
+            prompt: c["templated"].as_str().unwrap().to_string(),
+            images: vec![load_image(&fixtures().join(c["image"].as_str().unwrap())).unwrap()],
+        })
+        .collect();
+    let out = pipe.generate(&reqs, &SamplingParams { max_new_tokens: 8, ..Default::default() }).unwrap();
+    let mut stopped_early = 0;
+    for (c, g) in cases.iter().zip(&out) {
+        let full = ids(&c["greedy_ids"]);
+        let want = match full.iter().position(|&t| t == eos) {
+            Some(i) => full[..=i].to_vec(),
+            None => full,
+        };
+        stopped_early += (want.len() < 8) as usize;
+        assert_eq!(g.output_ids, want, "{}", c["image"]);
+    }
+    assert!(stopped_early >= 1);
+}
