@@ -73,10 +73,7 @@ fn extra_tensor_is_named() {
 #[test]
 fn shape_mismatch_names_tensor_and_shapes() {
     let dir = scratch_copy("llava15_tiny", "shape");
-    let cfg_path = dir.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    cfg["text_config"]["intermediate_size"] = serde_json::json!(48);
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    edit_config(&dir, |cfg| cfg["text_config"]["intermediate_size"] = serde_json::json!(48));
     let e = load_err(&dir);
     assert!(e.contains("gate_proj.weight") && e.contains("[64, 32]") && e.contains("[48, 32]"), "{e}");
 }
@@ -84,11 +81,10 @@ fn shape_mismatch_names_tensor_and_shapes() {
 #[test]
 fn bad_head_count_names_the_field() {
     let dir = scratch_copy("llava_next_tiny", "heads");
-    let cfg_path = dir.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    cfg["text_config"]["num_attention_heads"] = serde_json::json!(3);
-    cfg["text_config"].as_object_mut().unwrap().remove("head_dim");
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    edit_config(&dir, |cfg| {
+        cfg["text_config"]["num_attention_heads"] = serde_json::json!(3);
+        cfg["text_config"].as_object_mut().unwrap().remove("head_dim");
+    });
     let e = load_err(&dir);
     assert!(e.contains("config.json") && e.contains("text_config.num_attention_heads"), "{e}");
 }

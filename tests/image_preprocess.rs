@@ -30,8 +30,12 @@ const PINPOINTS_336: [[usize; 2]; 5] =
     [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]];
 const TEST_IMAGES: [&str; 3] = ["wide.jpg", "tall.png", "gray.png"];
 
+/// `tests/fixtures/<rel>`, or under `$STIC_FIXTURES` when set (binaries run on another machine).
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    match std::env::var_os("STIC_FIXTURES") {
+        Some(p) => PathBuf::from(p).join(rel),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel),
+    }
 }
 
 /// A safetensors file held in memory, with typed accessors.

@@ -82,13 +82,7 @@ fn greedy(name: &str) {
     let exp = read_json(&format!("expected/{name}.json"));
     let pipe = pipeline(name);
     let cases = exp["cases"].as_array().unwrap();
-    let reqs: Vec<Request> = cases
-        .iter()
-        .map(|c| Request {
-            prompt: c["templated"].as_str().unwrap().to_string(),
-            images: vec![load_image(&fixtures().join(c["image"].as_str().unwrap())).unwrap()],
-        })
-        .collect();
+    let reqs = case_requests(cases);
     let params = SamplingParams { max_new_tokens: 8, ..Default::default() };
     // One at a time.
     for (c, r) in cases.iter().zip(&reqs) {
@@ -145,11 +139,8 @@ fn mistral_sliding_window_matches_transformers() {
     // gen_fixtures.py); the sequences are ~170 tokens, so the window cuts most of the attention.
     let exp = read_json("expected/llava_next_tiny.json");
     let dir = scratch_copy("llava_next_tiny", "window");
-    let cfg_path = dir.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     let window = exp["cases"][0]["sliding_window"].as_u64().unwrap();
-    cfg["text_config"]["sliding_window"] = serde_json::json!(window);
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    edit_config(&dir, |cfg| cfg["text_config"]["sliding_window"] = serde_json::json!(window));
     let pipe = Pipeline::load(&dir).unwrap();
     assert_eq!(pipe.model.cfg.text.sliding_window, Some(window as usize));
     for case in exp["cases"].as_array().unwrap() {
@@ -231,13 +222,7 @@ fn generation_stops_at_eos_per_sequence() {
     let mut pipe = Pipeline::load(&fixtures().join("llava_next_tiny")).unwrap();
     let eos = ids(&cases[0]["greedy_ids"])[2];
     pipe.eos = vec![eos];
-    let reqs: Vec<Request> = cases
-        .iter()
-        .map(|c| Request {
-            prompt: c["templated"].as_str().unwrap().to_string(),
-            images: vec![load_image(&fixtures().join(c["image"].as_str().unwrap())).unwrap()],
-        })
-        .collect();
+    let reqs = case_requests(cases);
     let out = pipe.generate(&reqs, &SamplingParams { max_new_tokens: 8, ..Default::default() }).unwrap();
     let mut stopped_early = 0;
     for (c, g) in cases.iter().zip(&out) {

@@ -6,8 +6,13 @@ use std::path::PathBuf;
 
 use safetensors::SafeTensors;
 
+/// `tests/fixtures`, or `$STIC_FIXTURES` when set (test binaries carried to another machine,
+/// where the build's absolute path does not exist: scripts/gpu-run.sh sets it).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+    match std::env::var_os("STIC_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures"),
+    }
 }
 
 pub fn read_json(rel: &str) -> serde_json::Value {
@@ -58,4 +63,23 @@ pub fn scratch_copy(rel: &str, tag: &str) -> PathBuf {
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
     dst
+}
+
+/// Edit `dir`/config.json in place.
+pub fn edit_config(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(&p, cfg.to_string()).unwrap();
+}
+
+/// One generation request per fixture case: its templated prompt and its image.
+pub fn case_requests(cases: &[serde_json::Value]) -> Vec<stic::generate::Request> {
+    cases
+        .iter()
+        .map(|c| stic::generate::Request {
+            prompt: c["templated"].as_str().unwrap().to_string(),
+            images: vec![stic::image::load_image(&fixtures().join(c["image"].as_str().unwrap())).unwrap()],
+        })
+        .collect()
 }

@@ -4,10 +4,17 @@
 //! Query row i sits at absolute position `q_start + i`, key row j at position j, so the same
 //! function serves prefill (q_start = 0, Tq = Tk), chunked prefill and decode over a KV cache.
 //! Masks: bidirectional (CLIP), causal, or causal with a sliding window of W keys (Mistral: key j is
-//! visible from position p when p - W < j <= p). Scores are scaled by 1/sqrt(D); the softmax runs in
-//! f32 with the row max subtracted and the sum accumulated in f64.
-//! Nothing is saved for a backward pass here; training recomputes.
+//! visible from position p when p - W < j <= p), and the shared-prefix mask of DPO pairs packed as
+//! [prefix | chosen | rejected] (each response sees the prefix and itself, never the other one).
+//! Scores are scaled by 1/sqrt(D); the softmax runs in f32 with the row max subtracted and the sum
+//! accumulated in f64.
+//!
+//! Backward (`attention_backward`): dq, dk, dv from q, k, v and dout, recomputing P (nothing is
+//! saved: the reference trades time for simplicity; the CUDA kernel saves the row log-sum-exp).
+//! dk and dv are summed over the query heads of each kv group. Plain loops over any float type,
+//! so the finite-difference test runs it in f64.
 
+use num_traits::Float;
 use rayon::prelude::*;
 
 use super::matmul::gemm_strided;
@@ -16,18 +23,34 @@ use super::matmul::gemm_strided;
 pub enum AttnMask {
     Bidirectional,
     Causal { window: Option<usize> },
+    /// One sequence packed as [prefix | chosen | rejected] (rows and keys in packed order):
+    /// causal within the prefix; a chosen row sees the prefix and the chosen rows up to itself; a
+    /// rejected row sees the prefix and the rejected rows up to itself.
+    SharedPrefix { prefix: usize, chosen: usize },
 }
 
 impl AttnMask {
-    /// Visible key range [lo, hi) for a query at absolute position `p` over `tk` keys.
-    fn range(self, p: usize, tk: usize) -> (usize, usize) {
+    /// Whether the query at packed index `i` sees key `j`.
+    pub fn visible(self, i: usize, j: usize) -> bool {
+        match self {
+            AttnMask::Bidirectional => true,
+            AttnMask::Causal { window } => j <= i && window.map_or(true, |w| i - j < w),
+            AttnMask::SharedPrefix { prefix, chosen } => {
+                j <= i && (j < prefix || i < prefix + chosen || j >= prefix + chosen)
+            }
+        }
+    }
+
+    /// Keys outside [lo, hi) are never visible from query `i` (a bound, not the exact set).
+    fn range(self, i: usize, tk: usize) -> (usize, usize) {
         match self {
             AttnMask::Bidirectional => (0, tk),
             AttnMask::Causal { window } => {
-                let hi = (p + 1).min(tk);
-                let lo = window.map(|w| (p + 1).saturating_sub(w)).unwrap_or(0);
+                let hi = (i + 1).min(tk);
+                let lo = window.map(|w| (i + 1).saturating_sub(w)).unwrap_or(0);
                 (lo.min(hi), hi)
             }
+            AttnMask::SharedPrefix { .. } => (0, (i + 1).min(tk)),
         }
     }
 }
@@ -61,14 +84,17 @@ pub fn attention(
             // S[Tq, Tk] = q_h[Tq, D] @ k_g[Tk, D]^T
             gemm_strided(tq, tk, d, &mut s, tk, &q[h * d..], qw, 1, &k[g * d..], 1, kw);
             for (i, row) in s.chunks_mut(tk).enumerate() {
-                let (lo, hi) = mask.range(q_start + i, tk);
+                let qi = q_start + i;
+                let (lo, hi) = mask.range(qi, tk);
                 let mut m = f32::NEG_INFINITY;
-                for x in &row[lo..hi] {
-                    m = m.max(*x * scale);
+                for (j, x) in row.iter().enumerate().take(hi).skip(lo) {
+                    if mask.visible(qi, j) {
+                        m = m.max(*x * scale);
+                    }
                 }
                 let mut sum = 0f64;
                 for (j, x) in row.iter_mut().enumerate() {
-                    if j < lo || j >= hi {
+                    if j < lo || j >= hi || !mask.visible(qi, j) {
                         *x = 0.0;
                     } else {
                         *x = (*x * scale - m).exp();
@@ -94,32 +120,92 @@ pub fn attention(
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Plain f64 attention, one query at a time.
-    fn reference(q: &[f32], k: &[f32], v: &[f32], tq: usize, tk: usize, h: usize, hkv: usize, d: usize, q0: usize, mask: AttnMask) -> Vec<f64> {
-        let mut out = vec![0f64; tq * h * d];
+/// Plain-loop forward over any float type: the f64 reference of the tests and of the backward.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_reference<F: Float>(
+    q: &[F], k: &[F], v: &[F], tq: usize, tk: usize, n_heads: usize, n_kv: usize, d: usize, q_start: usize, mask: AttnMask,
+) -> Vec<F> {
+    let (qw, kw, group) = (n_heads * d, n_kv * d, n_heads / n_kv);
+    let scale = F::one() / F::from(d).unwrap().sqrt();
+    let mut out = vec![F::zero(); tq * qw];
+    for h in 0..n_heads {
+        let g = h / group;
         for i in 0..tq {
-            for hh in 0..h {
-                let g = hh / (h / hkv);
-                let (lo, hi) = mask.range(q0 + i, tk);
-                let sc: Vec<f64> = (lo..hi)
-                    .map(|j| (0..d).map(|c| q[i * h * d + hh * d + c] as f64 * k[j * hkv * d + g * d + c] as f64).sum::<f64>() / (d as f64).sqrt())
-                    .collect();
-                let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let z: f64 = sc.iter().map(|s| (s - m).exp()).sum();
-                for (jj, j) in (lo..hi).enumerate() {
-                    let p = (sc[jj] - m).exp() / z;
+            let p = probs_row(q, k, i, h, g, tk, d, qw, kw, scale, q_start, mask);
+            for (j, &pj) in p.iter().enumerate() {
+                if pj != F::zero() {
                     for c in 0..d {
-                        out[i * h * d + hh * d + c] += p * v[j * hkv * d + g * d + c] as f64;
+                        out[i * qw + h * d + c] = out[i * qw + h * d + c] + pj * v[j * kw + g * d + c];
                     }
                 }
             }
         }
-        out
     }
+    out
+}
+
+/// Softmax row P[i, :] of head h (zeros where masked).
+#[allow(clippy::too_many_arguments)]
+fn probs_row<F: Float>(
+    q: &[F], k: &[F], i: usize, h: usize, g: usize, tk: usize, d: usize, qw: usize, kw: usize, scale: F, q_start: usize, mask: AttnMask,
+) -> Vec<F> {
+    let qi = q_start + i;
+    let mut s: Vec<F> = (0..tk)
+        .map(|j| {
+            if mask.visible(qi, j) {
+                (0..d).fold(F::zero(), |a, c| a + q[i * qw + h * d + c] * k[j * kw + g * d + c]) * scale
+            } else {
+                F::neg_infinity()
+            }
+        })
+        .collect();
+    let m = s.iter().copied().fold(F::neg_infinity(), F::max);
+    let mut z = F::zero();
+    for x in s.iter_mut() {
+        *x = if *x == F::neg_infinity() { F::zero() } else { (*x - m).exp() };
+        z = z + *x;
+    }
+    s.iter_mut().for_each(|x| *x = *x / z);
+    s
+}
+
+/// Gradients of `attention` given dout[Tq, H*D]: (dq[Tq, H*D], dk[Tk, Hkv*D], dv[Tk, Hkv*D]).
+/// dS = P * (dP - rowsum(P * dP)), dP = dout V^T, dq = scale dS K, dk = scale dS^T q, dv = P^T dout.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward<F: Float>(
+    q: &[F], k: &[F], v: &[F], dout: &[F], tq: usize, tk: usize, n_heads: usize, n_kv: usize, d: usize, q_start: usize, mask: AttnMask,
+) -> (Vec<F>, Vec<F>, Vec<F>) {
+    let (qw, kw, group) = (n_heads * d, n_kv * d, n_heads / n_kv);
+    assert_eq!(dout.len(), tq * qw, "attention_backward: dout is not [Tq={tq}, H*D={qw}]");
+    let scale = F::one() / F::from(d).unwrap().sqrt();
+    let (mut dq, mut dk, mut dv) = (vec![F::zero(); tq * qw], vec![F::zero(); tk * kw], vec![F::zero(); tk * kw]);
+    for h in 0..n_heads {
+        let g = h / group;
+        for i in 0..tq {
+            let p = probs_row(q, k, i, h, g, tk, d, qw, kw, scale, q_start, mask);
+            let dp: Vec<F> = (0..tk)
+                .map(|j| (0..d).fold(F::zero(), |a, c| a + dout[i * qw + h * d + c] * v[j * kw + g * d + c]))
+                .collect();
+            let delta = p.iter().zip(&dp).fold(F::zero(), |a, (&pj, &dpj)| a + pj * dpj);
+            for j in 0..tk {
+                if p[j] == F::zero() {
+                    continue;
+                }
+                let ds = p[j] * (dp[j] - delta) * scale;
+                for c in 0..d {
+                    dq[i * qw + h * d + c] = dq[i * qw + h * d + c] + ds * k[j * kw + g * d + c];
+                    dk[j * kw + g * d + c] = dk[j * kw + g * d + c] + ds * q[i * qw + h * d + c];
+                    dv[j * kw + g * d + c] = dv[j * kw + g * d + c] + p[j] * dout[i * qw + h * d + c];
+                }
+            }
+        }
+    }
+    (dq, dk, dv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;
@@ -130,22 +216,28 @@ mod tests {
             })
             .collect()
     }
+    fn f64s(x: &[f32]) -> Vec<f64> {
+        x.iter().map(|&v| v as f64).collect()
+    }
+
+    const MASKS: [(usize, usize, usize, AttnMask); 6] = [
+        (9, 9, 0, AttnMask::Bidirectional),
+        (9, 9, 0, AttnMask::Causal { window: None }),
+        (9, 9, 0, AttnMask::Causal { window: Some(3) }),
+        (1, 12, 11, AttnMask::Causal { window: None }),
+        (4, 12, 8, AttnMask::Causal { window: Some(5) }),
+        (11, 11, 0, AttnMask::SharedPrefix { prefix: 4, chosen: 3 }),
+    ];
 
     #[test]
     fn matches_f64_reference_for_every_mask() {
         let (h, hkv, d) = (6, 2, 8);
-        for &(tq, tk, q0, mask) in &[
-            (9, 9, 0, AttnMask::Bidirectional),
-            (9, 9, 0, AttnMask::Causal { window: None }),
-            (9, 9, 0, AttnMask::Causal { window: Some(3) }),
-            (1, 12, 11, AttnMask::Causal { window: None }),
-            (4, 12, 8, AttnMask::Causal { window: Some(5) }),
-        ] {
+        for &(tq, tk, q0, mask) in &MASKS {
             let q = rand_vec(tq * h * d, 1);
             let k = rand_vec(tk * hkv * d, 2);
             let v = rand_vec(tk * hkv * d, 3);
             let o = attention(&q, &k, &v, tq, tk, h, hkv, d, q0, mask);
-            let r = reference(&q, &k, &v, tq, tk, h, hkv, d, q0, mask);
+            let r = attention_reference(&f64s(&q), &f64s(&k), &f64s(&v), tq, tk, h, hkv, d, q0, mask);
             for (a, b) in o.iter().zip(&r) {
                 assert!((*a as f64 - b).abs() < 1e-5, "{mask:?}: {a} vs {b}");
             }
@@ -157,5 +249,85 @@ mod tests {
         let m = AttnMask::Causal { window: Some(4) };
         assert_eq!(m.range(10, 20), (7, 11));
         assert_eq!(m.range(2, 20), (0, 3));
+        let sp = AttnMask::SharedPrefix { prefix: 2, chosen: 2 };
+        // rows 0-1 prefix, 2-3 chosen, 4-5 rejected
+        assert!(sp.visible(3, 2) && sp.visible(3, 1) && !sp.visible(4, 2) && !sp.visible(5, 3));
+        assert!(sp.visible(5, 4) && sp.visible(5, 0) && !sp.visible(1, 2));
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        // L = sum(out * g); dL/dx by central differences in f64, for every input element.
+        let (h, hkv, d) = (4, 2, 3);
+        for &(tq, tk, q0, mask) in &MASKS {
+            let q = f64s(&rand_vec(tq * h * d, 11));
+            let k = f64s(&rand_vec(tk * hkv * d, 12));
+            let v = f64s(&rand_vec(tk * hkv * d, 13));
+            let g = f64s(&rand_vec(tq * h * d, 14));
+            let loss = |q: &[f64], k: &[f64], v: &[f64]| -> f64 {
+                attention_reference(q, k, v, tq, tk, h, hkv, d, q0, mask).iter().zip(&g).map(|(a, b)| a * b).sum()
+            };
+            let (dq, dk, dv) = attention_backward(&q, &k, &v, &g, tq, tk, h, hkv, d, q0, mask);
+            let eps = 1e-6;
+            for (which, grad) in [(0, &dq), (1, &dk), (2, &dv)] {
+                let base = [&q, &k, &v][which];
+                for idx in 0..base.len() {
+                    let mut plus = [q.clone(), k.clone(), v.clone()];
+                    let mut minus = [q.clone(), k.clone(), v.clone()];
+                    plus[which][idx] += eps;
+                    minus[which][idx] -= eps;
+                    let fd = (loss(&plus[0], &plus[1], &plus[2]) - loss(&minus[0], &minus[1], &minus[2])) / (2.0 * eps);
+                    assert!((fd - grad[idx]).abs() < 1e-7 * (1.0 + fd.abs()), "{mask:?} input {which}[{idx}]: fd {fd} vs {}", grad[idx]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shared_prefix_equals_two_separate_sequences() {
+        // [prefix | chosen | rejected] packed with the shared-prefix mask gives, row for row, the
+        // outputs of (prefix + chosen) and (prefix + rejected) run causally on their own, and the
+        // prefix's dk/dv are the sums of the two separate runs' (what DPO's encode-once relies on).
+        let (h, hkv, d) = (4, 2, 5);
+        let (p, c, r) = (5usize, 3usize, 4usize);
+        let t = p + c + r;
+        let (qw, kw) = (h * d, hkv * d);
+        let q = f64s(&rand_vec(t * qw, 21));
+        let k = f64s(&rand_vec(t * kw, 22));
+        let v = f64s(&rand_vec(t * kw, 23));
+        let g = f64s(&rand_vec(t * qw, 24));
+        let mask = AttnMask::SharedPrefix { prefix: p, chosen: c };
+        let packed = attention_reference(&q, &k, &v, t, t, h, hkv, d, 0, mask);
+        let (dq, dk, dv) = attention_backward(&q, &k, &v, &g, t, t, h, hkv, d, 0, mask);
+        let causal = AttnMask::Causal { window: None };
+        let pick = |x: &[f64], w: usize, rows: &[std::ops::Range<usize>]| -> Vec<f64> {
+            rows.iter().flat_map(|rg| x[rg.start * w..rg.end * w].to_vec()).collect()
+        };
+        let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
+        let mut dk_prefix = vec![0f64; p * kw];
+        let mut dv_prefix = vec![0f64; p * kw];
+        for (lo, n) in [(p, c), (p + c, r)] {
+            let rows = [0..p, lo..lo + n];
+            let (qs, ks, vs, gs) = (pick(&q, qw, &rows), pick(&k, kw, &rows), pick(&v, kw, &rows), pick(&g, qw, &rows));
+            let o = attention_reference(&qs, &ks, &vs, p + n, p + n, h, hkv, d, 0, causal);
+            assert!(close(&o[p * qw..], &packed[lo * qw..(lo + n) * qw]), "outputs of the response rows");
+            assert!(close(&o[..p * qw], &packed[..p * qw]), "outputs of the prefix rows");
+            let (sdq, sdk, sdv) = attention_backward(&qs, &ks, &vs, &gs, p + n, p + n, h, hkv, d, 0, causal);
+            assert!(close(&sdq[p * qw..], &dq[lo * qw..(lo + n) * qw]), "dq of the response rows");
+            assert!(close(&sdk[p * kw..], &dk[lo * kw..(lo + n) * kw]) && close(&sdv[p * kw..], &dv[lo * kw..(lo + n) * kw]));
+            for i in 0..p * kw {
+                dk_prefix[i] += sdk[i];
+                dv_prefix[i] += sdv[i];
+            }
+        }
+        // The prefix rows' own queries see only the prefix; the separate runs each count their
+        // dout once, the packed run once, so compare dk/dv of the prefix keys after removing the
+        // prefix-query contribution counted twice in the sum.
+        let rows = [0..p];
+        let (qs, ks, vs, gs) = (pick(&q, qw, &rows), pick(&k, kw, &rows), pick(&v, kw, &rows), pick(&g, qw, &rows));
+        let (_, pdk, pdv) = attention_backward(&qs, &ks, &vs, &gs, p, p, h, hkv, d, 0, causal);
+        for i in 0..p * kw {
+            assert!((dk_prefix[i] - pdk[i] - dk[i]).abs() < 1e-12 && (dv_prefix[i] - pdv[i] - dv[i]).abs() < 1e-12);
+        }
     }
 }

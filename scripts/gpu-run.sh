@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Build, on this GPU-less machine, everything a GPU session runs, into .gpu/ (git-ignored), so that
+# one `device run` call validates it all. The GPU machines have no Rust; they are x86-64 like
+# this one, so the binaries travel as they are (stripped, to stay under the 64 MiB carry limit).
+#
+#   bash scripts/gpu-run.sh            # builds .gpu/ and prints the device call
+#
+# Then, with the device tool:  run(carry=[".gpu"], command="bash .gpu/run.sh")
+# .gpu/run.sh runs `stic check`, every test binary (CPU and CUDA parity; fixtures come with the
+# working tree) and the criterion benches, and leaves the full log in $OUT/gpu-run.log.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export NVCC="${NVCC:-$(bash scripts/install-cuda-toolkit.sh | tail -n 1)}"
+
+rm -rf .gpu && mkdir -p .gpu/tests .gpu/benches
+list_executables() {  # cargo --message-format=json on stdin -> "name path" per built executable
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"] is not None:
+        print(m["target"]["name"], m["executable"], ",".join(m["target"]["kind"]))
+'
+}
+cargo build --release --features cuda --bin stic
+cp target/release/stic .gpu/stic
+cargo test --release --features cuda --no-run --message-format=json 2>/dev/null | list_executables |
+  while read -r name exe kind; do
+    case "$kind" in bin) continue ;; esac
+    cp "$exe" ".gpu/tests/$name"
+  done
+cargo bench --features cuda --no-run --message-format=json 2>/dev/null | list_executables |
+  while read -r name exe kind; do
+    [[ "$kind" == bench ]] && cp "$exe" ".gpu/benches/$name"
+  done
+strip .gpu/stic .gpu/tests/* .gpu/benches/* 2>/dev/null || true
+
+cat > .gpu/run.sh <<'RUN'
+#!/usr/bin/env bash
+# Runs on the GPU machine from the repository root (see scripts/gpu-run.sh).
+set -uo pipefail
+export STIC_FIXTURES="$PWD/tests/fixtures"
+log="${OUT:-.}/gpu-run.log"
+fail=0
+{
+  echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
+  echo "== stic check"; .gpu/stic check || fail=1
+  for t in .gpu/tests/*; do echo "== $t"; "$t" --test-threads=1 || fail=1; done
+  for b in .gpu/benches/*; do echo "== $b"; "$b" --bench || fail=1; done
+  echo "== exit $fail"
+} 2>&1 | tee "$log"
+exit $fail
+RUN
+chmod +x .gpu/run.sh
+du -sh .gpu
+ls -la .gpu .gpu/tests .gpu/benches
+echo
+echo 'device run: carry [".gpu"], command "bash .gpu/run.sh"'
