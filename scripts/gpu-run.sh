@@ -40,7 +40,7 @@ cat > .gpu/run.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root (see scripts/gpu-run.sh).
 set -uo pipefail
-export STIC_FIXTURES="$PWD/tests/fixtures"
+export STIC_FIXTURES="$PWD/tests/fixtures" STIC_BIN="$PWD/.gpu/stic"
 log="${OUT:-.}/gpu-run.log"
 fail=0
 {
