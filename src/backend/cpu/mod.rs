@@ -3,14 +3,16 @@
 
 pub mod activation;
 pub mod attention;
+pub mod logprob;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
 pub mod softmax;
 
-pub use activation::{gelu, quick_gelu, silu, swiglu};
-pub use attention::{attention, AttnMask};
+pub use activation::{gelu, quick_gelu, silu, swiglu, swiglu_backward};
+pub use attention::{attention, attention_backward, AttnMask};
+pub use logprob::{logprob, logprob_backward};
 pub use matmul::{matmul, matmul_t};
-pub use norm::{layernorm, rmsnorm};
-pub use rope::{rope, RopeTable};
+pub use norm::{layernorm, rmsnorm, rmsnorm_backward};
+pub use rope::{rope, rope_backward, RopeTable};
 pub use softmax::{log_softmax_row, logsumexp};

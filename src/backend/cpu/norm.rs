@@ -4,21 +4,48 @@
 //! layernorm (CLIP, torch `layer_norm`): y = (x - mean) / sqrt(var + eps) * w + b, biased var.
 //! Statistics are accumulated in f64: the reference should be at least as accurate as torch's
 //! f32 reductions, never less.
+//!
+//! rmsnorm_backward: saves nothing but x; with g = w * dy and r = 1/sqrt(mean(x^2) + eps),
+//! dx = r g - x r^3 mean(g x), dw = sum over rows of dy x r.
+//! rmsnorm and its backward are generic over the float type (f32 in the engine, f64 for the
+//! finite-difference tests).
 
+use num_traits::Float;
 use rayon::prelude::*;
 
-pub fn rmsnorm(x: &[f32], w: &[f32], eps: f64) -> Vec<f32> {
+fn inv_rms<F: Float>(xr: &[F], eps: f64) -> F {
+    let ms = xr.iter().map(|&v| v.to_f64().unwrap().powi(2)).sum::<f64>() / xr.len() as f64;
+    F::from(1.0 / (ms + eps).sqrt()).unwrap()
+}
+
+pub fn rmsnorm<F: Float + Send + Sync>(x: &[F], w: &[F], eps: f64) -> Vec<F> {
     let c = w.len();
     assert_eq!(x.len() % c, 0, "rmsnorm: x length {} is not a multiple of C={c}", x.len());
-    let mut y = vec![0f32; x.len()];
+    let mut y = vec![F::zero(); x.len()];
     y.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(yr, xr)| {
-        let ms = xr.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / c as f64;
-        let inv = (1.0 / (ms + eps).sqrt()) as f32;
+        let inv = inv_rms(xr, eps);
         for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
             *o = g * (v * inv);
         }
     });
     y
+}
+
+/// (dx[T, C], dw[C]) of `rmsnorm` given dy[T, C].
+pub fn rmsnorm_backward<F: Float + Send + Sync>(x: &[F], w: &[F], dy: &[F], eps: f64) -> (Vec<F>, Vec<F>) {
+    let c = w.len();
+    assert_eq!(dy.len(), x.len(), "rmsnorm_backward: dy and x differ in length");
+    let mut dx = vec![F::zero(); x.len()];
+    let mut dw = vec![F::zero(); c];
+    for ((dxr, xr), dyr) in dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c)) {
+        let r = inv_rms(xr, eps);
+        let gx = (0..c).fold(F::zero(), |a, i| a + w[i] * dyr[i] * xr[i]) / F::from(c).unwrap();
+        for i in 0..c {
+            dxr[i] = r * w[i] * dyr[i] - xr[i] * r * r * r * gx;
+            dw[i] = dw[i] + dyr[i] * xr[i] * r;
+        }
+    }
+    (dx, dw)
 }
 
 pub fn layernorm(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
@@ -40,6 +67,32 @@ pub fn layernorm(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rmsnorm_backward_matches_finite_differences() {
+        let (t, c) = (3, 7);
+        let x: Vec<f64> = (0..t * c).map(|i| ((i * 37 % 23) as f64 - 11.0) / 7.0).collect();
+        let w: Vec<f64> = (0..c).map(|i| 0.5 + i as f64 / 9.0).collect();
+        let g: Vec<f64> = (0..t * c).map(|i| ((i * 13 % 17) as f64 - 8.0) / 5.0).collect();
+        let eps = 1e-5;
+        let loss = |x: &[f64], w: &[f64]| rmsnorm(x, w, eps).iter().zip(&g).map(|(a, b)| a * b).sum::<f64>();
+        let (dx, dw) = rmsnorm_backward(&x, &w, &g, eps);
+        let h = 1e-6;
+        for i in 0..x.len() {
+            let (mut p, mut m) = (x.clone(), x.clone());
+            p[i] += h;
+            m[i] -= h;
+            let fd = (loss(&p, &w) - loss(&m, &w)) / (2.0 * h);
+            assert!((fd - dx[i]).abs() < 1e-7 * (1.0 + fd.abs()), "dx[{i}]: {fd} vs {}", dx[i]);
+        }
+        for i in 0..c {
+            let (mut p, mut m) = (w.clone(), w.clone());
+            p[i] += h;
+            m[i] -= h;
+            let fd = (loss(&x, &p) - loss(&x, &m)) / (2.0 * h);
+            assert!((fd - dw[i]).abs() < 1e-7 * (1.0 + fd.abs()), "dw[{i}]: {fd} vs {}", dw[i]);
+        }
+    }
 
     #[test]
     fn rmsnorm_unit_rms_output() {

@@ -51,9 +51,47 @@ pub fn rope(x: &mut [f32], n_heads: usize, positions: &[usize], table: &RopeTabl
     }
 }
 
+/// Backward of `rope`: the rotation is orthogonal, so dx = R^T dy, the rotation by -angle, in place.
+pub fn rope_backward(dy: &mut [f32], n_heads: usize, positions: &[usize], table: &RopeTable) {
+    let d = table.head_dim;
+    let half = d / 2;
+    assert_eq!(dy.len(), positions.len() * n_heads * d, "rope_backward: dy is not [T={}, {n_heads}*{d}]", positions.len());
+    for (t, row) in dy.chunks_mut(n_heads * d).enumerate() {
+        let (cos, sin) = table.cos_sin(positions[t]);
+        for h in row.chunks_mut(d) {
+            for i in 0..half {
+                let (a, b) = (h[i], h[i + half]);
+                h[i] = a * cos[i] + b * sin[i];
+                h[i + half] = b * cos[i] - a * sin[i];
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backward_is_the_adjoint() {
+        // For a linear map R, the backward must satisfy <R x, y> = <x, R^T y> for all x, y.
+        let t = RopeTable::new(16, 1e6);
+        let pos = [0usize, 5, 4095];
+        let x: Vec<f32> = (0..3 * 2 * 16).map(|i| ((i * 29 % 31) as f32 - 15.0) / 8.0).collect();
+        let y: Vec<f32> = (0..3 * 2 * 16).map(|i| ((i * 17 % 13) as f32 - 6.0) / 3.0).collect();
+        let mut rx = x.clone();
+        rope(&mut rx, 2, &pos, &t);
+        let mut rty = y.clone();
+        rope_backward(&mut rty, 2, &pos, &t);
+        let lhs: f64 = rx.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let rhs: f64 = x.iter().zip(&rty).map(|(a, b)| *a as f64 * *b as f64).sum();
+        assert!((lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()), "{lhs} vs {rhs}");
+        // and it inverts the forward
+        rope_backward(&mut rx, 2, &pos, &t);
+        for (a, b) in rx.iter().zip(&x) {
+            assert!((a - b).abs() < 1e-5);
+        }
+    }
 
     #[test]
     fn rotation_preserves_norm_and_relative_angle() {

@@ -1,0 +1,116 @@
+//! Fused lm_head + log-softmax + target gather, chunked over the vocabulary: the per-token
+//! log-probabilities that DPO and SFT need, without ever holding the [T, V] logits.
+//!
+//! Forward:  h[T, C], w[V, C] (lm_head), targets[T] -> logp[T] = z[t, y_t] - lse_t, lse[T]
+//!           where z = h w^T is produced CHUNK rows of w at a time and folded into an online
+//!           log-sum-exp (running max and rescaled sum), like the CUDA kernel will.
+//! Saved for backward: lse[T] (and the inputs).
+//! Backward: dlogp[T] -> dh[t] = dlogp_t * (w[y_t] - sum_v softmax(z_t)_v w[v]), recomputing z chunk by
+//!           chunk from lse. The lm_head is frozen in LoRA training, so no dw.
+//! The CPU reference for kernels/logprob.cu (issue #6); generic over the float type so the
+//! finite-difference test runs in f64.
+
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// Vocabulary rows per chunk: [T, CHUNK] scores at a time.
+pub const CHUNK: usize = 4096;
+
+fn dot<F: Float>(a: &[F], b: &[F]) -> F {
+    a.iter().zip(b).fold(F::zero(), |s, (&x, &y)| s + x * y)
+}
+
+/// (logp[T], lse[T]).
+pub fn logprob<F: Float + Send + Sync>(h: &[F], w: &[F], targets: &[u32], c: usize) -> (Vec<F>, Vec<F>) {
+    let v = w.len() / c;
+    assert_eq!(h.len(), targets.len() * c, "logprob: h is not [T={}, C={c}]", targets.len());
+    assert_eq!(w.len(), v * c, "logprob: w is not [V, C={c}]");
+    targets
+        .par_iter()
+        .enumerate()
+        .map(|(t, &y)| {
+            assert!((y as usize) < v, "logprob: target {y} outside the vocabulary ({v})");
+            let ht = &h[t * c..(t + 1) * c];
+            let (mut m, mut s) = (F::neg_infinity(), F::zero());
+            for chunk in w.chunks(CHUNK * c) {
+                let z: Vec<F> = chunk.chunks_exact(c).map(|wr| dot(ht, wr)).collect();
+                let cm = z.iter().copied().fold(F::neg_infinity(), F::max);
+                let nm = m.max(cm);
+                s = s * (m - nm).exp() + z.iter().fold(F::zero(), |a, &x| a + (x - nm).exp());
+                m = nm;
+            }
+            let lse = m + s.ln();
+            (dot(ht, &w[y as usize * c..(y as usize + 1) * c]) - lse, lse)
+        })
+        .unzip()
+}
+
+/// dh[T, C] given dlogp[T] and the saved lse[T].
+pub fn logprob_backward<F: Float + Send + Sync>(h: &[F], w: &[F], targets: &[u32], lse: &[F], dlogp: &[F], c: usize) -> Vec<F> {
+    let mut dh = vec![F::zero(); h.len()];
+    dh.par_chunks_mut(c).enumerate().for_each(|(t, dht)| {
+        let ht = &h[t * c..(t + 1) * c];
+        let g = dlogp[t];
+        let y = targets[t] as usize;
+        for (vi, wr) in w.chunks_exact(c).enumerate() {
+            let p = (dot(ht, wr) - lse[t]).exp();
+            let coef = g * ((if vi == y { F::one() } else { F::zero() }) - p);
+            for (d, &x) in dht.iter_mut().zip(wr) {
+                *d = *d + coef * x;
+            }
+        }
+    });
+    dh
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_full_log_softmax_across_chunks() {
+        // V spans several chunks (and a ragged last one); compare with the unchunked formula.
+        let (t, c, v) = (3, 5, 2 * CHUNK + 17);
+        let h = rand_vec(t * c, 1);
+        let w: Vec<f64> = rand_vec(v * c, 2).iter().map(|x| x * 3.0).collect();
+        let targets = [0u32, (CHUNK + 3) as u32, (v - 1) as u32];
+        let (lp, lse) = logprob(&h, &w, &targets, c);
+        for i in 0..t {
+            let z: Vec<f64> = w.chunks(c).map(|wr| dot(&h[i * c..(i + 1) * c], wr)).collect();
+            let m = z.iter().cloned().fold(f64::MIN, f64::max);
+            let want_lse = m + z.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            assert!((lse[i] - want_lse).abs() < 1e-12);
+            assert!((lp[i] - (z[targets[i] as usize] - want_lse)).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let (t, c, v) = (4, 6, 50);
+        let h = rand_vec(t * c, 3);
+        let w = rand_vec(v * c, 4);
+        let targets = [3u32, 0, 49, 17];
+        let g = rand_vec(t, 5);
+        let loss = |h: &[f64]| logprob(h, &w, &targets, c).0.iter().zip(&g).map(|(a, b)| a * b).sum::<f64>();
+        let (_, lse) = logprob(&h, &w, &targets, c);
+        let dh = logprob_backward(&h, &w, &targets, &lse, &g, c);
+        let eps = 1e-6;
+        for i in 0..h.len() {
+            let (mut p, mut m) = (h.clone(), h.clone());
+            p[i] += eps;
+            m[i] -= eps;
+            let fd = (loss(&p) - loss(&m)) / (2.0 * eps);
+            assert!((fd - dh[i]).abs() < 1e-7 * (1.0 + fd.abs()), "dh[{i}]: fd {fd} vs {}", dh[i]);
+        }
+    }
+}
