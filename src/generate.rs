@@ -147,17 +147,21 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn load(dir: &Path) -> Result<Self> {
-        Self::load_with(dir, None)
+        Self::load_with(dir, None, None)
     }
 
     /// Load the checkpoint in `dir`; with `random_weights = Some(seed)`, build the model of
-    /// `dir`/config.json with seeded random weights instead of reading safetensors.
-    pub fn load_with(dir: &Path, random_weights: Option<u64>) -> Result<Self> {
+    /// `dir`/config.json with seeded random weights instead of reading safetensors; with
+    /// `adapter`, attach that PEFT LoRA adapter.
+    pub fn load_with(dir: &Path, random_weights: Option<u64>, adapter: Option<&Path>) -> Result<Self> {
         let paths = CheckpointPaths::new(dir);
-        let model = match random_weights {
+        let mut model = match random_weights {
             Some(seed) => Llava::random(dir, seed)?,
             None => Llava::load(dir)?,
         };
+        if let Some(a) = adapter {
+            crate::adapter::load_adapter(&mut model, a)?;
+        }
         let tokenizer = Tokenizer::from_file(&paths.tokenizer)?;
         let mut processor = ImageProcessorConfig::from_file(&paths.preprocessor)?;
         if processor.image_grid_pinpoints.is_none() && !model.cfg.image_grid_pinpoints.is_empty() {

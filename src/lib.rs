@@ -10,7 +10,9 @@
 //! - `image`     PIL-exact preprocessing: CLIP resize/crop/normalise, AnyRes tiling
 //! - `text`      tokenizer and chat templates
 //! - `generate`  KV cache, sampling, batched generation, response scoring
+//! - `adapter`   LoRA adapters in PEFT format
 
+pub mod adapter;
 pub mod backend;
 pub mod config;
 pub mod error;

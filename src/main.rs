@@ -3,6 +3,7 @@
 //! stic generate --model DIR --image PATH --prompt TEXT [--max-new-tokens N] [--temperature T]
 //!               [--top-p P] [--top-k K] [--seed S] [--raw-prompt] [--json]
 //! stic score    --model DIR --image PATH --prompt TEXT --response TEXT [--raw-prompt] [--json]
+//! (both: [--adapter DIR] a PEFT LoRA adapter; [--random-weights [--weights-seed S]])
 //! stic demo     (the bundled tiny checkpoint and image)
 //!
 //! `--prompt` may be given several times to generate for a batch at once (with one `--image` shared
@@ -65,11 +66,14 @@ struct Common {
     /// Seed of --random-weights.
     #[arg(long, default_value_t = 0)]
     weights_seed: u64,
+    /// A LoRA adapter directory in PEFT format (adapter_config.json, adapter_model.safetensors).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
 }
 
 impl Common {
     fn pipeline(&self) -> Result<Pipeline> {
-        Pipeline::load_with(&self.model, self.random_weights.then_some(self.weights_seed))
+        Pipeline::load_with(&self.model, self.random_weights.then_some(self.weights_seed), self.adapter.as_deref())
     }
 }
 

@@ -6,11 +6,22 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
-/// y = x W^T + b, with W stored [out, in] as in HF checkpoints.
+/// A low-rank adapter (PEFT's LoRA): y += scale * (x A^T) B^T, A [r, in], B [out, r],
+/// scale = alpha / r (alpha / sqrt(r) with rsLoRA).
+#[derive(Clone, Debug)]
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f32,
+}
+
+/// y = x W^T + b (+ the LoRA path when an adapter is attached), with W stored [out, in] as in HF
+/// checkpoints. The base weight stays frozen; training touches only `lora`.
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
@@ -18,7 +29,7 @@ impl Linear {
     pub fn load(ws: &dyn WeightSource, prefix: &str, in_features: usize, out_features: usize, bias: bool) -> Result<Self> {
         let weight = ws.get(&format!("{prefix}.weight"), &[out_features, in_features])?;
         let bias = if bias { Some(ws.get(&format!("{prefix}.bias"), &[out_features])?) } else { None };
-        Ok(Linear { weight, bias })
+        Ok(Linear { weight, bias, lora: None })
     }
 
     pub fn in_features(&self) -> usize {
@@ -43,6 +54,12 @@ impl Linear {
             for row in y.chunks_mut(n) {
                 row.iter_mut().zip(b.data()).for_each(|(o, &bb)| *o += bb);
             }
+        }
+        if let Some(l) = &self.lora {
+            let r = l.a.dim(0);
+            let u = cpu::matmul_t(x.data(), l.a.data(), m, k, r);
+            let d = cpu::matmul_t(&u, l.b.data(), m, r, n);
+            y.iter_mut().zip(&d).for_each(|(o, &v)| *o += l.scale * v);
         }
         let mut shape = x.shape().to_vec();
         *shape.last_mut().unwrap() = n;

@@ -102,3 +102,23 @@ fn random_weights_build_any_config_deterministically() {
     assert_eq!(a, b);
     assert_ne!(a, c);
 }
+
+#[test]
+fn score_with_peft_adapter_matches_transformers() {
+    let exp = read_json("expected/adapter_next_tiny.json");
+    let case = &exp["cases"][2];
+    let (ok, out, err) = stic(&[
+        "score",
+        "--model", fixtures().join("llava_next_tiny").to_str().unwrap(),
+        "--adapter", fixtures().join("adapter_next_tiny").to_str().unwrap(),
+        "--image", fixtures().join(case["image"].as_str().unwrap()).to_str().unwrap(),
+        "--prompt", "What is shown in this image?",
+        "--response", case["response"].as_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for (a, b) in floats(&v["logprobs"]).iter().zip(&floats(&case["logprobs"])) {
+        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+}

@@ -107,3 +107,16 @@ fn prompt_without_image_token_is_rejected() {
     // Two <image> for one image is also wrong.
     assert!(pipe.prompt_ids("<image><image> hi", 1).is_err());
 }
+
+#[test]
+fn adapter_for_another_module_is_refused_by_name() {
+    let dir = scratch_copy("adapter_next_tiny", "badadapter");
+    rewrite(&dir.join("adapter_model.safetensors"), |ts| {
+        ts.push(("base_model.model.model.vision_tower.encoder.layers.0.self_attn.q_proj.lora_A.weight".into(), safetensors::Dtype::F32, vec![4, 32], vec![0; 512]))
+    });
+    let e = match Pipeline::load_with(&fixtures().join("llava_next_tiny"), None, Some(&dir)) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("vision_tower.encoder.layers.0.self_attn.q_proj.lora_A.weight") && e.contains("adapter_model.safetensors"), "{e}");
+}

@@ -236,3 +236,23 @@ fn generation_stops_at_eos_per_sequence() {
     }
     assert!(stopped_early >= 1);
 }
+
+#[test]
+fn peft_adapter_matches_transformers_with_peft() {
+    // tests/fixtures/adapter_next_tiny: a LoRA adapter saved by PEFT (random A and B on every
+    // decoder projection); expected outputs from PeftModel.from_pretrained on transformers.
+    let exp = read_json("expected/adapter_next_tiny.json");
+    let pipe = Pipeline::load_with(&fixtures().join("llava_next_tiny"), None, Some(&fixtures().join("adapter_next_tiny"))).unwrap();
+    let cases = exp["cases"].as_array().unwrap();
+    for c in cases {
+        let img = load_image(&fixtures().join(c["image"].as_str().unwrap())).unwrap();
+        let s = pipe.score(c["templated"].as_str().unwrap(), &[img], c["response"].as_str().unwrap()).unwrap();
+        for (a, b) in s.logprobs.iter().zip(&floats(&c["logprobs"])) {
+            assert!((a - b).abs() <= LOGPROB_TOL * (1.0 + b.abs()), "{}: {a} vs {b}", c["image"]);
+        }
+    }
+    let g = pipe.generate(&case_requests(cases), &SamplingParams { max_new_tokens: 8, ..Default::default() }).unwrap();
+    for (c, out) in cases.iter().zip(&g) {
+        assert_eq!(out.output_ids, ids(&c["greedy_ids"]), "{}", c["image"]);
+    }
+}

@@ -106,6 +106,22 @@ impl Decoder {
         self.cfg.hidden_size
     }
 
+    /// The projection `name` (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) of
+    /// layer `layer`, for attaching adapters.
+    pub fn linear_mut(&mut self, layer: usize, name: &str) -> Option<&mut Linear> {
+        let l = self.layers.get_mut(layer)?;
+        Some(match name {
+            "q_proj" => &mut l.q,
+            "k_proj" => &mut l.k,
+            "v_proj" => &mut l.v,
+            "o_proj" => &mut l.o,
+            "gate_proj" => &mut l.gate,
+            "up_proj" => &mut l.up,
+            "down_proj" => &mut l.down,
+            _ => return None,
+        })
+    }
+
     /// Token embeddings [T, C].
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
         let c = self.cfg.hidden_size;

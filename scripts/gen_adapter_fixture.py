@@ -1,0 +1,75 @@
+"""A PEFT LoRA adapter on the tiny LLaVA-NeXT fixture, and transformers+PEFT's outputs with it.
+
+    python scripts/gen_adapter_fixture.py     # after gen_fixtures.py; deterministic
+
+Writes tests/fixtures/adapter_next_tiny/ (adapter_config.json, adapter_model.safetensors, saved by
+PEFT's save_pretrained) and tests/fixtures/expected/adapter_next_tiny.json: for each test image, the
+response log-probs and 8 greedy ids of the adapted model (PeftModel on the float32 checkpoint,
+eager attention). The LoRA B matrices are random (PEFT initialises them to zero), so the adapter
+changes the outputs; r=4, alpha=8 on q,k,v,o,gate,up,down of the language model only.
+"""
+import json
+from pathlib import Path
+
+import peft
+import torch
+import transformers
+from peft import LoraConfig, PeftModel, get_peft_model
+from PIL import Image
+from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "tests" / "fixtures"
+MODEL = FIX / "llava_next_tiny"
+OUT = FIX / "adapter_next_tiny"
+TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def main():
+    torch.manual_seed(7)
+    base = LlavaNextForConditionalGeneration.from_pretrained(MODEL, dtype=torch.float32, attn_implementation="eager")
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS, bias="none")
+    model = get_peft_model(base, cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_A" in name or "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.3)
+    model.save_pretrained(OUT)
+    # Keep the fixture free of machine paths and of PEFT's generated model card.
+    acfg = json.loads((OUT / "adapter_config.json").read_text())
+    acfg["base_model_name_or_path"] = "llava_next_tiny"
+    (OUT / "adapter_config.json").write_text(json.dumps(acfg, indent=2, sort_keys=True) + "\n")
+    (OUT / "README.md").unlink(missing_ok=True)
+
+    # Reload as a user would: base checkpoint + adapter directory.
+    base = LlavaNextForConditionalGeneration.from_pretrained(MODEL, dtype=torch.float32, attn_implementation="eager")
+    model = PeftModel.from_pretrained(base, OUT).eval()
+    processor = AutoProcessor.from_pretrained(MODEL)
+    expected = json.loads((FIX / "expected" / "llava_next_tiny.json").read_text())
+    cases = []
+    for c in expected["cases"]:
+        image = Image.open(FIX / c["image"])
+        enc = processor(images=image, text=c["templated"], return_tensors="pt")
+        ids = enc["input_ids"][0].tolist()
+        resp = c["response_ids"]
+        full = torch.tensor([ids + resp])
+        with torch.no_grad():
+            logits = model(input_ids=full, attention_mask=torch.ones_like(full), pixel_values=enc["pixel_values"],
+                           image_sizes=enc["image_sizes"]).logits[0]
+            logp = torch.log_softmax(logits.double(), dim=-1)
+            p = len(ids)
+            logprobs = [logp[p - 1 + i, t].item() for i, t in enumerate(resp)]
+            before = c["logprobs"]
+            assert max(abs(a - b) for a, b in zip(logprobs, before)) > 0.1, "adapter had no effect"
+            gen = model.generate(**enc, do_sample=False, max_new_tokens=8, pad_token_id=32001)
+        cases.append({"image": c["image"], "templated": c["templated"], "response": c["response"],
+                      "logprobs": logprobs, "greedy_ids": gen[0, len(ids):].tolist()})
+    out = {"source": f"scripts/gen_adapter_fixture.py, transformers {transformers.__version__}, peft {peft.__version__}, "
+                     f"torch {torch.__version__}; PeftModel.from_pretrained(llava_next_tiny float32 eager, adapter_next_tiny)",
+           "cases": cases}
+    (FIX / "expected" / "adapter_next_tiny.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(cases, indent=1)[:1500])
+
+
+if __name__ == "__main__":
+    main()
