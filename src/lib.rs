@@ -11,6 +11,7 @@
 //! - `text`      tokenizer and chat templates
 //! - `generate`  KV cache, sampling, batched generation, response scoring
 //! - `adapter`   LoRA adapters in PEFT format
+//! - `optim`     AdamW (torch semantics)
 
 pub mod adapter;
 pub mod backend;
@@ -20,6 +21,7 @@ pub mod generate;
 pub mod image;
 pub mod model;
 pub mod nn;
+pub mod optim;
 pub mod tensor;
 pub mod text;
 pub mod weights;
