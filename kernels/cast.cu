@@ -15,24 +15,7 @@
 //     0x0040_0000 in f32), e.g. f32 0x7F80_0001 -> bf16 0x7FC0. (CUDA's __float2bfloat16_rn
 //     would return the canonical 0x7FFF instead, hence no intrinsics here.)
 
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
-__device__ __forceinline__ float bf16_bits_to_f32(u16 h) {
-    u32 b = (u32)h;
-    if ((b & 0x7FFFu) > 0x7F80u) b |= 0x0040u;  // NaN: set the quiet bit
-    return __uint_as_float(b << 16);
-}
-
-__device__ __forceinline__ u16 f32_to_bf16_bits_rne(float f) {
-    u32 x = __float_as_uint(f);
-    if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (u16)((x >> 16) | 0x0040u);  // NaN: quiet it
-    // Round half to even: round up when the dropped half is > 0x8000, or == 0x8000 and the kept
-    // lsb is odd. The carry may ripple into the exponent, which is exactly right (up to inf).
-    u32 round_up = ((x & 0x8000u) != 0u) && ((x & 0x17FFFu) != 0u);
-    return (u16)((x >> 16) + round_up);
-}
+#include "common.cuh"  // u16/u32/u64, bf16_bits_to_f32, f32_to_bf16_bits_rne
 
 extern "C" __global__ void cast_bf16_to_f32(const u16* __restrict__ x, float* __restrict__ y,
                                             u64 n) {

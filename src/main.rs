@@ -5,6 +5,8 @@
 //! stic score    --model DIR --image PATH --prompt TEXT --response TEXT [--raw-prompt] [--json]
 //! (both: [--adapter DIR] a PEFT LoRA adapter; [--random-weights [--weights-seed S]])
 //! stic demo     (the bundled tiny checkpoint and image)
+//! stic check    [--op OP] [--seed S] [--list]   (CUDA kernels vs the CPU reference; needs a
+//!               build with `--features cuda`)
 //!
 //! `--prompt` may be given several times to generate for a batch at once (with one `--image` shared
 //! by all, or one `--image` per prompt); `--json` then prints one JSON object per line.
@@ -40,6 +42,24 @@ enum Cmd {
         #[arg(long, default_value = "What is shown in this image?")]
         prompt: String,
     },
+    /// Check the CUDA kernels against the CPU reference on GPU 0 (one table row per check).
+    ///
+    /// Exit status: 0 all passed; 1 a check failed (or could not run); 2 no CUDA device (prints
+    /// `skipped: no CUDA device`); 3 this binary was built without `--features cuda`.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Only the checks of this op (kernel file, e.g. `rmsnorm`) or kernel (e.g. `rmsnorm_residual`).
+    #[arg(long)]
+    op: Option<String>,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// List the checks without running them (needs no GPU).
+    #[arg(long)]
+    list: bool,
 }
 
 const DEMO_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llava_next_tiny");
@@ -168,6 +188,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("ids:    {:?}", g[0].output_ids);
             println!("(random tiny weights: the text is gibberish by design; {:.2} s)", t0.elapsed().as_secs_f64());
         }
+        Cmd::Check(_) => unreachable!("handled in main"),
         Cmd::Score(a) => {
             let c = &a.common;
             let images = c.image.iter().map(|p| load_image(p)).collect::<Result<Vec<_>>>()?;
@@ -187,8 +208,55 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// `stic check`: exit 0 all passed, 1 a failure, 2 no CUDA device, 3 no CUDA support built in.
+#[cfg(feature = "cuda")]
+fn check(a: &CheckArgs) -> ExitCode {
+    use stic::backend::cuda::{check, cuda_available, CudaDevice};
+    if a.list {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{:<12} {:<18} shape", "op", "kernel");
+        for c in check::checks().iter().filter(|c| a.op.as_deref().is_none_or(|f| c.op == f || c.kernel == f)) {
+            // A closed pipe (`| head`) just ends the listing.
+            if writeln!(out, "{:<12} {:<18} {}", c.op, c.kernel, c.shape).is_err() {
+                break;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    if !cuda_available() {
+        println!("skipped: no CUDA device");
+        return ExitCode::from(2);
+    }
+    let dev = match CudaDevice::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match check::run_checks(&dev, a.seed, a.op.as_deref(), &mut std::io::stdout().lock()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn check(_: &CheckArgs) -> ExitCode {
+    eprintln!("error: `stic check` tests the CUDA kernels: rebuild with `cargo build --release --features cuda`");
+    ExitCode::from(3)
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Cmd::Check(a) = &cli.cmd {
+        return check(a);
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

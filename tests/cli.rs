@@ -122,3 +122,27 @@ fn score_with_peft_adapter_matches_transformers() {
         assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
     }
 }
+
+/// `stic check`: exit 3 without CUDA support built in, 2 (with the skip line) without a device,
+/// and on a GPU machine 0 with one table row per check of the selected op.
+#[test]
+fn check_exit_status_tells_skips_from_failures() {
+    let bin = std::env::var("STIC_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_stic").to_string());
+    let out = Command::new(bin).args(["check", "--op", "sample"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    #[cfg(not(feature = "cuda"))]
+    {
+        assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+        assert!(stderr.contains("--features cuda"), "{stderr}");
+    }
+    #[cfg(feature = "cuda")]
+    {
+        if stic::backend::cuda::cuda_available() {
+            assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+            assert_eq!(stdout.lines().filter(|l| l.starts_with("argmax_") && l.ends_with(" ok")).count(), 6, "{stdout}");
+        } else {
+            assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+            assert_eq!(stdout.trim(), "skipped: no CUDA device");
+        }
+    }
+}

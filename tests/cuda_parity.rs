@@ -1,8 +1,13 @@
 //! CUDA kernels against the CPU reference. Built only with `--features cuda`; on a machine
 //! without a CUDA device a test that needs one prints `skipped: no CUDA device` and passes.
+//!
+//! One test per op, `<op>_cuda_matches_cpu`, runs that op's checks from the registry in
+//! `stic::backend::cuda::check` (the same checks `stic check` runs; tolerances in
+//! docs/TOLERANCES.md). `check_harness_*` validates the registry's host side without a GPU.
 #![cfg(feature = "cuda")]
 
 use half::bf16;
+use stic::backend::cuda::check::{checks, Check};
 use stic::backend::cuda::{cuda_available, CudaDevice};
 
 /// The device, or `None` (after printing the skip line) when this machine has none.
@@ -154,4 +159,109 @@ fn cuda_device_error_is_not_a_panic() {
     let err = CudaDevice::new(1 << 20).unwrap_err();
     assert!(err.to_string().contains("CudaDevice::new"), "{err}");
     eprintln!("{err}");
+}
+
+const SEED: u64 = 0x5715_C4EC;
+
+/// Runs every registry check of `op` (the kernel file's name) on the device.
+fn run_op(op: &str) {
+    let selected: Vec<Check> = checks().into_iter().filter(|c| c.op == op).collect();
+    assert!(!selected.is_empty(), "no checks registered for op `{op}`");
+    let Some(dev) = device() else { return };
+    let mut failures = Vec::new();
+    for c in &selected {
+        match c.run(&dev, SEED) {
+            Ok(r) => {
+                eprintln!("{:<18} {:<58} {:.3e} <= {:.3e} {}", c.kernel, c.shape, r.max_rel_err, r.tolerance, if r.pass { "ok" } else { "FAIL" });
+                if !r.pass {
+                    failures.push(format!("{} {}: {}", c.kernel, c.shape, r.detail));
+                }
+            }
+            Err(e) => failures.push(format!("{} {}: error: {e}", c.kernel, c.shape)),
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} checks failed:\n{}", failures.len(), selected.len(), failures.join("\n"));
+}
+
+#[test]
+fn rmsnorm_cuda_matches_cpu() {
+    run_op("rmsnorm");
+}
+
+#[test]
+fn layernorm_cuda_matches_cpu() {
+    run_op("layernorm");
+}
+
+#[test]
+fn rope_cuda_matches_cpu() {
+    run_op("rope");
+}
+
+#[test]
+fn activation_cuda_matches_cpu() {
+    run_op("activation");
+}
+
+#[test]
+fn embedding_cuda_matches_cpu() {
+    run_op("embedding");
+}
+
+#[test]
+fn sample_cuda_matches_cpu() {
+    run_op("sample");
+}
+
+/// Without a device: every check's references agree with the CPU result (which then passes the
+/// tolerance rule), and a wrong, unwritten or out-of-bounds output fails it.
+#[test]
+fn check_harness_accepts_cpu_and_rejects_bad_outputs() {
+    let all = checks();
+    for op in ["cast", "rmsnorm", "layernorm", "rope", "activation", "embedding", "sample"] {
+        assert!(all.iter().any(|c| c.op == op), "no checks registered for op `{op}`");
+    }
+    let mut failures = Vec::new();
+    for c in &all {
+        match c.self_test(SEED) {
+            Ok(r) => eprintln!("{:<18} {:<58} cpu stand-in: {}", c.kernel, c.shape, r.detail),
+            Err(e) => failures.push(format!("{} {}: {e}", c.kernel, c.shape)),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Shape errors are `Error::Shape` naming the op, raised before any launch.
+#[test]
+fn cuda_shape_errors_name_the_op() {
+    let Some(dev) = device() else { return };
+    let x = dev.htod(&[0x3F80u16; 12]).unwrap();
+    let w = dev.htod(&[0x3F80u16; 5]).unwrap();
+    let mut y = dev.htod(&[0u16; 12]).unwrap();
+    let mut r = dev.htod(&[0u16; 10]).unwrap();
+    let expect = |e: stic::Error, op: &str| {
+        assert!(matches!(e, stic::Error::Shape { .. }), "{e}");
+        assert!(e.to_string().contains(op), "{e}");
+    };
+    expect(dev.rmsnorm(&x.as_view(), &w.as_view(), 1e-5, &mut y.as_view_mut()).unwrap_err(), "rmsnorm");
+    expect(dev.rmsnorm_residual(&x.slice(0..10), &mut r.as_view_mut(), &w.slice(0..5), 1e-5, &mut y.as_view_mut()).unwrap_err(), "rmsnorm_residual");
+    expect(dev.layernorm(&x.as_view(), &w.slice(0..4), &w.as_view(), 1e-5, &mut y.as_view_mut()).unwrap_err(), "layernorm");
+    let inv = dev.rope_inv_freq(4, 1e4).unwrap();
+    let pos = dev.htod(&[1u32, 2]).unwrap();
+    let mut k = dev.htod(&[0x3F80u16; 8]).unwrap();
+    // q [2, 1*4] would be 8 elements; 12 is wrong.
+    expect(dev.rope(&mut y.as_view_mut(), 1, &pos.as_view(), &inv.as_view()).unwrap_err(), "rope");
+    expect(dev.rope_qk(&mut y.slice_mut(0..8), 1, &mut k.slice_mut(0..6), 1, &pos.as_view(), &inv.as_view()).unwrap_err(), "rope_qk");
+    expect(dev.swiglu(&x.as_view(), &x.slice(0..11), &mut y.as_view_mut()).unwrap_err(), "swiglu");
+    expect(dev.swiglu_fused(&x.as_view(), 4, &mut y.slice_mut(0..6)).unwrap_err(), "swiglu_fused");
+    let src = dev.htod(&[0u32, 1]).unwrap();
+    expect(dev.embedding(&x.as_view(), 5, None, &src.as_view(), &mut y.as_view_mut(), None).unwrap_err(), "embedding");
+    let mut idx = dev.htod(&[0u32; 3]).unwrap();
+    expect(dev.argmax_bf16(&x.as_view(), 5, &mut idx.as_view_mut()).unwrap_err(), "argmax_bf16");
+    let xf = dev.htod(&[1.0f32; 12]).unwrap();
+    expect(dev.argmax_f32(&xf.as_view(), 4, &mut idx.slice_mut(0..2)).unwrap_err(), "argmax_f32");
+    assert!(matches!(dev.activation("relu", &mut y.as_view_mut()).unwrap_err(), stic::Error::Input(_)));
+    // Empty inputs are no-ops, not errors.
+    dev.silu(&mut y.slice_mut(0..0)).unwrap();
+    dev.argmax_f32(&xf.slice(0..0), 4, &mut idx.slice_mut(0..0)).unwrap();
 }

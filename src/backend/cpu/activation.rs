@@ -1,7 +1,8 @@
 //! Elementwise activations, in place over any shape.
 //!
 //! silu(x) = x * sigmoid(x); gelu (exact, erf): 0.5 x (1 + erf(x / sqrt 2));
-//! quick_gelu (CLIP): x * sigmoid(1.702 x); swiglu (Mistral MLP): silu(gate) * up.
+//! quick_gelu (CLIP): x * sigmoid(1.702 x); swiglu (Mistral MLP): silu(gate) * up, with gate and
+//! up separate or fused as gate_up[T, 2F] (`swiglu_fused`).
 
 use rayon::prelude::*;
 
@@ -46,6 +47,19 @@ pub fn swiglu_backward<F: num_traits::Float>(gate: &[F], up: &[F], dout: &[F]) -
             (g * b * s * (one + a * (one - s)), g * a * s)
         })
         .unzip()
+}
+
+/// out[T, F] = silu(gate) * up for the fused layout gate_up[T, 2F] (row t: gate then up).
+pub fn swiglu_fused(gate_up: &[f32], f: usize) -> Vec<f32> {
+    assert!(f > 0 && gate_up.len() % (2 * f) == 0, "swiglu_fused: gate_up length {} is not [T, 2*{f}]", gate_up.len());
+    let mut out = vec![0f32; gate_up.len() / 2];
+    out.par_chunks_mut(f).zip(gate_up.par_chunks(2 * f)).for_each(|(o, gu)| {
+        o.copy_from_slice(&gu[..f]);
+        for (a, &b) in o.iter_mut().zip(&gu[f..]) {
+            *a = *a / (1.0 + (-*a).exp()) * b;
+        }
+    });
+    out
 }
 
 /// Apply an activation by its HF name.

@@ -3,16 +3,20 @@
 
 pub mod activation;
 pub mod attention;
+pub mod embedding;
 pub mod logprob;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
+pub mod sample;
 pub mod softmax;
 
-pub use activation::{gelu, quick_gelu, silu, swiglu, swiglu_backward};
+pub use activation::{gelu, quick_gelu, silu, swiglu, swiglu_backward, swiglu_fused};
 pub use attention::{attention, attention_backward, AttnMask};
+pub use embedding::{embedding, embedding_sources};
 pub use logprob::{logprob, logprob_backward};
 pub use matmul::{matmul, matmul_t};
-pub use norm::{layernorm, rmsnorm, rmsnorm_backward};
+pub use norm::{layernorm, rmsnorm, rmsnorm_backward, rmsnorm_residual};
 pub use rope::{rope, rope_backward, RopeTable};
+pub use sample::argmax;
 pub use softmax::{log_softmax_row, logsumexp};

@@ -1,6 +1,7 @@
 //! Normalisations over the last dimension C of x[T, C].
 //!
 //! rmsnorm (LLaMA/Mistral, HF `MistralRMSNorm`): y = w * x / sqrt(mean(x^2) + eps), in f32.
+//! rmsnorm_residual (the decoder's "add then norm"): residual += x, y = rmsnorm(residual).
 //! layernorm (CLIP, torch `layer_norm`): y = (x - mean) / sqrt(var + eps) * w + b, biased var.
 //! Statistics are accumulated in f64: the reference should be at least as accurate as torch's
 //! f32 reductions, never less.
@@ -46,6 +47,17 @@ pub fn rmsnorm_backward<F: Float + Send + Sync>(x: &[F], w: &[F], dy: &[F], eps:
         }
     }
     (dx, dw)
+}
+
+/// The decoder's "add then norm": `residual <- residual + x`, then `rmsnorm(residual)`.
+/// (The CUDA kernel stores the sum in bf16 and normalises the stored, rounded sum, as HF does in
+/// bf16; here everything stays f32.)
+pub fn rmsnorm_residual(x: &[f32], residual: &mut [f32], w: &[f32], eps: f64) -> Vec<f32> {
+    assert_eq!(x.len(), residual.len(), "rmsnorm_residual: x [{}] and residual [{}] differ", x.len(), residual.len());
+    residual.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(r, x)| {
+        r.iter_mut().zip(x).for_each(|(r, &x)| *r += x);
+    });
+    rmsnorm(residual, w, eps)
 }
 
 pub fn layernorm(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {

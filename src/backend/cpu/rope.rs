@@ -21,6 +21,11 @@ impl RopeTable {
         RopeTable { head_dim, inv_freq }
     }
 
+    /// inv_freq_i = 1 / theta^(2i/D) for i < D/2, in f32 (what the CUDA `rope` kernel takes).
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     /// (cos, sin) for one absolute position, each D/2 long.
     pub fn cos_sin(&self, pos: usize) -> (Vec<f32>, Vec<f32>) {
         let p = pos as f32;

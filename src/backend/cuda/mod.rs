@@ -7,11 +7,33 @@
 //! returns an error instead of panicking.
 //!
 //! Layout: `device.rs` owns the context, the stream and the loaded modules; one file per kernel
-//! family (`cast.rs`, ...) adds the typed launch methods on [`CudaDevice`], each checking its
-//! shapes and turning driver errors into [`crate::Error::Cuda`] with the op name and the shapes.
+//! family adds the typed launch methods on [`CudaDevice`], each checking its shapes (an
+//! [`crate::Error::Shape`] naming the op and the shapes) and turning driver errors into
+//! [`crate::Error::Cuda`] with the op name and the shapes:
+//!
+//! | file | methods | kernel file |
+//! |---|---|---|
+//! | `cast.rs` | `cast_bf16_to_f32(_into)`, `cast_f32_to_bf16(_into)` | `kernels/cast.cu` |
+//! | `rmsnorm.rs` | `rmsnorm`, `rmsnorm_residual` | `kernels/rmsnorm.cu` |
+//! | `layernorm.rs` | `layernorm` | `kernels/layernorm.cu` |
+//! | `rope.rs` | `rope_inv_freq`, `rope`, `rope_qk` | `kernels/rope.cu` |
+//! | `activation.rs` | `silu`, `gelu`, `quick_gelu`, `activation`, `swiglu`, `swiglu_fused` | `kernels/activation.cu` |
+//! | `embedding.rs` | `embedding` | `kernels/embedding.cu` |
+//! | `sample.rs` | `argmax_f32`, `argmax_bf16` | `kernels/sample.cu` |
+//!
+//! `check.rs` holds the parity checks against the CPU reference that both `tests/cuda_parity.rs`
+//! and `stic check` run. Every tensor argument is a view (`&CudaView` in, `&mut CudaViewMut` out
+//! or in place), so ops work on parts of larger buffers; bf16 is `u16` bits.
 
+mod activation;
 mod cast;
+pub mod check;
 mod device;
+mod embedding;
+mod layernorm;
+mod rmsnorm;
+mod rope;
+mod sample;
 
 pub use device::{cuda_available, CudaDevice};
 
@@ -29,9 +51,36 @@ pub mod kernels {
     }
 }
 
-use crate::error::Error;
+use crate::error::{Error, Result};
 
 /// A driver (or launch) error in `op`, with the shapes involved in `shapes`.
 pub(crate) fn cuda_err(op: &str, shapes: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
     Error::Cuda { op: op.to_string(), msg: format!("{shapes}: {e}") }
+}
+
+/// The row count T of a tensor of `len` elements made of rows of `c` (the leading dims folded),
+/// for the one-block-per-row kernels: `c` must be positive and fit a u32, `len` a multiple of it,
+/// and T a grid dimension (< 2^31).
+pub(crate) fn rows_of(op: &'static str, what: &str, len: usize, c: usize) -> Result<usize> {
+    if c == 0 || c > u32::MAX as usize {
+        return Err(Error::shape(op, format!("{what}: row length C={c} must be in 1..=2^32-1")));
+    }
+    if len % c != 0 {
+        return Err(Error::shape(op, format!("{what} has {len} elements, not a multiple of C={c}")));
+    }
+    let rows = len / c;
+    if rows > i32::MAX as usize {
+        return Err(Error::shape(op, format!("{what} [{rows}, {c}]: more than 2^31-1 rows")));
+    }
+    Ok(rows)
+}
+
+/// Launch config of the one-block-per-row kernels (rmsnorm, layernorm): `rows` blocks of
+/// min(256, max(32, per-row work items rounded up to 32)) threads, where a thread's work item is a
+/// 16-byte vector (8 bf16) when C % 8 == 0, else one element. The kernels accept any block size
+/// that is a multiple of 32 up to 1024, and take the scalar path if the data is not aligned.
+pub(crate) fn row_config(rows: usize, c: usize) -> cudarc::driver::LaunchConfig {
+    let items = if c % 8 == 0 { c / 8 } else { c };
+    let block = (items.div_ceil(32) * 32).clamp(32, 256) as u32;
+    cudarc::driver::LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
 }

@@ -1,0 +1,44 @@
+// embedding.cu: token embedding gather with image feature rows scattered in.
+//
+//   embedding(table: u16[V, C], V: u64, features: u16[K, C] or null, K: u64,
+//             sources: u32[T], out: u16[T, C], C: u32, oob: u32[1] or null)
+//   row t of out is a bit-exact copy of
+//       table[s]          when s = sources[t] < V            (text token)
+//       features[s - V]   when V <= s < V + K                (image feature row)
+//   and anything else is out of range: the row is filled with bf16 NaN (0x7FC0) and *oob is set
+//   to 1 (never cleared by the kernel: the flag is sticky until the host resets it).
+// The host builds the sources with cpu::embedding_sources (ids with every image position holding
+// the image token; the i-th image token takes feature row i, i.e. source V + i).
+//
+// Launch: grid (T, 1, 1), one block per row; block (B, 1, 1), any B (the host uses 128); no
+// shared memory. 16-byte copies when C % 8 == 0 and the source and destination rows are 16-byte
+// aligned; 2-byte copies otherwise. out must not overlap table or features.
+
+#include "common.cuh"
+
+extern "C" __global__ void embedding(const u16* __restrict__ table, u64 V,
+                                     const u16* __restrict__ features, u64 K,
+                                     const u32* __restrict__ sources, u16* __restrict__ out, u32 C,
+                                     u32* __restrict__ oob) {
+    const u64 t = blockIdx.x;
+    const u64 s = sources[t];
+    u16* to = out + t * C;
+    const u16* from = nullptr;
+    if (s < V) {
+        from = table + s * C;
+    } else if (features != nullptr && s - V < K) {
+        from = features + (s - V) * C;
+    }
+    if (from == nullptr) {
+        for (u32 i = threadIdx.x; i < C; i += blockDim.x) to[i] = BF16_NAN_BITS;
+        if (threadIdx.x == 0 && oob != nullptr) atomicExch(oob, 1u);
+        return;
+    }
+    if (C % 8u == 0u && aligned16(from) && aligned16(to)) {
+        const uint4* fv = reinterpret_cast<const uint4*>(from);
+        uint4* tv = reinterpret_cast<uint4*>(to);
+        for (u32 i = threadIdx.x; i < C / 8u; i += blockDim.x) tv[i] = fv[i];
+    } else {
+        for (u32 i = threadIdx.x; i < C; i += blockDim.x) to[i] = from[i];
+    }
+}

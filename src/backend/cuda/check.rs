@@ -1,0 +1,891 @@
+//! Parity checks of the CUDA kernels against the CPU reference: one registry, run by
+//! `tests/cuda_parity.rs` (one `#[test]` per op, `<op>_cuda_matches_cpu`) and by `stic check`.
+//!
+//! A check makes seeded random inputs (bf16 values, never zero), computes on the host what the
+//! kernel must produce, runs the kernel on the device and compares:
+//! - **close** (bf16 outputs of arithmetic): flash-attention's rule. With `ref` the op evaluated in
+//!   f64 on the same bf16 inputs (widened exactly to f32/f64) and `cpu` the crate's f32 CPU
+//!   reference (`crate::backend::cpu::<op>`) rounded to bf16, the kernel passes when
+//!   `err(kernel) <= 2 * err(cpu) + 2^-8`: at most twice the error of the plain f32
+//!   implementation, plus one bf16 output rounding (2^-8 relative). The error is the largest
+//!   elementwise relative error `|got - ref| / max(|ref|, floor)`, with `floor = 1e-2 * rms(ref)`
+//!   so that outputs which cancel to nearly zero (rope, layernorm's bias) are judged against the
+//!   scale of the tensor rather than against themselves. The same rule is applied to the mean
+//!   error of outputs of at least 256 elements, `mean(kernel) <= 2 * mean(cpu) + 2^-12`: the max
+//!   rule alone lets a systematic bias of up to ~1% through, the mean rule catches ~0.5%.
+//! - **exact** (copies and selections: embedding rows, the stored residual sum, argmax indices,
+//!   casts): bit-for-bit.
+//!
+//! Outputs are poisoned before the launch (bf16 NaN 0x7FFF, u32 0xFFFF_FFFF): an element the
+//! kernel did not write shows up as NaN (infinite error) or as a mismatch. Every device buffer has
+//! poisoned guard elements on both sides, checked untouched afterwards (no out-of-bounds writes).
+//! In-place kernels (rope, silu, ...) cannot be poisoned; their guards are still checked. Guard
+//! offsets are 8 elements (16 bytes, so the vector paths run) or, in the `misaligned` checks, an
+//! odd number (so the scalar fallback runs on shapes that would otherwise take the vector path).
+//!
+//! [`Check::self_test`] runs a check's host side with the CPU result standing in for the kernel,
+//! and with deliberately wrong outputs: it validates the references, the metric and the poison /
+//! guard detection on machines without a GPU.
+
+use std::io::Write;
+
+use half::bf16;
+
+use super::{CudaDevice, CudaSlice, DeviceRepr};
+use crate::backend::cpu;
+use crate::error::Result;
+
+/// The outcome of one check.
+#[derive(Clone, Debug)]
+pub struct CheckResult {
+    /// The largest error over the outputs (for exact outputs: 0 when identical, else 1).
+    pub max_rel_err: f64,
+    /// The smallest tolerance of the outputs (0 for exact ones).
+    pub tolerance: f64,
+    pub pass: bool,
+    /// Per output: its error and tolerance, or what went wrong first.
+    pub detail: String,
+}
+
+/// One registered check: the op family (`kernels/<op>.cu`), the kernel or entry point, the shape.
+pub struct Check {
+    pub op: &'static str,
+    pub kernel: &'static str,
+    pub shape: String,
+    make: Box<dyn Fn(u64) -> Case + Send + Sync>,
+}
+
+impl Check {
+    /// Runs the check on `dev` with inputs from `seed` (each check mixes its own name into it).
+    pub fn run(&self, dev: &CudaDevice, seed: u64) -> Result<CheckResult> {
+        let case = (self.make)(self.seed(seed));
+        let got = (case.device)(dev)?;
+        Ok(evaluate(&case.expect, &got))
+    }
+
+    /// Validates the host side without a device: the CPU result (rounded to bf16) standing in for
+    /// the kernel must pass, and each corruption (one element 10% off or flipped, one element left
+    /// poisoned, one guard overwritten) must fail. Returns what went wrong.
+    pub fn self_test(&self, seed: u64) -> std::result::Result<CheckResult, String> {
+        let case = (self.make)(self.seed(seed));
+        let good: Vec<Output> = case.expect.iter().map(Output::emulate).collect();
+        let r = evaluate(&case.expect, &good);
+        if !r.pass {
+            return Err(format!("the CPU stand-in fails: {}", r.detail));
+        }
+        for (o, e) in case.expect.iter().enumerate() {
+            for corruption in [Corruption::Value, Corruption::Unwritten, Corruption::Guard, Corruption::Bias] {
+                if matches!(corruption, Corruption::Bias) && !matches!(e, Expected::Close { reference, .. } if reference.len() >= MEAN_RULE_MIN) {
+                    continue;
+                }
+                let mut bad = good.clone();
+                bad[o].corrupt(e, corruption);
+                let rb = evaluate(&case.expect, &bad);
+                if rb.pass {
+                    return Err(format!("output {} with {corruption:?} passes: {}", e.name(), rb.detail));
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    fn seed(&self, seed: u64) -> u64 {
+        // FNV-1a of the kernel name and shape, so that checks get different inputs.
+        let mut h = 0xCBF2_9CE4_8422_2325u64;
+        for b in self.kernel.bytes().chain(self.shape.bytes()) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01B3);
+        }
+        seed ^ h
+    }
+}
+
+/// Every check, in a fixed order (op families in `kernels/` file order is not implied).
+pub fn checks() -> Vec<Check> {
+    let mut v = Vec::new();
+    let mut add = |op: &'static str, kernel: &'static str, shape: String, make: Box<dyn Fn(u64) -> Case + Send + Sync>| {
+        v.push(Check { op, kernel, shape, make });
+    };
+
+    for &(t, c, eps, off) in &[(1, 4096, 1e-5, 8), (7, 4096, 1e-5, 8), (3, 1024, 1e-6, 8), (5, 33, 1e-5, 8), (2, 8192, 1e-5, 8), (3, 1024, 1e-6, 1)] {
+        add("rmsnorm", "rmsnorm", shape2(t, c, off, &format!("eps {eps:e}")), Box::new(move |s| rmsnorm_case(t, c, eps, off, s)));
+    }
+    for &(t, c, off) in &[(1, 4096, 8), (7, 4096, 8), (5, 33, 8), (3, 1024, 3)] {
+        add("rmsnorm", "rmsnorm_residual", shape2(t, c, off, "eps 1e-5"), Box::new(move |s| rmsnorm_residual_case(t, c, 1e-5, off, s)));
+    }
+    for &(t, c, off) in &[(1, 1024, 8), (577, 1024, 8), (3, 4096, 8), (5, 33, 8), (2, 1024, 1)] {
+        add("layernorm", "layernorm", shape2(t, c, off, "eps 1e-5"), Box::new(move |s| layernorm_case(t, c, 1e-5, off, s)));
+    }
+
+    for &(h, hkv, d, theta) in &[(32, 8, 128, 1e6), (16, 16, 64, 1e4), (4, 2, 8, 1e4)] {
+        for &(t, p0) in &[(1, 4095), (17, 1000), (577, 3)] {
+            let shape = format!("T={t} H={h} Hkv={hkv} D={d} pos {p0}.. theta {theta:e}");
+            add("rope", "rope_qk", shape, Box::new(move |s| rope_case(t, h, hkv, d, theta, Positions::From(p0), true, s)));
+        }
+    }
+    add("rope", "rope_qk", "T=8 H=32 Hkv=8 D=128 random pos < 32768 theta 1e6".into(), Box::new(|s| rope_case(8, 32, 8, 128, 1e6, Positions::Random(32768), true, s)));
+    add("rope", "rope", "T=17 H=16 D=64 pos 5.. theta 1e4 (q only)".into(), Box::new(|s| rope_case(17, 16, 0, 64, 1e4, Positions::From(5), false, s)));
+
+    for act in [Act::Silu, Act::Gelu, Act::QuickGelu] {
+        for &(n, off) in &[(1, 8), (1000, 8), (14336 * 3 + 5, 8), (1000, 3)] {
+            add("activation", act.name(), shape1(n, off), Box::new(move |s| activation_case(act, n, off, s)));
+        }
+    }
+    for &(n, off) in &[(1, 8), (1000, 8), (14336 * 3 + 5, 8), (14336 * 2, 8), (1000, 1)] {
+        add("activation", "swiglu", shape1(n, off), Box::new(move |s| swiglu_case(n, off, s)));
+    }
+    for &(t, f, off) in &[(1, 1, 8), (3, 14336, 8), (5, 1000, 8), (2, 5, 8), (4, 64, 1)] {
+        add("activation", "swiglu_fused", shape2(t, 2 * f, off, ""), Box::new(move |s| swiglu_fused_case(t, f, off, s)));
+    }
+
+    add("embedding", "embedding", "V=32064 C=4096 T=40, image span [7, 31) of K=24".into(), Box::new(|s| embedding_case(32064, 4096, 40, 7, 24, 8, false, s)));
+    add("embedding", "embedding", "V=32064 C=4096 T=5, text only".into(), Box::new(|s| embedding_case(32064, 4096, 5, 0, 0, 8, false, s)));
+    add("embedding", "embedding", "V=17 C=33 T=9, image span [2, 5) of K=3 (misaligned)".into(), Box::new(|s| embedding_case(17, 33, 9, 2, 3, 1, false, s)));
+    add("embedding", "embedding", "V=100 C=64 T=6, image span [1, 3) of K=2, one source out of range".into(), Box::new(|s| embedding_case(100, 64, 6, 1, 2, 8, true, s)));
+
+    for bf in [false, true] {
+        for &(b, v) in &[(1, 32064), (8, 32064), (3, 17)] {
+            let kernel = if bf { "argmax_bf16" } else { "argmax_f32" };
+            add("sample", kernel, format!("[{b}, {v}] with ties"), Box::new(move |s| argmax_case(b, v, bf, s)));
+        }
+    }
+
+    add("cast", "cast_bf16_to_f32", "all 65536 bf16 bit patterns".into(), Box::new(cast_bf16_to_f32_case));
+    add("cast", "cast_f32_to_bf16", "[100003] random f32 bits".into(), Box::new(|s| cast_f32_to_bf16_case(100_003, s)));
+    v
+}
+
+/// Runs the checks whose op or kernel is `filter` (all when `None`) and prints one table row per
+/// check to `out`. Returns whether every selected check passed (false also when none matched).
+pub fn run_checks(dev: &CudaDevice, seed: u64, filter: Option<&str>, out: &mut dyn Write) -> std::io::Result<bool> {
+    let selected: Vec<Check> = checks().into_iter().filter(|c| filter.is_none_or(|f| c.op == f || c.kernel == f)).collect();
+    if selected.is_empty() {
+        writeln!(out, "no check matches `{}`", filter.unwrap_or(""))?;
+        return Ok(false);
+    }
+    writeln!(out, "device: {} (sm_{}{}), seed {seed}", dev.name(), dev.compute_capability().0, dev.compute_capability().1)?;
+    writeln!(out, "{:<18} {:<58} {:>11} {:>11}  pass", "op", "shape", "max rel err", "tolerance")?;
+    let (mut passed, mut failed) = (0, 0);
+    for c in &selected {
+        let r = c.run(dev, seed);
+        let ok = matches!(&r, Ok(r) if r.pass);
+        if ok {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+        match r {
+            Ok(r) => {
+                writeln!(out, "{:<18} {:<58} {:>11.3e} {:>11.3e}  {}", c.kernel, c.shape, r.max_rel_err, r.tolerance, if r.pass { "ok" } else { "FAIL" })?;
+                if !r.pass {
+                    writeln!(out, "    {}", r.detail)?;
+                }
+            }
+            Err(e) => writeln!(out, "{:<18} {:<58} {:>11} {:>11}  FAIL\n    error: {e}", c.kernel, c.shape, "-", "-")?,
+        }
+    }
+    writeln!(out, "{passed} passed, {failed} failed")?;
+    Ok(failed == 0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases: host-side expectations plus the device run.
+
+/// What one check compares: the expected outputs, and a closure that runs the kernel(s) on a
+/// device and returns the outputs in the same order.
+struct Case {
+    expect: Vec<Expected>,
+    #[allow(clippy::type_complexity)]
+    device: Box<dyn FnOnce(&CudaDevice) -> Result<Vec<Output>>>,
+}
+
+/// Guard elements after every device buffer (before it: the case's offset).
+const GUARD: usize = 8;
+const POISON_BF16: u16 = 0x7FFF;
+const POISON_U32: u32 = 0xFFFF_FFFF;
+/// One bf16 rounding, relative: the `+ 2^-8` of the tolerance rule.
+const BF16_ROUNDING: f64 = 1.0 / 256.0;
+/// The mean-error rule applies to outputs of at least this many elements ...
+const MEAN_RULE_MIN: usize = 256;
+/// ... with this additive slack (the mean of many roundings is stable; 2x is the real headroom).
+const MEAN_SLACK: f64 = 1.0 / 4096.0;
+
+enum Expected {
+    /// A bf16 output judged by the tolerance rule.
+    Close { name: &'static str, reference: Vec<f64>, cpu: Vec<f32> },
+    /// A bf16 output that must match bit for bit.
+    Bf16 { name: &'static str, bits: Vec<u16> },
+    /// A u32 output (indices, flags, f32 bits) that must match exactly.
+    U32 { name: &'static str, values: Vec<u32> },
+}
+
+impl Expected {
+    fn name(&self) -> &'static str {
+        match self {
+            Expected::Close { name, .. } | Expected::Bf16 { name, .. } | Expected::U32 { name, .. } => name,
+        }
+    }
+}
+
+/// A downloaded device buffer: `all` is the whole allocation, the output is `all[lo..lo + n]`,
+/// the rest are guards that must still hold the poison.
+#[derive(Clone)]
+enum Output {
+    Bf16 { all: Vec<u16>, lo: usize, n: usize },
+    U32 { all: Vec<u32>, lo: usize, n: usize },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Corruption {
+    /// One element 10% off (close) or one bit flipped (exact).
+    Value,
+    /// One element left poisoned.
+    Unwritten,
+    /// One guard element overwritten.
+    Guard,
+    /// Every element 0.8% too large (close outputs of at least MEAN_RULE_MIN elements).
+    Bias,
+}
+
+impl Output {
+    /// What a correct kernel would return, from the host expectation (the CPU result for `Close`).
+    fn emulate(e: &Expected) -> Output {
+        let lo = GUARD;
+        match e {
+            Expected::Close { cpu, .. } => Output::Bf16 { all: guarded(&bf16_bits(cpu), lo, POISON_BF16), lo, n: cpu.len() },
+            Expected::Bf16 { bits, .. } => Output::Bf16 { all: guarded(bits, lo, POISON_BF16), lo, n: bits.len() },
+            Expected::U32 { values, .. } => Output::U32 { all: guarded(values, lo, POISON_U32), lo, n: values.len() },
+        }
+    }
+
+    fn corrupt(&mut self, e: &Expected, how: Corruption) {
+        match self {
+            Output::Bf16 { all, lo, n } => {
+                // The element with the largest expected magnitude (always judged relative to itself).
+                let i = match e {
+                    Expected::Close { reference, .. } => (0..*n).max_by(|&a, &b| reference[a].abs().total_cmp(&reference[b].abs())).unwrap_or(0),
+                    _ => *n / 2,
+                };
+                match how {
+                    Corruption::Value => {
+                        let v = bf16::from_bits(all[*lo + i]).to_f32();
+                        all[*lo + i] = if matches!(e, Expected::Close { .. }) { bf16::from_f32(v * 1.1).to_bits() } else { all[*lo + i] ^ 1 };
+                    }
+                    Corruption::Unwritten => all[*lo + i] = POISON_BF16,
+                    Corruption::Guard => all[*lo + *n] = 0x3F80,
+                    Corruption::Bias => {
+                        if let Expected::Close { reference, .. } = e {
+                            for (j, r) in reference.iter().enumerate() {
+                                all[*lo + j] = bf16::from_f64(r * (1.0 + 1.0 / 128.0)).to_bits();
+                            }
+                        }
+                    }
+                }
+            }
+            Output::U32 { all, lo, n } => match how {
+                Corruption::Value => all[*lo + *n / 2] ^= 1,
+                Corruption::Unwritten => all[*lo + *n / 2] = POISON_U32,
+                Corruption::Guard => all[*lo - 1] = 0,
+                Corruption::Bias => {}
+            },
+        }
+    }
+}
+
+fn guarded<T: Copy>(data: &[T], lo: usize, poison: T) -> Vec<T> {
+    let mut v = vec![poison; lo + data.len() + GUARD];
+    v[lo..lo + data.len()].copy_from_slice(data);
+    v
+}
+
+/// Compares every output with its expectation.
+fn evaluate(expect: &[Expected], got: &[Output]) -> CheckResult {
+    let mut r = CheckResult { max_rel_err: 0.0, tolerance: f64::INFINITY, pass: true, detail: String::new() };
+    let mut any_close = false;
+    if expect.len() != got.len() {
+        r.pass = false;
+        r.detail = format!("{} outputs, expected {}", got.len(), expect.len());
+        return r;
+    }
+    for (e, g) in expect.iter().zip(got) {
+        let name = e.name();
+        let (err, tol, ok, what) = match (e, g) {
+            (Expected::Close { reference, cpu, .. }, Output::Bf16 { all, lo, n }) => {
+                if let Some(bad) = guard_breach(all, *lo, *n, POISON_BF16) {
+                    (f64::INFINITY, 0.0, false, bad)
+                } else if *n != reference.len() {
+                    (f64::INFINITY, 0.0, false, format!("{n} elements, expected {}", reference.len()))
+                } else {
+                    let floor = 1e-2 * rms(reference);
+                    let (err_cpu, _, mean_cpu) = rel_err(cpu.iter().map(|&v| bf16::from_f32(v).to_f32() as f64), reference, floor);
+                    let (err, at, mean) = rel_err(all[*lo..*lo + *n].iter().map(|&b| bf16::from_bits(b).to_f32() as f64), reference, floor);
+                    let tol = 2.0 * err_cpu + BF16_ROUNDING;
+                    let mean_tol = 2.0 * mean_cpu + MEAN_SLACK;
+                    let mean_ok = *n < MEAN_RULE_MIN || mean <= mean_tol;
+                    any_close = true;
+                    let got_v = bf16::from_bits(all[*lo + at]).to_f32();
+                    let note = if all[*lo + at] == POISON_BF16 { " (never written)" } else { "" };
+                    let what = format!(
+                        "max {err:.3e} <= {tol:.3e}? (cpu {err_cpu:.3e}), mean {mean:.3e} <= {mean_tol:.3e}? (cpu {mean_cpu:.3e}{}), worst [{at}]: got {got_v}{note}, want {}",
+                        if *n < MEAN_RULE_MIN { ", not applied" } else { "" },
+                        reference[at]
+                    );
+                    (err, tol, err <= tol && mean_ok, what)
+                }
+            }
+            (Expected::Bf16 { bits, .. }, Output::Bf16 { all, lo, n }) => exact(all, *lo, *n, bits, POISON_BF16, |b| format!("{b:#06x} ({})", bf16::from_bits(b))),
+            (Expected::U32 { values, .. }, Output::U32 { all, lo, n }) => exact(all, *lo, *n, values, POISON_U32, |v| format!("{v} ({v:#010x})")),
+            _ => (f64::INFINITY, 0.0, false, "output of the wrong type".to_string()),
+        };
+        r.max_rel_err = r.max_rel_err.max(err);
+        if matches!(e, Expected::Close { .. }) {
+            r.tolerance = r.tolerance.min(tol);
+        }
+        r.pass &= ok;
+        if !r.detail.is_empty() {
+            r.detail.push_str("; ");
+        }
+        r.detail.push_str(&format!("{name}: {what}"));
+    }
+    if !any_close {
+        r.tolerance = 0.0;
+    }
+    r
+}
+
+fn exact<T: Copy + PartialEq>(all: &[T], lo: usize, n: usize, want: &[T], poison: T, show: impl Fn(T) -> String) -> (f64, f64, bool, String) {
+    if let Some(bad) = guard_breach(all, lo, n, poison) {
+        return (1.0, 0.0, false, bad);
+    }
+    if n != want.len() {
+        return (1.0, 0.0, false, format!("{n} elements, expected {}", want.len()));
+    }
+    let got = &all[lo..lo + n];
+    let wrong = (0..n).filter(|&i| got[i] != want[i]).count();
+    match (0..n).find(|&i| got[i] != want[i]) {
+        None => (0.0, 0.0, true, "exact".to_string()),
+        Some(i) => {
+            let note = if got[i] == poison { " (never written)" } else { "" };
+            (1.0, 0.0, false, format!("{wrong} of {n} differ; first [{i}]: got {}{note}, want {}", show(got[i]), show(want[i])))
+        }
+    }
+}
+
+/// The first guard element that no longer holds the poison.
+fn guard_breach<T: Copy + PartialEq>(all: &[T], lo: usize, n: usize, poison: T) -> Option<String> {
+    let bad = (0..lo).chain(lo + n..all.len()).find(|&i| all[i] != poison)?;
+    let side = if bad < lo { format!("{} before", lo - bad) } else { format!("{} after", bad - (lo + n) + 1) };
+    Some(format!("wrote outside its output: the guard element {side} the output was overwritten"))
+}
+
+fn rms(x: &[f64]) -> f64 {
+    if x.is_empty() {
+        return 0.0;
+    }
+    (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64).sqrt()
+}
+
+/// The relative errors e_i = |got_i - ref_i| / max(|ref_i|, floor): (max, where, mean). Any NaN
+/// or infinity counts as an infinite error (a poisoned, never-written element is NaN).
+fn rel_err(got: impl Iterator<Item = f64>, reference: &[f64], floor: f64) -> (f64, usize, f64) {
+    let (mut worst, mut at, mut sum, mut n) = (0.0f64, 0usize, 0.0f64, 0usize);
+    for (i, (g, &r)) in got.zip(reference).enumerate() {
+        let e = if g.is_finite() { (g - r).abs() / r.abs().max(floor).max(f64::MIN_POSITIVE) } else { f64::INFINITY };
+        // e is never NaN: g and r are finite and the denominator is positive.
+        if e > worst {
+            (worst, at) = (e, i);
+        }
+        sum += e;
+        n += 1;
+    }
+    (worst, at, if n == 0 { 0.0 } else { sum / n as f64 })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs.
+
+/// splitmix64: a small deterministic generator.
+struct Rng(u64);
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    /// bf16 values with magnitude uniform in [lo, hi) (lo > 0, so never zero) and a random sign.
+    fn bf16s(&mut self, n: usize, lo: f64, hi: f64) -> Vec<u16> {
+        (0..n)
+            .map(|_| {
+                let m = lo + (hi - lo) * self.uniform();
+                let v = if self.next_u64() & 1 == 0 { m } else { -m };
+                bf16::from_f64(v).to_bits()
+            })
+            .collect()
+    }
+}
+
+fn widen(bits: &[u16]) -> Vec<f32> {
+    bits.iter().map(|&b| bf16::from_bits(b).to_f32()).collect()
+}
+
+fn bf16_bits(x: &[f32]) -> Vec<u16> {
+    x.iter().map(|&v| bf16::from_f32(v).to_bits()).collect()
+}
+
+fn shape1(n: usize, off: usize) -> String {
+    format!("[{n}]{}", if off % 8 != 0 { " misaligned" } else { "" })
+}
+
+fn shape2(t: usize, c: usize, off: usize, extra: &str) -> String {
+    let sep = if extra.is_empty() { "" } else { " " };
+    format!("[{t}, {c}]{sep}{extra}{}", if off % 8 != 0 { " misaligned" } else { "" })
+}
+
+/// `data` at offset `lo` of a new device buffer, poisoned guards around it.
+fn upload<T: DeviceRepr + Copy>(dev: &CudaDevice, data: &[T], lo: usize, poison: T) -> Result<CudaSlice<T>> {
+    dev.htod(&guarded(data, lo, poison))
+}
+
+/// A poisoned device buffer for an output of `n` elements at offset `lo`.
+fn poisoned<T: DeviceRepr + Copy>(dev: &CudaDevice, n: usize, lo: usize, poison: T) -> Result<CudaSlice<T>> {
+    dev.htod(&vec![poison; lo + n + GUARD])
+}
+
+fn download_bf16(dev: &CudaDevice, buf: &CudaSlice<u16>, lo: usize, n: usize) -> Result<Output> {
+    Ok(Output::Bf16 { all: dev.dtoh(buf)?, lo, n })
+}
+
+fn download_u32(dev: &CudaDevice, buf: &CudaSlice<u32>, lo: usize, n: usize) -> Result<Output> {
+    Ok(Output::U32 { all: dev.dtoh(buf)?, lo, n })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Norms.
+
+/// Rows of x scaled by 2^(t mod 5 - 2), so rows differ in magnitude.
+fn norm_input(rng: &mut Rng, t: usize, c: usize, shift: f64) -> Vec<u16> {
+    let mut x = Vec::with_capacity(t * c);
+    for r in 0..t {
+        let scale = 2f64.powi((r % 5) as i32 - 2);
+        for b in rng.bf16s(c, 0.01, 3.0) {
+            x.push(bf16::from_f64(bf16::from_bits(b).to_f64() * scale + shift * scale).to_bits());
+        }
+    }
+    x.iter().map(|&b| if bf16::from_bits(b).to_f32() == 0.0 { bf16::from_f32(0.5).to_bits() } else { b }).collect()
+}
+
+fn rmsnorm_f64(x: &[f32], w: &[f32], eps: f64) -> Vec<f64> {
+    let c = w.len();
+    let mut y = Vec::with_capacity(x.len());
+    for row in x.chunks(c) {
+        let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / c as f64;
+        let inv = 1.0 / (ms + eps).sqrt();
+        y.extend(row.iter().zip(w).map(|(&v, &g)| g as f64 * v as f64 * inv));
+    }
+    y
+}
+
+fn rmsnorm_case(t: usize, c: usize, eps: f64, off: usize, seed: u64) -> Case {
+    let mut rng = Rng(seed);
+    let x = norm_input(&mut rng, t, c, 0.0);
+    let w = rng.bf16s(c, 0.25, 2.0);
+    let eps32 = eps as f32;
+    let (xf, wf) = (widen(&x), widen(&w));
+    let expect = vec![Expected::Close { name: "y", reference: rmsnorm_f64(&xf, &wf, eps32 as f64), cpu: cpu::rmsnorm(&xf, &wf, eps32 as f64) }];
+    let n = t * c;
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let dx = upload(dev, &x, off, POISON_BF16)?;
+            let dw = upload(dev, &w, off, POISON_BF16)?;
+            let mut dy = poisoned(dev, n, off, POISON_BF16)?;
+            dev.rmsnorm(&dx.slice(off..off + n), &dw.slice(off..off + c), eps32, &mut dy.slice_mut(off..off + n))?;
+            Ok(vec![download_bf16(dev, &dy, off, n)?])
+        }),
+    }
+}
+
+fn rmsnorm_residual_case(t: usize, c: usize, eps: f64, off: usize, seed: u64) -> Case {
+    let mut rng = Rng(seed);
+    let x = norm_input(&mut rng, t, c, 0.0);
+    let res = norm_input(&mut rng, t, c, 0.0);
+    let w = rng.bf16s(c, 0.25, 2.0);
+    let eps32 = eps as f32;
+    let (xf, wf) = (widen(&x), widen(&w));
+    // The kernel stores r = bf16(x + residual) (an f32 sum, rounded once) and normalises that r.
+    let mut rf = widen(&res);
+    cpu::rmsnorm_residual(&xf, &mut rf, &wf, eps32 as f64);
+    let r_bits = bf16_bits(&rf);
+    let r = widen(&r_bits);
+    let expect = vec![
+        Expected::Bf16 { name: "residual", bits: r_bits },
+        Expected::Close { name: "y", reference: rmsnorm_f64(&r, &wf, eps32 as f64), cpu: cpu::rmsnorm(&r, &wf, eps32 as f64) },
+    ];
+    let n = t * c;
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let dx = upload(dev, &x, off, POISON_BF16)?;
+            let mut dr = upload(dev, &res, off, POISON_BF16)?;
+            let dw = upload(dev, &w, off, POISON_BF16)?;
+            let mut dy = poisoned(dev, n, off, POISON_BF16)?;
+            dev.rmsnorm_residual(&dx.slice(off..off + n), &mut dr.slice_mut(off..off + n), &dw.slice(off..off + c), eps32, &mut dy.slice_mut(off..off + n))?;
+            Ok(vec![download_bf16(dev, &dr, off, n)?, download_bf16(dev, &dy, off, n)?])
+        }),
+    }
+}
+
+fn layernorm_case(t: usize, c: usize, eps: f64, off: usize, seed: u64) -> Case {
+    let mut rng = Rng(seed);
+    // A common offset (CLIP activations are not centred) exercises the mean subtraction.
+    let x = norm_input(&mut rng, t, c, 1.5);
+    let w = rng.bf16s(c, 0.25, 2.0);
+    let b = rng.bf16s(c, 0.01, 1.0);
+    let eps32 = eps as f32;
+    let (xf, wf, bf) = (widen(&x), widen(&w), widen(&b));
+    let mut reference = Vec::with_capacity(t * c);
+    for row in xf.chunks(c) {
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
+        let inv = 1.0 / (var + eps32 as f64).sqrt();
+        reference.extend((0..c).map(|i| (row[i] as f64 - mean) * inv * wf[i] as f64 + bf[i] as f64));
+    }
+    let expect = vec![Expected::Close { name: "y", reference, cpu: cpu::layernorm(&xf, &wf, &bf, eps32 as f64) }];
+    let n = t * c;
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let dx = upload(dev, &x, off, POISON_BF16)?;
+            let dw = upload(dev, &w, off, POISON_BF16)?;
+            let db = upload(dev, &b, off, POISON_BF16)?;
+            let mut dy = poisoned(dev, n, off, POISON_BF16)?;
+            dev.layernorm(&dx.slice(off..off + n), &dw.slice(off..off + c), &db.slice(off..off + c), eps32, &mut dy.slice_mut(off..off + n))?;
+            Ok(vec![download_bf16(dev, &dy, off, n)?])
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE.
+
+#[derive(Clone, Copy)]
+enum Positions {
+    /// p0, p0 + 1, ... (a prefill chunk that does not start at 0)
+    From(u32),
+    /// uniform below the bound (a decode batch of sequences at different lengths)
+    Random(u32),
+}
+
+fn rope_f64(x: &[f32], heads: usize, pos: &[u32], inv_freq: &[f32]) -> Vec<f64> {
+    let half = inv_freq.len();
+    let d = 2 * half;
+    let mut out = vec![0f64; x.len()];
+    for (t, &p) in pos.iter().enumerate() {
+        for i in 0..half {
+            // The op's definition: the angle is an f32 product, as in torch.
+            let a = (p as f32 * inv_freq[i]) as f64;
+            let (s, c) = a.sin_cos();
+            for h in 0..heads {
+                let base = (t * heads + h) * d;
+                let (x0, x1) = (x[base + i] as f64, x[base + i + half] as f64);
+                out[base + i] = x0 * c - x1 * s;
+                out[base + i + half] = x1 * c + x0 * s;
+            }
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rope_case(t: usize, h: usize, hkv: usize, d: usize, theta: f64, positions: Positions, with_k: bool, seed: u64) -> Case {
+    let mut rng = Rng(seed);
+    let pos: Vec<u32> = match positions {
+        Positions::From(p0) => (0..t as u32).map(|i| p0 + i).collect(),
+        Positions::Random(bound) => (0..t).map(|_| rng.below(bound as usize) as u32).collect(),
+    };
+    let q = rng.bf16s(t * h * d, 0.01, 2.0);
+    let k = rng.bf16s(t * hkv * d, 0.01, 2.0);
+    let table = cpu::RopeTable::new(d, theta);
+    let pos_usize: Vec<usize> = pos.iter().map(|&p| p as usize).collect();
+    let mut expect = Vec::new();
+    let mut qc = widen(&q);
+    let q_ref = rope_f64(&qc, h, &pos, table.inv_freq());
+    cpu::rope(&mut qc, h, &pos_usize, &table);
+    expect.push(Expected::Close { name: "q", reference: q_ref, cpu: qc });
+    if with_k {
+        let mut kc = widen(&k);
+        let k_ref = rope_f64(&kc, hkv, &pos, table.inv_freq());
+        cpu::rope(&mut kc, hkv, &pos_usize, &table);
+        expect.push(Expected::Close { name: "k", reference: k_ref, cpu: kc });
+    }
+    let off = GUARD;
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let inv_freq = dev.rope_inv_freq(d, theta)?;
+            let dpos = dev.htod(&pos)?;
+            let mut dq = upload(dev, &q, off, POISON_BF16)?;
+            let mut dk = upload(dev, &k, off, POISON_BF16)?;
+            let (nq, nk) = (q.len(), k.len());
+            if with_k {
+                dev.rope_qk(&mut dq.slice_mut(off..off + nq), h, &mut dk.slice_mut(off..off + nk), hkv, &dpos.as_view(), &inv_freq.as_view())?;
+                Ok(vec![download_bf16(dev, &dq, off, nq)?, download_bf16(dev, &dk, off, nk)?])
+            } else {
+                dev.rope(&mut dq.slice_mut(off..off + nq), h, &dpos.as_view(), &inv_freq.as_view())?;
+                Ok(vec![download_bf16(dev, &dq, off, nq)?])
+            }
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activations.
+
+#[derive(Clone, Copy)]
+enum Act {
+    Silu,
+    Gelu,
+    QuickGelu,
+}
+
+impl Act {
+    fn name(self) -> &'static str {
+        match self {
+            Act::Silu => "silu",
+            Act::Gelu => "gelu",
+            Act::QuickGelu => "quick_gelu",
+        }
+    }
+    fn f64(self, x: f64) -> f64 {
+        match self {
+            Act::Silu => x / (1.0 + (-x).exp()),
+            Act::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+            Act::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+        }
+    }
+}
+
+fn silu_f64(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+fn activation_case(act: Act, n: usize, off: usize, seed: u64) -> Case {
+    let mut rng = Rng(seed);
+    // |x| <= 4: far enough from the identity for large x that an element left unwritten (the
+    // in-place input) is visibly wrong for silu and quick_gelu.
+    let x = rng.bf16s(n, 1.0 / 64.0, 4.0);
+    let mut cpu_out = widen(&x);
+    let reference = cpu_out.iter().map(|&v| act.f64(v as f64)).collect();
+    cpu::activation::by_name(act.name(), &mut cpu_out);
+    let expect = vec![Expected::Close { name: "x", reference, cpu: cpu_out }];
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let mut dx = upload(dev, &x, off, POISON_BF16)?;
+            dev.activation(act.name(), &mut dx.slice_mut(off..off + n))?;
+            Ok(vec![download_bf16(dev, &dx, off, n)?])
+        }),
+    }
+}
+
+fn swiglu_case(n: usize, off: usize, seed: u64) -> Case {
+    let mut rng = Rng(seed);
+    let gate = rng.bf16s(n, 1.0 / 64.0, 4.0);
+    let up = rng.bf16s(n, 1.0 / 64.0, 4.0);
+    let (mut g, u) = (widen(&gate), widen(&up));
+    let reference = g.iter().zip(&u).map(|(&a, &b)| silu_f64(a as f64) * b as f64).collect();
+    cpu::swiglu(&mut g, &u);
+    let expect = vec![Expected::Close { name: "out", reference, cpu: g }];
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let dg = upload(dev, &gate, off, POISON_BF16)?;
+            let du = upload(dev, &up, off, POISON_BF16)?;
+            let mut dout = poisoned(dev, n, off, POISON_BF16)?;
+            dev.swiglu(&dg.slice(off..off + n), &du.slice(off..off + n), &mut dout.slice_mut(off..off + n))?;
+            Ok(vec![download_bf16(dev, &dout, off, n)?])
+        }),
+    }
+}
+
+fn swiglu_fused_case(t: usize, f: usize, off: usize, seed: u64) -> Case {
+    let mut rng = Rng(seed);
+    let gu = rng.bf16s(t * 2 * f, 1.0 / 64.0, 4.0);
+    let guf = widen(&gu);
+    let mut reference = Vec::with_capacity(t * f);
+    for row in guf.chunks(2 * f) {
+        reference.extend((0..f).map(|j| silu_f64(row[j] as f64) * row[f + j] as f64));
+    }
+    let expect = vec![Expected::Close { name: "out", reference, cpu: cpu::swiglu_fused(&guf, f) }];
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let dgu = upload(dev, &gu, off, POISON_BF16)?;
+            let mut dout = poisoned(dev, t * f, off, POISON_BF16)?;
+            dev.swiglu_fused(&dgu.slice(off..off + 2 * t * f), f, &mut dout.slice_mut(off..off + t * f))?;
+            Ok(vec![download_bf16(dev, &dout, off, t * f)?])
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding.
+
+#[allow(clippy::too_many_arguments)]
+fn embedding_case(v: usize, c: usize, t: usize, span: usize, k: usize, off: usize, with_oob: bool, seed: u64) -> Case {
+    let mut rng = Rng(seed);
+    let image_token = (v - 1).min(32000) as u32;
+    let table = rng.bf16s(v * c, 1.0 / 64.0, 2.0);
+    let feats = rng.bf16s(k * c, 1.0 / 64.0, 2.0);
+    let mut ids: Vec<u32> = (0..t)
+        .map(|_| loop {
+            let id = rng.below(v) as u32;
+            if id != image_token {
+                break id;
+            }
+        })
+        .collect();
+    ids[span..span + k].iter_mut().for_each(|id| *id = image_token);
+    let image = (k > 0).then_some(image_token);
+    let mut sources = cpu::embedding_sources(&ids, v, image, k).expect("valid ids");
+    let mut want = cpu::embedding(&table, &feats, c, &sources);
+    let bad_row = t - 1;
+    if with_oob {
+        sources[bad_row] = (v + k + 5) as u32;
+        want[bad_row * c..(bad_row + 1) * c].fill(0x7FC0);
+    }
+    let expect = vec![Expected::Bf16 { name: "out", bits: want }, Expected::U32 { name: "oob", values: vec![with_oob as u32] }];
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let dt = upload(dev, &table, off, POISON_BF16)?;
+            let df = upload(dev, &feats, off, POISON_BF16)?;
+            let ds = dev.htod(&sources)?;
+            let mut dout = poisoned(dev, t * c, off, POISON_BF16)?;
+            // The flag starts at 0 (the kernel only ever sets it), inside poisoned guards.
+            let mut doob = upload(dev, &[0u32], GUARD, POISON_U32)?;
+            let fv = df.slice(off..off + k * c);
+            dev.embedding(
+                &dt.slice(off..off + v * c),
+                c,
+                if k > 0 { Some(&fv) } else { None },
+                &ds.as_view(),
+                &mut dout.slice_mut(off..off + t * c),
+                Some(&mut doob.slice_mut(GUARD..GUARD + 1)),
+            )?;
+            Ok(vec![download_bf16(dev, &dout, off, t * c)?, download_u32(dev, &doob, GUARD, 1)?])
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sampling.
+
+fn argmax_case(b: usize, v: usize, bf: bool, seed: u64) -> Case {
+    let mut rng = Rng(seed);
+    // Values below 20 in magnitude; the deliberate maxima are 32 (exact in bf16).
+    let mut logits: Vec<f32> = widen(&rng.bf16s(b * v, 0.01, 20.0));
+    if !bf {
+        // Full f32 precision for the f32 kernel (ties then come only from the planted maxima).
+        logits.iter_mut().for_each(|x| *x += (rng.uniform() as f32 - 0.5) * 1e-3);
+    }
+    for r in 0..b {
+        let row = &mut logits[r * v..(r + 1) * v];
+        let mut plant = |i: usize| row[i % v] = 32.0;
+        match r % 5 {
+            // Ties one apart, one block stride (512) apart, and at the end.
+            0 => {
+                let p = rng.below(v);
+                for i in [p, p + 1, p + 512, v - 1] {
+                    plant(i);
+                }
+            }
+            1 => plant(v - 1),
+            2 => (0..v).for_each(&mut plant),
+            3 => {
+                plant(0);
+                plant(v / 2);
+            }
+            _ => {
+                plant(rng.below(v));
+                plant(rng.below(v));
+                plant(rng.below(v));
+            }
+        }
+    }
+    if !bf && b >= 8 {
+        // torch.argmax: the first NaN wins.
+        let row = &mut logits[7 * v..8 * v];
+        row[v / 3] = f32::NAN;
+        row[v / 2] = f32::NAN;
+    }
+    let want: Vec<u32> = logits.chunks(v).map(|row| cpu::argmax(row) as u32).collect();
+    let expect = vec![Expected::U32 { name: "index", values: want }];
+    let lo = GUARD;
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let mut dout = poisoned(dev, b, lo, POISON_U32)?;
+            if bf {
+                let dl = dev.htod(&bf16_bits(&logits))?;
+                dev.argmax_bf16(&dl.as_view(), v, &mut dout.slice_mut(lo..lo + b))?;
+            } else {
+                let dl = dev.htod(&logits)?;
+                dev.argmax_f32(&dl.as_view(), v, &mut dout.slice_mut(lo..lo + b))?;
+            }
+            Ok(vec![download_u32(dev, &dout, lo, b)?])
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Casts (tests/cuda_parity.rs has the exhaustive edge cases; these are the registry's entries).
+
+fn cast_bf16_to_f32_case(_seed: u64) -> Case {
+    let x: Vec<u16> = (0..=u16::MAX).collect();
+    let want: Vec<u32> = x.iter().map(|&b| bf16::from_bits(b).to_f32().to_bits()).collect();
+    let n = x.len();
+    Case {
+        expect: vec![Expected::U32 { name: "y (f32 bits)", values: want }],
+        device: Box::new(move |dev| {
+            let dx = dev.htod(&x)?;
+            let lo = GUARD;
+            let mut dy = poisoned(dev, n, lo, f32::from_bits(POISON_U32))?;
+            dev.cast_bf16_to_f32_into(&dx.as_view(), &mut dy.slice_mut(lo..lo + n))?;
+            let all = dev.dtoh(&dy)?.iter().map(|v| v.to_bits()).collect();
+            Ok(vec![Output::U32 { all, lo, n }])
+        }),
+    }
+}
+
+fn cast_f32_to_bf16_case(n: usize, seed: u64) -> Case {
+    let mut rng = Rng(seed);
+    // Any bit pattern (NaNs, infinities, subnormals, ties) except those that round to the poison.
+    let x: Vec<f32> = (0..n)
+        .map(|_| loop {
+            let v = f32::from_bits(rng.next_u64() as u32);
+            if bf16::from_f32(v).to_bits() != POISON_BF16 && v != 0.0 {
+                break v;
+            }
+        })
+        .collect();
+    let want = x.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+    Case {
+        expect: vec![Expected::Bf16 { name: "y", bits: want }],
+        device: Box::new(move |dev| {
+            let dx = dev.htod(&x)?;
+            let lo = GUARD;
+            let mut dy = poisoned(dev, n, lo, POISON_BF16)?;
+            dev.cast_f32_to_bf16_into(&dx.as_view(), &mut dy.slice_mut(lo..lo + n))?;
+            Ok(vec![download_bf16(dev, &dy, lo, n)?])
+        }),
+    }
+}

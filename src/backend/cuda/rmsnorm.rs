@@ -1,0 +1,64 @@
+//! RMS normalisation and the fused residual add + RMS normalisation: `kernels/rmsnorm.cu`.
+
+use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+use super::{cuda_err, row_config, rows_of, CudaDevice};
+use crate::error::{Error, Result};
+
+impl CudaDevice {
+    /// `y = w * x / sqrt(mean(x^2) + eps)` over each row of x[T, C] (C = `w.len()`), bf16 bits in
+    /// and out, f32 arithmetic, one RNE rounding. Reference: [`crate::backend::cpu::rmsnorm`].
+    /// `y` must have the length of `x`.
+    pub fn rmsnorm(&self, x: &CudaView<'_, u16>, w: &CudaView<'_, u16>, eps: f32, y: &mut CudaViewMut<'_, u16>) -> Result<()> {
+        let op = "rmsnorm";
+        let c = w.len();
+        let rows = rows_of(op, "x", x.len(), c)?;
+        if y.len() != x.len() {
+            return Err(Error::shape(op, format!("x [{rows}, {c}] but y has {} elements", y.len())));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let f = self.function("rmsnorm", op)?;
+        let c32 = c as u32;
+        let mut launch = self.stream().launch_builder(&f);
+        launch.arg(x).arg(w).arg(y).arg(&c32).arg(&eps);
+        // SAFETY: rmsnorm(const u16* x, const u16* w, u16* y, u32 C, float eps) reads x and writes y
+        // in rows [0, T) of C elements (T = grid size), and reads w[0, C): all in bounds (checked
+        // above). y is a distinct &mut view, so it does not overlap x or w.
+        unsafe { launch.launch(row_config(rows, c)) }.map_err(|e| cuda_err(op, format!("x [{rows}, {c}]"), e))?;
+        Ok(())
+    }
+
+    /// The decoder's "add then norm": `residual <- bf16(x + residual)`, then
+    /// `y = rmsnorm(residual)` of that stored, rounded sum (as HF in bf16). x, residual and y are
+    /// [T, C] with C = `w.len()`. Reference: [`crate::backend::cpu::rmsnorm_residual`].
+    pub fn rmsnorm_residual(
+        &self,
+        x: &CudaView<'_, u16>,
+        residual: &mut CudaViewMut<'_, u16>,
+        w: &CudaView<'_, u16>,
+        eps: f32,
+        y: &mut CudaViewMut<'_, u16>,
+    ) -> Result<()> {
+        let op = "rmsnorm_residual";
+        let c = w.len();
+        let rows = rows_of(op, "x", x.len(), c)?;
+        if residual.len() != x.len() || y.len() != x.len() {
+            return Err(Error::shape(op, format!("x [{rows}, {c}] but residual has {} and y {} elements", residual.len(), y.len())));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let f = self.function("rmsnorm", op)?;
+        let c32 = c as u32;
+        let mut launch = self.stream().launch_builder(&f);
+        launch.arg(x).arg(residual).arg(w).arg(y).arg(&c32).arg(&eps);
+        // SAFETY: rmsnorm_residual(const u16* x, u16* residual, const u16* w, u16* y, u32 C,
+        // float eps) touches rows [0, T) of C elements of x, residual and y and w[0, C), all in
+        // bounds (checked above); residual and y are distinct &mut views, x a shared one, so none
+        // of the written buffers overlaps another argument.
+        unsafe { launch.launch(row_config(rows, c)) }.map_err(|e| cuda_err(op, format!("x [{rows}, {c}]"), e))?;
+        Ok(())
+    }
+}

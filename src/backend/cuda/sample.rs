@@ -1,0 +1,44 @@
+//! Token selection from logits: `kernels/sample.cu`.
+
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+
+use super::{cuda_err, rows_of, CudaDevice};
+use crate::error::{Error, Result};
+
+const BLOCK: u32 = 512;
+
+impl CudaDevice {
+    /// out[b] = argmax of row b of logits[B, V] (V = `vocab`, B = `out.len()`): the first index on
+    /// ties, the first NaN if any, like torch.argmax. Reference: [`crate::backend::cpu::argmax`].
+    pub fn argmax_f32(&self, logits: &CudaView<'_, f32>, vocab: usize, out: &mut CudaViewMut<'_, u32>) -> Result<()> {
+        self.launch_argmax("argmax_f32", logits, vocab, out)
+    }
+
+    /// [`Self::argmax_f32`] for bf16 logits (raw bits).
+    pub fn argmax_bf16(&self, logits: &CudaView<'_, u16>, vocab: usize, out: &mut CudaViewMut<'_, u32>) -> Result<()> {
+        self.launch_argmax("argmax_bf16", logits, vocab, out)
+    }
+
+    fn launch_argmax<T>(&self, op: &'static str, logits: &CudaView<'_, T>, vocab: usize, out: &mut CudaViewMut<'_, u32>) -> Result<()> {
+        // V < 2^32 - 1: the kernel's "no element yet" index is 0xFFFF_FFFF.
+        if vocab >= u32::MAX as usize {
+            return Err(Error::shape(op, format!("V={vocab} must be below 2^32-1")));
+        }
+        let b = rows_of(op, "logits", logits.len(), vocab)?;
+        if out.len() != b {
+            return Err(Error::shape(op, format!("logits [{b}, {vocab}] but out [{}]", out.len())));
+        }
+        if b == 0 {
+            return Ok(());
+        }
+        let f = self.function("sample", op)?;
+        let cfg = LaunchConfig { grid_dim: (b as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        let v32 = vocab as u32;
+        let mut launch = self.stream().launch_builder(&f);
+        launch.arg(logits).arg(&v32).arg(out);
+        // SAFETY: argmax_*(const T* logits, u32 V, u32* out) reads row blockIdx.x < B of V
+        // elements and writes out[blockIdx.x]: logits holds B*V elements and out B (checked).
+        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, format!("logits [{b}, {vocab}]"), e))?;
+        Ok(())
+    }
+}
