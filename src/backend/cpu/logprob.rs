@@ -66,16 +66,7 @@ pub fn logprob_backward<F: Float + Send + Sync>(h: &[F], w: &[F], targets: &[u32
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::backend::cpu::test_vec as rand_vec;
 
     #[test]
     fn matches_full_log_softmax_across_chunks() {

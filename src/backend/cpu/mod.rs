@@ -20,3 +20,15 @@ pub use norm::{layernorm, rmsnorm, rmsnorm_backward, rmsnorm_residual};
 pub use rope::{rope, rope_backward, RopeTable};
 pub use sample::argmax;
 pub use softmax::{log_softmax_row, logsumexp};
+
+/// Deterministic test inputs in [-1, 1) (an LCG), shared by the unit tests of the ops.
+#[cfg(test)]
+pub(crate) fn test_vec(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
+        })
+        .collect()
+}
