@@ -68,6 +68,34 @@ def main():
                      f"torch {torch.__version__}; PeftModel.from_pretrained(llava_next_tiny float32 eager, adapter_next_tiny)",
            "cases": cases}
     (FIX / "expected" / "adapter_next_tiny.json").write_text(json.dumps(out, indent=1) + "\n")
+
+    # Gradients of L = sum of the response log-probs (case 0) w.r.t. every LoRA A and B, by
+    # autograd through transformers + PEFT in float32 (log-softmax in float64, as above).
+    base = LlavaNextForConditionalGeneration.from_pretrained(MODEL, dtype=torch.float32, attn_implementation="eager")
+    model = PeftModel.from_pretrained(base, OUT, is_trainable=True)
+    model.train()  # lora_dropout is 0, so train mode changes nothing but enables grads
+    c = expected["cases"][0]
+    enc = processor(images=Image.open(FIX / c["image"]), text=c["templated"], return_tensors="pt")
+    ids = enc["input_ids"][0].tolist()
+    resp = c["response_ids"]
+    full = torch.tensor([ids + resp])
+    logits = model(input_ids=full, attention_mask=torch.ones_like(full), pixel_values=enc["pixel_values"],
+                   image_sizes=enc["image_sizes"]).logits[0]
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    p = len(ids)
+    loss = sum(logp[p - 1 + i, t] for i, t in enumerate(resp))
+    loss.backward()
+    grads = {}
+    for name, prm in model.named_parameters():
+        if prm.requires_grad:
+            assert prm.grad is not None, name
+            # named_parameters() says ...lora_A.default.weight; the saved file says ...lora_A.weight
+            grads[name.replace(".default.weight", ".weight")] = prm.grad.detach().float().contiguous()
+    assert len(grads) == 28, len(grads)
+    from safetensors.torch import save_file
+    save_file(grads, FIX / "expected" / "adapter_next_tiny_grads.safetensors",
+              metadata={"loss": repr(loss.item()), "case": "0", "what": "d sum(response logprobs) / d LoRA weights"})
+    print("grad loss", loss.item())
     print(json.dumps(cases, indent=1)[:1500])
 
 

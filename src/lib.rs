@@ -12,6 +12,7 @@
 //! - `generate`  KV cache, sampling, batched generation, response scoring
 //! - `adapter`   LoRA adapters in PEFT format
 //! - `optim`     AdamW (torch semantics)
+//! - `train`     gradients of response log-probs w.r.t. LoRA adapters (training, in progress)
 
 pub mod adapter;
 pub mod backend;
@@ -24,6 +25,7 @@ pub mod nn;
 pub mod optim;
 pub mod tensor;
 pub mod text;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -39,6 +39,17 @@ impl Linear {
         self.weight.dim(0)
     }
 
+    fn lora_ref(&self) -> Option<cpu::lora::LoraRef<'_, f32>> {
+        self.lora.as_ref().map(|l| (l.a.data(), l.b.data(), l.scale))
+    }
+
+    /// Backward through the layer for input rows x[M, K] and dy[M, N]: dx, and the LoRA
+    /// gradients (dA, dB) when an adapter is attached. The base weight and bias are frozen.
+    pub fn backward(&self, x: &[f32], dy: &[f32]) -> (Vec<f32>, Option<(Vec<f32>, Vec<f32>)>) {
+        let (k, n) = (self.in_features(), self.out_features());
+        cpu::lora_bwd(x, self.weight.data(), self.lora_ref(), dy, x.len() / k, k, n)
+    }
+
     /// x[.., K] -> y[.., N].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (m, k) = x.rows_cols();
@@ -49,17 +60,11 @@ impl Linear {
             ));
         }
         let n = self.out_features();
-        let mut y = cpu::matmul_t(x.data(), self.weight.data(), m, k, n);
+        let mut y = cpu::lora_fwd(x.data(), self.weight.data(), self.lora_ref(), m, k, n);
         if let Some(b) = &self.bias {
             for row in y.chunks_mut(n) {
                 row.iter_mut().zip(b.data()).for_each(|(o, &bb)| *o += bb);
             }
-        }
-        if let Some(l) = &self.lora {
-            let r = l.a.dim(0);
-            let u = cpu::matmul_t(x.data(), l.a.data(), m, k, r);
-            let d = cpu::matmul_t(&u, l.b.data(), m, r, n);
-            y.iter_mut().zip(&d).for_each(|(o, &v)| *o += l.scale * v);
         }
         let mut shape = x.shape().to_vec();
         *shape.last_mut().unwrap() = n;

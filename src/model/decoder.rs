@@ -217,3 +217,163 @@ impl Decoder {
         }
     }
 }
+
+/// Activations one layer's training forward keeps for its backward.
+struct LayerTape {
+    x: Vec<f32>,    // layer input (residual stream) [N, C]
+    hn1: Vec<f32>,  // input_layernorm(x)
+    q: Vec<f32>,    // after RoPE [N, H*D]
+    k: Vec<f32>,    // after RoPE [N, Hkv*D]
+    v: Vec<f32>,    // [N, Hkv*D]
+    attn: Vec<f32>, // attention output before o_proj [N, H*D]
+    x_mid: Vec<f32>,
+    hn2: Vec<f32>,
+    gate: Vec<f32>, // before the activation [N, F]
+    up: Vec<f32>,
+    act: Vec<f32>, // silu(gate) * up
+}
+
+/// What `forward_train` saves: every layer's activations and the pre-norm output.
+pub struct Tape {
+    layers: Vec<LayerTape>,
+    x_final: Vec<f32>,
+    lens: Vec<usize>,
+    positions: Vec<usize>,
+}
+
+/// Gradient of one adapted projection: (layer, projection name, dA [r, in], dB [out, r]).
+pub type LoraGrad = (usize, &'static str, Vec<f32>, Vec<f32>);
+
+const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+impl Decoder {
+    /// The lm_head weight [V, C] (the embedding when tied).
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().map(|l| &l.weight).unwrap_or(&self.embed_tokens)
+    }
+
+    /// Training forward over whole sequences (no KV cache): rows of `lens[b]` tokens each, stacked
+    /// in x[sum T_b, C]. Returns the final-normed hidden states and the tape for `backward`.
+    pub fn forward_train(&self, x: Tensor, lens: &[usize]) -> Result<(Tensor, Tape)> {
+        let cfg = &self.cfg;
+        let total: usize = lens.iter().sum();
+        if x.rows_cols() != (total, cfg.hidden_size) {
+            return Err(Error::shape("decoder_train", format!("x {:?} for sequences of lengths {lens:?}", x.shape())));
+        }
+        let (h, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (qw, kw) = (h * d, hkv * d);
+        let positions: Vec<usize> = lens.iter().flat_map(|&n| 0..n).collect();
+        let mask = cpu::AttnMask::Causal { window: cfg.sliding_window };
+        let mut x = x;
+        let mut tapes = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let hn1 = layer.input_layernorm.forward(&x)?;
+            let mut q = layer.q.forward(&hn1)?;
+            let mut k = layer.k.forward(&hn1)?;
+            let v = layer.v.forward(&hn1)?;
+            cpu::rope(q.data_mut(), h, &positions, &self.rope);
+            cpu::rope(k.data_mut(), hkv, &positions, &self.rope);
+            let mut attn = Vec::with_capacity(total * qw);
+            let mut row = 0;
+            for &n in lens {
+                let (qs, ks) = (row * qw..(row + n) * qw, row * kw..(row + n) * kw);
+                attn.extend(cpu::attention(&q.data()[qs], &k.data()[ks.clone()], &v.data()[ks], n, n, h, hkv, d, 0, mask));
+                row += n;
+            }
+            let attn = Tensor::new(attn, &[total, qw])?;
+            let mut x_mid = x.clone();
+            add_inplace(&mut x_mid, &layer.o.forward(&attn)?);
+            let hn2 = layer.post_attention_layernorm.forward(&x_mid)?;
+            let gate = layer.gate.forward(&hn2)?;
+            let up = layer.up.forward(&hn2)?;
+            let mut act = gate.clone();
+            cpu::swiglu(act.data_mut(), up.data());
+            let mut out = x_mid.clone();
+            add_inplace(&mut out, &layer.down.forward(&act)?);
+            tapes.push(LayerTape {
+                x: x.into_data(),
+                hn1: hn1.into_data(),
+                q: q.into_data(),
+                k: k.into_data(),
+                v: v.into_data(),
+                attn: attn.into_data(),
+                x_mid: x_mid.into_data(),
+                hn2: hn2.into_data(),
+                gate: gate.into_data(),
+                up: up.into_data(),
+                act: act.into_data(),
+            });
+            x = out;
+        }
+        let normed = self.norm.forward(&x)?;
+        Ok((normed, Tape { layers: tapes, x_final: x.into_data(), lens: lens.to_vec(), positions }))
+    }
+
+    /// Backward from d(final-normed hidden) [sum T_b, C] to the LoRA gradients of every adapted
+    /// projection (frozen weights get none). Returns also d(input embeddings).
+    pub fn backward(&self, tape: &Tape, dnormed: &[f32]) -> Result<(Vec<LoraGrad>, Vec<f32>)> {
+        let cfg = &self.cfg;
+        let (h, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (qw, kw) = (h * d, hkv * d);
+        let mask = cpu::AttnMask::Causal { window: cfg.sliding_window };
+        let eps = cfg.rms_norm_eps;
+        let (mut dx, _) = cpu::rmsnorm_backward(&tape.x_final, self.norm.weight.data(), dnormed, eps);
+        let mut grads = Vec::new();
+        let mut keep = |li: usize, name: &'static str, g: Option<(Vec<f32>, Vec<f32>)>| {
+            if let Some((da, db)) = g {
+                grads.push((li, name, da, db));
+            }
+        };
+        for (li, (layer, t)) in self.layers.iter().zip(&tape.layers).enumerate().rev() {
+            // x_out = x_mid + down(silu(gate) * up)
+            let (dact, g) = layer.down.backward(&t.act, &dx);
+            keep(li, PROJECTIONS[6], g);
+            let (dgate, dup) = cpu::swiglu_backward(&t.gate, &t.up, &dact);
+            let (dh_g, g) = layer.gate.backward(&t.hn2, &dgate);
+            keep(li, PROJECTIONS[4], g);
+            let (dh_u, g) = layer.up.backward(&t.hn2, &dup);
+            keep(li, PROJECTIONS[5], g);
+            let dhn2: Vec<f32> = dh_g.iter().zip(&dh_u).map(|(a, b)| a + b).collect();
+            let (dxm, _) = cpu::rmsnorm_backward(&t.x_mid, layer.post_attention_layernorm.weight.data(), &dhn2, eps);
+            let dx_mid: Vec<f32> = dx.iter().zip(&dxm).map(|(a, b)| a + b).collect();
+            // x_mid = x + o(attn(rope(q(hn1)), rope(k(hn1)), v(hn1)))
+            let (dattn, g) = layer.o.backward(&t.attn, &dx_mid);
+            keep(li, PROJECTIONS[3], g);
+            let (mut dq, mut dk, mut dv) = (Vec::with_capacity(t.q.len()), Vec::with_capacity(t.k.len()), Vec::with_capacity(t.v.len()));
+            let mut row = 0;
+            for &n in &tape.lens {
+                let (qs, ks) = (row * qw..(row + n) * qw, row * kw..(row + n) * kw);
+                let (a, b, c) = cpu::attention_backward(
+                    &t.q[qs.clone()],
+                    &t.k[ks.clone()],
+                    &t.v[ks.clone()],
+                    &dattn[qs],
+                    n,
+                    n,
+                    h,
+                    hkv,
+                    d,
+                    0,
+                    mask,
+                );
+                dq.extend(a);
+                dk.extend(b);
+                dv.extend(c);
+                row += n;
+            }
+            cpu::rope_backward(&mut dq, h, &tape.positions, &self.rope);
+            cpu::rope_backward(&mut dk, hkv, &tape.positions, &self.rope);
+            let (dh_q, g) = layer.q.backward(&t.hn1, &dq);
+            keep(li, PROJECTIONS[0], g);
+            let (dh_k, g) = layer.k.backward(&t.hn1, &dk);
+            keep(li, PROJECTIONS[1], g);
+            let (dh_v, g) = layer.v.backward(&t.hn1, &dv);
+            keep(li, PROJECTIONS[2], g);
+            let dhn1: Vec<f32> = dh_q.iter().zip(&dh_k).zip(&dh_v).map(|((a, b), c)| a + b + c).collect();
+            let (dxi, _) = cpu::rmsnorm_backward(&t.x, layer.input_layernorm.weight.data(), &dhn1, eps);
+            dx = dx_mid.iter().zip(&dxi).map(|(a, b)| a + b).collect();
+        }
+        grads.reverse();
+        Ok((grads, dx))
+    }
+}

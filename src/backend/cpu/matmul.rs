@@ -1,9 +1,17 @@
 //! Dense matrix products through the `gemm` crate (multi-threaded, SIMD).
 //!
-//! matmul_t: y[M, N] = x[M, K] @ w[N, K]^T   (the `Linear` layout: HF stores weights [out, in])
-//! matmul:   y[M, N] = a[M, K] @ b[K, N]
+//! matmul_t:  y[M, N] = x[M, K] @ w[N, K]^T   (the `Linear` layout: HF stores weights [out, in])
+//! matmul:    y[M, N] = a[M, K] @ b[K, N]
+//! matmul_tn: y[M, N] = a[K, M]^T @ b[K, N]   (weight gradients: dW = dy^T x)
+//! Generic over f32 (the engine) and f64 (finite-difference tests).
 
 use gemm::Parallelism;
+use num_traits::{One, Zero};
+
+/// Element types the GEMMs take.
+pub trait Scalar: Copy + Send + Sync + Zero + One + 'static {}
+impl Scalar for f32 {}
+impl Scalar for f64 {}
 
 /// Threads for one GEMM: rayon's pool when the product is large enough to pay for it.
 fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
@@ -17,16 +25,16 @@ fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
 /// General strided product, out[i, j] = sum_k a[i, k] * b[k, j], overwriting `out`.
 /// Strides are in elements: (row stride, column stride).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_strided(
+pub fn gemm_strided<T: Scalar>(
     m: usize,
     n: usize,
     k: usize,
-    out: &mut [f32],
+    out: &mut [T],
     out_rs: usize,
-    a: &[f32],
+    a: &[T],
     a_rs: usize,
     a_cs: usize,
-    b: &[f32],
+    b: &[T],
     b_rs: usize,
     b_cs: usize,
 ) {
@@ -56,8 +64,8 @@ pub fn gemm_strided(
             b.as_ptr(),
             b_cs as isize,
             b_rs as isize,
-            0.0,
-            1.0,
+            T::zero(),
+            T::one(),
             false,
             false,
             false,
@@ -67,20 +75,29 @@ pub fn gemm_strided(
 }
 
 /// y[M, N] = x[M, K] @ w[N, K]^T.
-pub fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+pub fn matmul_t<T: Scalar>(x: &[T], w: &[T], m: usize, k: usize, n: usize) -> Vec<T> {
     assert_eq!(x.len(), m * k, "matmul_t: x is not [{m}, {k}]");
     assert_eq!(w.len(), n * k, "matmul_t: w is not [{n}, {k}]");
-    let mut y = vec![0f32; m * n];
+    let mut y = vec![T::zero(); m * n];
     gemm_strided(m, n, k, &mut y, n, x, k, 1, w, 1, k);
     y
 }
 
 /// y[M, N] = a[M, K] @ b[K, N].
-pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+pub fn matmul<T: Scalar>(a: &[T], b: &[T], m: usize, k: usize, n: usize) -> Vec<T> {
     assert_eq!(a.len(), m * k, "matmul: a is not [{m}, {k}]");
     assert_eq!(b.len(), k * n, "matmul: b is not [{k}, {n}]");
-    let mut y = vec![0f32; m * n];
+    let mut y = vec![T::zero(); m * n];
     gemm_strided(m, n, k, &mut y, n, a, k, 1, b, n, 1);
+    y
+}
+
+/// y[M, N] = a[K, M]^T @ b[K, N].
+pub fn matmul_tn<T: Scalar>(a: &[T], b: &[T], k: usize, m: usize, n: usize) -> Vec<T> {
+    assert_eq!(a.len(), k * m, "matmul_tn: a is not [{k}, {m}]");
+    assert_eq!(b.len(), k * n, "matmul_tn: b is not [{k}, {n}]");
+    let mut y = vec![T::zero(); m * n];
+    gemm_strided(m, n, k, &mut y, n, a, 1, m, b, n, 1);
     y
 }
 

@@ -5,6 +5,7 @@ pub mod activation;
 pub mod attention;
 pub mod embedding;
 pub mod logprob;
+pub mod lora;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
@@ -15,7 +16,8 @@ pub use activation::{gelu, quick_gelu, silu, swiglu, swiglu_backward, swiglu_fus
 pub use attention::{attention, attention_backward, AttnMask};
 pub use embedding::{embedding, embedding_sources};
 pub use logprob::{logprob, logprob_backward};
-pub use matmul::{matmul, matmul_t};
+pub use lora::{lora_bwd, lora_fwd};
+pub use matmul::{matmul, matmul_t, matmul_tn};
 pub use norm::{layernorm, rmsnorm, rmsnorm_backward, rmsnorm_residual};
 pub use rope::{rope, rope_backward, RopeTable};
 pub use sample::argmax;
