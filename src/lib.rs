@@ -11,6 +11,7 @@
 //! - `text`      tokenizer and chat templates
 //! - `generate`  KV cache, sampling, batched generation, response scoring
 //! - `adapter`   LoRA adapters in PEFT format
+//! - `loss`      DPO and STIC's DPO over sequence log-probs
 //! - `optim`     AdamW (torch semantics)
 //! - `train`     gradients of response log-probs w.r.t. LoRA adapters (training, in progress)
 
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod image;
+pub mod loss;
 pub mod model;
 pub mod nn;
 pub mod optim;

@@ -1,4 +1,5 @@
-//! AdamW against torch.optim.AdamW (tests/fixtures/expected/adamw.json, scripts/gen_optim_fixture.py).
+//! Training pieces against PyTorch (scripts/gen_torch_goldens.py): AdamW vs torch.optim.AdamW,
+//! DPO / STIC-DPO loss and gradients vs autograd.
 
 mod common;
 
@@ -20,5 +21,20 @@ fn adamw_matches_torch_over_three_steps() {
             // float32 state on both sides; torch's sqrt/div may round differently by an ulp.
             assert!((*a as f64 - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
         }
+    }
+}
+
+#[test]
+fn dpo_and_stic_losses_match_torch() {
+    let e = read_json("expected/dpo_loss.json");
+    for c in e["cases"].as_array().unwrap() {
+        let l = floats(&c["logps"]);
+        let g = floats(&c["grad"]);
+        let out = stic::loss::dpo(l[0], l[1], l[2], l[3], c["beta"].as_f64().unwrap(), c["alpha"].as_f64().unwrap());
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * (1.0 + b.abs());
+        assert!(close(out.loss, c["loss"].as_f64().unwrap()), "{c}: loss {}", out.loss);
+        assert!(close(out.d_chosen, g[0]) && close(out.d_rejected, g[1]), "{c}: grads {out:?}");
+        assert!(close(out.chosen_reward, c["chosen_reward"].as_f64().unwrap()));
+        assert!(close(out.rejected_reward, c["rejected_reward"].as_f64().unwrap()));
     }
 }
