@@ -127,3 +127,97 @@ mod tests {
         assert_eq!(parse_key("base_model.model.model.vision_tower.encoder.layers.0.self_attn.q_proj.lora_A.weight"), None);
     }
 }
+
+/// What a new adapter looks like.
+#[derive(Clone, Debug)]
+pub struct LoraSpec {
+    pub r: usize,
+    pub alpha: f64,
+    /// Projection names (q_proj, ..., down_proj) to adapt in every decoder layer.
+    pub targets: Vec<String>,
+}
+
+impl LoraSpec {
+    pub fn scale(&self) -> f32 {
+        (self.alpha / self.r as f64) as f32
+    }
+}
+
+/// Attach fresh adapters as PEFT initialises them: A ~ kaiming_uniform(a = sqrt 5), which is
+/// U(-1/sqrt(in), 1/sqrt(in)), and B = 0, so the adapted model starts equal to the base model.
+pub fn init_lora(model: &mut Llava, spec: &LoraSpec, seed: u64) -> Result<usize> {
+    if spec.r == 0 {
+        return Err(Error::Input("LoRA rank must be positive".into()));
+    }
+    for t in &spec.targets {
+        if !["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].contains(&t.as_str()) {
+            return Err(Error::Input(format!("unknown LoRA target `{t}` (expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj or down_proj)")));
+        }
+    }
+    let mut rng = crate::generate::Rng::new(seed);
+    let mut n = 0;
+    for (_, name, lin) in model.decoder.projections_mut() {
+        if !spec.targets.iter().any(|t| t == name) {
+            continue;
+        }
+        let (out, inp) = (lin.out_features(), lin.in_features());
+        let bound = 1.0 / (inp as f64).sqrt();
+        let a: Vec<f32> = (0..spec.r * inp).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
+        lin.lora = Some(Lora {
+            a: crate::Tensor::new(a, &[spec.r, inp])?,
+            b: crate::Tensor::zeros(&[out, spec.r]),
+            scale: spec.scale(),
+        });
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Write the model's adapters in PEFT's format into `dir` (created if needed). Files are written
+/// to temporary names and renamed, so a crash never leaves a half-written adapter.
+pub fn save_adapter(model: &mut Llava, dir: &Path, spec: &LoraSpec) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (layer, name, lin) in model.decoder.projections_mut() {
+        if let Some(l) = &lin.lora {
+            let part = if ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&name) { "self_attn" } else { "mlp" };
+            let key = format!("base_model.model.model.language_model.layers.{layer}.{part}.{name}");
+            for (ab, t) in [("A", &l.a), ("B", &l.b)] {
+                tensors.push((format!("{key}.lora_{ab}.weight"), t.shape().to_vec(), t.data().iter().flat_map(|v| v.to_le_bytes()).collect()));
+            }
+        }
+    }
+    if tensors.is_empty() {
+        return Err(Error::Input("the model has no adapters to save".into()));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map_err(|e| Error::weights(dir, e.to_string()))?)))
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::serialize(views, None::<std::collections::HashMap<String, String>>).map_err(|e| Error::weights(dir, e.to_string()))?;
+    let pattern = format!(r".*language_model.*\.({})", spec.targets.join("|"));
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "r": spec.r,
+        "lora_alpha": spec.alpha,
+        "lora_dropout": 0.0,
+        "target_modules": pattern,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "use_rslora": false,
+        "use_dora": false,
+        "modules_to_save": null,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "task_type": null,
+        "base_model_name_or_path": null,
+    });
+    write_atomic(&dir.join("adapter_model.safetensors"), &bytes)?;
+    write_atomic(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&config).expect("json").as_bytes())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

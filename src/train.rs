@@ -1,20 +1,85 @@
 //! Training on the CPU reference backend (issue #5, in progress): gradients of response
-//! log-probabilities with respect to the LoRA adapters, which every loss (DPO, STIC's DPO, SFT) is
-//! built from.
+//! log-probabilities with respect to the LoRA adapters, the DPO step built on them, and the AdamW
+//! update of the adapters.
 //!
 //! Data flow: prompt + response ids, images -> embeddings (frozen vision tower and projector) ->
-//! `Decoder::forward_train` (saves activations) -> response rows -> `cpu::logprob` (lm_head +
-//! log-softmax + gather, chunked over V) -> d loss / d logp -> `cpu::logprob_backward` ->
-//! `Decoder::backward` -> dA, dB of every adapted projection.
+//! `Decoder::forward_train` over all sequences at once (saves activations) -> each sequence's
+//! response rows -> `cpu::logprob` (lm_head + log-softmax + gather, chunked over V) -> the loss's
+//! d loss / d logp -> `cpu::logprob_backward` -> `Decoder::backward` -> dA, dB of every adapter.
+//! The reference policy of DPO is the same model with its adapters taken off for one pass.
 
 use crate::backend::cpu;
 use crate::error::{Error, Result};
 use crate::generate::Pipeline;
 use crate::image::RgbImage;
+use crate::loss::{dpo, DpoOut};
 use crate::model::decoder::LoraGrad;
+use crate::optim::{AdamWConfig, AdamWState};
+use crate::tensor::Tensor;
 
-/// Per-token log-probs of `response` after `prompt` (formatted) and `images`, and the LoRA
-/// gradients of `sum_i weights[i] * logp[i]` (weights: d loss / d logp, one per response token).
+/// One sequence to score: input embeddings [T, C] (prompt with images, then the response) and
+/// the response ids (the last R positions' targets).
+pub struct Scored {
+    pub x: Tensor,
+    pub response_ids: Vec<u32>,
+}
+
+impl Pipeline {
+    /// Embeddings of a formatted prompt with its images followed by `response` (tokenized without
+    /// BOS), and the response ids.
+    pub fn scored(&self, prompt: &str, images: &[RgbImage], response: &str) -> Result<Scored> {
+        let ids = self.prompt_ids(prompt, images.len())?;
+        let response_ids = self.tokenizer.encode(response, false)?;
+        if response_ids.is_empty() {
+            return Err(Error::Input(format!("the response {response:?} is empty after tokenization")));
+        }
+        let all: Vec<u32> = ids.iter().chain(&response_ids).copied().collect();
+        Ok(Scored { x: self.embed(&all, images)?.0, response_ids })
+    }
+}
+
+/// Per-token response log-probs of every sequence, and the LoRA gradients of
+/// sum_s sum_i w[s][i] logp[s][i], where `weights` maps the log-probs to w (d loss / d logp).
+pub fn logprob_grads(
+    pipe: &Pipeline,
+    seqs: Vec<Scored>,
+    weights: impl FnOnce(&[Vec<f64>]) -> Vec<Vec<f64>>,
+) -> Result<(Vec<Vec<f64>>, Vec<LoraGrad>)> {
+    let dec = &pipe.model.decoder;
+    let c = dec.hidden_size();
+    let lens: Vec<usize> = seqs.iter().map(|s| s.x.dim(0)).collect();
+    let targets: Vec<Vec<u32>> = seqs.iter().map(|s| s.response_ids.clone()).collect();
+    let xs: Vec<&Tensor> = seqs.iter().map(|s| &s.x).collect();
+    let (h, tape) = dec.forward_train(Tensor::cat_rows(&xs)?, &lens)?;
+    let w = dec.lm_head_weight().data();
+    // Rows [end - r - 1, end - 1) of each sequence predict its r response tokens.
+    let mut spans = Vec::new();
+    let mut end = 0;
+    for (len, tg) in lens.iter().zip(&targets) {
+        end += len;
+        spans.push(((end - tg.len() - 1) * c, (end - 1) * c));
+    }
+    let mut logps = Vec::new();
+    let mut lses = Vec::new();
+    for ((a, b), tg) in spans.iter().zip(&targets) {
+        let (lp, lse) = cpu::logprob(&h.data()[*a..*b], w, tg, c);
+        logps.push(lp.iter().map(|&v| v as f64).collect::<Vec<f64>>());
+        lses.push(lse);
+    }
+    let ws = weights(&logps);
+    let mut dh = vec![0f32; h.len()];
+    for (s, ((a, b), tg)) in spans.iter().zip(&targets).enumerate() {
+        if ws[s].len() != tg.len() {
+            return Err(Error::shape("logprob_grads", format!("{} loss weights for {} response tokens", ws[s].len(), tg.len())));
+        }
+        let dl: Vec<f32> = ws[s].iter().map(|&v| v as f32).collect();
+        dh[*a..*b].copy_from_slice(&cpu::logprob_backward(&h.data()[*a..*b], w, tg, &lses[s], &dl, c));
+    }
+    let (grads, _) = dec.backward(&tape, &dh)?;
+    Ok((logps, grads))
+}
+
+/// Per-token log-probs of `response` and the LoRA gradients of sum_i w_i logp_i.
 pub fn response_logprob_grads(
     pipe: &Pipeline,
     prompt: &str,
@@ -22,29 +87,80 @@ pub fn response_logprob_grads(
     response: &str,
     weights: impl Fn(&[f64]) -> Vec<f64>,
 ) -> Result<(Vec<f64>, Vec<LoraGrad>)> {
-    let ids = pipe.prompt_ids(prompt, images.len())?;
-    let response_ids = pipe.tokenizer.encode(response, false)?;
-    if response_ids.is_empty() {
-        return Err(Error::Input("the response is empty after tokenization".into()));
+    let seq = pipe.scored(prompt, images, response)?;
+    let (mut lps, grads) = logprob_grads(pipe, vec![seq], |l| vec![weights(&l[0])])?;
+    Ok((lps.remove(0), grads))
+}
+
+/// One preference pair (prompt formatted with the chat template).
+#[derive(Clone, Debug)]
+pub struct Pair {
+    pub prompt: String,
+    pub images: Vec<RgbImage>,
+    pub chosen: String,
+    pub rejected: String,
+}
+
+/// Summed response log-probs (chosen, rejected) of the reference policy: the model with its
+/// adapters taken off. Cache them per pair: they never change during training.
+pub fn reference_logps(pipe: &mut Pipeline, pair: &Pair) -> Result<(f64, f64)> {
+    let saved: Vec<_> = pipe.model.decoder.projections_mut().map(|(_, _, l)| l.lora.take()).collect();
+    let result = (|| {
+        let c = pipe.score(&pair.prompt, &pair.images, &pair.chosen)?.sum;
+        let r = pipe.score(&pair.prompt, &pair.images, &pair.rejected)?.sum;
+        Ok((c, r))
+    })();
+    for ((_, _, l), s) in pipe.model.decoder.projections_mut().zip(saved) {
+        l.lora = s;
     }
-    let all: Vec<u32> = ids.iter().chain(&response_ids).copied().collect();
-    let (x, _) = pipe.embed(&all, images)?;
-    let dec = &pipe.model.decoder;
-    let (t, c) = x.rows_cols();
-    let r = response_ids.len();
-    let (h, tape) = dec.forward_train(x, &[t])?;
-    // Rows t-r-1 .. t-2 predict the response tokens.
-    let rows = &h.data()[(t - r - 1) * c..(t - 1) * c];
-    let w = dec.lm_head_weight().data();
-    let (lp, lse) = cpu::logprob(rows, w, &response_ids, c);
-    let logprobs: Vec<f64> = lp.iter().map(|&v| v as f64).collect();
-    let dl: Vec<f32> = weights(&logprobs).into_iter().map(|v| v as f32).collect();
-    if dl.len() != r {
-        return Err(Error::shape("response_logprob_grads", format!("{} loss weights for {r} response tokens", dl.len())));
+    result
+}
+
+/// The DPO loss of one pair (chosen and rejected run together in one forward/backward) and its
+/// LoRA gradients. `alpha` = 0 is plain DPO, 1/1024 STIC's.
+pub fn dpo_pair_grads(pipe: &Pipeline, pair: &Pair, reference: (f64, f64), beta: f64, alpha: f64) -> Result<(DpoOut, Vec<LoraGrad>)> {
+    let seqs = vec![
+        pipe.scored(&pair.prompt, &pair.images, &pair.chosen)?,
+        pipe.scored(&pair.prompt, &pair.images, &pair.rejected)?,
+    ];
+    let mut out = None;
+    let (_, grads) = logprob_grads(pipe, seqs, |l| {
+        let (pc, pr) = (l[0].iter().sum(), l[1].iter().sum());
+        let o = dpo(pc, pr, reference.0, reference.1, beta, alpha);
+        let w = vec![vec![o.d_chosen; l[0].len()], vec![o.d_rejected; l[1].len()]];
+        out = Some(o);
+        w
+    })?;
+    Ok((out.expect("weights were computed"), grads))
+}
+
+/// AdamW over every adapter of the model; state per (layer, projection), created on first use.
+#[derive(Default)]
+pub struct LoraAdamW {
+    pub cfg: AdamWConfig,
+    states: std::collections::BTreeMap<(usize, &'static str), (AdamWState, AdamWState)>,
+}
+
+impl LoraAdamW {
+    pub fn new(cfg: AdamWConfig) -> Self {
+        LoraAdamW { cfg, states: Default::default() }
     }
-    let drows = cpu::logprob_backward(rows, w, &response_ids, &lse, &dl, c);
-    let mut dh = vec![0f32; t * c];
-    dh[(t - r - 1) * c..(t - 1) * c].copy_from_slice(&drows);
-    let (grads, _) = dec.backward(&tape, &dh)?;
-    Ok((logprobs, grads))
+
+    /// Apply one update with learning rate `lr` from `grads` (as `Decoder::backward` returns them).
+    pub fn step(&mut self, pipe: &mut Pipeline, grads: &[LoraGrad], lr: f32) -> Result<()> {
+        let mut by_key: std::collections::HashMap<(usize, &str), (&Vec<f32>, &Vec<f32>)> = Default::default();
+        for (l, n, da, db) in grads {
+            by_key.insert((*l, *n), (da, db));
+        }
+        for (layer, name, lin) in pipe.model.decoder.projections_mut() {
+            let (Some(lora), Some((da, db))) = (lin.lora.as_mut(), by_key.get(&(layer, name))) else { continue };
+            let (sa, sb) = self
+                .states
+                .entry((layer, name))
+                .or_insert_with(|| (AdamWState::new(lora.a.len()), AdamWState::new(lora.b.len())));
+            sa.step(&self.cfg, lr, lora.a.data_mut(), da);
+            sb.step(&self.cfg, lr, lora.b.data_mut(), db);
+        }
+        Ok(())
+    }
 }

@@ -106,6 +106,23 @@ impl Decoder {
         self.cfg.hidden_size
     }
 
+    /// Every projection of every layer, as (layer, name, linear), in PEFT's naming.
+    pub fn projections_mut(&mut self) -> impl Iterator<Item = (usize, &'static str, &mut Linear)> {
+        self.layers.iter_mut().enumerate().flat_map(|(i, l)| {
+            [
+                ("q_proj", &mut l.q),
+                ("k_proj", &mut l.k),
+                ("v_proj", &mut l.v),
+                ("o_proj", &mut l.o),
+                ("gate_proj", &mut l.gate),
+                ("up_proj", &mut l.up),
+                ("down_proj", &mut l.down),
+            ]
+            .into_iter()
+            .map(move |(n, lin)| (i, n, lin))
+        })
+    }
+
     /// The projection `name` (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) of
     /// layer `layer`, for attaching adapters.
     pub fn linear_mut(&mut self, layer: usize, name: &str) -> Option<&mut Linear> {
