@@ -55,6 +55,30 @@ def main():
     }, indent=1) + "\n")
 
 
+def schedule_goldens():
+    """Learning rates of transformers' cosine and linear schedules with warmup, per optimiser step."""
+    import math
+    import transformers
+    out = []
+    for kind, total, ratio in [("cosine", 3, 0.34), ("cosine", 20, 0.03), ("linear", 10, 0.25), ("cosine", 7, 0.0)]:
+        warmup = math.ceil(ratio * total)
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.AdamW([p], lr=0.01)
+        make = transformers.get_cosine_schedule_with_warmup if kind == "cosine" else transformers.get_linear_schedule_with_warmup
+        sched = make(opt, num_warmup_steps=warmup, num_training_steps=total)
+        lrs = []
+        for _ in range(total):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        out.append({"schedule": kind, "total": total, "warmup_ratio": ratio, "lr": 0.01, "lrs": lrs})
+    (EXP / "schedules.json").write_text(json.dumps({
+        "source": f"transformers {transformers.__version__} get_{{cosine,linear}}_schedule_with_warmup, "
+                  "num_warmup_steps = ceil(warmup_ratio * total) as TRL/HF Trainer compute it",
+        "cases": out}, indent=1) + "\n")
+
+
 if __name__ == "__main__":
     main()
     dpo_goldens()
+    schedule_goldens()

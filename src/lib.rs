@@ -13,7 +13,8 @@
 //! - `adapter`   LoRA adapters in PEFT format
 //! - `loss`      DPO and STIC's DPO over sequence log-probs
 //! - `optim`     AdamW (torch semantics)
-//! - `train`     gradients of response log-probs w.r.t. LoRA adapters (training, in progress)
+//! - `train`     gradients of response log-probs w.r.t. LoRA adapters, DPO pair step
+//! - `trainer`   the DPO training loop: data, schedule, accumulation, clipping, checkpoints, resume
 
 pub mod adapter;
 pub mod backend;
@@ -28,6 +29,7 @@ pub mod optim;
 pub mod tensor;
 pub mod text;
 pub mod train;
+pub mod trainer;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -5,6 +5,7 @@
 //! stic score    --model DIR --image PATH --prompt TEXT --response TEXT [--raw-prompt] [--json]
 //! (both: [--adapter DIR] a PEFT LoRA adapter; [--random-weights [--weights-seed S]])
 //! stic demo     (the bundled tiny checkpoint and image)
+//! stic train-dpo --model DIR --data prefs.jsonl --out DIR [--lora-r 8 --lora-alpha 16 ...] [--resume]
 //! stic check    [--op OP] [--seed S] [--list]   (CUDA kernels vs the CPU reference; needs a
 //!               build with `--features cuda`)
 //!
@@ -33,6 +34,8 @@ enum Cmd {
     Generate(GenerateArgs),
     /// Per-token log-probabilities of a response given an image and a prompt.
     Score(ScoreArgs),
+    /// Train a LoRA adapter with DPO (STIC's with --sft-weight) on a preference file.
+    TrainDpo(TrainDpoArgs),
     /// Generate on the bundled tiny LLaVA-NeXT checkpoint and test image (no download needed).
     Demo {
         #[arg(long, default_value = DEMO_MODEL)]
@@ -119,6 +122,60 @@ struct GenerateArgs {
 }
 
 #[derive(Args)]
+struct TrainDpoArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// prefs.jsonl: {"image", "prompt", "chosen", "rejected"} per line, images relative to it.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output directory: the adapter (PEFT format), train_log.jsonl, checkpoint/.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    lora_r: usize,
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    /// Comma-separated projections to adapt.
+    #[arg(long, default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
+    lora_targets: String,
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    /// Weight of the likelihood term on the chosen response (STIC: 1/1024 = 0.0009765625).
+    #[arg(long, default_value_t = 0.0)]
+    sft_weight: f64,
+    #[arg(long, default_value_t = 5e-5)]
+    lr: f32,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    #[arg(long)]
+    max_steps: Option<usize>,
+    #[arg(long, default_value_t = 0.03)]
+    warmup_ratio: f64,
+    /// cosine or linear.
+    #[arg(long, default_value = "cosine")]
+    schedule: String,
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Checkpoint every N optimiser steps (and always at the end).
+    #[arg(long)]
+    save_every: Option<usize>,
+    /// Continue from OUT/checkpoint with the same data order, optimiser state and schedule.
+    #[arg(long)]
+    resume: bool,
+    /// Stop right after step N's checkpoint, as a crash would (for resume tests).
+    #[arg(long, hide = true)]
+    stop_after: Option<usize>,
+}
+
+#[derive(Args)]
 struct ScoreArgs {
     #[command(flatten)]
     common: Common,
@@ -189,6 +246,38 @@ fn run(cli: Cli) -> Result<()> {
             println!("(random tiny weights: the text is gibberish by design; {:.2} s)", t0.elapsed().as_secs_f64());
         }
         Cmd::Check(_) => unreachable!("handled in main"),
+        Cmd::TrainDpo(a) => {
+            let schedule = match a.schedule.as_str() {
+                "cosine" => stic::trainer::Schedule::Cosine,
+                "linear" => stic::trainer::Schedule::Linear,
+                other => return Err(stic::Error::Input(format!("--schedule must be cosine or linear, got `{other}`"))),
+            };
+            let args = stic::trainer::DpoArgs {
+                lora: stic::adapter::LoraSpec {
+                    r: a.lora_r,
+                    alpha: a.lora_alpha,
+                    targets: a.lora_targets.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+                },
+                beta: a.beta,
+                sft_weight: a.sft_weight,
+                lr: a.lr,
+                weight_decay: a.weight_decay,
+                epochs: a.epochs,
+                batch_size: a.batch_size,
+                grad_accum: a.grad_accum,
+                max_steps: a.max_steps,
+                warmup_ratio: a.warmup_ratio,
+                schedule,
+                max_grad_norm: a.max_grad_norm,
+                seed: a.seed,
+                save_every: a.save_every,
+            };
+            let mut pipe = Pipeline::load(&a.model)?;
+            let log = stic::trainer::train_dpo(&mut pipe, &a.data, &a.out, &args, a.resume, a.stop_after)?;
+            if let Some(l) = log.last() {
+                eprintln!("step {}: loss {:.4}, reward margin {:.4}; adapter in {}", l.step, l.loss, l.reward_margin, a.out.display());
+            }
+        }
         Cmd::Score(a) => {
             let c = &a.common;
             let images = c.image.iter().map(|p| load_image(p)).collect::<Result<Vec<_>>>()?;

@@ -16,6 +16,7 @@ use crate::loss::{dpo, DpoOut};
 use crate::model::decoder::LoraGrad;
 use crate::optim::{AdamWConfig, AdamWState};
 use crate::tensor::Tensor;
+use std::path::Path;
 
 /// One sequence to score: input embeddings [T, C] (prompt with images, then the response) and
 /// the response ids (the last R positions' targets).
@@ -160,6 +161,56 @@ impl LoraAdamW {
                 .or_insert_with(|| (AdamWState::new(lora.a.len()), AdamWState::new(lora.b.len())));
             sa.step(&self.cfg, lr, lora.a.data_mut(), da);
             sb.step(&self.cfg, lr, lora.b.data_mut(), db);
+        }
+        Ok(())
+    }
+
+    /// Save the optimiser state (m, v, step of every adapter matrix) as safetensors.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for ((l, n), (sa, sb)) in &self.states {
+            for (ab, s) in [("A", sa), ("B", sb)] {
+                let key = format!("{l}.{n}.{ab}");
+                bufs.push((format!("{key}.m"), vec![s.m.len()], s.m.iter().flat_map(|v| v.to_le_bytes()).collect()));
+                bufs.push((format!("{key}.v"), vec![s.v.len()], s.v.iter().flat_map(|v| v.to_le_bytes()).collect()));
+                bufs.push((format!("{key}.step"), vec![1], (s.step as f64).to_le_bytes().to_vec()));
+            }
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
+            .iter()
+            .map(|(k, s, b)| {
+                let dt = if k.ends_with(".step") { safetensors::Dtype::F64 } else { safetensors::Dtype::F32 };
+                (k.clone(), safetensors::tensor::TensorView::new(dt, s.clone(), b).expect("consistent"))
+            })
+            .collect();
+        let bytes = safetensors::serialize(views, None::<std::collections::HashMap<String, String>>).map_err(|e| Error::weights(path, e.to_string()))?;
+        std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    }
+
+    /// Restore what `save` wrote.
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::weights(path, e.to_string()))?;
+        let f32s = |k: &str| -> Result<Vec<f32>> {
+            let t = st.tensor(k).map_err(|e| Error::weights(path, format!("{k}: {e}")))?;
+            Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        };
+        let step = |k: &str| -> Result<u64> {
+            let t = st.tensor(k).map_err(|e| Error::weights(path, format!("{k}: {e}")))?;
+            Ok(f64::from_le_bytes(t.data()[..8].try_into().expect("8 bytes")) as u64)
+        };
+        for name in ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] {
+            for layer in 0.. {
+                let key = format!("{layer}.{name}.A");
+                if st.tensor(&format!("{key}.m")).is_err() {
+                    break;
+                }
+                let load = |ab: &str| -> Result<AdamWState> {
+                    let k = format!("{layer}.{name}.{ab}");
+                    Ok(AdamWState { step: step(&format!("{k}.step"))?, m: f32s(&format!("{k}.m"))?, v: f32s(&format!("{k}.v"))? })
+                };
+                self.states.insert((layer, name), (load("A")?, load("B")?));
+            }
         }
         Ok(())
     }

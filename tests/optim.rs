@@ -38,3 +38,32 @@ fn dpo_and_stic_losses_match_torch() {
         assert!(close(out.rejected_reward, c["rejected_reward"].as_f64().unwrap()));
     }
 }
+
+#[test]
+fn lr_schedules_match_transformers() {
+    use stic::trainer::{lr_at, DpoArgs, Schedule};
+    let e = read_json("expected/schedules.json");
+    for c in e["cases"].as_array().unwrap() {
+        let args = DpoArgs {
+            lora: stic::adapter::LoraSpec { r: 1, alpha: 1.0, targets: vec![] },
+            beta: 0.1,
+            sft_weight: 0.0,
+            lr: c["lr"].as_f64().unwrap() as f32,
+            weight_decay: 0.0,
+            epochs: 1,
+            batch_size: 1,
+            grad_accum: 1,
+            max_steps: None,
+            warmup_ratio: c["warmup_ratio"].as_f64().unwrap(),
+            schedule: if c["schedule"] == "cosine" { Schedule::Cosine } else { Schedule::Linear },
+            max_grad_norm: 1.0,
+            seed: 0,
+            save_every: None,
+        };
+        let total = c["total"].as_u64().unwrap() as usize;
+        for (step, want) in floats(&c["lrs"]).iter().enumerate() {
+            let got = lr_at(&args, step, total) as f64;
+            assert!((got - want).abs() <= 1e-7 * (1.0 + want.abs()), "{c}: step {step}: {got} vs {want}");
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The DPO training loop (`stic train-dpo`): data, schedule, accumulation, clipping, checkpoints
+//! and resume.
+//!
+//! - Data: `prefs.jsonl`, one `{"image", "prompt", "chosen", "rejected"}` per line, image paths
+//!   relative to the file. Each epoch visits the pairs in an order shuffled from `seed` and the
+//!   epoch number, so a resumed run sees exactly the pairs the uninterrupted one would.
+//! - One optimiser step = `batch_size * grad_accum` pairs; the gradient is the mean over them,
+//!   clipped to a global norm of `max_grad_norm`. Learning rate: linear warmup over
+//!   ceil(warmup_ratio * total) steps, then cosine (HF `get_cosine_schedule_with_warmup`) or linear
+//!   decay to 0.
+//! - `out/checkpoint/` (every `save_every` steps and at the end) holds the adapter, the AdamW state
+//!   and `trainer_state.json`; it is written to `checkpoint.tmp/` and renamed, so a crash never
+//!   leaves a torn checkpoint. `--resume` restores all of it and truncates `train_log.jsonl` to the
+//!   checkpoint's step. The final adapter goes to `out/` in PEFT's format.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::adapter::{init_lora, load_adapter, save_adapter, LoraSpec};
+use crate::error::{Error, Result};
+use crate::generate::{Pipeline, Rng};
+use crate::image::load_image;
+use crate::model::decoder::LoraGrad;
+use crate::optim::AdamWConfig;
+use crate::train::{dpo_pair_grads, reference_logps, LoraAdamW, Pair};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    Cosine,
+    Linear,
+}
+
+#[derive(Clone, Debug)]
+pub struct DpoArgs {
+    pub lora: LoraSpec,
+    pub beta: f64,
+    /// STIC's likelihood weight on the chosen response (0 = plain DPO; STIC uses 1/1024).
+    pub sft_weight: f64,
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub max_steps: Option<usize>,
+    pub warmup_ratio: f64,
+    pub schedule: Schedule,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    pub save_every: Option<usize>,
+}
+
+/// One line of `prefs.jsonl`.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct PrefLine {
+    pub image: String,
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+}
+
+/// Read `prefs.jsonl`; image paths are resolved against the file's directory.
+pub fn read_prefs(path: &Path) -> Result<Vec<(PathBuf, PrefLine)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let p: PrefLine = serde_json::from_str(line)
+            .map_err(|e| Error::config(path, format!("line {}", i + 1), format!("expected {{image, prompt, chosen, rejected}}: {e}")))?;
+        out.push((base.join(&p.image), p));
+    }
+    if out.is_empty() {
+        return Err(Error::config(path, "<file>", "no preference pairs"));
+    }
+    Ok(out)
+}
+
+/// The learning rate of optimiser step `step` (0-based) out of `total`, as HF's
+/// `get_cosine_schedule_with_warmup` / `get_linear_schedule_with_warmup` give it (the first
+/// warmup step runs at 0).
+pub fn lr_at(args: &DpoArgs, step: usize, total: usize) -> f32 {
+    let warmup = (args.warmup_ratio * total as f64).ceil() as usize;
+    if step < warmup {
+        return (args.lr as f64 * step as f64 / warmup as f64) as f32;
+    }
+    let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+    let f = match args.schedule {
+        Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        Schedule::Linear => 1.0 - progress,
+    };
+    (args.lr as f64 * f.max(0.0)) as f32
+}
+
+/// The pair index visited at global position `pos` (epoch-wise shuffles from the seed).
+fn order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::new(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        idx.swap(i, j);
+    }
+    idx
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TrainerState {
+    step: usize,
+    total_steps: usize,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LogLine {
+    pub step: usize,
+    pub loss: f64,
+    pub chosen_reward: f64,
+    pub rejected_reward: f64,
+    pub reward_margin: f64,
+    pub lr: f32,
+}
+
+/// Train; `stop_after` ends the run right after that step's checkpoint (a crash, for tests).
+pub fn train_dpo(pipe: &mut Pipeline, data: &Path, out: &Path, args: &DpoArgs, resume: bool, stop_after: Option<usize>) -> Result<Vec<LogLine>> {
+    let lines = read_prefs(data)?;
+    let pairs: Vec<Pair> = lines
+        .iter()
+        .map(|(img, p)| {
+            Ok(Pair {
+                prompt: pipe.format_prompt(&p.prompt, 1, false),
+                images: vec![load_image(img)?],
+                chosen: p.chosen.clone(),
+                rejected: p.rejected.clone(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let per_step = args.batch_size.max(1) * args.grad_accum.max(1);
+    let total = args.max_steps.unwrap_or((pairs.len() * args.epochs).div_ceil(per_step)).max(1);
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let ckpt = out.join("checkpoint");
+    let log_path = out.join("train_log.jsonl");
+
+    // Reference log-probs: the base model (no adapters yet), computed once per pair.
+    let refs: Vec<(f64, f64)> = pairs.iter().map(|p| reference_logps(pipe, p)).collect::<Result<_>>()?;
+
+    let mut opt = LoraAdamW::new(AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() });
+    let mut start = 0;
+    if resume && ckpt.join("trainer_state.json").exists() {
+        load_adapter(&mut pipe.model, &ckpt)?;
+        opt.load(&ckpt.join("optimizer.safetensors"))?;
+        let st: TrainerState = serde_json::from_str(&std::fs::read_to_string(ckpt.join("trainer_state.json")).map_err(|e| Error::io(&ckpt, e))?)
+            .map_err(|e| Error::Json { path: ckpt.join("trainer_state.json"), source: e })?;
+        start = st.step;
+        truncate_log(&log_path, start)?;
+    } else {
+        init_lora(&mut pipe.model, &args.lora, args.seed)?;
+        let _ = std::fs::remove_file(&log_path);
+    }
+    let mut log = Vec::new();
+    let mut logf = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    for step in start..total {
+        let mut acc: Option<Vec<LoraGrad>> = None;
+        let (mut loss, mut cr, mut rr) = (0.0, 0.0, 0.0);
+        for k in 0..per_step {
+            let pos = step * per_step + k;
+            let epoch = pos / pairs.len();
+            let i = order(pairs.len(), args.seed, epoch)[pos % pairs.len()];
+            let (o, g) = dpo_pair_grads(pipe, &pairs[i], refs[i], args.beta, args.sft_weight)?;
+            loss += o.loss / per_step as f64;
+            cr += o.chosen_reward / per_step as f64;
+            rr += o.rejected_reward / per_step as f64;
+            add_grads(&mut acc, g, 1.0 / per_step as f32);
+        }
+        let mut grads = acc.unwrap_or_default();
+        clip(&mut grads, args.max_grad_norm);
+        let lr = lr_at(args, step, total);
+        opt.step(pipe, &grads, lr)?;
+        let line = LogLine { step: step + 1, loss, chosen_reward: cr, rejected_reward: rr, reward_margin: cr - rr, lr };
+        writeln!(logf, "{}", serde_json::to_string(&line).expect("json")).map_err(|e| Error::io(&log_path, e))?;
+        log.push(line);
+        let done = step + 1 == total;
+        if done || args.save_every.is_some_and(|n| n > 0 && (step + 1) % n == 0) {
+            save_checkpoint(pipe, &opt, out, &args.lora, TrainerState { step: step + 1, total_steps: total })?;
+        }
+        if stop_after == Some(step + 1) {
+            return Ok(log);
+        }
+    }
+    save_adapter(&mut pipe.model, out, &args.lora)?;
+    Ok(log)
+}
+
+fn add_grads(acc: &mut Option<Vec<LoraGrad>>, g: Vec<LoraGrad>, w: f32) {
+    match acc {
+        None => *acc = Some(g.into_iter().map(|(l, n, a, b)| (l, n, a.iter().map(|v| v * w).collect(), b.iter().map(|v| v * w).collect())).collect()),
+        Some(a) => {
+            for (x, y) in a.iter_mut().zip(g) {
+                x.2.iter_mut().zip(&y.2).for_each(|(p, q)| *p += q * w);
+                x.3.iter_mut().zip(&y.3).for_each(|(p, q)| *p += q * w);
+            }
+        }
+    }
+}
+
+/// Scale all gradients so that their global L2 norm is at most `max_norm` (torch's clip_grad_norm_).
+fn clip(grads: &mut [LoraGrad], max_norm: f64) {
+    let norm = grads.iter().flat_map(|g| g.2.iter().chain(&g.3)).map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for g in grads.iter_mut() {
+            g.2.iter_mut().chain(g.3.iter_mut()).for_each(|v| *v *= coef as f32);
+        }
+    }
+}
+
+fn truncate_log(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step))
+        .collect();
+    std::fs::write(path, kept.iter().map(|l| format!("{l}\n")).collect::<String>()).map_err(|e| Error::io(path, e))
+}
+
+fn save_checkpoint(pipe: &mut Pipeline, opt: &LoraAdamW, out: &Path, spec: &LoraSpec, st: TrainerState) -> Result<()> {
+    let tmp = out.join("checkpoint.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    save_adapter(&mut pipe.model, &tmp, spec)?;
+    opt.save(&tmp.join("optimizer.safetensors"))?;
+    let sp = tmp.join("trainer_state.json");
+    std::fs::write(&sp, serde_json::to_string_pretty(&st).expect("json")).map_err(|e| Error::io(&sp, e))?;
+    let dst = out.join("checkpoint");
+    let old = out.join("checkpoint.old");
+    let _ = std::fs::remove_dir_all(&old);
+    if dst.exists() {
+        std::fs::rename(&dst, &old).map_err(|e| Error::io(&dst, e))?;
+    }
+    std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
