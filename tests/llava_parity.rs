@@ -289,3 +289,21 @@ fn lora_gradients_match_peft_autograd() {
 
 /// f32 backward vs f32 autograd through a 2-layer model: summation orders differ everywhere.
 const GRAD_TOL: f32 = 1e-4;
+
+#[test]
+fn adapter_trained_by_stic_loads_in_peft_with_the_same_logprobs() {
+    // tests/fixtures/stic_dpo_adapter was trained by `stic train-dpo`; PEFT loaded it onto the
+    // transformers model (scripts/check_stic_adapter_with_peft.py) and recorded these log-probs.
+    let exp = read_json("expected/stic_dpo_adapter.json");
+    let pipe = Pipeline::load_with(&fixtures().join("llava_next_tiny"), None, Some(&fixtures().join("stic_dpo_adapter"))).unwrap();
+    let cases = exp["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 6);
+    for c in cases {
+        let img = load_image(&fixtures().join(c["image"].as_str().unwrap())).unwrap();
+        let prompt = pipe.format_prompt(c["prompt"].as_str().unwrap(), 1, false);
+        let s = pipe.score(&prompt, &[img], c["response"].as_str().unwrap()).unwrap();
+        for (a, b) in s.logprobs.iter().zip(&floats(&c["logprobs"])) {
+            assert!((a - b).abs() <= LOGPROB_TOL * (1.0 + b.abs()), "{}: {a} vs {b}", c["response"]);
+        }
+    }
+}
