@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::generate::Pipeline;
 use crate::image::RgbImage;
 use crate::loss::{dpo, DpoOut};
-use crate::model::decoder::LoraGrad;
+use crate::model::decoder::{LoraGrad, SeqLayout};
 use crate::optim::{AdamWConfig, AdamWState};
 use crate::tensor::Tensor;
 use std::path::Path;
@@ -46,35 +46,52 @@ pub fn logprob_grads(
     seqs: Vec<Scored>,
     weights: impl FnOnce(&[Vec<f64>]) -> Vec<Vec<f64>>,
 ) -> Result<(Vec<Vec<f64>>, Vec<LoraGrad>)> {
+    let layouts: Vec<SeqLayout> = seqs.iter().map(|s| SeqLayout::plain(s.x.dim(0))).collect();
+    // Rows end - r - 1 .. end - 2 of each sequence predict its r response tokens.
+    let mut responses = Vec::new();
+    let mut end = 0;
+    for s in &seqs {
+        end += s.x.dim(0);
+        let r = s.response_ids.len();
+        responses.push(((end - r - 1..end - 1).collect(), s.response_ids.clone()));
+    }
+    let xs: Vec<&Tensor> = seqs.iter().map(|s| &s.x).collect();
+    grads_core(pipe, Tensor::cat_rows(&xs)?, &layouts, &responses, weights)
+}
+
+/// The common core: forward over `layouts`, log-probs of each response (its target rows and
+/// ids), the loss weights, and the backward (rows shared by two responses add their gradients).
+fn grads_core(
+    pipe: &Pipeline,
+    x: Tensor,
+    layouts: &[SeqLayout],
+    responses: &[(Vec<usize>, Vec<u32>)],
+    weights: impl FnOnce(&[Vec<f64>]) -> Vec<Vec<f64>>,
+) -> Result<(Vec<Vec<f64>>, Vec<LoraGrad>)> {
     let dec = &pipe.model.decoder;
     let c = dec.hidden_size();
-    let lens: Vec<usize> = seqs.iter().map(|s| s.x.dim(0)).collect();
-    let targets: Vec<Vec<u32>> = seqs.iter().map(|s| s.response_ids.clone()).collect();
-    let xs: Vec<&Tensor> = seqs.iter().map(|s| &s.x).collect();
-    let (h, tape) = dec.forward_train(Tensor::cat_rows(&xs)?, &lens)?;
+    let (h, tape) = dec.forward_train_layout(x, layouts)?;
     let w = dec.lm_head_weight().data();
-    // Rows [end - r - 1, end - 1) of each sequence predict its r response tokens.
-    let mut spans = Vec::new();
-    let mut end = 0;
-    for (len, tg) in lens.iter().zip(&targets) {
-        end += len;
-        spans.push(((end - tg.len() - 1) * c, (end - 1) * c));
-    }
+    let gather = |rows: &[usize]| -> Vec<f32> { rows.iter().flat_map(|&r| h.data()[r * c..(r + 1) * c].iter().copied()).collect() };
     let mut logps = Vec::new();
-    let mut lses = Vec::new();
-    for ((a, b), tg) in spans.iter().zip(&targets) {
-        let (lp, lse) = cpu::logprob(&h.data()[*a..*b], w, tg, c);
+    let mut saved = Vec::new();
+    for (rows, tg) in responses {
+        let hr = gather(rows);
+        let (lp, lse) = cpu::logprob(&hr, w, tg, c);
         logps.push(lp.iter().map(|&v| v as f64).collect::<Vec<f64>>());
-        lses.push(lse);
+        saved.push((hr, lse));
     }
     let ws = weights(&logps);
     let mut dh = vec![0f32; h.len()];
-    for (s, ((a, b), tg)) in spans.iter().zip(&targets).enumerate() {
+    for (s, ((rows, tg), (hr, lse))) in responses.iter().zip(&saved).enumerate() {
         if ws[s].len() != tg.len() {
             return Err(Error::shape("logprob_grads", format!("{} loss weights for {} response tokens", ws[s].len(), tg.len())));
         }
         let dl: Vec<f32> = ws[s].iter().map(|&v| v as f32).collect();
-        dh[*a..*b].copy_from_slice(&cpu::logprob_backward(&h.data()[*a..*b], w, tg, &lses[s], &dl, c));
+        let dhr = cpu::logprob_backward(hr, w, tg, lse, &dl, c);
+        for (i, &r) in rows.iter().enumerate() {
+            dh[r * c..(r + 1) * c].iter_mut().zip(&dhr[i * c..(i + 1) * c]).for_each(|(a, b)| *a += b);
+        }
     }
     let (grads, _) = dec.backward(&tape, &dh)?;
     Ok((logps, grads))
@@ -128,6 +145,35 @@ pub fn dpo_pair_grads(pipe: &Pipeline, pair: &Pair, reference: (f64, f64), beta:
     let (_, grads) = logprob_grads(pipe, seqs, |l| {
         let (pc, pr) = (l[0].iter().sum(), l[1].iter().sum());
         let o = dpo(pc, pr, reference.0, reference.1, beta, alpha);
+        let w = vec![vec![o.d_chosen; l[0].len()], vec![o.d_rejected; l[1].len()]];
+        out = Some(o);
+        w
+    })?;
+    Ok((out.expect("weights were computed"), grads))
+}
+
+/// `dpo_pair_grads` with the pair packed as one sequence [prompt | chosen | rejected] under the
+/// shared-prefix mask: the image and prompt are encoded once instead of twice. Same loss and
+/// gradients (tests/train.rs).
+pub fn dpo_pair_grads_packed(pipe: &Pipeline, pair: &Pair, reference: (f64, f64), beta: f64, alpha: f64) -> Result<(DpoOut, Vec<LoraGrad>)> {
+    let prompt_ids = pipe.prompt_ids(&pair.prompt, pair.images.len())?;
+    let chosen = pipe.tokenizer.encode(&pair.chosen, false)?;
+    let rejected = pipe.tokenizer.encode(&pair.rejected, false)?;
+    if chosen.is_empty() || rejected.is_empty() {
+        return Err(Error::Input("a response is empty after tokenization".into()));
+    }
+    let all: Vec<u32> = prompt_ids.iter().chain(&chosen).chain(&rejected).copied().collect();
+    let (x, _) = pipe.embed(&all, &pair.images)?;
+    let t = x.dim(0);
+    let (c, r) = (chosen.len(), rejected.len());
+    let p = t - c - r; // the prefix after <image> expansion
+    let layout = SeqLayout { len: t, shared_prefix: Some((p, c)) };
+    // The last prefix row predicts the first token of both responses.
+    let chosen_rows: Vec<usize> = (p - 1..p + c - 1).collect();
+    let rejected_rows: Vec<usize> = std::iter::once(p - 1).chain(p + c..p + c + r - 1).collect();
+    let mut out = None;
+    let (_, grads) = grads_core(pipe, x, &[layout], &[(chosen_rows, chosen), (rejected_rows, rejected)], |l| {
+        let o = dpo(l[0].iter().sum(), l[1].iter().sum(), reference.0, reference.1, beta, alpha);
         let w = vec![vec![o.d_chosen; l[0].len()], vec![o.d_rejected; l[1].len()]];
         out = Some(o);
         w

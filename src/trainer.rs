@@ -4,6 +4,8 @@
 //! - Data: `prefs.jsonl`, one `{"image", "prompt", "chosen", "rejected"}` per line, image paths
 //!   relative to the file. Each epoch visits the pairs in an order shuffled from `seed` and the
 //!   epoch number, so a resumed run sees exactly the pairs the uninterrupted one would.
+//! - Each pair runs as one packed sequence [prompt | chosen | rejected] (shared-prefix mask), so
+//!   the image and prompt are encoded once.
 //! - One optimiser step = `batch_size * grad_accum` pairs; the gradient is the mean over them,
 //!   clipped to a global norm of `max_grad_norm`. Learning rate: linear warmup over
 //!   ceil(warmup_ratio * total) steps, then cosine (HF `get_cosine_schedule_with_warmup`) or linear
@@ -22,7 +24,7 @@ use crate::generate::{Pipeline, Rng};
 use crate::image::load_image;
 use crate::model::decoder::LoraGrad;
 use crate::optim::AdamWConfig;
-use crate::train::{dpo_pair_grads, reference_logps, LoraAdamW, Pair};
+use crate::train::{dpo_pair_grads, dpo_pair_grads_packed, reference_logps, LoraAdamW, Pair};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Schedule {
@@ -165,7 +167,13 @@ pub fn train_dpo(pipe: &mut Pipeline, data: &Path, out: &Path, args: &DpoArgs, r
             let pos = step * per_step + k;
             let epoch = pos / pairs.len();
             let i = order(pairs.len(), args.seed, epoch)[pos % pairs.len()];
-            let (o, g) = dpo_pair_grads(pipe, &pairs[i], refs[i], args.beta, args.sft_weight)?;
+            // Encode image + prompt once per pair (shared-prefix packing) unless a sliding window
+            // forbids it.
+            let (o, g) = if pipe.model.cfg.text.sliding_window.is_none() {
+                dpo_pair_grads_packed(pipe, &pairs[i], refs[i], args.beta, args.sft_weight)?
+            } else {
+                dpo_pair_grads(pipe, &pairs[i], refs[i], args.beta, args.sft_weight)?
+            };
             loss += o.loss / per_step as f64;
             cr += o.chosen_reward / per_step as f64;
             rr += o.rejected_reward / per_step as f64;

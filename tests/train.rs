@@ -83,3 +83,25 @@ fn pair_gradient_equals_per_sequence_gradients() {
         }
     }
 }
+
+#[test]
+fn shared_prefix_pair_equals_two_separate_sequences() {
+    // [prompt | chosen | rejected] packed once under the shared-prefix mask gives the loss and
+    // LoRA gradients of running (prompt + chosen) and (prompt + rejected) separately.
+    let mut pipe = Pipeline::load_with(&fixtures().join("llava_next_tiny"), None, Some(&fixtures().join("adapter_next_tiny"))).unwrap();
+    for pair in pairs(&pipe) {
+        let reference = reference_logps(&mut pipe, &pair).unwrap();
+        let (a, ga) = dpo_pair_grads(&pipe, &pair, reference, 0.1, 1.0 / 1024.0).unwrap();
+        let (b, gb) = stic::train::dpo_pair_grads_packed(&pipe, &pair, reference, 0.1, 1.0 / 1024.0).unwrap();
+        assert!((a.loss - b.loss).abs() < 1e-5 * (1.0 + a.loss.abs()), "{a:?} vs {b:?}");
+        assert!((a.chosen_reward - b.chosen_reward).abs() < 1e-4 && (a.rejected_reward - b.rejected_reward).abs() < 1e-4);
+        assert_eq!(ga.len(), gb.len());
+        for (x, y) in ga.iter().zip(&gb) {
+            assert_eq!((x.0, x.1), (y.0, y.1));
+            let scale = x.2.iter().chain(&x.3).map(|v| v.abs()).fold(0f32, f32::max);
+            for (p, q) in x.2.iter().chain(&x.3).zip(y.2.iter().chain(&y.3)) {
+                assert!((p - q).abs() <= 1e-4 * scale, "layer {} {}: {p} vs {q} (scale {scale})", x.0, x.1);
+            }
+        }
+    }
+}

@@ -254,8 +254,47 @@ struct LayerTape {
 pub struct Tape {
     layers: Vec<LayerTape>,
     x_final: Vec<f32>,
-    lens: Vec<usize>,
+    layouts: Vec<SeqLayout>,
     positions: Vec<usize>,
+}
+
+/// How one training sequence is laid out: a plain causal sequence, or a DPO pair packed as
+/// [prefix | chosen | rejected] whose responses both attend to the prefix (encoded once) but not
+/// to each other; the rejected tokens take the positions right after the prefix, as the chosen
+/// ones do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqLayout {
+    pub len: usize,
+    /// (prefix length, chosen length) for a packed pair.
+    pub shared_prefix: Option<(usize, usize)>,
+}
+
+impl SeqLayout {
+    pub fn plain(len: usize) -> Self {
+        SeqLayout { len, shared_prefix: None }
+    }
+
+    fn positions(&self) -> Vec<usize> {
+        match self.shared_prefix {
+            None => (0..self.len).collect(),
+            Some((p, c)) => (0..p + c).chain(p..p + (self.len - p - c)).collect(),
+        }
+    }
+
+    fn mask(&self, window: Option<usize>) -> Result<cpu::AttnMask> {
+        match self.shared_prefix {
+            None => Ok(cpu::AttnMask::Causal { window }),
+            Some((prefix, chosen)) => {
+                if window.is_some() {
+                    return Err(Error::Input("a shared-prefix DPO pair cannot use a sliding window".into()));
+                }
+                if prefix + chosen > self.len {
+                    return Err(Error::shape("shared_prefix", format!("prefix {prefix} + chosen {chosen} > length {}", self.len)));
+                }
+                Ok(cpu::AttnMask::SharedPrefix { prefix, chosen })
+            }
+        }
+    }
 }
 
 /// Gradient of one adapted projection: (layer, projection name, dA [r, in], dB [out, r]).
@@ -269,18 +308,24 @@ impl Decoder {
         self.lm_head.as_ref().map(|l| &l.weight).unwrap_or(&self.embed_tokens)
     }
 
-    /// Training forward over whole sequences (no KV cache): rows of `lens[b]` tokens each, stacked
-    /// in x[sum T_b, C]. Returns the final-normed hidden states and the tape for `backward`.
+    /// Training forward over whole causal sequences of `lens[b]` tokens (see `forward_train_layout`).
     pub fn forward_train(&self, x: Tensor, lens: &[usize]) -> Result<(Tensor, Tape)> {
+        let layouts: Vec<SeqLayout> = lens.iter().map(|&n| SeqLayout::plain(n)).collect();
+        self.forward_train_layout(x, &layouts)
+    }
+
+    /// Training forward (no KV cache) over sequences stacked in x[sum T_b, C], each laid out as
+    /// `layouts[b]` says. Returns the final-normed hidden states and the tape for `backward`.
+    pub fn forward_train_layout(&self, x: Tensor, layouts: &[SeqLayout]) -> Result<(Tensor, Tape)> {
         let cfg = &self.cfg;
-        let total: usize = lens.iter().sum();
+        let total: usize = layouts.iter().map(|l| l.len).sum();
         if x.rows_cols() != (total, cfg.hidden_size) {
-            return Err(Error::shape("decoder_train", format!("x {:?} for sequences of lengths {lens:?}", x.shape())));
+            return Err(Error::shape("decoder_train", format!("x {:?} for sequences {layouts:?}", x.shape())));
         }
         let (h, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let (qw, kw) = (h * d, hkv * d);
-        let positions: Vec<usize> = lens.iter().flat_map(|&n| 0..n).collect();
-        let mask = cpu::AttnMask::Causal { window: cfg.sliding_window };
+        let positions: Vec<usize> = layouts.iter().flat_map(|l| l.positions()).collect();
+        let masks = layouts.iter().map(|l| l.mask(cfg.sliding_window)).collect::<Result<Vec<_>>>()?;
         let mut x = x;
         let mut tapes = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
@@ -292,7 +337,8 @@ impl Decoder {
             cpu::rope(k.data_mut(), hkv, &positions, &self.rope);
             let mut attn = Vec::with_capacity(total * qw);
             let mut row = 0;
-            for &n in lens {
+            for (l, &mask) in layouts.iter().zip(&masks) {
+                let n = l.len;
                 let (qs, ks) = (row * qw..(row + n) * qw, row * kw..(row + n) * kw);
                 attn.extend(cpu::attention(&q.data()[qs], &k.data()[ks.clone()], &v.data()[ks], n, n, h, hkv, d, 0, mask));
                 row += n;
@@ -323,7 +369,7 @@ impl Decoder {
             x = out;
         }
         let normed = self.norm.forward(&x)?;
-        Ok((normed, Tape { layers: tapes, x_final: x.into_data(), lens: lens.to_vec(), positions }))
+        Ok((normed, Tape { layers: tapes, x_final: x.into_data(), layouts: layouts.to_vec(), positions }))
     }
 
     /// Backward from d(final-normed hidden) [sum T_b, C] to the LoRA gradients of every adapted
@@ -332,7 +378,7 @@ impl Decoder {
         let cfg = &self.cfg;
         let (h, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let (qw, kw) = (h * d, hkv * d);
-        let mask = cpu::AttnMask::Causal { window: cfg.sliding_window };
+        let masks = tape.layouts.iter().map(|l| l.mask(cfg.sliding_window)).collect::<Result<Vec<_>>>()?;
         let eps = cfg.rms_norm_eps;
         let (mut dx, _) = cpu::rmsnorm_backward(&tape.x_final, self.norm.weight.data(), dnormed, eps);
         let mut grads = Vec::new();
@@ -358,7 +404,8 @@ impl Decoder {
             keep(li, PROJECTIONS[3], g);
             let (mut dq, mut dk, mut dv) = (Vec::with_capacity(t.q.len()), Vec::with_capacity(t.k.len()), Vec::with_capacity(t.v.len()));
             let mut row = 0;
-            for &n in &tape.lens {
+            for (l, &mask) in tape.layouts.iter().zip(&masks) {
+                let n = l.len;
                 let (qs, ks) = (row * qw..(row + n) * qw, row * kw..(row + n) * kw);
                 let (a, b, c) = cpu::attention_backward(
                     &t.q[qs.clone()],
