@@ -167,6 +167,9 @@ struct TrainDpoArgs {
     /// Checkpoint every N optimiser steps (and always at the end).
     #[arg(long)]
     save_every: Option<usize>,
+    /// Recompute each layer's activations in the backward pass instead of keeping them.
+    #[arg(long)]
+    recompute: bool,
     /// Continue from OUT/checkpoint with the same data order, optimiser state and schedule.
     #[arg(long)]
     resume: bool,
@@ -271,6 +274,7 @@ fn run(cli: Cli) -> Result<()> {
                 max_grad_norm: a.max_grad_norm,
                 seed: a.seed,
                 save_every: a.save_every,
+                recompute: a.recompute,
             };
             let mut pipe = Pipeline::load(&a.model)?;
             let log = stic::trainer::train_dpo(&mut pipe, &a.data, &a.out, &args, a.resume, a.stop_after)?;

@@ -56,7 +56,7 @@ pub fn logprob_grads(
         responses.push(((end - r - 1..end - 1).collect(), s.response_ids.clone()));
     }
     let xs: Vec<&Tensor> = seqs.iter().map(|s| &s.x).collect();
-    grads_core(pipe, Tensor::cat_rows(&xs)?, &layouts, &responses, weights)
+    grads_core(pipe, Tensor::cat_rows(&xs)?, &layouts, &responses, false, weights)
 }
 
 /// The common core: forward over `layouts`, log-probs of each response (its target rows and
@@ -66,11 +66,12 @@ fn grads_core(
     x: Tensor,
     layouts: &[SeqLayout],
     responses: &[(Vec<usize>, Vec<u32>)],
+    recompute: bool,
     weights: impl FnOnce(&[Vec<f64>]) -> Vec<Vec<f64>>,
 ) -> Result<(Vec<Vec<f64>>, Vec<LoraGrad>)> {
     let dec = &pipe.model.decoder;
     let c = dec.hidden_size();
-    let (h, tape) = dec.forward_train_layout(x, layouts)?;
+    let (h, tape) = dec.forward_train_opts(x, layouts, recompute)?;
     let w = dec.lm_head_weight().data();
     let gather = |rows: &[usize]| -> Vec<f32> { rows.iter().flat_map(|&r| h.data()[r * c..(r + 1) * c].iter().copied()).collect() };
     let mut logps = Vec::new();
@@ -154,8 +155,15 @@ pub fn dpo_pair_grads(pipe: &Pipeline, pair: &Pair, reference: (f64, f64), beta:
 
 /// `dpo_pair_grads` with the pair packed as one sequence [prompt | chosen | rejected] under the
 /// shared-prefix mask: the image and prompt are encoded once instead of twice. Same loss and
-/// gradients (tests/train.rs).
-pub fn dpo_pair_grads_packed(pipe: &Pipeline, pair: &Pair, reference: (f64, f64), beta: f64, alpha: f64) -> Result<(DpoOut, Vec<LoraGrad>)> {
+/// gradients (tests/train.rs). `recompute`: per-layer activation recomputation.
+pub fn dpo_pair_grads_packed(
+    pipe: &Pipeline,
+    pair: &Pair,
+    reference: (f64, f64),
+    beta: f64,
+    alpha: f64,
+    recompute: bool,
+) -> Result<(DpoOut, Vec<LoraGrad>)> {
     let prompt_ids = pipe.prompt_ids(&pair.prompt, pair.images.len())?;
     let chosen = pipe.tokenizer.encode(&pair.chosen, false)?;
     let rejected = pipe.tokenizer.encode(&pair.rejected, false)?;
@@ -172,7 +180,7 @@ pub fn dpo_pair_grads_packed(pipe: &Pipeline, pair: &Pair, reference: (f64, f64)
     let chosen_rows: Vec<usize> = (p - 1..p + c - 1).collect();
     let rejected_rows: Vec<usize> = std::iter::once(p - 1).chain(p + c..p + c + r - 1).collect();
     let mut out = None;
-    let (_, grads) = grads_core(pipe, x, &[layout], &[(chosen_rows, chosen), (rejected_rows, rejected)], |l| {
+    let (_, grads) = grads_core(pipe, x, &[layout], &[(chosen_rows, chosen), (rejected_rows, rejected)], recompute, |l| {
         let o = dpo(l[0].iter().sum(), l[1].iter().sum(), reference.0, reference.1, beta, alpha);
         let w = vec![vec![o.d_chosen; l[0].len()], vec![o.d_rejected; l[1].len()]];
         out = Some(o);

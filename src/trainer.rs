@@ -49,6 +49,8 @@ pub struct DpoArgs {
     pub max_grad_norm: f64,
     pub seed: u64,
     pub save_every: Option<usize>,
+    /// Per-layer activation recomputation (the 7B model needs it on the GPU).
+    pub recompute: bool,
 }
 
 /// One line of `prefs.jsonl`.
@@ -170,7 +172,7 @@ pub fn train_dpo(pipe: &mut Pipeline, data: &Path, out: &Path, args: &DpoArgs, r
             // Encode image + prompt once per pair (shared-prefix packing) unless a sliding window
             // forbids it.
             let (o, g) = if pipe.model.cfg.text.sliding_window.is_none() {
-                dpo_pair_grads_packed(pipe, &pairs[i], refs[i], args.beta, args.sft_weight)?
+                dpo_pair_grads_packed(pipe, &pairs[i], refs[i], args.beta, args.sft_weight, args.recompute)?
             } else {
                 dpo_pair_grads(pipe, &pairs[i], refs[i], args.beta, args.sft_weight)?
             };

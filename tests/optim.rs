@@ -59,6 +59,7 @@ fn lr_schedules_match_transformers() {
             max_grad_norm: 1.0,
             seed: 0,
             save_every: None,
+            recompute: false,
         };
         let total = c["total"].as_u64().unwrap() as usize;
         for (step, want) in floats(&c["lrs"]).iter().enumerate() {

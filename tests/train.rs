@@ -92,7 +92,11 @@ fn shared_prefix_pair_equals_two_separate_sequences() {
     for pair in pairs(&pipe) {
         let reference = reference_logps(&mut pipe, &pair).unwrap();
         let (a, ga) = dpo_pair_grads(&pipe, &pair, reference, 0.1, 1.0 / 1024.0).unwrap();
-        let (b, gb) = stic::train::dpo_pair_grads_packed(&pipe, &pair, reference, 0.1, 1.0 / 1024.0).unwrap();
+        let (b, gb) = stic::train::dpo_pair_grads_packed(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, false).unwrap();
+        // Per-layer recomputation gives bit-identical gradients (the same deterministic ops rerun).
+        let (b2, gb2) = stic::train::dpo_pair_grads_packed(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, true).unwrap();
+        assert_eq!(b, b2);
+        assert_eq!(gb, gb2, "recomputation changed the gradients");
         assert!((a.loss - b.loss).abs() < 1e-5 * (1.0 + a.loss.abs()), "{a:?} vs {b:?}");
         assert!((a.chosen_reward - b.chosen_reward).abs() < 1e-4 && (a.rejected_reward - b.rejected_reward).abs() < 1e-4);
         assert_eq!(ga.len(), gb.len());

@@ -236,6 +236,7 @@ impl Decoder {
 }
 
 /// Activations one layer's training forward keeps for its backward.
+#[derive(Default)]
 struct LayerTape {
     x: Vec<f32>,    // layer input (residual stream) [N, C]
     hn1: Vec<f32>,  // input_layernorm(x)
@@ -256,6 +257,8 @@ pub struct Tape {
     x_final: Vec<f32>,
     layouts: Vec<SeqLayout>,
     positions: Vec<usize>,
+    /// Only the layer inputs were kept: recompute each layer in `backward`.
+    recompute: bool,
 }
 
 /// How one training sequence is laid out: a plain causal sequence, or a DPO pair packed as
@@ -317,59 +320,82 @@ impl Decoder {
     /// Training forward (no KV cache) over sequences stacked in x[sum T_b, C], each laid out as
     /// `layouts[b]` says. Returns the final-normed hidden states and the tape for `backward`.
     pub fn forward_train_layout(&self, x: Tensor, layouts: &[SeqLayout]) -> Result<(Tensor, Tape)> {
+        self.forward_train_opts(x, layouts, false)
+    }
+
+    /// `forward_train_layout`; with `recompute`, each layer keeps only its input and `backward`
+    /// recomputes the rest of that layer's activations when it gets there (per-layer activation
+    /// recomputation: memory O(L*T*C) instead of O(L*T*(C + F + ...)), one extra forward).
+    pub fn forward_train_opts(&self, x: Tensor, layouts: &[SeqLayout], recompute: bool) -> Result<(Tensor, Tape)> {
         let cfg = &self.cfg;
         let total: usize = layouts.iter().map(|l| l.len).sum();
         if x.rows_cols() != (total, cfg.hidden_size) {
             return Err(Error::shape("decoder_train", format!("x {:?} for sequences {layouts:?}", x.shape())));
         }
-        let (h, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-        let (qw, kw) = (h * d, hkv * d);
         let positions: Vec<usize> = layouts.iter().flat_map(|l| l.positions()).collect();
         let masks = layouts.iter().map(|l| l.mask(cfg.sliding_window)).collect::<Result<Vec<_>>>()?;
         let mut x = x;
         let mut tapes = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
-            let hn1 = layer.input_layernorm.forward(&x)?;
-            let mut q = layer.q.forward(&hn1)?;
-            let mut k = layer.k.forward(&hn1)?;
-            let v = layer.v.forward(&hn1)?;
-            cpu::rope(q.data_mut(), h, &positions, &self.rope);
-            cpu::rope(k.data_mut(), hkv, &positions, &self.rope);
-            let mut attn = Vec::with_capacity(total * qw);
-            let mut row = 0;
-            for (l, &mask) in layouts.iter().zip(&masks) {
-                let n = l.len;
-                let (qs, ks) = (row * qw..(row + n) * qw, row * kw..(row + n) * kw);
-                attn.extend(cpu::attention(&q.data()[qs], &k.data()[ks.clone()], &v.data()[ks], n, n, h, hkv, d, 0, mask));
-                row += n;
-            }
-            let attn = Tensor::new(attn, &[total, qw])?;
-            let mut x_mid = x.clone();
-            add_inplace(&mut x_mid, &layer.o.forward(&attn)?);
-            let hn2 = layer.post_attention_layernorm.forward(&x_mid)?;
-            let gate = layer.gate.forward(&hn2)?;
-            let up = layer.up.forward(&hn2)?;
-            let mut act = gate.clone();
-            cpu::swiglu(act.data_mut(), up.data());
-            let mut out = x_mid.clone();
-            add_inplace(&mut out, &layer.down.forward(&act)?);
-            tapes.push(LayerTape {
-                x: x.into_data(),
-                hn1: hn1.into_data(),
-                q: q.into_data(),
-                k: k.into_data(),
-                v: v.into_data(),
-                attn: attn.into_data(),
-                x_mid: x_mid.into_data(),
-                hn2: hn2.into_data(),
-                gate: gate.into_data(),
-                up: up.into_data(),
-                act: act.into_data(),
-            });
+            let (out, tape) = self.layer_forward_train(layer, x, layouts, &masks, &positions)?;
+            tapes.push(if recompute { LayerTape { x: tape.x, ..Default::default() } } else { tape });
             x = out;
         }
         let normed = self.norm.forward(&x)?;
-        Ok((normed, Tape { layers: tapes, x_final: x.into_data(), layouts: layouts.to_vec(), positions }))
+        Ok((normed, Tape { layers: tapes, x_final: x.into_data(), layouts: layouts.to_vec(), positions, recompute }))
+    }
+
+    /// One layer's training forward: its output and everything its backward needs.
+    fn layer_forward_train(
+        &self,
+        layer: &DecoderLayer,
+        x: Tensor,
+        layouts: &[SeqLayout],
+        masks: &[cpu::AttnMask],
+        positions: &[usize],
+    ) -> Result<(Tensor, LayerTape)> {
+        let cfg = &self.cfg;
+        let (h, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (qw, kw) = (h * d, hkv * d);
+        let total = x.dim(0);
+        let hn1 = layer.input_layernorm.forward(&x)?;
+        let mut q = layer.q.forward(&hn1)?;
+        let mut k = layer.k.forward(&hn1)?;
+        let v = layer.v.forward(&hn1)?;
+        cpu::rope(q.data_mut(), h, positions, &self.rope);
+        cpu::rope(k.data_mut(), hkv, positions, &self.rope);
+        let mut attn = Vec::with_capacity(total * qw);
+        let mut row = 0;
+        for (l, &mask) in layouts.iter().zip(masks) {
+            let n = l.len;
+            let (qs, ks) = (row * qw..(row + n) * qw, row * kw..(row + n) * kw);
+            attn.extend(cpu::attention(&q.data()[qs], &k.data()[ks.clone()], &v.data()[ks], n, n, h, hkv, d, 0, mask));
+            row += n;
+        }
+        let attn = Tensor::new(attn, &[total, qw])?;
+        let mut x_mid = x.clone();
+        add_inplace(&mut x_mid, &layer.o.forward(&attn)?);
+        let hn2 = layer.post_attention_layernorm.forward(&x_mid)?;
+        let gate = layer.gate.forward(&hn2)?;
+        let up = layer.up.forward(&hn2)?;
+        let mut act = gate.clone();
+        cpu::swiglu(act.data_mut(), up.data());
+        let mut out = x_mid.clone();
+        add_inplace(&mut out, &layer.down.forward(&act)?);
+        let tape = LayerTape {
+            x: x.into_data(),
+            hn1: hn1.into_data(),
+            q: q.into_data(),
+            k: k.into_data(),
+            v: v.into_data(),
+            attn: attn.into_data(),
+            x_mid: x_mid.into_data(),
+            hn2: hn2.into_data(),
+            gate: gate.into_data(),
+            up: up.into_data(),
+            act: act.into_data(),
+        };
+        Ok((out, tape))
     }
 
     /// Backward from d(final-normed hidden) [sum T_b, C] to the LoRA gradients of every adapted
@@ -387,7 +413,15 @@ impl Decoder {
                 grads.push((li, name, da, db));
             }
         };
-        for (li, (layer, t)) in self.layers.iter().zip(&tape.layers).enumerate().rev() {
+        for (li, (layer, kept)) in self.layers.iter().zip(&tape.layers).enumerate().rev() {
+            let recomputed;
+            let t = if tape.recompute {
+                let x = Tensor::new(kept.x.clone(), &[kept.x.len() / cfg.hidden_size, cfg.hidden_size])?;
+                recomputed = self.layer_forward_train(layer, x, &tape.layouts, &masks, &tape.positions)?.1;
+                &recomputed
+            } else {
+                kept
+            };
             // x_out = x_mid + down(silu(gate) * up)
             let (dact, g) = layer.down.backward(&t.act, &dx);
             keep(li, PROJECTIONS[6], g);
