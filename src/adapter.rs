@@ -221,3 +221,77 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
+
+/// How to store merged weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MergeDtype {
+    /// The base weight's dtype (what PEFT's merge_and_unload keeps).
+    Keep,
+    F32,
+}
+
+/// `stic merge`: write the checkpoint in `model` with the adapter in `adapter` folded into its
+/// weights (W + scale B A) to `out`, shard by shard (never the whole model in memory). Every other
+/// tensor is copied byte for byte, and the non-weight files (config, tokenizer, processor) are
+/// copied. Returns the number of merged projections.
+pub fn merge(model: &Path, adapter: &Path, out: &Path, dtype: MergeDtype) -> Result<usize> {
+    let cfg = AdapterConfig::from_file(&adapter.join("adapter_config.json"))?;
+    let afile = adapter.join("adapter_model.safetensors");
+    let ads = WeightStore::from_files(adapter, &[afile.clone()])?;
+    let base = WeightStore::open(model)?;
+    let lm = crate::model::llava::locate_lm(&base)?;
+    // weight name -> (A name, B name)
+    let mut targets = std::collections::HashMap::new();
+    for name in ads.names() {
+        let (layer, proj, which) = parse_key(name).ok_or_else(|| {
+            Error::weights(&afile, format!("`{name}` is not a LoRA weight of a decoder projection (only those are supported)"))
+        })?;
+        if which == 'A' {
+            let part = if ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&proj.as_str()) { "self_attn" } else { "mlp" };
+            targets.insert(format!("{lm}.layers.{layer}.{part}.{proj}.weight"), (name.to_string(), name.replace(".lora_A.", ".lora_B.")));
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut merged = 0;
+    for file in base.files() {
+        let names: Vec<String> = base.names().filter(|n| base.file_of(n) == file).map(str::to_string).collect();
+        let mut bufs: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for n in &names {
+            let (dt, shape, bytes) = base.raw(n)?;
+            match targets.get(n) {
+                None => bufs.push((n.clone(), dt, shape, bytes.to_vec())),
+                Some((an, bn)) => {
+                    let (o, i) = (shape[0], shape[1]);
+                    let w = base.get(n, &shape)?;
+                    let a = ads.get(an, &[cfg.r, i])?;
+                    let b = ads.get(bn, &[o, cfg.r])?;
+                    let ba = crate::backend::cpu::matmul(b.data(), a.data(), o, cfg.r, i);
+                    let s = cfg.scale();
+                    let m: Vec<f32> = w.data().iter().zip(&ba).map(|(&x, &d)| x + s * d).collect();
+                    let odt = if dtype == MergeDtype::F32 { safetensors::Dtype::F32 } else { dt };
+                    let bytes = crate::weights::narrow(&m, odt).map_err(|e| Error::weights(&file, format!("`{n}`: {e}")))?;
+                    bufs.push((n.clone(), odt, shape, bytes));
+                    merged += 1;
+                }
+            }
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
+            .iter()
+            .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).map_err(|e| Error::weights(&file, e.to_string()))?)))
+            .collect::<Result<_>>()?;
+        let meta: std::collections::HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::weights(&file, e.to_string()))?;
+        write_atomic(&out.join(file.file_name().expect("file name")), &bytes)?;
+    }
+    if merged != targets.len() {
+        return Err(Error::weights(&afile, format!("{} adapted projections but {merged} matching weights in {}", targets.len(), model.display())));
+    }
+    for e in std::fs::read_dir(model).map_err(|e| Error::io(model, e))? {
+        let p = e.map_err(|e| Error::io(model, e))?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if p.is_file() && !name.ends_with(".safetensors") {
+            std::fs::copy(&p, out.join(name)).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    Ok(merged)
+}

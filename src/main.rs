@@ -5,6 +5,7 @@
 //! stic score    --model DIR --image PATH --prompt TEXT --response TEXT [--raw-prompt] [--json]
 //! (both: [--adapter DIR] a PEFT LoRA adapter; [--random-weights [--weights-seed S]])
 //! stic demo     (the bundled tiny checkpoint and image)
+//! stic merge   --model DIR --adapter DIR --out DIR [--dtype keep|f32]
 //! stic train-dpo --model DIR --data prefs.jsonl --out DIR [--lora-r 8 --lora-alpha 16 ...] [--resume]
 //! stic check    [--op OP] [--seed S] [--list]   (CUDA kernels vs the CPU reference; needs a
 //!               build with `--features cuda`)
@@ -36,6 +37,18 @@ enum Cmd {
     Score(ScoreArgs),
     /// Train a LoRA adapter with DPO (STIC's with --sft-weight) on a preference file.
     TrainDpo(TrainDpoArgs),
+    /// Fold a LoRA adapter into the checkpoint's weights and write a plain checkpoint.
+    Merge {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Dtype of the merged weights: keep (the base weights', as PEFT) or f32.
+        #[arg(long, default_value = "keep")]
+        dtype: String,
+    },
     /// Generate on the bundled tiny LLaVA-NeXT checkpoint and test image (no download needed).
     Demo {
         #[arg(long, default_value = DEMO_MODEL)]
@@ -249,6 +262,15 @@ fn run(cli: Cli) -> Result<()> {
             println!("(random tiny weights: the text is gibberish by design; {:.2} s)", t0.elapsed().as_secs_f64());
         }
         Cmd::Check(_) => unreachable!("handled in main"),
+        Cmd::Merge { model, adapter, out, dtype } => {
+            let dt = match dtype.as_str() {
+                "keep" => stic::adapter::MergeDtype::Keep,
+                "f32" => stic::adapter::MergeDtype::F32,
+                other => return Err(stic::Error::Input(format!("--dtype must be keep or f32, got `{other}`"))),
+            };
+            let n = stic::adapter::merge(&model, &adapter, &out, dt)?;
+            eprintln!("merged {n} projections into {}", out.display());
+        }
         Cmd::TrainDpo(a) => {
             let schedule = match a.schedule.as_str() {
                 "cosine" => stic::trainer::Schedule::Cosine,

@@ -261,6 +261,20 @@ impl WeightStore {
         Tensor::new(data, shape)
     }
 
+    /// The stored bytes of a tensor, with its dtype and shape (for copying it unchanged).
+    pub fn raw(&self, name: &str) -> Result<(Dtype, Vec<usize>, &[u8])> {
+        let e = self.entries.get(name).ok_or_else(|| Error::weights(&self.dir, format!("missing tensor `{name}`")))?;
+        let shard = &self.shards[e.shard];
+        let info = shard.meta.tensors()[name];
+        let (a, b) = info.data_offsets;
+        Ok((info.dtype, info.shape.clone(), &shard.mmap[shard.data_start + a..shard.data_start + b]))
+    }
+
+    /// The safetensors files of the checkpoint.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.shards.iter().map(|s| s.path.clone()).collect()
+    }
+
     /// Mark tensors as deliberately unused (e.g. CLIP's post-layernorm, which LLaVA never runs).
     pub fn skip(&self, name: &str) {
         self.taken.lock().unwrap().insert(name.to_string());
@@ -284,9 +298,19 @@ impl WeightStore {
     }
 }
 
+/// f32 values to little-endian bytes of `dtype` (F32, F16 or BF16; round to nearest even).
+pub fn narrow(x: &[f32], dtype: Dtype) -> std::result::Result<Vec<u8>, String> {
+    match dtype {
+        Dtype::F32 => Ok(x.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        Dtype::F16 => Ok(x.iter().flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes()).collect()),
+        Dtype::BF16 => Ok(x.iter().flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes()).collect()),
+        other => Err(format!("unsupported dtype {other:?} (expected F32, F16 or BF16)")),
+    }
+}
+
 /// Little-endian f32/f16/bf16 bytes to f32. Bytes in an mmap may be unaligned, so they are read
 /// as byte chunks rather than cast.
-fn widen(bytes: &[u8], dtype: Dtype) -> std::result::Result<Vec<f32>, String> {
+pub fn widen(bytes: &[u8], dtype: Dtype) -> std::result::Result<Vec<f32>, String> {
     const CHUNK: usize = 1 << 16;
     match dtype {
         Dtype::F32 => {

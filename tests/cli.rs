@@ -193,3 +193,35 @@ fn train_dpo_resume_equals_uninterrupted_run() {
     let lr: Vec<f64> = lines.iter().map(|l| l["lr"].as_f64().unwrap()).collect();
     assert!(lr[0] == 0.0 && (lr[1] - 5e-3).abs() < 1e-9 && (lr[2] - 1e-2).abs() < 1e-9, "{lr:?}");
 }
+
+/// `stic merge`: the merged checkpoint, loaded without an adapter, scores like base + adapter.
+#[test]
+fn merged_checkpoint_scores_like_the_adapter() {
+    let model = fixtures().join("llava_next_tiny");
+    let adapter = fixtures().join("adapter_next_tiny");
+    let base = std::env::temp_dir().join(format!("stic-merge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let exp = read_json("expected/adapter_next_tiny.json");
+    let case = &exp["cases"][1];
+    let image = fixtures().join(case["image"].as_str().unwrap());
+    for (dtype, tol) in [("f32", 1e-4), ("keep", 3e-2)] {
+        let out = base.join(dtype);
+        let (ok, _, err) = stic(&["merge", "--model", model.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(), "--out", out.to_str().unwrap(), "--dtype", dtype]);
+        assert!(ok, "{err}");
+        let (ok, stdout, err) = stic(&[
+            "score", "--model", out.to_str().unwrap(), "--image", image.to_str().unwrap(),
+            "--prompt", "What is shown in this image?", "--response", case["response"].as_str().unwrap(), "--json",
+        ]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        // transformers + PEFT's log-probs of the adapted model. With --dtype keep the merged
+        // weights are rounded to the base's bf16 (relative 2^-9), hence the looser tolerance.
+        for (a, b) in floats(&v["logprobs"]).iter().zip(&floats(&case["logprobs"])) {
+            assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{dtype}: {a} vs {b}");
+        }
+    }
+    // --dtype keep writes the base's dtype (bf16 for the language model of this fixture).
+    let bytes = std::fs::read(base.join("keep/model-00002-of-00002.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("language_model.model.layers.0.self_attn.q_proj.weight").unwrap().dtype(), safetensors::Dtype::BF16);
+}

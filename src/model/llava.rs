@@ -38,6 +38,11 @@ const LM: [&str; 2] = ["model.language_model", "language_model.model"];
 const LM_HEAD: [&str; 2] = ["lm_head.weight", "language_model.lm_head.weight"];
 const NEWLINE: [&str; 2] = ["model.image_newline", "image_newline"];
 
+/// The prefix of the language model's tensors (`model.language_model` or `language_model.model`).
+pub fn locate_lm(ws: &dyn WeightSource) -> Result<&'static str> {
+    locate(ws, &LM, ".embed_tokens.weight", "language-model embedding")
+}
+
 /// The first prefix `p` for which `{p}{probe}` is in the checkpoint.
 fn locate<'a>(ws: &dyn WeightSource, candidates: &[&'a str], probe: &str, what: &str) -> Result<&'a str> {
     candidates.iter().copied().find(|p| ws.contains(&format!("{p}{probe}"))).ok_or_else(|| {
