@@ -45,6 +45,7 @@ def main():
     base = LlavaNextForConditionalGeneration.from_pretrained(MODEL, dtype=torch.float32, attn_implementation="eager")
     model = PeftModel.from_pretrained(base, OUT).eval()
     processor = AutoProcessor.from_pretrained(MODEL)
+    tok = processor.tokenizer
     expected = json.loads((FIX / "expected" / "llava_next_tiny.json").read_text())
     cases = []
     for c in expected["cases"]:
@@ -96,6 +97,36 @@ def main():
     save_file(grads, FIX / "expected" / "adapter_next_tiny_grads.safetensors",
               metadata={"loss": repr(loss.item()), "case": "0", "what": "d sum(response logprobs) / d LoRA weights"})
     print("grad loss", loss.item())
+
+    # SFT: a two-turn conversation, ids built segment by segment (the recipe of stic's
+    # train::sft_ids: each human turn wrapped as "[INST] {text} [/INST]" and tokenized on its own,
+    # BOS before the first; each answer tokenized without special tokens, then EOS). Loss = HF's
+    # mean cross-entropy over the answer tokens (labels -100 elsewhere); gradients w.r.t. LoRA.
+    turns = [("<image>\nWhat is shown in this image?", "A red square and a blue circle."),
+             ("What colour is the circle?", "It is blue.")]
+    ids, labels = [], []
+    for k, (q, a) in enumerate(turns):
+        pid = tok(f"[INST] {q} [/INST]", add_special_tokens=(k == 0))["input_ids"]
+        aid = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids += pid + aid
+        labels += [-100] * len(pid) + aid
+    enc = processor(images=Image.open(FIX / "images/wide.jpg"), text="<image>", return_tensors="pt")
+    k_img = int((enc["input_ids"] == 32000).sum())
+    pos = ids.index(32000)
+    full_ids = ids[:pos] + [32000] * k_img + ids[pos + 1:]
+    full_labels = labels[:pos] + [-100] * k_img + labels[pos + 1:]
+    model.zero_grad()
+    out_sft = model(input_ids=torch.tensor([full_ids]), attention_mask=torch.ones(1, len(full_ids), dtype=torch.long),
+                    pixel_values=enc["pixel_values"], image_sizes=enc["image_sizes"], labels=torch.tensor([full_labels]))
+    out_sft.loss.backward()
+    sgrads = {}
+    for name, prm in model.named_parameters():
+        if prm.requires_grad:
+            sgrads[name.replace(".default.weight", ".weight")] = prm.grad.detach().float().contiguous()
+    save_file(sgrads, FIX / "expected" / "adapter_next_tiny_sft_grads.safetensors",
+              metadata={"loss": repr(out_sft.loss.item()), "ids": json.dumps(ids), "turns": json.dumps(turns),
+                        "what": "HF mean CE over answer tokens (labels -100 elsewhere) and its LoRA gradients"})
+    print("sft loss", out_sft.loss.item())
     print(json.dumps(cases, indent=1)[:1500])
 
 

@@ -269,3 +269,53 @@ impl LoraAdamW {
         Ok(())
     }
 }
+
+/// Token ids of a multi-turn conversation for SFT and, for every id, whether it is an answer token
+/// (the loss covers those only). Each human turn is wrapped in the chat template and tokenized on
+/// its own (BOS before the first); each answer is tokenized without special tokens and closed with
+/// EOS. The first human turn carries the `<image>` (put first when missing).
+pub fn sft_ids(pipe: &Pipeline, turns: &[(String, String)], n_images: usize) -> Result<(Vec<u32>, Vec<bool>)> {
+    let eos = *pipe.eos.first().ok_or_else(|| Error::Input("the model has no EOS token".into()))?;
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    for (k, (q, a)) in turns.iter().enumerate() {
+        let p = pipe.tokenizer.encode(&pipe.template.apply(q, k == 0 && n_images > 0), k == 0)?;
+        let mut ans = pipe.tokenizer.encode(a, false)?;
+        ans.push(eos);
+        mask.extend(std::iter::repeat_n(false, p.len()).chain(std::iter::repeat_n(true, ans.len())));
+        ids.extend(p);
+        ids.extend(ans);
+    }
+    Ok((ids, mask))
+}
+
+/// SFT loss (mean cross-entropy over the answer tokens, as HF's loss with labels -100 elsewhere)
+/// of a conversation about `images`, and its LoRA gradients.
+pub fn sft_grads(pipe: &Pipeline, turns: &[(String, String)], images: &[RgbImage]) -> Result<(f64, Vec<LoraGrad>)> {
+    let (ids, mask) = sft_ids(pipe, turns, images.len())?;
+    let n_img = ids.iter().filter(|&&t| t == pipe.model.cfg.image_token_index).count();
+    if n_img != images.len() {
+        return Err(Error::Input(format!("the conversation has {n_img} <image> token(s) for {} image(s)", images.len())));
+    }
+    let (x, k) = pipe.embed(&ids, images)?;
+    // Positions after <image> expansion: each image token became its K feature rows.
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    let mut pos = 0usize;
+    let per_image = if images.is_empty() { 0 } else { k / images.len() };
+    for (&t, &is_answer) in ids.iter().zip(&mask) {
+        let width = if t == pipe.model.cfg.image_token_index { per_image } else { 1 };
+        if is_answer {
+            rows.push(pos - 1); // the row before a token predicts it
+            targets.push(t);
+        }
+        pos += width;
+    }
+    let n = targets.len() as f64;
+    let t = x.dim(0);
+    let mut loss = 0.0;
+    let (_, grads) = grads_core(pipe, x, &[SeqLayout::plain(t)], &[(rows, targets)], false, |l| {
+        loss = -l[0].iter().sum::<f64>() / n;
+        vec![vec![-1.0 / n; l[0].len()]]
+    })?;
+    Ok((loss, grads))
+}

@@ -307,3 +307,33 @@ fn adapter_trained_by_stic_loads_in_peft_with_the_same_logprobs() {
         }
     }
 }
+
+#[test]
+fn sft_loss_and_lora_gradients_match_transformers_and_peft() {
+    // expected/adapter_next_tiny_sft_grads.safetensors: HF's mean cross-entropy over the answer
+    // tokens of a two-turn conversation and its LoRA gradients (gen_adapter_fixture.py).
+    let bytes = std::fs::read(fixtures().join("expected/adapter_next_tiny_sft_grads.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    let want_loss: f64 = meta["loss"].parse().unwrap();
+    let want_ids: Vec<u32> = serde_json::from_str(&meta["ids"]).unwrap();
+    let turns: Vec<(String, String)> = serde_json::from_str(&meta["turns"]).unwrap();
+    let want = read_tensors("expected/adapter_next_tiny_sft_grads.safetensors");
+    let pipe = Pipeline::load_with(&fixtures().join("llava_next_tiny"), None, Some(&fixtures().join("adapter_next_tiny"))).unwrap();
+    let (ids, _) = stic::train::sft_ids(&pipe, &turns, 1).unwrap();
+    assert_eq!(ids, want_ids, "conversation token ids");
+    let img = load_image(&fixtures().join("images/wide.jpg")).unwrap();
+    let (loss, grads) = stic::train::sft_grads(&pipe, &turns, &[img]).unwrap();
+    assert!((loss - want_loss).abs() <= LOGPROB_TOL * (1.0 + want_loss.abs()), "{loss} vs {want_loss}");
+    assert_eq!(grads.len() * 2, want.len());
+    for (layer, proj, da, db) in &grads {
+        let part = if proj.starts_with(['q', 'k', 'v', 'o']) { "self_attn" } else { "mlp" };
+        for (ab, got) in [("A", da), ("B", db)] {
+            let key = format!("base_model.model.model.language_model.layers.{layer}.{part}.{proj}.lora_{ab}.weight");
+            let (_, w) = &want[&key];
+            let scale = w.iter().map(|v| v.abs()).fold(0f32, f32::max);
+            let err = got.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
+            assert!(err < GRAD_TOL, "{key}: max error {err} of the tensor's max |grad| {scale}");
+        }
+    }
+}
