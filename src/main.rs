@@ -6,6 +6,7 @@
 //! (both: [--adapter DIR] a PEFT LoRA adapter; [--random-weights [--weights-seed S]])
 //! stic demo     (the bundled tiny checkpoint and image)
 //! stic merge   --model DIR --adapter DIR --out DIR [--dtype keep|f32]
+//! stic train-sft --model DIR --data llava.json --out DIR [same training options] [--image-folder DIR]
 //! stic train-dpo --model DIR --data prefs.jsonl --out DIR [--lora-r 8 --lora-alpha 16 ...] [--resume]
 //! stic check    [--op OP] [--seed S] [--list]   (CUDA kernels vs the CPU reference; needs a
 //!               build with `--features cuda`)
@@ -37,6 +38,8 @@ enum Cmd {
     Score(ScoreArgs),
     /// Train a LoRA adapter with DPO (STIC's with --sft-weight) on a preference file.
     TrainDpo(TrainDpoArgs),
+    /// Train a LoRA adapter with SFT on LLaVA's instruction-tuning JSON (loss on gpt turns).
+    TrainSft(TrainSftArgs),
     /// Fold a LoRA adapter into the checkpoint's weights and write a plain checkpoint.
     Merge {
         #[arg(long)]
@@ -134,13 +137,11 @@ struct GenerateArgs {
     seed: u64,
 }
 
+/// Options shared by `train-dpo` and `train-sft`.
 #[derive(Args)]
-struct TrainDpoArgs {
+struct TrainCommon {
     #[arg(long)]
     model: PathBuf,
-    /// prefs.jsonl: {"image", "prompt", "chosen", "rejected"} per line, images relative to it.
-    #[arg(long)]
-    data: PathBuf,
     /// Output directory: the adapter (PEFT format), train_log.jsonl, checkpoint/.
     #[arg(long)]
     out: PathBuf,
@@ -151,11 +152,6 @@ struct TrainDpoArgs {
     /// Comma-separated projections to adapt.
     #[arg(long, default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
     lora_targets: String,
-    #[arg(long, default_value_t = 0.1)]
-    beta: f64,
-    /// Weight of the likelihood term on the chosen response (STIC: 1/1024 = 0.0009765625).
-    #[arg(long, default_value_t = 0.0)]
-    sft_weight: f64,
     #[arg(long, default_value_t = 5e-5)]
     lr: f32,
     #[arg(long, default_value_t = 0.0)]
@@ -189,6 +185,70 @@ struct TrainDpoArgs {
     /// Stop right after step N's checkpoint, as a crash would (for resume tests).
     #[arg(long, hide = true)]
     stop_after: Option<usize>,
+}
+
+impl TrainCommon {
+    fn args(&self, beta: f64, sft_weight: f64) -> Result<stic::trainer::TrainArgs> {
+        let schedule = match self.schedule.as_str() {
+            "cosine" => stic::trainer::Schedule::Cosine,
+            "linear" => stic::trainer::Schedule::Linear,
+            other => return Err(stic::Error::Input(format!("--schedule must be cosine or linear, got `{other}`"))),
+        };
+        Ok(stic::trainer::TrainArgs {
+            lora: stic::adapter::LoraSpec {
+                r: self.lora_r,
+                alpha: self.lora_alpha,
+                targets: self.lora_targets.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            },
+            beta,
+            sft_weight,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            max_steps: self.max_steps,
+            warmup_ratio: self.warmup_ratio,
+            schedule,
+            max_grad_norm: self.max_grad_norm,
+            seed: self.seed,
+            save_every: self.save_every,
+            recompute: self.recompute,
+        })
+    }
+
+    fn report(&self, log: &[stic::trainer::LogLine]) {
+        if let Some(l) = log.last() {
+            let margin = l.reward_margin.map(|m| format!(", reward margin {m:.4}")).unwrap_or_default();
+            eprintln!("step {}: loss {:.4}{margin}; adapter in {}", l.step, l.loss, self.out.display());
+        }
+    }
+}
+
+#[derive(Args)]
+struct TrainDpoArgs {
+    /// prefs.jsonl: {"image", "prompt", "chosen", "rejected"} per line, images relative to it.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    /// Weight of the likelihood term on the chosen response (STIC: 1/1024 = 0.0009765625).
+    #[arg(long, default_value_t = 0.0)]
+    sft_weight: f64,
+    #[command(flatten)]
+    common: TrainCommon,
+}
+
+#[derive(Args)]
+struct TrainSftArgs {
+    /// LLaVA instruction-tuning JSON: [{"id", "image", "conversations": [{"from", "value"}]}].
+    #[arg(long)]
+    data: PathBuf,
+    /// Folder the "image" paths are relative to (default: the data file's folder).
+    #[arg(long)]
+    image_folder: Option<PathBuf>,
+    #[command(flatten)]
+    common: TrainCommon,
 }
 
 #[derive(Args)]
@@ -272,37 +332,17 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("merged {n} projections into {}", out.display());
         }
         Cmd::TrainDpo(a) => {
-            let schedule = match a.schedule.as_str() {
-                "cosine" => stic::trainer::Schedule::Cosine,
-                "linear" => stic::trainer::Schedule::Linear,
-                other => return Err(stic::Error::Input(format!("--schedule must be cosine or linear, got `{other}`"))),
-            };
-            let args = stic::trainer::DpoArgs {
-                lora: stic::adapter::LoraSpec {
-                    r: a.lora_r,
-                    alpha: a.lora_alpha,
-                    targets: a.lora_targets.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-                },
-                beta: a.beta,
-                sft_weight: a.sft_weight,
-                lr: a.lr,
-                weight_decay: a.weight_decay,
-                epochs: a.epochs,
-                batch_size: a.batch_size,
-                grad_accum: a.grad_accum,
-                max_steps: a.max_steps,
-                warmup_ratio: a.warmup_ratio,
-                schedule,
-                max_grad_norm: a.max_grad_norm,
-                seed: a.seed,
-                save_every: a.save_every,
-                recompute: a.recompute,
-            };
-            let mut pipe = Pipeline::load(&a.model)?;
-            let log = stic::trainer::train_dpo(&mut pipe, &a.data, &a.out, &args, a.resume, a.stop_after)?;
-            if let Some(l) = log.last() {
-                eprintln!("step {}: loss {:.4}, reward margin {:.4}; adapter in {}", l.step, l.loss, l.reward_margin, a.out.display());
-            }
+            let c = &a.common;
+            let args = c.args(a.beta, a.sft_weight)?;
+            let mut pipe = Pipeline::load(&c.model)?;
+            c.report(&stic::trainer::train_dpo(&mut pipe, &a.data, &c.out, &args, c.resume, c.stop_after)?);
+        }
+        Cmd::TrainSft(a) => {
+            let c = &a.common;
+            let args = c.args(0.0, 0.0)?;
+            let folder = a.image_folder.clone().unwrap_or_else(|| a.data.parent().unwrap_or(std::path::Path::new(".")).to_path_buf());
+            let mut pipe = Pipeline::load(&c.model)?;
+            c.report(&stic::trainer::train_sft(&mut pipe, &a.data, &folder, &c.out, &args, c.resume, c.stop_after)?);
         }
         Cmd::Score(a) => {
             let c = &a.common;

@@ -1,5 +1,6 @@
-//! The DPO training loop (`stic train-dpo`): data, schedule, accumulation, clipping, checkpoints
-//! and resume.
+//! The training loops (`stic train-dpo`, `stic train-sft`): data, schedule, accumulation,
+//! clipping, checkpoints and resume.
+//! - SFT data: LLaVA's instruction-tuning JSON; the loss covers the gpt turns only.
 //!
 //! - Data: `prefs.jsonl`, one `{"image", "prompt", "chosen", "rejected"}` per line, image paths
 //!   relative to the file. Each epoch visits the pairs in an order shuffled from `seed` and the
@@ -24,7 +25,7 @@ use crate::generate::{Pipeline, Rng};
 use crate::image::load_image;
 use crate::model::decoder::LoraGrad;
 use crate::optim::AdamWConfig;
-use crate::train::{dpo_pair_grads, dpo_pair_grads_packed, reference_logps, LoraAdamW, Pair};
+use crate::train::{dpo_pair_grads, dpo_pair_grads_packed, reference_logps, sft_grads, LoraAdamW, Pair};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Schedule {
@@ -33,7 +34,8 @@ pub enum Schedule {
 }
 
 #[derive(Clone, Debug)]
-pub struct DpoArgs {
+/// Options of `train-dpo` and `train-sft` (beta and sft_weight are DPO's).
+pub struct TrainArgs {
     pub lora: LoraSpec,
     pub beta: f64,
     /// STIC's likelihood weight on the chosen response (0 = plain DPO; STIC uses 1/1024).
@@ -84,7 +86,7 @@ pub fn read_prefs(path: &Path) -> Result<Vec<(PathBuf, PrefLine)>> {
 /// The learning rate of optimiser step `step` (0-based) out of `total`, as HF's
 /// `get_cosine_schedule_with_warmup` / `get_linear_schedule_with_warmup` give it (the first
 /// warmup step runs at 0).
-pub fn lr_at(args: &DpoArgs, step: usize, total: usize) -> f32 {
+pub fn lr_at(args: &TrainArgs, step: usize, total: usize) -> f32 {
     let warmup = (args.warmup_ratio * total as f64).ceil() as usize;
     if step < warmup {
         return (args.lr as f64 * step as f64 / warmup as f64) as f32;
@@ -114,18 +116,31 @@ struct TrainerState {
     total_steps: usize,
 }
 
+/// One line of `train_log.jsonl`; the rewards are DPO's (absent for SFT).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LogLine {
     pub step: usize,
     pub loss: f64,
-    pub chosen_reward: f64,
-    pub rejected_reward: f64,
-    pub reward_margin: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chosen_reward: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_reward: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward_margin: Option<f64>,
     pub lr: f32,
 }
 
-/// Train; `stop_after` ends the run right after that step's checkpoint (a crash, for tests).
-pub fn train_dpo(pipe: &mut Pipeline, data: &Path, out: &Path, args: &DpoArgs, resume: bool, stop_after: Option<usize>) -> Result<Vec<LogLine>> {
+/// What one example contributes to a step.
+pub struct ExampleOut {
+    pub loss: f64,
+    /// (chosen, rejected) rewards, for DPO.
+    pub rewards: Option<(f64, f64)>,
+    pub grads: Vec<LoraGrad>,
+}
+
+/// DPO training on `prefs.jsonl`; `stop_after` ends the run right after that step's checkpoint
+/// (a crash, for tests).
+pub fn train_dpo(pipe: &mut Pipeline, data: &Path, out: &Path, args: &TrainArgs, resume: bool, stop_after: Option<usize>) -> Result<Vec<LogLine>> {
     let lines = read_prefs(data)?;
     let pairs: Vec<Pair> = lines
         .iter()
@@ -138,15 +153,88 @@ pub fn train_dpo(pipe: &mut Pipeline, data: &Path, out: &Path, args: &DpoArgs, r
             })
         })
         .collect::<Result<_>>()?;
+    // Reference log-probs: the base model (no adapters yet), computed once per pair.
+    let refs: Vec<(f64, f64)> = pairs.iter().map(|p| reference_logps(pipe, p)).collect::<Result<_>>()?;
+    train_loop(pipe, pairs.len(), out, args, resume, stop_after, |pipe, i| {
+        // Encode image + prompt once per pair (shared-prefix packing) unless a sliding window
+        // forbids it.
+        let (o, grads) = if pipe.model.cfg.text.sliding_window.is_none() {
+            dpo_pair_grads_packed(pipe, &pairs[i], refs[i], args.beta, args.sft_weight, args.recompute)?
+        } else {
+            dpo_pair_grads(pipe, &pairs[i], refs[i], args.beta, args.sft_weight)?
+        };
+        Ok(ExampleOut { loss: o.loss, rewards: Some((o.chosen_reward, o.rejected_reward)), grads })
+    })
+}
+
+/// One conversation of LLaVA's instruction-tuning JSON.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct LlavaExample {
+    #[serde(default)]
+    pub id: serde_json::Value,
+    pub image: Option<String>,
+    pub conversations: Vec<LlavaTurn>,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct LlavaTurn {
+    pub from: String,
+    pub value: String,
+}
+
+/// Read LLaVA's SFT JSON (a list of {id, image, conversations: [{from: human|gpt, value}]}) into
+/// (image path, [(human, gpt)] turns); images are resolved against `image_folder`.
+pub fn read_llava_json(path: &Path, image_folder: &Path) -> Result<Vec<(Option<PathBuf>, Vec<(String, String)>)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let items: Vec<LlavaExample> = serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), source: e })?;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, ex)| {
+            let field = format!("[{i}] (id {})", ex.id);
+            if ex.conversations.is_empty() || ex.conversations.len() % 2 != 0 {
+                return Err(Error::config(path, field, "conversations must alternate human/gpt turns"));
+            }
+            let mut turns = Vec::new();
+            for c in ex.conversations.chunks(2) {
+                if c[0].from != "human" || c[1].from != "gpt" {
+                    return Err(Error::config(path, &field, format!("expected a human then a gpt turn, got {} then {}", c[0].from, c[1].from)));
+                }
+                turns.push((c[0].value.clone(), c[1].value.clone()));
+            }
+            Ok((ex.image.map(|im| image_folder.join(im)), turns))
+        })
+        .collect()
+}
+
+/// SFT on LLaVA's instruction-tuning JSON (loss on the gpt turns only).
+pub fn train_sft(pipe: &mut Pipeline, data: &Path, image_folder: &Path, out: &Path, args: &TrainArgs, resume: bool, stop_after: Option<usize>) -> Result<Vec<LogLine>> {
+    let examples = read_llava_json(data, image_folder)?;
+    let images: Vec<Vec<crate::image::RgbImage>> =
+        examples.iter().map(|(p, _)| p.iter().map(|p| load_image(p)).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?;
+    train_loop(pipe, examples.len(), out, args, resume, stop_after, |pipe, i| {
+        let (loss, grads) = sft_grads(pipe, &examples[i].1, &images[i])?;
+        Ok(ExampleOut { loss, rewards: None, grads })
+    })
+}
+
+/// The loop shared by DPO and SFT: initialise or resume adapters and optimiser, visit examples in
+/// the seeded order, accumulate, clip, step, log, checkpoint, and write the final adapter.
+#[allow(clippy::too_many_arguments)]
+fn train_loop(
+    pipe: &mut Pipeline,
+    n: usize,
+    out: &Path,
+    args: &TrainArgs,
+    resume: bool,
+    stop_after: Option<usize>,
+    mut example: impl FnMut(&Pipeline, usize) -> Result<ExampleOut>,
+) -> Result<Vec<LogLine>> {
     let per_step = args.batch_size.max(1) * args.grad_accum.max(1);
-    let total = args.max_steps.unwrap_or((pairs.len() * args.epochs).div_ceil(per_step)).max(1);
+    let total = args.max_steps.unwrap_or((n * args.epochs).div_ceil(per_step)).max(1);
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let ckpt = out.join("checkpoint");
     let log_path = out.join("train_log.jsonl");
-
-    // Reference log-probs: the base model (no adapters yet), computed once per pair.
-    let refs: Vec<(f64, f64)> = pairs.iter().map(|p| reference_logps(pipe, p)).collect::<Result<_>>()?;
-
     let mut opt = LoraAdamW::new(AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() });
     let mut start = 0;
     if resume && ckpt.join("trainer_state.json").exists() {
@@ -164,28 +252,31 @@ pub fn train_dpo(pipe: &mut Pipeline, data: &Path, out: &Path, args: &DpoArgs, r
     let mut logf = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
     for step in start..total {
         let mut acc: Option<Vec<LoraGrad>> = None;
-        let (mut loss, mut cr, mut rr) = (0.0, 0.0, 0.0);
+        let (mut loss, mut rewards) = (0.0, None::<(f64, f64)>);
         for k in 0..per_step {
             let pos = step * per_step + k;
-            let epoch = pos / pairs.len();
-            let i = order(pairs.len(), args.seed, epoch)[pos % pairs.len()];
-            // Encode image + prompt once per pair (shared-prefix packing) unless a sliding window
-            // forbids it.
-            let (o, g) = if pipe.model.cfg.text.sliding_window.is_none() {
-                dpo_pair_grads_packed(pipe, &pairs[i], refs[i], args.beta, args.sft_weight, args.recompute)?
-            } else {
-                dpo_pair_grads(pipe, &pairs[i], refs[i], args.beta, args.sft_weight)?
-            };
+            let i = order(n, args.seed, pos / n)[pos % n];
+            let o = example(pipe, i)?;
             loss += o.loss / per_step as f64;
-            cr += o.chosen_reward / per_step as f64;
-            rr += o.rejected_reward / per_step as f64;
-            add_grads(&mut acc, g, 1.0 / per_step as f32);
+            if let Some((c, r)) = o.rewards {
+                let acc_r = rewards.get_or_insert((0.0, 0.0));
+                acc_r.0 += c / per_step as f64;
+                acc_r.1 += r / per_step as f64;
+            }
+            add_grads(&mut acc, o.grads, 1.0 / per_step as f32);
         }
         let mut grads = acc.unwrap_or_default();
         clip(&mut grads, args.max_grad_norm);
         let lr = lr_at(args, step, total);
         opt.step(pipe, &grads, lr)?;
-        let line = LogLine { step: step + 1, loss, chosen_reward: cr, rejected_reward: rr, reward_margin: cr - rr, lr };
+        let line = LogLine {
+            step: step + 1,
+            loss,
+            chosen_reward: rewards.map(|r| r.0),
+            rejected_reward: rewards.map(|r| r.1),
+            reward_margin: rewards.map(|r| r.0 - r.1),
+            lr,
+        };
         writeln!(logf, "{}", serde_json::to_string(&line).expect("json")).map_err(|e| Error::io(&log_path, e))?;
         log.push(line);
         let done = step + 1 == total;

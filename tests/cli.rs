@@ -225,3 +225,25 @@ fn merged_checkpoint_scores_like_the_adapter() {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.tensor("language_model.model.layers.0.self_attn.q_proj.weight").unwrap().dtype(), safetensors::Dtype::BF16);
 }
+
+/// `stic train-sft` on LLaVA's JSON: the loss (answers only) falls, and the log has no rewards.
+#[test]
+fn train_sft_learns_on_llava_json() {
+    let model = fixtures().join("llava_next_tiny");
+    let data = fixtures().join("sft/llava.json");
+    let out = std::env::temp_dir().join(format!("stic-sft-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let (ok, _, err) = stic(&[
+        "train-sft", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        "--lora-r", "4", "--lora-alpha", "8", "--lr", "1e-2", "--epochs", "8", "--warmup-ratio", "0", "--seed", "1",
+    ]);
+    assert!(ok, "{err}");
+    let log: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("train_log.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(log.len(), 16);
+    assert!(log[0].get("reward_margin").is_none() && log[0]["lr"].is_number());
+    let first: f64 = log[..2].iter().map(|l| l["loss"].as_f64().unwrap()).sum();
+    let last: f64 = log[14..].iter().map(|l| l["loss"].as_f64().unwrap()).sum();
+    assert!(last < 0.75 * first, "SFT loss {first} -> {last}");
+    assert!(out.join("adapter_model.safetensors").exists() && out.join("adapter_config.json").exists());
+}

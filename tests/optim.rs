@@ -41,10 +41,10 @@ fn dpo_and_stic_losses_match_torch() {
 
 #[test]
 fn lr_schedules_match_transformers() {
-    use stic::trainer::{lr_at, DpoArgs, Schedule};
+    use stic::trainer::{lr_at, TrainArgs, Schedule};
     let e = read_json("expected/schedules.json");
     for c in e["cases"].as_array().unwrap() {
-        let args = DpoArgs {
+        let args = TrainArgs {
             lora: stic::adapter::LoraSpec { r: 1, alpha: 1.0, targets: vec![] },
             beta: 0.1,
             sft_weight: 0.0,
