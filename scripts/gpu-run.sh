@@ -55,5 +55,14 @@ RUN
 chmod +x .gpu/run.sh
 du -sh .gpu
 ls -la .gpu .gpu/tests .gpu/benches
+# The device tool carries the tracked tree plus .gpu, 64 MiB in all.
+tree_bytes=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -n 1 | cut -f1)
+gpu_bytes=$(du -sb .gpu | cut -f1)
+total=$((tree_bytes + gpu_bytes))
+echo "carried: $((total / 1048576)) MiB (tree $((tree_bytes / 1048576)) MiB + .gpu $((gpu_bytes / 1048576)) MiB) of 64 MiB"
+if (( total > 64 * 1048576 )); then
+  echo "too large to carry: trim the test binaries or the fixtures" >&2
+  exit 1
+fi
 echo
 echo 'device run: carry [".gpu"], command "bash .gpu/run.sh"'
