@@ -26,6 +26,7 @@ pub mod loss;
 pub mod model;
 pub mod nn;
 pub mod optim;
+pub mod rng;
 pub mod tensor;
 pub mod text;
 pub mod train;

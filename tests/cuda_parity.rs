@@ -21,20 +21,7 @@ fn device() -> Option<CudaDevice> {
     Some(CudaDevice::new(0).expect("a CUDA device is present but could not be opened"))
 }
 
-/// splitmix64: a small deterministic generator (no rand dependency).
-struct Rng(u64);
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn next_u32(&mut self) -> u32 {
-        (self.next_u64() >> 32) as u32
-    }
-}
+use stic::rng::Rng;
 
 /// Awkward lengths: around block (256) and vector boundaries, primes, and one longer than the
 /// grid-stride grid covers in one pass.
@@ -90,7 +77,7 @@ fn random_f32_bits(rng: &mut Rng, n: usize) -> Vec<u32> {
 fn cast_cuda_matches_cpu() {
     let Some(dev) = device() else { return };
     eprintln!("device: {dev:?}");
-    let mut rng = Rng(0x5715_C0DA);
+    let mut rng = Rng::new(0x5715_C0DA);
 
     // bf16 -> f32: every one of the 65536 bit patterns, then random ones at each awkward size.
     let all: Vec<u16> = (0..=u16::MAX).collect();

@@ -403,23 +403,14 @@ fn rel_err(got: impl Iterator<Item = f64>, reference: &[f64], floor: f64) -> (f6
 // ---------------------------------------------------------------------------------------------
 // Inputs.
 
-/// splitmix64: a small deterministic generator.
-struct Rng(u64);
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
+use crate::rng::Rng;
+
+/// Test inputs drawn from the shared seeded generator.
+trait Inputs {
+    fn bf16s(&mut self, n: usize, lo: f64, hi: f64) -> Vec<u16>;
+}
+
+impl Inputs for Rng {
     /// bf16 values with magnitude uniform in [lo, hi) (lo > 0, so never zero) and a random sign.
     fn bf16s(&mut self, n: usize, lo: f64, hi: f64) -> Vec<u16> {
         (0..n)
@@ -494,7 +485,7 @@ fn rmsnorm_f64(x: &[f32], w: &[f32], eps: f64) -> Vec<f64> {
 }
 
 fn rmsnorm_case(t: usize, c: usize, eps: f64, off: usize, seed: u64) -> Case {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let x = norm_input(&mut rng, t, c, 0.0);
     let w = rng.bf16s(c, 0.25, 2.0);
     let eps32 = eps as f32;
@@ -514,7 +505,7 @@ fn rmsnorm_case(t: usize, c: usize, eps: f64, off: usize, seed: u64) -> Case {
 }
 
 fn rmsnorm_residual_case(t: usize, c: usize, eps: f64, off: usize, seed: u64) -> Case {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let x = norm_input(&mut rng, t, c, 0.0);
     let res = norm_input(&mut rng, t, c, 0.0);
     let w = rng.bf16s(c, 0.25, 2.0);
@@ -544,7 +535,7 @@ fn rmsnorm_residual_case(t: usize, c: usize, eps: f64, off: usize, seed: u64) ->
 }
 
 fn layernorm_case(t: usize, c: usize, eps: f64, off: usize, seed: u64) -> Case {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     // A common offset (CLIP activations are not centred) exercises the mean subtraction.
     let x = norm_input(&mut rng, t, c, 1.5);
     let w = rng.bf16s(c, 0.25, 2.0);
@@ -606,7 +597,7 @@ fn rope_f64(x: &[f32], heads: usize, pos: &[u32], inv_freq: &[f32]) -> Vec<f64> 
 
 #[allow(clippy::too_many_arguments)]
 fn rope_case(t: usize, h: usize, hkv: usize, d: usize, theta: f64, positions: Positions, with_k: bool, seed: u64) -> Case {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let pos: Vec<u32> = match positions {
         Positions::From(p0) => (0..t as u32).map(|i| p0 + i).collect(),
         Positions::Random(bound) => (0..t).map(|_| rng.below(bound as usize) as u32).collect(),
@@ -678,7 +669,7 @@ fn silu_f64(x: f64) -> f64 {
 }
 
 fn activation_case(act: Act, n: usize, off: usize, seed: u64) -> Case {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     // |x| <= 4: far enough from the identity for large x that an element left unwritten (the
     // in-place input) is visibly wrong for silu and quick_gelu.
     let x = rng.bf16s(n, 1.0 / 64.0, 4.0);
@@ -697,7 +688,7 @@ fn activation_case(act: Act, n: usize, off: usize, seed: u64) -> Case {
 }
 
 fn swiglu_case(n: usize, off: usize, seed: u64) -> Case {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let gate = rng.bf16s(n, 1.0 / 64.0, 4.0);
     let up = rng.bf16s(n, 1.0 / 64.0, 4.0);
     let (mut g, u) = (widen(&gate), widen(&up));
@@ -717,7 +708,7 @@ fn swiglu_case(n: usize, off: usize, seed: u64) -> Case {
 }
 
 fn swiglu_fused_case(t: usize, f: usize, off: usize, seed: u64) -> Case {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let gu = rng.bf16s(t * 2 * f, 1.0 / 64.0, 4.0);
     let guf = widen(&gu);
     let mut reference = Vec::with_capacity(t * f);
@@ -741,7 +732,7 @@ fn swiglu_fused_case(t: usize, f: usize, off: usize, seed: u64) -> Case {
 
 #[allow(clippy::too_many_arguments)]
 fn embedding_case(v: usize, c: usize, t: usize, span: usize, k: usize, off: usize, with_oob: bool, seed: u64) -> Case {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let image_token = (v - 1).min(32000) as u32;
     let table = rng.bf16s(v * c, 1.0 / 64.0, 2.0);
     let feats = rng.bf16s(k * c, 1.0 / 64.0, 2.0);
@@ -790,7 +781,7 @@ fn embedding_case(v: usize, c: usize, t: usize, span: usize, k: usize, off: usiz
 // Sampling.
 
 fn argmax_case(b: usize, v: usize, bf: bool, seed: u64) -> Case {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     // Values below 20 in magnitude; the deliberate maxima are 32 (exact in bf16).
     let mut logits: Vec<f32> = widen(&rng.bf16s(b * v, 0.01, 20.0));
     if !bf {
@@ -867,7 +858,7 @@ fn cast_bf16_to_f32_case(_seed: u64) -> Case {
 }
 
 fn cast_f32_to_bf16_case(n: usize, seed: u64) -> Case {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     // Any bit pattern (NaNs, infinities, subnormals, ties) except those that round to the poison.
     let x: Vec<f32> = (0..n)
         .map(|_| loop {
