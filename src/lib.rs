@@ -5,7 +5,7 @@
 //! - `weights`   memory-mapped (sharded) safetensors, dtype widening, missing/extra tensor checks
 //! - `tensor`    the host f32 tensor
 //! - `backend`   ops: `backend::cpu` is the reference; `backend::cuda` (feature `cuda`) the GPU
-//! - `nn`        `Linear` (one type for every projection; LoRA attaches here later)
+//! - `nn`        `Linear` (one type for every projection, with an optional LoRA adapter)
 //! - `model`     CLIP vision tower, projector, Mistral/LLaMA decoder, LLaVA(-NeXT) glue
 //! - `image`     PIL-exact preprocessing: CLIP resize/crop/normalise, AnyRes tiling
 //! - `text`      tokenizer and chat templates
@@ -13,8 +13,9 @@
 //! - `adapter`   LoRA adapters in PEFT format
 //! - `loss`      DPO and STIC's DPO over sequence log-probs
 //! - `optim`     AdamW (torch semantics)
-//! - `train`     gradients of response log-probs w.r.t. LoRA adapters, DPO pair step
-//! - `trainer`   the DPO training loop: data, schedule, accumulation, clipping, checkpoints, resume
+//! - `train`     gradients of response log-probs w.r.t. LoRA adapters, DPO pair and SFT steps
+//! - `trainer`   the DPO / SFT training loop: data, schedule, accumulation, clipping, checkpoints, resume
+//! - `rng`       the one seeded generator (SplitMix64)
 
 pub mod adapter;
 pub mod backend;
