@@ -23,6 +23,7 @@ pub struct AdapterConfig {
     pub r: usize,
     pub lora_alpha: f64,
     pub use_rslora: bool,
+    pub lora_dropout: f64,
 }
 
 impl AdapterConfig {
@@ -53,7 +54,12 @@ impl AdapterConfig {
         {
             return Err(Error::config(path, "rank_pattern", "per-module ranks or alphas are not supported"));
         }
-        Ok(AdapterConfig { r, lora_alpha, use_rslora: field("use_rslora").and_then(|x| x.as_bool()).unwrap_or(false) })
+        Ok(AdapterConfig {
+            r,
+            lora_alpha,
+            use_rslora: field("use_rslora").and_then(|x| x.as_bool()).unwrap_or(false),
+            lora_dropout: field("lora_dropout").and_then(|x| x.as_f64()).unwrap_or(0.0),
+        })
     }
 
     pub fn scale(&self) -> f32 {
@@ -100,7 +106,7 @@ pub fn load_adapter(model: &mut Llava, dir: &Path) -> Result<usize> {
         let (n, k) = (lin.out_features(), lin.in_features());
         let a = ws.get(name, &[cfg.r, k])?;
         let b = ws.get(&b_name, &[n, cfg.r])?;
-        lin.lora = Some(Lora { a, b, scale: cfg.scale() });
+        lin.lora = Some(Lora { a, b, scale: cfg.scale(), dropout: cfg.lora_dropout as f32 });
         count += 1;
     }
     ws.finish()?;
@@ -133,6 +139,8 @@ mod tests {
 pub struct LoraSpec {
     pub r: usize,
     pub alpha: f64,
+    /// LoRA dropout on the adapter's input during training (PEFT's lora_dropout).
+    pub dropout: f64,
     /// Projection names (q_proj, ..., down_proj) to adapt in every decoder layer.
     pub targets: Vec<String>,
 }
@@ -148,6 +156,9 @@ impl LoraSpec {
 pub fn init_lora(model: &mut Llava, spec: &LoraSpec, seed: u64) -> Result<usize> {
     if spec.r == 0 {
         return Err(Error::Input("LoRA rank must be positive".into()));
+    }
+    if !(0.0..1.0).contains(&spec.dropout) {
+        return Err(Error::Input(format!("LoRA dropout must be in [0, 1), got {}", spec.dropout)));
     }
     for t in &spec.targets {
         if !["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].contains(&t.as_str()) {
@@ -167,6 +178,7 @@ pub fn init_lora(model: &mut Llava, spec: &LoraSpec, seed: u64) -> Result<usize>
             a: crate::Tensor::new(a, &[spec.r, inp])?,
             b: crate::Tensor::zeros(&[out, spec.r]),
             scale: spec.scale(),
+            dropout: spec.dropout as f32,
         });
         n += 1;
     }
@@ -200,7 +212,7 @@ pub fn save_adapter(model: &mut Llava, dir: &Path, spec: &LoraSpec) -> Result<()
         "peft_type": "LORA",
         "r": spec.r,
         "lora_alpha": spec.alpha,
-        "lora_dropout": 0.0,
+        "lora_dropout": spec.dropout,
         "target_modules": pattern,
         "bias": "none",
         "fan_in_fan_out": false,

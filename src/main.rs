@@ -149,6 +149,9 @@ struct TrainCommon {
     lora_r: usize,
     #[arg(long, default_value_t = 16.0)]
     lora_alpha: f64,
+    /// LoRA dropout on the adapter's input during training.
+    #[arg(long, default_value_t = 0.0)]
+    lora_dropout: f64,
     /// Comma-separated projections to adapt.
     #[arg(long, default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
     lora_targets: String,
@@ -198,6 +201,7 @@ impl TrainCommon {
             lora: stic::adapter::LoraSpec {
                 r: self.lora_r,
                 alpha: self.lora_alpha,
+                dropout: self.lora_dropout,
                 targets: self.lora_targets.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
             },
             beta,

@@ -13,6 +13,8 @@ pub struct Lora {
     pub a: Tensor,
     pub b: Tensor,
     pub scale: f32,
+    /// LoRA dropout probability on the adapter's input (training only).
+    pub dropout: f32,
 }
 
 /// y = x W^T + b (+ the LoRA path when an adapter is attached), with W stored [out, in] as in HF
@@ -45,9 +47,43 @@ impl Linear {
 
     /// Backward through the layer for input rows x[M, K] and dy[M, N]: dx, and the LoRA
     /// gradients (dA, dB) when an adapter is attached. The base weight and bias are frozen.
-    pub fn backward(&self, x: &[f32], dy: &[f32]) -> (Vec<f32>, Option<(Vec<f32>, Vec<f32>)>) {
+    /// `mask`: the LoRA dropout mask of the forward (see `forward_masked`).
+    pub fn backward(&self, x: &[f32], dy: &[f32], mask: Option<&[f32]>) -> (Vec<f32>, Option<(Vec<f32>, Vec<f32>)>) {
         let (k, n) = (self.in_features(), self.out_features());
-        cpu::lora_bwd(x, self.weight.data(), self.lora_ref(), dy, x.len() / k, k, n)
+        cpu::lora::lora_bwd_masked(x, self.weight.data(), self.lora_ref(), mask, dy, x.len() / k, k, n)
+    }
+
+    /// Training forward with LoRA dropout: the adapter path sees x * mask (mask: 0 or 1/(1-p)).
+    pub fn forward_masked(&self, x: &Tensor, mask: Option<&[f32]>) -> Result<Tensor> {
+        if mask.is_none() {
+            return self.forward(x);
+        }
+        let (m, k) = x.rows_cols();
+        if k != self.in_features() {
+            return Err(Error::shape("linear", format!("input {:?} does not match weight {:?}", x.shape(), self.weight.shape())));
+        }
+        let n = self.out_features();
+        let mut y = cpu::lora::lora_fwd_masked(x.data(), self.weight.data(), self.lora_ref(), mask, m, k, n);
+        if let Some(b) = &self.bias {
+            for row in y.chunks_mut(n) {
+                row.iter_mut().zip(b.data()).for_each(|(o, &bb)| *o += bb);
+            }
+        }
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().unwrap() = n;
+        Tensor::new(y, &shape)
+    }
+
+    /// The LoRA dropout mask for `rows` input rows drawn from `seed`, or None when the layer has
+    /// no adapter or no dropout.
+    pub fn dropout_mask(&self, rows: usize, seed: u64) -> Option<Vec<f32>> {
+        let p = self.lora.as_ref()?.dropout;
+        if p <= 0.0 {
+            return None;
+        }
+        let keep = 1.0 / (1.0 - p);
+        let mut rng = crate::rng::Rng::new(seed);
+        Some((0..rows * self.in_features()).map(|_| if rng.uniform() < p as f64 { 0.0 } else { keep }).collect())
     }
 
     /// x[.., K] -> y[.., N].

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::generate::Pipeline;
 use crate::image::RgbImage;
 use crate::loss::{dpo, DpoOut};
-use crate::model::decoder::{LoraGrad, SeqLayout};
+use crate::model::decoder::{LoraGrad, SeqLayout, StepOpts};
 use crate::optim::{AdamWConfig, AdamWState};
 use crate::tensor::Tensor;
 use std::path::Path;
@@ -56,7 +56,7 @@ pub fn logprob_grads(
         responses.push(((end - r - 1..end - 1).collect(), s.response_ids.clone()));
     }
     let xs: Vec<&Tensor> = seqs.iter().map(|s| &s.x).collect();
-    grads_core(pipe, Tensor::cat_rows(&xs)?, &layouts, &responses, false, weights)
+    grads_core(pipe, Tensor::cat_rows(&xs)?, &layouts, &responses, StepOpts::default(), weights)
 }
 
 /// The common core: forward over `layouts`, log-probs of each response (its target rows and
@@ -66,12 +66,12 @@ fn grads_core(
     x: Tensor,
     layouts: &[SeqLayout],
     responses: &[(Vec<usize>, Vec<u32>)],
-    recompute: bool,
+    opts: StepOpts,
     weights: impl FnOnce(&[Vec<f64>]) -> Vec<Vec<f64>>,
 ) -> Result<(Vec<Vec<f64>>, Vec<LoraGrad>)> {
     let dec = &pipe.model.decoder;
     let c = dec.hidden_size();
-    let (h, tape) = dec.forward_train_opts(x, layouts, recompute)?;
+    let (h, tape) = dec.forward_train_opts(x, layouts, opts)?;
     let w = dec.lm_head_weight().data();
     let gather = |rows: &[usize]| -> Vec<f32> { rows.iter().flat_map(|&r| h.data()[r * c..(r + 1) * c].iter().copied()).collect() };
     let mut logps = Vec::new();
@@ -155,14 +155,14 @@ pub fn dpo_pair_grads(pipe: &Pipeline, pair: &Pair, reference: (f64, f64), beta:
 
 /// `dpo_pair_grads` with the pair packed as one sequence [prompt | chosen | rejected] under the
 /// shared-prefix mask: the image and prompt are encoded once instead of twice. Same loss and
-/// gradients (tests/train.rs). `recompute`: per-layer activation recomputation.
+/// gradients (tests/train.rs). `opts`: activation recomputation and the LoRA dropout seed.
 pub fn dpo_pair_grads_packed(
     pipe: &Pipeline,
     pair: &Pair,
     reference: (f64, f64),
     beta: f64,
     alpha: f64,
-    recompute: bool,
+    opts: StepOpts,
 ) -> Result<(DpoOut, Vec<LoraGrad>)> {
     let prompt_ids = pipe.prompt_ids(&pair.prompt, pair.images.len())?;
     let chosen = pipe.tokenizer.encode(&pair.chosen, false)?;
@@ -180,7 +180,7 @@ pub fn dpo_pair_grads_packed(
     let chosen_rows: Vec<usize> = (p - 1..p + c - 1).collect();
     let rejected_rows: Vec<usize> = std::iter::once(p - 1).chain(p + c..p + c + r - 1).collect();
     let mut out = None;
-    let (_, grads) = grads_core(pipe, x, &[layout], &[(chosen_rows, chosen), (rejected_rows, rejected)], recompute, |l| {
+    let (_, grads) = grads_core(pipe, x, &[layout], &[(chosen_rows, chosen), (rejected_rows, rejected)], opts, |l| {
         let o = dpo(l[0].iter().sum(), l[1].iter().sum(), reference.0, reference.1, beta, alpha);
         let w = vec![vec![o.d_chosen; l[0].len()], vec![o.d_rejected; l[1].len()]];
         out = Some(o);
@@ -290,7 +290,7 @@ pub fn sft_ids(pipe: &Pipeline, turns: &[(String, String)], n_images: usize) -> 
 
 /// SFT loss (mean cross-entropy over the answer tokens, as HF's loss with labels -100 elsewhere)
 /// of a conversation about `images`, and its LoRA gradients.
-pub fn sft_grads(pipe: &Pipeline, turns: &[(String, String)], images: &[RgbImage]) -> Result<(f64, Vec<LoraGrad>)> {
+pub fn sft_grads(pipe: &Pipeline, turns: &[(String, String)], images: &[RgbImage], opts: StepOpts) -> Result<(f64, Vec<LoraGrad>)> {
     let (ids, mask) = sft_ids(pipe, turns, images.len())?;
     let n_img = ids.iter().filter(|&&t| t == pipe.model.cfg.image_token_index).count();
     if n_img != images.len() {
@@ -313,7 +313,7 @@ pub fn sft_grads(pipe: &Pipeline, turns: &[(String, String)], images: &[RgbImage
     let n = targets.len() as f64;
     let t = x.dim(0);
     let mut loss = 0.0;
-    let (_, grads) = grads_core(pipe, x, &[SeqLayout::plain(t)], &[(rows, targets)], false, |l| {
+    let (_, grads) = grads_core(pipe, x, &[SeqLayout::plain(t)], &[(rows, targets)], opts, |l| {
         loss = -l[0].iter().sum::<f64>() / n;
         vec![vec![-1.0 / n; l[0].len()]]
     })?;

@@ -23,7 +23,7 @@ use crate::adapter::{init_lora, load_adapter, save_adapter, LoraSpec};
 use crate::error::{Error, Result};
 use crate::generate::{Pipeline, Rng};
 use crate::image::load_image;
-use crate::model::decoder::LoraGrad;
+use crate::model::decoder::{LoraGrad, StepOpts};
 use crate::optim::AdamWConfig;
 use crate::train::{dpo_pair_grads, dpo_pair_grads_packed, reference_logps, sft_grads, LoraAdamW, Pair};
 
@@ -155,11 +155,11 @@ pub fn train_dpo(pipe: &mut Pipeline, data: &Path, out: &Path, args: &TrainArgs,
         .collect::<Result<_>>()?;
     // Reference log-probs: the base model (no adapters yet), computed once per pair.
     let refs: Vec<(f64, f64)> = pairs.iter().map(|p| reference_logps(pipe, p)).collect::<Result<_>>()?;
-    train_loop(pipe, pairs.len(), out, args, resume, stop_after, |pipe, i| {
+    train_loop(pipe, pairs.len(), out, args, resume, stop_after, |pipe, i, opts| {
         // Encode image + prompt once per pair (shared-prefix packing) unless a sliding window
         // forbids it.
         let (o, grads) = if pipe.model.cfg.text.sliding_window.is_none() {
-            dpo_pair_grads_packed(pipe, &pairs[i], refs[i], args.beta, args.sft_weight, args.recompute)?
+            dpo_pair_grads_packed(pipe, &pairs[i], refs[i], args.beta, args.sft_weight, opts)?
         } else {
             dpo_pair_grads(pipe, &pairs[i], refs[i], args.beta, args.sft_weight)?
         };
@@ -212,8 +212,8 @@ pub fn train_sft(pipe: &mut Pipeline, data: &Path, image_folder: &Path, out: &Pa
     let examples = read_llava_json(data, image_folder)?;
     let images: Vec<Vec<crate::image::RgbImage>> =
         examples.iter().map(|(p, _)| p.iter().map(|p| load_image(p)).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?;
-    train_loop(pipe, examples.len(), out, args, resume, stop_after, |pipe, i| {
-        let (loss, grads) = sft_grads(pipe, &examples[i].1, &images[i])?;
+    train_loop(pipe, examples.len(), out, args, resume, stop_after, |pipe, i, opts| {
+        let (loss, grads) = sft_grads(pipe, &examples[i].1, &images[i], opts)?;
         Ok(ExampleOut { loss, rewards: None, grads })
     })
 }
@@ -228,7 +228,7 @@ fn train_loop(
     args: &TrainArgs,
     resume: bool,
     stop_after: Option<usize>,
-    mut example: impl FnMut(&Pipeline, usize) -> Result<ExampleOut>,
+    mut example: impl FnMut(&Pipeline, usize, StepOpts) -> Result<ExampleOut>,
 ) -> Result<Vec<LogLine>> {
     let per_step = args.batch_size.max(1) * args.grad_accum.max(1);
     let total = args.max_steps.unwrap_or((n * args.epochs).div_ceil(per_step)).max(1);
@@ -256,7 +256,10 @@ fn train_loop(
         for k in 0..per_step {
             let pos = step * per_step + k;
             let i = order(n, args.seed, pos / n)[pos % n];
-            let o = example(pipe, i)?;
+            // Dropout masks depend only on the seed and the position in the data stream, so a
+            // resumed run draws the same ones.
+            let opts = StepOpts { recompute: args.recompute, dropout_seed: Some(args.seed ^ (pos as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F)) };
+            let o = example(pipe, i, opts)?;
             loss += o.loss / per_step as f64;
             if let Some((c, r)) = o.rewards {
                 let acc_r = rewards.get_or_insert((0.0, 0.0));

@@ -328,7 +328,7 @@ fn sft_loss_and_lora_gradients_match_transformers_and_peft() {
     let (ids, _) = stic::train::sft_ids(&pipe, &turns, 1).unwrap();
     assert_eq!(ids, want_ids, "conversation token ids");
     let img = load_image(&fixtures().join("images/wide.jpg")).unwrap();
-    let (loss, grads) = stic::train::sft_grads(&pipe, &turns, &[img]).unwrap();
+    let (loss, grads) = stic::train::sft_grads(&pipe, &turns, &[img], Default::default()).unwrap();
     assert!((loss - want_loss).abs() <= LOGPROB_TOL * (1.0 + want_loss.abs()), "{loss} vs {want_loss}");
     assert_lora_grads_match(&grads, &want);
 }

@@ -14,6 +14,7 @@ fn spec() -> LoraSpec {
     LoraSpec {
         r: 4,
         alpha: 8.0,
+        dropout: 0.0,
         targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].iter().map(|s| s.to_string()).collect(),
     }
 }
@@ -92,9 +93,9 @@ fn shared_prefix_pair_equals_two_separate_sequences() {
     for pair in pairs(&pipe) {
         let reference = reference_logps(&mut pipe, &pair).unwrap();
         let (a, ga) = dpo_pair_grads(&pipe, &pair, reference, 0.1, 1.0 / 1024.0).unwrap();
-        let (b, gb) = stic::train::dpo_pair_grads_packed(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, false).unwrap();
+        let (b, gb) = stic::train::dpo_pair_grads_packed(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, Default::default()).unwrap();
         // Per-layer recomputation gives bit-identical gradients (the same deterministic ops rerun).
-        let (b2, gb2) = stic::train::dpo_pair_grads_packed(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, true).unwrap();
+        let (b2, gb2) = stic::train::dpo_pair_grads_packed(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, stic::model::decoder::StepOpts { recompute: true, dropout_seed: None }).unwrap();
         assert_eq!(b, b2);
         assert_eq!(gb, gb2, "recomputation changed the gradients");
         assert!((a.loss - b.loss).abs() < 1e-5 * (1.0 + a.loss.abs()), "{a:?} vs {b:?}");
@@ -108,4 +109,27 @@ fn shared_prefix_pair_equals_two_separate_sequences() {
             }
         }
     }
+}
+
+#[test]
+fn lora_dropout_masks_are_reproducible_and_active() {
+    use stic::model::decoder::StepOpts;
+    let mut pipe = Pipeline::load_with(&fixtures().join("llava_next_tiny"), None, Some(&fixtures().join("adapter_next_tiny"))).unwrap();
+    let pair = pairs(&pipe).remove(0);
+    let reference = reference_logps(&mut pipe, &pair).unwrap();
+    let run = |pipe: &Pipeline, opts: StepOpts| stic::train::dpo_pair_grads_packed(pipe, &pair, reference, 0.1, 0.0, opts).unwrap();
+    let (_, no_dropout) = run(&pipe, StepOpts::default());
+    for (_, _, l) in pipe.model.decoder.projections_mut() {
+        l.lora.as_mut().unwrap().dropout = 0.3;
+    }
+    // No seed: evaluation mode, dropout off.
+    assert_eq!(run(&pipe, StepOpts::default()).1, no_dropout);
+    let seeded = StepOpts { recompute: false, dropout_seed: Some(5) };
+    let (o1, g1) = run(&pipe, seeded);
+    assert_ne!(g1, no_dropout, "dropout changed nothing");
+    // The same seed gives the same masks, also when the backward recomputes the layers.
+    assert_eq!(run(&pipe, seeded).1, g1);
+    let (o2, g2) = run(&pipe, StepOpts { recompute: true, dropout_seed: Some(5) });
+    assert_eq!((o1, g1.clone()), (o2, g2));
+    assert_ne!(run(&pipe, StepOpts { recompute: false, dropout_seed: Some(6) }).1, g1);
 }

@@ -259,6 +259,22 @@ pub struct Tape {
     positions: Vec<usize>,
     /// Only the layer inputs were kept: recompute each layer in `backward`.
     recompute: bool,
+    /// Seed of the LoRA dropout masks (regenerated, never stored).
+    dropout_seed: Option<u64>,
+}
+
+/// Options of one training forward/backward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepOpts {
+    /// Keep only each layer's input and recompute the rest in the backward pass.
+    pub recompute: bool,
+    /// Seed of this step's LoRA dropout masks (None: no dropout, as in evaluation).
+    pub dropout_seed: Option<u64>,
+}
+
+/// The dropout seed of projection `proj` (0..7) of layer `layer`.
+fn mask_seed(seed: u64, layer: usize, proj: usize) -> u64 {
+    seed ^ ((layer * 8 + proj + 1) as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
 }
 
 /// How one training sequence is laid out: a plain causal sequence, or a DPO pair packed as
@@ -320,13 +336,14 @@ impl Decoder {
     /// Training forward (no KV cache) over sequences stacked in x[sum T_b, C], each laid out as
     /// `layouts[b]` says. Returns the final-normed hidden states and the tape for `backward`.
     pub fn forward_train_layout(&self, x: Tensor, layouts: &[SeqLayout]) -> Result<(Tensor, Tape)> {
-        self.forward_train_opts(x, layouts, false)
+        self.forward_train_opts(x, layouts, StepOpts::default())
     }
 
     /// `forward_train_layout`; with `recompute`, each layer keeps only its input and `backward`
     /// recomputes the rest of that layer's activations when it gets there (per-layer activation
     /// recomputation: memory O(L*T*C) instead of O(L*T*(C + F + ...)), one extra forward).
-    pub fn forward_train_opts(&self, x: Tensor, layouts: &[SeqLayout], recompute: bool) -> Result<(Tensor, Tape)> {
+    pub fn forward_train_opts(&self, x: Tensor, layouts: &[SeqLayout], opts: StepOpts) -> Result<(Tensor, Tape)> {
+        let recompute = opts.recompute;
         let cfg = &self.cfg;
         let total: usize = layouts.iter().map(|l| l.len).sum();
         if x.rows_cols() != (total, cfg.hidden_size) {
@@ -336,32 +353,36 @@ impl Decoder {
         let masks = layouts.iter().map(|l| l.mask(cfg.sliding_window)).collect::<Result<Vec<_>>>()?;
         let mut x = x;
         let mut tapes = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
-            let (out, tape) = self.layer_forward_train(layer, x, layouts, &masks, &positions)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let (out, tape) = self.layer_forward_train(layer, li, x, layouts, &masks, &positions, opts.dropout_seed)?;
             tapes.push(if recompute { LayerTape { x: tape.x, ..Default::default() } } else { tape });
             x = out;
         }
         let normed = self.norm.forward(&x)?;
-        Ok((normed, Tape { layers: tapes, x_final: x.into_data(), layouts: layouts.to_vec(), positions, recompute }))
+        Ok((normed, Tape { layers: tapes, x_final: x.into_data(), layouts: layouts.to_vec(), positions, recompute, dropout_seed: opts.dropout_seed }))
     }
 
     /// One layer's training forward: its output and everything its backward needs.
+    #[allow(clippy::too_many_arguments)]
     fn layer_forward_train(
         &self,
         layer: &DecoderLayer,
+        li: usize,
         x: Tensor,
         layouts: &[SeqLayout],
         masks: &[cpu::AttnMask],
         positions: &[usize],
+        dropout_seed: Option<u64>,
     ) -> Result<(Tensor, LayerTape)> {
+        let drop = |lin: &Linear, proj: usize, rows: usize| dropout_seed.and_then(|s| lin.dropout_mask(rows, mask_seed(s, li, proj)));
         let cfg = &self.cfg;
         let (h, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let (qw, kw) = (h * d, hkv * d);
         let total = x.dim(0);
         let hn1 = layer.input_layernorm.forward(&x)?;
-        let mut q = layer.q.forward(&hn1)?;
-        let mut k = layer.k.forward(&hn1)?;
-        let v = layer.v.forward(&hn1)?;
+        let mut q = layer.q.forward_masked(&hn1, drop(&layer.q, 0, total).as_deref())?;
+        let mut k = layer.k.forward_masked(&hn1, drop(&layer.k, 1, total).as_deref())?;
+        let v = layer.v.forward_masked(&hn1, drop(&layer.v, 2, total).as_deref())?;
         cpu::rope(q.data_mut(), h, positions, &self.rope);
         cpu::rope(k.data_mut(), hkv, positions, &self.rope);
         let mut attn = Vec::with_capacity(total * qw);
@@ -374,14 +395,14 @@ impl Decoder {
         }
         let attn = Tensor::new(attn, &[total, qw])?;
         let mut x_mid = x.clone();
-        add_inplace(&mut x_mid, &layer.o.forward(&attn)?);
+        add_inplace(&mut x_mid, &layer.o.forward_masked(&attn, drop(&layer.o, 3, total).as_deref())?);
         let hn2 = layer.post_attention_layernorm.forward(&x_mid)?;
-        let gate = layer.gate.forward(&hn2)?;
-        let up = layer.up.forward(&hn2)?;
+        let gate = layer.gate.forward_masked(&hn2, drop(&layer.gate, 4, total).as_deref())?;
+        let up = layer.up.forward_masked(&hn2, drop(&layer.up, 5, total).as_deref())?;
         let mut act = gate.clone();
         cpu::swiglu(act.data_mut(), up.data());
         let mut out = x_mid.clone();
-        add_inplace(&mut out, &layer.down.forward(&act)?);
+        add_inplace(&mut out, &layer.down.forward_masked(&act, drop(&layer.down, 6, total).as_deref())?);
         let tape = LayerTape {
             x: x.into_data(),
             hn1: hn1.into_data(),
@@ -417,24 +438,26 @@ impl Decoder {
             let recomputed;
             let t = if tape.recompute {
                 let x = Tensor::new(kept.x.clone(), &[kept.x.len() / cfg.hidden_size, cfg.hidden_size])?;
-                recomputed = self.layer_forward_train(layer, x, &tape.layouts, &masks, &tape.positions)?.1;
+                recomputed = self.layer_forward_train(layer, li, x, &tape.layouts, &masks, &tape.positions, tape.dropout_seed)?.1;
                 &recomputed
             } else {
                 kept
             };
             // x_out = x_mid + down(silu(gate) * up)
-            let (dact, g) = layer.down.backward(&t.act, &dx);
+            let rows = t.x.len() / cfg.hidden_size;
+            let drop = |lin: &Linear, proj: usize| tape.dropout_seed.and_then(|s| lin.dropout_mask(rows, mask_seed(s, li, proj)));
+            let (dact, g) = layer.down.backward(&t.act, &dx, drop(&layer.down, 6).as_deref());
             keep(li, PROJECTIONS[6], g);
             let (dgate, dup) = cpu::swiglu_backward(&t.gate, &t.up, &dact);
-            let (dh_g, g) = layer.gate.backward(&t.hn2, &dgate);
+            let (dh_g, g) = layer.gate.backward(&t.hn2, &dgate, drop(&layer.gate, 4).as_deref());
             keep(li, PROJECTIONS[4], g);
-            let (dh_u, g) = layer.up.backward(&t.hn2, &dup);
+            let (dh_u, g) = layer.up.backward(&t.hn2, &dup, drop(&layer.up, 5).as_deref());
             keep(li, PROJECTIONS[5], g);
             let dhn2: Vec<f32> = dh_g.iter().zip(&dh_u).map(|(a, b)| a + b).collect();
             let (dxm, _) = cpu::rmsnorm_backward(&t.x_mid, layer.post_attention_layernorm.weight.data(), &dhn2, eps);
             let dx_mid: Vec<f32> = dx.iter().zip(&dxm).map(|(a, b)| a + b).collect();
             // x_mid = x + o(attn(rope(q(hn1)), rope(k(hn1)), v(hn1)))
-            let (dattn, g) = layer.o.backward(&t.attn, &dx_mid);
+            let (dattn, g) = layer.o.backward(&t.attn, &dx_mid, drop(&layer.o, 3).as_deref());
             keep(li, PROJECTIONS[3], g);
             let (mut dq, mut dk, mut dv) = (Vec::with_capacity(t.q.len()), Vec::with_capacity(t.k.len()), Vec::with_capacity(t.v.len()));
             let mut row = 0;
@@ -461,11 +484,11 @@ impl Decoder {
             }
             cpu::rope_backward(&mut dq, h, &tape.positions, &self.rope);
             cpu::rope_backward(&mut dk, hkv, &tape.positions, &self.rope);
-            let (dh_q, g) = layer.q.backward(&t.hn1, &dq);
+            let (dh_q, g) = layer.q.backward(&t.hn1, &dq, drop(&layer.q, 0).as_deref());
             keep(li, PROJECTIONS[0], g);
-            let (dh_k, g) = layer.k.backward(&t.hn1, &dk);
+            let (dh_k, g) = layer.k.backward(&t.hn1, &dk, drop(&layer.k, 1).as_deref());
             keep(li, PROJECTIONS[1], g);
-            let (dh_v, g) = layer.v.backward(&t.hn1, &dv);
+            let (dh_v, g) = layer.v.backward(&t.hn1, &dv, drop(&layer.v, 2).as_deref());
             keep(li, PROJECTIONS[2], g);
             let dhn1: Vec<f32> = dh_q.iter().zip(&dh_k).zip(&dh_v).map(|((a, b), c)| a + b + c).collect();
             let (dxi, _) = cpu::rmsnorm_backward(&t.x, layer.input_layernorm.weight.data(), &dhn1, eps);
