@@ -24,6 +24,29 @@
 
 #include "common.cuh"
 
+// y = bf16(w * (src * inv)) over one row of C; `vec` selects the 16-byte path (see above).
+__device__ __forceinline__ void scale_row(const u16* src, const u16* __restrict__ w,
+                                          u16* __restrict__ yr, u32 C, float inv, bool vec) {
+    if (vec) {
+        const uint4* sv = reinterpret_cast<const uint4*>(src);
+        const uint4* wv = reinterpret_cast<const uint4*>(w);
+        uint4* yv = reinterpret_cast<uint4*>(yr);
+        for (u32 i = threadIdx.x; i < C / 8u; i += blockDim.x) {
+            float f[8], g[8];
+            unpack_bf16x8(sv[i], f);
+            unpack_bf16x8(wv[i], g);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) f[j] = g[j] * (f[j] * inv);
+            yv[i] = pack_bf16x8(f);
+        }
+    } else {
+        for (u32 i = threadIdx.x; i < C; i += blockDim.x) {
+            const float v = bf16_bits_to_f32(src[i]);
+            yr[i] = f32_to_bf16_bits_rne(bf16_bits_to_f32(w[i]) * (v * inv));
+        }
+    }
+}
+
 extern "C" __global__ void rmsnorm(const u16* __restrict__ x, const u16* __restrict__ w,
                                    u16* __restrict__ y, u32 C, float eps) {
     const u64 row = (u64)blockIdx.x * C;
@@ -48,24 +71,7 @@ extern "C" __global__ void rmsnorm(const u16* __restrict__ x, const u16* __restr
     }
     const float inv = 1.0f / sqrtf(block_sum(ss) / (float)C + eps);
 
-    if (vec) {
-        const uint4* xv = reinterpret_cast<const uint4*>(xr);
-        const uint4* wv = reinterpret_cast<const uint4*>(w);
-        uint4* yv = reinterpret_cast<uint4*>(yr);
-        for (u32 i = threadIdx.x; i < C / 8u; i += blockDim.x) {
-            float f[8], g[8];
-            unpack_bf16x8(xv[i], f);
-            unpack_bf16x8(wv[i], g);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) f[j] = g[j] * (f[j] * inv);
-            yv[i] = pack_bf16x8(f);
-        }
-    } else {
-        for (u32 i = threadIdx.x; i < C; i += blockDim.x) {
-            const float v = bf16_bits_to_f32(xr[i]);
-            yr[i] = f32_to_bf16_bits_rne(bf16_bits_to_f32(w[i]) * (v * inv));
-        }
-    }
+    scale_row(xr, w, yr, C, inv, vec);
 }
 
 extern "C" __global__ void rmsnorm_residual(const u16* __restrict__ x, u16* __restrict__ residual,
@@ -108,22 +114,5 @@ extern "C" __global__ void rmsnorm_residual(const u16* __restrict__ x, u16* __re
     // Pass 2: y from the stored r. Each thread reads back the elements it wrote itself (same index
     // loop), and block_sum's __syncthreads orders the block's global writes before these reads
     // in any case.
-    if (vec) {
-        const uint4* rv = reinterpret_cast<const uint4*>(rr);
-        const uint4* wv = reinterpret_cast<const uint4*>(w);
-        uint4* yv = reinterpret_cast<uint4*>(yr);
-        for (u32 i = threadIdx.x; i < C / 8u; i += blockDim.x) {
-            float f[8], g[8];
-            unpack_bf16x8(rv[i], f);
-            unpack_bf16x8(wv[i], g);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) f[j] = g[j] * (f[j] * inv);
-            yv[i] = pack_bf16x8(f);
-        }
-    } else {
-        for (u32 i = threadIdx.x; i < C; i += blockDim.x) {
-            const float v = bf16_bits_to_f32(rr[i]);
-            yr[i] = f32_to_bf16_bits_rne(bf16_bits_to_f32(w[i]) * (v * inv));
-        }
-    }
+    scale_row(rr, w, yr, C, inv, vec);
 }
