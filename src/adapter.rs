@@ -5,8 +5,15 @@
 //! module path of a decoder projection is `model.language_model.layers.{i}.{self_attn,mlp}.{proj}`
 //! (transformers >= 4.52) or `language_model.model.layers.{i}...` (older). lora_A is [r, in],
 //! lora_B is [out, r]; scale = lora_alpha / r, or lora_alpha / sqrt(r) with `use_rslora`.
-//! Supported: LoRA on the decoder's linear layers (what STIC trains). Adapters on other modules
-//! (vision tower, projector), DoRA, biases and `modules_to_save` are refused with a clear error.
+//! Supported: LoRA on the decoder's linear layers (what STIC trains), and the projector trained in
+//! full as PEFT's `modules_to_save: ["multi_modal_projector"]` (keys
+//! `base_model.model.model.multi_modal_projector.linear_1.weight`, ...). LoRA on other modules
+//! (vision tower, projector), DoRA, biases and other `modules_to_save` are refused with a clear
+//! error.
+//!
+//! PEFT cannot express a projector without LoRA, so a projector-only run (LLaVA's alignment stage)
+//! writes `multi_modal_projector.safetensors` instead (keys `multi_modal_projector.linear_1.weight`,
+//! ..., the hub checkpoints' names); `--adapter` and `stic merge` take either kind of folder.
 
 use std::path::Path;
 
@@ -17,6 +24,10 @@ use crate::nn::Lora;
 use crate::weights::WeightStore;
 
 const LM_PREFIXES: [&str; 2] = ["model.language_model.layers.", "language_model.model.layers."];
+const PROJECTOR_PREFIXES: [&str; 2] = ["base_model.model.model.multi_modal_projector.", "base_model.model.multi_modal_projector."];
+/// The file of a projector-only run.
+pub const PROJECTOR_FILE: &str = "multi_modal_projector.safetensors";
+const PROJECTOR_KEY: &str = "multi_modal_projector.";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdapterConfig {
@@ -24,6 +35,8 @@ pub struct AdapterConfig {
     pub lora_alpha: f64,
     pub use_rslora: bool,
     pub lora_dropout: f64,
+    /// `modules_to_save: ["multi_modal_projector"]`: the adapter carries the whole projector.
+    pub projector: bool,
 }
 
 impl AdapterConfig {
@@ -43,7 +56,10 @@ impl AdapterConfig {
             ("use_dora", field("use_dora").map_or(true, |x| x == false)),
             ("bias", field("bias").map_or(true, |x| x == "none")),
             ("fan_in_fan_out", field("fan_in_fan_out").map_or(true, |x| x == false)),
-            ("modules_to_save", field("modules_to_save").map_or(true, |x| x.as_array().is_some_and(|a| a.is_empty()))),
+            (
+                "modules_to_save",
+                field("modules_to_save").map_or(true, |x| x.as_array().is_some_and(|a| a.iter().all(|m| m == "multi_modal_projector"))),
+            ),
         ] {
             if !ok {
                 return Err(Error::config(path, k, format!("unsupported setting {}", v[k])));
@@ -59,6 +75,7 @@ impl AdapterConfig {
             lora_alpha,
             use_rslora: field("use_rslora").and_then(|x| x.as_bool()).unwrap_or(false),
             lora_dropout: field("lora_dropout").and_then(|x| x.as_f64()).unwrap_or(0.0),
+            projector: field("modules_to_save").and_then(|x| x.as_array()).is_some_and(|a| !a.is_empty()),
         })
     }
 
@@ -66,6 +83,11 @@ impl AdapterConfig {
         let r = self.r as f64;
         (if self.use_rslora { self.lora_alpha / r.sqrt() } else { self.lora_alpha / r }) as f32
     }
+}
+
+/// The projector parameter (`linear_1.weight`, ...) of a PEFT `modules_to_save` key.
+fn projector_param(key: &str) -> Option<&str> {
+    PROJECTOR_PREFIXES.iter().find_map(|p| key.strip_prefix(p))
 }
 
 /// (layer, projection) of a PEFT key, or None when it is not a decoder projection.
@@ -84,16 +106,41 @@ fn parse_key(key: &str) -> Option<(usize, String, char)> {
     Some((layer, proj.to_string(), which))
 }
 
-/// Attach the adapter in `dir` to `model`'s decoder. Returns the number of adapted projections.
+/// Replace the projector's parameters with `name -> key` tensors of `ws` (shapes checked).
+fn load_projector(model: &mut Llava, ws: &WeightStore, key: impl Fn(&str) -> String) -> Result<()> {
+    for (name, p) in model.projector.params_mut() {
+        let shape = p.shape().to_vec();
+        *p = ws.get(&key(&name), &shape)?;
+    }
+    Ok(())
+}
+
+/// Attach the adapter in `dir` to `model`: PEFT LoRA on the decoder (with the projector when the
+/// adapter saves it), or a projector-only folder. Returns the number of adapted projections.
 pub fn load_adapter(model: &mut Llava, dir: &Path) -> Result<usize> {
+    let pfile = dir.join(PROJECTOR_FILE);
+    if !dir.join("adapter_config.json").exists() && pfile.exists() {
+        let ws = WeightStore::from_files(dir, &[pfile])?;
+        load_projector(model, &ws, |n| format!("{PROJECTOR_KEY}{n}"))?;
+        ws.finish()?;
+        return Ok(0);
+    }
     let cfg = AdapterConfig::from_file(&dir.join("adapter_config.json"))?;
     let file = dir.join("adapter_model.safetensors");
     let ws = WeightStore::from_files(dir, &[file.clone()])?;
     let names: Vec<String> = ws.names().map(str::to_string).collect();
     let mut count = 0;
+    let mut projector_prefix = None;
     for name in &names {
+        if let Some(param) = projector_param(name) {
+            if !cfg.projector {
+                return Err(Error::weights(&file, format!("`{name}`: projector weights, but adapter_config.json's modules_to_save does not list multi_modal_projector")));
+            }
+            projector_prefix = Some(name[..name.len() - param.len()].to_string());
+            continue;
+        }
         let (layer, proj, which) = parse_key(name).ok_or_else(|| {
-            Error::weights(&file, format!("`{name}` is not a LoRA weight of a decoder projection (only those are supported)"))
+            Error::weights(&file, format!("`{name}` is not a LoRA weight of a decoder projection or a projector weight (only those are supported)"))
         })?;
         if which == 'B' {
             continue; // handled with its A
@@ -108,6 +155,11 @@ pub fn load_adapter(model: &mut Llava, dir: &Path) -> Result<usize> {
         let b = ws.get(&b_name, &[n, cfg.r])?;
         lin.lora = Some(Lora { a, b, scale: cfg.scale(), dropout: cfg.lora_dropout as f32 });
         count += 1;
+    }
+    match projector_prefix {
+        Some(prefix) => load_projector(model, &ws, |n| format!("{prefix}{n}"))?,
+        None if cfg.projector => return Err(Error::weights(&file, "adapter_config.json lists multi_modal_projector in modules_to_save but the file has no projector weights")),
+        None => {}
     }
     ws.finish()?;
     if count == 0 {
@@ -185,11 +237,20 @@ pub fn init_lora(model: &mut Llava, spec: &LoraSpec, seed: u64) -> Result<usize>
     Ok(n)
 }
 
-/// Write the model's adapters in PEFT's format into `dir` (created if needed). Files are written
-/// to temporary names and renamed, so a crash never leaves a half-written adapter.
-pub fn save_adapter(model: &mut Llava, dir: &Path, spec: &LoraSpec) -> Result<()> {
+/// Write the model's adapters in PEFT's format into `dir` (created if needed), with the projector
+/// as `modules_to_save` when `projector`; with no adapters and `projector`, the projector-only
+/// file. Files are written to temporary names and renamed, so a crash never leaves a half-written
+/// adapter.
+pub fn save_adapter(model: &mut Llava, dir: &Path, spec: &LoraSpec, projector: bool) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let has_lora = model.decoder.projections_mut().any(|(_, _, l)| l.lora.is_some());
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    if projector {
+        let prefix = if has_lora { PROJECTOR_PREFIXES[0] } else { PROJECTOR_KEY };
+        for (name, p) in model.projector.params_mut() {
+            tensors.push((format!("{prefix}{name}"), p.shape().to_vec(), p.data().iter().flat_map(|v| v.to_le_bytes()).collect()));
+        }
+    }
     for (layer, name, lin) in model.decoder.projections_mut() {
         if let Some(l) = &lin.lora {
             let part = if ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&name) { "self_attn" } else { "mlp" };
@@ -207,6 +268,9 @@ pub fn save_adapter(model: &mut Llava, dir: &Path, spec: &LoraSpec) -> Result<()
         .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map_err(|e| Error::weights(dir, e.to_string()))?)))
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(views, None::<std::collections::HashMap<String, String>>).map_err(|e| Error::weights(dir, e.to_string()))?;
+    if !has_lora {
+        return write_atomic(&dir.join(PROJECTOR_FILE), &bytes);
+    }
     let pattern = format!(r".*language_model.*\.({})", spec.targets.join("|"));
     let config = serde_json::json!({
         "peft_type": "LORA",
@@ -218,7 +282,7 @@ pub fn save_adapter(model: &mut Llava, dir: &Path, spec: &LoraSpec) -> Result<()
         "fan_in_fan_out": false,
         "use_rslora": false,
         "use_dora": false,
-        "modules_to_save": null,
+        "modules_to_save": if projector { serde_json::json!(["multi_modal_projector"]) } else { serde_json::Value::Null },
         "init_lora_weights": true,
         "inference_mode": true,
         "task_type": null,
@@ -245,18 +309,30 @@ pub enum MergeDtype {
 /// `stic merge`: write the checkpoint in `model` with the adapter in `adapter` folded into its
 /// weights (W + scale B A) to `out`, shard by shard (never the whole model in memory). Every other
 /// tensor is copied byte for byte, and the non-weight files (config, tokenizer, processor) are
-/// copied. Returns the number of merged projections.
+/// copied. The projector weights of an adapter that carries them replace the base ones. Returns
+/// the number of merged projections.
 pub fn merge(model: &Path, adapter: &Path, out: &Path, dtype: MergeDtype) -> Result<usize> {
-    let cfg = AdapterConfig::from_file(&adapter.join("adapter_config.json"))?;
-    let afile = adapter.join("adapter_model.safetensors");
+    let projector_only = !adapter.join("adapter_config.json").exists() && adapter.join(PROJECTOR_FILE).exists();
+    let (cfg, afile) = if projector_only {
+        (None, adapter.join(PROJECTOR_FILE))
+    } else {
+        (Some(AdapterConfig::from_file(&adapter.join("adapter_config.json"))?), adapter.join("adapter_model.safetensors"))
+    };
     let ads = WeightStore::from_files(adapter, &[afile.clone()])?;
     let base = WeightStore::open(model)?;
     let lm = crate::model::llava::locate_lm(&base)?;
-    // weight name -> (A name, B name)
+    let proj = crate::model::llava::locate_projector(&base)?;
+    // weight name -> (A name, B name); projector weight name -> its replacement in the adapter
     let mut targets = std::collections::HashMap::new();
+    let mut replaced = std::collections::HashMap::new();
     for name in ads.names() {
+        let param = if projector_only { name.strip_prefix(PROJECTOR_KEY) } else { projector_param(name) };
+        if let Some(param) = param {
+            replaced.insert(format!("{proj}.{param}"), name.to_string());
+            continue;
+        }
         let (layer, proj, which) = parse_key(name).ok_or_else(|| {
-            Error::weights(&afile, format!("`{name}` is not a LoRA weight of a decoder projection (only those are supported)"))
+            Error::weights(&afile, format!("`{name}` is not a LoRA weight of a decoder projection or a projector weight (only those are supported)"))
         })?;
         if which == 'A' {
             let part = if ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&proj.as_str()) { "self_attn" } else { "mlp" };
@@ -264,15 +340,22 @@ pub fn merge(model: &Path, adapter: &Path, out: &Path, dtype: MergeDtype) -> Res
         }
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut merged = 0;
+    let (mut merged, mut merged_projector) = (0, 0);
     for file in base.files() {
         let names: Vec<String> = base.names().filter(|n| base.file_of(n) == file).map(str::to_string).collect();
         let mut bufs: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         for n in &names {
             let (dt, shape, bytes) = base.raw(n)?;
-            match targets.get(n) {
-                None => bufs.push((n.clone(), dt, shape, bytes.to_vec())),
-                Some((an, bn)) => {
+            let odt = if dtype == MergeDtype::F32 { safetensors::Dtype::F32 } else { dt };
+            if let Some(src) = replaced.get(n) {
+                let p = ads.get(src, &shape)?;
+                let bytes = crate::weights::narrow(p.data(), odt).map_err(|e| Error::weights(&file, format!("`{n}`: {e}")))?;
+                bufs.push((n.clone(), odt, shape, bytes));
+                merged_projector += 1;
+                continue;
+            }
+            match (targets.get(n), &cfg) {
+                (Some((an, bn)), Some(cfg)) => {
                     let (o, i) = (shape[0], shape[1]);
                     let w = base.get(n, &shape)?;
                     let a = ads.get(an, &[cfg.r, i])?;
@@ -280,11 +363,11 @@ pub fn merge(model: &Path, adapter: &Path, out: &Path, dtype: MergeDtype) -> Res
                     let ba = crate::backend::cpu::matmul(b.data(), a.data(), o, cfg.r, i);
                     let s = cfg.scale();
                     let m: Vec<f32> = w.data().iter().zip(&ba).map(|(&x, &d)| x + s * d).collect();
-                    let odt = if dtype == MergeDtype::F32 { safetensors::Dtype::F32 } else { dt };
                     let bytes = crate::weights::narrow(&m, odt).map_err(|e| Error::weights(&file, format!("`{n}`: {e}")))?;
                     bufs.push((n.clone(), odt, shape, bytes));
                     merged += 1;
                 }
+                _ => bufs.push((n.clone(), dt, shape, bytes.to_vec())),
             }
         }
         let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
@@ -294,6 +377,9 @@ pub fn merge(model: &Path, adapter: &Path, out: &Path, dtype: MergeDtype) -> Res
         let meta: std::collections::HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
         let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::weights(&file, e.to_string()))?;
         write_atomic(&out.join(file.file_name().expect("file name")), &bytes)?;
+    }
+    if merged_projector != replaced.len() {
+        return Err(Error::weights(&afile, format!("{} projector weights but {merged_projector} matching weights in {}", replaced.len(), model.display())));
     }
     if merged != targets.len() {
         return Err(Error::weights(&afile, format!("{} adapted projections but {merged} matching weights in {}", targets.len(), model.display())));

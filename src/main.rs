@@ -145,6 +145,8 @@ struct TrainCommon {
     /// Output directory: the adapter (PEFT format), train_log.jsonl, checkpoint/.
     #[arg(long)]
     out: PathBuf,
+    /// LoRA rank; 0 trains no adapters (with --projector-lr: the projector only, LLaVA's
+    /// alignment stage, saved as multi_modal_projector.safetensors).
     #[arg(long, default_value_t = 8)]
     lora_r: usize,
     #[arg(long, default_value_t = 16.0)]
@@ -157,6 +159,10 @@ struct TrainCommon {
     lora_targets: String,
     #[arg(long, default_value_t = 5e-5)]
     lr: f32,
+    /// Also train the projector in full at this learning rate (same schedule); saved in the
+    /// adapter as PEFT's modules_to_save.
+    #[arg(long)]
+    projector_lr: Option<f32>,
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f32,
     #[arg(long, default_value_t = 1)]
@@ -204,6 +210,7 @@ impl TrainCommon {
                 dropout: self.lora_dropout,
                 targets: self.lora_targets.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
             },
+            projector_lr: self.projector_lr,
             beta,
             sft_weight,
             lr: self.lr,

@@ -53,6 +53,23 @@ impl Linear {
         cpu::lora::lora_bwd_masked(x, self.weight.data(), self.lora_ref(), mask, dy, x.len() / k, k, n)
     }
 
+    /// Gradients of the base weight and bias, for layers trained in full (the projector):
+    /// dW[N, K] = dy[M, N]^T x[M, K], db[N] = sum over rows of dy.
+    pub fn weight_grads(&self, x: &[f32], dy: &[f32]) -> (Vec<f32>, Option<Vec<f32>>) {
+        let (k, n) = (self.in_features(), self.out_features());
+        let m = x.len() / k;
+        assert_eq!(dy.len(), m * n, "Linear::weight_grads: dy is not [{m}, {n}]");
+        let dw = cpu::matmul::matmul_tn(dy, x, m, n, k);
+        let db = self.bias.as_ref().map(|_| {
+            let mut db = vec![0f64; n];
+            for row in dy.chunks_exact(n) {
+                db.iter_mut().zip(row).for_each(|(a, &b)| *a += b as f64);
+            }
+            db.into_iter().map(|v| v as f32).collect()
+        });
+        (dw, db)
+    }
+
     /// Training forward with LoRA dropout: the adapter path sees x * mask (mask: 0 or 1/(1-p)).
     pub fn forward_masked(&self, x: &Tensor, mask: Option<&[f32]>) -> Result<Tensor> {
         if mask.is_none() {

@@ -3,7 +3,7 @@
 //!   p <- p - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 //! The optimiser state is plain vectors, so it can be checkpointed and restored exactly.
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWConfig {
     pub lr: f32,
     pub beta1: f32,

@@ -7,6 +7,8 @@
 //! response rows -> `cpu::logprob` (lm_head + log-softmax + gather, chunked over V) -> the loss's
 //! d loss / d logp -> `cpu::logprob_backward` -> `Decoder::backward` -> dA, dB of every adapter.
 //! The reference policy of DPO is the same model with its adapters taken off for one pass.
+//! With `StepOpts::projector` the projector trains too: the decoder's dx at the image rows flows
+//! back through the AnyRes row map into the projector (`Llava::image_features_backward`).
 
 use crate::backend::cpu;
 use crate::error::{Error, Result};
@@ -14,28 +16,116 @@ use crate::generate::Pipeline;
 use crate::image::RgbImage;
 use crate::loss::{dpo, DpoOut};
 use crate::model::decoder::{LoraGrad, SeqLayout, StepOpts};
+use crate::model::llava::ImageTape;
 use crate::optim::{AdamWConfig, AdamWState};
 use crate::tensor::Tensor;
 use std::path::Path;
 
-/// One sequence to score: input embeddings [T, C] (prompt with images, then the response) and
-/// the response ids (the last R positions' targets).
-pub struct Scored {
+/// The gradients of an example or a step: every adapter's (dA, dB) and, when the projector
+/// trains, each projector parameter's gradient named as in the checkpoint (`linear_1.weight`, ...).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Grads {
+    pub lora: Vec<LoraGrad>,
+    pub projector: Vec<(String, Vec<f32>)>,
+}
+
+impl Grads {
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut Vec<f32>> {
+        self.lora.iter_mut().flat_map(|g| [&mut g.2, &mut g.3]).chain(self.projector.iter_mut().map(|g| &mut g.1))
+    }
+
+    /// self += w * g (same adapters and parameters in the same order).
+    pub fn add_scaled(&mut self, g: &Grads, w: f32) {
+        let others = g.lora.iter().flat_map(|g| [&g.2, &g.3]).chain(g.projector.iter().map(|g| &g.1));
+        for (a, b) in self.all_mut().zip(others) {
+            a.iter_mut().zip(b).for_each(|(p, q)| *p += q * w);
+        }
+    }
+
+    pub fn scale(&mut self, f: f32) {
+        self.all_mut().for_each(|v| v.iter_mut().for_each(|x| *x *= f));
+    }
+
+    /// Global L2 norm over every gradient.
+    pub fn norm(&self) -> f64 {
+        let all = self.lora.iter().flat_map(|g| g.2.iter().chain(&g.3)).chain(self.projector.iter().flat_map(|g| &g.1));
+        all.map(|&v| v as f64 * v as f64).sum::<f64>().sqrt()
+    }
+}
+
+/// Input embeddings [T, C] and, when the projector trains, where each image's rows start and the
+/// tape to back-propagate into the projector.
+pub struct Embedded {
     pub x: Tensor,
+    tapes: Vec<(usize, ImageTape)>,
+}
+
+/// One sequence to score: input embeddings (prompt with images, then the response) and the
+/// response ids (the last R positions' targets).
+pub struct Scored {
+    pub x: Embedded,
     pub response_ids: Vec<u32>,
 }
 
 impl Pipeline {
+    /// `embed`, keeping the projector's tape when `projector` is set; also the number of image
+    /// feature rows.
+    pub fn embed_train(&self, ids: &[u32], images: &[RgbImage], projector: bool) -> Result<(Embedded, usize)> {
+        if !projector {
+            let (x, k) = self.embed(ids, images)?;
+            return Ok((Embedded { x, tapes: Vec::new() }, k));
+        }
+        let mut feats = Vec::new();
+        let mut tapes = Vec::new();
+        for img in images {
+            let (f, t) = self.model.image_features_train(&crate::image::preprocess(img, &self.processor)?)?;
+            feats.push(f);
+            tapes.push(t);
+        }
+        let x = self.model.embed_with_images(ids, &feats)?;
+        // Image j's rows start after the tokens before its <image> and the earlier images' rows.
+        let mut starts = Vec::new();
+        let mut row = 0;
+        for &t in ids {
+            if t == self.model.cfg.image_token_index {
+                starts.push(row);
+                row += feats[starts.len() - 1].dim(0);
+            } else {
+                row += 1;
+            }
+        }
+        let k = feats.iter().map(|f| f.dim(0)).sum();
+        Ok((Embedded { x, tapes: starts.into_iter().zip(tapes).collect() }, k))
+    }
+
+    /// Projector gradients from d loss / d embeddings [T, C] (empty when it does not train).
+    fn embed_backward(&self, e: &Embedded, dx: &[f32]) -> Vec<(String, Vec<f32>)> {
+        let c = self.model.decoder.hidden_size();
+        let mut out: Vec<(String, Vec<f32>)> = Vec::new();
+        for (start, tape) in &e.tapes {
+            let k = tape.rows();
+            let g = self.model.image_features_backward(tape, &dx[start * c..(start + k) * c]);
+            if out.is_empty() {
+                out = g;
+            } else {
+                for (a, b) in out.iter_mut().zip(g) {
+                    a.1.iter_mut().zip(&b.1).for_each(|(p, q)| *p += q);
+                }
+            }
+        }
+        out
+    }
+
     /// Embeddings of a formatted prompt with its images followed by `response` (tokenized without
     /// BOS), and the response ids.
-    pub fn scored(&self, prompt: &str, images: &[RgbImage], response: &str) -> Result<Scored> {
+    pub fn scored(&self, prompt: &str, images: &[RgbImage], response: &str, projector: bool) -> Result<Scored> {
         let ids = self.prompt_ids(prompt, images.len())?;
         let response_ids = self.tokenizer.encode(response, false)?;
         if response_ids.is_empty() {
             return Err(Error::Input(format!("the response {response:?} is empty after tokenization")));
         }
         let all: Vec<u32> = ids.iter().chain(&response_ids).copied().collect();
-        Ok(Scored { x: self.embed(&all, images)?.0, response_ids })
+        Ok(Scored { x: self.embed_train(&all, images, projector)?.0, response_ids })
     }
 }
 
@@ -44,34 +134,38 @@ impl Pipeline {
 pub fn logprob_grads(
     pipe: &Pipeline,
     seqs: Vec<Scored>,
+    opts: StepOpts,
     weights: impl FnOnce(&[Vec<f64>]) -> Vec<Vec<f64>>,
-) -> Result<(Vec<Vec<f64>>, Vec<LoraGrad>)> {
-    let layouts: Vec<SeqLayout> = seqs.iter().map(|s| SeqLayout::plain(s.x.dim(0))).collect();
+) -> Result<(Vec<Vec<f64>>, Grads)> {
+    let layouts: Vec<SeqLayout> = seqs.iter().map(|s| SeqLayout::plain(s.x.x.dim(0))).collect();
     // Rows end - r - 1 .. end - 2 of each sequence predict its r response tokens.
     let mut responses = Vec::new();
+    let mut tapes = Vec::new();
     let mut end = 0;
-    for s in &seqs {
-        end += s.x.dim(0);
+    let xs: Vec<&Tensor> = seqs.iter().map(|s| &s.x.x).collect();
+    let x = Tensor::cat_rows(&xs)?;
+    for s in seqs {
+        tapes.extend(s.x.tapes.into_iter().map(|(start, t)| (start + end, t)));
+        end += s.x.x.dim(0);
         let r = s.response_ids.len();
-        responses.push(((end - r - 1..end - 1).collect(), s.response_ids.clone()));
+        responses.push(((end - r - 1..end - 1).collect(), s.response_ids));
     }
-    let xs: Vec<&Tensor> = seqs.iter().map(|s| &s.x).collect();
-    grads_core(pipe, Tensor::cat_rows(&xs)?, &layouts, &responses, StepOpts::default(), weights)
+    grads_core(pipe, Embedded { x, tapes }, &layouts, &responses, opts, weights)
 }
 
 /// The common core: forward over `layouts`, log-probs of each response (its target rows and
 /// ids), the loss weights, and the backward (rows shared by two responses add their gradients).
 fn grads_core(
     pipe: &Pipeline,
-    x: Tensor,
+    input: Embedded,
     layouts: &[SeqLayout],
     responses: &[(Vec<usize>, Vec<u32>)],
     opts: StepOpts,
     weights: impl FnOnce(&[Vec<f64>]) -> Vec<Vec<f64>>,
-) -> Result<(Vec<Vec<f64>>, Vec<LoraGrad>)> {
+) -> Result<(Vec<Vec<f64>>, Grads)> {
     let dec = &pipe.model.decoder;
     let c = dec.hidden_size();
-    let (h, tape) = dec.forward_train_opts(x, layouts, opts)?;
+    let (h, tape) = dec.forward_train_opts(input.x.clone(), layouts, opts)?;
     let w = dec.lm_head_weight().data();
     let gather = |rows: &[usize]| -> Vec<f32> { rows.iter().flat_map(|&r| h.data()[r * c..(r + 1) * c].iter().copied()).collect() };
     let mut logps = Vec::new();
@@ -94,8 +188,9 @@ fn grads_core(
             dh[r * c..(r + 1) * c].iter_mut().zip(&dhr[i * c..(i + 1) * c]).for_each(|(a, b)| *a += b);
         }
     }
-    let (grads, _) = dec.backward(&tape, &dh)?;
-    Ok((logps, grads))
+    let (lora, dx) = dec.backward(&tape, &dh)?;
+    let projector = pipe.embed_backward(&input, &dx);
+    Ok((logps, Grads { lora, projector }))
 }
 
 /// Per-token log-probs of `response` and the LoRA gradients of sum_i w_i logp_i.
@@ -104,10 +199,11 @@ pub fn response_logprob_grads(
     prompt: &str,
     images: &[RgbImage],
     response: &str,
+    opts: StepOpts,
     weights: impl Fn(&[f64]) -> Vec<f64>,
-) -> Result<(Vec<f64>, Vec<LoraGrad>)> {
-    let seq = pipe.scored(prompt, images, response)?;
-    let (mut lps, grads) = logprob_grads(pipe, vec![seq], |l| vec![weights(&l[0])])?;
+) -> Result<(Vec<f64>, Grads)> {
+    let seq = pipe.scored(prompt, images, response, opts.projector)?;
+    let (mut lps, grads) = logprob_grads(pipe, vec![seq], opts, |l| vec![weights(&l[0])])?;
     Ok((lps.remove(0), grads))
 }
 
@@ -136,14 +232,14 @@ pub fn reference_logps(pipe: &mut Pipeline, pair: &Pair) -> Result<(f64, f64)> {
 }
 
 /// The DPO loss of one pair (chosen and rejected run together in one forward/backward) and its
-/// LoRA gradients. `alpha` = 0 is plain DPO, 1/1024 STIC's.
-pub fn dpo_pair_grads(pipe: &Pipeline, pair: &Pair, reference: (f64, f64), beta: f64, alpha: f64) -> Result<(DpoOut, Vec<LoraGrad>)> {
+/// gradients. `alpha` = 0 is plain DPO, 1/1024 STIC's.
+pub fn dpo_pair_grads(pipe: &Pipeline, pair: &Pair, reference: (f64, f64), beta: f64, alpha: f64, opts: StepOpts) -> Result<(DpoOut, Grads)> {
     let seqs = vec![
-        pipe.scored(&pair.prompt, &pair.images, &pair.chosen)?,
-        pipe.scored(&pair.prompt, &pair.images, &pair.rejected)?,
+        pipe.scored(&pair.prompt, &pair.images, &pair.chosen, opts.projector)?,
+        pipe.scored(&pair.prompt, &pair.images, &pair.rejected, opts.projector)?,
     ];
     let mut out = None;
-    let (_, grads) = logprob_grads(pipe, seqs, |l| {
+    let (_, grads) = logprob_grads(pipe, seqs, opts, |l| {
         let (pc, pr) = (l[0].iter().sum(), l[1].iter().sum());
         let o = dpo(pc, pr, reference.0, reference.1, beta, alpha);
         let w = vec![vec![o.d_chosen; l[0].len()], vec![o.d_rejected; l[1].len()]];
@@ -163,7 +259,7 @@ pub fn dpo_pair_grads_packed(
     beta: f64,
     alpha: f64,
     opts: StepOpts,
-) -> Result<(DpoOut, Vec<LoraGrad>)> {
+) -> Result<(DpoOut, Grads)> {
     let prompt_ids = pipe.prompt_ids(&pair.prompt, pair.images.len())?;
     let chosen = pipe.tokenizer.encode(&pair.chosen, false)?;
     let rejected = pipe.tokenizer.encode(&pair.rejected, false)?;
@@ -171,8 +267,8 @@ pub fn dpo_pair_grads_packed(
         return Err(Error::Input("a response is empty after tokenization".into()));
     }
     let all: Vec<u32> = prompt_ids.iter().chain(&chosen).chain(&rejected).copied().collect();
-    let (x, _) = pipe.embed(&all, &pair.images)?;
-    let t = x.dim(0);
+    let (x, _) = pipe.embed_train(&all, &pair.images, opts.projector)?;
+    let t = x.x.dim(0);
     let (c, r) = (chosen.len(), rejected.len());
     let p = t - c - r; // the prefix after <image> expansion
     let layout = SeqLayout { len: t, shared_prefix: Some((p, c)) };
@@ -189,46 +285,59 @@ pub fn dpo_pair_grads_packed(
     Ok((out.expect("weights were computed"), grads))
 }
 
-/// AdamW over every adapter of the model; state per (layer, projection), created on first use.
+/// AdamW over everything that trains: every adapter's A and B and, when it trains, every
+/// projector parameter (its own learning rate, as STIC's `mm_projector_lr`). As HF's Trainer,
+/// biases get no weight decay. State per parameter, created on first use, keyed by name:
+/// `{layer}.{proj}.A`, `{layer}.{proj}.B`, `projector.{name}`.
 #[derive(Default)]
-pub struct LoraAdamW {
+pub struct TrainAdamW {
     pub cfg: AdamWConfig,
-    states: std::collections::BTreeMap<(usize, &'static str), (AdamWState, AdamWState)>,
+    states: std::collections::BTreeMap<String, AdamWState>,
 }
 
-impl LoraAdamW {
+impl TrainAdamW {
     pub fn new(cfg: AdamWConfig) -> Self {
-        LoraAdamW { cfg, states: Default::default() }
+        TrainAdamW { cfg, states: Default::default() }
     }
 
-    /// Apply one update with learning rate `lr` from `grads` (as `Decoder::backward` returns them).
-    pub fn step(&mut self, pipe: &mut Pipeline, grads: &[LoraGrad], lr: f32) -> Result<()> {
+    /// Apply one update from `grads` (as the `*_grads` functions return them): adapters at `lr`,
+    /// the projector at `projector_lr`.
+    pub fn step(&mut self, pipe: &mut Pipeline, grads: &Grads, lr: f32, projector_lr: f32) -> Result<()> {
         let mut by_key: std::collections::HashMap<(usize, &str), (&Vec<f32>, &Vec<f32>)> = Default::default();
-        for (l, n, da, db) in grads {
+        for (l, n, da, db) in &grads.lora {
             by_key.insert((*l, *n), (da, db));
         }
+        let cfg = self.cfg;
+        let mut update = |key: String, p: &mut [f32], g: &[f32], lr: f32, decay: bool| {
+            let st = self.states.entry(key).or_insert_with(|| AdamWState::new(p.len()));
+            let cfg = AdamWConfig { weight_decay: if decay { cfg.weight_decay } else { 0.0 }, ..cfg };
+            st.step(&cfg, lr, p, g);
+        };
         for (layer, name, lin) in pipe.model.decoder.projections_mut() {
             let (Some(lora), Some((da, db))) = (lin.lora.as_mut(), by_key.get(&(layer, name))) else { continue };
-            let (sa, sb) = self
-                .states
-                .entry((layer, name))
-                .or_insert_with(|| (AdamWState::new(lora.a.len()), AdamWState::new(lora.b.len())));
-            sa.step(&self.cfg, lr, lora.a.data_mut(), da);
-            sb.step(&self.cfg, lr, lora.b.data_mut(), db);
+            update(format!("{layer}.{name}.A"), lora.a.data_mut(), da, lr, true);
+            update(format!("{layer}.{name}.B"), lora.b.data_mut(), db, lr, true);
+        }
+        if !grads.projector.is_empty() {
+            let mut params = pipe.model.projector.params_mut();
+            for (name, g) in &grads.projector {
+                let (_, p) = params
+                    .iter_mut()
+                    .find(|(n, _)| n == name)
+                    .ok_or_else(|| Error::Input(format!("no projector parameter `{name}`")))?;
+                update(format!("projector.{name}"), p.data_mut(), g, projector_lr, !name.ends_with("bias"));
+            }
         }
         Ok(())
     }
 
-    /// Save the optimiser state (m, v, step of every adapter matrix) as safetensors.
+    /// Save the optimiser state (m, v, step of every parameter) as safetensors.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        for ((l, n), (sa, sb)) in &self.states {
-            for (ab, s) in [("A", sa), ("B", sb)] {
-                let key = format!("{l}.{n}.{ab}");
-                bufs.push((format!("{key}.m"), vec![s.m.len()], s.m.iter().flat_map(|v| v.to_le_bytes()).collect()));
-                bufs.push((format!("{key}.v"), vec![s.v.len()], s.v.iter().flat_map(|v| v.to_le_bytes()).collect()));
-                bufs.push((format!("{key}.step"), vec![1], (s.step as f64).to_le_bytes().to_vec()));
-            }
+        for (key, s) in &self.states {
+            bufs.push((format!("{key}.m"), vec![s.m.len()], s.m.iter().flat_map(|v| v.to_le_bytes()).collect()));
+            bufs.push((format!("{key}.v"), vec![s.v.len()], s.v.iter().flat_map(|v| v.to_le_bytes()).collect()));
+            bufs.push((format!("{key}.step"), vec![1], (s.step as f64).to_le_bytes().to_vec()));
         }
         let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
             .iter()
@@ -249,22 +358,12 @@ impl LoraAdamW {
             let t = st.tensor(k).map_err(|e| Error::weights(path, format!("{k}: {e}")))?;
             Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
         };
-        let step = |k: &str| -> Result<u64> {
-            let t = st.tensor(k).map_err(|e| Error::weights(path, format!("{k}: {e}")))?;
-            Ok(f64::from_le_bytes(t.data()[..8].try_into().expect("8 bytes")) as u64)
-        };
-        for name in ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] {
-            for layer in 0.. {
-                let key = format!("{layer}.{name}.A");
-                if st.tensor(&format!("{key}.m")).is_err() {
-                    break;
-                }
-                let load = |ab: &str| -> Result<AdamWState> {
-                    let k = format!("{layer}.{name}.{ab}");
-                    Ok(AdamWState { step: step(&format!("{k}.step"))?, m: f32s(&format!("{k}.m"))?, v: f32s(&format!("{k}.v"))? })
-                };
-                self.states.insert((layer, name), (load("A")?, load("B")?));
-            }
+        self.states.clear();
+        for name in st.names() {
+            let Some(key) = name.strip_suffix(".step") else { continue };
+            let t = st.tensor(name).map_err(|e| Error::weights(path, format!("{name}: {e}")))?;
+            let step = f64::from_le_bytes(t.data()[..8].try_into().map_err(|_| Error::weights(path, format!("{name}: not one f64")))?) as u64;
+            self.states.insert(key.to_string(), AdamWState { step, m: f32s(&format!("{key}.m"))?, v: f32s(&format!("{key}.v"))? });
         }
         Ok(())
     }
@@ -290,13 +389,13 @@ pub fn sft_ids(pipe: &Pipeline, turns: &[(String, String)], n_images: usize) -> 
 
 /// SFT loss (mean cross-entropy over the answer tokens, as HF's loss with labels -100 elsewhere)
 /// of a conversation about `images`, and its LoRA gradients.
-pub fn sft_grads(pipe: &Pipeline, turns: &[(String, String)], images: &[RgbImage], opts: StepOpts) -> Result<(f64, Vec<LoraGrad>)> {
+pub fn sft_grads(pipe: &Pipeline, turns: &[(String, String)], images: &[RgbImage], opts: StepOpts) -> Result<(f64, Grads)> {
     let (ids, mask) = sft_ids(pipe, turns, images.len())?;
     let n_img = ids.iter().filter(|&&t| t == pipe.model.cfg.image_token_index).count();
     if n_img != images.len() {
         return Err(Error::Input(format!("the conversation has {n_img} <image> token(s) for {} image(s)", images.len())));
     }
-    let (x, k) = pipe.embed(&ids, images)?;
+    let (x, k) = pipe.embed_train(&ids, images, opts.projector)?;
     // Positions after <image> expansion: each image token became its K feature rows.
     let mut rows = Vec::new();
     let mut targets = Vec::new();
@@ -311,7 +410,7 @@ pub fn sft_grads(pipe: &Pipeline, turns: &[(String, String)], images: &[RgbImage
         pos += width;
     }
     let n = targets.len() as f64;
-    let t = x.dim(0);
+    let t = x.x.dim(0);
     let mut loss = 0.0;
     let (_, grads) = grads_core(pipe, x, &[SeqLayout::plain(t)], &[(rows, targets)], opts, |l| {
         loss = -l[0].iter().sum::<f64>() / n;

@@ -23,9 +23,9 @@ use crate::adapter::{init_lora, load_adapter, save_adapter, LoraSpec};
 use crate::error::{Error, Result};
 use crate::generate::{Pipeline, Rng};
 use crate::image::load_image;
-use crate::model::decoder::{LoraGrad, StepOpts};
+use crate::model::decoder::StepOpts;
 use crate::optim::AdamWConfig;
-use crate::train::{dpo_pair_grads, dpo_pair_grads_packed, reference_logps, sft_grads, LoraAdamW, Pair};
+use crate::train::{dpo_pair_grads, dpo_pair_grads_packed, reference_logps, sft_grads, Grads, Pair, TrainAdamW};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Schedule {
@@ -36,7 +36,10 @@ pub enum Schedule {
 #[derive(Clone, Debug)]
 /// Options of `train-dpo` and `train-sft` (beta and sft_weight are DPO's).
 pub struct TrainArgs {
+    /// The adapters to train (r = 0: none, only the projector).
     pub lora: LoraSpec,
+    /// Train the projector in full at this learning rate (STIC's `mm_projector_lr`).
+    pub projector_lr: Option<f32>,
     pub beta: f64,
     /// STIC's likelihood weight on the chosen response (0 = plain DPO; STIC uses 1/1024).
     pub sft_weight: f64,
@@ -87,16 +90,21 @@ pub fn read_prefs(path: &Path) -> Result<Vec<(PathBuf, PrefLine)>> {
 /// `get_cosine_schedule_with_warmup` / `get_linear_schedule_with_warmup` give it (the first
 /// warmup step runs at 0).
 pub fn lr_at(args: &TrainArgs, step: usize, total: usize) -> f32 {
+    (args.lr as f64 * lr_factor(args, step, total)) as f32
+}
+
+/// The schedule's multiplier of the peak learning rate at `step`.
+fn lr_factor(args: &TrainArgs, step: usize, total: usize) -> f64 {
     let warmup = (args.warmup_ratio * total as f64).ceil() as usize;
     if step < warmup {
-        return (args.lr as f64 * step as f64 / warmup as f64) as f32;
+        return step as f64 / warmup as f64;
     }
     let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
     let f = match args.schedule {
         Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
         Schedule::Linear => 1.0 - progress,
     };
-    (args.lr as f64 * f.max(0.0)) as f32
+    f.max(0.0)
 }
 
 /// The pair index visited at global position `pos` (epoch-wise shuffles from the seed).
@@ -135,7 +143,7 @@ pub struct ExampleOut {
     pub loss: f64,
     /// (chosen, rejected) rewards, for DPO.
     pub rewards: Option<(f64, f64)>,
-    pub grads: Vec<LoraGrad>,
+    pub grads: Grads,
 }
 
 /// DPO training on `prefs.jsonl`; `stop_after` ends the run right after that step's checkpoint
@@ -154,17 +162,75 @@ pub fn train_dpo(pipe: &mut Pipeline, data: &Path, out: &Path, args: &TrainArgs,
         })
         .collect::<Result<_>>()?;
     // Reference log-probs: the base model (no adapters yet), computed once per pair.
-    let refs: Vec<(f64, f64)> = pairs.iter().map(|p| reference_logps(pipe, p)).collect::<Result<_>>()?;
+    let keys: Vec<String> = lines.iter().map(|(_, p)| pair_key(p)).collect();
+    let refs = reference_cache(pipe, &pairs, &keys, out, resume)?;
     train_loop(pipe, pairs.len(), out, args, resume, stop_after, |pipe, i, opts| {
         // Encode image + prompt once per pair (shared-prefix packing) unless a sliding window
         // forbids it.
         let (o, grads) = if pipe.model.cfg.text.sliding_window.is_none() {
             dpo_pair_grads_packed(pipe, &pairs[i], refs[i], args.beta, args.sft_weight, opts)?
         } else {
-            dpo_pair_grads(pipe, &pairs[i], refs[i], args.beta, args.sft_weight)?
+            dpo_pair_grads(pipe, &pairs[i], refs[i], args.beta, args.sft_weight, opts)?
         };
         Ok(ExampleOut { loss: o.loss, rewards: Some((o.chosen_reward, o.rejected_reward)), grads })
     })
+}
+
+/// A stable key of a preference line (FNV-1a 64 over its fields), so a cached reference log-prob
+/// is reused only for the very pair it was computed for.
+fn pair_key(p: &PrefLine) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for field in [&p.image, &p.prompt, &p.chosen, &p.rejected] {
+        for b in field.bytes().chain([0xff]) {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RefLine {
+    i: usize,
+    key: String,
+    chosen: f64,
+    rejected: f64,
+}
+
+/// The reference log-probs of every pair: read back from `out/reference_logps.jsonl` when
+/// resuming (lines whose key matches), the rest computed and appended as they come.
+fn reference_cache(pipe: &mut Pipeline, pairs: &[Pair], keys: &[String], out: &Path, resume: bool) -> Result<Vec<(f64, f64)>> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let path = out.join("reference_logps.jsonl");
+    let mut refs: Vec<Option<(f64, f64)>> = vec![None; pairs.len()];
+    if resume {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            // A torn last line (a crash mid-write) simply fails to parse and is recomputed.
+            for l in text.lines().filter_map(|l| serde_json::from_str::<RefLine>(l).ok()) {
+                if keys.get(l.i) == Some(&l.key) {
+                    refs[l.i] = Some((l.chosen, l.rejected));
+                }
+            }
+        }
+    }
+    // Rewrite the kept lines, then append the new ones.
+    let kept: String = refs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.map(|(c, rj)| serde_json::to_string(&RefLine { i, key: keys[i].clone(), chosen: c, rejected: rj }).expect("json") + "\n"))
+        .collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, kept).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+    for (i, pair) in pairs.iter().enumerate() {
+        if refs[i].is_none() {
+            let (c, r) = reference_logps(pipe, pair)?;
+            writeln!(f, "{}", serde_json::to_string(&RefLine { i, key: keys[i].clone(), chosen: c, rejected: r }).expect("json")).map_err(|e| Error::io(&path, e))?;
+            f.flush().map_err(|e| Error::io(&path, e))?;
+            refs[i] = Some((c, r));
+        }
+    }
+    Ok(refs.into_iter().map(|r| r.expect("every pair has its reference")).collect())
 }
 
 /// One conversation of LLaVA's instruction-tuning JSON.
@@ -235,8 +301,16 @@ fn train_loop(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let ckpt = out.join("checkpoint");
     let log_path = out.join("train_log.jsonl");
-    let mut opt = LoraAdamW::new(AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() });
+    let mut opt = TrainAdamW::new(AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() });
     let mut start = 0;
+    if args.lora.r == 0 && args.projector_lr.is_none() {
+        return Err(Error::Input("nothing to train: LoRA rank 0 and no projector learning rate".into()));
+    }
+    // A crash between the two renames of `save_checkpoint` leaves only checkpoint.old.
+    let old = out.join("checkpoint.old");
+    if resume && !ckpt.join("trainer_state.json").exists() && old.join("trainer_state.json").exists() {
+        std::fs::rename(&old, &ckpt).map_err(|e| Error::io(&old, e))?;
+    }
     if resume && ckpt.join("trainer_state.json").exists() {
         load_adapter(&mut pipe.model, &ckpt)?;
         opt.load(&ckpt.join("optimizer.safetensors"))?;
@@ -245,20 +319,23 @@ fn train_loop(
         start = st.step;
         truncate_log(&log_path, start)?;
     } else {
-        init_lora(&mut pipe.model, &args.lora, args.seed)?;
+        if args.lora.r > 0 {
+            init_lora(&mut pipe.model, &args.lora, args.seed)?;
+        }
         let _ = std::fs::remove_file(&log_path);
     }
+    let projector = args.projector_lr.is_some();
     let mut log = Vec::new();
     let mut logf = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
     for step in start..total {
-        let mut acc: Option<Vec<LoraGrad>> = None;
+        let mut acc: Option<Grads> = None;
         let (mut loss, mut rewards) = (0.0, None::<(f64, f64)>);
         for k in 0..per_step {
             let pos = step * per_step + k;
             let i = order(n, args.seed, pos / n)[pos % n];
             // Dropout masks depend only on the seed and the position in the data stream, so a
             // resumed run draws the same ones.
-            let opts = StepOpts { recompute: args.recompute, dropout_seed: Some(args.seed ^ (pos as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F)) };
+            let opts = StepOpts { recompute: args.recompute, dropout_seed: Some(args.seed ^ (pos as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F)), projector };
             let o = example(pipe, i, opts)?;
             loss += o.loss / per_step as f64;
             if let Some((c, r)) = o.rewards {
@@ -266,12 +343,25 @@ fn train_loop(
                 acc_r.0 += c / per_step as f64;
                 acc_r.1 += r / per_step as f64;
             }
-            add_grads(&mut acc, o.grads, 1.0 / per_step as f32);
+            let w = 1.0 / per_step as f32;
+            match acc.as_mut() {
+                None => {
+                    let mut g = o.grads;
+                    g.scale(w);
+                    acc = Some(g);
+                }
+                Some(a) => a.add_scaled(&o.grads, w),
+            }
         }
         let mut grads = acc.unwrap_or_default();
-        clip(&mut grads, args.max_grad_norm);
-        let lr = lr_at(args, step, total);
-        opt.step(pipe, &grads, lr)?;
+        // torch's clip_grad_norm_ over everything that trains.
+        let coef = args.max_grad_norm / (grads.norm() + 1e-6);
+        if coef < 1.0 {
+            grads.scale(coef as f32);
+        }
+        let factor = lr_factor(args, step, total);
+        let lr = (args.lr as f64 * factor) as f32;
+        opt.step(pipe, &grads, lr, (args.projector_lr.unwrap_or(0.0) as f64 * factor) as f32)?;
         let line = LogLine {
             step: step + 1,
             loss,
@@ -284,37 +374,14 @@ fn train_loop(
         log.push(line);
         let done = step + 1 == total;
         if done || args.save_every.is_some_and(|n| n > 0 && (step + 1) % n == 0) {
-            save_checkpoint(pipe, &opt, out, &args.lora, TrainerState { step: step + 1, total_steps: total })?;
+            save_checkpoint(pipe, &opt, out, args, TrainerState { step: step + 1, total_steps: total })?;
         }
         if stop_after == Some(step + 1) {
             return Ok(log);
         }
     }
-    save_adapter(&mut pipe.model, out, &args.lora)?;
+    save_adapter(&mut pipe.model, out, &args.lora, projector)?;
     Ok(log)
-}
-
-fn add_grads(acc: &mut Option<Vec<LoraGrad>>, g: Vec<LoraGrad>, w: f32) {
-    match acc {
-        None => *acc = Some(g.into_iter().map(|(l, n, a, b)| (l, n, a.iter().map(|v| v * w).collect(), b.iter().map(|v| v * w).collect())).collect()),
-        Some(a) => {
-            for (x, y) in a.iter_mut().zip(g) {
-                x.2.iter_mut().zip(&y.2).for_each(|(p, q)| *p += q * w);
-                x.3.iter_mut().zip(&y.3).for_each(|(p, q)| *p += q * w);
-            }
-        }
-    }
-}
-
-/// Scale all gradients so that their global L2 norm is at most `max_norm` (torch's clip_grad_norm_).
-fn clip(grads: &mut [LoraGrad], max_norm: f64) {
-    let norm = grads.iter().flat_map(|g| g.2.iter().chain(&g.3)).map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
-    let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
-        for g in grads.iter_mut() {
-            g.2.iter_mut().chain(g.3.iter_mut()).for_each(|v| *v *= coef as f32);
-        }
-    }
 }
 
 fn truncate_log(path: &Path, step: usize) -> Result<()> {
@@ -326,10 +393,10 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
     std::fs::write(path, kept.iter().map(|l| format!("{l}\n")).collect::<String>()).map_err(|e| Error::io(path, e))
 }
 
-fn save_checkpoint(pipe: &mut Pipeline, opt: &LoraAdamW, out: &Path, spec: &LoraSpec, st: TrainerState) -> Result<()> {
+fn save_checkpoint(pipe: &mut Pipeline, opt: &TrainAdamW, out: &Path, args: &TrainArgs, st: TrainerState) -> Result<()> {
     let tmp = out.join("checkpoint.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    save_adapter(&mut pipe.model, &tmp, spec)?;
+    save_adapter(&mut pipe.model, &tmp, &args.lora, args.projector_lr.is_some())?;
     opt.save(&tmp.join("optimizer.safetensors"))?;
     let sp = tmp.join("trainer_state.json");
     std::fs::write(&sp, serde_json::to_string_pretty(&st).expect("json")).map_err(|e| Error::io(&sp, e))?;

@@ -148,12 +148,18 @@ fn check_exit_status_tells_skips_from_failures() {
 }
 
 /// `stic train-dpo`: the log has the contract's fields; a run stopped after step 2 and resumed
-/// ends with the same adapter, optimiser state and log as an uninterrupted run.
+/// ends with the same adapter, optimiser state, reference log-probs and log as an uninterrupted
+/// run; with LoRA only and with the projector trained too.
 #[test]
 fn train_dpo_resume_equals_uninterrupted_run() {
+    resume_equals_uninterrupted(&[], "lora");
+    resume_equals_uninterrupted(&["--projector-lr", "1e-2"], "projector");
+}
+
+fn resume_equals_uninterrupted(extra_args: &[&str], tag: &str) {
     let model = fixtures().join("llava_next_tiny");
     let data = fixtures().join("prefs/prefs.jsonl");
-    let base = std::env::temp_dir().join(format!("stic-train-{}", std::process::id()));
+    let base = std::env::temp_dir().join(format!("stic-train-{tag}-{}", std::process::id()));
     let (full, crashed) = (base.join("full"), base.join("crashed"));
     let _ = std::fs::remove_dir_all(&base);
     let args = |out: &std::path::Path| -> Vec<String> {
@@ -163,6 +169,7 @@ fn train_dpo_resume_equals_uninterrupted_run() {
             "--warmup-ratio", "0.34", "--save-every", "1", "--seed", "3", "--sft-weight", "0.0009765625",
         ]
         .iter()
+        .chain(extra_args)
         .map(|s| s.to_string())
         .collect()
     };
@@ -177,7 +184,7 @@ fn train_dpo_resume_equals_uninterrupted_run() {
     run(&["--stop-after", "2"], &crashed);
     assert!(!crashed.join("adapter_model.safetensors").exists(), "a crashed run has no final adapter");
     run(&["--resume"], &crashed);
-    for f in ["adapter_model.safetensors", "checkpoint/optimizer.safetensors", "train_log.jsonl"] {
+    for f in ["adapter_model.safetensors", "checkpoint/optimizer.safetensors", "train_log.jsonl", "reference_logps.jsonl"] {
         assert_eq!(std::fs::read(full.join(f)).unwrap(), std::fs::read(crashed.join(f)).unwrap(), "{f} differs");
     }
     let log = std::fs::read_to_string(full.join("train_log.jsonl")).unwrap();
@@ -192,6 +199,8 @@ fn train_dpo_resume_equals_uninterrupted_run() {
     // HF's cosine schedule with ceil(0.34 * 3) = 2 warmup steps: 0, 5e-3, then 1e-2 (progress 0).
     let lr: Vec<f64> = lines.iter().map(|l| l["lr"].as_f64().unwrap()).collect();
     assert!(lr[0] == 0.0 && (lr[1] - 5e-3).abs() < 1e-9 && (lr[2] - 1e-2).abs() < 1e-9, "{lr:?}");
+    let st = safetensors::SafeTensors::deserialize(&std::fs::read(full.join("adapter_model.safetensors")).unwrap()).unwrap().names().len();
+    assert_eq!(st, if extra_args.is_empty() { 28 } else { 32 }, "14 adapters (+ 4 projector tensors)");
 }
 
 /// `stic merge`: the merged checkpoint, loaded without an adapter, scores like base + adapter.
@@ -220,6 +229,24 @@ fn merged_checkpoint_scores_like_the_adapter() {
             assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{dtype}: {a} vs {b}");
         }
     }
+    // An adapter that carries the projector (modules_to_save): the merged checkpoint scores as
+    // PEFT scored the adapter (expected/stic_dpo_projector_adapter.json).
+    let exp = read_json("expected/stic_dpo_projector_adapter.json");
+    let case = &exp["cases"][0];
+    let out = base.join("projector");
+    let adapter = fixtures().join("stic_dpo_projector_adapter");
+    let (ok, _, err) = stic(&["merge", "--model", model.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(), "--out", out.to_str().unwrap(), "--dtype", "f32"]);
+    assert!(ok, "{err}");
+    let image = fixtures().join(case["image"].as_str().unwrap());
+    let (ok, stdout, err) = stic(&[
+        "score", "--model", out.to_str().unwrap(), "--image", image.to_str().unwrap(),
+        "--prompt", case["prompt"].as_str().unwrap(), "--response", case["response"].as_str().unwrap(), "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for (a, b) in floats(&v["logprobs"]).iter().zip(&floats(&case["logprobs"])) {
+        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "projector merge: {a} vs {b}");
+    }
     // --dtype keep writes the base's dtype (bf16 for the language model of this fixture).
     let bytes = std::fs::read(base.join("keep/model-00002-of-00002.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -246,4 +273,45 @@ fn train_sft_learns_on_llava_json() {
     let last: f64 = log[14..].iter().map(|l| l["loss"].as_f64().unwrap()).sum();
     assert!(last < 0.75 * first, "SFT loss {first} -> {last}");
     assert!(out.join("adapter_model.safetensors").exists() && out.join("adapter_config.json").exists());
+}
+
+/// Projector-only training (LLaVA's alignment stage): `--lora-r 0 --projector-lr`. The loss falls,
+/// the projector is saved on its own, and `--adapter` on it scores like the merged checkpoint.
+#[test]
+fn projector_only_sft_learns_and_saves_the_projector() {
+    let model = fixtures().join("llava_next_tiny");
+    let data = fixtures().join("sft/llava.json");
+    let base = std::env::temp_dir().join(format!("stic-align-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let out = base.join("train");
+    let (ok, _, err) = stic(&[
+        "train-sft", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        "--lora-r", "0", "--projector-lr", "1e-2", "--epochs", "8", "--warmup-ratio", "0", "--seed", "1",
+    ]);
+    assert!(ok, "{err}");
+    let log: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("train_log.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let first: f64 = log[..2].iter().map(|l| l["loss"].as_f64().unwrap()).sum();
+    let n = log.len();
+    let last: f64 = log[n - 2..].iter().map(|l| l["loss"].as_f64().unwrap()).sum();
+    assert!(last < 0.9 * first, "projector-only SFT loss {first} -> {last}");
+    assert!(out.join("multi_modal_projector.safetensors").exists() && !out.join("adapter_config.json").exists());
+    let merged = base.join("merged");
+    let (ok, _, err) = stic(&["merge", "--model", model.to_str().unwrap(), "--adapter", out.to_str().unwrap(), "--out", merged.to_str().unwrap(), "--dtype", "f32"]);
+    assert!(ok, "{err}");
+    let image = fixtures().join("images/wide.jpg");
+    let score = |m: &std::path::Path, adapter: Option<&std::path::Path>| -> Vec<f64> {
+        let mut a = vec!["score", "--model", m.to_str().unwrap(), "--image", image.to_str().unwrap(), "--prompt", "What is shown?", "--response", "A red square.", "--json"];
+        if let Some(ad) = adapter {
+            a.extend(["--adapter", ad.to_str().unwrap()]);
+        }
+        let (ok, stdout, err) = stic(&a);
+        assert!(ok, "{err}");
+        floats(&serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()["logprobs"])
+    };
+    let (with_adapter, from_merged, base_lp) = (score(&model, Some(&out)), score(&merged, None), score(&model, None));
+    for (a, b) in with_adapter.iter().zip(&from_merged) {
+        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+    assert!(with_adapter.iter().zip(&base_lp).any(|(a, b)| (a - b).abs() > 1e-3), "the projector did not change");
 }

@@ -120,3 +120,34 @@ fn adapter_for_another_module_is_refused_by_name() {
     };
     assert!(e.contains("vision_tower.encoder.layers.0.self_attn.q_proj.lora_A.weight") && e.contains("adapter_model.safetensors"), "{e}");
 }
+
+#[test]
+fn adapter_projector_errors_name_the_setting_or_tensor() {
+    let load = |dir: &Path| match Pipeline::load_with(&fixtures().join("llava_next_tiny"), None, Some(dir)) {
+        Ok(_) => panic!("loaded"),
+        Err(e) => e.to_string(),
+    };
+    // modules_to_save other than the projector is refused by field.
+    let dir = scratch_copy("stic_dpo_projector_adapter", "badmts");
+    let cfg = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"multi_modal_projector\"", "\"lm_head\"");
+    std::fs::write(&cfg, text).unwrap();
+    let e = load(&dir);
+    assert!(e.contains("modules_to_save") && e.contains("adapter_config.json"), "{e}");
+    // A projector tensor of the wrong shape is named with its shape.
+    let dir = scratch_copy("stic_dpo_projector_adapter", "badproj");
+    rewrite(&dir.join("adapter_model.safetensors"), |ts| {
+        let t = ts.iter_mut().find(|t| t.0.ends_with("multi_modal_projector.linear_2.bias")).unwrap();
+        t.2 = vec![t.2[0] / 2];
+        t.3.truncate(t.3.len() / 2);
+    });
+    let e = load(&dir);
+    assert!(e.contains("multi_modal_projector.linear_2.bias") && e.contains("adapter_model.safetensors"), "{e}");
+    // Projector weights without modules_to_save in the config.
+    let dir = scratch_copy("stic_dpo_projector_adapter", "nomts");
+    let cfg = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("[\n    \"multi_modal_projector\"\n  ]", "null");
+    std::fs::write(&cfg, text).unwrap();
+    let e = load(&dir);
+    assert!(e.contains("modules_to_save") && e.contains("linear_1"), "{e}");
+}

@@ -266,11 +266,11 @@ fn lora_gradients_match_peft_autograd() {
     let pipe = Pipeline::load_with(&fixtures().join("llava_next_tiny"), None, Some(&fixtures().join("adapter_next_tiny"))).unwrap();
     let c = &exp["cases"][0];
     let img = load_image(&fixtures().join(c["image"].as_str().unwrap())).unwrap();
-    let (lp, grads) = stic::train::response_logprob_grads(&pipe, c["templated"].as_str().unwrap(), &[img], c["response"].as_str().unwrap(), |l| vec![1.0; l.len()]).unwrap();
+    let (lp, grads) = stic::train::response_logprob_grads(&pipe, c["templated"].as_str().unwrap(), &[img], c["response"].as_str().unwrap(), Default::default(), |l| vec![1.0; l.len()]).unwrap();
     for (a, b) in lp.iter().zip(&floats(&c["logprobs"])) {
         assert!((a - b).abs() <= LOGPROB_TOL * (1.0 + b.abs()));
     }
-    assert_lora_grads_match(&grads, &want);
+    assert_lora_grads_match(&grads.lora, &want);
 }
 
 /// Every (dA, dB) against PEFT's gradients (keyed by PEFT names), relative to each tensor's
@@ -299,8 +299,18 @@ const GRAD_TOL: f32 = 1e-4;
 fn adapter_trained_by_stic_loads_in_peft_with_the_same_logprobs() {
     // tests/fixtures/stic_dpo_adapter was trained by `stic train-dpo`; PEFT loaded it onto the
     // transformers model (scripts/check_stic_adapter_with_peft.py) and recorded these log-probs.
-    let exp = read_json("expected/stic_dpo_adapter.json");
-    let pipe = Pipeline::load_with(&fixtures().join("llava_next_tiny"), None, Some(&fixtures().join("stic_dpo_adapter"))).unwrap();
+    check_stic_adapter("stic_dpo_adapter");
+}
+
+#[test]
+fn adapter_with_projector_trained_by_stic_loads_in_peft_with_the_same_logprobs() {
+    // The same with `--projector-lr`: the projector is saved as PEFT's modules_to_save.
+    check_stic_adapter("stic_dpo_projector_adapter");
+}
+
+fn check_stic_adapter(name: &str) {
+    let exp = read_json(&format!("expected/{name}.json"));
+    let pipe = Pipeline::load_with(&fixtures().join("llava_next_tiny"), None, Some(&fixtures().join(name))).unwrap();
     let cases = exp["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 6);
     for c in cases {
@@ -330,5 +340,32 @@ fn sft_loss_and_lora_gradients_match_transformers_and_peft() {
     let img = load_image(&fixtures().join("images/wide.jpg")).unwrap();
     let (loss, grads) = stic::train::sft_grads(&pipe, &turns, &[img], Default::default()).unwrap();
     assert!((loss - want_loss).abs() <= LOGPROB_TOL * (1.0 + want_loss.abs()), "{loss} vs {want_loss}");
-    assert_lora_grads_match(&grads, &want);
+    assert_lora_grads_match(&grads.lora, &want);
+}
+
+#[test]
+fn projector_gradients_match_transformers() {
+    // expected/projector_sft_grads.safetensors (scripts/gen_projector_grads.py): the SFT loss of
+    // the two-turn conversation above, back-propagated by autograd into the projector through the
+    // AnyRes unpad and grid layout. stic: sft_grads with StepOpts::projector.
+    let bytes = std::fs::read(fixtures().join("expected/projector_sft_grads.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let want_loss: f64 = meta.metadata().as_ref().unwrap()["loss"].parse().unwrap();
+    let want = read_tensors("expected/projector_sft_grads.safetensors");
+    let sft = safetensors::SafeTensors::read_metadata(&std::fs::read(fixtures().join("expected/adapter_next_tiny_sft_grads.safetensors")).unwrap()).unwrap().1;
+    let turns: Vec<(String, String)> = serde_json::from_str(&sft.metadata().as_ref().unwrap()["turns"]).unwrap();
+    let pipe = Pipeline::load_with(&fixtures().join("llava_next_tiny"), None, Some(&fixtures().join("adapter_next_tiny"))).unwrap();
+    let img = load_image(&fixtures().join("images/wide.jpg")).unwrap();
+    let opts = stic::model::decoder::StepOpts { projector: true, ..Default::default() };
+    let (loss, grads) = stic::train::sft_grads(&pipe, &turns, &[img], opts).unwrap();
+    assert!((loss - want_loss).abs() <= LOGPROB_TOL * (1.0 + want_loss.abs()), "{loss} vs {want_loss}");
+    assert_eq!(grads.projector.len(), want.len());
+    for (name, got) in &grads.projector {
+        let (_, w) = &want[name];
+        assert_eq!(got.len(), w.len(), "{name}");
+        let scale = w.iter().map(|v| v.abs()).fold(0f32, f32::max);
+        let err = got.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
+        eprintln!("{name}: max error {err:e} of max |grad| {scale}");
+        assert!(err < GRAD_TOL, "{name}: max error {err} of the tensor's max |grad| {scale}");
+    }
 }

@@ -270,6 +270,9 @@ pub struct StepOpts {
     pub recompute: bool,
     /// Seed of this step's LoRA dropout masks (None: no dropout, as in evaluation).
     pub dropout_seed: Option<u64>,
+    /// Also back-propagate into the projector and return its gradients (`train`; the decoder
+    /// itself ignores this).
+    pub projector: bool,
 }
 
 /// The dropout seed of projection `proj` (0..7) of layer `layer`.

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::image::{anyres_grid_shape, ProcessedImage};
 use crate::model::clip::ClipVision;
 use crate::model::decoder::Decoder;
-use crate::model::projector::Projector;
+use crate::model::projector::{Projector, ProjectorTape};
 use crate::tensor::Tensor;
 use crate::weights::{RandomWeights, WeightSource, WeightStore};
 
@@ -31,7 +31,7 @@ use crate::weights::{RandomWeights, WeightSource, WeightStore};
 const VISION: [&str; 4] = ["model.vision_tower.vision_model", "model.vision_tower", "vision_tower.vision_model", "vision_tower"];
 const PROJECTOR: [&str; 2] = ["model.multi_modal_projector", "multi_modal_projector"];
 /// The projector is found by its first weight: `linear_1` (mlp2x_gelu) or its own (linear).
-fn locate_projector(ws: &dyn WeightSource) -> Result<&'static str> {
+pub fn locate_projector(ws: &dyn WeightSource) -> Result<&'static str> {
     locate(ws, &PROJECTOR, ".linear_1.weight", "projector").or_else(|_| locate(ws, &PROJECTOR, ".weight", "projector"))
 }
 const LM: [&str; 2] = ["model.language_model", "language_model.model"];
@@ -54,7 +54,7 @@ fn locate<'a>(ws: &dyn WeightSource, candidates: &[&'a str], probe: &str, what: 
 pub struct Llava {
     pub cfg: LlavaConfig,
     vision: ClipVision,
-    projector: Projector,
+    pub projector: Projector,
     pub decoder: Decoder,
     image_newline: Option<Tensor>,
     feature_states: Vec<usize>,
@@ -137,29 +137,77 @@ impl Llava {
     /// The K feature rows [K, C] that replace one `<image>` token.
     pub fn image_features(&self, image: &ProcessedImage) -> Result<Tensor> {
         let feats = self.tile_features(&image.pixel_values)?;
+        let rows = self.feature_rows(image, feats.dim(0), feats.dim(1))?;
+        Ok(self.gather_features(feats.data(), &rows))
+    }
+
+    /// `image_features` saving what `image_features_backward` needs (the projector trains).
+    pub fn image_features_train(&self, image: &ProcessedImage) -> Result<(Tensor, ImageTape)> {
+        let v = self.vision_features(&image.pixel_values)?;
+        let (n, p, cvl) = (v.dim(0), v.dim(1), v.dim(2));
+        let (y, proj) = self.projector.forward_train(v.reshape(&[n * p, cvl])?)?;
+        let rows = self.feature_rows(image, n, p)?;
+        Ok((self.gather_features(y.data(), &rows), ImageTape { proj, rows, projected: n * p }))
+    }
+
+    /// Projector parameter gradients from d loss / d features [K, C].
+    pub fn image_features_backward(&self, tape: &ImageTape, dk: &[f32]) -> Vec<(String, Vec<f32>)> {
         let c = self.cfg.text.hidden_size;
-        let (n, p) = (feats.dim(0), feats.dim(1));
-        let flat = feats.reshape(&[n * p, c])?;
-        match self.cfg.kind {
-            LlavaKind::Llava => Ok(flat),
-            LlavaKind::LlavaNext => {
-                let newline = self.image_newline.as_ref().expect("LLaVA-NeXT has image_newline");
-                if n == 1 {
-                    return Tensor::cat_rows(&[&flat, &newline.clone().reshape(&[1, c])?]);
-                }
-                let g = self.cfg.vision.grid();
-                let (rows, cols) = anyres_grid_shape(image.image_size, &self.cfg.image_grid_pinpoints, self.cfg.vision.image_size);
-                if rows * cols != n - 1 || p != g * g {
-                    return Err(Error::shape(
-                        "anyres_merge",
-                        format!("{} grid tiles of {p} features, expected a {rows}x{cols} grid of {g}x{g}", n - 1),
-                    ));
-                }
-                let base = flat.rows(0, p);
-                let grid = pack_grid(&flat.data()[p * c..], rows, cols, g, c, image.image_size, newline.data());
-                Tensor::cat_rows(&[&base, &grid])
+        let mut dy = vec![0f32; tape.projected * c];
+        for (r, g) in tape.rows.iter().zip(dk.chunks_exact(c)) {
+            if let FeatureRow::Projected(i) = *r {
+                dy[i * c..(i + 1) * c].iter_mut().zip(g).for_each(|(a, b)| *a += b);
             }
         }
+        self.projector.backward(&tape.proj, &dy)
+    }
+
+    /// Where each of the K feature rows comes from: a row of the projector's output [N*P, C]
+    /// (tile-major) or `image_newline`. LLaVA: every row in order. LLaVA-NeXT (AnyRes): the base
+    /// tile, then the grid tiles laid out as a (rows*G) x (cols*G) map with the padding cut off
+    /// (HF `unpad_image`) and a newline after each map row; one tile only: base + newline.
+    fn feature_rows(&self, image: &ProcessedImage, n: usize, p: usize) -> Result<Vec<FeatureRow>> {
+        match self.cfg.kind {
+            LlavaKind::Llava => Ok((0..n * p).map(FeatureRow::Projected).collect()),
+            LlavaKind::LlavaNext => {
+                let mut rows: Vec<FeatureRow> = (0..p).map(FeatureRow::Projected).collect();
+                if n == 1 {
+                    rows.push(FeatureRow::Newline);
+                    return Ok(rows);
+                }
+                let g = self.cfg.vision.grid();
+                let (gr, gc) = anyres_grid_shape(image.image_size, &self.cfg.image_grid_pinpoints, self.cfg.vision.image_size);
+                if gr * gc != n - 1 || p != g * g {
+                    return Err(Error::shape(
+                        "anyres_merge",
+                        format!("{} grid tiles of {p} features, expected a {gr}x{gc} grid of {g}x{g}", n - 1),
+                    ));
+                }
+                let (r0, r1, c0, c1) = unpad_bounds(gr * g, gc * g, image.image_size);
+                for y in r0..r1 {
+                    let (tr, iy) = (y / g, y % g);
+                    for x in c0..c1 {
+                        let (tc, ix) = (x / g, x % g);
+                        let tile = 1 + tr * gc + tc; // tile 0 is the base image
+                        rows.push(FeatureRow::Projected((tile * g + iy) * g + ix));
+                    }
+                    rows.push(FeatureRow::Newline);
+                }
+                Ok(rows)
+            }
+        }
+    }
+
+    fn gather_features(&self, projected: &[f32], rows: &[FeatureRow]) -> Tensor {
+        let c = self.cfg.text.hidden_size;
+        let mut out = Vec::with_capacity(rows.len() * c);
+        for r in rows {
+            match *r {
+                FeatureRow::Projected(i) => out.extend_from_slice(&projected[i * c..(i + 1) * c]),
+                FeatureRow::Newline => out.extend_from_slice(self.image_newline.as_ref().expect("LLaVA-NeXT has image_newline").data()),
+            }
+        }
+        Tensor::new(out, &[rows.len(), c]).expect("gather_features shape")
     }
 
     /// Token embeddings with every `<image>` token replaced by its image's feature rows.
@@ -190,23 +238,25 @@ impl Llava {
     }
 }
 
-/// Lay out grid-tile features [rows*cols*G*G, C] as a (rows*G) x (cols*G) map, remove the rows or
-/// columns that are padding for an image of `orig_hw`, and append `newline` to every row.
-fn pack_grid(tiles: &[f32], rows: usize, cols: usize, g: usize, c: usize, orig_hw: (usize, usize), newline: &[f32]) -> Tensor {
-    let (h, w) = (rows * g, cols * g);
-    let (r0, r1, c0, c1) = unpad_bounds(h, w, orig_hw);
-    let mut out = Vec::with_capacity((r1 - r0) * (c1 - c0 + 1) * c);
-    for y in r0..r1 {
-        let (tr, iy) = (y / g, y % g);
-        for x in c0..c1 {
-            let (tc, ix) = (x / g, x % g);
-            let tile = tr * cols + tc;
-            out.extend_from_slice(&tiles[((tile * g + iy) * g + ix) * c..][..c]);
-        }
-        out.extend_from_slice(newline);
+/// The source of one image feature row (see `Llava::feature_rows`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum FeatureRow {
+    Projected(usize),
+    Newline,
+}
+
+/// What `Llava::image_features_backward` needs: the projector's tape and the row map.
+pub struct ImageTape {
+    proj: ProjectorTape,
+    rows: Vec<FeatureRow>,
+    projected: usize,
+}
+
+impl ImageTape {
+    /// K, the image's feature rows.
+    pub fn rows(&self) -> usize {
+        self.rows.len()
     }
-    let n = out.len() / c;
-    Tensor::new(out, &[n, c]).expect("pack_grid shape")
 }
 
 /// HF `unpad_image`: the [r0, r1) x [c0, c1) window of an h x w feature map that holds the image

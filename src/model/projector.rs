@@ -2,6 +2,11 @@
 //! - `mlp2x_gelu` (HF `LlavaMultiModalProjector`): linear_1 -> act -> linear_2.
 //! - `linear` (LLaVA-1.0): one Linear, stored as `{prefix}.weight` / `{prefix}.bias`.
 //! The type is read off the checkpoint: `linear_1` present means the MLP.
+//!
+//! Training (projector trained in full: LLaVA's alignment stage, STIC's projector learning rate):
+//! `forward_train` saves the input x [T, Cv*L] and linear_1's pre-activation h [T, C]; `backward`
+//! takes dy [T, C] and returns the gradient of every parameter, named as in the checkpoint
+//! (`linear_1.weight`, ...). The vision tower is frozen, so no dx is returned.
 
 use crate::backend::cpu;
 use crate::error::Result;
@@ -26,6 +31,63 @@ impl Projector {
         })
     }
 
+    /// Forward saving what `backward` needs.
+    pub fn forward_train(&self, x: Tensor) -> Result<(Tensor, ProjectorTape)> {
+        match self {
+            Projector::Mlp { linear_1, act, linear_2 } => {
+                let h = linear_1.forward(&x)?;
+                let mut a = h.clone();
+                cpu::activation::by_name(act, a.data_mut());
+                Ok((linear_2.forward(&a)?, ProjectorTape { x, h: Some(h) }))
+            }
+            Projector::Linear(l) => Ok((l.forward(&x)?, ProjectorTape { x, h: None })),
+        }
+    }
+
+    /// Parameter gradients for dy [T, C] (named as `params_mut` names them).
+    pub fn backward(&self, tape: &ProjectorTape, dy: &[f32]) -> Vec<(String, Vec<f32>)> {
+        let mut out = Vec::new();
+        let mut push = |name: &str, l: &Linear, x: &[f32], dy: &[f32]| {
+            let (dw, db) = l.weight_grads(x, dy);
+            out.push((format!("{name}weight"), dw));
+            if let Some(db) = db {
+                out.push((format!("{name}bias"), db));
+            }
+        };
+        match self {
+            Projector::Mlp { linear_1, act, linear_2 } => {
+                let h = tape.h.as_ref().expect("the MLP's tape holds linear_1's output");
+                let mut a = h.data().to_vec();
+                cpu::activation::by_name(act, &mut a);
+                let (mut da, _) = linear_2.backward(&a, dy, None);
+                cpu::activation::backward_by_name(act, h.data(), &mut da);
+                push("linear_1.", linear_1, tape.x.data(), &da);
+                push("linear_2.", linear_2, &a, dy);
+            }
+            Projector::Linear(l) => push("", l, tape.x.data(), dy),
+        }
+        out
+    }
+
+    /// Every parameter with its checkpoint name relative to the projector's prefix.
+    pub fn params_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        fn push<'a>(out: &mut Vec<(String, &'a mut Tensor)>, name: &str, l: &'a mut Linear) {
+            out.push((format!("{name}weight"), &mut l.weight));
+            if let Some(b) = l.bias.as_mut() {
+                out.push((format!("{name}bias"), b));
+            }
+        }
+        let mut out = Vec::new();
+        match self {
+            Projector::Mlp { linear_1, linear_2, .. } => {
+                push(&mut out, "linear_1.", linear_1);
+                push(&mut out, "linear_2.", linear_2);
+            }
+            Projector::Linear(l) => push(&mut out, "", l),
+        }
+        out
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Projector::Mlp { linear_1, act, linear_2 } => {
@@ -36,4 +98,10 @@ impl Projector {
             Projector::Linear(l) => l.forward(x),
         }
     }
+}
+
+/// What the projector's backward needs: its input and linear_1's pre-activation (MLP only).
+pub struct ProjectorTape {
+    x: Tensor,
+    h: Option<Tensor>,
 }

@@ -72,9 +72,48 @@ pub fn by_name(name: &str, x: &mut [f32]) {
     }
 }
 
+/// Backward of `by_name`: dy <- dy * act'(x), where x is the activation's input.
+/// gelu' = Phi(x) + x phi(x); quick_gelu' = s + 1.702 x s (1 - s) with s = sigmoid(1.702 x);
+/// silu' = s (1 + x (1 - s)) with s = sigmoid(x).
+pub fn backward_by_name(name: &str, x: &[f32], dy: &mut [f32]) {
+    assert_eq!(x.len(), dy.len(), "activation backward: x and dy differ in length");
+    let d: fn(f64) -> f64 = match name {
+        "gelu" => |v| 0.5 * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)) + v * (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt(),
+        "quick_gelu" => |v| {
+            let s = 1.0 / (1.0 + (-1.702 * v).exp());
+            s + 1.702 * v * s * (1.0 - s)
+        },
+        "silu" => |v| {
+            let s = 1.0 / (1.0 + (-v).exp());
+            s * (1.0 + v * (1.0 - s))
+        },
+        other => panic!("activation `{other}` should have been rejected when the config was read"),
+    };
+    dy.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(g, xs)| {
+        g.iter_mut().zip(xs).for_each(|(g, &v)| *g = (*g as f64 * d(v as f64)) as f32);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn activation_backward_matches_finite_differences() {
+        let x: Vec<f32> = (0..13).map(|i| i as f32 * 0.5 - 3.0).collect();
+        for name in ["gelu", "quick_gelu", "silu"] {
+            let mut g = vec![1f32; x.len()];
+            backward_by_name(name, &x, &mut g);
+            let h = 1e-2f32;
+            for i in 0..x.len() {
+                let (mut p, mut m) = ([x[i] + h], [x[i] - h]);
+                by_name(name, &mut p);
+                by_name(name, &mut m);
+                let fd = (p[0] as f64 - m[0] as f64) / (2.0 * h as f64);
+                assert!((fd - g[i] as f64).abs() < 2e-4, "{name} at {}: fd {fd} vs {}", x[i], g[i]);
+            }
+        }
+    }
 
     #[test]
     fn swiglu_backward_matches_finite_differences() {
