@@ -159,6 +159,10 @@ struct TrainCommon {
     lora_targets: String,
     #[arg(long, default_value_t = 5e-5)]
     lr: f32,
+    /// Continue training this adapter (its rank, alpha and targets) instead of fresh adapters
+    /// (STIC's stage 2 starts from the stage-1 adapter).
+    #[arg(long)]
+    init_adapter: Option<PathBuf>,
     /// Also train the projector in full at this learning rate (same schedule); saved in the
     /// adapter as PEFT's modules_to_save.
     #[arg(long)]
@@ -211,6 +215,7 @@ impl TrainCommon {
                 targets: self.lora_targets.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
             },
             projector_lr: self.projector_lr,
+            init_adapter: self.init_adapter.clone(),
             beta,
             sft_weight,
             lr: self.lr,

@@ -40,6 +40,9 @@ pub struct TrainArgs {
     pub lora: LoraSpec,
     /// Train the projector in full at this learning rate (STIC's `mm_projector_lr`).
     pub projector_lr: Option<f32>,
+    /// Continue training this adapter (STIC's stage 2 starts from the stage-1 adapter, LLaVA's
+    /// `--load_peft`) instead of fresh adapters; its rank, alpha and targets replace `lora`'s.
+    pub init_adapter: Option<PathBuf>,
     pub beta: f64,
     /// STIC's likelihood weight on the chosen response (0 = plain DPO; STIC uses 1/1024).
     pub sft_weight: f64,
@@ -303,13 +306,18 @@ fn train_loop(
     let log_path = out.join("train_log.jsonl");
     let mut opt = TrainAdamW::new(AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() });
     let mut start = 0;
-    if args.lora.r == 0 && args.projector_lr.is_none() {
+    let mut args = args.clone();
+    let args = &mut args;
+    if args.lora.r == 0 && args.projector_lr.is_none() && args.init_adapter.is_none() {
         return Err(Error::Input("nothing to train: LoRA rank 0 and no projector learning rate".into()));
     }
     // A crash between the two renames of `save_checkpoint` leaves only checkpoint.old.
     let old = out.join("checkpoint.old");
     if resume && !ckpt.join("trainer_state.json").exists() && old.join("trainer_state.json").exists() {
         std::fs::rename(&old, &ckpt).map_err(|e| Error::io(&old, e))?;
+    }
+    if let Some(dir) = &args.init_adapter {
+        args.lora = adapter_spec(&mut pipe.model, dir)?;
     }
     if resume && ckpt.join("trainer_state.json").exists() {
         load_adapter(&mut pipe.model, &ckpt)?;
@@ -319,7 +327,9 @@ fn train_loop(
         start = st.step;
         truncate_log(&log_path, start)?;
     } else {
-        if args.lora.r > 0 {
+        if let Some(dir) = &args.init_adapter {
+            load_adapter(&mut pipe.model, dir)?;
+        } else if args.lora.r > 0 {
             init_lora(&mut pipe.model, &args.lora, args.seed)?;
         }
         let _ = std::fs::remove_file(&log_path);
@@ -382,6 +392,24 @@ fn train_loop(
     }
     save_adapter(&mut pipe.model, out, &args.lora, projector)?;
     Ok(log)
+}
+
+/// The LoRA settings of the adapter in `dir` (rank and alpha from its config, targets from the
+/// projections it adapts), so that a continued adapter is saved as it was.
+fn adapter_spec(model: &mut crate::model::Llava, dir: &Path) -> Result<LoraSpec> {
+    let cfg = crate::adapter::AdapterConfig::from_file(&dir.join("adapter_config.json"))?;
+    if cfg.use_rslora {
+        return Err(Error::config(dir.join("adapter_config.json"), "use_rslora", "continuing an rsLoRA adapter is not supported"));
+    }
+    // Which projections it adapts: attach it to the model (B and A as saved) and look.
+    load_adapter(model, dir)?;
+    let mut targets: Vec<String> = Vec::new();
+    for (_, name, l) in model.decoder.projections_mut() {
+        if l.lora.take().is_some() && !targets.iter().any(|t| t == name) {
+            targets.push(name.to_string());
+        }
+    }
+    Ok(LoraSpec { r: cfg.r, alpha: cfg.lora_alpha, dropout: cfg.lora_dropout, targets })
 }
 
 fn truncate_log(path: &Path, step: usize) -> Result<()> {

@@ -315,3 +315,33 @@ fn projector_only_sft_learns_and_saves_the_projector() {
     }
     assert!(with_adapter.iter().zip(&base_lp).any(|(a, b)| (a - b).abs() > 1e-3), "the projector did not change");
 }
+
+/// `--init-adapter` (STIC stage 2 continues the stage-1 adapter): training starts from that
+/// adapter (the first loss is the adapted model's, not the base's) and saves one adapter of the
+/// same rank, targets and projector.
+#[test]
+fn train_sft_continues_an_adapter() {
+    let model = fixtures().join("llava_next_tiny");
+    let data = fixtures().join("sft/llava.json");
+    let base = std::env::temp_dir().join(format!("stic-continue-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let run = |out: &std::path::Path, extra: &[&str]| -> Vec<f64> {
+        let mut a = vec![
+            "train-sft", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
+            "--lora-r", "2", "--lr", "1e-3", "--max-steps", "2", "--warmup-ratio", "0", "--seed", "1",
+        ];
+        a.extend(extra);
+        let (ok, _, err) = stic(&a);
+        assert!(ok, "{err}");
+        std::fs::read_to_string(out.join("train_log.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
+    };
+    let init = fixtures().join("stic_dpo_projector_adapter");
+    let fresh = run(&base.join("fresh"), &[]);
+    let cont = run(&base.join("cont"), &["--init-adapter", init.to_str().unwrap(), "--projector-lr", "1e-3"]);
+    assert!((fresh[0] - cont[0]).abs() > 1e-3, "the first loss ignores the initial adapter: {fresh:?} vs {cont:?}");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(base.join("cont/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["r"].as_u64(), cfg["lora_alpha"].as_f64()), (Some(4), Some(8.0)), "rank and alpha of the initial adapter");
+    assert_eq!(cfg["modules_to_save"][0], "multi_modal_projector");
+    let st = std::fs::read(base.join("cont/adapter_model.safetensors")).unwrap();
+    assert_eq!(safetensors::SafeTensors::deserialize(&st).unwrap().names().len(), 32);
+}
