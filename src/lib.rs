@@ -27,6 +27,7 @@ pub mod loss;
 pub mod model;
 pub mod nn;
 pub mod optim;
+pub mod progress;
 pub mod rng;
 pub mod tensor;
 pub mod text;

@@ -192,6 +192,9 @@ struct TrainCommon {
     /// Recompute each layer's activations in the backward pass instead of keeping them.
     #[arg(long)]
     recompute: bool,
+    /// No progress bar (for logs).
+    #[arg(long)]
+    quiet: bool,
     /// Continue from OUT/checkpoint with the same data order, optimiser state and schedule.
     #[arg(long)]
     resume: bool,
@@ -230,13 +233,22 @@ impl TrainCommon {
             seed: self.seed,
             save_every: self.save_every,
             recompute: self.recompute,
+            quiet: self.quiet,
         })
     }
 
     fn report(&self, log: &[stic::trainer::LogLine]) {
         if let Some(l) = log.last() {
             let margin = l.reward_margin.map(|m| format!(", reward margin {m:.4}")).unwrap_or_default();
-            eprintln!("step {}: loss {:.4}{margin}; adapter in {}", l.step, l.loss, self.out.display());
+            let (tokens, secs) = log.iter().fold((0usize, 0f64), |(t, s), l| (t + l.tokens, s + l.seconds));
+            eprintln!(
+                "step {}: loss {:.4}{margin}; {:.0} tokens/s over {} steps; adapter in {}",
+                l.step,
+                l.loss,
+                tokens as f64 / secs.max(1e-9),
+                log.len(),
+                self.out.display()
+            );
         }
     }
 }

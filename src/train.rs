@@ -232,12 +232,13 @@ pub fn reference_logps(pipe: &mut Pipeline, pair: &Pair) -> Result<(f64, f64)> {
 }
 
 /// The DPO loss of one pair (chosen and rejected run together in one forward/backward) and its
-/// gradients. `alpha` = 0 is plain DPO, 1/1024 STIC's.
-pub fn dpo_pair_grads(pipe: &Pipeline, pair: &Pair, reference: (f64, f64), beta: f64, alpha: f64, opts: StepOpts) -> Result<(DpoOut, Grads)> {
+/// gradients, and the tokens run. `alpha` = 0 is plain DPO, 1/1024 STIC's.
+pub fn dpo_pair_grads(pipe: &Pipeline, pair: &Pair, reference: (f64, f64), beta: f64, alpha: f64, opts: StepOpts) -> Result<(DpoOut, Grads, usize)> {
     let seqs = vec![
         pipe.scored(&pair.prompt, &pair.images, &pair.chosen, opts.projector)?,
         pipe.scored(&pair.prompt, &pair.images, &pair.rejected, opts.projector)?,
     ];
+    let tokens = seqs.iter().map(|s| s.x.x.dim(0)).sum();
     let mut out = None;
     let (_, grads) = logprob_grads(pipe, seqs, opts, |l| {
         let (pc, pr) = (l[0].iter().sum(), l[1].iter().sum());
@@ -246,7 +247,7 @@ pub fn dpo_pair_grads(pipe: &Pipeline, pair: &Pair, reference: (f64, f64), beta:
         out = Some(o);
         w
     })?;
-    Ok((out.expect("weights were computed"), grads))
+    Ok((out.expect("weights were computed"), grads, tokens))
 }
 
 /// `dpo_pair_grads` with the pair packed as one sequence [prompt | chosen | rejected] under the
@@ -259,7 +260,7 @@ pub fn dpo_pair_grads_packed(
     beta: f64,
     alpha: f64,
     opts: StepOpts,
-) -> Result<(DpoOut, Grads)> {
+) -> Result<(DpoOut, Grads, usize)> {
     let prompt_ids = pipe.prompt_ids(&pair.prompt, pair.images.len())?;
     let chosen = pipe.tokenizer.encode(&pair.chosen, false)?;
     let rejected = pipe.tokenizer.encode(&pair.rejected, false)?;
@@ -282,7 +283,7 @@ pub fn dpo_pair_grads_packed(
         out = Some(o);
         w
     })?;
-    Ok((out.expect("weights were computed"), grads))
+    Ok((out.expect("weights were computed"), grads, t))
 }
 
 /// AdamW over everything that trains: every adapter's A and B and, when it trains, every
@@ -388,8 +389,8 @@ pub fn sft_ids(pipe: &Pipeline, turns: &[(String, String)], n_images: usize) -> 
 }
 
 /// SFT loss (mean cross-entropy over the answer tokens, as HF's loss with labels -100 elsewhere)
-/// of a conversation about `images`, and its LoRA gradients.
-pub fn sft_grads(pipe: &Pipeline, turns: &[(String, String)], images: &[RgbImage], opts: StepOpts) -> Result<(f64, Grads)> {
+/// of a conversation about `images`, its gradients, and the sequence length after image expansion.
+pub fn sft_grads(pipe: &Pipeline, turns: &[(String, String)], images: &[RgbImage], opts: StepOpts) -> Result<(f64, Grads, usize)> {
     let (ids, mask) = sft_ids(pipe, turns, images.len())?;
     let n_img = ids.iter().filter(|&&t| t == pipe.model.cfg.image_token_index).count();
     if n_img != images.len() {
@@ -416,5 +417,5 @@ pub fn sft_grads(pipe: &Pipeline, turns: &[(String, String)], images: &[RgbImage
         loss = -l[0].iter().sum::<f64>() / n;
         vec![vec![-1.0 / n; l[0].len()]]
     })?;
-    Ok((loss, grads))
+    Ok((loss, grads, t))
 }

@@ -59,6 +59,8 @@ pub struct TrainArgs {
     pub save_every: Option<usize>,
     /// Per-layer activation recomputation (the 7B model needs it on the GPU).
     pub recompute: bool,
+    /// No progress bar (logs).
+    pub quiet: bool,
 }
 
 /// One line of `prefs.jsonl`.
@@ -139,6 +141,12 @@ pub struct LogLine {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reward_margin: Option<f64>,
     pub lr: f32,
+    /// Tokens run through the model in this step (forward and backward), for throughput.
+    #[serde(skip)]
+    pub tokens: usize,
+    /// Wall time of the step in seconds.
+    #[serde(skip)]
+    pub seconds: f64,
 }
 
 /// What one example contributes to a step.
@@ -147,6 +155,8 @@ pub struct ExampleOut {
     /// (chosen, rejected) rewards, for DPO.
     pub rewards: Option<(f64, f64)>,
     pub grads: Grads,
+    /// Sequence length after image expansion.
+    pub tokens: usize,
 }
 
 /// DPO training on `prefs.jsonl`; `stop_after` ends the run right after that step's checkpoint
@@ -170,12 +180,12 @@ pub fn train_dpo(pipe: &mut Pipeline, data: &Path, out: &Path, args: &TrainArgs,
     train_loop(pipe, pairs.len(), out, args, resume, stop_after, |pipe, i, opts| {
         // Encode image + prompt once per pair (shared-prefix packing) unless a sliding window
         // forbids it.
-        let (o, grads) = if pipe.model.cfg.text.sliding_window.is_none() {
+        let (o, grads, tokens) = if pipe.model.cfg.text.sliding_window.is_none() {
             dpo_pair_grads_packed(pipe, &pairs[i], refs[i], args.beta, args.sft_weight, opts)?
         } else {
             dpo_pair_grads(pipe, &pairs[i], refs[i], args.beta, args.sft_weight, opts)?
         };
-        Ok(ExampleOut { loss: o.loss, rewards: Some((o.chosen_reward, o.rejected_reward)), grads })
+        Ok(ExampleOut { loss: o.loss, rewards: Some((o.chosen_reward, o.rejected_reward)), grads, tokens })
     })
 }
 
@@ -282,8 +292,8 @@ pub fn train_sft(pipe: &mut Pipeline, data: &Path, image_folder: &Path, out: &Pa
     let images: Vec<Vec<crate::image::RgbImage>> =
         examples.iter().map(|(p, _)| p.iter().map(|p| load_image(p)).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?;
     train_loop(pipe, examples.len(), out, args, resume, stop_after, |pipe, i, opts| {
-        let (loss, grads) = sft_grads(pipe, &examples[i].1, &images[i], opts)?;
-        Ok(ExampleOut { loss, rewards: None, grads })
+        let (loss, grads, tokens) = sft_grads(pipe, &examples[i].1, &images[i], opts)?;
+        Ok(ExampleOut { loss, rewards: None, grads, tokens })
     })
 }
 
@@ -337,7 +347,11 @@ fn train_loop(
     let projector = args.projector_lr.is_some();
     let mut log = Vec::new();
     let mut logf = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    let pb = crate::progress::bar(total as u64, "train", "steps", args.quiet);
+    pb.set_position(start as u64);
     for step in start..total {
+        let t0 = std::time::Instant::now();
+        let mut tokens = 0;
         let mut acc: Option<Grads> = None;
         let (mut loss, mut rewards) = (0.0, None::<(f64, f64)>);
         for k in 0..per_step {
@@ -347,6 +361,7 @@ fn train_loop(
             // resumed run draws the same ones.
             let opts = StepOpts { recompute: args.recompute, dropout_seed: Some(args.seed ^ (pos as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F)), projector };
             let o = example(pipe, i, opts)?;
+            tokens += o.tokens;
             loss += o.loss / per_step as f64;
             if let Some((c, r)) = o.rewards {
                 let acc_r = rewards.get_or_insert((0.0, 0.0));
@@ -379,7 +394,11 @@ fn train_loop(
             rejected_reward: rewards.map(|r| r.1),
             reward_margin: rewards.map(|r| r.0 - r.1),
             lr,
+            tokens,
+            seconds: t0.elapsed().as_secs_f64(),
         };
+        pb.set_message(format!("loss {loss:.4}"));
+        pb.inc(1);
         writeln!(logf, "{}", serde_json::to_string(&line).expect("json")).map_err(|e| Error::io(&log_path, e))?;
         log.push(line);
         let done = step + 1 == total;
@@ -391,6 +410,7 @@ fn train_loop(
         }
     }
     save_adapter(&mut pipe.model, out, &args.lora, projector)?;
+    pb.finish();
     Ok(log)
 }
 

@@ -338,7 +338,7 @@ fn sft_loss_and_lora_gradients_match_transformers_and_peft() {
     let (ids, _) = stic::train::sft_ids(&pipe, &turns, 1).unwrap();
     assert_eq!(ids, want_ids, "conversation token ids");
     let img = load_image(&fixtures().join("images/wide.jpg")).unwrap();
-    let (loss, grads) = stic::train::sft_grads(&pipe, &turns, &[img], Default::default()).unwrap();
+    let (loss, grads, _) = stic::train::sft_grads(&pipe, &turns, &[img], Default::default()).unwrap();
     assert!((loss - want_loss).abs() <= LOGPROB_TOL * (1.0 + want_loss.abs()), "{loss} vs {want_loss}");
     assert_lora_grads_match(&grads.lora, &want);
 }
@@ -357,7 +357,7 @@ fn projector_gradients_match_transformers() {
     let pipe = Pipeline::load_with(&fixtures().join("llava_next_tiny"), None, Some(&fixtures().join("adapter_next_tiny"))).unwrap();
     let img = load_image(&fixtures().join("images/wide.jpg")).unwrap();
     let opts = stic::model::decoder::StepOpts { projector: true, ..Default::default() };
-    let (loss, grads) = stic::train::sft_grads(&pipe, &turns, &[img], opts).unwrap();
+    let (loss, grads, _) = stic::train::sft_grads(&pipe, &turns, &[img], opts).unwrap();
     assert!((loss - want_loss).abs() <= LOGPROB_TOL * (1.0 + want_loss.abs()), "{loss} vs {want_loss}");
     assert_eq!(grads.projector.len(), want.len());
     for (name, got) in &grads.projector {

@@ -48,6 +48,7 @@ fn lr_schedules_match_transformers() {
             lora: stic::adapter::LoraSpec { r: 1, alpha: 1.0, dropout: 0.0, targets: vec![] },
             projector_lr: None,
             init_adapter: None,
+            quiet: true,
             beta: 0.1,
             sft_weight: 0.0,
             lr: c["lr"].as_f64().unwrap() as f32,

@@ -48,7 +48,7 @@ fn dpo_steps_raise_the_margin_and_lower_the_loss() {
     assert!((loss0 - std::f64::consts::LN_2).abs() < 1e-6 && margin0.abs() < 1e-6, "{loss0} {margin0}");
     for step in 0..30 {
         let i = step % pairs.len();
-        let (_, grads) = dpo_pair_grads(&pipe, &pairs[i], refs[i], 0.1, 0.0, Default::default()).unwrap();
+        let (_, grads, _) = dpo_pair_grads(&pipe, &pairs[i], refs[i], 0.1, 0.0, Default::default()).unwrap();
         let lr = opt.cfg.lr;
         opt.step(&mut pipe, &grads, lr, 0.0).unwrap();
     }
@@ -73,7 +73,7 @@ fn pair_gradient_equals_per_sequence_gradients() {
     let mut pipe = Pipeline::load_with(&fixtures().join("llava_next_tiny"), None, Some(&fixtures().join("adapter_next_tiny"))).unwrap();
     let pair = pairs(&pipe).remove(0);
     let reference = reference_logps(&mut pipe, &pair).unwrap();
-    let (out, joint) = dpo_pair_grads(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, Default::default()).unwrap();
+    let (out, joint, _) = dpo_pair_grads(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, Default::default()).unwrap();
     let joint = joint.lora;
     let (_, gc) = response_logprob_grads(&pipe, &pair.prompt, &pair.images, &pair.chosen, Default::default(), |l| vec![out.d_chosen; l.len()]).unwrap();
     let gc = gc.lora;
@@ -95,18 +95,20 @@ fn shared_prefix_pair_equals_two_separate_sequences() {
     let mut pipe = Pipeline::load_with(&fixtures().join("llava_next_tiny"), None, Some(&fixtures().join("adapter_next_tiny"))).unwrap();
     for pair in pairs(&pipe) {
         let reference = reference_logps(&mut pipe, &pair).unwrap();
-        let (a, ga) = dpo_pair_grads(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, Default::default()).unwrap();
-        let (b, gb) = stic::train::dpo_pair_grads_packed(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, Default::default()).unwrap();
+        let (a, ga, ta) = dpo_pair_grads(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, Default::default()).unwrap();
+        let (b, gb, tb) = stic::train::dpo_pair_grads_packed(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, Default::default()).unwrap();
+        // The packed sequence holds the image and prompt once.
+        assert!(tb < ta, "packed {tb} tokens vs {ta} separate");
         // Per-layer recomputation gives bit-identical gradients (the same deterministic ops rerun).
-        let (b2, gb2) = stic::train::dpo_pair_grads_packed(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, stic::model::decoder::StepOpts { recompute: true, ..Default::default() }).unwrap();
+        let (b2, gb2, _) = stic::train::dpo_pair_grads_packed(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, stic::model::decoder::StepOpts { recompute: true, ..Default::default() }).unwrap();
         assert_eq!(b, b2);
         assert_eq!(gb, gb2, "recomputation changed the gradients");
         assert!((a.loss - b.loss).abs() < 1e-5 * (1.0 + a.loss.abs()), "{a:?} vs {b:?}");
         assert!((a.chosen_reward - b.chosen_reward).abs() < 1e-4 && (a.rejected_reward - b.rejected_reward).abs() < 1e-4);
         // The projector's gradients agree too (its rows are shared by both responses when packed).
         let proj = stic::model::decoder::StepOpts { projector: true, ..Default::default() };
-        let (_, pa) = dpo_pair_grads(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, proj).unwrap();
-        let (_, pb) = stic::train::dpo_pair_grads_packed(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, proj).unwrap();
+        let (_, pa, _) = dpo_pair_grads(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, proj).unwrap();
+        let (_, pb, _) = stic::train::dpo_pair_grads_packed(&pipe, &pair, reference, 0.1, 1.0 / 1024.0, proj).unwrap();
         assert_eq!(pa.lora, ga.lora, "training the projector changed the LoRA gradients");
         assert_eq!(pa.projector.len(), 4);
         for ((n, x), (m, y)) in pa.projector.iter().zip(&pb.projector) {
@@ -135,18 +137,18 @@ fn lora_dropout_masks_are_reproducible_and_active() {
     let pair = pairs(&pipe).remove(0);
     let reference = reference_logps(&mut pipe, &pair).unwrap();
     let run = |pipe: &Pipeline, opts: StepOpts| stic::train::dpo_pair_grads_packed(pipe, &pair, reference, 0.1, 0.0, opts).unwrap();
-    let (_, no_dropout) = run(&pipe, StepOpts::default());
+    let (_, no_dropout, _) = run(&pipe, StepOpts::default());
     for (_, _, l) in pipe.model.decoder.projections_mut() {
         l.lora.as_mut().unwrap().dropout = 0.3;
     }
     // No seed: evaluation mode, dropout off.
     assert_eq!(run(&pipe, StepOpts::default()).1, no_dropout);
     let seeded = StepOpts { dropout_seed: Some(5), ..Default::default() };
-    let (o1, g1) = run(&pipe, seeded);
+    let (o1, g1, _) = run(&pipe, seeded);
     assert_ne!(g1, no_dropout, "dropout changed nothing");
     // The same seed gives the same masks, also when the backward recomputes the layers.
     assert_eq!(run(&pipe, seeded).1, g1);
-    let (o2, g2) = run(&pipe, StepOpts { recompute: true, dropout_seed: Some(5), ..Default::default() });
+    let (o2, g2, _) = run(&pipe, StepOpts { recompute: true, dropout_seed: Some(5), ..Default::default() });
     assert_eq!((o1, g1.clone()), (o2, g2));
     assert_ne!(run(&pipe, StepOpts { dropout_seed: Some(6), ..Default::default() }).1, g1);
 }
