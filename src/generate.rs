@@ -96,6 +96,11 @@ fn softmax(x: &[f32]) -> Vec<f64> {
     e.into_iter().map(|v| v / z).collect()
 }
 
+/// The sampling seed of sequence `i` of a batch generated with `seed` (`Pipeline::generate`).
+pub fn batch_seeds(seed: u64, n: usize) -> Vec<u64> {
+    (0..n).map(|i| seed ^ (i as u64).wrapping_mul(0xA24B_AED4_963E_E407)).collect()
+}
+
 /// One generation request: a prompt (already templated or raw) and its images.
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -189,6 +194,12 @@ impl Pipeline {
     /// Generate for a batch of requests at once (one prefill call, then one decode call per step
     /// over every unfinished sequence).
     pub fn generate(&self, reqs: &[Request], params: &SamplingParams) -> Result<Vec<Generation>> {
+        self.generate_seeded(reqs, params, &batch_seeds(params.seed, reqs.len()))
+    }
+
+    /// `generate` with one sampling seed per request: request i draws from `Rng::new(seeds[i])`
+    /// (`params.seed` is not used), so its stream does not depend on its place in the batch.
+    pub fn generate_seeded(&self, reqs: &[Request], params: &SamplingParams, seeds: &[u64]) -> Result<Vec<Generation>> {
         let mut prompt_ids = Vec::new();
         let mut inputs = Vec::new();
         let mut n_img = Vec::new();
@@ -199,7 +210,7 @@ impl Pipeline {
             inputs.push(x);
             n_img.push(k);
         }
-        let outputs = self.generate_from_embeds(inputs, params)?;
+        let outputs = self.generate_from_embeds_seeded(inputs, params, seeds)?;
         reqs.iter()
             .enumerate()
             .map(|(i, _)| {
@@ -216,11 +227,20 @@ impl Pipeline {
     /// The decode loop over prepared input embeddings (each [T_b, C]). Output ids include the EOS
     /// token that stopped a sequence, as HF's `generate` returns them.
     pub fn generate_from_embeds(&self, inputs: Vec<Tensor>, params: &SamplingParams) -> Result<Vec<Vec<u32>>> {
+        let seeds = batch_seeds(params.seed, inputs.len());
+        self.generate_from_embeds_seeded(inputs, params, &seeds)
+    }
+
+    /// `generate_from_embeds` with one sampling seed per sequence (see `generate_seeded`).
+    pub fn generate_from_embeds_seeded(&self, inputs: Vec<Tensor>, params: &SamplingParams, seeds: &[u64]) -> Result<Vec<Vec<u32>>> {
         let dec = &self.model.decoder;
         let b = inputs.len();
+        if seeds.len() != b {
+            return Err(Error::Input(format!("{} sampling seeds for {b} sequences", seeds.len())));
+        }
         let lens: Vec<usize> = inputs.iter().map(|x| x.dim(0)).collect();
         let mut caches: Vec<KvCache> = lens.iter().map(|&t| KvCache::new(&dec.cfg, t + params.max_new_tokens)).collect();
-        let mut rngs: Vec<Rng> = (0..b).map(|i| Rng::new(params.seed ^ (i as u64).wrapping_mul(0xA24B_AED4_963E_E407))).collect();
+        let mut rngs: Vec<Rng> = seeds.iter().map(|&s| Rng::new(s)).collect();
         let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
         if params.max_new_tokens == 0 || b == 0 {
             return Ok(out);

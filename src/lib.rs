@@ -16,6 +16,8 @@
 //! - `train`     gradients of response log-probs w.r.t. LoRA adapters, DPO pair and SFT steps
 //! - `trainer`   the DPO / SFT training loop: data, schedule, accumulation, clipping, checkpoints, resume
 //! - `rng`       the one seeded generator (SplitMix64)
+//! - `stic`      STIC's data stages: prompts, stage-1 preference pairs (`build-prefs`), stage-2
+//!   description-infused data (`build-dif`)
 
 pub mod adapter;
 pub mod backend;
@@ -29,6 +31,7 @@ pub mod nn;
 pub mod optim;
 pub mod progress;
 pub mod rng;
+pub mod stic;
 pub mod tensor;
 pub mod text;
 pub mod train;

@@ -10,6 +10,9 @@
 //! stic train-dpo --model DIR --data prefs.jsonl --out DIR [--lora-r 8 --lora-alpha 16 ...] [--resume]
 //! stic check    [--op OP] [--seed S] [--list]   (CUDA kernels vs the CPU reference; needs a
 //!               build with `--features cuda`)
+//! stic build-prefs --model DIR --images DIR --out prefs.jsonl [--n N --seed S --batch-size B]
+//! stic build-dif   --model DIR --adapter DIR --sft llava.json --images DIR --out dif.json [--n 5000]
+//!               (both: [--max-new-tokens 1024 --temperature 0.2 --top-p 1 --top-k 0] [--quiet])
 //!
 //! `--prompt` may be given several times to generate for a batch at once (with one `--image` shared
 //! by all, or one `--image` per prompt); `--json` then prints one JSON object per line.
@@ -61,6 +64,11 @@ enum Cmd {
         #[arg(long, default_value = "What is shown in this image?")]
         prompt: String,
     },
+    /// STIC stage 1: build preference pairs (chosen, rejected descriptions) from unlabeled images.
+    BuildPrefs(BuildPrefsCli),
+    /// STIC stage 2: describe the images of sampled instruction-tuning examples and put the
+    /// descriptions into their first human turn (LLaVA JSON for train-sft).
+    BuildDif(BuildDifCli),
     /// Check the CUDA kernels against the CPU reference on GPU 0 (one table row per check).
     ///
     /// Exit status: 0 all passed; 1 a check failed (or could not run); 2 no CUDA device (prints
@@ -279,6 +287,114 @@ struct TrainSftArgs {
     common: TrainCommon,
 }
 
+/// Options shared by `build-prefs` and `build-dif`: the model and the generation settings
+/// (defaults: the official scripts', see docs/STIC.md).
+#[derive(Args)]
+struct DataGenCommon {
+    /// Checkpoint directory (HF format).
+    #[arg(long)]
+    model: PathBuf,
+    /// A LoRA adapter directory in PEFT format (build-dif: the stage-1 adapter).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Build the model of DIR/config.json with seeded random weights.
+    #[arg(long)]
+    random_weights: bool,
+    #[arg(long, default_value_t = 0)]
+    weights_seed: u64,
+    /// Seed of the selection, prompts, corruptions and sampling (each item has its own stream).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per generation call.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1024)]
+    max_new_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.2)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 disables top-k.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// No progress bar (for logs); warnings and the summary still go to stderr.
+    #[arg(long)]
+    quiet: bool,
+    /// Stop after writing K items, as a kill would (for resume tests).
+    #[arg(long, hide = true)]
+    stop_after: Option<usize>,
+}
+
+impl DataGenCommon {
+    fn sampling(&self) -> Result<SamplingParams> {
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(stic::Error::Input(format!("--top-p must be in (0, 1], got {}", self.top_p)));
+        }
+        if self.temperature < 0.0 {
+            return Err(stic::Error::Input(format!("--temperature must be >= 0, got {}", self.temperature)));
+        }
+        Ok(SamplingParams {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        })
+    }
+
+    fn pipeline(&self) -> Result<Pipeline> {
+        Pipeline::load_with(&self.model, self.random_weights.then_some(self.weights_seed), self.adapter.as_deref())
+    }
+
+    fn report(&self, what: &str, out: &std::path::Path, s: &stic::stic::Summary) {
+        let state = if s.stopped { "stopped early" } else { "done" };
+        eprintln!(
+            "{what}: {state}: {} images written, {} already done, {} skipped, of {} selected, in {:.1} s ({:.3} images/s); output {}",
+            s.written,
+            s.resumed,
+            s.skipped,
+            s.selected,
+            s.elapsed.as_secs_f64(),
+            s.images_per_sec(),
+            out.display()
+        );
+    }
+}
+
+#[derive(Args)]
+struct BuildPrefsCli {
+    /// Folder of unlabeled images (.jpg, .jpeg, .png; searched recursively).
+    #[arg(long)]
+    images: PathBuf,
+    /// Output preference JSONL (appended to and resumed when it exists).
+    #[arg(long)]
+    out: PathBuf,
+    /// Use N images sampled with --seed (default: all).
+    #[arg(long)]
+    n: Option<usize>,
+    #[command(flatten)]
+    common: DataGenCommon,
+}
+
+#[derive(Args)]
+struct BuildDifCli {
+    /// LLaVA instruction-tuning JSON (e.g. llava_v1_5_mix665k.json).
+    #[arg(long)]
+    sft: PathBuf,
+    /// The folder its "image" paths are relative to.
+    #[arg(long)]
+    images: PathBuf,
+    /// Output LLaVA JSON (descriptions are kept in OUT.descriptions.jsonl for resuming).
+    #[arg(long)]
+    out: PathBuf,
+    /// Examples to sample (among those with an image).
+    #[arg(long, default_value_t = 5000)]
+    n: usize,
+    #[command(flatten)]
+    common: DataGenCommon,
+}
+
 #[derive(Args)]
 struct ScoreArgs {
     #[command(flatten)]
@@ -371,6 +487,37 @@ fn run(cli: Cli) -> Result<()> {
             let folder = a.image_folder.clone().unwrap_or_else(|| a.data.parent().unwrap_or(std::path::Path::new(".")).to_path_buf());
             let mut pipe = Pipeline::load(&c.model)?;
             c.report(&stic::trainer::train_sft(&mut pipe, &a.data, &folder, &c.out, &args, c.resume, c.stop_after)?);
+        }
+        Cmd::BuildPrefs(a) => {
+            let c = &a.common;
+            let args = stic::stic::BuildPrefsArgs {
+                images: a.images.clone(),
+                out: a.out.clone(),
+                n: a.n,
+                seed: c.seed,
+                batch_size: c.batch_size,
+                sampling: c.sampling()?,
+                quiet: c.quiet,
+                stop_after: c.stop_after,
+            };
+            let pipe = c.pipeline()?;
+            c.report("build-prefs", &a.out, &stic::stic::build_prefs(&pipe, &args)?);
+        }
+        Cmd::BuildDif(a) => {
+            let c = &a.common;
+            let args = stic::stic::BuildDifArgs {
+                sft: a.sft.clone(),
+                images: a.images.clone(),
+                out: a.out.clone(),
+                n: a.n,
+                seed: c.seed,
+                batch_size: c.batch_size,
+                sampling: c.sampling()?,
+                quiet: c.quiet,
+                stop_after: c.stop_after,
+            };
+            let pipe = c.pipeline()?;
+            c.report("build-dif", &a.out, &stic::stic::build_dif(&pipe, &args)?);
         }
         Cmd::Score(a) => {
             let c = &a.common;

@@ -10,7 +10,9 @@
 //! crate expands palettes and tRNS chunks into RGB(A) / grey+alpha, which matches PIL's
 //! convert-then-composite. 16-bit PNGs follow PIL's modes: RGB(A)/LA keep the high byte, and
 //! 16-bit grey (PIL "I;16") clamps to 0..=255 on conversion, as PIL does. No EXIF rotation is
-//! applied (neither `Image.open` nor the HF processors apply one).
+//! applied (neither `Image.open` nor the HF processors apply one). A JPEG whose data ends early
+//! (truncated, or no EOI marker) is an error, as in PIL ("image file is truncated"), not an image
+//! padded with grey as libjpeg would make it.
 
 use std::path::Path;
 
@@ -45,7 +47,7 @@ fn decode_jpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     use mozjpeg::{ColorSpace, DctMethod};
     // libjpeg reports fatal errors by unwinding out of its error handler.
     let run = std::panic::catch_unwind(|| -> std::io::Result<RgbImage> {
-        let mut d = mozjpeg::Decompress::with_markers(mozjpeg::ALL_MARKERS).from_mem(bytes)?;
+        let mut d = mozjpeg::Decompress::with_err(jpeg_error_mgr()).with_markers(mozjpeg::ALL_MARKERS).from_mem(bytes)?;
         d.dct_method(DctMethod::IntegerSlow);
         d.do_fancy_upsampling(true);
         let (width, height) = d.size();
@@ -80,6 +82,49 @@ fn decode_jpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "libjpeg error".into())),
     }
+}
+
+/// libjpeg's error manager for `decode_jpeg`: a fatal error unwinds with libjpeg's message (as the
+/// mozjpeg crate's own manager does), and so does the warning that the data ended early
+/// (`JWRN_JPEG_EOF`, also a missing EOI marker): libjpeg would pad the image with grey, but PIL
+/// refuses such a file ("image file is truncated"), so the file is an error here too. Other
+/// warnings are ignored, as PIL ignores them.
+fn jpeg_error_mgr() -> mozjpeg_sys::jpeg_error_mgr {
+    use mozjpeg_sys::{jpeg_common_struct, JWRN_JPEG_EOF};
+    use std::os::raw::c_int;
+
+    unsafe extern "C-unwind" fn error_exit(cinfo: &mut jpeg_common_struct) {
+        // SAFETY: libjpeg calls this with its valid error manager installed in `cinfo.err`.
+        let msg = unsafe { libjpeg_message(cinfo) };
+        std::panic::resume_unwind(Box::new(msg));
+    }
+    unsafe extern "C-unwind" fn emit_message(cinfo: &mut jpeg_common_struct, level: c_int) {
+        // SAFETY: as above.
+        if level < 0 && unsafe { (*cinfo.err).msg_code } == JWRN_JPEG_EOF {
+            std::panic::resume_unwind(Box::new("image file is truncated (premature end of JPEG data)".to_string()));
+        }
+    }
+    unsafe fn libjpeg_message(cinfo: &mut jpeg_common_struct) -> String {
+        let (format, code) = unsafe { ((*cinfo.err).format_message, (*cinfo.err).msg_code) };
+        match format {
+            Some(f) => {
+                // SAFETY: libjpeg's format_message writes at most JMSG_LENGTH_MAX (80) bytes into
+                // the buffer (the binding declares it `&[u8; 80]`, the C side takes `char *`).
+                let f: unsafe extern "C-unwind" fn(&mut jpeg_common_struct, &mut [u8; 80]) = unsafe { std::mem::transmute(f) };
+                let mut buf = [0u8; 80];
+                unsafe { f(cinfo, &mut buf) };
+                let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+                format!("libjpeg: {}", String::from_utf8_lossy(&buf[..end]))
+            }
+            None => format!("libjpeg error {code}"),
+        }
+    }
+    // SAFETY: `jpeg_std_error` fills every field of a zeroed manager with libjpeg's defaults.
+    let mut err: mozjpeg_sys::jpeg_error_mgr = unsafe { std::mem::zeroed() };
+    unsafe { mozjpeg_sys::jpeg_std_error(&mut err) };
+    err.error_exit = Some(error_exit);
+    err.emit_message = Some(emit_message);
+    err
 }
 
 /// Pillow's `cmyk2rgb` (Convert.c): channel = clip(nk - nk * c / 255) with nk = 255 - k and

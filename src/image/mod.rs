@@ -12,12 +12,14 @@
 //!   -> per image: `resize_pil` to the shortest edge, center crop
 //!   -> rescale (x * 1/255 in f64 -> f32) and normalise ((x - mean) / std in f32).
 //!
-//! Submodules: `config` (preprocessor_config.json), `load` (file decoding + RGB conversion; JPEG
+//! Submodules: `config` (preprocessor_config.json), `corrupt` (STIC's colour jitter and low
+//! resolution, torchvision/PIL semantics), `load` (file decoding + RGB conversion; JPEG
 //! through libjpeg, which PIL uses), `resize` (Pillow's
 //! resampler), `transforms` (crop/pad/normalise), `anyres` (LLaVA-NeXT tiling).
 
 pub mod anyres;
 pub mod config;
+pub mod corrupt;
 pub mod load;
 pub mod resize;
 pub mod transforms;

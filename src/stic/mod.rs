@@ -1,0 +1,158 @@
+//! The STIC data stages (issue #7): self-constructed preference data (`prefs`, stage 1) and
+//! description-infused instruction data (`dif`, stage 2). The official strings and parameters are
+//! in `prompts` and `crate::image::corrupt`; their sources are listed in docs/STIC.md.
+//!
+//! Both stages share the conventions of this module:
+//! - Every item (image or instruction example) draws from its own `Rng`, seeded from `--seed` and
+//!   the item's name (`item_rng`), so its prompt, corruption and sampling stream do not depend on
+//!   which other items are processed or in what order.
+//! - Items are processed in fixed batches of `batch_size` consecutive selected items. Results are
+//!   appended to a JSONL file and flushed one line per item; a restart reads the file, drops a torn
+//!   last line, and skips the items already there. A batch that was only partly written is
+//!   generated again as a whole (so that every sequence sees the same batch as in an uninterrupted
+//!   run, which keeps the floating-point results identical) and only its missing lines are appended.
+//! - An image that cannot be read is reported on stderr, recorded in `<out>.skipped` (one JSON
+//!   line: the item and the error) and not retried on restart (delete that file to retry).
+
+pub mod dif;
+pub mod jsonl;
+pub mod prefs;
+pub mod prompts;
+
+use std::time::Duration;
+
+use crate::generate::SamplingParams;
+use crate::rng::Rng;
+
+pub use dif::{build_dif, BuildDifArgs};
+pub use prefs::{build_prefs, BuildPrefsArgs};
+
+/// The generation settings of the official scripts (stic/generate_pref.py:151-154 and
+/// stic/generate_des_stage2.py:143-146, not overridden by scripts/generate_pref.sh or
+/// scripts/generate_des_stage2.sh): sampling at temperature 0.2, no top-p (`None`), one beam, at
+/// most 1024 new tokens. (`seed` is unused: each item has its own.)
+pub fn stic_sampling() -> SamplingParams {
+    SamplingParams { max_new_tokens: 1024, temperature: 0.2, top_k: 0, top_p: 1.0, seed: 0 }
+}
+
+/// What a data stage did in this run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    /// Items selected (`--n` of those available).
+    pub selected: usize,
+    /// Items found already done (or already recorded as skipped) when the run started.
+    pub resumed: usize,
+    /// Items generated and written in this run.
+    pub written: usize,
+    /// Items skipped in this run (unreadable image, empty answer).
+    pub skipped: usize,
+    /// Wall time of the generation loop (model loading excluded).
+    pub elapsed: Duration,
+    /// The run stopped at `stop_after` before finishing.
+    pub stopped: bool,
+}
+
+impl Summary {
+    /// Images (items) generated per second in this run.
+    pub fn images_per_sec(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.written as f64 / s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// FNV-1a, 64-bit: a stable hash of an item's name (not `std`'s, which may change between
+/// releases).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// The random stream of one item: a function of the run's seed and the item's name only.
+pub fn item_rng(seed: u64, name: &str) -> Rng {
+    let mut mix = Rng::new(seed ^ fnv1a(name.as_bytes()).rotate_left(17));
+    Rng::new(mix.next_u64())
+}
+
+/// `n` of `total` indices drawn without replacement from `seed` (all of them when `n >= total`),
+/// in increasing order.
+pub fn sample_indices(total: usize, n: usize, seed: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..total).collect();
+    if n < total {
+        let mut rng = Rng::new(seed ^ 0x5354_4943_5f53_414d); // "STIC_SAM"
+        for i in 0..n {
+            let j = i + rng.below(total - i);
+            idx.swap(i, j);
+        }
+        idx.truncate(n);
+        idx.sort_unstable();
+    }
+    idx
+}
+
+/// The warning for a skipped item: `msg` (which names the file when it is an image error), the
+/// item when it does not, and where the skip is recorded.
+pub(crate) fn skip_warning(item: &str, msg: &str, recorded_in: &std::path::Path) -> String {
+    let what = if msg.contains(item) { msg.to_string() } else { format!("{item}: {msg}") };
+    format!("{what}; skipped (recorded in {})", recorded_in.display())
+}
+
+/// A progress bar on stderr with rate and ETA (hidden with `quiet`); messages printed through
+/// `warn` do not tear it.
+pub(crate) struct Progress(indicatif::ProgressBar);
+
+impl Progress {
+    pub(crate) fn new(total: usize, done: usize, unit: &str, quiet: bool) -> Self {
+        let pb = if quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            let pb = indicatif::ProgressBar::with_draw_target(Some(total as u64), indicatif::ProgressDrawTarget::stderr());
+            let style = indicatif::ProgressStyle::with_template(&format!(
+                "{{elapsed_precise}} [{{wide_bar}}] {{pos}}/{{len}} {unit} ({{per_sec}}, ETA {{eta}})"
+            ))
+            .expect("valid template");
+            pb.set_style(style);
+            pb
+        };
+        pb.set_position(done as u64);
+        pb.reset_eta();
+        Progress(pb)
+    }
+
+    pub(crate) fn inc(&self) {
+        self.0.inc(1);
+    }
+
+    pub(crate) fn warn(&self, msg: &str) {
+        self.0.suspend(|| eprintln!("warning: {msg}"));
+    }
+
+    pub(crate) fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_streams_depend_on_seed_and_name_only() {
+        let a = item_rng(3, "a.jpg").next_u64();
+        assert_eq!(a, item_rng(3, "a.jpg").next_u64());
+        assert_ne!(a, item_rng(4, "a.jpg").next_u64());
+        assert_ne!(a, item_rng(3, "b.jpg").next_u64());
+    }
+
+    #[test]
+    fn sampled_indices_are_distinct_sorted_and_seeded() {
+        let s = sample_indices(100, 10, 1);
+        assert_eq!(s.len(), 10);
+        assert!(s.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(s, sample_indices(100, 10, 1));
+        assert_ne!(s, sample_indices(100, 10, 2));
+        assert_eq!(sample_indices(5, 10, 1), vec![0, 1, 2, 3, 4]);
+    }
+}
