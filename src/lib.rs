@@ -31,6 +31,7 @@ pub mod nn;
 pub mod optim;
 pub mod progress;
 pub mod rng;
+pub mod run;
 pub mod stic;
 pub mod tensor;
 pub mod text;

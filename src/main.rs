@@ -64,6 +64,19 @@ enum Cmd {
         #[arg(long, default_value = "What is shown in this image?")]
         prompt: String,
     },
+    /// The whole STIC pipeline from a config file: build-prefs, train-dpo, build-dif, train-sft,
+    /// eval, one folder per stage; finished stages are skipped, interrupted ones resume.
+    Run {
+        /// stic.toml (see README "STIC"); paths in it are relative to its folder.
+        #[arg(long)]
+        config: PathBuf,
+        /// No progress bars (overrides the config's `quiet`).
+        #[arg(long)]
+        quiet: bool,
+        /// Stop after N new pairs of stage 1, as a crash would (for resume tests).
+        #[arg(long, hide = true)]
+        stop_after: Option<usize>,
+    },
     /// STIC stage 1: build preference pairs (chosen, rejected descriptions) from unlabeled images.
     BuildPrefs(BuildPrefsCli),
     /// STIC stage 2: describe the images of sampled instruction-tuning examples and put the
@@ -487,6 +500,13 @@ fn run(cli: Cli) -> Result<()> {
             let folder = a.image_folder.clone().unwrap_or_else(|| a.data.parent().unwrap_or(std::path::Path::new(".")).to_path_buf());
             let mut pipe = Pipeline::load(&c.model)?;
             c.report(&stic::trainer::train_sft(&mut pipe, &a.data, &folder, &c.out, &args, c.resume, c.stop_after)?);
+        }
+        Cmd::Run { config, quiet, stop_after } => {
+            let mut cfg = stic::run::RunConfig::from_file(&config)?;
+            cfg.quiet |= quiet;
+            let summary = stic::run::run(&cfg, &config, stop_after)?;
+            eprint!("{}", stic::run::format_summary(&summary));
+            eprintln!("summary in {}", cfg.out.join("summary.json").display());
         }
         Cmd::BuildPrefs(a) => {
             let c = &a.common;

@@ -1,13 +1,41 @@
 //! Progress bars for the long stages (data building, training, evaluation): indicatif on stderr
-//! with rate and ETA, hidden in quiet mode (logs) and when stderr is not a terminal.
+//! with rate and ETA, hidden in quiet mode (logs) and when stderr is not a terminal. Warnings
+//! printed through `warn` do not tear the bar.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// A bar of `len` units named `label`; `unit` names what is counted (images, steps, items).
-pub fn bar(len: u64, label: &str, unit: &str, quiet: bool) -> ProgressBar {
-    let pb = ProgressBar::with_draw_target(Some(len), if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() });
-    let template = format!("{{prefix}} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {unit} ({{per_sec}}, ETA {{eta}}) {{msg}}");
-    pb.set_style(ProgressStyle::with_template(&template).expect("valid template"));
-    pb.set_prefix(label.to_string());
-    pb
+pub struct Progress(ProgressBar);
+
+impl Progress {
+    /// A bar of `total` units (`unit` names them: images, steps, questions), `done` already done.
+    pub fn new(total: usize, done: usize, unit: &str, quiet: bool) -> Self {
+        let pb = if quiet {
+            ProgressBar::hidden()
+        } else {
+            let pb = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+            let template = format!("{{elapsed_precise}} [{{wide_bar}}] {{pos}}/{{len}} {unit} ({{per_sec}}, ETA {{eta}}) {{msg}}");
+            pb.set_style(ProgressStyle::with_template(&template).expect("valid template"));
+            pb
+        };
+        pb.set_position(done as u64);
+        pb.reset_eta();
+        Progress(pb)
+    }
+
+    pub fn inc(&self) {
+        self.0.inc(1);
+    }
+
+    /// A short status after the counts (the loss, say).
+    pub fn message(&self, msg: String) {
+        self.0.set_message(msg);
+    }
+
+    pub fn warn(&self, msg: &str) {
+        self.0.suspend(|| eprintln!("warning: {msg}"));
+    }
+
+    pub fn finish(&self) {
+        self.0.finish_and_clear();
+    }
 }

@@ -347,8 +347,7 @@ fn train_loop(
     let projector = args.projector_lr.is_some();
     let mut log = Vec::new();
     let mut logf = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
-    let pb = crate::progress::bar(total as u64, "train", "steps", args.quiet);
-    pb.set_position(start as u64);
+    let pb = crate::progress::Progress::new(total, start, "steps", args.quiet);
     for step in start..total {
         let t0 = std::time::Instant::now();
         let mut tokens = 0;
@@ -397,8 +396,8 @@ fn train_loop(
             tokens,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        pb.set_message(format!("loss {loss:.4}"));
-        pb.inc(1);
+        pb.message(format!("loss {loss:.4}"));
+        pb.inc();
         writeln!(logf, "{}", serde_json::to_string(&line).expect("json")).map_err(|e| Error::io(&log_path, e))?;
         log.push(line);
         let done = step + 1 == total;

@@ -27,7 +27,8 @@ use crate::text::IMAGE_TOKEN;
 
 use super::jsonl::{sidecar, JsonlLog};
 use super::prompts::{infuse_description, STAGE2_DESCRIPTION_PROMPTS};
-use super::{item_rng, sample_indices, skip_warning, stic_sampling, Progress, Summary};
+use super::{item_rng, sample_indices, skip_warning, stic_sampling, Summary};
+use crate::progress::Progress;
 
 /// Options of `build_dif` (`stic build-dif`).
 #[derive(Clone, Debug)]
@@ -136,7 +137,8 @@ pub fn build_dif(pipe: &Pipeline, args: &BuildDifArgs) -> Result<Summary> {
         }
         // As in build-prefs: a partly described batch is generated again as a whole.
         let todo: Vec<&Example> = batch.iter().copied().filter(|ex| !skipped.contains(&ex.index)).collect();
-        let outcomes = describe_batch(pipe, &todo, args)?;
+        let (outcomes, tokens) = describe_batch(pipe, &todo, args)?;
+        summary.tokens += tokens;
         for (ex, outcome) in todo.iter().zip(outcomes) {
             if described.contains_key(&ex.index) {
                 continue;
@@ -184,7 +186,7 @@ pub fn build_dif(pipe: &Pipeline, args: &BuildDifArgs) -> Result<Summary> {
 
 /// Describe a batch of examples' images in one generation call. An unusable image gets
 /// `Err(reason)`.
-fn describe_batch(pipe: &Pipeline, todo: &[&Example], args: &BuildDifArgs) -> Result<Vec<std::result::Result<DescriptionRecord, String>>> {
+fn describe_batch(pipe: &Pipeline, todo: &[&Example], args: &BuildDifArgs) -> Result<(Vec<std::result::Result<DescriptionRecord, String>>, usize)> {
     let mut outcomes: Vec<Option<std::result::Result<DescriptionRecord, String>>> = vec![None; todo.len()];
     let (mut inputs, mut seeds, mut slots) = (Vec::new(), Vec::new(), Vec::new());
     for (k, ex) in todo.iter().enumerate() {
@@ -206,6 +208,7 @@ fn describe_batch(pipe: &Pipeline, todo: &[&Example], args: &BuildDifArgs) -> Re
         }
     }
     let outputs = pipe.generate_from_embeds_seeded(inputs, &args.sampling, &seeds)?;
+    let tokens = outputs.iter().map(|o| o.len()).sum();
     for ((k, prompt), ids) in slots.into_iter().zip(outputs) {
         let text = pipe.tokenizer.decode(&ids, true)?;
         let ex = todo[k];
@@ -217,7 +220,7 @@ fn describe_batch(pipe: &Pipeline, todo: &[&Example], args: &BuildDifArgs) -> Re
             description: text.replace(IMAGE_TOKEN, "").trim().to_string(),
         }));
     }
-    Ok(outcomes.into_iter().map(|o| o.expect("every example has an outcome")).collect())
+    Ok((outcomes.into_iter().map(|o| o.expect("every example has an outcome")).collect(), tokens))
 }
 
 /// Write `value` as JSON with four-space indentation to `path` through a temporary file and a

@@ -46,6 +46,8 @@ pub struct Summary {
     pub written: usize,
     /// Items skipped in this run (unreadable image, empty answer).
     pub skipped: usize,
+    /// Tokens generated in this run (every sequence of every generation call).
+    pub tokens: usize,
     /// Wall time of the generation loop (model loading excluded).
     pub elapsed: Duration,
     /// The run stopped at `stop_after` before finishing.
@@ -97,41 +99,6 @@ pub fn sample_indices(total: usize, n: usize, seed: u64) -> Vec<usize> {
 pub(crate) fn skip_warning(item: &str, msg: &str, recorded_in: &std::path::Path) -> String {
     let what = if msg.contains(item) { msg.to_string() } else { format!("{item}: {msg}") };
     format!("{what}; skipped (recorded in {})", recorded_in.display())
-}
-
-/// A progress bar on stderr with rate and ETA (hidden with `quiet`); messages printed through
-/// `warn` do not tear it.
-pub(crate) struct Progress(indicatif::ProgressBar);
-
-impl Progress {
-    pub(crate) fn new(total: usize, done: usize, unit: &str, quiet: bool) -> Self {
-        let pb = if quiet {
-            indicatif::ProgressBar::hidden()
-        } else {
-            let pb = indicatif::ProgressBar::with_draw_target(Some(total as u64), indicatif::ProgressDrawTarget::stderr());
-            let style = indicatif::ProgressStyle::with_template(&format!(
-                "{{elapsed_precise}} [{{wide_bar}}] {{pos}}/{{len}} {unit} ({{per_sec}}, ETA {{eta}})"
-            ))
-            .expect("valid template");
-            pb.set_style(style);
-            pb
-        };
-        pb.set_position(done as u64);
-        pb.reset_eta();
-        Progress(pb)
-    }
-
-    pub(crate) fn inc(&self) {
-        self.0.inc(1);
-    }
-
-    pub(crate) fn warn(&self, msg: &str) {
-        self.0.suspend(|| eprintln!("warning: {msg}"));
-    }
-
-    pub(crate) fn finish(&self) {
-        self.0.finish_and_clear();
-    }
 }
 
 #[cfg(test)]

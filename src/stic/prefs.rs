@@ -37,7 +37,8 @@ use crate::tensor::Tensor;
 
 use super::jsonl::{sidecar, JsonlLog};
 use super::prompts::{DESCRIPTION_PROMPTS, GOOD_PROMPT, HALLUCINATION_PROMPTS};
-use super::{item_rng, sample_indices, skip_warning, stic_sampling, Progress, Summary};
+use super::{item_rng, sample_indices, skip_warning, stic_sampling, Summary};
+use crate::progress::Progress;
 
 /// Options of `build_prefs` (`stic build-prefs`).
 #[derive(Clone, Debug)]
@@ -216,7 +217,8 @@ pub fn build_prefs(pipe: &Pipeline, args: &BuildPrefsArgs) -> Result<Summary> {
         // The whole batch is generated (also its already written images, after a restart), so
         // that every sequence runs in the same batch as in an uninterrupted run.
         let todo: Vec<&Item> = batch.iter().filter(|it| !skipped.contains(&it.key)).collect();
-        let outcomes = generate_batch(pipe, &todo, args)?;
+        let (outcomes, tokens) = generate_batch(pipe, &todo, args)?;
+        summary.tokens += tokens;
         for (it, outcome) in todo.iter().zip(outcomes) {
             if written.contains(&it.key) {
                 continue;
@@ -248,7 +250,7 @@ pub fn build_prefs(pipe: &Pipeline, args: &BuildPrefsArgs) -> Result<Summary> {
 
 /// Load, corrupt and generate for a batch of images: one `generate` call with every image's chosen
 /// and rejected request. An image that cannot be read gets `Err(reason)`.
-fn generate_batch(pipe: &Pipeline, items: &[&Item], args: &BuildPrefsArgs) -> Result<Vec<Outcome>> {
+fn generate_batch(pipe: &Pipeline, items: &[&Item], args: &BuildPrefsArgs) -> Result<(Vec<Outcome>, usize)> {
     let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
     let mut inputs: Vec<Tensor> = Vec::new();
     let mut seeds: Vec<u64> = Vec::new();
@@ -266,6 +268,7 @@ fn generate_batch(pipe: &Pipeline, items: &[&Item], args: &BuildPrefsArgs) -> Re
         }
     }
     let outputs = pipe.generate_from_embeds_seeded(inputs, &args.sampling, &seeds)?;
+    let tokens = outputs.iter().map(|o| o.len()).sum();
     for ((k, plan), pair) in slots.into_iter().zip(outputs.chunks(2)) {
         let chosen = pipe.tokenizer.decode(&pair[0], true)?.trim().to_string();
         let rejected = pipe.tokenizer.decode(&pair[1], true)?.trim().to_string();
@@ -287,7 +290,7 @@ fn generate_batch(pipe: &Pipeline, items: &[&Item], args: &BuildPrefsArgs) -> Re
             })
         });
     }
-    Ok(outcomes.into_iter().map(|o| o.expect("every item has an outcome")).collect())
+    Ok((outcomes.into_iter().map(|o| o.expect("every item has an outcome")).collect(), tokens))
 }
 
 /// The input embeddings of one image's chosen and rejected requests.

@@ -1,0 +1,395 @@
+//! `stic run --config stic.toml`: the whole STIC pipeline, one folder per stage under `out`.
+//!
+//! ```text
+//! images/ ──1-prefs (build-prefs: base model)──► 1-prefs/prefs.jsonl
+//!          ──2-dpo   (train-dpo, STIC's loss)───► 2-dpo/ (PEFT adapter, stage 1)
+//! sft.json ──3-dif   (build-dif: base + 2-dpo)──► 3-dif/dif.json
+//!          ──4-sft   (train-sft from 2-dpo)─────► 4-sft/ (PEFT adapter: the result)
+//!          ──5-eval  (each [[eval]] bench)──────► 5-eval/<bench>/{predictions.jsonl, metrics.json}
+//! ```
+//! - A stage that finished wrote `<stage>/stage.json` (its summary, atomically, last); a re-run
+//!   skips it. An interrupted stage resumes: the data stages skip the items already in their
+//!   JSONL, training continues from its checkpoint, evaluation skips answered questions.
+//! - Defaults are STIC's (docs/STIC.md): stage 1 LoRA r 128 / alpha 256 on every projection of
+//!   the language model, lr 1e-7, projector lr 2e-5, beta 0.1, likelihood weight 1/1024, cosine
+//!   with 3% warmup, one epoch, 4 pairs per step; stage 2 continues the stage-1 adapter at lr 2e-5
+//!   (projector 2e-5), 16 examples per step. Every key of a section overrides its default.
+//! - Paths in the config are relative to the config file's folder.
+//! - The end: `summary.json` and a table with counts, seconds and tokens/s per stage.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Deserialize;
+
+use crate::adapter::LoraSpec;
+use crate::error::{Error, Result};
+use crate::generate::Pipeline;
+use crate::trainer::{Schedule, TrainArgs};
+
+/// `stic.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The LLaVA checkpoint (HF format).
+    pub model: PathBuf,
+    /// Unlabeled images for stage 1.
+    pub images: PathBuf,
+    /// The run's folder (one subfolder per stage).
+    pub out: PathBuf,
+    #[serde(default)]
+    pub seed: u64,
+    /// No progress bars.
+    #[serde(default)]
+    pub quiet: bool,
+    /// Build the model with random weights from `model`'s config (smoke runs, tests).
+    #[serde(default)]
+    pub random_weights: Option<u64>,
+    #[serde(default)]
+    pub prefs: DataSection,
+    #[serde(default)]
+    pub dpo: TrainSection,
+    pub dif: DifSection,
+    #[serde(default)]
+    pub sft: TrainSection,
+    #[serde(default)]
+    pub eval: Vec<EvalSection>,
+}
+
+/// Generation settings of a data stage (`[prefs]`; `[dif]` adds its inputs).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Items to use (all images / the paper's 5000 examples when absent).
+    pub n: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub max_new_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DifSection {
+    /// LLaVA instruction-tuning JSON (llava_v1_5_mix665k.json).
+    pub sft: PathBuf,
+    /// The folder its image paths are relative to.
+    pub images: PathBuf,
+    #[serde(flatten)]
+    pub gen: DataSection,
+}
+
+/// Overrides of a training stage's defaults (the `train-dpo` / `train-sft` options).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    pub lora_r: Option<usize>,
+    pub lora_alpha: Option<f64>,
+    pub lora_dropout: Option<f64>,
+    pub lora_targets: Option<Vec<String>>,
+    pub lr: Option<f32>,
+    /// 0 freezes the projector.
+    pub projector_lr: Option<f32>,
+    pub weight_decay: Option<f32>,
+    pub epochs: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub grad_accum: Option<usize>,
+    pub max_steps: Option<usize>,
+    pub warmup_ratio: Option<f64>,
+    /// "cosine" or "linear".
+    pub schedule: Option<String>,
+    pub max_grad_norm: Option<f64>,
+    pub save_every: Option<usize>,
+    pub recompute: Option<bool>,
+    pub beta: Option<f64>,
+    pub sft_weight: Option<f64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// scienceqa, textvqa, chartqa, mmbench, pope, mathvista, llava-bench, mm-vet.
+    pub bench: String,
+    pub data: PathBuf,
+    pub image_folder: Option<PathBuf>,
+    pub max_new_tokens: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub limit: Option<usize>,
+}
+
+const ALL_PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+/// STIC's stage-1 DPO settings (scripts/dpo_finetune.sh; docs/STIC.md).
+pub fn stic_dpo_defaults(seed: u64, quiet: bool) -> TrainArgs {
+    TrainArgs {
+        lora: LoraSpec { r: 128, alpha: 256.0, dropout: 0.0, targets: ALL_PROJECTIONS.iter().map(|s| s.to_string()).collect() },
+        projector_lr: Some(2e-5),
+        init_adapter: None,
+        beta: 0.1,
+        sft_weight: 1.0 / 1024.0,
+        lr: 1e-7,
+        weight_decay: 0.0,
+        epochs: 1,
+        batch_size: 1,
+        grad_accum: 4, // 1 per device x 2 accumulation x 2 GPUs
+        max_steps: None,
+        warmup_ratio: 0.03,
+        schedule: Schedule::Cosine,
+        max_grad_norm: 1.0,
+        seed,
+        save_every: Some(50),
+        recompute: false,
+        quiet,
+    }
+}
+
+/// STIC's stage-2 SFT settings (scripts/finetune_lora.sh): the stage-1 adapter trained on.
+pub fn stic_sft_defaults(seed: u64, quiet: bool, stage1: &Path) -> TrainArgs {
+    TrainArgs {
+        init_adapter: Some(stage1.to_path_buf()),
+        lr: 2e-5,
+        projector_lr: Some(2e-5),
+        sft_weight: 0.0,
+        batch_size: 16,
+        grad_accum: 1,
+        ..stic_dpo_defaults(seed, quiet)
+    }
+}
+
+impl TrainSection {
+    fn apply(&self, mut a: TrainArgs, file: &Path, section: &str) -> Result<TrainArgs> {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { a.$f = v.clone(); } )* };
+        }
+        set!(lr, weight_decay, epochs, batch_size, grad_accum, warmup_ratio, max_grad_norm, beta, sft_weight);
+        if let Some(v) = self.lora_r {
+            a.lora.r = v;
+        }
+        if let Some(v) = self.lora_alpha {
+            a.lora.alpha = v;
+        }
+        if let Some(v) = self.lora_dropout {
+            a.lora.dropout = v;
+        }
+        if let Some(v) = &self.lora_targets {
+            a.lora.targets = v.clone();
+        }
+        if let Some(v) = self.projector_lr {
+            a.projector_lr = (v > 0.0).then_some(v);
+        }
+        if self.max_steps.is_some() {
+            a.max_steps = self.max_steps;
+        }
+        if self.save_every.is_some() {
+            a.save_every = self.save_every;
+        }
+        if let Some(v) = self.recompute {
+            a.recompute = v;
+        }
+        if let Some(s) = &self.schedule {
+            a.schedule = match s.as_str() {
+                "cosine" => Schedule::Cosine,
+                "linear" => Schedule::Linear,
+                other => return Err(Error::config(file, format!("{section}.schedule"), format!("expected cosine or linear, got `{other}`"))),
+            };
+        }
+        Ok(a)
+    }
+}
+
+impl RunConfig {
+    /// Read `stic.toml`; relative paths are resolved against its folder.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut c: RunConfig = toml::from_str(&text).map_err(|e| {
+            let field = e.span().map(|s| format!("line {}", text[..s.start].lines().count().max(1))).unwrap_or_else(|| "<file>".into());
+            Error::config(path, field, e.message().to_string())
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut c.model, &mut c.images, &mut c.out, &mut c.dif.sft, &mut c.dif.images] {
+            *p = base.join(&*p);
+        }
+        for e in &mut c.eval {
+            e.data = base.join(&e.data);
+            if let Some(f) = &mut e.image_folder {
+                *f = base.join(&*f);
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// One stage's line of the summary.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct StageSummary {
+    pub stage: String,
+    /// "ran" in this invocation, or "skipped" (finished before).
+    #[serde(default)]
+    pub status: String,
+    pub seconds: f64,
+    /// What the stage counts (pairs written, steps, questions...).
+    pub counts: serde_json::Value,
+    /// Tokens per second (generated for data and eval stages, trained for training stages).
+    pub tokens_per_s: Option<f64>,
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Run the stage in folder `dir` unless its `stage.json` says it finished.
+fn stage(dir: &Path, name: &str, quiet: bool, body: impl FnOnce() -> Result<(serde_json::Value, Option<f64>)>) -> Result<StageSummary> {
+    let marker = dir.join("stage.json");
+    if let Ok(text) = std::fs::read_to_string(&marker) {
+        if let Ok(mut s) = serde_json::from_str::<StageSummary>(&text) {
+            s.status = "skipped".into();
+            if !quiet {
+                eprintln!("[{name}] done before; skipped ({})", marker.display());
+            }
+            return Ok(s);
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    if !quiet {
+        eprintln!("[{name}] running in {}", dir.display());
+    }
+    let t0 = Instant::now();
+    let (counts, tokens_per_s) = body()?;
+    let s = StageSummary { stage: name.into(), status: "ran".into(), seconds: t0.elapsed().as_secs_f64(), counts, tokens_per_s };
+    write_atomic(&marker, &serde_json::to_string_pretty(&s).expect("json"))?;
+    Ok(s)
+}
+
+fn train_counts(log: &[crate::trainer::LogLine]) -> (serde_json::Value, Option<f64>) {
+    let (tokens, secs) = log.iter().fold((0usize, 0f64), |(t, s), l| (t + l.tokens, s + l.seconds));
+    let last = log.last();
+    let counts = serde_json::json!({
+        "steps_this_run": log.len(),
+        "final_loss": last.map(|l| l.loss),
+        "final_reward_margin": last.and_then(|l| l.reward_margin),
+        "tokens": tokens,
+    });
+    (counts, (secs > 0.0).then(|| tokens as f64 / secs))
+}
+
+fn data_counts(s: &crate::stic::Summary) -> (serde_json::Value, Option<f64>) {
+    let secs = s.elapsed.as_secs_f64();
+    let counts = serde_json::json!({
+        "selected": s.selected,
+        "resumed": s.resumed,
+        "written": s.written,
+        "skipped": s.skipped,
+        "images_per_s": s.images_per_sec(),
+        "generated_tokens": s.tokens,
+    });
+    (counts, (secs > 0.0).then(|| s.tokens as f64 / secs))
+}
+
+fn sampling(base: crate::generate::SamplingParams, d: &DataSection) -> crate::generate::SamplingParams {
+    crate::generate::SamplingParams {
+        max_new_tokens: d.max_new_tokens.unwrap_or(base.max_new_tokens),
+        temperature: d.temperature.unwrap_or(base.temperature),
+        top_p: d.top_p.unwrap_or(base.top_p),
+        ..base
+    }
+}
+
+/// Run every stage of `cfg` (skipping finished ones); returns the per-stage summary, also written
+/// to `out/summary.json`. `stop_prefs_after`: end the process's work after that many new pairs of
+/// stage 1, as a crash would (tests of resume).
+pub fn run(cfg: &RunConfig, config_path: &Path, stop_prefs_after: Option<usize>) -> Result<Vec<StageSummary>> {
+    let out = &cfg.out;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let load = |adapter: Option<&Path>| Pipeline::load_with(&cfg.model, cfg.random_weights, adapter);
+    let (d1, d2, d3, d4, d5) = (out.join("1-prefs"), out.join("2-dpo"), out.join("3-dif"), out.join("4-sft"), out.join("5-eval"));
+    let prefs = d1.join("prefs.jsonl");
+    let dif = d3.join("dif.json");
+    let mut summary = Vec::new();
+
+    summary.push(stage(&d1, "1-prefs", cfg.quiet, || {
+        let pipe = load(None)?;
+        let mut a = crate::stic::BuildPrefsArgs::new(&cfg.images, &prefs);
+        a.n = cfg.prefs.n;
+        a.seed = cfg.seed;
+        a.batch_size = cfg.prefs.batch_size.unwrap_or(a.batch_size);
+        a.sampling = sampling(a.sampling, &cfg.prefs);
+        a.quiet = cfg.quiet;
+        a.stop_after = stop_prefs_after;
+        let s = crate::stic::build_prefs(&pipe, &a)?;
+        if s.stopped {
+            return Err(Error::Input(format!("stopped after {} new pairs (--stop-after)", s.written)));
+        }
+        Ok(data_counts(&s))
+    })?);
+
+    summary.push(stage(&d2, "2-dpo", cfg.quiet, || {
+        let mut pipe = load(None)?;
+        let args = cfg.dpo.apply(stic_dpo_defaults(cfg.seed, cfg.quiet), config_path, "dpo")?;
+        let resume = d2.join("checkpoint").exists() || d2.join("checkpoint.old").exists();
+        let log = crate::trainer::train_dpo(&mut pipe, &prefs, &d2, &args, resume, None)?;
+        Ok(train_counts(&log))
+    })?);
+
+    summary.push(stage(&d3, "3-dif", cfg.quiet, || {
+        let pipe = load(Some(&d2))?;
+        let mut a = crate::stic::BuildDifArgs::new(&cfg.dif.sft, &cfg.dif.images, &dif);
+        if let Some(n) = cfg.dif.gen.n {
+            a.n = n;
+        }
+        a.seed = cfg.seed;
+        a.batch_size = cfg.dif.gen.batch_size.unwrap_or(a.batch_size);
+        a.sampling = sampling(a.sampling, &cfg.dif.gen);
+        a.quiet = cfg.quiet;
+        let s = crate::stic::build_dif(&pipe, &a)?;
+        Ok(data_counts(&s))
+    })?);
+
+    summary.push(stage(&d4, "4-sft", cfg.quiet, || {
+        let mut pipe = load(None)?;
+        let args = cfg.sft.apply(stic_sft_defaults(cfg.seed, cfg.quiet, &d2), config_path, "sft")?;
+        let resume = d4.join("checkpoint").exists() || d4.join("checkpoint.old").exists();
+        let folder = cfg.dif.images.clone();
+        let log = crate::trainer::train_sft(&mut pipe, &dif, &folder, &d4, &args, resume, None)?;
+        Ok(train_counts(&log))
+    })?);
+
+    for e in &cfg.eval {
+        let bench = crate::eval::Bench::from_name(&e.bench)?;
+        let dir = d5.join(bench.name());
+        summary.push(stage(&dir, &format!("5-eval/{}", bench.name()), cfg.quiet, || {
+            let args = crate::eval::EvalArgs {
+                bench,
+                data: e.data.clone(),
+                image_folder: e.image_folder.clone(),
+                model: Some(cfg.model.clone()),
+                adapter: Some(d4.clone()),
+                predictions: None,
+                out: Some(dir.clone()),
+                max_new_tokens: e.max_new_tokens,
+                temperature: 0.0,
+                top_p: 1.0,
+                seed: cfg.seed,
+                batch_size: e.batch_size.unwrap_or(8),
+                limit: e.limit,
+                quiet: cfg.quiet,
+            };
+            let metrics = crate::eval::eval(&args)?;
+            Ok((metrics, None))
+        })?);
+    }
+
+    write_atomic(&out.join("summary.json"), &serde_json::to_string_pretty(&summary).expect("json"))?;
+    Ok(summary)
+}
+
+/// The summary as a table for the terminal.
+pub fn format_summary(summary: &[StageSummary]) -> String {
+    let mut s = format!("{:<22} {:>8} {:>10} {:>10}  counts\n", "stage", "status", "seconds", "tokens/s");
+    for st in summary {
+        let tps = st.tokens_per_s.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+        s += &format!("{:<22} {:>8} {:>10.1} {:>10}  {}\n", st.stage, st.status, st.seconds, tps, st.counts);
+    }
+    s
+}
