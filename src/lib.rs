@@ -16,11 +16,13 @@
 //! - `train`     gradients of response log-probs w.r.t. LoRA adapters, DPO pair and SFT steps
 //! - `trainer`   the DPO / SFT training loop: data, schedule, accumulation, clipping, checkpoints, resume
 //! - `rng`       the one seeded generator (SplitMix64)
+//! - `eval`      `stic eval`: benchmark loaders, prompts, ports of the official scorers, the runner
 
 pub mod adapter;
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod image;
 pub mod loss;
