@@ -18,11 +18,15 @@
 //! - `rng`       the one seeded generator (SplitMix64)
 //! - `stic`      STIC's data stages: prompts, stage-1 preference pairs (`build-prefs`), stage-2
 //!   description-infused data (`build-dif`)
+//! - `eval`      `stic eval`: benchmark loaders, prompts, ports of the official scorers, the runner
+//! - `run`       `stic run`: the whole STIC pipeline from stic.toml, one folder per stage
+//! - `progress`  the progress bar of every long stage
 
 pub mod adapter;
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod image;
 pub mod loss;

@@ -13,6 +13,10 @@
 //! stic build-prefs --model DIR --images DIR --out prefs.jsonl [--n N --seed S --batch-size B]
 //! stic build-dif   --model DIR --adapter DIR --sft llava.json --images DIR --out dif.json [--n 5000]
 //!               (both: [--max-new-tokens 1024 --temperature 0.2 --top-p 1 --top-k 0] [--quiet])
+//! stic run     --config stic.toml   (the whole STIC pipeline: build-prefs, train-dpo, build-dif,
+//!               train-sft, eval; finished stages skipped, interrupted ones resumed)
+//! stic eval     --bench NAME --data PATH (--model DIR [--adapter DIR] --out DIR | --predictions FILE)
+//!               [--image-folder DIR] [--max-new-tokens N] [--batch-size N] [--limit N] [--quiet]
 //!
 //! `--prompt` may be given several times to generate for a batch at once (with one `--image` shared
 //! by all, or one `--image` per prompt); `--json` then prints one JSON object per line.
@@ -87,6 +91,66 @@ enum Cmd {
     /// Exit status: 0 all passed; 1 a check failed (or could not run); 2 no CUDA device (prints
     /// `skipped: no CUDA device`); 3 this binary was built without `--features cuda`.
     Check(CheckArgs),
+    /// Answer a benchmark and score it with the official rules (or score a predictions file).
+    #[command(after_help = EVAL_HELP)]
+    Eval(EvalCliArgs),
+}
+
+const EVAL_HELP: &str = "\
+--data per benchmark (LLaVA's playground/data/eval/<bench> layouts; a folder or the file itself):
+  scienceqa    folder with llava_test_CQM-A.json + problems.json, images in images/test/
+  textvqa      folder with TextVQA_0.5.1_val.json (+ llava_textvqa_val_v051_ocr.jsonl), images in train_images/
+  chartqa      ChartQA test/ folder with test_human.json / test_augmented.json, images in png/
+  mmbench      mmbench_dev_20230712.tsv (images base64 in the TSV; circular evaluation)
+  pope         folder with coco_pope_{adversarial,popular,random}.json (or coco/), images in val2014/ or ../val2014/
+  mathvista    MathVista data/testmini.json (+ query.json), images relative to it
+  llava-bench  folder with questions.jsonl + images/ (writes llava_bench_answers.jsonl for the GPT-4 judge)
+  mm-vet       folder with mm-vet.json + images/ (writes mmvet_results.json for the GPT-4 grader)
+OUT gets predictions.jsonl (flushed per answer; rerunning with the same OUT resumes) and metrics.json;
+the metrics are also printed to stdout.";
+
+#[derive(Args)]
+struct EvalCliArgs {
+    /// The benchmark.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(stic::eval::Bench::NAMES))]
+    bench: String,
+    /// The benchmark's file or folder (see below).
+    #[arg(long)]
+    data: PathBuf,
+    /// Where the images are (default: the benchmark's usual folder next to the data).
+    #[arg(long)]
+    image_folder: Option<PathBuf>,
+    /// Checkpoint directory (not needed with --predictions).
+    #[arg(long, required_unless_present = "predictions")]
+    model: Option<PathBuf>,
+    /// A LoRA adapter directory in PEFT format.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Score this predictions file (JSONL as written to OUT/predictions.jsonl) without a model.
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    /// Output directory: predictions.jsonl, metrics.json (and the judge's file for llava-bench, mm-vet).
+    #[arg(long, required_unless_present = "predictions")]
+    out: Option<PathBuf>,
+    /// Default: 128 for the short-answer benchmarks, 1024 for mathvista, llava-bench, mm-vet.
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// 0 is greedy (the default, as LLaVA's evaluations).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Items per generate call.
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// Only the first N questions (an MMBench question is all its rotations).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// No progress bars (for logs).
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -479,6 +543,25 @@ fn run(cli: Cli) -> Result<()> {
             println!("(random tiny weights: the text is gibberish by design; {:.2} s)", t0.elapsed().as_secs_f64());
         }
         Cmd::Check(_) => unreachable!("handled in main"),
+        Cmd::Eval(a) => {
+            let metrics = stic::eval::eval(&stic::eval::EvalArgs {
+                bench: stic::eval::Bench::from_name(&a.bench)?,
+                data: a.data,
+                image_folder: a.image_folder,
+                model: a.model,
+                adapter: a.adapter,
+                predictions: a.predictions,
+                out: a.out,
+                max_new_tokens: a.max_new_tokens,
+                temperature: a.temperature,
+                top_p: a.top_p,
+                seed: a.seed,
+                batch_size: a.batch_size,
+                limit: a.limit,
+                quiet: a.quiet,
+            })?;
+            println!("{}", serde_json::to_string_pretty(&metrics).expect("serialisable"));
+        }
         Cmd::Merge { model, adapter, out, dtype } => {
             let dt = match dtype.as_str() {
                 "keep" => stic::adapter::MergeDtype::Keep,

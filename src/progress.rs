@@ -39,3 +39,15 @@ impl Progress {
         self.0.finish_and_clear();
     }
 }
+
+/// A spinner for a step of unknown length (loading data or a model); hidden with `quiet`.
+pub fn spinner(msg: &str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"));
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}

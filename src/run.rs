@@ -376,7 +376,11 @@ pub fn run(cfg: &RunConfig, config_path: &Path, stop_prefs_after: Option<usize>)
                 quiet: cfg.quiet,
             };
             let metrics = crate::eval::eval(&args)?;
-            Ok((metrics, None))
+            let tps = match (metrics["generated_tokens"].as_f64(), metrics["generation_seconds"].as_f64()) {
+                (Some(t), Some(s)) if s > 0.0 => Some(t / s),
+                _ => None,
+            };
+            Ok((metrics, tps))
         })?);
     }
 
