@@ -202,7 +202,7 @@ impl RunConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let mut c: RunConfig = toml::from_str(&text).map_err(|e| {
-            let field = e.span().map(|s| format!("line {}", text[..s.start].lines().count().max(1))).unwrap_or_else(|| "<file>".into());
+            let field = e.span().map(|s| format!("line {}", text[..s.start].matches('\n').count() + 1)).unwrap_or_else(|| "<file>".into());
             Error::config(path, field, e.message().to_string())
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
