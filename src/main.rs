@@ -71,9 +71,10 @@ enum Cmd {
     /// The whole STIC pipeline from a config file: build-prefs, train-dpo, build-dif, train-sft,
     /// eval, one folder per stage; finished stages are skipped, interrupted ones resume.
     Run {
-        /// stic.toml (see README "STIC"); paths in it are relative to its folder.
+        /// stic.toml (see README "STIC"; paths in it are relative to its folder). Without it: the
+        /// embedded demo (examples/demo.toml: the bundled tiny checkpoint and images).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// No progress bars (overrides the config's `quiet`).
         #[arg(long)]
         quiet: bool,
@@ -585,9 +586,13 @@ fn run(cli: Cli) -> Result<()> {
             c.report(&stic::trainer::train_sft(&mut pipe, &a.data, &folder, &c.out, &args, c.resume, c.stop_after)?);
         }
         Cmd::Run { config, quiet, stop_after } => {
-            let mut cfg = stic::run::RunConfig::from_file(&config)?;
+            let mut cfg = match &config {
+                Some(p) => stic::run::RunConfig::from_file(p)?,
+                None => stic::run::RunConfig::demo()?,
+            };
             cfg.quiet |= quiet;
-            let summary = stic::run::run(&cfg, &config, stop_after)?;
+            let path = config.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/demo.toml"));
+            let summary = stic::run::run(&cfg, &path, stop_after)?;
             eprint!("{}", stic::run::format_summary(&summary));
             eprintln!("summary in {}", cfg.out.join("summary.json").display());
         }

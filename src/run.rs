@@ -197,15 +197,29 @@ impl TrainSection {
     }
 }
 
+/// The embedded default of `stic run` (examples/demo.toml), with paths relative to the
+/// repository the binary was built from.
+pub const DEMO_CONFIG: &str = include_str!("../examples/demo.toml");
+
 impl RunConfig {
     /// Read `stic.toml`; relative paths are resolved against its folder.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut c: RunConfig = toml::from_str(&text).map_err(|e| {
+        Self::parse(&text, path, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// The embedded demo configuration.
+    pub fn demo() -> Result<Self> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        Self::parse(DEMO_CONFIG, &root.join("examples/demo.toml"), root)
+    }
+
+    /// Parse config `text` (named `path` in errors), relative paths resolved against `base`.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self> {
+        let mut c: RunConfig = toml::from_str(text).map_err(|e| {
             let field = e.span().map(|s| format!("line {}", text[..s.start].matches('\n').count() + 1)).unwrap_or_else(|| "<file>".into());
             Error::config(path, field, e.message().to_string())
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut c.model, &mut c.images, &mut c.out, &mut c.dif.sft, &mut c.dif.images] {
             *p = base.join(&*p);
         }
@@ -393,7 +407,12 @@ pub fn format_summary(summary: &[StageSummary]) -> String {
     let mut s = format!("{:<22} {:>8} {:>10} {:>10}  counts\n", "stage", "status", "seconds", "tokens/s");
     for st in summary {
         let tps = st.tokens_per_s.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
-        s += &format!("{:<22} {:>8} {:>10.1} {:>10}  {}\n", st.stage, st.status, st.seconds, tps, st.counts);
+        // Scalars only (per-category tables stay in summary.json and metrics.json).
+        let counts: serde_json::Map<String, serde_json::Value> = match &st.counts {
+            serde_json::Value::Object(m) => m.iter().filter(|(_, v)| !v.is_object() && !v.is_array()).map(|(k, v)| (k.clone(), v.clone())).collect(),
+            _ => Default::default(),
+        };
+        s += &format!("{:<22} {:>8} {:>10.1} {:>10}  {}\n", st.stage, st.status, st.seconds, tps, serde_json::Value::Object(counts));
     }
     s
 }
