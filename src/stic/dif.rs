@@ -27,7 +27,7 @@ use crate::text::IMAGE_TOKEN;
 
 use super::jsonl::{sidecar, JsonlLog};
 use super::prompts::{infuse_description, STAGE2_DESCRIPTION_PROMPTS};
-use super::{item_rng, sample_indices, skip_warning, stic_sampling, Summary};
+use super::{item_rng, sample_indices, stic_sampling, Sink, Summary};
 use crate::progress::Progress;
 
 /// Options of `build_dif` (`stic build-dif`).
@@ -139,26 +139,16 @@ pub fn build_dif(pipe: &Pipeline, args: &BuildDifArgs) -> Result<Summary> {
         let todo: Vec<&Example> = batch.iter().copied().filter(|ex| !skipped.contains(&ex.index)).collect();
         let (outcomes, tokens) = describe_batch(pipe, &todo, args)?;
         summary.tokens += tokens;
+        let mut sink = Sink { log: &mut log, skip_log: &mut skip_log, skipped_path: &skipped_path, progress: &progress, summary: &mut summary, stop_after: args.stop_after };
         for (ex, outcome) in todo.iter().zip(outcomes) {
             if described.contains_key(&ex.index) {
                 continue;
             }
-            match outcome {
-                Ok(rec) => {
-                    log.append(&rec)?;
-                    new.push(rec);
-                    summary.written += 1;
-                }
-                Err(msg) => {
-                    let path = args.images.join(&ex.image).display().to_string();
-                    progress.warn(&skip_warning(&path, &format!("example {}: {msg}", ex.index), &skipped_path));
-                    skip_log.append(&serde_json::json!({"index": ex.index, "image": ex.image, "error": msg}))?;
-                    summary.skipped += 1;
-                }
-            }
-            progress.inc();
-            if args.stop_after.is_some_and(|k| summary.written >= k) {
-                summary.stopped = true;
+            let what = args.images.join(&ex.image).display().to_string();
+            let outcome = outcome.map_err(|msg| format!("example {}: {msg}", ex.index));
+            let (rec, stop) = sink.record(outcome, &what, |msg| serde_json::json!({"index": ex.index, "image": ex.image, "error": msg}))?;
+            new.extend(rec);
+            if stop {
                 break 'batches;
             }
         }

@@ -101,6 +101,45 @@ pub(crate) fn skip_warning(item: &str, msg: &str, recorded_in: &std::path::Path)
     format!("{what}; skipped (recorded in {})", recorded_in.display())
 }
 
+/// Where a data stage puts each item's outcome: a result is appended to `log`; a failure is warned
+/// about (naming `what`), recorded in `skip_log` as `skip_record` and counted; either way the bar
+/// advances. Returns the written result, and whether `stop_after` is reached.
+pub(crate) struct Sink<'a> {
+    pub log: &'a mut jsonl::JsonlLog,
+    pub skip_log: &'a mut jsonl::JsonlLog,
+    pub skipped_path: &'a std::path::Path,
+    pub progress: &'a crate::progress::Progress,
+    pub summary: &'a mut Summary,
+    pub stop_after: Option<usize>,
+}
+
+impl Sink<'_> {
+    pub(crate) fn record<R: serde::Serialize>(
+        &mut self,
+        outcome: std::result::Result<R, String>,
+        what: &str,
+        skip_record: impl FnOnce(&str) -> serde_json::Value,
+    ) -> crate::error::Result<(Option<R>, bool)> {
+        let written = match outcome {
+            Ok(rec) => {
+                self.log.append(&rec)?;
+                self.summary.written += 1;
+                Some(rec)
+            }
+            Err(msg) => {
+                self.progress.warn(&skip_warning(what, &msg, self.skipped_path));
+                self.skip_log.append(&skip_record(&msg))?;
+                self.summary.skipped += 1;
+                None
+            }
+        };
+        self.progress.inc();
+        let stop = self.stop_after.is_some_and(|k| self.summary.written >= k);
+        self.summary.stopped |= stop;
+        Ok((written, stop))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

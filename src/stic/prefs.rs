@@ -37,7 +37,7 @@ use crate::tensor::Tensor;
 
 use super::jsonl::{sidecar, JsonlLog};
 use super::prompts::{DESCRIPTION_PROMPTS, GOOD_PROMPT, HALLUCINATION_PROMPTS};
-use super::{item_rng, sample_indices, skip_warning, stic_sampling, Summary};
+use super::{item_rng, sample_indices, stic_sampling, Sink, Summary};
 use crate::progress::Progress;
 
 /// Options of `build_prefs` (`stic build-prefs`).
@@ -219,24 +219,13 @@ pub fn build_prefs(pipe: &Pipeline, args: &BuildPrefsArgs) -> Result<Summary> {
         let todo: Vec<&Item> = batch.iter().filter(|it| !skipped.contains(&it.key)).collect();
         let (outcomes, tokens) = generate_batch(pipe, &todo, args)?;
         summary.tokens += tokens;
+        let mut sink = Sink { log: &mut log, skip_log: &mut skip_log, skipped_path: &skipped_path, progress: &progress, summary: &mut summary, stop_after: args.stop_after };
         for (it, outcome) in todo.iter().zip(outcomes) {
             if written.contains(&it.key) {
                 continue;
             }
-            match outcome {
-                Ok(rec) => {
-                    log.append(&rec)?;
-                    summary.written += 1;
-                }
-                Err(msg) => {
-                    progress.warn(&skip_warning(&it.path.display().to_string(), &msg, &skipped_path));
-                    skip_log.append(&serde_json::json!({"image": it.key, "error": msg}))?;
-                    summary.skipped += 1;
-                }
-            }
-            progress.inc();
-            if args.stop_after.is_some_and(|k| summary.written >= k) {
-                summary.stopped = true;
+            let what = it.path.display().to_string();
+            if sink.record(outcome, &what, |msg| serde_json::json!({"image": it.key, "error": msg}))?.1 {
                 break 'batches;
             }
         }
