@@ -25,6 +25,8 @@ from peft import PeftModel
 from PIL import Image
 from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
+from gen_adapter_fixture import response_logprobs
+
 FIX = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
 
@@ -49,14 +51,9 @@ def main():
         ids = enc["input_ids"][0].tolist()
         for which in ("chosen", "rejected"):
             resp = tok(p[which], add_special_tokens=False)["input_ids"]
-            full = torch.tensor([ids + resp])
             with torch.no_grad():
-                logits = model(input_ids=full, attention_mask=torch.ones_like(full), pixel_values=enc["pixel_values"],
-                               image_sizes=enc["image_sizes"]).logits[0]
-            logp = torch.log_softmax(logits.double(), dim=-1)
-            n = len(ids)
-            cases.append({"image": "prefs/" + p["image"], "prompt": p["prompt"], "response": p[which],
-                          "logprobs": [logp[n - 1 + i, t].item() for i, t in enumerate(resp)]})
+                logprobs = [v.item() for v in response_logprobs(model, enc, ids, resp)]
+            cases.append({"image": "prefs/" + p["image"], "prompt": p["prompt"], "response": p[which], "logprobs": logprobs})
     (FIX / "expected" / f"{name}.json").write_text(json.dumps({
         "source": f"scripts/check_stic_adapter_with_peft.py: PeftModel.from_pretrained(llava_next_tiny float32 eager, "
                   f"{name}); transformers {transformers.__version__}, peft {peft.__version__}, torch {torch.__version__}",

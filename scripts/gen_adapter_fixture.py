@@ -25,6 +25,35 @@ OUT = FIX / "adapter_next_tiny"
 TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
+def response_logprobs(model, enc, ids, resp):
+    """float64 log-probs of the response ids `resp` after the prompt `ids` (processor output `enc`)."""
+    full = torch.tensor([ids + resp])
+    logits = model(input_ids=full, attention_mask=torch.ones_like(full), pixel_values=enc["pixel_values"],
+                   image_sizes=enc["image_sizes"]).logits[0]
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    return [logp[len(ids) - 1 + i, t] for i, t in enumerate(resp)]
+
+
+def sft_conversation(processor, turns, image_path):
+    """A multi-turn conversation as stic's train::sft_ids builds it: each human turn wrapped as
+    "[INST] {text} [/INST]" and tokenized on its own (BOS before the first), each answer tokenized
+    without special tokens, then EOS; labels -100 outside the answers. Returns (ids with one <image>,
+    model inputs with the image expanded, labels expanded alike, processor output)."""
+    tok = processor.tokenizer
+    ids, labels = [], []
+    for k, (q, a) in enumerate(turns):
+        pid = tok(f"[INST] {q} [/INST]", add_special_tokens=(k == 0))["input_ids"]
+        aid = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids += pid + aid
+        labels += [-100] * len(pid) + aid
+    enc = processor(images=Image.open(image_path), text="<image>", return_tensors="pt")
+    k_img = int((enc["input_ids"] == 32000).sum())
+    pos = ids.index(32000)
+    full_ids = ids[:pos] + [32000] * k_img + ids[pos + 1:]
+    full_labels = labels[:pos] + [-100] * k_img + labels[pos + 1:]
+    return ids, full_ids, full_labels, enc
+
+
 def main():
     torch.manual_seed(7)
     base = LlavaNextForConditionalGeneration.from_pretrained(MODEL, dtype=torch.float32, attn_implementation="eager")
@@ -53,13 +82,8 @@ def main():
         enc = processor(images=image, text=c["templated"], return_tensors="pt")
         ids = enc["input_ids"][0].tolist()
         resp = c["response_ids"]
-        full = torch.tensor([ids + resp])
         with torch.no_grad():
-            logits = model(input_ids=full, attention_mask=torch.ones_like(full), pixel_values=enc["pixel_values"],
-                           image_sizes=enc["image_sizes"]).logits[0]
-            logp = torch.log_softmax(logits.double(), dim=-1)
-            p = len(ids)
-            logprobs = [logp[p - 1 + i, t].item() for i, t in enumerate(resp)]
+            logprobs = [v.item() for v in response_logprobs(model, enc, ids, resp)]
             before = c["logprobs"]
             assert max(abs(a - b) for a, b in zip(logprobs, before)) > 0.1, "adapter had no effect"
             gen = model.generate(**enc, do_sample=False, max_new_tokens=8, pad_token_id=32001)
@@ -78,13 +102,7 @@ def main():
     c = expected["cases"][0]
     enc = processor(images=Image.open(FIX / c["image"]), text=c["templated"], return_tensors="pt")
     ids = enc["input_ids"][0].tolist()
-    resp = c["response_ids"]
-    full = torch.tensor([ids + resp])
-    logits = model(input_ids=full, attention_mask=torch.ones_like(full), pixel_values=enc["pixel_values"],
-                   image_sizes=enc["image_sizes"]).logits[0]
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    p = len(ids)
-    loss = sum(logp[p - 1 + i, t] for i, t in enumerate(resp))
+    loss = sum(response_logprobs(model, enc, ids, c["response_ids"]))
     loss.backward()
     grads = {}
     for name, prm in model.named_parameters():
@@ -104,17 +122,7 @@ def main():
     # mean cross-entropy over the answer tokens (labels -100 elsewhere); gradients w.r.t. LoRA.
     turns = [("<image>\nWhat is shown in this image?", "A red square and a blue circle."),
              ("What colour is the circle?", "It is blue.")]
-    ids, labels = [], []
-    for k, (q, a) in enumerate(turns):
-        pid = tok(f"[INST] {q} [/INST]", add_special_tokens=(k == 0))["input_ids"]
-        aid = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        ids += pid + aid
-        labels += [-100] * len(pid) + aid
-    enc = processor(images=Image.open(FIX / "images/wide.jpg"), text="<image>", return_tensors="pt")
-    k_img = int((enc["input_ids"] == 32000).sum())
-    pos = ids.index(32000)
-    full_ids = ids[:pos] + [32000] * k_img + ids[pos + 1:]
-    full_labels = labels[:pos] + [-100] * k_img + labels[pos + 1:]
+    ids, full_ids, full_labels, enc = sft_conversation(processor, turns, FIX / "images/wide.jpg")
     model.zero_grad()
     out_sft = model(input_ids=torch.tensor([full_ids]), attention_mask=torch.ones(1, len(full_ids), dtype=torch.long),
                     pixel_values=enc["pixel_values"], image_sizes=enc["image_sizes"], labels=torch.tensor([full_labels]))

@@ -18,9 +18,10 @@ import peft
 import torch
 import transformers
 from peft import PeftModel
-from PIL import Image
 from safetensors.torch import save_file
 from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+from gen_adapter_fixture import sft_conversation
 
 FIX = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
@@ -33,24 +34,14 @@ def main():
     for p in proj.parameters():
         p.requires_grad_(True)
     processor = AutoProcessor.from_pretrained(FIX / "llava_next_tiny")
-    tok = processor.tokenizer
     sft = FIX / "expected" / "adapter_next_tiny_sft_grads.safetensors"
     from safetensors import safe_open
     with safe_open(sft, "pt") as f:
         meta = f.metadata()
     turns = json.loads(meta["turns"])
-    ids, labels = [], []
-    for k, (q, a) in enumerate(turns):
-        pid = tok(f"[INST] {q} [/INST]", add_special_tokens=(k == 0))["input_ids"]
-        aid = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        ids += pid + aid
-        labels += [-100] * len(pid) + aid
+    ids, full_ids, full_labels, enc = sft_conversation(processor, turns, FIX / "images/wide.jpg")
     assert ids == json.loads(meta["ids"]), "the conversation's ids changed"
-    enc = processor(images=Image.open(FIX / "images/wide.jpg"), text="<image>", return_tensors="pt")
-    k_img = int((enc["input_ids"] == 32000).sum())
-    pos = ids.index(32000)
-    full_ids = ids[:pos] + [32000] * k_img + ids[pos + 1:]
-    full_labels = labels[:pos] + [-100] * k_img + labels[pos + 1:]
+    k_img = len(full_ids) - len(ids) + 1
     out = model(input_ids=torch.tensor([full_ids]), attention_mask=torch.ones(1, len(full_ids), dtype=torch.long),
                 pixel_values=enc["pixel_values"], image_sizes=enc["image_sizes"], labels=torch.tensor([full_labels]))
     out.loss.backward()

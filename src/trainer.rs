@@ -326,9 +326,6 @@ fn train_loop(
     if resume && !ckpt.join("trainer_state.json").exists() && old.join("trainer_state.json").exists() {
         std::fs::rename(&old, &ckpt).map_err(|e| Error::io(&old, e))?;
     }
-    if let Some(dir) = &args.init_adapter {
-        args.lora = adapter_spec(&mut pipe.model, dir)?;
-    }
     if resume && ckpt.join("trainer_state.json").exists() {
         load_adapter(&mut pipe.model, &ckpt)?;
         opt.load(&ckpt.join("optimizer.safetensors"))?;
@@ -343,6 +340,10 @@ fn train_loop(
             init_lora(&mut pipe.model, &args.lora, args.seed)?;
         }
         let _ = std::fs::remove_file(&log_path);
+    }
+    // A continued adapter (or its checkpoint, when resuming) is attached now: save it as it is.
+    if let Some(dir) = &args.init_adapter {
+        args.lora = attached_spec(&mut pipe.model, dir)?;
     }
     let projector = args.projector_lr.is_some();
     let mut log = Vec::new();
@@ -413,18 +414,16 @@ fn train_loop(
     Ok(log)
 }
 
-/// The LoRA settings of the adapter in `dir` (rank and alpha from its config, targets from the
-/// projections it adapts), so that a continued adapter is saved as it was.
-fn adapter_spec(model: &mut crate::model::Llava, dir: &Path) -> Result<LoraSpec> {
+/// The LoRA settings of the adapters attached from `dir` (rank and alpha from its config, targets
+/// from the projections that carry one), so that a continued adapter is saved as it was.
+fn attached_spec(model: &mut crate::model::Llava, dir: &Path) -> Result<LoraSpec> {
     let cfg = crate::adapter::AdapterConfig::from_file(&dir.join("adapter_config.json"))?;
     if cfg.use_rslora {
         return Err(Error::config(dir.join("adapter_config.json"), "use_rslora", "continuing an rsLoRA adapter is not supported"));
     }
-    // Which projections it adapts: attach it to the model (B and A as saved) and look.
-    load_adapter(model, dir)?;
     let mut targets: Vec<String> = Vec::new();
     for (_, name, l) in model.decoder.projections_mut() {
-        if l.lora.take().is_some() && !targets.iter().any(|t| t == name) {
+        if l.lora.is_some() && !targets.iter().any(|t| t == name) {
             targets.push(name.to_string());
         }
     }
