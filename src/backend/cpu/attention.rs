@@ -120,6 +120,93 @@ pub fn attention(
     out
 }
 
+/// One query row of a batched attention call over a KV cache laid out as S slots of `cap` rows:
+/// the row reads keys [kv_start, kv_end) of slot `slot`. This layout serves every inference case
+/// with one launch: prefill and decode of a batch (each sequence in its own slot, causal: the
+/// row at position p sees [0, p + 1), or [p + 1 - W, p + 1) with a sliding window of W) and the
+/// bidirectional vision tower (each image a slot, every row sees [0, T)). `#[repr(C)]` so the
+/// rows go to the device as a u32[N, 3] array. An empty range gives a zero output row.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AttnRow {
+    pub slot: u32,
+    pub kv_start: u32,
+    pub kv_end: u32,
+}
+
+impl AttnRow {
+    /// The row of the query at absolute position `pos` in slot `slot` under `mask`, the slot
+    /// holding `len` keys (positions 0..len). `SharedPrefix` is not a key range: it is a training
+    /// mask, and asking for it here panics.
+    pub fn for_mask(mask: AttnMask, slot: usize, pos: usize, len: usize) -> AttnRow {
+        assert!(!matches!(mask, AttnMask::SharedPrefix { .. }), "AttnRow: the shared-prefix mask is not a key range");
+        let (lo, hi) = mask.range(pos, len);
+        AttnRow { slot: slot as u32, kv_start: lo as u32, kv_end: hi as u32 }
+    }
+}
+
+/// Attention of N query rows over a KV cache, each row with its own slot and key range (see
+/// [`AttnRow`]). q[N, H*D]; k, v[S, cap, Hkv*D]; -> out[N, H*D]. Scores scaled by `scale`
+/// (1/sqrt(D) for the decoder and CLIP); softmax in f32 with the max subtracted, the sum in f64,
+/// as [`attention`]. Query head h reads kv head h / (H/Hkv).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_rows(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    rows: &[AttnRow],
+    n_heads: usize,
+    n_kv: usize,
+    d: usize,
+    cap: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let (qw, kw) = (n_heads * d, n_kv * d);
+    assert!(n_kv > 0 && n_heads % n_kv == 0, "attention_rows: H={n_heads} is not a multiple of Hkv={n_kv}");
+    assert_eq!(q.len(), rows.len() * qw, "attention_rows: q is not [N={}, H*D={qw}]", rows.len());
+    assert!(cap > 0 && k.len() % (cap * kw) == 0 && k.len() == v.len(), "attention_rows: k/v are not [S, cap={cap}, Hkv*D={kw}]");
+    let slots = k.len() / (cap * kw);
+    for (i, r) in rows.iter().enumerate() {
+        assert!(
+            (r.slot as usize) < slots && r.kv_start <= r.kv_end && r.kv_end as usize <= cap,
+            "attention_rows: row {i} {r:?} is outside the cache [S={slots}, cap={cap}]"
+        );
+    }
+    let group = n_heads / n_kv;
+    let mut out = vec![0f32; rows.len() * qw];
+    out.par_chunks_mut(qw).zip(q.par_chunks(qw)).zip(rows.par_iter()).for_each(|((o, qr), r)| {
+        let base = r.slot as usize * cap;
+        let (lo, hi) = (r.kv_start as usize, r.kv_end as usize);
+        if lo == hi {
+            return;
+        }
+        let mut s = vec![0f32; hi - lo];
+        for h in 0..n_heads {
+            let g = h / group;
+            let qh = &qr[h * d..(h + 1) * d];
+            let mut m = f32::NEG_INFINITY;
+            for (j, sj) in s.iter_mut().enumerate() {
+                let kr = &k[(base + lo + j) * kw + g * d..][..d];
+                *sj = qh.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale;
+                m = m.max(*sj);
+            }
+            let mut sum = 0f64;
+            for sj in s.iter_mut() {
+                *sj = (*sj - m).exp();
+                sum += *sj as f64;
+            }
+            let inv = (1.0 / sum) as f32;
+            let oh = &mut o[h * d..(h + 1) * d];
+            for (j, &p) in s.iter().enumerate() {
+                let vr = &v[(base + lo + j) * kw + g * d..][..d];
+                let p = p * inv;
+                oh.iter_mut().zip(vr).for_each(|(a, b)| *a += p * b);
+            }
+        }
+    });
+    out
+}
+
 /// Plain-loop forward over any float type: the f64 reference of the tests and of the backward.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_reference<F: Float>(
@@ -236,6 +323,34 @@ mod tests {
                 assert!((*a as f64 - b).abs() < 1e-5, "{mask:?}: {a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn rows_layout_matches_attention() {
+        // Two sequences in slots 1 and 0 of a 3-slot cache of capacity 14: prefill-like and
+        // decode-like queries under each key-range mask.
+        let (h, hkv, d, cap) = (6, 2, 8, 14);
+        let kw = hkv * d;
+        for &(tq, tk, q0, mask) in MASKS.iter().filter(|m| !matches!(m.3, AttnMask::SharedPrefix { .. })) {
+            let q = rand_vec(tq * h * d, 4);
+            let k = rand_vec(tk * kw, 5);
+            let v = rand_vec(tk * kw, 6);
+            let want = attention(&q, &k, &v, tq, tk, h, hkv, d, q0, mask);
+            let slot = 1;
+            let mut kc = rand_vec(3 * cap * kw, 7);
+            let mut vc = rand_vec(3 * cap * kw, 8);
+            kc[slot * cap * kw..][..tk * kw].copy_from_slice(&k);
+            vc[slot * cap * kw..][..tk * kw].copy_from_slice(&v);
+            let rows: Vec<AttnRow> = (0..tq).map(|i| AttnRow::for_mask(mask, slot, q0 + i, tk)).collect();
+            let got = attention_rows(&q, &kc, &vc, &rows, h, hkv, d, cap, 1.0 / (d as f32).sqrt());
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "{mask:?}: {a} vs {b}");
+            }
+        }
+        // An empty key range gives zeros.
+        let rows = [AttnRow { slot: 0, kv_start: 3, kv_end: 3 }];
+        let got = attention_rows(&rand_vec(h * d, 9), &rand_vec(cap * kw, 1), &rand_vec(cap * kw, 2), &rows, h, hkv, d, cap, 0.5);
+        assert!(got.iter().all(|&x| x == 0.0));
     }
 
     #[test]

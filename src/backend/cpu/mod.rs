@@ -13,7 +13,7 @@ pub mod sample;
 pub mod softmax;
 
 pub use activation::{gelu, quick_gelu, silu, swiglu, swiglu_backward, swiglu_fused};
-pub use attention::{attention, attention_backward, AttnMask};
+pub use attention::{attention, attention_backward, attention_rows, AttnMask, AttnRow};
 pub use embedding::{embedding, embedding_sources};
 pub use logprob::{logprob, logprob_backward};
 pub use lora::{lora_bwd, lora_fwd};
