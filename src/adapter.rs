@@ -15,13 +15,16 @@
 //! writes `multi_modal_projector.safetensors` instead (keys `multi_modal_projector.linear_1.weight`,
 //! ..., the hub checkpoints' names); `--adapter` and `stic merge` take either kind of folder.
 
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::config::read_json;
 use crate::error::{Error, Result};
 use crate::model::Llava;
 use crate::nn::Lora;
-use crate::weights::WeightStore;
+use crate::tensor::Tensor;
+use crate::weights::{WeightSource, WeightStore};
 
 const LM_PREFIXES: [&str; 2] = ["model.language_model.layers.", "language_model.model.layers."];
 const PROJECTOR_PREFIXES: [&str; 2] = ["base_model.model.model.multi_modal_projector.", "base_model.model.multi_modal_projector."];
@@ -306,39 +309,128 @@ pub enum MergeDtype {
     F32,
 }
 
+/// What an adapter does to a checkpoint's tensors: the decoder projections that become
+/// W + scale B A, and the projector tensors that the adapter replaces.
+struct MergePlan {
+    scale: f32,
+    r: usize,
+    ads: WeightStore,
+    afile: PathBuf,
+    /// weight name -> (lora_A name, lora_B name)
+    targets: HashMap<String, (String, String)>,
+    /// base projector tensor name -> its replacement in the adapter
+    replaced: HashMap<String, String>,
+}
+
+impl MergePlan {
+    fn new(base: &dyn WeightSource, adapter: &Path) -> Result<Self> {
+        let projector_only = !adapter.join("adapter_config.json").exists() && adapter.join(PROJECTOR_FILE).exists();
+        let (cfg, afile) = if projector_only {
+            (None, adapter.join(PROJECTOR_FILE))
+        } else {
+            (Some(AdapterConfig::from_file(&adapter.join("adapter_config.json"))?), adapter.join("adapter_model.safetensors"))
+        };
+        let ads = WeightStore::from_files(adapter, &[afile.clone()])?;
+        let lm = crate::model::llava::locate_lm(base)?;
+        let proj = crate::model::llava::locate_projector(base)?;
+        let mut targets = HashMap::new();
+        let mut replaced = HashMap::new();
+        for name in ads.names() {
+            let param = if projector_only { name.strip_prefix(PROJECTOR_KEY) } else { projector_param(name) };
+            if let Some(param) = param {
+                replaced.insert(format!("{proj}.{param}"), name.to_string());
+                continue;
+            }
+            let (layer, proj, which) = parse_key(name).ok_or_else(|| {
+                Error::weights(&afile, format!("`{name}` is not a LoRA weight of a decoder projection or a projector weight (only those are supported)"))
+            })?;
+            if which == 'A' {
+                let part = if ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&proj.as_str()) { "self_attn" } else { "mlp" };
+                targets.insert(format!("{lm}.layers.{layer}.{part}.{proj}.weight"), (name.to_string(), name.replace(".lora_A.", ".lora_B.")));
+            }
+        }
+        let (scale, r) = cfg.map(|c| (c.scale(), c.r)).unwrap_or((0.0, 0));
+        Ok(MergePlan { scale, r, ads, afile, targets, replaced })
+    }
+
+    /// The merged tensor `name` [shape], reading the base weight from `base`; None when the
+    /// adapter leaves it alone.
+    fn apply(&self, name: &str, shape: &[usize], base: &dyn WeightSource) -> Option<Result<Tensor>> {
+        if let Some(src) = self.replaced.get(name) {
+            base.skip(name);
+            return Some(self.ads.get(src, shape));
+        }
+        let (an, bn) = self.targets.get(name)?;
+        Some((|| {
+            if shape.len() != 2 {
+                return Err(Error::weights(&self.afile, format!("`{an}` adapts `{name}` of shape {shape:?}, not a matrix")));
+            }
+            let (o, i) = (shape[0], shape[1]);
+            let w = base.get(name, shape)?;
+            let a = self.ads.get(an, &[self.r, i])?;
+            let b = self.ads.get(bn, &[o, self.r])?;
+            let ba = crate::backend::cpu::matmul(b.data(), a.data(), o, self.r, i);
+            let m: Vec<f32> = w.data().iter().zip(&ba).map(|(&x, &d)| x + self.scale * d).collect();
+            Tensor::new(m, shape)
+        })())
+    }
+}
+
+/// A checkpoint seen through an adapter: every tensor as `stic merge` would write it (W + scale
+/// B A for the adapted projections, the adapter's projector when it carries one), computed as the
+/// model loads. This is how a non-CPU backend runs an adapter: merged once, at load time.
+pub struct MergedWeights<'a> {
+    base: &'a dyn WeightSource,
+    plan: MergePlan,
+    used: Mutex<HashSet<String>>,
+}
+
+impl<'a> MergedWeights<'a> {
+    pub fn new(base: &'a dyn WeightSource, adapter: &Path) -> Result<Self> {
+        Ok(MergedWeights { base, plan: MergePlan::new(base, adapter)?, used: Mutex::new(HashSet::new()) })
+    }
+
+    /// Errors unless every tensor of the adapter went into the model.
+    pub fn finish(&self) -> Result<()> {
+        let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let missing = self.plan.targets.keys().chain(self.plan.replaced.keys()).find(|n| !used.contains(*n));
+        if let Some(n) = missing {
+            return Err(Error::weights(&self.plan.afile, format!("adapts `{n}`, which the model in {} does not load", self.base.dir().display())));
+        }
+        Ok(())
+    }
+}
+
+impl WeightSource for MergedWeights<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        match self.plan.apply(name, shape, self.base) {
+            Some(t) => {
+                self.used.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string());
+                t
+            }
+            None => self.base.get(name, shape),
+        }
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.base.contains(name)
+    }
+    fn skip(&self, name: &str) {
+        self.base.skip(name)
+    }
+    fn dir(&self) -> &Path {
+        self.base.dir()
+    }
+}
+
 /// `stic merge`: write the checkpoint in `model` with the adapter in `adapter` folded into its
 /// weights (W + scale B A) to `out`, shard by shard (never the whole model in memory). Every other
 /// tensor is copied byte for byte, and the non-weight files (config, tokenizer, processor) are
 /// copied. The projector weights of an adapter that carries them replace the base ones. Returns
 /// the number of merged projections.
 pub fn merge(model: &Path, adapter: &Path, out: &Path, dtype: MergeDtype) -> Result<usize> {
-    let projector_only = !adapter.join("adapter_config.json").exists() && adapter.join(PROJECTOR_FILE).exists();
-    let (cfg, afile) = if projector_only {
-        (None, adapter.join(PROJECTOR_FILE))
-    } else {
-        (Some(AdapterConfig::from_file(&adapter.join("adapter_config.json"))?), adapter.join("adapter_model.safetensors"))
-    };
-    let ads = WeightStore::from_files(adapter, &[afile.clone()])?;
     let base = WeightStore::open(model)?;
-    let lm = crate::model::llava::locate_lm(&base)?;
-    let proj = crate::model::llava::locate_projector(&base)?;
-    // weight name -> (A name, B name); projector weight name -> its replacement in the adapter
-    let mut targets = std::collections::HashMap::new();
-    let mut replaced = std::collections::HashMap::new();
-    for name in ads.names() {
-        let param = if projector_only { name.strip_prefix(PROJECTOR_KEY) } else { projector_param(name) };
-        if let Some(param) = param {
-            replaced.insert(format!("{proj}.{param}"), name.to_string());
-            continue;
-        }
-        let (layer, proj, which) = parse_key(name).ok_or_else(|| {
-            Error::weights(&afile, format!("`{name}` is not a LoRA weight of a decoder projection or a projector weight (only those are supported)"))
-        })?;
-        if which == 'A' {
-            let part = if ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&proj.as_str()) { "self_attn" } else { "mlp" };
-            targets.insert(format!("{lm}.layers.{layer}.{part}.{proj}.weight"), (name.to_string(), name.replace(".lora_A.", ".lora_B.")));
-        }
-    }
+    let plan = MergePlan::new(&base, adapter)?;
+    let afile = plan.afile.clone();
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let (mut merged, mut merged_projector) = (0, 0);
     for file in base.files() {
@@ -347,27 +439,17 @@ pub fn merge(model: &Path, adapter: &Path, out: &Path, dtype: MergeDtype) -> Res
         for n in &names {
             let (dt, shape, bytes) = base.raw(n)?;
             let odt = if dtype == MergeDtype::F32 { safetensors::Dtype::F32 } else { dt };
-            if let Some(src) = replaced.get(n) {
-                let p = ads.get(src, &shape)?;
-                let bytes = crate::weights::narrow(p.data(), odt).map_err(|e| Error::weights(&file, format!("`{n}`: {e}")))?;
-                bufs.push((n.clone(), odt, shape, bytes));
-                merged_projector += 1;
-                continue;
-            }
-            match (targets.get(n), &cfg) {
-                (Some((an, bn)), Some(cfg)) => {
-                    let (o, i) = (shape[0], shape[1]);
-                    let w = base.get(n, &shape)?;
-                    let a = ads.get(an, &[cfg.r, i])?;
-                    let b = ads.get(bn, &[o, cfg.r])?;
-                    let ba = crate::backend::cpu::matmul(b.data(), a.data(), o, cfg.r, i);
-                    let s = cfg.scale();
-                    let m: Vec<f32> = w.data().iter().zip(&ba).map(|(&x, &d)| x + s * d).collect();
-                    let bytes = crate::weights::narrow(&m, odt).map_err(|e| Error::weights(&file, format!("`{n}`: {e}")))?;
+            match plan.apply(n, &shape, &base) {
+                Some(t) => {
+                    let bytes = crate::weights::narrow(t?.data(), odt).map_err(|e| Error::weights(&file, format!("`{n}`: {e}")))?;
                     bufs.push((n.clone(), odt, shape, bytes));
-                    merged += 1;
+                    if plan.replaced.contains_key(n) {
+                        merged_projector += 1;
+                    } else {
+                        merged += 1;
+                    }
                 }
-                _ => bufs.push((n.clone(), dt, shape, bytes.to_vec())),
+                None => bufs.push((n.clone(), dt, shape, bytes.to_vec())),
             }
         }
         let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
@@ -378,11 +460,11 @@ pub fn merge(model: &Path, adapter: &Path, out: &Path, dtype: MergeDtype) -> Res
         let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::weights(&file, e.to_string()))?;
         write_atomic(&out.join(file.file_name().expect("file name")), &bytes)?;
     }
-    if merged_projector != replaced.len() {
-        return Err(Error::weights(&afile, format!("{} projector weights but {merged_projector} matching weights in {}", replaced.len(), model.display())));
+    if merged_projector != plan.replaced.len() {
+        return Err(Error::weights(&afile, format!("{} projector weights but {merged_projector} matching weights in {}", plan.replaced.len(), model.display())));
     }
-    if merged != targets.len() {
-        return Err(Error::weights(&afile, format!("{} adapted projections but {merged} matching weights in {}", targets.len(), model.display())));
+    if merged != plan.targets.len() {
+        return Err(Error::weights(&afile, format!("{} adapted projections but {merged} matching weights in {}", plan.targets.len(), model.display())));
     }
     for e in std::fs::read_dir(model).map_err(|e| Error::io(model, e))? {
         let p = e.map_err(|e| Error::io(model, e))?.path();

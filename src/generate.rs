@@ -10,11 +10,11 @@
 use std::path::Path;
 
 use crate::backend::cpu::logsumexp;
+use crate::backend::{Backend, Cpu, Rows};
 use crate::config::{generation_eos, CheckpointPaths};
 use crate::error::{Error, Result};
 use crate::image::{preprocess, ImageProcessorConfig, RgbImage};
 use crate::model::{KvCache, Llava};
-use crate::tensor::Tensor;
 use crate::text::{ChatTemplate, Tokenizer, IMAGE_TOKEN};
 
 #[derive(Clone, Debug)]
@@ -29,6 +29,13 @@ pub struct SamplingParams {
     pub seed: u64,
 }
 
+impl SamplingParams {
+    /// Temperature 0: the argmax, which backends compute on the device.
+    pub fn greedy(&self) -> bool {
+        self.temperature <= 0.0
+    }
+}
+
 impl Default for SamplingParams {
     fn default() -> Self {
         SamplingParams { max_new_tokens: 64, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
@@ -39,17 +46,8 @@ pub use crate::rng::Rng;
 
 /// Pick the next token from one row of logits [V].
 pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut Rng) -> u32 {
-    let argmax = || {
-        let mut best = 0;
-        for (i, &v) in logits.iter().enumerate() {
-            if v > logits[best] {
-                best = i;
-            }
-        }
-        best as u32
-    };
-    if p.temperature <= 0.0 {
-        return argmax();
+    if p.greedy() {
+        return crate::backend::cpu::argmax(logits) as u32;
     }
     let mut scores: Vec<f32> = logits.iter().map(|&v| v / p.temperature).collect();
     if p.top_k > 0 && p.top_k < scores.len() {
@@ -123,8 +121,8 @@ pub struct Score {
     pub sum: f64,
 }
 
-pub struct Pipeline {
-    pub model: Llava,
+pub struct Pipeline<B: Backend = Cpu> {
+    pub model: Llava<B>,
     pub tokenizer: Tokenizer,
     pub processor: ImageProcessorConfig,
     pub template: ChatTemplate,
@@ -136,11 +134,10 @@ impl Pipeline {
         Self::load_with(dir, None, None)
     }
 
-    /// Load the checkpoint in `dir`; with `random_weights = Some(seed)`, build the model of
-    /// `dir`/config.json with seeded random weights instead of reading safetensors; with
-    /// `adapter`, attach that PEFT LoRA adapter.
+    /// Load the checkpoint in `dir` on the CPU; with `random_weights = Some(seed)`, build the
+    /// model of `dir`/config.json with seeded random weights instead of reading safetensors; with
+    /// `adapter`, attach that PEFT LoRA adapter (unmerged: it can be trained further).
     pub fn load_with(dir: &Path, random_weights: Option<u64>, adapter: Option<&Path>) -> Result<Self> {
-        let paths = CheckpointPaths::new(dir);
         let mut model = match random_weights {
             Some(seed) => Llava::random(dir, seed)?,
             None => Llava::load(dir)?,
@@ -148,6 +145,37 @@ impl Pipeline {
         if let Some(a) = adapter {
             crate::adapter::load_adapter(&mut model, a)?;
         }
+        Self::with_model(dir, model)
+    }
+}
+
+impl<B: Backend> Pipeline<B> {
+    /// `load_with` on the backend `be`. An adapter is merged into the weights as they are read
+    /// (W + scale B A, the projector replaced when the adapter carries it): inference only.
+    pub fn load_on(be: &B, dir: &Path, random_weights: Option<u64>, adapter: Option<&Path>) -> Result<Self> {
+        let cfg = crate::config::LlavaConfig::from_file(&dir.join("config.json"))?;
+        let model = match (random_weights, adapter) {
+            (Some(seed), None) => Llava::random_on(be, dir, seed)?,
+            (Some(seed), Some(a)) => {
+                let base = crate::weights::RandomWeights::new(dir, seed);
+                Llava::from_weights_on(be, cfg, &crate::adapter::MergedWeights::new(&base, a)?)?
+            }
+            (None, None) => Llava::load_on(be, dir)?,
+            (None, Some(a)) => {
+                let base = crate::weights::WeightStore::open(dir)?;
+                let merged = crate::adapter::MergedWeights::new(&base, a)?;
+                let model = Llava::from_weights_on(be, cfg, &merged)?;
+                merged.finish()?;
+                base.finish()?;
+                model
+            }
+        };
+        Self::with_model(dir, model)
+    }
+
+    /// The tokenizer, processor, template and EOS of the checkpoint in `dir`, around `model`.
+    pub fn with_model(dir: &Path, model: Llava<B>) -> Result<Self> {
+        let paths = CheckpointPaths::new(dir);
         let tokenizer = Tokenizer::from_file(&paths.tokenizer)?;
         let mut processor = ImageProcessorConfig::from_file(&paths.preprocessor)?;
         if processor.image_grid_pinpoints.is_none() && !model.cfg.image_grid_pinpoints.is_empty() {
@@ -182,12 +210,12 @@ impl Pipeline {
     }
 
     /// Input embeddings [T, C] for prompt ids and images, and the number of image feature rows.
-    pub fn embed(&self, ids: &[u32], images: &[RgbImage]) -> Result<(Tensor, usize)> {
+    pub fn embed(&self, ids: &[u32], images: &[RgbImage]) -> Result<(B::Tensor, usize)> {
         let feats = images
             .iter()
             .map(|img| self.model.image_features(&preprocess(img, &self.processor)?))
             .collect::<Result<Vec<_>>>()?;
-        let k = feats.iter().map(|f| f.dim(0)).sum();
+        let k = feats.iter().map(|f| f.n_rows()).sum();
         Ok((self.model.embed_with_images(ids, &feats)?, k))
     }
 
@@ -226,44 +254,53 @@ impl Pipeline {
 
     /// The decode loop over prepared input embeddings (each [T_b, C]). Output ids include the EOS
     /// token that stopped a sequence, as HF's `generate` returns them.
-    pub fn generate_from_embeds(&self, inputs: Vec<Tensor>, params: &SamplingParams) -> Result<Vec<Vec<u32>>> {
+    pub fn generate_from_embeds(&self, inputs: Vec<B::Tensor>, params: &SamplingParams) -> Result<Vec<Vec<u32>>> {
         let seeds = batch_seeds(params.seed, inputs.len());
         self.generate_from_embeds_seeded(inputs, params, &seeds)
     }
 
     /// `generate_from_embeds` with one sampling seed per sequence (see `generate_seeded`).
-    pub fn generate_from_embeds_seeded(&self, inputs: Vec<Tensor>, params: &SamplingParams, seeds: &[u64]) -> Result<Vec<Vec<u32>>> {
+    ///
+    /// Sequence b lives in slot b of one KV cache sized for the longest prompt plus
+    /// `max_new_tokens`. One prefill call covers every prompt; then each step decodes every
+    /// unfinished sequence in one call. Greedy decoding takes the argmax on the backend, so a
+    /// step moves only B token ids to the host (CUDA: one sync per step).
+    pub fn generate_from_embeds_seeded(&self, inputs: Vec<B::Tensor>, params: &SamplingParams, seeds: &[u64]) -> Result<Vec<Vec<u32>>> {
         let dec = &self.model.decoder;
+        let be = self.model.backend();
         let b = inputs.len();
         if seeds.len() != b {
             return Err(Error::Input(format!("{} sampling seeds for {b} sequences", seeds.len())));
         }
-        let lens: Vec<usize> = inputs.iter().map(|x| x.dim(0)).collect();
-        let mut caches: Vec<KvCache> = lens.iter().map(|&t| KvCache::new(&dec.cfg, t + params.max_new_tokens)).collect();
-        let mut rngs: Vec<Rng> = seeds.iter().map(|&s| Rng::new(s)).collect();
         let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
         if params.max_new_tokens == 0 || b == 0 {
             return Ok(out);
         }
-        let refs: Vec<&Tensor> = inputs.iter().collect();
-        let x = Tensor::cat_rows(&refs)?;
-        let mut cache_refs: Vec<&mut KvCache> = caches.iter_mut().collect();
-        let h = dec.forward(x, &lens, &mut cache_refs)?;
-        // Last row of each sequence.
-        let mut last_rows = Vec::with_capacity(b);
-        let mut row = 0;
-        for &n in &lens {
-            row += n;
-            last_rows.push(h.rows(row - 1, row));
-        }
-        let mut active: Vec<usize> = (0..b).collect();
-        let mut hidden = Tensor::cat_rows(&last_rows.iter().collect::<Vec<_>>())?;
+        let lens: Vec<usize> = inputs.iter().map(|x| x.n_rows()).collect();
+        let cap = lens.iter().max().copied().unwrap_or(0) + params.max_new_tokens;
+        let mut cache = KvCache::new(be, &dec.cfg, b, cap)?;
+        let mut rngs: Vec<Rng> = seeds.iter().map(|&s| Rng::new(s)).collect();
+        let x = if b == 1 { inputs.into_iter().next().unwrap() } else { be.concat_rows(&inputs.iter().collect::<Vec<_>>())? };
+        let slots: Vec<usize> = (0..b).collect();
+        let h = dec.forward(x, &slots, &lens, &mut cache)?;
+        // The last row of each sequence.
+        let last: Vec<u32> = lens.iter().scan(0, |end, &n| {
+            *end += n;
+            Some(*end as u32 - 1)
+        }).collect();
+        let mut hidden = be.embedding(&h, None, &last)?;
+        let mut active: Vec<usize> = slots;
         loop {
             let logits = dec.logits(&hidden)?;
+            let tokens: Vec<u32> = if params.greedy() {
+                be.argmax(&logits)?
+            } else {
+                let host = be.logits_host(&logits)?;
+                active.iter().enumerate().map(|(j, &s)| sample(host.row(j), params, &mut rngs[s])).collect()
+            };
             let mut next_active = Vec::new();
             let mut next_tokens = Vec::new();
-            for (j, &s) in active.iter().enumerate() {
-                let t = sample(logits.row(j), params, &mut rngs[s]);
+            for (&s, &t) in active.iter().zip(&tokens) {
                 out[s].push(t);
                 if !self.eos.contains(&t) && out[s].len() < params.max_new_tokens {
                     next_active.push(s);
@@ -274,13 +311,7 @@ impl Pipeline {
                 break;
             }
             let x = dec.embed(&next_tokens)?;
-            let mut refs: Vec<&mut KvCache> = caches
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| next_active.contains(i))
-                .map(|(_, c)| c)
-                .collect();
-            hidden = dec.forward(x, &vec![1; next_active.len()], &mut refs)?;
+            hidden = dec.forward(x, &next_active, &vec![1; next_active.len()], &mut cache)?;
             active = next_active;
         }
         Ok(out)
@@ -302,14 +333,19 @@ impl Pipeline {
     }
 
     /// Per-token log-probs of the last `targets.len()` rows of `x` [T, C].
-    pub fn score_embeds(&self, x: Tensor, targets: &[u32]) -> Result<Vec<f64>> {
+    pub fn score_embeds(&self, x: B::Tensor, targets: &[u32]) -> Result<Vec<f64>> {
         let dec = &self.model.decoder;
-        let t = x.dim(0);
+        let be = self.model.backend();
+        let t = x.n_rows();
         let r = targets.len();
-        let mut cache = KvCache::new(&dec.cfg, t);
-        let h = dec.forward(x, &[t], &mut [&mut cache])?;
+        if r == 0 || r >= t {
+            return Err(Error::Input(format!("scoring {r} response tokens after a sequence of {t} rows")));
+        }
+        let mut cache = KvCache::new(be, &dec.cfg, 1, t)?;
+        let h = dec.forward(x, &[0], &[t], &mut cache)?;
         // Row t-r-1 predicts target 0, ..., row t-2 predicts target r-1.
-        let logits = dec.logits(&h.rows(t - r - 1, t - 1))?;
+        let rows: Vec<u32> = (t - r - 1..t - 1).map(|i| i as u32).collect();
+        let logits = be.logits_host(&dec.logits(&be.embedding(&h, None, &rows)?)?)?;
         Ok(targets.iter().enumerate().map(|(i, &tok)| logits.row(i)[tok as usize] as f64 - logsumexp(logits.row(i))).collect())
     }
 }

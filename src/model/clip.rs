@@ -7,48 +7,47 @@
 //! indices, so only layers up to the largest index are loaded and run; the later layers and
 //! post_layernorm are skipped.
 
-use crate::backend::cpu;
+use crate::backend::{AttnRow, Backend, Cpu};
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
-use crate::nn::{LayerNorm, Linear};
 use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
-struct ClipLayer {
-    ln1: LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    ln2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+struct ClipLayer<B: Backend> {
+    ln1: B::LayerNorm,
+    q: B::Linear,
+    k: B::Linear,
+    v: B::Linear,
+    o: B::Linear,
+    ln2: B::LayerNorm,
+    fc1: B::Linear,
+    fc2: B::Linear,
 }
 
-pub struct ClipVision {
+pub struct ClipVision<B: Backend = Cpu> {
     cfg: VisionConfig,
-    patch: Tensor, // [C, 3*P*P]
-    class_embedding: Tensor,
-    position_embedding: Tensor,
-    pre_ln: LayerNorm,
-    layers: Vec<ClipLayer>,
+    be: B,
+    patch: B::Linear,                // the conv as a product: [C, 3*P*P], no bias
+    class_embedding: B::Tensor,      // [1, C]
+    position_embedding: B::Tensor,   // [G*G + 1, C]
+    pre_ln: B::LayerNorm,
+    layers: Vec<ClipLayer<B>>,
 }
 
-impl ClipVision {
-    /// Load from `{prefix}.embeddings...` etc. (`prefix` ends in `vision_model`). Only the first
-    /// `n_layers` encoder layers are loaded; the others are marked as skipped.
-    pub fn load(ws: &dyn WeightSource, prefix: &str, cfg: &VisionConfig, n_layers: usize) -> Result<Self> {
+impl<B: Backend> ClipVision<B> {
+    pub fn load(be: &B, ws: &dyn WeightSource, prefix: &str, cfg: &VisionConfig, n_layers: usize) -> Result<Self> {
         let c = cfg.hidden_size;
         let p = cfg.patch_size;
         let n_pos = cfg.num_patches() + 1;
         let patch = ws
             .get(&format!("{prefix}.embeddings.patch_embedding.weight"), &[c, cfg.num_channels, p, p])?
             .reshape(&[c, cfg.num_channels * p * p])?;
-        let class_embedding = ws.get(&format!("{prefix}.embeddings.class_embedding"), &[c])?;
-        let position_embedding = ws.get(&format!("{prefix}.embeddings.position_embedding.weight"), &[n_pos, c])?;
+        let patch = be.linear_from(patch, None)?;
+        let class_embedding = be.upload(&ws.get(&format!("{prefix}.embeddings.class_embedding"), &[c])?.reshape(&[1, c])?)?;
+        let position_embedding = be.tensor(ws, &format!("{prefix}.embeddings.position_embedding.weight"), &[n_pos, c])?;
         ws.skip(&format!("{prefix}.embeddings.position_ids"));
         let eps = cfg.layer_norm_eps;
-        let pre_ln = LayerNorm::load(ws, &format!("{prefix}.pre_layrnorm"), c, eps)?;
+        let pre_ln = be.layernorm_weights(ws, &format!("{prefix}.pre_layrnorm"), c, eps)?;
         let mut layers = Vec::with_capacity(n_layers);
         for i in 0..cfg.num_hidden_layers {
             let lp = format!("{prefix}.encoder.layers.{i}");
@@ -61,31 +60,31 @@ impl ClipVision {
             }
             let f = cfg.intermediate_size;
             layers.push(ClipLayer {
-                ln1: LayerNorm::load(ws, &format!("{lp}.layer_norm1"), c, eps)?,
-                q: Linear::load(ws, &format!("{lp}.self_attn.q_proj"), c, c, true)?,
-                k: Linear::load(ws, &format!("{lp}.self_attn.k_proj"), c, c, true)?,
-                v: Linear::load(ws, &format!("{lp}.self_attn.v_proj"), c, c, true)?,
-                o: Linear::load(ws, &format!("{lp}.self_attn.out_proj"), c, c, true)?,
-                ln2: LayerNorm::load(ws, &format!("{lp}.layer_norm2"), c, eps)?,
-                fc1: Linear::load(ws, &format!("{lp}.mlp.fc1"), c, f, true)?,
-                fc2: Linear::load(ws, &format!("{lp}.mlp.fc2"), f, c, true)?,
+                ln1: be.layernorm_weights(ws, &format!("{lp}.layer_norm1"), c, eps)?,
+                q: be.linear(ws, &format!("{lp}.self_attn.q_proj"), c, c, true)?,
+                k: be.linear(ws, &format!("{lp}.self_attn.k_proj"), c, c, true)?,
+                v: be.linear(ws, &format!("{lp}.self_attn.v_proj"), c, c, true)?,
+                o: be.linear(ws, &format!("{lp}.self_attn.out_proj"), c, c, true)?,
+                ln2: be.layernorm_weights(ws, &format!("{lp}.layer_norm2"), c, eps)?,
+                fc1: be.linear(ws, &format!("{lp}.mlp.fc1"), c, f, true)?,
+                fc2: be.linear(ws, &format!("{lp}.mlp.fc2"), f, c, true)?,
             });
         }
         ws.skip(&format!("{prefix}.post_layernorm.weight"));
         ws.skip(&format!("{prefix}.post_layernorm.bias"));
-        Ok(ClipVision { cfg: cfg.clone(), patch, class_embedding, position_embedding, pre_ln, layers })
+        Ok(ClipVision { cfg: cfg.clone(), be: be.clone(), patch, class_embedding, position_embedding, pre_ln, layers })
     }
 
-    /// Patch embeddings plus class token and positions, before pre-LN: [N*(G*G+1), C].
-    fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
-        let (s, p, c) = (self.cfg.image_size, self.cfg.patch_size, self.cfg.hidden_size);
+    /// The patch rows of every tile, im2col on the host: [N*G*G, 3*P*P] in the conv weight's
+    /// (channel, ky, kx) order.
+    fn im2col(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (s, p) = (self.cfg.image_size, self.cfg.patch_size);
         let sh = pixels.shape();
         if sh.len() != 4 || sh[1] != 3 || sh[2] != s || sh[3] != s {
             return Err(Error::shape("clip_embed", format!("pixels {sh:?}, expected [N, 3, {s}, {s}]")));
         }
         let (n, g) = (sh[0], s / p);
         let kdim = 3 * p * p;
-        // im2col: one row per patch, in the conv weight's (channel, ky, kx) order.
         let mut cols = vec![0f32; n * g * g * kdim];
         let px = pixels.data();
         for t in 0..n {
@@ -101,70 +100,57 @@ impl ClipVision {
                 }
             }
         }
-        let patches = cpu::matmul_t(&cols, self.patch.data(), n * g * g, kdim, c);
-        let tokens = g * g + 1;
-        let mut x = vec![0f32; n * tokens * c];
-        let pos = self.position_embedding.data();
-        for t in 0..n {
-            for j in 0..tokens {
-                let dst = &mut x[(t * tokens + j) * c..][..c];
-                let src = if j == 0 { self.class_embedding.data() } else { &patches[(t * g * g + j - 1) * c..][..c] };
-                for i in 0..c {
-                    dst[i] = src[i] + pos[j * c + i];
-                }
-            }
-        }
-        Tensor::new(x, &[n * tokens, c])
+        Tensor::new(cols, &[n * g * g, kdim])
     }
 
-    /// hidden_states[i] for each requested index, each [N, G*G+1, C].
-    pub fn forward(&self, pixels: &Tensor, indices: &[usize]) -> Result<Vec<Tensor>> {
+    /// Embeddings [N*(G*G+1), C]: per tile the class embedding, then the patches, plus the
+    /// position embeddings.
+    fn embed(&self, pixels: &Tensor) -> Result<B::Tensor> {
+        let be = &self.be;
+        let n = pixels.dim(0);
+        let gg = self.cfg.num_patches();
+        let patches = be.matmul(&be.upload(&self.im2col(pixels)?)?, &self.patch)?;
+        // Sources: patch rows are table rows 0..N*G*G, the class embedding is "feature" row 0.
+        let v = (n * gg) as u32;
+        let sources: Vec<u32> = (0..n).flat_map(|t| std::iter::once(v).chain((0..gg).map(move |j| (t * gg + j) as u32))).collect();
+        let mut x = be.embedding(&patches, Some(&self.class_embedding), &sources)?;
+        be.add(&mut x, &self.position_embedding)?;
+        Ok(x)
+    }
+
+    /// hidden_states[i] for each i of `indices`, each [N*(G*G+1), C] (tile-major).
+    pub fn forward(&self, pixels: &Tensor, indices: &[usize]) -> Result<Vec<B::Tensor>> {
+        let be = &self.be;
         let n = pixels.dim(0);
         let (c, h) = (self.cfg.hidden_size, self.cfg.num_attention_heads);
         let tokens = self.cfg.num_patches() + 1;
         let d = c / h;
-        let mut x = self.pre_ln.forward(&self.embed(pixels)?)?;
-        let mut out: Vec<(usize, Tensor)> = Vec::new();
-        let keep = |i: usize, x: &Tensor, out: &mut Vec<(usize, Tensor)>| {
-            if indices.contains(&i) {
-                out.push((i, x.clone()));
-            }
-        };
-        keep(0, &x, &mut out);
+        let mut x = be.layernorm(&self.embed(pixels)?, &self.pre_ln)?;
+        // Every tile is one slot of `tokens` keys; every row sees all of its tile.
+        let rows: Vec<AttnRow> =
+            (0..n * tokens).map(|r| AttnRow { slot: (r / tokens) as u32, kv_start: 0, kv_end: tokens as u32 }).collect();
+        let mut out: Vec<(usize, B::Tensor)> = Vec::new();
+        if indices.contains(&0) {
+            out.push((0, x.clone()));
+        }
         for (li, layer) in self.layers.iter().enumerate() {
-            let hn = layer.ln1.forward(&x)?;
-            let (q, k, v) = (layer.q.forward(&hn)?, layer.k.forward(&hn)?, layer.v.forward(&hn)?);
-            let mut attn = Vec::with_capacity(n * tokens * c);
-            for t in 0..n {
-                let r = t * tokens * c..(t + 1) * tokens * c;
-                attn.extend(cpu::attention(
-                    &q.data()[r.clone()],
-                    &k.data()[r.clone()],
-                    &v.data()[r],
-                    tokens,
-                    tokens,
-                    h,
-                    h,
-                    d,
-                    0,
-                    cpu::AttnMask::Bidirectional,
-                ));
+            let hn = be.layernorm(&x, &layer.ln1)?;
+            let (q, k, v) = (be.matmul(&hn, &layer.q)?, be.matmul(&hn, &layer.k)?, be.matmul(&hn, &layer.v)?);
+            let attn = be.attention(&q, &k, &v, &rows, h, h, d, tokens)?;
+            be.matmul_add(&attn, &layer.o, &mut x)?;
+            let mut f = be.matmul(&be.layernorm(&x, &layer.ln2)?, &layer.fc1)?;
+            be.activation(&self.cfg.hidden_act, &mut f)?;
+            be.matmul_add(&f, &layer.fc2, &mut x)?;
+            if indices.contains(&(li + 1)) {
+                out.push((li + 1, x.clone()));
             }
-            let a = layer.o.forward(&Tensor::new(attn, &[n * tokens, c])?)?;
-            add_inplace(&mut x, &a);
-            let mut f = layer.fc1.forward(&layer.ln2.forward(&x)?)?;
-            cpu::activation::by_name(&self.cfg.hidden_act, f.data_mut());
-            let m = layer.fc2.forward(&f)?;
-            add_inplace(&mut x, &m);
-            keep(li + 1, &x, &mut out);
         }
         indices
             .iter()
             .map(|i| {
-                let t = out.iter().find(|(j, _)| j == i).map(|(_, t)| t.clone()).ok_or_else(|| {
+                out.iter().find(|(j, _)| j == i).map(|(_, t)| t.clone()).ok_or_else(|| {
                     Error::Input(format!("vision hidden state {i} was not computed ({} layers loaded)", self.layers.len()))
-                })?;
-                t.reshape(&[n, tokens, c])
+                })
             })
             .collect()
     }

@@ -6,106 +6,215 @@
 //! q: [T, H*D], k/v: [T, Hkv*D] (GQA, H a multiple of Hkv). Causal attention, with Mistral's
 //! optional sliding window.
 //!
-//! Batching: `forward` takes several sequences at once, their rows stacked into one x[sum T_b, C].
-//! The projections run on all rows together; attention runs per sequence over that sequence's
-//! `KvCache`, which grows by T_b rows per call. Prefill of a batch is one call with each prompt's
-//! length; a decode step is one call with length 1 per active sequence.
+//! Inference (`forward`) is written once against the [`Backend`] ops and runs on the CPU and on
+//! CUDA. Batching: several sequences at once, their rows stacked into one x[sum T_b, C]. The
+//! projections run on all rows together; one attention call covers every row, each sequence
+//! reading its own slot of the preallocated `KvCache`, which grows by T_b rows per call.
+//! Training (`forward_train*`, `backward`: CPU, f32, LoRA) saves activations on a tape.
 
-use crate::backend::cpu;
+use crate::backend::{cpu, AttnRow, Backend, Cpu, Rows};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::model::clip::add_inplace;
-use crate::nn::{Linear, RmsNorm};
+use crate::nn::Linear;
 use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
-struct DecoderLayer {
-    input_layernorm: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    post_attention_layernorm: RmsNorm,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+struct DecoderLayer<B: Backend = Cpu> {
+    input_layernorm: B::RmsNorm,
+    q: B::Linear,
+    k: B::Linear,
+    v: B::Linear,
+    o: B::Linear,
+    post_attention_layernorm: B::RmsNorm,
+    gate: B::Linear,
+    up: B::Linear,
+    down: B::Linear,
 }
 
-/// Keys and values of one sequence: per layer, rows [len, Hkv*D].
-#[derive(Clone, Debug, Default)]
-pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    len: usize,
+/// Keys and values of S sequences (slots) of at most `cap` tokens each, preallocated on the
+/// backend: per layer k, v [S*cap, Hkv*D]; slot s holds rows [s*cap, s*cap + len(s)).
+pub struct KvCache<B: Backend = Cpu> {
+    k: Vec<B::Tensor>,
+    v: Vec<B::Tensor>,
+    cap: usize,
+    lens: Vec<usize>,
 }
 
-impl KvCache {
-    pub fn new(cfg: &TextConfig, capacity: usize) -> Self {
+impl<B: Backend> KvCache<B> {
+    /// `slots` empty sequences of capacity `cap` tokens for every layer of `cfg`.
+    pub fn new(be: &B, cfg: &TextConfig, slots: usize, cap: usize) -> Result<Self> {
         let w = cfg.num_key_value_heads * cfg.head_dim;
-        KvCache {
-            k: (0..cfg.num_hidden_layers).map(|_| Vec::with_capacity(capacity * w)).collect(),
-            v: (0..cfg.num_hidden_layers).map(|_| Vec::with_capacity(capacity * w)).collect(),
-            len: 0,
+        let mut k = Vec::with_capacity(cfg.num_hidden_layers);
+        let mut v = Vec::with_capacity(cfg.num_hidden_layers);
+        for _ in 0..cfg.num_hidden_layers {
+            k.push(be.zeros(slots * cap, w)?);
+            v.push(be.zeros(slots * cap, w)?);
         }
+        Ok(KvCache { k, v, cap, lens: vec![0; slots] })
     }
-    /// Tokens held.
-    pub fn len(&self) -> usize {
-        self.len
+    /// Tokens held by `slot`.
+    pub fn len(&self, slot: usize) -> usize {
+        self.lens[slot]
     }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    pub fn slots(&self) -> usize {
+        self.lens.len()
+    }
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+    /// Forget the tokens of `slot` (it can take a new sequence).
+    pub fn clear(&mut self, slot: usize) {
+        self.lens[slot] = 0;
     }
 }
 
-pub struct Decoder {
+pub struct Decoder<B: Backend = Cpu> {
     pub cfg: TextConfig,
-    embed_tokens: Tensor, // [V, C]
-    layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
-    lm_head: Option<Linear>, // None: tied to embed_tokens
-    rope: cpu::RopeTable,
+    be: B,
+    embed_tokens: B::Tensor, // [V, C]
+    layers: Vec<DecoderLayer<B>>,
+    norm: B::RmsNorm,
+    lm_head: Option<B::Tensor>, // [V, C]; None: tied to embed_tokens
+    rope: B::Rope,
 }
 
-impl Decoder {
+impl<B: Backend> Decoder<B> {
     /// `model_prefix` holds embed_tokens/layers/norm; `lm_head` is the lm_head weight's name.
-    pub fn load(ws: &dyn WeightSource, model_prefix: &str, lm_head: &str, cfg: &TextConfig) -> Result<Self> {
+    pub fn load(be: &B, ws: &dyn WeightSource, model_prefix: &str, lm_head: &str, cfg: &TextConfig) -> Result<Self> {
         let (c, v, f) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
         let (qd, kvd) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
         let eps = cfg.rms_norm_eps;
-        let embed_tokens = ws.get(&format!("{model_prefix}.embed_tokens.weight"), &[v, c])?;
+        let embed_tokens = be.tensor(ws, &format!("{model_prefix}.embed_tokens.weight"), &[v, c])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("{model_prefix}.layers.{i}");
             let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
             ws.skip(&format!("{p}.self_attn.rotary_emb.inv_freq"));
             layers.push(DecoderLayer {
-                input_layernorm: RmsNorm::load(ws, &format!("{p}.input_layernorm"), c, eps)?,
-                q: Linear::load(ws, &format!("{p}.self_attn.q_proj"), c, qd, ab)?,
-                k: Linear::load(ws, &format!("{p}.self_attn.k_proj"), c, kvd, ab)?,
-                v: Linear::load(ws, &format!("{p}.self_attn.v_proj"), c, kvd, ab)?,
-                o: Linear::load(ws, &format!("{p}.self_attn.o_proj"), qd, c, ab)?,
-                post_attention_layernorm: RmsNorm::load(ws, &format!("{p}.post_attention_layernorm"), c, eps)?,
-                gate: Linear::load(ws, &format!("{p}.mlp.gate_proj"), c, f, mb)?,
-                up: Linear::load(ws, &format!("{p}.mlp.up_proj"), c, f, mb)?,
-                down: Linear::load(ws, &format!("{p}.mlp.down_proj"), f, c, mb)?,
+                input_layernorm: be.rmsnorm_weights(ws, &format!("{p}.input_layernorm"), c, eps)?,
+                q: be.linear(ws, &format!("{p}.self_attn.q_proj"), c, qd, ab)?,
+                k: be.linear(ws, &format!("{p}.self_attn.k_proj"), c, kvd, ab)?,
+                v: be.linear(ws, &format!("{p}.self_attn.v_proj"), c, kvd, ab)?,
+                o: be.linear(ws, &format!("{p}.self_attn.o_proj"), qd, c, ab)?,
+                post_attention_layernorm: be.rmsnorm_weights(ws, &format!("{p}.post_attention_layernorm"), c, eps)?,
+                gate: be.linear(ws, &format!("{p}.mlp.gate_proj"), c, f, mb)?,
+                up: be.linear(ws, &format!("{p}.mlp.up_proj"), c, f, mb)?,
+                down: be.linear(ws, &format!("{p}.mlp.down_proj"), f, c, mb)?,
             });
         }
-        let norm = RmsNorm::load(ws, &format!("{model_prefix}.norm"), c, eps)?;
+        let norm = be.rmsnorm_weights(ws, &format!("{model_prefix}.norm"), c, eps)?;
         // HF ties lm_head to the embedding whenever the config says so, whatever the file holds.
         let lm_head = if cfg.tie_word_embeddings {
             ws.skip(lm_head);
             None
         } else {
-            Some(Linear::load(ws, lm_head.trim_end_matches(".weight"), c, v, false)?)
+            Some(be.tensor(ws, lm_head, &[v, c])?)
         };
-        let rope = cpu::RopeTable::new(cfg.head_dim, cfg.rope_theta);
-        Ok(Decoder { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rope })
+        let rope = be.rope_table(cfg.head_dim, cfg.rope_theta)?;
+        Ok(Decoder { cfg: cfg.clone(), be: be.clone(), embed_tokens, layers, norm, lm_head, rope })
     }
 
     pub fn hidden_size(&self) -> usize {
         self.cfg.hidden_size
     }
 
+    pub fn backend(&self) -> &B {
+        &self.be
+    }
+
+    /// The lm_head weight [V, C] (the embedding when tied).
+    pub fn lm_head_weight(&self) -> &B::Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// Token embeddings [T, C].
+    pub fn embed(&self, ids: &[u32]) -> Result<B::Tensor> {
+        let sources = cpu::embedding_sources(ids, self.cfg.vocab_size, None, 0)?;
+        self.be.embedding(&self.embed_tokens, None, &sources)
+    }
+
+    /// Token embeddings [T, C] with image feature rows scattered in: the i-th occurrence of
+    /// `image_token` in `ids` takes row i of `features` [K, C] (K = the number of occurrences).
+    pub fn embed_with_features(&self, ids: &[u32], image_token: u32, features: Option<&B::Tensor>) -> Result<B::Tensor> {
+        let k = features.map(|f| f.n_rows()).unwrap_or(0);
+        let sources = cpu::embedding_sources(ids, self.cfg.vocab_size, features.map(|_| image_token), k)?;
+        self.be.embedding(&self.embed_tokens, features, &sources)
+    }
+
+    /// Run the stacked rows of several sequences through the decoder: sequence b has `lens[b]`
+    /// rows in x and lives in cache slot `slots[b]`, which it extends. Returns the final-normed
+    /// hidden states [sum T_b, C]. Prefill of a batch is one call with each prompt's length; a
+    /// decode step is one call with length 1 per active sequence.
+    pub fn forward(&self, x: B::Tensor, slots: &[usize], lens: &[usize], cache: &mut KvCache<B>) -> Result<B::Tensor> {
+        let be = &self.be;
+        let cfg = &self.cfg;
+        let total: usize = lens.iter().sum();
+        if lens.len() != slots.len() || x.n_rows() != total || x.n_cols() != cfg.hidden_size || cache.k.len() != self.layers.len() {
+            return Err(Error::shape(
+                "decoder",
+                format!("x [{}, {}] with sequences of lengths {lens:?} in slots {slots:?}", x.n_rows(), x.n_cols()),
+            ));
+        }
+        let (h, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let cap = cache.cap;
+        // Absolute positions, cache rows and key ranges of every row: each sequence continues
+        // where its slot stops.
+        let mut positions = Vec::with_capacity(total);
+        let mut dst = Vec::with_capacity(total);
+        let mut rows = Vec::with_capacity(total);
+        let mask = cpu::AttnMask::Causal { window: cfg.sliding_window };
+        for (&slot, &n) in slots.iter().zip(lens) {
+            if slot >= cache.slots() || slots.iter().filter(|&&s| s == slot).count() > 1 {
+                return Err(Error::shape("decoder", format!("slots {slots:?} for a cache of {} slots", cache.slots())));
+            }
+            let start = cache.lens[slot];
+            if start + n > cfg.max_position_embeddings {
+                return Err(Error::Input(format!(
+                    "sequence of {} tokens exceeds max_position_embeddings {}",
+                    start + n,
+                    cfg.max_position_embeddings
+                )));
+            }
+            if start + n > cap {
+                return Err(Error::Input(format!("sequence of {} tokens exceeds the KV cache's capacity of {cap}", start + n)));
+            }
+            for p in start..start + n {
+                positions.push(p as u32);
+                dst.push((slot * cap + p) as u32);
+                rows.push(AttnRow::for_mask(mask, slot, p, start + n));
+            }
+        }
+        let mut x = x;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let hn = be.rmsnorm(&x, &layer.input_layernorm)?;
+            let mut q = be.matmul(&hn, &layer.q)?;
+            let mut k = be.matmul(&hn, &layer.k)?;
+            let v = be.matmul(&hn, &layer.v)?;
+            be.rope(&mut q, &mut k, h, hkv, &positions, &self.rope)?;
+            be.scatter_rows(&k, &mut cache.k[li], &dst)?;
+            be.scatter_rows(&v, &mut cache.v[li], &dst)?;
+            let attn = be.attention(&q, &cache.k[li], &cache.v[li], &rows, h, hkv, d, cap)?;
+            be.matmul_add(&attn, &layer.o, &mut x)?;
+            let hn = be.rmsnorm(&x, &layer.post_attention_layernorm)?;
+            let g = be.matmul(&hn, &layer.gate)?;
+            let u = be.matmul(&hn, &layer.up)?;
+            let act = be.swiglu(&g, &u)?;
+            be.matmul_add(&act, &layer.down, &mut x)?;
+        }
+        for (&slot, &n) in slots.iter().zip(lens) {
+            cache.lens[slot] += n;
+        }
+        be.rmsnorm(&x, &self.norm)
+    }
+
+    /// f32 logits [R, V] for hidden rows [R, C].
+    pub fn logits(&self, hidden: &B::Tensor) -> Result<B::Logits> {
+        self.be.logits(hidden, self.lm_head_weight())
+    }
+}
+
+impl Decoder {
     /// Every projection of every layer, as (layer, name, linear), in PEFT's naming.
     pub fn projections_mut(&mut self) -> impl Iterator<Item = (usize, &'static str, &mut Linear)> {
         self.layers.iter_mut().enumerate().flat_map(|(i, l)| {
@@ -137,101 +246,6 @@ impl Decoder {
             "down_proj" => &mut l.down,
             _ => return None,
         })
-    }
-
-    /// Token embeddings [T, C].
-    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
-        let c = self.cfg.hidden_size;
-        let mut x = Vec::with_capacity(ids.len() * c);
-        for &id in ids {
-            if id as usize >= self.cfg.vocab_size {
-                return Err(Error::Input(format!("token id {id} is outside the vocabulary ({})", self.cfg.vocab_size)));
-            }
-            x.extend_from_slice(self.embed_tokens.row(id as usize));
-        }
-        Tensor::new(x, &[ids.len(), c])
-    }
-
-    /// Run the stacked rows of several sequences (`lens[b]` rows each) through the decoder,
-    /// appending to each sequence's cache. Returns the final-normed hidden states [sum T_b, C].
-    pub fn forward(&self, x: Tensor, lens: &[usize], caches: &mut [&mut KvCache]) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let total: usize = lens.iter().sum();
-        if lens.len() != caches.len() || x.rows_cols() != (total, cfg.hidden_size) {
-            return Err(Error::shape(
-                "decoder",
-                format!("x {:?} with {} sequences of lengths {lens:?} and {} caches", x.shape(), lens.len(), caches.len()),
-            ));
-        }
-        let (h, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-        let (qw, kw) = (h * d, hkv * d);
-        // Absolute positions of every row: each sequence continues where its cache stops.
-        let mut positions = Vec::with_capacity(total);
-        for (b, &n) in lens.iter().enumerate() {
-            let start = caches[b].len;
-            if start + n > cfg.max_position_embeddings {
-                return Err(Error::Input(format!(
-                    "sequence of {} tokens exceeds max_position_embeddings {}",
-                    start + n,
-                    cfg.max_position_embeddings
-                )));
-            }
-            positions.extend(start..start + n);
-        }
-        let mask = cpu::AttnMask::Causal { window: cfg.sliding_window };
-        let mut x = x;
-        for (li, layer) in self.layers.iter().enumerate() {
-            let hn = layer.input_layernorm.forward(&x)?;
-            let mut q = layer.q.forward(&hn)?;
-            let mut k = layer.k.forward(&hn)?;
-            let v = layer.v.forward(&hn)?;
-            cpu::rope(q.data_mut(), h, &positions, &self.rope);
-            cpu::rope(k.data_mut(), hkv, &positions, &self.rope);
-            let mut attn = Vec::with_capacity(total * qw);
-            let mut row = 0;
-            for (b, &n) in lens.iter().enumerate() {
-                let cache = &mut *caches[b];
-                let start = cache.len;
-                cache.k[li].extend_from_slice(&k.data()[row * kw..(row + n) * kw]);
-                cache.v[li].extend_from_slice(&v.data()[row * kw..(row + n) * kw]);
-                attn.extend(cpu::attention(
-                    &q.data()[row * qw..(row + n) * qw],
-                    &cache.k[li],
-                    &cache.v[li],
-                    n,
-                    start + n,
-                    h,
-                    hkv,
-                    d,
-                    start,
-                    mask,
-                ));
-                row += n;
-            }
-            let a = layer.o.forward(&Tensor::new(attn, &[total, qw])?)?;
-            add_inplace(&mut x, &a);
-            let hn = layer.post_attention_layernorm.forward(&x)?;
-            let mut g = layer.gate.forward(&hn)?;
-            let u = layer.up.forward(&hn)?;
-            cpu::swiglu(g.data_mut(), u.data());
-            let m = layer.down.forward(&g)?;
-            add_inplace(&mut x, &m);
-        }
-        for (b, &n) in lens.iter().enumerate() {
-            caches[b].len += n;
-        }
-        self.norm.forward(&x)
-    }
-
-    /// Logits [R, V] for hidden rows [R, C].
-    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        match &self.lm_head {
-            Some(l) => l.forward(hidden),
-            None => {
-                let (r, c) = hidden.rows_cols();
-                Tensor::new(cpu::matmul_t(hidden.data(), self.embed_tokens.data(), r, c, self.cfg.vocab_size), &[r, self.cfg.vocab_size])
-            }
-        }
     }
 }
 
@@ -325,11 +339,6 @@ pub type LoraGrad = (usize, &'static str, Vec<f32>, Vec<f32>);
 const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
 impl Decoder {
-    /// The lm_head weight [V, C] (the embedding when tied).
-    pub fn lm_head_weight(&self) -> &Tensor {
-        self.lm_head.as_ref().map(|l| &l.weight).unwrap_or(&self.embed_tokens)
-    }
-
     /// Training forward over whole causal sequences of `lens[b]` tokens (see `forward_train_layout`).
     pub fn forward_train(&self, x: Tensor, lens: &[usize]) -> Result<(Tensor, Tape)> {
         let layouts: Vec<SeqLayout> = lens.iter().map(|&n| SeqLayout::plain(n)).collect();

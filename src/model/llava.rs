@@ -16,6 +16,7 @@
 
 use std::path::Path;
 
+use crate::backend::{Backend, Cpu, Rows};
 use crate::config::{FeatureSelect, LlavaConfig, LlavaKind};
 use crate::error::{Error, Result};
 use crate::image::{anyres_grid_shape, ProcessedImage};
@@ -51,32 +52,49 @@ fn locate<'a>(ws: &dyn WeightSource, candidates: &[&'a str], probe: &str, what: 
     })
 }
 
-pub struct Llava {
+pub struct Llava<B: Backend = Cpu> {
     pub cfg: LlavaConfig,
-    vision: ClipVision,
-    pub projector: Projector,
-    pub decoder: Decoder,
-    image_newline: Option<Tensor>,
+    be: B,
+    vision: ClipVision<B>,
+    pub projector: Projector<B>,
+    pub decoder: Decoder<B>,
+    image_newline: Option<B::Tensor>, // [1, C]
     feature_states: Vec<usize>,
 }
 
 impl Llava {
-    /// Load `config.json` and the weights of the checkpoint in `dir`.
+    /// Load `config.json` and the weights of the checkpoint in `dir` (on the CPU).
     pub fn load(dir: &Path) -> Result<Self> {
-        let cfg = LlavaConfig::from_file(&dir.join("config.json"))?;
-        let ws = WeightStore::open(dir)?;
-        let model = Self::from_weights(cfg, &ws)?;
-        ws.finish()?;
-        Ok(model)
+        Self::load_on(&Cpu, dir)
     }
 
     /// A model of the config in `dir`/config.json with seeded random weights (no safetensors read).
     pub fn random(dir: &Path, seed: u64) -> Result<Self> {
-        let cfg = LlavaConfig::from_file(&dir.join("config.json"))?;
-        Self::from_weights(cfg, &RandomWeights::new(dir, seed))
+        Self::random_on(&Cpu, dir, seed)
     }
 
     pub fn from_weights(cfg: LlavaConfig, ws: &dyn WeightSource) -> Result<Self> {
+        Self::from_weights_on(&Cpu, cfg, ws)
+    }
+}
+
+impl<B: Backend> Llava<B> {
+    /// `load` on the backend `be`.
+    pub fn load_on(be: &B, dir: &Path) -> Result<Self> {
+        let cfg = LlavaConfig::from_file(&dir.join("config.json"))?;
+        let ws = WeightStore::open(dir)?;
+        let model = Self::from_weights_on(be, cfg, &ws)?;
+        ws.finish()?;
+        Ok(model)
+    }
+
+    /// `random` on the backend `be`.
+    pub fn random_on(be: &B, dir: &Path, seed: u64) -> Result<Self> {
+        let cfg = LlavaConfig::from_file(&dir.join("config.json"))?;
+        Self::from_weights_on(be, cfg, &RandomWeights::new(dir, seed))
+    }
+
+    pub fn from_weights_on(be: &B, cfg: LlavaConfig, ws: &dyn WeightSource) -> Result<Self> {
         let lm = locate(ws, &LM, ".embed_tokens.weight", "language-model embedding")?;
         let vision_prefix = locate(ws, &VISION, ".embeddings.class_embedding", "vision tower")?;
         let projector_prefix = locate_projector(ws)?;
@@ -84,9 +102,10 @@ impl Llava {
         let lm_head = locate(ws, &LM_HEAD, "", "lm_head").unwrap_or(LM_HEAD[0]);
         let feature_states = cfg.feature_state_indices();
         let n_layers = feature_states.iter().copied().max().unwrap_or(0);
-        let vision = ClipVision::load(ws, vision_prefix, &cfg.vision, n_layers)?;
+        let vision = ClipVision::load(be, ws, vision_prefix, &cfg.vision, n_layers)?;
         let vdim = cfg.vision.hidden_size * feature_states.len();
         let projector = Projector::load(
+            be,
             ws,
             projector_prefix,
             vdim,
@@ -94,72 +113,51 @@ impl Llava {
             &cfg.projector_hidden_act,
             cfg.multimodal_projector_bias,
         )?;
-        let decoder = Decoder::load(ws, lm, lm_head, &cfg.text)?;
+        let decoder = Decoder::load(be, ws, lm, lm_head, &cfg.text)?;
         let image_newline = if cfg.kind == LlavaKind::LlavaNext {
-            Some(ws.get(locate(ws, &NEWLINE, "", "image_newline")?, &[cfg.text.hidden_size])?)
+            let c = cfg.text.hidden_size;
+            Some(be.upload(&ws.get(locate(ws, &NEWLINE, "", "image_newline")?, &[c])?.reshape(&[1, c])?)?)
         } else {
             None
         };
-        Ok(Llava { cfg, vision, projector, decoder, image_newline, feature_states })
+        Ok(Llava { cfg, be: be.clone(), vision, projector, decoder, image_newline, feature_states })
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.be
     }
 
     /// The selected vision hidden states, concatenated over the feature layers, with the class
-    /// token dropped for the "default" strategy: [N, P, Cv*L] with P = G*G (or G*G+1 for "full").
-    pub fn vision_features(&self, pixels: &Tensor) -> Result<Tensor> {
+    /// token dropped for the "default" strategy: [N*P, Cv*L] (tile-major) with P = G*G (or
+    /// G*G+1 for "full").
+    pub fn vision_features(&self, pixels: &Tensor) -> Result<B::Tensor> {
+        let be = &self.be;
         let states = self.vision.forward(pixels, &self.feature_states)?;
-        let (n, tokens, cv) = (states[0].dim(0), states[0].dim(1), states[0].dim(2));
+        let n = pixels.dim(0);
+        let tokens = self.cfg.vision.num_patches() + 1;
         let skip = match self.cfg.vision_feature_select_strategy {
             FeatureSelect::Default => 1,
             FeatureSelect::Full => 0,
         };
-        let p = tokens - skip;
-        let l = states.len();
-        let mut x = vec![0f32; n * p * cv * l];
-        for t in 0..n {
-            for j in 0..p {
-                for (si, s) in states.iter().enumerate() {
-                    let src = &s.data()[((t * tokens) + j + skip) * cv..][..cv];
-                    x[((t * p + j) * l + si) * cv..][..cv].copy_from_slice(src);
-                }
-            }
+        let sources: Vec<u32> = (0..n).flat_map(|t| (skip..tokens).map(move |j| (t * tokens + j) as u32)).collect();
+        let picked = states.iter().map(|s| be.embedding(s, None, &sources)).collect::<Result<Vec<_>>>()?;
+        if picked.len() == 1 {
+            return Ok(picked.into_iter().next().unwrap());
         }
-        Tensor::new(x, &[n, p, cv * l])
+        be.concat_cols(&picked.iter().collect::<Vec<_>>())
     }
 
-    /// Projected features of every tile: [N, P, C].
-    pub fn tile_features(&self, pixels: &Tensor) -> Result<Tensor> {
-        let v = self.vision_features(pixels)?;
-        let (n, p, cvl) = (v.dim(0), v.dim(1), v.dim(2));
-        let y = self.projector.forward(&v.reshape(&[n * p, cvl])?)?;
-        y.reshape(&[n, p, self.cfg.text.hidden_size])
+    /// Projected features of every tile: [N*P, C] (tile-major).
+    pub fn tile_features(&self, pixels: &Tensor) -> Result<B::Tensor> {
+        self.projector.forward(&self.be, &self.vision_features(pixels)?)
     }
 
     /// The K feature rows [K, C] that replace one `<image>` token.
-    pub fn image_features(&self, image: &ProcessedImage) -> Result<Tensor> {
+    pub fn image_features(&self, image: &ProcessedImage) -> Result<B::Tensor> {
         let feats = self.tile_features(&image.pixel_values)?;
-        let rows = self.feature_rows(image, feats.dim(0), feats.dim(1))?;
-        Ok(self.gather_features(feats.data(), &rows))
-    }
-
-    /// `image_features` saving what `image_features_backward` needs (the projector trains).
-    pub fn image_features_train(&self, image: &ProcessedImage) -> Result<(Tensor, ImageTape)> {
-        let v = self.vision_features(&image.pixel_values)?;
-        let (n, p, cvl) = (v.dim(0), v.dim(1), v.dim(2));
-        let (y, proj) = self.projector.forward_train(v.reshape(&[n * p, cvl])?)?;
-        let rows = self.feature_rows(image, n, p)?;
-        Ok((self.gather_features(y.data(), &rows), ImageTape { proj, rows, projected: n * p }))
-    }
-
-    /// Projector parameter gradients from d loss / d features [K, C].
-    pub fn image_features_backward(&self, tape: &ImageTape, dk: &[f32]) -> Vec<(String, Vec<f32>)> {
-        let c = self.cfg.text.hidden_size;
-        let mut dy = vec![0f32; tape.projected * c];
-        for (r, g) in tape.rows.iter().zip(dk.chunks_exact(c)) {
-            if let FeatureRow::Projected(i) = *r {
-                dy[i * c..(i + 1) * c].iter_mut().zip(g).for_each(|(a, b)| *a += b);
-            }
-        }
-        self.projector.backward(&tape.proj, &dy)
+        let n = image.pixel_values.dim(0);
+        let rows = self.feature_rows(image, n, feats.n_rows() / n.max(1))?;
+        self.gather_features(&feats, &rows)
     }
 
     /// Where each of the K feature rows comes from: a row of the projector's output [N*P, C]
@@ -198,43 +196,72 @@ impl Llava {
         }
     }
 
-    fn gather_features(&self, projected: &[f32], rows: &[FeatureRow]) -> Tensor {
-        let c = self.cfg.text.hidden_size;
-        let mut out = Vec::with_capacity(rows.len() * c);
-        for r in rows {
-            match *r {
-                FeatureRow::Projected(i) => out.extend_from_slice(&projected[i * c..(i + 1) * c]),
-                FeatureRow::Newline => out.extend_from_slice(self.image_newline.as_ref().expect("LLaVA-NeXT has image_newline").data()),
-            }
+    /// The AnyRes merge: rows of `projected` [N*P, C] and `image_newline` in the order of `rows`
+    /// (one gather on the backend).
+    fn gather_features(&self, projected: &B::Tensor, rows: &[FeatureRow]) -> Result<B::Tensor> {
+        if self.cfg.kind == LlavaKind::Llava && rows.iter().enumerate().all(|(i, r)| *r == FeatureRow::Projected(i)) && rows.len() == projected.n_rows() {
+            return Ok(projected.clone());
         }
-        Tensor::new(out, &[rows.len(), c]).expect("gather_features shape")
+        let np = projected.n_rows() as u32;
+        let sources: Vec<u32> = rows
+            .iter()
+            .map(|r| match *r {
+                FeatureRow::Projected(i) => i as u32,
+                FeatureRow::Newline => np,
+            })
+            .collect();
+        self.be.embedding(projected, self.image_newline.as_ref(), &sources)
     }
 
     /// Token embeddings with every `<image>` token replaced by its image's feature rows.
-    pub fn embed_with_images(&self, ids: &[u32], images: &[Tensor]) -> Result<Tensor> {
-        let n_tok = ids.iter().filter(|&&t| t == self.cfg.image_token_index).count();
+    pub fn embed_with_images(&self, ids: &[u32], images: &[B::Tensor]) -> Result<B::Tensor> {
+        let image_token = self.cfg.image_token_index;
+        let n_tok = ids.iter().filter(|&&t| t == image_token).count();
         if n_tok != images.len() {
             return Err(Error::Input(format!(
-                "the prompt has {n_tok} <image> token(s) (id {}) but {} image(s) were given",
-                self.cfg.image_token_index,
+                "the prompt has {n_tok} <image> token(s) (id {image_token}) but {} image(s) were given",
                 images.len()
             )));
         }
-        let c = self.cfg.text.hidden_size;
-        // The image token itself is never embedded (it may lie outside the text vocabulary).
-        let text_ids: Vec<u32> = ids.iter().map(|&t| if t == self.cfg.image_token_index { 0 } else { t }).collect();
-        let text = self.decoder.embed(&text_ids)?;
-        let total = ids.len() - n_tok + images.iter().map(|f| f.dim(0)).sum::<usize>();
-        let mut x = Vec::with_capacity(total * c);
+        if images.is_empty() {
+            return self.decoder.embed(ids);
+        }
+        // One image token per feature row, then one gather from the table and the features.
+        let mut expanded = Vec::with_capacity(ids.len() + images.iter().map(|f| f.n_rows()).sum::<usize>());
         let mut img = images.iter();
-        for (i, &id) in ids.iter().enumerate() {
-            if id == self.cfg.image_token_index {
-                x.extend_from_slice(img.next().unwrap().data());
+        for &id in ids {
+            if id == image_token {
+                expanded.extend(std::iter::repeat_n(image_token, img.next().unwrap().n_rows()));
             } else {
-                x.extend_from_slice(text.row(i));
+                expanded.push(id);
             }
         }
-        Tensor::new(x, &[total, c])
+        let feats = if images.len() == 1 { images[0].clone() } else { self.be.concat_rows(&images.iter().collect::<Vec<_>>())? };
+        self.decoder.embed_with_features(&expanded, image_token, Some(&feats))
+    }
+}
+
+impl Llava {
+    /// `image_features` saving what `image_features_backward` needs (the projector trains).
+    pub fn image_features_train(&self, image: &ProcessedImage) -> Result<(Tensor, ImageTape)> {
+        let v = self.vision_features(&image.pixel_values)?;
+        let n = image.pixel_values.dim(0);
+        let np = v.n_rows();
+        let (y, proj) = self.projector.forward_train(v)?;
+        let rows = self.feature_rows(image, n, np / n.max(1))?;
+        Ok((self.gather_features(&y, &rows)?, ImageTape { proj, rows, projected: np }))
+    }
+
+    /// Projector parameter gradients from d loss / d features [K, C].
+    pub fn image_features_backward(&self, tape: &ImageTape, dk: &[f32]) -> Vec<(String, Vec<f32>)> {
+        let c = self.cfg.text.hidden_size;
+        let mut dy = vec![0f32; tape.projected * c];
+        for (r, g) in tape.rows.iter().zip(dk.chunks_exact(c)) {
+            if let FeatureRow::Projected(i) = *r {
+                dy[i * c..(i + 1) * c].iter_mut().zip(g).for_each(|(a, b)| *a += b);
+            }
+        }
+        self.projector.backward(&tape.proj, &dy)
     }
 }
 

@@ -8,29 +8,43 @@
 //! takes dy [T, C] and returns the gradient of every parameter, named as in the checkpoint
 //! (`linear_1.weight`, ...). The vision tower is frozen, so no dx is returned.
 
-use crate::backend::cpu;
+use crate::backend::{cpu, Backend, Cpu};
 use crate::error::Result;
 use crate::nn::Linear;
 use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
-pub enum Projector {
-    Mlp { linear_1: Linear, act: String, linear_2: Linear },
-    Linear(Linear),
+pub enum Projector<B: Backend = Cpu> {
+    Mlp { linear_1: B::Linear, act: String, linear_2: B::Linear },
+    Linear(B::Linear),
 }
 
-impl Projector {
-    pub fn load(ws: &dyn WeightSource, prefix: &str, vision_dim: usize, text_dim: usize, act: &str, bias: bool) -> Result<Self> {
+impl<B: Backend> Projector<B> {
+    pub fn load(be: &B, ws: &dyn WeightSource, prefix: &str, vision_dim: usize, text_dim: usize, act: &str, bias: bool) -> Result<Self> {
         if !ws.contains(&format!("{prefix}.linear_1.weight")) && ws.contains(&format!("{prefix}.weight")) {
-            return Ok(Projector::Linear(Linear::load(ws, prefix, vision_dim, text_dim, bias)?));
+            return Ok(Projector::Linear(be.linear(ws, prefix, vision_dim, text_dim, bias)?));
         }
         Ok(Projector::Mlp {
-            linear_1: Linear::load(ws, &format!("{prefix}.linear_1"), vision_dim, text_dim, bias)?,
+            linear_1: be.linear(ws, &format!("{prefix}.linear_1"), vision_dim, text_dim, bias)?,
             act: act.to_string(),
-            linear_2: Linear::load(ws, &format!("{prefix}.linear_2"), text_dim, text_dim, bias)?,
+            linear_2: be.linear(ws, &format!("{prefix}.linear_2"), text_dim, text_dim, bias)?,
         })
     }
 
+    /// x[T, Cv*L] -> [T, C].
+    pub fn forward(&self, be: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        match self {
+            Projector::Mlp { linear_1, act, linear_2 } => {
+                let mut h = be.matmul(x, linear_1)?;
+                be.activation(act, &mut h)?;
+                be.matmul(&h, linear_2)
+            }
+            Projector::Linear(l) => be.matmul(x, l),
+        }
+    }
+}
+
+impl Projector {
     /// Forward saving what `backward` needs.
     pub fn forward_train(&self, x: Tensor) -> Result<(Tensor, ProjectorTape)> {
         match self {
@@ -88,16 +102,6 @@ impl Projector {
         out
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Projector::Mlp { linear_1, act, linear_2 } => {
-                let mut h = linear_1.forward(x)?;
-                cpu::activation::by_name(act, h.data_mut());
-                linear_2.forward(&h)
-            }
-            Projector::Linear(l) => l.forward(x),
-        }
-    }
 }
 
 /// What the projector's backward needs: its input and linear_1's pre-activation (MLP only).

@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod attention;
 pub mod embedding;
+pub mod engine;
 pub mod logprob;
 pub mod lora;
 pub mod matmul;
