@@ -3,7 +3,8 @@
 //! stic generate --model DIR --image PATH --prompt TEXT [--max-new-tokens N] [--temperature T]
 //!               [--top-p P] [--top-k K] [--seed S] [--raw-prompt] [--json]
 //! stic score    --model DIR --image PATH --prompt TEXT --response TEXT [--raw-prompt] [--json]
-//! (both: [--adapter DIR] a PEFT LoRA adapter; [--random-weights [--weights-seed S]])
+//! (both: [--adapter DIR] a PEFT LoRA adapter; [--random-weights [--weights-seed S]];
+//!  [--device cpu|cuda|cuda:N])
 //! stic demo     (the bundled tiny checkpoint and image)
 //! stic merge   --model DIR --adapter DIR --out DIR [--dtype keep|f32]
 //! stic train-sft --model DIR --data llava.json --out DIR [same training options] [--image-folder DIR]
@@ -26,6 +27,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use stic::backend::{Backend, Device};
 use stic::generate::{Pipeline, Request, SamplingParams};
 use stic::image::load_image;
 use stic::Result;
@@ -194,12 +196,42 @@ struct Common {
     /// A LoRA adapter directory in PEFT format (adapter_config.json, adapter_model.safetensors).
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// cpu, cuda or cuda:N (bf16 on the GPU; needs a build with --features cuda). On the GPU an
+    /// adapter is merged into the weights as they load.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 }
 
 impl Common {
     fn pipeline(&self) -> Result<Pipeline> {
         Pipeline::load_with(&self.model, self.random_weights.then_some(self.weights_seed), self.adapter.as_deref())
     }
+
+    fn pipeline_on<B: Backend>(&self, be: &B) -> Result<Pipeline<B>> {
+        Pipeline::load_on(be, &self.model, self.random_weights.then_some(self.weights_seed), self.adapter.as_deref())
+    }
+}
+
+/// Runs `$body` with `$pipe` bound to the pipeline of `$common` on its `--device`.
+macro_rules! on_device {
+    ($common:expr, |$pipe:ident| $body:expr) => {
+        match $common.device {
+            Device::Cpu => {
+                let $pipe = $common.pipeline()?;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => {
+                let be = stic::backend::cuda::Cuda::new(n)?;
+                let $pipe = $common.pipeline_on(&be)?;
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => {
+                return Err(stic::Error::Input("--device cuda: this binary was built without --features cuda".into()));
+            }
+        }
+    };
 }
 
 #[derive(Args)]
@@ -501,34 +533,7 @@ fn run(cli: Cli) -> Result<()> {
                     a.prompt.len()
                 )));
             }
-            let pipe = c.pipeline()?;
-            let reqs: Vec<Request> = a
-                .prompt
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let imgs = match images.len() {
-                        0 => vec![],
-                        1 => vec![images[0].clone()],
-                        _ => vec![images[i].clone()],
-                    };
-                    Request { prompt: pipe.format_prompt(p, imgs.len(), c.raw_prompt), images: imgs }
-                })
-                .collect();
-            let params = SamplingParams {
-                max_new_tokens: a.max_new_tokens,
-                temperature: a.temperature,
-                top_k: a.top_k,
-                top_p: a.top_p,
-                seed: a.seed,
-            };
-            for g in pipe.generate(&reqs, &params)? {
-                if c.json {
-                    println!("{}", serde_json::to_string(&g).expect("serialisable"));
-                } else {
-                    println!("{}", g.text);
-                }
-            }
+            on_device!(c, |pipe| generate_cmd(&pipe, &a, &images)?);
         }
         Cmd::Demo { model, image, prompt } => {
             let t0 = std::time::Instant::now();
@@ -630,18 +635,49 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Score(a) => {
             let c = &a.common;
             let images = c.image.iter().map(|p| load_image(p)).collect::<Result<Vec<_>>>()?;
-            let pipe = c.pipeline()?;
-            let prompt = pipe.format_prompt(&a.prompt, images.len(), c.raw_prompt);
-            let s = pipe.score(&prompt, &images, &a.response)?;
-            if c.json {
-                println!("{}", serde_json::to_string(&s).expect("serialisable"));
-            } else {
-                for (id, lp) in s.response_ids.iter().zip(&s.logprobs) {
-                    println!("{id}\t{lp:.6}");
-                }
-                println!("sum\t{:.6}", s.sum);
-            }
+            on_device!(c, |pipe| score_cmd(&pipe, &a, &images)?);
         }
+    }
+    Ok(())
+}
+
+fn generate_cmd<B: Backend>(pipe: &Pipeline<B>, a: &GenerateArgs, images: &[stic::image::RgbImage]) -> Result<()> {
+    let c = &a.common;
+    let reqs: Vec<Request> = a
+        .prompt
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let imgs = match images.len() {
+                0 => vec![],
+                1 => vec![images[0].clone()],
+                _ => vec![images[i].clone()],
+            };
+            Request { prompt: pipe.format_prompt(p, imgs.len(), c.raw_prompt), images: imgs }
+        })
+        .collect();
+    let params = SamplingParams { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+    for g in pipe.generate(&reqs, &params)? {
+        if c.json {
+            println!("{}", serde_json::to_string(&g).expect("serialisable"));
+        } else {
+            println!("{}", g.text);
+        }
+    }
+    Ok(())
+}
+
+fn score_cmd<B: Backend>(pipe: &Pipeline<B>, a: &ScoreArgs, images: &[stic::image::RgbImage]) -> Result<()> {
+    let c = &a.common;
+    let prompt = pipe.format_prompt(&a.prompt, images.len(), c.raw_prompt);
+    let s = pipe.score(&prompt, images, &a.response)?;
+    if c.json {
+        println!("{}", serde_json::to_string(&s).expect("serialisable"));
+    } else {
+        for (id, lp) in s.response_ids.iter().zip(&s.logprobs) {
+            println!("{id}\t{lp:.6}");
+        }
+        println!("sum\t{:.6}", s.sum);
     }
     Ok(())
 }

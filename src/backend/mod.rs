@@ -22,6 +22,29 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
+/// Where a command runs: `cpu`, or `cuda` / `cuda:N` (GPU N; needs a build with `--features
+/// cuda`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}`: expected cpu, cuda or cuda:N")),
+        }
+    }
+}
+
 /// A matrix view of a backend tensor.
 pub trait Rows {
     /// R: rows (the leading dimensions folded).

@@ -129,9 +129,7 @@ impl Backend for Cpu {
         if src.n_rows() != idx.len() || idx.iter().any(|&i| i as usize >= r) {
             return Err(Error::shape("scatter_rows", format!("src {:?} to {idx:?} of dst {:?}", src.shape(), dst.shape())));
         }
-        for (i, &to) in idx.iter().enumerate() {
-            dst.data_mut()[to as usize * c..][..c].copy_from_slice(src.row(i));
-        }
+        super::scatter_rows(src.data(), dst.data_mut(), idx, c);
         Ok(())
     }
     fn embedding(&self, table: &Tensor, features: Option<&Tensor>, sources: &[u32]) -> Result<Tensor> {
@@ -167,9 +165,7 @@ impl Backend for Cpu {
         if n == 0 || x.len() % n != 0 {
             return Err(Error::shape("add", format!("{:?} += {:?}: rows do not repeat evenly", x.shape(), y.shape())));
         }
-        for chunk in x.data_mut().chunks_mut(n) {
-            chunk.iter_mut().zip(y.data()).for_each(|(a, b)| *a += b);
-        }
+        super::add(x.data_mut(), y.data());
         Ok(())
     }
     fn concat_rows(&self, parts: &[&Tensor]) -> Result<Tensor> {
@@ -181,13 +177,8 @@ impl Backend for Cpu {
             return Err(Error::shape("concat_cols", format!("row counts differ: {:?} vs {r} rows", p.shape())));
         }
         let c: usize = parts.iter().map(|p| p.n_cols()).sum();
-        let mut out = Vec::with_capacity(r * c);
-        for i in 0..r {
-            for p in parts {
-                out.extend_from_slice(p.row(i));
-            }
-        }
-        Tensor::new(out, &[r, c])
+        let views: Vec<(&[f32], usize)> = parts.iter().map(|p| (p.data(), p.n_cols())).collect();
+        Tensor::new(super::concat_cols(&views, r), &[r, c])
     }
     fn logits(&self, hidden: &Tensor, weight: &Tensor) -> Result<Tensor> {
         let (r, c) = hidden.rows_cols();

@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod copy;
 pub mod embedding;
 pub mod engine;
 pub mod logprob;
@@ -14,6 +15,7 @@ pub mod sample;
 pub mod softmax;
 
 pub use activation::{gelu, quick_gelu, silu, swiglu, swiglu_backward, swiglu_fused};
+pub use copy::{add, concat_cols, scatter_rows};
 pub use attention::{attention, attention_backward, attention_rows, AttnMask, AttnRow};
 pub use embedding::{embedding, embedding_sources};
 pub use logprob::{logprob, logprob_backward};

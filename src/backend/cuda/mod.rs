@@ -20,22 +20,32 @@
 //! | `activation.rs` | `silu`, `gelu`, `quick_gelu`, `activation`, `swiglu`, `swiglu_fused` | `kernels/activation.cu` |
 //! | `embedding.rs` | `embedding` | `kernels/embedding.cu` |
 //! | `sample.rs` | `argmax_f32`, `argmax_bf16` | `kernels/sample.cu` |
+//! | `copy.rs` | `scatter_rows`, `concat_cols` | `kernels/copy.cu` |
+//! | `add.rs` | `add` | `kernels/add.cu` |
+//!
+//! `engine.rs` is [`Cuda`], the [`crate::backend::Backend`] built from these methods: the model
+//! code runs on it unchanged.
 //!
 //! `check.rs` holds the parity checks against the CPU reference that both `tests/cuda_parity.rs`
 //! and `stic check` run. Every tensor argument is a view (`&CudaView` in, `&mut CudaViewMut` out
 //! or in place), so ops work on parts of larger buffers; bf16 is `u16` bits.
 
 mod activation;
+mod add;
 mod cast;
 pub mod check;
+mod copy;
 mod device;
 mod embedding;
+mod engine;
+mod pending;
 mod layernorm;
 mod rmsnorm;
 mod rope;
 mod sample;
 
 pub use device::{cuda_available, CudaDevice};
+pub use engine::{Cuda, CudaLinear, CudaLogits, CudaTensor};
 
 /// Device buffers and related cudarc types, re-exported so that callers need no direct
 /// dependency on cudarc. bf16 data lives in `CudaSlice<u16>` (the raw bits, as `half::bf16::to_bits`).

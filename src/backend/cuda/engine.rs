@@ -1,0 +1,373 @@
+//! [`Cuda`]: the [`Backend`] on one GPU. Weights and activations are bf16 on the device (raw
+//! bits in `CudaSlice<u16>`), every kernel accumulates in f32, logits are f32. Dense products go
+//! through cuBLASLt (`matmul`), everything else through our kernels (`kernels/*.cu`).
+//!
+//! Nothing waits for the GPU except the methods that return host data (`argmax`, `download`,
+//! `logits_host`): a greedy decode step costs one sync (its B token ids). The small per-call
+//! index arrays (positions, attention rows, KV-cache rows, embedding sources) are uploaded once
+//! per distinct content and reused by every layer of a forward.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::{CudaDevice, CudaSlice};
+use crate::backend::{AttnRow, Backend, Rows};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// A bf16 matrix [rows, cols] on the device.
+#[derive(Clone, Debug)]
+pub struct CudaTensor {
+    pub data: CudaSlice<u16>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Rows for CudaTensor {
+    fn n_rows(&self) -> usize {
+        self.rows
+    }
+    fn n_cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// f32 logits [rows, V] on the device.
+#[derive(Debug)]
+pub struct CudaLogits {
+    pub data: CudaSlice<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Rows for CudaLogits {
+    fn n_rows(&self) -> usize {
+        self.rows
+    }
+    fn n_cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// weight [N, K] and bias [N], bf16.
+pub struct CudaLinear {
+    pub weight: CudaSlice<u16>,
+    pub bias: Option<CudaSlice<u16>>,
+    pub n: usize,
+    pub k: usize,
+}
+
+pub struct CudaRmsNorm {
+    weight: CudaSlice<u16>,
+    eps: f32,
+}
+
+pub struct CudaLayerNorm {
+    weight: CudaSlice<u16>,
+    bias: CudaSlice<u16>,
+    eps: f32,
+}
+
+pub struct CudaRope {
+    inv_freq: CudaSlice<f32>,
+    head_dim: usize,
+}
+
+/// The CUDA backend: a shared [`CudaDevice`] and the cache of uploaded index arrays.
+#[derive(Clone)]
+pub struct Cuda {
+    dev: Arc<CudaDevice>,
+    indices: Arc<Mutex<HashMap<&'static str, (Vec<u32>, CudaSlice<u32>)>>>,
+}
+
+impl std::fmt::Debug for Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cuda({:?})", self.dev)
+    }
+}
+
+impl Cuda {
+    /// The backend on device `ordinal`.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Ok(Self::on(Arc::new(CudaDevice::new(ordinal)?)))
+    }
+
+    pub fn on(dev: Arc<CudaDevice>) -> Self {
+        Cuda { dev, indices: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    pub fn device(&self) -> &Arc<CudaDevice> {
+        &self.dev
+    }
+
+    /// `host` on the device, reusing the buffer of the last call of the same `kind` when the
+    /// contents are equal (the same positions serve every layer of a forward).
+    fn index_buffer(&self, kind: &'static str, host: &[u32]) -> Result<CudaSlice<u32>> {
+        let mut cache = self.indices.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((h, d)) = cache.get(kind) {
+            if h.as_slice() == host {
+                return Ok(d.clone());
+            }
+        }
+        let d = self.dev.htod(host)?;
+        cache.insert(kind, (host.to_vec(), d.clone()));
+        Ok(d)
+    }
+
+    fn bf16_bits(x: &[f32]) -> Vec<u16> {
+        x.par_iter().with_min_len(1 << 16).map(|&v| bf16::from_f32(v).to_bits()).collect()
+    }
+
+    fn upload_bits(&self, x: &[f32]) -> Result<CudaSlice<u16>> {
+        self.dev.htod(&Self::bf16_bits(x))
+    }
+
+    /// A new [rows, cols] tensor whose every element the caller's next kernel writes.
+    fn output(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
+        // SAFETY: every caller launches a kernel that writes all rows*cols elements before any read.
+        let data = unsafe { self.dev.alloc_uninit::<u16>(rows * cols)? };
+        Ok(CudaTensor { data, rows, cols })
+    }
+}
+
+fn shape_err(op: &'static str, msg: String) -> Error {
+    Error::shape(op, msg)
+}
+
+impl Backend for Cuda {
+    type Tensor = CudaTensor;
+    type Linear = CudaLinear;
+    type RmsNorm = CudaRmsNorm;
+    type LayerNorm = CudaLayerNorm;
+    type Rope = CudaRope;
+    type Logits = CudaLogits;
+
+    fn describe(&self) -> String {
+        let (ma, mi) = self.dev.compute_capability();
+        format!("cuda:{} {} (sm_{ma}{mi}, {} SMs)", self.dev.context().ordinal(), self.dev.name(), self.dev.num_sms())
+    }
+
+    fn upload(&self, x: &Tensor) -> Result<CudaTensor> {
+        let (rows, cols) = x.rows_cols();
+        Ok(CudaTensor { data: self.upload_bits(x.data())?, rows, cols })
+    }
+    fn download(&self, x: &CudaTensor) -> Result<Tensor> {
+        let bits = self.dev.dtoh(&x.data)?;
+        Tensor::new(bits.into_par_iter().map(|b| bf16::from_bits(b).to_f32()).collect(), &[x.rows, x.cols])
+    }
+    fn zeros(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
+        Ok(CudaTensor { data: self.dev.zeros(rows * cols)?, rows, cols })
+    }
+    fn linear_from(&self, weight: Tensor, bias: Option<Tensor>) -> Result<CudaLinear> {
+        let (n, k) = weight.rows_cols();
+        if let Some(b) = &bias {
+            if b.len() != n {
+                return Err(shape_err("linear", format!("weight {:?} with bias {:?}", weight.shape(), b.shape())));
+            }
+        }
+        Ok(CudaLinear {
+            weight: self.upload_bits(weight.data())?,
+            bias: bias.map(|b| self.upload_bits(b.data())).transpose()?,
+            n,
+            k,
+        })
+    }
+    fn rmsnorm_from(&self, weight: Tensor, eps: f64) -> Result<CudaRmsNorm> {
+        Ok(CudaRmsNorm { weight: self.upload_bits(weight.data())?, eps: eps as f32 })
+    }
+    fn layernorm_from(&self, weight: Tensor, bias: Tensor, eps: f64) -> Result<CudaLayerNorm> {
+        Ok(CudaLayerNorm { weight: self.upload_bits(weight.data())?, bias: self.upload_bits(bias.data())?, eps: eps as f32 })
+    }
+    fn rope_table(&self, head_dim: usize, theta: f64) -> Result<CudaRope> {
+        Ok(CudaRope { inv_freq: self.dev.rope_inv_freq(head_dim, theta)?, head_dim })
+    }
+
+    fn matmul(&self, x: &CudaTensor, l: &CudaLinear) -> Result<CudaTensor> {
+        if x.cols != l.k {
+            return Err(shape_err("matmul", format!("x [{}, {}] with weight [{}, {}]", x.rows, x.cols, l.n, l.k)));
+        }
+        let mut y = self.output(x.rows, l.n)?;
+        let bias = l.bias.as_ref().map(|b| b.as_view());
+        self.dev.matmul::<u16>(&x.data.as_view(), &l.weight.as_view(), bias.as_ref(), &mut y.data.as_view_mut(), x.rows, l.n, l.k, false)?;
+        Ok(y)
+    }
+    fn matmul_add(&self, x: &CudaTensor, l: &CudaLinear, acc: &mut CudaTensor) -> Result<()> {
+        if x.cols != l.k || acc.rows != x.rows || acc.cols != l.n {
+            return Err(shape_err(
+                "matmul_add",
+                format!("x [{}, {}] with weight [{}, {}] into [{}, {}]", x.rows, x.cols, l.n, l.k, acc.rows, acc.cols),
+            ));
+        }
+        let bias = l.bias.as_ref().map(|b| b.as_view());
+        self.dev.matmul::<u16>(&x.data.as_view(), &l.weight.as_view(), bias.as_ref(), &mut acc.data.as_view_mut(), x.rows, l.n, l.k, true)
+    }
+    fn rmsnorm(&self, x: &CudaTensor, n: &CudaRmsNorm) -> Result<CudaTensor> {
+        let mut y = self.output(x.rows, x.cols)?;
+        self.dev.rmsnorm(&x.data.as_view(), &n.weight.as_view(), n.eps, &mut y.data.as_view_mut())?;
+        Ok(y)
+    }
+    fn layernorm(&self, x: &CudaTensor, n: &CudaLayerNorm) -> Result<CudaTensor> {
+        let mut y = self.output(x.rows, x.cols)?;
+        self.dev.layernorm(&x.data.as_view(), &n.weight.as_view(), &n.bias.as_view(), n.eps, &mut y.data.as_view_mut())?;
+        Ok(y)
+    }
+    fn rope(&self, q: &mut CudaTensor, k: &mut CudaTensor, n_heads: usize, n_kv_heads: usize, positions: &[u32], rope: &CudaRope) -> Result<()> {
+        let d = rope.head_dim;
+        if q.rows != positions.len() || k.rows != positions.len() || q.cols != n_heads * d || k.cols != n_kv_heads * d {
+            return Err(shape_err(
+                "rope",
+                format!("q [{}, {}], k [{}, {}] for {} positions, H={n_heads}, Hkv={n_kv_heads}, D={d}", q.rows, q.cols, k.rows, k.cols, positions.len()),
+            ));
+        }
+        let pos = self.index_buffer("positions", positions)?;
+        self.dev.rope_qk(&mut q.data.as_view_mut(), n_heads, &mut k.data.as_view_mut(), n_kv_heads, &pos.as_view(), &rope.inv_freq.as_view())
+    }
+    fn attention(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        rows: &[AttnRow],
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        cap: usize,
+    ) -> Result<CudaTensor> {
+        let kw = n_kv_heads * head_dim;
+        let slots = if cap == 0 || kw == 0 { 0 } else { k.rows / cap };
+        let bad_row = rows.iter().position(|r| r.slot as usize >= slots || r.kv_start > r.kv_end || r.kv_end as usize > cap);
+        if q.rows != rows.len() || k.cols != kw || v.cols != kw || k.rows != v.rows || bad_row.is_some() {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "q [{}, {}] for {} rows, k [{}, {}], v [{}, {}], Hkv={n_kv_heads}, D={head_dim}, cap={cap}{}",
+                    q.rows,
+                    q.cols,
+                    rows.len(),
+                    k.rows,
+                    k.cols,
+                    v.rows,
+                    v.cols,
+                    bad_row.map(|i| format!("; row {i} {:?} outside the cache", rows[i])).unwrap_or_default()
+                ),
+            ));
+        }
+        let rows_dev = self.index_buffer("attention_rows", bytemuck::cast_slice(rows))?;
+        let mut out = self.output(q.rows, n_heads * head_dim)?;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        self.dev.attention(
+            &q.data.as_view(),
+            &k.data.as_view(),
+            &v.data.as_view(),
+            &rows_dev.as_view(),
+            &mut out.data.as_view_mut(),
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            cap,
+            scale,
+        )?;
+        Ok(out)
+    }
+    fn scatter_rows(&self, src: &CudaTensor, dst: &mut CudaTensor, idx: &[u32]) -> Result<()> {
+        if src.cols != dst.cols || src.rows != idx.len() || idx.iter().any(|&i| i as usize >= dst.rows) {
+            return Err(shape_err(
+                "scatter_rows",
+                format!("src [{}, {}] to {} indices of dst [{}, {}]", src.rows, src.cols, idx.len(), dst.rows, dst.cols),
+            ));
+        }
+        let idx = self.index_buffer("scatter_rows", idx)?;
+        self.dev.scatter_rows(&src.data.as_view(), &mut dst.data.as_view_mut(), &idx.as_view(), src.cols)
+    }
+    fn embedding(&self, table: &CudaTensor, features: Option<&CudaTensor>, sources: &[u32]) -> Result<CudaTensor> {
+        let c = table.cols;
+        let k = features.map(|f| f.rows).unwrap_or(0);
+        if features.is_some_and(|f| f.cols != c) {
+            return Err(shape_err("embedding", format!("table [{}, {c}] with features of {} columns", table.rows, features.unwrap().cols)));
+        }
+        if let Some(t) = sources.iter().position(|&s| s as usize >= table.rows + k) {
+            return Err(shape_err("embedding", format!("source {} of row {t} is outside table [{}, {c}] + features [{k}, {c}]", sources[t], table.rows)));
+        }
+        let src = self.index_buffer("embedding", sources)?;
+        let mut out = self.output(sources.len(), c)?;
+        let fv = features.map(|f| f.data.as_view());
+        self.dev.embedding(&table.data.as_view(), c, fv.as_ref(), &src.as_view(), &mut out.data.as_view_mut(), None)?;
+        Ok(out)
+    }
+    fn swiglu(&self, gate: &CudaTensor, up: &CudaTensor) -> Result<CudaTensor> {
+        if gate.rows != up.rows || gate.cols != up.cols {
+            return Err(shape_err("swiglu", format!("gate [{}, {}], up [{}, {}]", gate.rows, gate.cols, up.rows, up.cols)));
+        }
+        let mut out = self.output(gate.rows, gate.cols)?;
+        self.dev.swiglu(&gate.data.as_view(), &up.data.as_view(), &mut out.data.as_view_mut())?;
+        Ok(out)
+    }
+    fn activation(&self, name: &str, x: &mut CudaTensor) -> Result<()> {
+        self.dev.activation(name, &mut x.data.as_view_mut())
+    }
+    fn add(&self, x: &mut CudaTensor, y: &CudaTensor) -> Result<()> {
+        if x.cols != y.cols {
+            return Err(shape_err("add", format!("[{}, {}] += [{}, {}]", x.rows, x.cols, y.rows, y.cols)));
+        }
+        self.dev.add(&mut x.data.as_view_mut(), &y.data.as_view())
+    }
+    fn concat_rows(&self, parts: &[&CudaTensor]) -> Result<CudaTensor> {
+        let c = parts.first().map(|p| p.cols).unwrap_or(0);
+        if let Some(p) = parts.iter().find(|p| p.cols != c) {
+            return Err(shape_err("concat_rows", format!("column counts differ: {} vs {c}", p.cols)));
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let mut out = self.output(rows, c)?;
+        let mut at = 0;
+        for p in parts {
+            let n = p.rows * c;
+            if n > 0 {
+                self.dev
+                    .stream()
+                    .memcpy_dtod(&p.data, &mut out.data.slice_mut(at..at + n))
+                    .map_err(|e| super::cuda_err("concat_rows", format!("part [{}, {c}] at element {at}", p.rows), e))?;
+            }
+            at += n;
+        }
+        Ok(out)
+    }
+    fn concat_cols(&self, parts: &[&CudaTensor]) -> Result<CudaTensor> {
+        let r = parts.first().map(|p| p.rows).unwrap_or(0);
+        if let Some(p) = parts.iter().find(|p| p.rows != r) {
+            return Err(shape_err("concat_cols", format!("row counts differ: {} vs {r}", p.rows)));
+        }
+        let c = parts.iter().map(|p| p.cols).sum();
+        let mut out = self.output(r, c)?;
+        let mut off = 0;
+        for p in parts {
+            self.dev.concat_cols(&p.data.as_view(), p.cols, &mut out.data.as_view_mut(), c, off)?;
+            off += p.cols;
+        }
+        Ok(out)
+    }
+    fn logits(&self, hidden: &CudaTensor, weight: &CudaTensor) -> Result<CudaLogits> {
+        if hidden.cols != weight.cols {
+            return Err(shape_err("logits", format!("hidden [{}, {}] with lm_head [{}, {}]", hidden.rows, hidden.cols, weight.rows, weight.cols)));
+        }
+        let (r, v) = (hidden.rows, weight.rows);
+        // SAFETY: the product below writes all r*v elements.
+        let mut data = unsafe { self.dev.alloc_uninit::<f32>(r * v)? };
+        self.dev.matmul::<f32>(&hidden.data.as_view(), &weight.data.as_view(), None, &mut data.as_view_mut(), r, v, hidden.cols, false)?;
+        Ok(CudaLogits { data, rows: r, cols: v })
+    }
+    fn argmax(&self, logits: &CudaLogits) -> Result<Vec<u32>> {
+        if logits.cols == 0 {
+            return Err(shape_err("argmax", format!("logits [{}, 0] have no columns", logits.rows)));
+        }
+        // SAFETY: the kernel writes one index per row.
+        let mut out = unsafe { self.dev.alloc_uninit::<u32>(logits.rows)? };
+        self.dev.argmax_f32(&logits.data.as_view(), logits.cols, &mut out.as_view_mut())?;
+        self.dev.dtoh(&out)
+    }
+    fn logits_host(&self, logits: &CudaLogits) -> Result<Tensor> {
+        Tensor::new(self.dev.dtoh(&logits.data)?, &[logits.rows, logits.cols])
+    }
+}
