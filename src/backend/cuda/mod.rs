@@ -20,12 +20,14 @@
 //! | `activation.rs` | `silu`, `gelu`, `quick_gelu`, `activation`, `swiglu`, `swiglu_fused` | `kernels/activation.cu` |
 //! | `embedding.rs` | `embedding` | `kernels/embedding.cu` |
 //! | `sample.rs` | `argmax_f32`, `argmax_bf16` | `kernels/sample.cu` |
+//! | `attention.rs` | `attention` (fused forward over a slotted KV cache, GQA, a key range per row) | `kernels/attention.cu` |
 //!
 //! `check.rs` holds the parity checks against the CPU reference that both `tests/cuda_parity.rs`
 //! and `stic check` run. Every tensor argument is a view (`&CudaView` in, `&mut CudaViewMut` out
 //! or in place), so ops work on parts of larger buffers; bf16 is `u16` bits.
 
 mod activation;
+mod attention;
 mod cast;
 pub mod check;
 mod device;
