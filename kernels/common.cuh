@@ -86,6 +86,12 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
+    return v;
+}
+
 // The sum of v over the block, returned to every thread. Each warp reduces with shuffles, then
 // every thread adds the (at most 32) warp sums in the same order, so all threads get the same
 // bits. Safe to call repeatedly: the first __syncthreads keeps a previous call's readers of

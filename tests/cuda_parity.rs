@@ -200,12 +200,17 @@ fn sample_cuda_matches_cpu() {
     run_op("sample");
 }
 
+#[test]
+fn attention_cuda_matches_cpu() {
+    run_op("attention");
+}
+
 /// Without a device: every check's references agree with the CPU result (which then passes the
 /// tolerance rule), and a wrong, unwritten or out-of-bounds output fails it.
 #[test]
 fn check_harness_accepts_cpu_and_rejects_bad_outputs() {
     let all = checks();
-    for op in ["cast", "rmsnorm", "layernorm", "rope", "activation", "embedding", "sample"] {
+    for op in ["cast", "rmsnorm", "layernorm", "rope", "activation", "embedding", "sample", "attention"] {
         assert!(all.iter().any(|c| c.op == op), "no checks registered for op `{op}`");
     }
     let mut failures = Vec::new();
@@ -248,6 +253,21 @@ fn cuda_shape_errors_name_the_op() {
     let xf = dev.htod(&[1.0f32; 12]).unwrap();
     expect(dev.argmax_f32(&xf.as_view(), 4, &mut idx.slice_mut(0..2)).unwrap_err(), "argmax_f32");
     assert!(matches!(dev.activation("relu", &mut y.as_view_mut()).unwrap_err(), stic::Error::Input(_)));
+    // attention: q and out [N=1, H=2, D=8] are 16 elements; k, v [S=1, cap=2, Hkv=1, D=8] 16 each.
+    let a = dev.htod(&[0x3F80u16; 32]).unwrap();
+    let rows = dev.htod(&[0u32, 0, 2]).unwrap();
+    let mut o = dev.htod(&[0u16; 32]).unwrap();
+    let (q16, kv16, kv8, r3) = (a.slice(0..16), a.slice(16..32), a.slice(16..24), rows.as_view());
+    let mut attn = |q: &stic::backend::cuda::CudaView<'_, u16>, k, v, rows: &stic::backend::cuda::CudaView<'_, u32>, n_out: usize, h, hkv, d, cap| {
+        dev.attention(q, k, v, rows, &mut o.slice_mut(0..n_out), h, hkv, d, cap, 0.5).unwrap_err()
+    };
+    expect(attn(&q16, &kv16, &kv16, &r3, 16, 3, 2, 8, 2), "attention"); // H % Hkv != 0
+    expect(attn(&q16, &kv16, &kv16, &r3, 16, 2, 1, 4, 4), "attention"); // D=4 unsupported
+    expect(attn(&q16, &kv16, &kv16, &r3, 15, 2, 1, 8, 2), "attention"); // out is not [N, H*D]
+    expect(attn(&q16, &kv16, &kv16, &rows.slice(0..2), 16, 2, 1, 8, 2), "attention"); // rows not [N, 3]
+    expect(attn(&q16, &kv16, &kv16, &r3, 16, 2, 1, 8, 3), "attention"); // k not [S, cap, Hkv*D]
+    expect(attn(&q16, &kv16, &kv8, &r3, 16, 2, 1, 8, 2), "attention"); // v not the length of k
+
     // Empty inputs are no-ops, not errors.
     dev.silu(&mut y.slice_mut(0..0)).unwrap();
     dev.argmax_f32(&xf.slice(0..0), 4, &mut idx.slice_mut(0..0)).unwrap();

@@ -14,7 +14,12 @@
 //!   error of outputs of at least 256 elements, `mean(kernel) <= 2 * mean(cpu) + 2^-12`: the max
 //!   rule alone lets a systematic bias of up to ~1% through, the mean rule catches ~0.5%.
 //! - **exact** (copies and selections: embedding rows, the stored residual sum, argmax indices,
-//!   casts): bit-for-bit.
+//!   casts, attention's NaN rows for key ranges outside the cache): bit-for-bit.
+//!
+//! Attention's f64 reference is `cpu::attention_rows` evaluated in f64 (`attention_rows_f64`);
+//! its checks cover batched decode, causal and sliding-window prefill, chunked prefill over a
+//! cache, the bidirectional vision tower (Mistral-7B and CLIP ViT-L shapes), head dims 64, 80, 96
+//! and 128, GQA groups of 1, 3, 4 and 16, an empty key range and rows outside the cache.
 //!
 //! Outputs are poisoned before the launch (bf16 NaN 0x7FFF, u32 0xFFFF_FFFF): an element the
 //! kernel did not write shows up as NaN (infinite error) or as a mismatch. Every device buffer has
@@ -147,6 +152,10 @@ pub fn checks() -> Vec<Check> {
             let kernel = if bf { "argmax_bf16" } else { "argmax_f32" };
             add("sample", kernel, format!("[{b}, {v}] with ties"), Box::new(move |s| argmax_case(b, v, bf, s)));
         }
+    }
+
+    for a in attention_shapes() {
+        add("attention", "attention", a.name.clone(), Box::new(move |s| attention_case(&a, s)));
     }
 
     add("cast", "cast_bf16_to_f32", "all 65536 bf16 bit patterns".into(), Box::new(cast_bf16_to_f32_case));
@@ -833,6 +842,160 @@ fn argmax_case(b: usize, v: usize, bf: bool, seed: u64) -> Case {
                 dev.argmax_f32(&dl.as_view(), v, &mut dout.slice_mut(lo..lo + b))?;
             }
             Ok(vec![download_u32(dev, &dout, lo, b)?])
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention.
+
+/// One attention check: H query heads over Hkv kv heads of dim D, a KV cache of `slots` slots of
+/// `cap` rows, the query rows (valid key ranges), and `bad` rows outside the cache appended after
+/// them (the kernel must write those as NaN rows). Buffers start at offset `off` (odd: the scalar
+/// load path).
+#[derive(Clone)]
+struct AttnShape {
+    name: String,
+    h: usize,
+    hkv: usize,
+    d: usize,
+    cap: usize,
+    slots: usize,
+    rows: Vec<cpu::AttnRow>,
+    bad: Vec<cpu::AttnRow>,
+    off: usize,
+}
+
+fn attention_shapes() -> Vec<AttnShape> {
+    use cpu::{AttnMask, AttnRow};
+    let row = |slot: u32, kv_start: u32, kv_end: u32| AttnRow { slot, kv_start, kv_end };
+    let causal = AttnMask::Causal { window: None };
+    let shape = |name: String, (h, hkv, d): (usize, usize, usize), cap: usize, slots: usize, rows: Vec<AttnRow>| AttnShape {
+        name: format!("{name} H={h} Hkv={hkv} D={d}"),
+        h,
+        hkv,
+        d,
+        cap,
+        slots,
+        rows,
+        bad: Vec::new(),
+        off: GUARD,
+    };
+    let mistral = (32, 8, 128);
+    let clip = (16, 16, 64);
+    let mut v = Vec::new();
+    // Batched decode: 4 sequences of lengths 1, 17, 300, 1000 in 4 slots (not in slot order), one
+    // query row each (the newest position, which sees the whole sequence).
+    let lens = [(2u32, 1u32), (0, 17), (3, 300), (1, 1000)];
+    v.push(shape("decode lens 1,17,300,1000 in 4 slots cap 1024".into(), mistral, 1024, 4, lens.iter().map(|&(s, n)| row(s, 0, n)).collect()));
+    // Prefill of T=333, causal; the second half of the rows with a sliding window of 64 keys.
+    let t = 333;
+    let rows = (0..t).map(|p| AttnRow::for_mask(if p < 167 { causal } else { AttnMask::Causal { window: Some(64) } }, 0, p, t)).collect();
+    v.push(shape(format!("prefill T={t} causal, rows 167.. window 64, cap 400"), mistral, 400, 1, rows));
+    // Chunked prefill: positions 100..140 of a sequence in slot 1 whose cache holds 140 keys.
+    let rows = (100..140).map(|p| AttnRow::for_mask(causal, 1, p, 140)).collect();
+    v.push(shape("chunked prefill pos 100..140 of 140, slot 1 of 2, cap 256".into(), mistral, 256, 2, rows));
+    // CLIP ViT-L/14-336: 2 images of 577 tokens as 2 slots, bidirectional, every key of its
+    // image for each row. At T=577 only every 3rd token's query row (alternating offsets per
+    // image) keeps the host references fast (rows are independent in the kernel); T=97 has all.
+    for (t, cap, step) in [(577u32, 577usize, 3usize), (97, 100, 1)] {
+        let rows = (0..2u32).flat_map(|s| (s % step as u32..t).step_by(step).map(move |_| row(s, 0, t))).collect();
+        let every = if step > 1 { format!(", 1 in {step} query rows") } else { String::new() };
+        v.push(shape(format!("vision 2 images T={t} bidirectional{every}, cap {cap}"), clip, cap, 2, rows));
+    }
+    // Awkward head dims: D=80 with H=Hkv causal; D=96 with groups of 3 (3 heads per block) over
+    // lengths around the 64-key tile.
+    let rows = (0..45).map(|p| AttnRow::for_mask(causal, 0, p, 45)).collect();
+    v.push(shape("causal T=45, cap 64".into(), (12, 12, 80), 64, 1, rows));
+    let rows = vec![row(0, 0, 5), row(1, 0, 64), row(2, 0, 65), row(3, 0, 129), row(1, 1, 64), row(3, 63, 129)];
+    v.push(shape("ranges 5,64,65,129 in 4 slots, cap 130".into(), (12, 4, 96), 130, 4, rows));
+    // An empty range (zero row), a single key, the last key of a slot, and three rows outside the
+    // cache (slot >= S, kv_end > cap, kv_start > kv_end): NaN rows.
+    let mut a = shape("empty range + 3 rows outside the cache, 3 slots cap 50".into(), (8, 2, 64), 50, 3, vec![row(0, 0, 50), row(1, 10, 10), row(2, 49, 50), row(1, 3, 20), row(2, 0, 0)]);
+    a.bad = vec![row(3, 0, 5), row(0, 0, 51), row(0, 7, 6)];
+    v.push(a);
+    // Multi-query (groups of 16: two blocks of 8 heads per kv head) on misaligned buffers.
+    let mut a = shape("MQA ranges in 2 slots, cap 70".into(), (16, 1, 64), 70, 2, vec![row(0, 0, 70), row(1, 0, 33), row(0, 5, 69), row(1, 0, 1)]);
+    a.off = 1;
+    a.name.push_str(" misaligned");
+    v.push(a);
+    v
+}
+
+/// `cpu::attention_rows` evaluated in f64 on the same (f32-widened bf16) inputs, with the f32
+/// scale the kernel gets.
+#[allow(clippy::too_many_arguments)]
+fn attention_rows_f64(q: &[f32], k: &[f32], v: &[f32], rows: &[cpu::AttnRow], h: usize, hkv: usize, d: usize, cap: usize, scale: f32) -> Vec<f64> {
+    use rayon::prelude::*;
+    let (qw, kw, group) = (h * d, hkv * d, h / hkv);
+    let mut out = vec![0f64; rows.len() * qw];
+    out.par_chunks_mut(qw).zip(q.par_chunks(qw)).zip(rows.par_iter()).for_each(|((o, qr), r)| {
+        let (lo, hi) = (r.kv_start as usize, r.kv_end as usize);
+        let key = |j: usize, g: usize| (r.slot as usize * cap + j) * kw + g * d;
+        let mut s = vec![0f64; hi - lo];
+        for head in 0..h {
+            let g = head / group;
+            let qh = &qr[head * d..(head + 1) * d];
+            for (j, sj) in s.iter_mut().enumerate() {
+                let kr = &k[key(lo + j, g)..][..d];
+                *sj = qh.iter().zip(kr).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale as f64;
+            }
+            let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            s.iter_mut().for_each(|x| *x = (*x - m).exp());
+            let z: f64 = s.iter().sum();
+            let oh = &mut o[head * d..(head + 1) * d];
+            for (j, &p) in s.iter().enumerate() {
+                let vr = &v[key(lo + j, g)..][..d];
+                oh.iter_mut().zip(vr).for_each(|(a, &b)| *a += p / z * b as f64);
+            }
+        }
+    });
+    out
+}
+
+fn attention_case(a: &AttnShape, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let AttnShape { h, hkv, d, cap, slots, off, .. } = *a;
+    let (qw, kw) = (h * d, hkv * d);
+    let scale = (1.0 / (d as f64).sqrt()) as f32;
+    let all_rows: Vec<cpu::AttnRow> = a.rows.iter().chain(&a.bad).copied().collect();
+    // Queries up to 3 in magnitude: scores of std ~1-3, softmax rows from flat to peaked. The
+    // whole cache is random, so a key read outside a row's range changes its output.
+    let q = rng.bf16s(all_rows.len() * qw, 0.01, 3.0);
+    let k = rng.bf16s(slots * cap * kw, 0.01, 2.0);
+    let v = rng.bf16s(slots * cap * kw, 0.01, 2.0);
+    let good = a.rows.len() * qw;
+    let (qf, kf, vf) = (widen(&q[..good]), widen(&k), widen(&v));
+    let mut expect = vec![Expected::Close {
+        name: "out",
+        reference: attention_rows_f64(&qf, &kf, &vf, &a.rows, h, hkv, d, cap, scale),
+        cpu: cpu::attention_rows(&qf, &kf, &vf, &a.rows, h, hkv, d, cap, scale),
+    }];
+    if !a.bad.is_empty() {
+        expect.push(Expected::Bf16 { name: "out (rows outside the cache)", bits: vec![0x7FC0; a.bad.len() * qw] });
+    }
+    let (nq, nk) = (q.len(), k.len());
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let dq = upload(dev, &q, off, POISON_BF16)?;
+            let dk = upload(dev, &k, off, POISON_BF16)?;
+            let dv = upload(dev, &v, off, POISON_BF16)?;
+            let drows = dev.htod(bytemuck::cast_slice::<cpu::AttnRow, u32>(&all_rows))?;
+            let mut dout = poisoned(dev, nq, off, POISON_BF16)?;
+            dev.attention(&dq.slice(off..off + nq), &dk.slice(off..off + nk), &dv.slice(off..off + nk), &drows.as_view(), &mut dout.slice_mut(off..off + nq), h, hkv, d, cap, scale)?;
+            let all = dev.dtoh(&dout)?;
+            if good == nq {
+                return Ok(vec![Output::Bf16 { all, lo: off, n: nq }]);
+            }
+            // Two outputs of one buffer: each keeps the real guard on its outer side and gets a
+            // synthetic (poisoned) one where the other part continues.
+            let split = off + good;
+            let mut first = all[..split].to_vec();
+            first.extend(std::iter::repeat_n(POISON_BF16, GUARD));
+            let mut second = vec![POISON_BF16; GUARD];
+            second.extend_from_slice(&all[split..]);
+            Ok(vec![Output::Bf16 { all: first, lo: off, n: good }, Output::Bf16 { all: second, lo: GUARD, n: nq - good }])
         }),
     }
 }

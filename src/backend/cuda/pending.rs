@@ -8,6 +8,4 @@ impl MatmulOut for f32 {}
 impl CudaDevice {
     #[allow(clippy::too_many_arguments, unused)]
     pub fn matmul<Y: MatmulOut>(&self, x: &CudaView<'_, u16>, w: &CudaView<'_, u16>, bias: Option<&CudaView<'_, u16>>, y: &mut CudaViewMut<'_, Y>, m: usize, n: usize, k: usize, accumulate: bool) -> Result<()> { Err(Error::Input("stub".into())) }
-    #[allow(clippy::too_many_arguments, unused)]
-    pub fn attention(&self, q: &CudaView<'_, u16>, k: &CudaView<'_, u16>, v: &CudaView<'_, u16>, rows: &CudaView<'_, u32>, out: &mut CudaViewMut<'_, u16>, n_heads: usize, n_kv_heads: usize, head_dim: usize, cap: usize, scale: f32) -> Result<()> { Err(Error::Input("stub".into())) }
 }
