@@ -40,7 +40,6 @@ mod copy;
 mod device;
 mod embedding;
 mod engine;
-mod pending;
 mod layernorm;
 mod rmsnorm;
 mod rope;
