@@ -200,12 +200,17 @@ fn sample_cuda_matches_cpu() {
     run_op("sample");
 }
 
+#[test]
+fn matmul_cuda_matches_cpu() {
+    run_op("matmul");
+}
+
 /// Without a device: every check's references agree with the CPU result (which then passes the
 /// tolerance rule), and a wrong, unwritten or out-of-bounds output fails it.
 #[test]
 fn check_harness_accepts_cpu_and_rejects_bad_outputs() {
     let all = checks();
-    for op in ["cast", "rmsnorm", "layernorm", "rope", "activation", "embedding", "sample"] {
+    for op in ["cast", "rmsnorm", "layernorm", "rope", "activation", "embedding", "sample", "matmul"] {
         assert!(all.iter().any(|c| c.op == op), "no checks registered for op `{op}`");
     }
     let mut failures = Vec::new();
@@ -248,6 +253,14 @@ fn cuda_shape_errors_name_the_op() {
     let xf = dev.htod(&[1.0f32; 12]).unwrap();
     expect(dev.argmax_f32(&xf.as_view(), 4, &mut idx.slice_mut(0..2)).unwrap_err(), "argmax_f32");
     assert!(matches!(dev.activation("relu", &mut y.as_view_mut()).unwrap_err(), stic::Error::Input(_)));
+    // matmul: x [2, 6] @ w [2, 6]^T -> y [2, 2]; wrong y, wrong w, wrong bias, K = 0.
+    expect(dev.matmul(&x.as_view(), &x.as_view(), None, &mut y.slice_mut(0..5), 2, 2, 6, false).unwrap_err(), "matmul");
+    expect(dev.matmul(&x.as_view(), &x.slice(0..11), None, &mut y.slice_mut(0..4), 2, 2, 6, false).unwrap_err(), "matmul");
+    expect(dev.matmul(&x.as_view(), &x.as_view(), Some(&w.slice(0..3)), &mut y.slice_mut(0..4), 2, 2, 6, false).unwrap_err(), "matmul");
+    let mut yf = dev.htod(&[0f32; 4]).unwrap();
+    expect(dev.matmul(&x.slice(0..0), &x.slice(0..0), None, &mut yf.as_view_mut(), 2, 2, 0, true).unwrap_err(), "matmul");
+    // M = 0 is a no-op.
+    dev.matmul(&x.slice(0..0), &x.as_view(), None, &mut yf.slice_mut(0..0), 0, 2, 6, false).unwrap();
     // Empty inputs are no-ops, not errors.
     dev.silu(&mut y.slice_mut(0..0)).unwrap();
     dev.argmax_f32(&xf.slice(0..0), 4, &mut idx.slice_mut(0..0)).unwrap();

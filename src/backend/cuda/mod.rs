@@ -20,6 +20,7 @@
 //! | `activation.rs` | `silu`, `gelu`, `quick_gelu`, `activation`, `swiglu`, `swiglu_fused` | `kernels/activation.cu` |
 //! | `embedding.rs` | `embedding` | `kernels/embedding.cu` |
 //! | `sample.rs` | `argmax_f32`, `argmax_bf16` | `kernels/sample.cu` |
+//! | `matmul.rs` | `matmul` (bf16 x bf16 -> bf16 or f32, + bias, + y) | cuBLASLt (`libcublasLt`, loaded on first use) |
 //!
 //! `check.rs` holds the parity checks against the CPU reference that both `tests/cuda_parity.rs`
 //! and `stic check` run. Every tensor argument is a view (`&CudaView` in, `&mut CudaViewMut` out
@@ -31,11 +32,13 @@ pub mod check;
 mod device;
 mod embedding;
 mod layernorm;
+mod matmul;
 mod rmsnorm;
 mod rope;
 mod sample;
 
 pub use device::{cuda_available, CudaDevice};
+pub use matmul::MatmulOut;
 
 /// Device buffers and related cudarc types, re-exported so that callers need no direct
 /// dependency on cudarc. bf16 data lives in `CudaSlice<u16>` (the raw bits, as `half::bf16::to_bits`).
