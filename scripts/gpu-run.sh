@@ -7,7 +7,11 @@
 #
 # Then, with the device tool:  run(carry=[".gpu"], command="bash .gpu/run.sh")
 # .gpu/run.sh runs `stic check`, every test binary (CPU and CUDA parity; fixtures come with the
-# working tree) and the criterion benches, and leaves the full log in $OUT/gpu-run.log.
+# working tree) and the criterion benches (cpu_ops, and cuda_ops: every CUDA op at 7B / CLIP-L
+# shapes against the measured HBM bandwidth and the bf16 peak), and leaves the full log in
+# $OUT/gpu-run.log and the CUDA bench summary in $OUT/cuda-bench.md.
+# `matmul` needs cuBLASLt (libcublasLt.so.13 or .12, loaded at run time; far too large to carry):
+# run.sh looks for it on the GPU machine and puts its folder on LD_LIBRARY_PATH.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export NVCC="${NVCC:-$(bash scripts/install-cuda-toolkit.sh | tail -n 1)}"
@@ -30,6 +34,7 @@ cargo test --release --features cuda --no-run --message-format=json 2>/dev/null 
     case "$kind" in bin) continue ;; esac
     cp "$exe" ".gpu/tests/$name"
   done
+# Every bench, cuda_ops included (required-features = ["cuda"]).
 cargo bench --features cuda --no-run --message-format=json 2>/dev/null | list_executables |
   while read -r name exe kind; do
     [[ "$kind" == bench ]] && cp "$exe" ".gpu/benches/$name"
@@ -43,11 +48,25 @@ set -uo pipefail
 export STIC_FIXTURES="$PWD/tests/fixtures" STIC_BIN="$PWD/.gpu/stic"
 log="${OUT:-.}/gpu-run.log"
 fail=0
+# cuBLASLt for `matmul`: the loader's cache first, then the usual toolkit and wheel folders.
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublasLt\.so'; then
+  for d in /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 /usr/local/cuda*/targets/x86_64-linux/lib \
+           /usr/lib/x86_64-linux-gnu /opt/conda/lib /usr/local/lib/python3*/dist-packages/nvidia/cu*/lib \
+           /usr/local/lib/python3*/{dist,site}-packages/nvidia/cublas/lib; do
+    if compgen -G "$d/libcublasLt.so*" >/dev/null; then
+      export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+      break
+    fi
+  done
+fi
 {
   echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
+  echo "== libcublasLt: $(ldconfig -p 2>/dev/null | grep -m1 -o 'libcublasLt\.so[.0-9]*' || echo 'not in the loader cache') LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
   echo "== stic check"; .gpu/stic check || fail=1
   for t in .gpu/tests/*; do echo "== $t"; "$t" --test-threads=1 || fail=1; done
   for b in .gpu/benches/*; do echo "== $b"; "$b" --bench || fail=1; done
+  # cuda_ops writes its summary table (markdown) to target/cuda-bench.md.
+  [[ -f target/cuda-bench.md && -n "${OUT:-}" ]] && cp target/cuda-bench.md "$OUT/cuda-bench.md"
   echo "== exit $fail"
 } 2>&1 | tee "$log"
 exit $fail

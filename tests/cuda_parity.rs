@@ -205,12 +205,17 @@ fn attention_cuda_matches_cpu() {
     run_op("attention");
 }
 
+#[test]
+fn matmul_cuda_matches_cpu() {
+    run_op("matmul");
+}
+
 /// Without a device: every check's references agree with the CPU result (which then passes the
 /// tolerance rule), and a wrong, unwritten or out-of-bounds output fails it.
 #[test]
 fn check_harness_accepts_cpu_and_rejects_bad_outputs() {
     let all = checks();
-    for op in ["cast", "rmsnorm", "layernorm", "rope", "activation", "embedding", "sample", "attention"] {
+    for op in ["cast", "rmsnorm", "layernorm", "rope", "activation", "embedding", "sample", "attention", "matmul", "copy", "add"] {
         assert!(all.iter().any(|c| c.op == op), "no checks registered for op `{op}`");
     }
     let mut failures = Vec::new();
@@ -268,6 +273,14 @@ fn cuda_shape_errors_name_the_op() {
     expect(attn(&q16, &kv16, &kv16, &r3, 16, 2, 1, 8, 3), "attention"); // k not [S, cap, Hkv*D]
     expect(attn(&q16, &kv16, &kv8, &r3, 16, 2, 1, 8, 2), "attention"); // v not the length of k
 
+    // matmul: x [2, 6] @ w [2, 6]^T -> y [2, 2]; wrong y, wrong w, wrong bias, K = 0.
+    expect(dev.matmul(&x.as_view(), &x.as_view(), None, &mut y.slice_mut(0..5), 2, 2, 6, false).unwrap_err(), "matmul");
+    expect(dev.matmul(&x.as_view(), &x.slice(0..11), None, &mut y.slice_mut(0..4), 2, 2, 6, false).unwrap_err(), "matmul");
+    expect(dev.matmul(&x.as_view(), &x.as_view(), Some(&w.slice(0..3)), &mut y.slice_mut(0..4), 2, 2, 6, false).unwrap_err(), "matmul");
+    let mut yf = dev.htod(&[0f32; 4]).unwrap();
+    expect(dev.matmul(&x.slice(0..0), &x.slice(0..0), None, &mut yf.as_view_mut(), 2, 2, 0, true).unwrap_err(), "matmul");
+    // M = 0 is a no-op.
+    dev.matmul(&x.slice(0..0), &x.as_view(), None, &mut yf.slice_mut(0..0), 0, 2, 6, false).unwrap();
     // Empty inputs are no-ops, not errors.
     dev.silu(&mut y.slice_mut(0..0)).unwrap();
     dev.argmax_f32(&xf.slice(0..0), 4, &mut idx.slice_mut(0..0)).unwrap();

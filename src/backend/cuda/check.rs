@@ -13,6 +13,9 @@
 //!   scale of the tensor rather than against themselves. The same rule is applied to the mean
 //!   error of outputs of at least 256 elements, `mean(kernel) <= 2 * mean(cpu) + 2^-12`: the max
 //!   rule alone lets a systematic bias of up to ~1% through, the mean rule catches ~0.5%.
+//!   f32 outputs (GEMMs into f32 logits or residuals) take the same rule with the CPU result used
+//!   as it is and f32's rounding in place of bf16's: `2 * err(cpu) + 2^-24` and
+//!   `2 * mean(cpu) + 2^-28`.
 //! - **exact** (copies and selections: embedding rows, the stored residual sum, argmax indices,
 //!   casts, attention's NaN rows for key ranges outside the cache): bit-for-bit.
 //!
@@ -80,7 +83,7 @@ impl Check {
         }
         for (o, e) in case.expect.iter().enumerate() {
             for corruption in [Corruption::Value, Corruption::Unwritten, Corruption::Guard, Corruption::Bias] {
-                if matches!(corruption, Corruption::Bias) && !matches!(e, Expected::Close { reference, .. } if reference.len() >= MEAN_RULE_MIN) {
+                if matches!(corruption, Corruption::Bias) && !matches!(e, Expected::Close { reference, .. } | Expected::CloseF32 { reference, .. } if reference.len() >= MEAN_RULE_MIN) {
                     continue;
                 }
                 let mut bad = good.clone();
@@ -158,6 +161,21 @@ pub fn checks() -> Vec<Check> {
         add("attention", "attention", a.name.clone(), Box::new(move |s| attention_case(&a, s)));
     }
 
+    for &g in MATMUL_SHAPES {
+        add("matmul", "matmul", g.shape(), Box::new(move |s| matmul_case(g, s)));
+    }
+
+    // Row moves and the broadcast add: exact (copies; one f32 add of two bf16 values, rounded once).
+    for &(n, r, w, off) in &[(1, 2 * 4096, 1024, 8), (64, 64 * 64, 1024, 8), (5, 9, 33, 8), (7, 20, 96, 3)] {
+        add("copy", "scatter_rows", format!("src [{n}, {w}] into dst [{r}, {w}] at +{off}"), Box::new(move |s| scatter_rows_case(n, r, w, off, s)));
+    }
+    for &(r, c1, c2, off) in &[(2880, 1024, 1024, 8), (7, 33, 5, 8), (5, 16, 24, 1)] {
+        add("copy", "concat_cols", format!("[{r}, {c1}] | [{r}, {c2}] at +{off}"), Box::new(move |s| concat_cols_case(r, c1, c2, off, s)));
+    }
+    for &(rows, period, c, off) in &[(2 * 577, 577, 1024, 8), (7, 7, 4096, 8), (9, 3, 33, 1), (1, 1, 5, 8)] {
+        add("add", "add", format!("[{rows}, {c}] += [{period}, {c}] at +{off}"), Box::new(move |s| add_case(rows, period, c, off, s)));
+    }
+
     add("cast", "cast_bf16_to_f32", "all 65536 bf16 bit patterns".into(), Box::new(cast_bf16_to_f32_case));
     add("cast", "cast_f32_to_bf16", "[100003] random f32 bits".into(), Box::new(|s| cast_f32_to_bf16_case(100_003, s)));
     v
@@ -217,10 +235,17 @@ const BF16_ROUNDING: f64 = 1.0 / 256.0;
 const MEAN_RULE_MIN: usize = 256;
 /// ... with this additive slack (the mean of many roundings is stable; 2x is the real headroom).
 const MEAN_SLACK: f64 = 1.0 / 4096.0;
+/// One f32 rounding, relative (2^-24): the output-rounding term for f32 outputs ...
+const F32_ROUNDING: f64 = 1.0 / 16_777_216.0;
+/// ... and the mean rule's slack for them (2^-28, as 2^-12 is to bf16's 2^-8).
+const F32_MEAN_SLACK: f64 = 1.0 / 268_435_456.0;
 
 enum Expected {
     /// A bf16 output judged by the tolerance rule.
     Close { name: &'static str, reference: Vec<f64>, cpu: Vec<f32> },
+    /// An f32 output judged by the same rule, with the f32 output rounding (2^-24) in place of
+    /// bf16's (`cpu` is then used as it is, not rounded to bf16).
+    CloseF32 { name: &'static str, reference: Vec<f64>, cpu: Vec<f32> },
     /// A bf16 output that must match bit for bit.
     Bf16 { name: &'static str, bits: Vec<u16> },
     /// A u32 output (indices, flags, f32 bits) that must match exactly.
@@ -230,7 +255,7 @@ enum Expected {
 impl Expected {
     fn name(&self) -> &'static str {
         match self {
-            Expected::Close { name, .. } | Expected::Bf16 { name, .. } | Expected::U32 { name, .. } => name,
+            Expected::Close { name, .. } | Expected::CloseF32 { name, .. } | Expected::Bf16 { name, .. } | Expected::U32 { name, .. } => name,
         }
     }
 }
@@ -241,6 +266,8 @@ impl Expected {
 enum Output {
     Bf16 { all: Vec<u16>, lo: usize, n: usize },
     U32 { all: Vec<u32>, lo: usize, n: usize },
+    /// f32 values as their bits (so that the NaN poison compares equal to itself).
+    F32 { all: Vec<u32>, lo: usize, n: usize },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -261,6 +288,7 @@ impl Output {
         let lo = GUARD;
         match e {
             Expected::Close { cpu, .. } => Output::Bf16 { all: guarded(&bf16_bits(cpu), lo, POISON_BF16), lo, n: cpu.len() },
+            Expected::CloseF32 { cpu, .. } => Output::F32 { all: guarded(&f32_bits(cpu), lo, POISON_U32), lo, n: cpu.len() },
             Expected::Bf16 { bits, .. } => Output::Bf16 { all: guarded(bits, lo, POISON_BF16), lo, n: bits.len() },
             Expected::U32 { values, .. } => Output::U32 { all: guarded(values, lo, POISON_U32), lo, n: values.len() },
         }
@@ -286,6 +314,23 @@ impl Output {
                             for (j, r) in reference.iter().enumerate() {
                                 all[*lo + j] = bf16::from_f64(r * (1.0 + 1.0 / 128.0)).to_bits();
                             }
+                        }
+                    }
+                }
+            }
+            Output::F32 { all, lo, n } => {
+                let reference: &[f64] = match e {
+                    Expected::CloseF32 { reference, .. } => reference,
+                    _ => &[],
+                };
+                let i = (0..*n).max_by(|&a, &b| reference[a].abs().total_cmp(&reference[b].abs())).unwrap_or(0);
+                match how {
+                    Corruption::Value => all[*lo + i] = (f32::from_bits(all[*lo + i]) * 1.1).to_bits(),
+                    Corruption::Unwritten => all[*lo + i] = POISON_U32,
+                    Corruption::Guard => all[*lo + *n] = 1f32.to_bits(),
+                    Corruption::Bias => {
+                        for (j, r) in reference.iter().enumerate() {
+                            all[*lo + j] = ((r * (1.0 + 1.0 / 128.0)) as f32).to_bits();
                         }
                     }
                 }
@@ -324,21 +369,32 @@ fn evaluate(expect: &[Expected], got: &[Output]) -> CheckResult {
                 } else if *n != reference.len() {
                     (f64::INFINITY, 0.0, false, format!("{n} elements, expected {}", reference.len()))
                 } else {
-                    let floor = 1e-2 * rms(reference);
-                    let (err_cpu, _, mean_cpu) = rel_err(cpu.iter().map(|&v| bf16::from_f32(v).to_f32() as f64), reference, floor);
-                    let (err, at, mean) = rel_err(all[*lo..*lo + *n].iter().map(|&b| bf16::from_bits(b).to_f32() as f64), reference, floor);
-                    let tol = 2.0 * err_cpu + BF16_ROUNDING;
-                    let mean_tol = 2.0 * mean_cpu + MEAN_SLACK;
-                    let mean_ok = *n < MEAN_RULE_MIN || mean <= mean_tol;
                     any_close = true;
-                    let got_v = bf16::from_bits(all[*lo + at]).to_f32();
-                    let note = if all[*lo + at] == POISON_BF16 { " (never written)" } else { "" };
-                    let what = format!(
-                        "max {err:.3e} <= {tol:.3e}? (cpu {err_cpu:.3e}), mean {mean:.3e} <= {mean_tol:.3e}? (cpu {mean_cpu:.3e}{}), worst [{at}]: got {got_v}{note}, want {}",
-                        if *n < MEAN_RULE_MIN { ", not applied" } else { "" },
-                        reference[at]
-                    );
-                    (err, tol, err <= tol && mean_ok, what)
+                    let out = &all[*lo..*lo + *n];
+                    close_rule(
+                        reference,
+                        cpu.iter().map(|&v| bf16::from_f32(v).to_f32() as f64),
+                        out.iter().map(|&b| bf16::from_bits(b).to_f32() as f64),
+                        |i| out[i] == POISON_BF16,
+                        (BF16_ROUNDING, MEAN_SLACK),
+                    )
+                }
+            }
+            (Expected::CloseF32 { reference, cpu, .. }, Output::F32 { all, lo, n }) => {
+                if let Some(bad) = guard_breach(all, *lo, *n, POISON_U32) {
+                    (f64::INFINITY, 0.0, false, bad)
+                } else if *n != reference.len() {
+                    (f64::INFINITY, 0.0, false, format!("{n} elements, expected {}", reference.len()))
+                } else {
+                    any_close = true;
+                    let out = &all[*lo..*lo + *n];
+                    close_rule(
+                        reference,
+                        cpu.iter().map(|&v| v as f64),
+                        out.iter().map(|&b| f32::from_bits(b) as f64),
+                        |i| out[i] == POISON_U32,
+                        (F32_ROUNDING, F32_MEAN_SLACK),
+                    )
                 }
             }
             (Expected::Bf16 { bits, .. }, Output::Bf16 { all, lo, n }) => exact(all, *lo, *n, bits, POISON_BF16, |b| format!("{b:#06x} ({})", bf16::from_bits(b))),
@@ -346,7 +402,7 @@ fn evaluate(expect: &[Expected], got: &[Output]) -> CheckResult {
             _ => (f64::INFINITY, 0.0, false, "output of the wrong type".to_string()),
         };
         r.max_rel_err = r.max_rel_err.max(err);
-        if matches!(e, Expected::Close { .. }) {
+        if matches!(e, Expected::Close { .. } | Expected::CloseF32 { .. }) {
             r.tolerance = r.tolerance.min(tol);
         }
         r.pass &= ok;
@@ -359,6 +415,34 @@ fn evaluate(expect: &[Expected], got: &[Output]) -> CheckResult {
         r.tolerance = 0.0;
     }
     r
+}
+
+/// The tolerance rule on one output (see the module docs): `cpu` is the CPU reference already
+/// rounded to the output type, `got` the output, `unwritten(i)` whether element i still holds the
+/// poison; `(rounding, mean_slack)` are the output type's one-rounding and mean-rule slack.
+/// Returns (max error, tolerance, pass, what).
+fn close_rule(
+    reference: &[f64],
+    cpu: impl Iterator<Item = f64>,
+    got: impl Iterator<Item = f64> + Clone,
+    unwritten: impl Fn(usize) -> bool,
+    (rounding, mean_slack): (f64, f64),
+) -> (f64, f64, bool, String) {
+    let n = reference.len();
+    let floor = 1e-2 * rms(reference);
+    let (err_cpu, _, mean_cpu) = rel_err(cpu, reference, floor);
+    let (err, at, mean) = rel_err(got.clone(), reference, floor);
+    let tol = 2.0 * err_cpu + rounding;
+    let mean_tol = 2.0 * mean_cpu + mean_slack;
+    let mean_ok = n < MEAN_RULE_MIN || mean <= mean_tol;
+    let got_v = got.clone().nth(at).unwrap_or(f64::NAN);
+    let note = if n > 0 && unwritten(at) { " (never written)" } else { "" };
+    let what = format!(
+        "max {err:.3e} <= {tol:.3e}? (cpu {err_cpu:.3e}), mean {mean:.3e} <= {mean_tol:.3e}? (cpu {mean_cpu:.3e}{}), worst [{at}]: got {got_v}{note}, want {}",
+        if n < MEAN_RULE_MIN { ", not applied" } else { "" },
+        reference.get(at).copied().unwrap_or(f64::NAN)
+    );
+    (err, tol, err <= tol && mean_ok, what)
 }
 
 fn exact<T: Copy + PartialEq>(all: &[T], lo: usize, n: usize, want: &[T], poison: T, show: impl Fn(T) -> String) -> (f64, f64, bool, String) {
@@ -440,6 +524,10 @@ fn bf16_bits(x: &[f32]) -> Vec<u16> {
     x.iter().map(|&v| bf16::from_f32(v).to_bits()).collect()
 }
 
+fn f32_bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
 fn shape1(n: usize, off: usize) -> String {
     format!("[{n}]{}", if off % 8 != 0 { " misaligned" } else { "" })
 }
@@ -465,6 +553,10 @@ fn download_bf16(dev: &CudaDevice, buf: &CudaSlice<u16>, lo: usize, n: usize) ->
 
 fn download_u32(dev: &CudaDevice, buf: &CudaSlice<u32>, lo: usize, n: usize) -> Result<Output> {
     Ok(Output::U32 { all: dev.dtoh(buf)?, lo, n })
+}
+
+fn download_f32(dev: &CudaDevice, buf: &CudaSlice<f32>, lo: usize, n: usize) -> Result<Output> {
+    Ok(Output::F32 { all: f32_bits(&dev.dtoh(buf)?), lo, n })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1001,6 +1093,72 @@ fn attention_case(a: &AttnShape, seed: u64) -> Case {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Row moves (kernels/copy.cu) and the broadcast add (kernels/add.cu).
+
+fn scatter_rows_case(n: usize, r: usize, w: usize, off: usize, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let src = rng.bf16s(n * w, 1.0 / 64.0, 2.0);
+    // dst starts with data (untouched rows must stay), the indices are distinct and scattered.
+    let dst0 = rng.bf16s(r * w, 1.0 / 64.0, 2.0);
+    let mut idx: Vec<u32> = Vec::with_capacity(n);
+    while idx.len() < n {
+        let i = rng.below(r) as u32;
+        if !idx.contains(&i) {
+            idx.push(i);
+        }
+    }
+    let mut want = dst0.clone();
+    cpu::scatter_rows(&src, &mut want, &idx, w);
+    Case {
+        expect: vec![Expected::Bf16 { name: "dst", bits: want }],
+        device: Box::new(move |dev| {
+            let ds = upload(dev, &src, off, POISON_BF16)?;
+            let mut dd = upload(dev, &dst0, off, POISON_BF16)?;
+            let di = dev.htod(&idx)?;
+            dev.scatter_rows(&ds.slice(off..off + n * w), &mut dd.slice_mut(off..off + r * w), &di.as_view(), w)?;
+            Ok(vec![download_bf16(dev, &dd, off, r * w)?])
+        }),
+    }
+}
+
+fn concat_cols_case(r: usize, c1: usize, c2: usize, off: usize, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let a = rng.bf16s(r * c1, 1.0 / 64.0, 2.0);
+    let b = rng.bf16s(r * c2, 1.0 / 64.0, 2.0);
+    let c = c1 + c2;
+    let want = cpu::concat_cols(&[(&a[..], c1), (&b[..], c2)], r);
+    Case {
+        expect: vec![Expected::Bf16 { name: "out", bits: want }],
+        device: Box::new(move |dev| {
+            let da = upload(dev, &a, off, POISON_BF16)?;
+            let db = upload(dev, &b, off, POISON_BF16)?;
+            let mut dout = poisoned(dev, r * c, off, POISON_BF16)?;
+            dev.concat_cols(&da.slice(off..off + r * c1), c1, &mut dout.slice_mut(off..off + r * c), c, 0)?;
+            dev.concat_cols(&db.slice(off..off + r * c2), c2, &mut dout.slice_mut(off..off + r * c), c, c1)?;
+            Ok(vec![download_bf16(dev, &dout, off, r * c)?])
+        }),
+    }
+}
+
+fn add_case(rows: usize, period: usize, c: usize, off: usize, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let x = rng.bf16s(rows * c, 1.0 / 64.0, 4.0);
+    let y = rng.bf16s(period * c, 1.0 / 64.0, 4.0);
+    let mut sum = widen(&x);
+    cpu::add(&mut sum, &widen(&y));
+    let want = bf16_bits(&sum);
+    Case {
+        expect: vec![Expected::Bf16 { name: "x", bits: want }],
+        device: Box::new(move |dev| {
+            let mut dx = upload(dev, &x, off, POISON_BF16)?;
+            let dy = upload(dev, &y, off, POISON_BF16)?;
+            dev.add(&mut dx.slice_mut(off..off + rows * c), &dy.slice(off..off + period * c))?;
+            Ok(vec![download_bf16(dev, &dx, off, rows * c)?])
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Casts (tests/cuda_parity.rs has the exhaustive edge cases; these are the registry's entries).
 
 fn cast_bf16_to_f32_case(_seed: u64) -> Case {
@@ -1040,6 +1198,123 @@ fn cast_f32_to_bf16_case(n: usize, seed: u64) -> Case {
             let mut dy = poisoned(dev, n, lo, POISON_BF16)?;
             dev.cast_f32_to_bf16_into(&dx.as_view(), &mut dy.slice_mut(lo..lo + n))?;
             Ok(vec![download_bf16(dev, &dy, lo, n)?])
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM (cuBLASLt).
+
+/// One `matmul` check: y[M, N] = x[M, K] @ w[N, K]^T (+ bias) (+ y), output bf16 or f32, every
+/// buffer at offset `off` (8: 16-byte aligned sub-views; odd: 2-byte aligned ones).
+#[derive(Clone, Copy)]
+struct Gemm {
+    m: usize,
+    k: usize,
+    n: usize,
+    bias: bool,
+    accumulate: bool,
+    f32_out: bool,
+    off: usize,
+    what: &'static str,
+}
+
+const fn gemm(m: usize, k: usize, n: usize, what: &'static str) -> Gemm {
+    Gemm { m, k, n, bias: false, accumulate: false, f32_out: false, off: GUARD, what }
+}
+
+/// 7B decode (M=1, 8) and prefill (M=64) projections, the lm_head (f32 logits), CLIP-L's fc1
+/// with its bias, odd sizes, misaligned views, and the fused residual add (accumulate).
+const MATMUL_SHAPES: &[Gemm] = &[
+    gemm(1, 4096, 4096, "7B decode q/o_proj"),
+    gemm(8, 4096, 4096, "7B decode batch 8"),
+    gemm(64, 4096, 14336, "7B prefill gate/up"),
+    Gemm { f32_out: true, ..gemm(2, 4096, 32064, "7B lm_head") },
+    Gemm { bias: true, ..gemm(577, 1024, 4096, "CLIP-L fc1") },
+    Gemm { bias: true, ..gemm(3, 77, 33, "odd K") },
+    Gemm { off: 1, ..gemm(3, 77, 33, "odd K") },
+    Gemm { f32_out: true, bias: true, off: 3, ..gemm(5, 33, 7, "tiny") },
+    Gemm { bias: true, accumulate: true, ..gemm(7, 4096, 4096, "o_proj + residual") },
+    Gemm { f32_out: true, bias: true, accumulate: true, ..gemm(17, 1024, 1024, "f32 residual") },
+];
+
+impl Gemm {
+    fn shape(&self) -> String {
+        format!(
+            "M={} K={} N={}{}{} -> {}{} ({})",
+            self.m,
+            self.k,
+            self.n,
+            if self.bias { " +bias" } else { "" },
+            if self.accumulate { " +=y" } else { "" },
+            if self.f32_out { "f32" } else { "bf16" },
+            if self.off % 8 != 0 { " misaligned" } else { "" },
+            self.what
+        )
+    }
+}
+
+/// x[M, K] @ w[N, K]^T in f64 (exact products of the bf16 inputs, f64 sums) through the gemm
+/// crate, a block of w's rows at a time (no f64 copy of a whole lm_head).
+fn matmul_t_f64(x: &[u16], w: &[u16], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let x64: Vec<f64> = x.iter().map(|&b| bf16::from_bits(b).to_f64()).collect();
+    let mut y = vec![0f64; m * n];
+    const ROWS: usize = 2048;
+    for j0 in (0..n).step_by(ROWS) {
+        let nb = ROWS.min(n - j0);
+        let w64: Vec<f64> = w[j0 * k..(j0 + nb) * k].iter().map(|&b| bf16::from_bits(b).to_f64()).collect();
+        cpu::matmul::gemm_strided(m, nb, k, &mut y[j0..], n, &x64, k, 1, &w64, 1, k);
+    }
+    y
+}
+
+fn matmul_case(g: Gemm, seed: u64) -> Case {
+    let Gemm { m, k, n, bias, accumulate, f32_out, off, .. } = g;
+    let mut rng = Rng::new(seed);
+    // Outputs ~ sqrt(K) * 1.2 * 0.07, i.e. O(1..10); bias and the old y on the same scale.
+    let x = rng.bf16s(m * k, 0.01, 2.0);
+    let w = rng.bf16s(n * k, 1.0 / 256.0, 0.125);
+    let b = if bias { rng.bf16s(n, 0.01, 4.0) } else { Vec::new() };
+    let y0: Vec<u16> = if accumulate { rng.bf16s(m * n, 0.01, 4.0) } else { Vec::new() };
+    let (bf, y0f) = (widen(&b), widen(&y0));
+
+    let mut reference = matmul_t_f64(&x, &w, m, k, n);
+    let mut cpu_y = cpu::matmul_t(&widen(&x), &widen(&w), m, k, n);
+    for (at, (r, c)) in reference.iter_mut().zip(&mut cpu_y).enumerate() {
+        if accumulate {
+            *r += y0f[at] as f64;
+            *c += y0f[at];
+        }
+        if bias {
+            *r += bf[at % n] as f64;
+            *c += bf[at % n];
+        }
+    }
+    let expect = vec![if f32_out {
+        Expected::CloseF32 { name: "y", reference, cpu: cpu_y }
+    } else {
+        Expected::Close { name: "y", reference, cpu: cpu_y }
+    }];
+    let poison_f32 = f32::from_bits(POISON_U32);
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let dx = upload(dev, &x, off, POISON_BF16)?;
+            let dw = upload(dev, &w, off, POISON_BF16)?;
+            let db = upload(dev, &b, off, POISON_BF16)?;
+            let (xv, wv, bv) = (dx.slice(off..off + m * k), dw.slice(off..off + n * k), db.slice(off..off + b.len()));
+            let bias_view = if bias { Some(&bv) } else { None };
+            let mn = m * n;
+            if f32_out {
+                // The old y of an accumulating f32 GEMM is the bf16 values widened (exact).
+                let mut dy = if accumulate { upload(dev, &y0f, off, poison_f32)? } else { poisoned(dev, mn, off, poison_f32)? };
+                dev.matmul(&xv, &wv, bias_view, &mut dy.slice_mut(off..off + mn), m, n, k, accumulate)?;
+                Ok(vec![download_f32(dev, &dy, off, mn)?])
+            } else {
+                let mut dy = if accumulate { upload(dev, &y0, off, POISON_BF16)? } else { poisoned(dev, mn, off, POISON_BF16)? };
+                dev.matmul(&xv, &wv, bias_view, &mut dy.slice_mut(off..off + mn), m, n, k, accumulate)?;
+                Ok(vec![download_bf16(dev, &dy, off, mn)?])
+            }
         }),
     }
 }

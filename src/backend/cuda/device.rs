@@ -46,6 +46,8 @@ pub struct CudaDevice {
     num_sms: u32,
     name: String,
     compute_capability: (i32, i32),
+    /// cuBLASLt (handle, workspace, plan cache), created by the first `matmul` (`matmul.rs`).
+    pub(super) blas: OnceLock<super::matmul::Blas>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -89,7 +91,7 @@ impl CudaDevice {
             })?;
             modules.insert(kname, module);
         }
-        Ok(CudaDevice { ctx, stream, modules, functions: Mutex::new(HashMap::new()), num_sms, name, compute_capability })
+        Ok(CudaDevice { ctx, stream, modules, functions: Mutex::new(HashMap::new()), num_sms, name, compute_capability, blas: OnceLock::new() })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {

@@ -21,6 +21,7 @@
 //! | `embedding.rs` | `embedding` | `kernels/embedding.cu` |
 //! | `sample.rs` | `argmax_f32`, `argmax_bf16` | `kernels/sample.cu` |
 //! | `attention.rs` | `attention` (fused forward over a slotted KV cache, GQA, a key range per row) | `kernels/attention.cu` |
+//! | `matmul.rs` | `matmul` (bf16 x bf16 -> bf16 or f32, + bias, + y) | cuBLASLt (`libcublasLt`, loaded on first use) |
 //! | `copy.rs` | `scatter_rows`, `concat_cols` | `kernels/copy.cu` |
 //! | `add.rs` | `add` | `kernels/add.cu` |
 //!
@@ -41,12 +42,14 @@ mod device;
 mod embedding;
 mod engine;
 mod layernorm;
+mod matmul;
 mod rmsnorm;
 mod rope;
 mod sample;
 
 pub use device::{cuda_available, CudaDevice};
 pub use engine::{Cuda, CudaLinear, CudaLogits, CudaTensor};
+pub use matmul::MatmulOut;
 
 /// Device buffers and related cudarc types, re-exported so that callers need no direct
 /// dependency on cudarc. bf16 data lives in `CudaSlice<u16>` (the raw bits, as `half::bf16::to_bits`).

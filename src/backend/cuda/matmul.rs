@@ -1,0 +1,359 @@
+//! Dense GEMM through cuBLASLt: `matmul`, y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]) (+ y).
+//!
+//! cuBLASLt is column-major; a row-major y[M, N] is the column-major y^T[N, M], and
+//! y^T = w · x^T where the row-major w[N, K] is the column-major w^T[K, N] (so op(A) = T) and the
+//! row-major x[M, K] is the column-major x^T[K, M] (op(B) = N). cuBLAS's (m, n, k) are our
+//! (N, M, K), and the bias of the epilogue runs along cuBLAS's rows, i.e. our N.
+//!
+//! The handle (`libcublasLt`, loaded dynamically) and a 32 MiB workspace are created on the first
+//! `matmul` and kept in the [`CudaDevice`]; each distinct problem (shape, output type, epilogue,
+//! operand alignments) gets a plan (descriptors + the heuristic's algorithm), cached.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Mutex;
+
+use cudarc::cublaslt::result::CublasError;
+use cudarc::cublaslt::sys as lt;
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
+
+use super::{cuda_err, CudaDevice};
+use crate::error::{Error, Result};
+
+/// The cuBLASLt workspace: NVIDIA's recommendation for Hopper (32 MiB), enough for every arch.
+const WORKSPACE_BYTES: usize = 32 << 20;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for u16 {}
+    impl Sealed for f32 {}
+}
+
+/// Output element types of `matmul`: bf16 bits (u16) or f32.
+pub trait MatmulOut: DeviceRepr + sealed::Sealed {
+    /// cuBLASLt's type of the C/D matrices.
+    #[doc(hidden)]
+    const DATA_TYPE: lt::cudaDataType;
+    /// For messages and plan keys: "bf16" or "f32".
+    #[doc(hidden)]
+    const NAME: &'static str;
+}
+
+impl MatmulOut for u16 {
+    const DATA_TYPE: lt::cudaDataType = lt::cudaDataType::CUDA_R_16BF;
+    const NAME: &'static str = "bf16";
+}
+
+impl MatmulOut for f32 {
+    const DATA_TYPE: lt::cudaDataType = lt::cudaDataType::CUDA_R_32F;
+    const NAME: &'static str = "f32";
+}
+
+/// What selects a plan: the problem (row-major M, N, K), the output type, the epilogue, beta and
+/// the alignment (bytes, a power of two <= 256) of each operand's address (w, x, y, y, bias),
+/// which the heuristic must know (its default assumes 256-byte aligned A-D, which sub-views need
+/// not be).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PlanKey {
+    m: usize,
+    n: usize,
+    k: usize,
+    out: &'static str,
+    bias: bool,
+    accumulate: bool,
+    align: [u32; 5],
+}
+
+/// A matmul descriptor, the layouts of A (w), B (x) and C = D (y), and the chosen algorithm.
+struct Plan {
+    desc: lt::cublasLtMatmulDesc_t,
+    a: lt::cublasLtMatrixLayout_t,
+    b: lt::cublasLtMatrixLayout_t,
+    c: lt::cublasLtMatrixLayout_t,
+    algo: lt::cublasLtMatmulAlgo_t,
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: each handle was created by this plan (null ones were never created) and is
+        // destroyed once; errors on teardown are ignored.
+        unsafe {
+            for l in [self.a, self.b, self.c] {
+                if !l.is_null() {
+                    let _ = lt::cublasLtMatrixLayoutDestroy(l);
+                }
+            }
+            if !self.desc.is_null() {
+                let _ = lt::cublasLtMatmulDescDestroy(self.desc);
+            }
+        }
+    }
+}
+
+/// The device's cuBLASLt state: the handle, the workspace and the plan cache.
+pub(crate) struct Blas {
+    handle: lt::cublasLtHandle_t,
+    workspace: CudaSlice<u8>,
+    /// Locked for the whole of a `matmul` call: the bias pointer is set on the cached descriptor.
+    plans: Mutex<HashMap<PlanKey, Plan>>,
+}
+
+// SAFETY: the cuBLASLt handle and descriptors are plain heap objects usable from any thread; the
+// descriptors are only touched under the `plans` mutex, and the handle is thread-safe for
+// cublasLtMatmul (cuBLASLt documents the handle as not bound to a thread).
+unsafe impl Send for Blas {}
+unsafe impl Sync for Blas {}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        self.plans.get_mut().unwrap_or_else(|p| p.into_inner()).clear();
+        // SAFETY: the handle was created in `Blas::new` and is destroyed once.
+        unsafe {
+            let _ = lt::cublasLtDestroy(self.handle);
+        }
+    }
+}
+
+impl std::fmt::Debug for Blas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blas").field("workspace", &self.workspace.len()).finish()
+    }
+}
+
+impl Blas {
+    fn new(dev: &CudaDevice) -> Result<Blas> {
+        let op = "cublasLtCreate";
+        // cudarc panics when libcublasLt cannot be loaded (or lacks a symbol): check first, and
+        // guard the call anyway, as device.rs does for the driver.
+        // SAFETY: only tries to dlopen the library.
+        if !unsafe { lt::is_culib_present() } {
+            return Err(cuda_err(op, "matmul", "the cuBLASLt library (libcublasLt.so) was not found; put the CUDA toolkit's lib directory on LD_LIBRARY_PATH"));
+        }
+        dev.context().bind_to_thread().map_err(|e| cuda_err(op, "bind context", e))?;
+        let handle = match std::panic::catch_unwind(cudarc::cublaslt::result::create_handle) {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => return Err(cuda_err(op, "matmul", e)),
+            Err(_) => return Err(cuda_err(op, "matmul", "the cuBLASLt library could not be used (missing symbol?)")),
+        };
+        // SAFETY: the workspace is scratch memory for cuBLASLt; nothing ever reads it on the host.
+        let workspace = match unsafe { dev.alloc_uninit::<u8>(WORKSPACE_BYTES) } {
+            Ok(w) => w,
+            Err(e) => {
+                // SAFETY: created just above, destroyed once.
+                unsafe {
+                    let _ = lt::cublasLtDestroy(handle);
+                }
+                return Err(e);
+            }
+        };
+        Ok(Blas { handle, workspace, plans: Mutex::new(HashMap::new()) })
+    }
+
+    /// Creates the descriptors and asks the heuristic for the best algorithm for `key`.
+    /// `bias_ptr` (0 without a bias) is set on the descriptor before the heuristic runs, so that
+    /// it sees the real bias address; later calls overwrite it with theirs.
+    fn plan(&self, key: &PlanKey, out_type: lt::cudaDataType, bias_ptr: u64) -> std::result::Result<Plan, CublasError> {
+        use lt::cublasLtMatmulDescAttributes_t as D;
+        use lt::cublasLtMatmulPreferenceAttributes_t as P;
+        let (m, n, k) = (key.m as u64, key.n as u64, key.k as u64);
+        // SAFETY: cublasLtMatmulAlgo_t is a plain array of u64 (`data`); all zeros is a valid value
+        // (overwritten by the heuristic's choice before the plan is used).
+        let algo = unsafe { std::mem::zeroed() };
+        let mut plan = Plan { desc: std::ptr::null_mut(), a: std::ptr::null_mut(), b: std::ptr::null_mut(), c: std::ptr::null_mut(), algo };
+        let bf16 = lt::cudaDataType::CUDA_R_16BF;
+        // SAFETY: every out-pointer is a valid local; every attribute buffer has the size and type
+        // cuBLASLt documents for that attribute (int32 transpose ops and data types, uint32
+        // epilogue and alignments, uint64 workspace size). Partially built plans are freed by
+        // Plan's Drop (handles still null are skipped).
+        unsafe {
+            // Column-major: A = w^T as stored, [K, N] ld K, used transposed; B = x^T [K, M] ld K;
+            // C = D = y^T [N, M] ld N.
+            lt::cublasLtMatrixLayoutCreate(&mut plan.a, bf16, k, n, k as i64).result()?;
+            lt::cublasLtMatrixLayoutCreate(&mut plan.b, bf16, k, m, k as i64).result()?;
+            lt::cublasLtMatrixLayoutCreate(&mut plan.c, out_type, n, m, n as i64).result()?;
+            lt::cublasLtMatmulDescCreate(&mut plan.desc, lt::cublasComputeType_t::CUBLAS_COMPUTE_32F, lt::cudaDataType::CUDA_R_32F).result()?;
+            let set = |attr: D, v: *const c_void, size: usize| lt::cublasLtMatmulDescSetAttribute(plan.desc, attr, v, size).result();
+            let (trans, no_trans) = (1i32, 0i32); // CUBLAS_OP_T, CUBLAS_OP_N
+            set(D::CUBLASLT_MATMUL_DESC_TRANSA, &trans as *const i32 as *const c_void, 4)?;
+            set(D::CUBLASLT_MATMUL_DESC_TRANSB, &no_trans as *const i32 as *const c_void, 4)?;
+            if key.bias {
+                let epilogue = lt::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS as u32;
+                set(D::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue as *const u32 as *const c_void, 4)?;
+                // The bias is bf16 whatever the output type (the default would be the D type).
+                let bias_type = bf16 as i32;
+                set(D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type as *const i32 as *const c_void, 4)?;
+                set(D::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr as *const u64 as *const c_void, 8)?;
+            }
+
+            let mut pref: lt::cublasLtMatmulPreference_t = std::ptr::null_mut();
+            lt::cublasLtMatmulPreferenceCreate(&mut pref).result()?;
+            let result = (|| {
+                let setp = |attr: P, v: *const c_void, size: usize| lt::cublasLtMatmulPreferenceSetAttribute(pref, attr, v, size).result();
+                let ws = WORKSPACE_BYTES as u64;
+                setp(P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws as *const u64 as *const c_void, 8)?;
+                let attrs = [
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                ];
+                // (The bias alignment, key.align[4], has no preference attribute: it is in the key,
+                // and the heuristic sees the bias pointer itself.)
+                for (attr, a) in attrs.into_iter().zip(&key.align) {
+                    setp(attr, a as *const u32 as *const c_void, 4)?;
+                }
+                let mut heuristic: lt::cublasLtMatmulHeuristicResult_t = std::mem::zeroed();
+                let mut count = 0i32;
+                lt::cublasLtMatmulAlgoGetHeuristic(self.handle, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1, &mut heuristic, &mut count).result()?;
+                if count == 0 {
+                    return Err(CublasError(lt::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED));
+                }
+                heuristic.state.result()?;
+                Ok(heuristic.algo)
+            })();
+            let _ = lt::cublasLtMatmulPreferenceDestroy(pref);
+            plan.algo = result?;
+        }
+        Ok(plan)
+    }
+}
+
+/// The largest power of two (<= 256) that divides a device address: the operand alignment the
+/// heuristic may assume.
+fn alignment(ptr: u64) -> u32 {
+    if ptr == 0 {
+        256
+    } else {
+        (1u64 << ptr.trailing_zeros().min(8)) as u32
+    }
+}
+
+impl CudaDevice {
+    /// The cuBLASLt state, created on first use.
+    fn blas(&self) -> Result<&Blas> {
+        if let Some(b) = self.blas.get() {
+            return Ok(b);
+        }
+        let b = Blas::new(self)?;
+        // A concurrent first call may have won the race; its Blas is kept and ours dropped.
+        let _ = self.blas.set(b);
+        Ok(self.blas.get().expect("set above"))
+    }
+
+    /// y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]), or y += ... when `accumulate` (beta = 1; for fusing
+    /// residual adds). x, w, bias bf16; f32 accumulation (CUBLAS_COMPUTE_32F); y bf16 or f32.
+    /// w is the PyTorch/HF Linear layout [out, in], row-major.
+    ///
+    /// The bias is cuBLASLt's BIAS epilogue (added in f32 before the one rounding to the output
+    /// type). M = 0 or N = 0 is a no-op; K must be positive. Asynchronous on the device's stream.
+    /// Reference: [`crate::backend::cpu::matmul_t`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul<Y: MatmulOut>(
+        &self,
+        x: &CudaView<'_, u16>,
+        w: &CudaView<'_, u16>,
+        bias: Option<&CudaView<'_, u16>>,
+        y: &mut CudaViewMut<'_, Y>,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let op = "matmul";
+        let shapes = || {
+            format!(
+                "x [{m}, {k}] @ w [{n}, {k}]^T{} -> y [{m}, {n}] {}{}",
+                if bias.is_some() { " + bias" } else { "" },
+                Y::NAME,
+                if accumulate { " (accumulate)" } else { "" }
+            )
+        };
+        let elems = |a: usize, b: usize| a.checked_mul(b).ok_or_else(|| Error::shape(op, format!("{}: element count overflows", shapes())));
+        let (mk, nk, mn) = (elems(m, k)?, elems(n, k)?, elems(m, n)?);
+        if x.len() != mk || w.len() != nk || y.len() != mn {
+            return Err(Error::shape(op, format!("{}: but x has {}, w {} and y {} elements", shapes(), x.len(), w.len(), y.len())));
+        }
+        if let Some(b) = bias {
+            if b.len() != n {
+                return Err(Error::shape(op, format!("{}: but bias has {} elements, not N={n}", shapes(), b.len())));
+            }
+        }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            return Err(Error::shape(op, format!("{}: K must be positive", shapes())));
+        }
+        if [m, n, k].iter().any(|&d| d > i32::MAX as usize) {
+            return Err(Error::shape(op, format!("{}: a dimension exceeds 2^31-1", shapes())));
+        }
+
+        let blas = self.blas()?;
+        self.context().bind_to_thread().map_err(|e| cuda_err(op, shapes(), e))?;
+        let stream = self.stream();
+        let (w_ptr, _w_sync) = w.device_ptr(stream);
+        let (x_ptr, _x_sync) = x.device_ptr(stream);
+        let bias_ptr = bias.map(|b| b.device_ptr(stream));
+        let (ws_ptr, _ws_sync) = blas.workspace.device_ptr(stream);
+        let (y_ptr, _y_sync) = y.device_ptr_mut(stream);
+        let key = PlanKey {
+            m,
+            n,
+            k,
+            out: Y::NAME,
+            bias: bias.is_some(),
+            accumulate,
+            align: [alignment(w_ptr), alignment(x_ptr), alignment(y_ptr), alignment(y_ptr), bias_ptr.as_ref().map_or(256, |(p, _)| alignment(*p))],
+        };
+        let bp: u64 = bias_ptr.as_ref().map_or(0, |(p, _)| *p);
+        let mut plans = blas.plans.lock().unwrap_or_else(|p| p.into_inner());
+        let plan = match plans.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(blas.plan(&key, Y::DATA_TYPE, bp).map_err(|e| {
+                cuda_err(op, format!("{} (operand alignments {:?} bytes)", shapes(), key.align), format!("no cuBLASLt algorithm: {e}"))
+            })?),
+        };
+        let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0f32 });
+        // SAFETY: the layouts describe exactly the checked extents (w: N*K, x: M*K, y: M*N
+        // elements, bias: N), the pointers come from live views of those lengths on this
+        // device's context, and y is a distinct &mut view, so D does not overlap A, B or the bias
+        // (C = D is cuBLASLt's supported in-place form, same layout). The bias pointer is set on
+        // the cached descriptor under the plans lock, which is held until the call has been
+        // enqueued (cuBLASLt reads the descriptor at enqueue time). The workspace is this
+        // handle's own, used only on this stream, in order. alpha/beta are host f32 scalars
+        // (the default pointer mode) matching the f32 scale type.
+        unsafe {
+            if bias.is_some() {
+                lt::cublasLtMatmulDescSetAttribute(
+                    plan.desc,
+                    lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    &bp as *const u64 as *const c_void,
+                    std::mem::size_of::<u64>(),
+                )
+                .result()
+                .map_err(|e| cuda_err(op, shapes(), e))?;
+            }
+            lt::cublasLtMatmul(
+                blas.handle,
+                plan.desc,
+                &alpha as *const f32 as *const c_void,
+                w_ptr as *const c_void,
+                plan.a,
+                x_ptr as *const c_void,
+                plan.b,
+                &beta as *const f32 as *const c_void,
+                y_ptr as *const c_void,
+                plan.c,
+                y_ptr as *mut c_void,
+                plan.c,
+                &plan.algo,
+                ws_ptr as *mut c_void,
+                WORKSPACE_BYTES,
+                stream.cu_stream() as *mut _,
+            )
+            .result()
+            .map_err(|e| cuda_err(op, shapes(), e))?;
+        }
+        Ok(())
+    }
+}
