@@ -210,6 +210,16 @@ fn matmul_cuda_matches_cpu() {
     run_op("matmul");
 }
 
+#[test]
+fn copy_cuda_matches_cpu() {
+    run_op("copy");
+}
+
+#[test]
+fn add_cuda_matches_cpu() {
+    run_op("add");
+}
+
 /// Without a device: every check's references agree with the CPU result (which then passes the
 /// tolerance rule), and a wrong, unwritten or out-of-bounds output fails it.
 #[test]
