@@ -136,6 +136,24 @@ fn build_kernels() -> Result<(), String> {
     }
     rs.push_str("];\n");
     fs::write(out.join("kernels.rs"), rs).map_err(|e| format!("kernels.rs: {e}"))?;
+    build_nvtx_shim(&manifest, &nvcc)
+}
+
+/// `src/backend/cuda/nvtx.c`, the C shim over the header-only NVTX v3, compiled with the host C
+/// compiler against the headers next to nvcc (`<toolkit>/include/nvtx3`, from the `nvidia-nvtx`
+/// wheel or a regular toolkit). NVTX v3 dlopens the profiler's tool, hence `-ldl`.
+fn build_nvtx_shim(manifest: &Path, nvcc: &Path) -> Result<(), String> {
+    let src = manifest.join("src/backend/cuda/nvtx.c");
+    println!("cargo:rerun-if-changed={}", src.display());
+    let include = nvcc.parent().and_then(Path::parent).map(|d| d.join("include")).ok_or("nvcc has no parent directory")?;
+    if !include.join("nvtx3/nvToolsExt.h").exists() {
+        return Err(format!(
+            "{}: no nvtx3/nvToolsExt.h (scripts/install-cuda-toolkit.sh installs it with nvcc; rerun it)",
+            include.display()
+        ));
+    }
+    cc::Build::new().file(&src).include(&include).warnings(true).try_compile("stic_nvtx").map_err(|e| format!("{}: {e}", src.display()))?;
+    println!("cargo:rustc-link-lib=dl");
     Ok(())
 }
 

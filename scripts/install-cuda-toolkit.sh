@@ -14,6 +14,7 @@
 #   nvidia-cuda-runtime  cuda_runtime.h, cuda_bf16.h, cuda_fp16.h, ...
 #   nvidia-cuda-cccl     include/nv/target and include/cccl/* (libcu++, CUB): cuda_fp16.h and
 #                        cuda_bf16.h `#include <nv/target>`, so without it they do not compile
+#   nvidia-nvtx          include/nvtx3 (header-only NVTX v3: build.rs compiles the range shim)
 # No driver, GPU or network access is needed to compile; only the host gcc (nvcc's host compiler).
 #
 # Idempotent: DIR/.installed holds the pins; when it matches and nvcc runs, this is a no-op.
@@ -28,6 +29,7 @@ PINS=(
   nvidia-nvvm==13.0.88
   nvidia-cuda-runtime==13.0.96
   nvidia-cuda-cccl==13.0.85
+  nvidia-nvtx==13.0.85
 )
 
 die() { echo "install-cuda-toolkit: error: $*" >&2; exit 1; }

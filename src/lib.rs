@@ -33,6 +33,7 @@ pub mod loss;
 pub mod model;
 pub mod nn;
 pub mod optim;
+pub mod perf;
 pub mod progress;
 pub mod rng;
 pub mod run;

@@ -16,6 +16,8 @@
 //!               (both: [--max-new-tokens 1024 --temperature 0.2 --top-p 1 --top-k 0] [--quiet])
 //! stic run     --config stic.toml   (the whole STIC pipeline: build-prefs, train-dpo, build-dif,
 //!               train-sft, eval; finished stages skipped, interrupted ones resumed)
+//! stic profile  --model DIR [--random-weights] [--device cuda] [--batch B --prompt-len T
+//!               --decode-steps N] [--image PATH] [--json]   (per-op time table)
 //! stic eval     --bench NAME --data PATH (--model DIR [--adapter DIR] --out DIR | --predictions FILE)
 //!               [--image-folder DIR] [--max-new-tokens N] [--batch-size N] [--limit N] [--quiet]
 //!
@@ -97,6 +99,29 @@ enum Cmd {
     /// Answer a benchmark and score it with the official rules (or score a predictions file).
     #[command(after_help = EVAL_HELP)]
     Eval(EvalCliArgs),
+    /// Time one prefill and N greedy decode steps on seeded random prompts, with a per-op table
+    /// (CUDA events on the GPU). With --random-weights any config runs without a download.
+    Profile(ProfileArgs),
+}
+
+#[derive(Args)]
+struct ProfileArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Prompts decoded together.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Text tokens per prompt (after the image's feature rows when --image is given).
+    #[arg(long, default_value_t = 64)]
+    prompt_len: usize,
+    #[arg(long, default_value_t = 32)]
+    decode_steps: usize,
+    /// Seed of the prompts' random token ids.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Runs before the measured one (compilation caches, allocator, clocks).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
 }
 
 const EVAL_HELP: &str = "\
@@ -207,6 +232,7 @@ impl Common {
         Pipeline::load_with(&self.model, self.random_weights.then_some(self.weights_seed), self.adapter.as_deref())
     }
 
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     fn pipeline_on<B: Backend>(&self, be: &B) -> Result<Pipeline<B>> {
         Pipeline::load_on(be, &self.model, self.random_weights.then_some(self.weights_seed), self.adapter.as_deref())
     }
@@ -632,12 +658,59 @@ fn run(cli: Cli) -> Result<()> {
             let pipe = c.pipeline()?;
             c.report("build-dif", &a.out, &stic::stic::build_dif(&pipe, &args)?);
         }
+        Cmd::Profile(a) => {
+            let c = &a.common;
+            on_device!(c, |pipe| profile_cmd(&pipe, &a)?);
+        }
         Cmd::Score(a) => {
             let c = &a.common;
             let images = c.image.iter().map(|p| load_image(p)).collect::<Result<Vec<_>>>()?;
             on_device!(c, |pipe| score_cmd(&pipe, &a, &images)?);
         }
     }
+    Ok(())
+}
+
+fn profile_cmd<B: Backend>(pipe: &Pipeline<B>, a: &ProfileArgs) -> Result<()> {
+    use stic::perf::{prepare, run, Workload};
+    let image = a.common.image.first().map(|p| load_image(p)).transpose()?;
+    let w = Workload { batch: a.batch, prompt_len: a.prompt_len, decode_steps: a.decode_steps, image, seed: a.seed };
+    let be = pipe.model.backend();
+    let prep = prepare(pipe, &w)?;
+    for _ in 0..a.warmup {
+        run(pipe, &prep, a.decode_steps.min(4), false)?;
+    }
+    let (prefill, decode) = run(pipe, &prep, a.decode_steps, true)?;
+    if a.common.json {
+        let v = serde_json::json!({
+            "device": be.describe(), "batch": a.batch, "prompt_rows": prep.rows_per_prompt(), "image_rows": prep.image_rows(),
+            "decode_steps": a.decode_steps, "prefill": prefill, "decode": decode,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!("device: {}", be.describe());
+    println!(
+        "prefill: {} prompt(s) x {} rows ({} image + {} text): {:.2} ms, {:.0} tokens/s",
+        a.batch,
+        prep.rows_per_prompt(),
+        prep.image_rows(),
+        prep.rows_per_prompt() - prep.image_rows(),
+        prefill.ms,
+        prefill.tokens_per_second()
+    );
+    print!("{}", stic::backend::profile::table(&prefill.ops));
+    if a.decode_steps > 0 {
+        println!(
+            "decode: {} steps x batch {}: {:.3} ms/step, {:.1} tokens/s",
+            a.decode_steps,
+            a.batch,
+            decode.ms / a.decode_steps as f64,
+            decode.tokens_per_second()
+        );
+        print!("{}", stic::backend::profile::table(&decode.ops));
+    }
+    println!("(per-op times: CUDA events around each op on the GPU, wall time on the CPU; they add a little to the phase times)");
     Ok(())
 }
 

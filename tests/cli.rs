@@ -345,3 +345,30 @@ fn train_sft_continues_an_adapter() {
     let st = std::fs::read(base.join("cont/adapter_model.safetensors")).unwrap();
     assert_eq!(safetensors::SafeTensors::deserialize(&st).unwrap().names().len(), 32);
 }
+
+/// `stic profile` on the CPU: both phases timed, the per-op rows add up to the ops run, and the
+/// token counts follow the workload (2 prompts of the image's rows + 20 tokens, 5 steps).
+#[test]
+fn profile_reports_phases_and_ops() {
+    let (ok, out, err) = stic(&[
+        "profile", "--model", fixtures().join("llava_next_tiny").to_str().unwrap(),
+        "--image", fixtures().join("images/wide.jpg").to_str().unwrap(),
+        "--batch", "2", "--prompt-len", "20", "--decode-steps", "5", "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let rows = v["prompt_rows"].as_u64().unwrap();
+    assert_eq!(rows, v["image_rows"].as_u64().unwrap() + 20, "the image's feature rows + 20 text tokens");
+    assert_eq!(v["prefill"]["tokens"].as_u64().unwrap(), 2 * rows);
+    assert_eq!(v["decode"]["tokens"].as_u64().unwrap(), 10);
+    let layers = 2; // llava_next_tiny's decoder
+    for phase in ["prefill", "decode"] {
+        let ops = v[phase]["ops"].as_array().unwrap();
+        let calls = |op: &str| ops.iter().find(|o| o["op"] == op).map(|o| o["calls"].as_u64().unwrap()).unwrap_or(0);
+        let steps = if phase == "prefill" { 1 } else { 5 };
+        assert_eq!(calls("attention"), layers * steps, "{phase}: {ops:?}");
+        assert_eq!(calls("matmul_add"), 2 * layers * steps, "{phase}");
+        assert_eq!(calls("logits"), steps, "{phase}");
+        assert!(v[phase]["ms"].as_f64().unwrap() > 0.0);
+    }
+}

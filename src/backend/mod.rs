@@ -14,6 +14,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod profile;
 
 pub use cpu::engine::Cpu;
 pub use cpu::AttnRow;
@@ -155,4 +156,18 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// The first maximum of every row (torch.argmax), on the host.
     fn argmax(&self, logits: &Self::Logits) -> Result<Vec<u32>>;
     fn logits_host(&self, logits: &Self::Logits) -> Result<Tensor>;
+
+    // ---- profiling
+
+    /// Start (or stop) timing every op; starting clears what was recorded.
+    fn set_profiling(&self, _on: bool) {}
+    /// The time per op since profiling started (waits for the device).
+    fn take_profile(&self) -> Result<Vec<profile::OpTime>> {
+        Ok(Vec::new())
+    }
+    /// Open a named range around a group of ops (NVTX on CUDA, so Nsight shows the structure:
+    /// each layer, the vision tower, prefill, each decode step). Ranges nest; close with
+    /// [`Backend::range_pop`].
+    fn range_push(&self, _name: &str) {}
+    fn range_pop(&self) {}
 }

@@ -134,6 +134,7 @@ impl<B: Backend> ClipVision<B> {
             out.push((0, x.clone()));
         }
         for (li, layer) in self.layers.iter().enumerate() {
+            be.range_push(&format!("vision layer {li}"));
             let hn = be.layernorm(&x, &layer.ln1)?;
             let (q, k, v) = (be.matmul(&hn, &layer.q)?, be.matmul(&hn, &layer.k)?, be.matmul(&hn, &layer.v)?);
             let attn = be.attention(&q, &k, &v, &rows, h, h, d, tokens)?;
@@ -144,6 +145,7 @@ impl<B: Backend> ClipVision<B> {
             if indices.contains(&(li + 1)) {
                 out.push((li + 1, x.clone()));
             }
+            be.range_pop();
         }
         indices
             .iter()

@@ -187,6 +187,7 @@ impl<B: Backend> Decoder<B> {
         }
         let mut x = x;
         for (li, layer) in self.layers.iter().enumerate() {
+            be.range_push(&format!("decoder layer {li}"));
             let hn = be.rmsnorm(&x, &layer.input_layernorm)?;
             let mut q = be.matmul(&hn, &layer.q)?;
             let mut k = be.matmul(&hn, &layer.k)?;
@@ -201,6 +202,7 @@ impl<B: Backend> Decoder<B> {
             let u = be.matmul(&hn, &layer.up)?;
             let act = be.swiglu(&g, &u)?;
             be.matmul_add(&act, &layer.down, &mut x)?;
+            be.range_pop();
         }
         for (&slot, &n) in slots.iter().zip(lens) {
             cache.lens[slot] += n;

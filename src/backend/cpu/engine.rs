@@ -2,7 +2,12 @@
 //! tensors are [`Tensor`]s and its linear layers are [`crate::nn::Linear`] (which may carry a
 //! LoRA adapter), so the training code reads the same model structs.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
 use super::{AttnRow, RopeTable};
+use crate::backend::profile::{summarize, OpTime};
 use crate::backend::{Backend, Rows};
 use crate::error::{Error, Result};
 use crate::nn::{LayerNorm, Linear, RmsNorm};
@@ -11,6 +16,21 @@ use crate::tensor::Tensor;
 /// The CPU backend (rayon threads, the `gemm` crate for products).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
+
+/// The CPU profile: (op, ms) samples while on. Process-wide: `Cpu` is a unit value.
+static PROFILING: AtomicBool = AtomicBool::new(false);
+static SAMPLES: Mutex<Vec<(&'static str, f64)>> = Mutex::new(Vec::new());
+
+/// Runs one op, timing it when profiling is on.
+fn timed<T>(op: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if !PROFILING.load(Ordering::Relaxed) {
+        return f();
+    }
+    let t0 = Instant::now();
+    let r = f();
+    SAMPLES.lock().unwrap_or_else(|p| p.into_inner()).push((op, t0.elapsed().as_secs_f64() * 1e3));
+    r
+}
 
 fn same_cols(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.n_cols() != b.n_cols() {
@@ -55,34 +75,44 @@ impl Backend for Cpu {
     }
 
     fn matmul(&self, x: &Tensor, l: &Linear) -> Result<Tensor> {
-        l.forward(x)
+        timed("matmul", || {
+            l.forward(x)
+        })
     }
     fn matmul_add(&self, x: &Tensor, l: &Linear, acc: &mut Tensor) -> Result<()> {
-        let y = l.forward(x)?;
-        if y.rows_cols() != acc.rows_cols() {
-            return Err(Error::shape("matmul_add", format!("product {:?} into accumulator {:?}", y.shape(), acc.shape())));
-        }
-        acc.data_mut().iter_mut().zip(y.data()).for_each(|(a, b)| *a += b);
-        Ok(())
+        timed("matmul_add", || {
+            let y = l.forward(x)?;
+            if y.rows_cols() != acc.rows_cols() {
+                return Err(Error::shape("matmul_add", format!("product {:?} into accumulator {:?}", y.shape(), acc.shape())));
+            }
+            acc.data_mut().iter_mut().zip(y.data()).for_each(|(a, b)| *a += b);
+            Ok(())
+        })
     }
     fn rmsnorm(&self, x: &Tensor, n: &RmsNorm) -> Result<Tensor> {
-        n.forward(x)
+        timed("rmsnorm", || {
+            n.forward(x)
+        })
     }
     fn layernorm(&self, x: &Tensor, n: &LayerNorm) -> Result<Tensor> {
-        n.forward(x)
+        timed("layernorm", || {
+            n.forward(x)
+        })
     }
     fn rope(&self, q: &mut Tensor, k: &mut Tensor, n_heads: usize, n_kv_heads: usize, positions: &[u32], rope: &RopeTable) -> Result<()> {
-        let d = rope.head_dim;
-        if q.n_rows() != positions.len() || k.n_rows() != positions.len() || q.n_cols() != n_heads * d || k.n_cols() != n_kv_heads * d {
-            return Err(Error::shape(
-                "rope",
-                format!("q {:?}, k {:?} for {} positions, H={n_heads}, Hkv={n_kv_heads}, D={d}", q.shape(), k.shape(), positions.len()),
-            ));
-        }
-        let pos: Vec<usize> = positions.iter().map(|&p| p as usize).collect();
-        super::rope(q.data_mut(), n_heads, &pos, rope);
-        super::rope(k.data_mut(), n_kv_heads, &pos, rope);
-        Ok(())
+        timed("rope", || {
+            let d = rope.head_dim;
+            if q.n_rows() != positions.len() || k.n_rows() != positions.len() || q.n_cols() != n_heads * d || k.n_cols() != n_kv_heads * d {
+                return Err(Error::shape(
+                    "rope",
+                    format!("q {:?}, k {:?} for {} positions, H={n_heads}, Hkv={n_kv_heads}, D={d}", q.shape(), k.shape(), positions.len()),
+                ));
+            }
+            let pos: Vec<usize> = positions.iter().map(|&p| p as usize).collect();
+            super::rope(q.data_mut(), n_heads, &pos, rope);
+            super::rope(k.data_mut(), n_kv_heads, &pos, rope);
+            Ok(())
+        })
     }
     fn attention(
         &self,
@@ -95,107 +125,135 @@ impl Backend for Cpu {
         head_dim: usize,
         cap: usize,
     ) -> Result<Tensor> {
-        let (qw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
-        let slots = if cap == 0 || kw == 0 { 0 } else { k.len() / (cap * kw) };
-        let bad_row = rows.iter().position(|r| r.slot as usize >= slots || r.kv_start > r.kv_end || r.kv_end as usize > cap);
-        if q.rows_cols() != (rows.len(), qw)
-            || k.n_cols() != kw
-            || k.shape() != v.shape()
-            || cap == 0
-            || k.n_rows() % cap != 0
-            || n_kv_heads == 0
-            || n_heads % n_kv_heads != 0
-            || bad_row.is_some()
-        {
-            return Err(Error::shape(
-                "attention",
-                format!(
-                    "q {:?} for {} rows, k {:?}, v {:?}, H={n_heads}, Hkv={n_kv_heads}, D={head_dim}, cap={cap}{}",
-                    q.shape(),
-                    rows.len(),
-                    k.shape(),
-                    v.shape(),
-                    bad_row.map(|i| format!("; row {i} {:?} outside the cache", rows[i])).unwrap_or_default()
-                ),
-            ));
-        }
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        let out = super::attention_rows(q.data(), k.data(), v.data(), rows, n_heads, n_kv_heads, head_dim, cap, scale);
-        Tensor::new(out, &[rows.len(), qw])
+        timed("attention", || {
+            let (qw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
+            let slots = if cap == 0 || kw == 0 { 0 } else { k.len() / (cap * kw) };
+            let bad_row = rows.iter().position(|r| r.slot as usize >= slots || r.kv_start > r.kv_end || r.kv_end as usize > cap);
+            if q.rows_cols() != (rows.len(), qw)
+                || k.n_cols() != kw
+                || k.shape() != v.shape()
+                || cap == 0
+                || k.n_rows() % cap != 0
+                || n_kv_heads == 0
+                || n_heads % n_kv_heads != 0
+                || bad_row.is_some()
+            {
+                return Err(Error::shape(
+                    "attention",
+                    format!(
+                        "q {:?} for {} rows, k {:?}, v {:?}, H={n_heads}, Hkv={n_kv_heads}, D={head_dim}, cap={cap}{}",
+                        q.shape(),
+                        rows.len(),
+                        k.shape(),
+                        v.shape(),
+                        bad_row.map(|i| format!("; row {i} {:?} outside the cache", rows[i])).unwrap_or_default()
+                    ),
+                ));
+            }
+            let scale = 1.0 / (head_dim as f32).sqrt();
+            let out = super::attention_rows(q.data(), k.data(), v.data(), rows, n_heads, n_kv_heads, head_dim, cap, scale);
+            Tensor::new(out, &[rows.len(), qw])
+        })
     }
     fn scatter_rows(&self, src: &Tensor, dst: &mut Tensor, idx: &[u32]) -> Result<()> {
-        same_cols("scatter_rows", src, dst)?;
-        let (r, c) = dst.rows_cols();
-        if src.n_rows() != idx.len() || idx.iter().any(|&i| i as usize >= r) {
-            return Err(Error::shape("scatter_rows", format!("src {:?} to {idx:?} of dst {:?}", src.shape(), dst.shape())));
-        }
-        super::scatter_rows(src.data(), dst.data_mut(), idx, c);
-        Ok(())
+        timed("scatter_rows", || {
+            same_cols("scatter_rows", src, dst)?;
+            let (r, c) = dst.rows_cols();
+            if src.n_rows() != idx.len() || idx.iter().any(|&i| i as usize >= r) {
+                return Err(Error::shape("scatter_rows", format!("src {:?} to {idx:?} of dst {:?}", src.shape(), dst.shape())));
+            }
+            super::scatter_rows(src.data(), dst.data_mut(), idx, c);
+            Ok(())
+        })
     }
     fn embedding(&self, table: &Tensor, features: Option<&Tensor>, sources: &[u32]) -> Result<Tensor> {
-        let (v, c) = table.rows_cols();
-        let empty = Tensor::zeros(&[0, c]);
-        let f = features.unwrap_or(&empty);
-        same_cols("embedding", table, f)?;
-        let k = f.n_rows();
-        if let Some(t) = sources.iter().position(|&s| s as usize >= v + k) {
-            return Err(Error::shape("embedding", format!("source {} of row {t} is outside table [{v}, {c}] + features [{k}, {c}]", sources[t])));
-        }
-        let out = super::embedding(table.data(), f.data(), c, sources);
-        Tensor::new(out, &[sources.len(), c])
+        timed("embedding", || {
+            let (v, c) = table.rows_cols();
+            let empty = Tensor::zeros(&[0, c]);
+            let f = features.unwrap_or(&empty);
+            same_cols("embedding", table, f)?;
+            let k = f.n_rows();
+            if let Some(t) = sources.iter().position(|&s| s as usize >= v + k) {
+                return Err(Error::shape("embedding", format!("source {} of row {t} is outside table [{v}, {c}] + features [{k}, {c}]", sources[t])));
+            }
+            let out = super::embedding(table.data(), f.data(), c, sources);
+            Tensor::new(out, &[sources.len(), c])
+        })
     }
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-        if gate.shape() != up.shape() {
-            return Err(Error::shape("swiglu", format!("gate {:?}, up {:?}", gate.shape(), up.shape())));
-        }
-        let mut g = gate.clone();
-        super::swiglu(g.data_mut(), up.data());
-        Ok(g)
+        timed("swiglu", || {
+            if gate.shape() != up.shape() {
+                return Err(Error::shape("swiglu", format!("gate {:?}, up {:?}", gate.shape(), up.shape())));
+            }
+            let mut g = gate.clone();
+            super::swiglu(g.data_mut(), up.data());
+            Ok(g)
+        })
     }
     fn activation(&self, name: &str, x: &mut Tensor) -> Result<()> {
-        if !matches!(name, "gelu" | "quick_gelu" | "silu") {
-            return Err(Error::Input(format!("activation `{name}` is not supported (gelu, quick_gelu, silu)")));
-        }
-        super::activation::by_name(name, x.data_mut());
-        Ok(())
+        timed("activation", || {
+            if !matches!(name, "gelu" | "quick_gelu" | "silu") {
+                return Err(Error::Input(format!("activation `{name}` is not supported (gelu, quick_gelu, silu)")));
+            }
+            super::activation::by_name(name, x.data_mut());
+            Ok(())
+        })
     }
     fn add(&self, x: &mut Tensor, y: &Tensor) -> Result<()> {
-        same_cols("add", x, y)?;
-        let n = y.len();
-        if n == 0 || x.len() % n != 0 {
-            return Err(Error::shape("add", format!("{:?} += {:?}: rows do not repeat evenly", x.shape(), y.shape())));
-        }
-        super::add(x.data_mut(), y.data());
-        Ok(())
+        timed("add", || {
+            same_cols("add", x, y)?;
+            let n = y.len();
+            if n == 0 || x.len() % n != 0 {
+                return Err(Error::shape("add", format!("{:?} += {:?}: rows do not repeat evenly", x.shape(), y.shape())));
+            }
+            super::add(x.data_mut(), y.data());
+            Ok(())
+        })
     }
     fn concat_rows(&self, parts: &[&Tensor]) -> Result<Tensor> {
-        Tensor::cat_rows(parts)
+        timed("concat_rows", || {
+            Tensor::cat_rows(parts)
+        })
     }
     fn concat_cols(&self, parts: &[&Tensor]) -> Result<Tensor> {
-        let r = parts.first().map(|t| t.n_rows()).unwrap_or(0);
-        if let Some(p) = parts.iter().find(|p| p.n_rows() != r) {
-            return Err(Error::shape("concat_cols", format!("row counts differ: {:?} vs {r} rows", p.shape())));
-        }
-        let c: usize = parts.iter().map(|p| p.n_cols()).sum();
-        let views: Vec<(&[f32], usize)> = parts.iter().map(|p| (p.data(), p.n_cols())).collect();
-        Tensor::new(super::concat_cols(&views, r), &[r, c])
+        timed("concat_cols", || {
+            let r = parts.first().map(|t| t.n_rows()).unwrap_or(0);
+            if let Some(p) = parts.iter().find(|p| p.n_rows() != r) {
+                return Err(Error::shape("concat_cols", format!("row counts differ: {:?} vs {r} rows", p.shape())));
+            }
+            let c: usize = parts.iter().map(|p| p.n_cols()).sum();
+            let views: Vec<(&[f32], usize)> = parts.iter().map(|p| (p.data(), p.n_cols())).collect();
+            Tensor::new(super::concat_cols(&views, r), &[r, c])
+        })
     }
     fn logits(&self, hidden: &Tensor, weight: &Tensor) -> Result<Tensor> {
-        let (r, c) = hidden.rows_cols();
-        let (v, wc) = weight.rows_cols();
-        if c != wc {
-            return Err(Error::shape("logits", format!("hidden {:?} with lm_head {:?}", hidden.shape(), weight.shape())));
-        }
-        Tensor::new(super::matmul_t(hidden.data(), weight.data(), r, c, v), &[r, v])
+        timed("logits", || {
+            let (r, c) = hidden.rows_cols();
+            let (v, wc) = weight.rows_cols();
+            if c != wc {
+                return Err(Error::shape("logits", format!("hidden {:?} with lm_head {:?}", hidden.shape(), weight.shape())));
+            }
+            Tensor::new(super::matmul_t(hidden.data(), weight.data(), r, c, v), &[r, v])
+        })
     }
     fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>> {
-        let (r, v) = logits.rows_cols();
-        if v == 0 {
-            return Err(Error::shape("argmax", format!("logits {:?} have no columns", logits.shape())));
-        }
-        Ok((0..r).map(|i| super::argmax(logits.row(i)) as u32).collect())
+        timed("argmax", || {
+            let (r, v) = logits.rows_cols();
+            if v == 0 {
+                return Err(Error::shape("argmax", format!("logits {:?} have no columns", logits.shape())));
+            }
+            Ok((0..r).map(|i| super::argmax(logits.row(i)) as u32).collect())
+        })
     }
     fn logits_host(&self, logits: &Tensor) -> Result<Tensor> {
         Ok(logits.clone())
+    }
+
+    fn set_profiling(&self, on: bool) {
+        SAMPLES.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        PROFILING.store(on, Ordering::Relaxed);
+    }
+    fn take_profile(&self) -> Result<Vec<OpTime>> {
+        Ok(summarize(std::mem::take(&mut *SAMPLES.lock().unwrap_or_else(|p| p.into_inner()))))
     }
 }

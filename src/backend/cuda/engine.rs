@@ -13,7 +13,10 @@ use std::sync::{Arc, Mutex};
 use half::bf16;
 use rayon::prelude::*;
 
-use super::{CudaDevice, CudaSlice};
+use cudarc::driver::CudaEvent;
+
+use super::{nvtx, CudaDevice, CudaSlice};
+use crate::backend::profile::{summarize, OpTime};
 use crate::backend::{AttnRow, Backend, Rows};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -81,6 +84,8 @@ pub struct CudaRope {
 pub struct Cuda {
     dev: Arc<CudaDevice>,
     indices: Arc<Mutex<HashMap<&'static str, (Vec<u32>, CudaSlice<u32>)>>>,
+    /// While profiling: every op's (name, start event, end event), read at `take_profile`.
+    profile: Arc<Mutex<Option<Vec<(&'static str, CudaEvent, CudaEvent)>>>>,
 }
 
 impl std::fmt::Debug for Cuda {
@@ -96,11 +101,29 @@ impl Cuda {
     }
 
     pub fn on(dev: Arc<CudaDevice>) -> Self {
-        Cuda { dev, indices: Arc::new(Mutex::new(HashMap::new())) }
+        Cuda { dev, indices: Arc::new(Mutex::new(HashMap::new())), profile: Arc::new(Mutex::new(None)) }
     }
 
     pub fn device(&self) -> &Arc<CudaDevice> {
         &self.dev
+    }
+
+    /// Runs one op inside an NVTX range named after it and, when profiling, between two timing
+    /// events on the stream.
+    fn op<T>(&self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _range = nvtx::Range::new(name);
+        let mut prof = self.profile.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(events) = prof.as_mut() else {
+            drop(prof);
+            return f();
+        };
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let ev = |e| super::cuda_err("profile", name, e);
+        let start = self.dev.stream().record_event(timing).map_err(ev)?;
+        let r = f();
+        let end = self.dev.stream().record_event(timing).map_err(ev)?;
+        events.push((name, start, end));
+        r
     }
 
     /// `host` on the device, reusing the buffer of the last call of the same `kind` when the
@@ -186,44 +209,54 @@ impl Backend for Cuda {
     }
 
     fn matmul(&self, x: &CudaTensor, l: &CudaLinear) -> Result<CudaTensor> {
-        if x.cols != l.k {
-            return Err(shape_err("matmul", format!("x [{}, {}] with weight [{}, {}]", x.rows, x.cols, l.n, l.k)));
-        }
-        let mut y = self.output(x.rows, l.n)?;
-        let bias = l.bias.as_ref().map(|b| b.as_view());
-        self.dev.matmul::<u16>(&x.data.as_view(), &l.weight.as_view(), bias.as_ref(), &mut y.data.as_view_mut(), x.rows, l.n, l.k, false)?;
-        Ok(y)
+        self.op("matmul", || {
+            if x.cols != l.k {
+                return Err(shape_err("matmul", format!("x [{}, {}] with weight [{}, {}]", x.rows, x.cols, l.n, l.k)));
+            }
+            let mut y = self.output(x.rows, l.n)?;
+            let bias = l.bias.as_ref().map(|b| b.as_view());
+            self.dev.matmul::<u16>(&x.data.as_view(), &l.weight.as_view(), bias.as_ref(), &mut y.data.as_view_mut(), x.rows, l.n, l.k, false)?;
+            Ok(y)
+        })
     }
     fn matmul_add(&self, x: &CudaTensor, l: &CudaLinear, acc: &mut CudaTensor) -> Result<()> {
-        if x.cols != l.k || acc.rows != x.rows || acc.cols != l.n {
-            return Err(shape_err(
-                "matmul_add",
-                format!("x [{}, {}] with weight [{}, {}] into [{}, {}]", x.rows, x.cols, l.n, l.k, acc.rows, acc.cols),
-            ));
-        }
-        let bias = l.bias.as_ref().map(|b| b.as_view());
-        self.dev.matmul::<u16>(&x.data.as_view(), &l.weight.as_view(), bias.as_ref(), &mut acc.data.as_view_mut(), x.rows, l.n, l.k, true)
+        self.op("matmul_add", || {
+            if x.cols != l.k || acc.rows != x.rows || acc.cols != l.n {
+                return Err(shape_err(
+                    "matmul_add",
+                    format!("x [{}, {}] with weight [{}, {}] into [{}, {}]", x.rows, x.cols, l.n, l.k, acc.rows, acc.cols),
+                ));
+            }
+            let bias = l.bias.as_ref().map(|b| b.as_view());
+            self.dev.matmul::<u16>(&x.data.as_view(), &l.weight.as_view(), bias.as_ref(), &mut acc.data.as_view_mut(), x.rows, l.n, l.k, true)
+        })
     }
     fn rmsnorm(&self, x: &CudaTensor, n: &CudaRmsNorm) -> Result<CudaTensor> {
-        let mut y = self.output(x.rows, x.cols)?;
-        self.dev.rmsnorm(&x.data.as_view(), &n.weight.as_view(), n.eps, &mut y.data.as_view_mut())?;
-        Ok(y)
+        self.op("rmsnorm", || {
+            let mut y = self.output(x.rows, x.cols)?;
+            self.dev.rmsnorm(&x.data.as_view(), &n.weight.as_view(), n.eps, &mut y.data.as_view_mut())?;
+            Ok(y)
+        })
     }
     fn layernorm(&self, x: &CudaTensor, n: &CudaLayerNorm) -> Result<CudaTensor> {
-        let mut y = self.output(x.rows, x.cols)?;
-        self.dev.layernorm(&x.data.as_view(), &n.weight.as_view(), &n.bias.as_view(), n.eps, &mut y.data.as_view_mut())?;
-        Ok(y)
+        self.op("layernorm", || {
+            let mut y = self.output(x.rows, x.cols)?;
+            self.dev.layernorm(&x.data.as_view(), &n.weight.as_view(), &n.bias.as_view(), n.eps, &mut y.data.as_view_mut())?;
+            Ok(y)
+        })
     }
     fn rope(&self, q: &mut CudaTensor, k: &mut CudaTensor, n_heads: usize, n_kv_heads: usize, positions: &[u32], rope: &CudaRope) -> Result<()> {
-        let d = rope.head_dim;
-        if q.rows != positions.len() || k.rows != positions.len() || q.cols != n_heads * d || k.cols != n_kv_heads * d {
-            return Err(shape_err(
-                "rope",
-                format!("q [{}, {}], k [{}, {}] for {} positions, H={n_heads}, Hkv={n_kv_heads}, D={d}", q.rows, q.cols, k.rows, k.cols, positions.len()),
-            ));
-        }
-        let pos = self.index_buffer("positions", positions)?;
-        self.dev.rope_qk(&mut q.data.as_view_mut(), n_heads, &mut k.data.as_view_mut(), n_kv_heads, &pos.as_view(), &rope.inv_freq.as_view())
+        self.op("rope", || {
+            let d = rope.head_dim;
+            if q.rows != positions.len() || k.rows != positions.len() || q.cols != n_heads * d || k.cols != n_kv_heads * d {
+                return Err(shape_err(
+                    "rope",
+                    format!("q [{}, {}], k [{}, {}] for {} positions, H={n_heads}, Hkv={n_kv_heads}, D={d}", q.rows, q.cols, k.rows, k.cols, positions.len()),
+                ));
+            }
+            let pos = self.index_buffer("positions", positions)?;
+            self.dev.rope_qk(&mut q.data.as_view_mut(), n_heads, &mut k.data.as_view_mut(), n_kv_heads, &pos.as_view(), &rope.inv_freq.as_view())
+        })
     }
     fn attention(
         &self,
@@ -236,138 +269,178 @@ impl Backend for Cuda {
         head_dim: usize,
         cap: usize,
     ) -> Result<CudaTensor> {
-        let kw = n_kv_heads * head_dim;
-        let slots = if cap == 0 || kw == 0 { 0 } else { k.rows / cap };
-        let bad_row = rows.iter().position(|r| r.slot as usize >= slots || r.kv_start > r.kv_end || r.kv_end as usize > cap);
-        if q.rows != rows.len() || k.cols != kw || v.cols != kw || k.rows != v.rows || bad_row.is_some() {
-            return Err(shape_err(
-                "attention",
-                format!(
-                    "q [{}, {}] for {} rows, k [{}, {}], v [{}, {}], Hkv={n_kv_heads}, D={head_dim}, cap={cap}{}",
-                    q.rows,
-                    q.cols,
-                    rows.len(),
-                    k.rows,
-                    k.cols,
-                    v.rows,
-                    v.cols,
-                    bad_row.map(|i| format!("; row {i} {:?} outside the cache", rows[i])).unwrap_or_default()
-                ),
-            ));
-        }
-        let rows_dev = self.index_buffer("attention_rows", bytemuck::cast_slice(rows))?;
-        let mut out = self.output(q.rows, n_heads * head_dim)?;
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        self.dev.attention(
-            &q.data.as_view(),
-            &k.data.as_view(),
-            &v.data.as_view(),
-            &rows_dev.as_view(),
-            &mut out.data.as_view_mut(),
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            cap,
-            scale,
-        )?;
-        Ok(out)
+        self.op("attention", || {
+            let kw = n_kv_heads * head_dim;
+            let slots = if cap == 0 || kw == 0 { 0 } else { k.rows / cap };
+            let bad_row = rows.iter().position(|r| r.slot as usize >= slots || r.kv_start > r.kv_end || r.kv_end as usize > cap);
+            if q.rows != rows.len() || k.cols != kw || v.cols != kw || k.rows != v.rows || bad_row.is_some() {
+                return Err(shape_err(
+                    "attention",
+                    format!(
+                        "q [{}, {}] for {} rows, k [{}, {}], v [{}, {}], Hkv={n_kv_heads}, D={head_dim}, cap={cap}{}",
+                        q.rows,
+                        q.cols,
+                        rows.len(),
+                        k.rows,
+                        k.cols,
+                        v.rows,
+                        v.cols,
+                        bad_row.map(|i| format!("; row {i} {:?} outside the cache", rows[i])).unwrap_or_default()
+                    ),
+                ));
+            }
+            let rows_dev = self.index_buffer("attention_rows", bytemuck::cast_slice(rows))?;
+            let mut out = self.output(q.rows, n_heads * head_dim)?;
+            let scale = 1.0 / (head_dim as f32).sqrt();
+            self.dev.attention(
+                &q.data.as_view(),
+                &k.data.as_view(),
+                &v.data.as_view(),
+                &rows_dev.as_view(),
+                &mut out.data.as_view_mut(),
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                cap,
+                scale,
+            )?;
+            Ok(out)
+        })
     }
     fn scatter_rows(&self, src: &CudaTensor, dst: &mut CudaTensor, idx: &[u32]) -> Result<()> {
-        if src.cols != dst.cols || src.rows != idx.len() || idx.iter().any(|&i| i as usize >= dst.rows) {
-            return Err(shape_err(
-                "scatter_rows",
-                format!("src [{}, {}] to {} indices of dst [{}, {}]", src.rows, src.cols, idx.len(), dst.rows, dst.cols),
-            ));
-        }
-        let idx = self.index_buffer("scatter_rows", idx)?;
-        self.dev.scatter_rows(&src.data.as_view(), &mut dst.data.as_view_mut(), &idx.as_view(), src.cols)
+        self.op("scatter_rows", || {
+            if src.cols != dst.cols || src.rows != idx.len() || idx.iter().any(|&i| i as usize >= dst.rows) {
+                return Err(shape_err(
+                    "scatter_rows",
+                    format!("src [{}, {}] to {} indices of dst [{}, {}]", src.rows, src.cols, idx.len(), dst.rows, dst.cols),
+                ));
+            }
+            let idx = self.index_buffer("scatter_rows", idx)?;
+            self.dev.scatter_rows(&src.data.as_view(), &mut dst.data.as_view_mut(), &idx.as_view(), src.cols)
+        })
     }
     fn embedding(&self, table: &CudaTensor, features: Option<&CudaTensor>, sources: &[u32]) -> Result<CudaTensor> {
-        let c = table.cols;
-        let k = features.map(|f| f.rows).unwrap_or(0);
-        if features.is_some_and(|f| f.cols != c) {
-            return Err(shape_err("embedding", format!("table [{}, {c}] with features of {} columns", table.rows, features.unwrap().cols)));
-        }
-        if let Some(t) = sources.iter().position(|&s| s as usize >= table.rows + k) {
-            return Err(shape_err("embedding", format!("source {} of row {t} is outside table [{}, {c}] + features [{k}, {c}]", sources[t], table.rows)));
-        }
-        let src = self.index_buffer("embedding", sources)?;
-        let mut out = self.output(sources.len(), c)?;
-        let fv = features.map(|f| f.data.as_view());
-        self.dev.embedding(&table.data.as_view(), c, fv.as_ref(), &src.as_view(), &mut out.data.as_view_mut(), None)?;
-        Ok(out)
+        self.op("embedding", || {
+            let c = table.cols;
+            let k = features.map(|f| f.rows).unwrap_or(0);
+            if features.is_some_and(|f| f.cols != c) {
+                return Err(shape_err("embedding", format!("table [{}, {c}] with features of {} columns", table.rows, features.unwrap().cols)));
+            }
+            if let Some(t) = sources.iter().position(|&s| s as usize >= table.rows + k) {
+                return Err(shape_err("embedding", format!("source {} of row {t} is outside table [{}, {c}] + features [{k}, {c}]", sources[t], table.rows)));
+            }
+            let src = self.index_buffer("embedding", sources)?;
+            let mut out = self.output(sources.len(), c)?;
+            let fv = features.map(|f| f.data.as_view());
+            self.dev.embedding(&table.data.as_view(), c, fv.as_ref(), &src.as_view(), &mut out.data.as_view_mut(), None)?;
+            Ok(out)
+        })
     }
     fn swiglu(&self, gate: &CudaTensor, up: &CudaTensor) -> Result<CudaTensor> {
-        if gate.rows != up.rows || gate.cols != up.cols {
-            return Err(shape_err("swiglu", format!("gate [{}, {}], up [{}, {}]", gate.rows, gate.cols, up.rows, up.cols)));
-        }
-        let mut out = self.output(gate.rows, gate.cols)?;
-        self.dev.swiglu(&gate.data.as_view(), &up.data.as_view(), &mut out.data.as_view_mut())?;
-        Ok(out)
+        self.op("swiglu", || {
+            if gate.rows != up.rows || gate.cols != up.cols {
+                return Err(shape_err("swiglu", format!("gate [{}, {}], up [{}, {}]", gate.rows, gate.cols, up.rows, up.cols)));
+            }
+            let mut out = self.output(gate.rows, gate.cols)?;
+            self.dev.swiglu(&gate.data.as_view(), &up.data.as_view(), &mut out.data.as_view_mut())?;
+            Ok(out)
+        })
     }
     fn activation(&self, name: &str, x: &mut CudaTensor) -> Result<()> {
-        self.dev.activation(name, &mut x.data.as_view_mut())
+        self.op("activation", || {
+            self.dev.activation(name, &mut x.data.as_view_mut())
+        })
     }
     fn add(&self, x: &mut CudaTensor, y: &CudaTensor) -> Result<()> {
-        if x.cols != y.cols {
-            return Err(shape_err("add", format!("[{}, {}] += [{}, {}]", x.rows, x.cols, y.rows, y.cols)));
-        }
-        self.dev.add(&mut x.data.as_view_mut(), &y.data.as_view())
+        self.op("add", || {
+            if x.cols != y.cols {
+                return Err(shape_err("add", format!("[{}, {}] += [{}, {}]", x.rows, x.cols, y.rows, y.cols)));
+            }
+            self.dev.add(&mut x.data.as_view_mut(), &y.data.as_view())
+        })
     }
     fn concat_rows(&self, parts: &[&CudaTensor]) -> Result<CudaTensor> {
-        let c = parts.first().map(|p| p.cols).unwrap_or(0);
-        if let Some(p) = parts.iter().find(|p| p.cols != c) {
-            return Err(shape_err("concat_rows", format!("column counts differ: {} vs {c}", p.cols)));
-        }
-        let rows = parts.iter().map(|p| p.rows).sum();
-        let mut out = self.output(rows, c)?;
-        let mut at = 0;
-        for p in parts {
-            let n = p.rows * c;
-            if n > 0 {
-                self.dev
-                    .stream()
-                    .memcpy_dtod(&p.data, &mut out.data.slice_mut(at..at + n))
-                    .map_err(|e| super::cuda_err("concat_rows", format!("part [{}, {c}] at element {at}", p.rows), e))?;
+        self.op("concat_rows", || {
+            let c = parts.first().map(|p| p.cols).unwrap_or(0);
+            if let Some(p) = parts.iter().find(|p| p.cols != c) {
+                return Err(shape_err("concat_rows", format!("column counts differ: {} vs {c}", p.cols)));
             }
-            at += n;
-        }
-        Ok(out)
+            let rows = parts.iter().map(|p| p.rows).sum();
+            let mut out = self.output(rows, c)?;
+            let mut at = 0;
+            for p in parts {
+                let n = p.rows * c;
+                if n > 0 {
+                    self.dev
+                        .stream()
+                        .memcpy_dtod(&p.data, &mut out.data.slice_mut(at..at + n))
+                        .map_err(|e| super::cuda_err("concat_rows", format!("part [{}, {c}] at element {at}", p.rows), e))?;
+                }
+                at += n;
+            }
+            Ok(out)
+        })
     }
     fn concat_cols(&self, parts: &[&CudaTensor]) -> Result<CudaTensor> {
-        let r = parts.first().map(|p| p.rows).unwrap_or(0);
-        if let Some(p) = parts.iter().find(|p| p.rows != r) {
-            return Err(shape_err("concat_cols", format!("row counts differ: {} vs {r}", p.rows)));
-        }
-        let c = parts.iter().map(|p| p.cols).sum();
-        let mut out = self.output(r, c)?;
-        let mut off = 0;
-        for p in parts {
-            self.dev.concat_cols(&p.data.as_view(), p.cols, &mut out.data.as_view_mut(), c, off)?;
-            off += p.cols;
-        }
-        Ok(out)
+        self.op("concat_cols", || {
+            let r = parts.first().map(|p| p.rows).unwrap_or(0);
+            if let Some(p) = parts.iter().find(|p| p.rows != r) {
+                return Err(shape_err("concat_cols", format!("row counts differ: {} vs {r}", p.rows)));
+            }
+            let c = parts.iter().map(|p| p.cols).sum();
+            let mut out = self.output(r, c)?;
+            let mut off = 0;
+            for p in parts {
+                self.dev.concat_cols(&p.data.as_view(), p.cols, &mut out.data.as_view_mut(), c, off)?;
+                off += p.cols;
+            }
+            Ok(out)
+        })
     }
     fn logits(&self, hidden: &CudaTensor, weight: &CudaTensor) -> Result<CudaLogits> {
-        if hidden.cols != weight.cols {
-            return Err(shape_err("logits", format!("hidden [{}, {}] with lm_head [{}, {}]", hidden.rows, hidden.cols, weight.rows, weight.cols)));
-        }
-        let (r, v) = (hidden.rows, weight.rows);
-        // SAFETY: the product below writes all r*v elements.
-        let mut data = unsafe { self.dev.alloc_uninit::<f32>(r * v)? };
-        self.dev.matmul::<f32>(&hidden.data.as_view(), &weight.data.as_view(), None, &mut data.as_view_mut(), r, v, hidden.cols, false)?;
-        Ok(CudaLogits { data, rows: r, cols: v })
+        self.op("logits", || {
+            if hidden.cols != weight.cols {
+                return Err(shape_err("logits", format!("hidden [{}, {}] with lm_head [{}, {}]", hidden.rows, hidden.cols, weight.rows, weight.cols)));
+            }
+            let (r, v) = (hidden.rows, weight.rows);
+            // SAFETY: the product below writes all r*v elements.
+            let mut data = unsafe { self.dev.alloc_uninit::<f32>(r * v)? };
+            self.dev.matmul::<f32>(&hidden.data.as_view(), &weight.data.as_view(), None, &mut data.as_view_mut(), r, v, hidden.cols, false)?;
+            Ok(CudaLogits { data, rows: r, cols: v })
+        })
     }
     fn argmax(&self, logits: &CudaLogits) -> Result<Vec<u32>> {
-        if logits.cols == 0 {
-            return Err(shape_err("argmax", format!("logits [{}, 0] have no columns", logits.rows)));
-        }
-        // SAFETY: the kernel writes one index per row.
-        let mut out = unsafe { self.dev.alloc_uninit::<u32>(logits.rows)? };
-        self.dev.argmax_f32(&logits.data.as_view(), logits.cols, &mut out.as_view_mut())?;
-        self.dev.dtoh(&out)
+        self.op("argmax", || {
+            if logits.cols == 0 {
+                return Err(shape_err("argmax", format!("logits [{}, 0] have no columns", logits.rows)));
+            }
+            // SAFETY: the kernel writes one index per row.
+            let mut out = unsafe { self.dev.alloc_uninit::<u32>(logits.rows)? };
+            self.dev.argmax_f32(&logits.data.as_view(), logits.cols, &mut out.as_view_mut())?;
+            self.dev.dtoh(&out)
+        })
     }
     fn logits_host(&self, logits: &CudaLogits) -> Result<Tensor> {
         Tensor::new(self.dev.dtoh(&logits.data)?, &[logits.rows, logits.cols])
+    }
+
+    fn set_profiling(&self, on: bool) {
+        *self.profile.lock().unwrap_or_else(|p| p.into_inner()) = on.then(Vec::new);
+    }
+    fn take_profile(&self) -> Result<Vec<OpTime>> {
+        let events = self.profile.lock().unwrap_or_else(|p| p.into_inner()).as_mut().map(std::mem::take).unwrap_or_default();
+        self.dev.synchronize()?;
+        let mut samples = Vec::with_capacity(events.len());
+        for (name, start, end) in &events {
+            let ms = start.elapsed_ms(end).map_err(|e| super::cuda_err("profile", *name, e))?;
+            samples.push((*name, ms as f64));
+        }
+        Ok(summarize(samples))
+    }
+    fn range_push(&self, name: &str) {
+        nvtx::push(name);
+    }
+    fn range_pop(&self) {
+        nvtx::pop();
     }
 }

@@ -40,6 +40,7 @@ pub mod check;
 mod copy;
 mod device;
 mod embedding;
+pub mod nvtx;
 mod engine;
 mod layernorm;
 mod matmul;
