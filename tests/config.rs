@@ -96,3 +96,14 @@ fn bad_configs_name_the_field() {
         assert!(e.contains("/x/config.json") && e.contains(&format!("`{field}`")), "{json}: {e}");
     }
 }
+
+/// The 7B preprocessor config the CUDA model bench uses: 336 px tiles with the checkpoint's
+/// AnyRes pinpoints, and a 672x672 picture becomes the base tile + a 2x2 grid.
+#[test]
+fn llava_next_7b_preprocessor_config_reads() {
+    let p = stic::image::ImageProcessorConfig::from_file(&fixtures().join("configs/llava-v1.6-mistral-7b-hf.preprocessor_config.json")).unwrap();
+    assert_eq!((p.shortest_edge, p.crop_height, p.crop_width), (336, 336, 336));
+    let img = stic::image::RgbImage::new(672, 672, vec![128; 672 * 672 * 3]).unwrap();
+    let px = stic::image::preprocess(&img, &p).unwrap();
+    assert_eq!(px.pixel_values.shape(), &[5, 3, 336, 336]);
+}

@@ -168,4 +168,41 @@ impl CudaDevice {
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| cuda_err("synchronize", "-", e))
     }
+
+    /// Device memory bandwidth (bytes/s, read + write) of a 1 GiB device-to-device copy: the
+    /// best of 5 timed rounds of 4 copies each, after one warm-up copy. The roofline of the
+    /// memory-bound benches.
+    pub fn measure_bandwidth(&self) -> Result<f64> {
+        let n = 1usize << 30;
+        let src = self.zeros::<u8>(n)?;
+        let mut dst = self.zeros::<u8>(n)?;
+        let copy = |dst: &mut CudaSlice<u8>| self.stream.memcpy_dtod(&src, dst).map_err(|e| cuda_err("memcpy_dtod", format!("[{n}] bytes"), e));
+        copy(&mut dst)?;
+        self.synchronize()?;
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            for _ in 0..4 {
+                copy(&mut dst)?;
+            }
+            self.synchronize()?;
+            best = best.min(t.elapsed().as_secs_f64() / 4.0);
+        }
+        Ok(2.0 * n as f64 / best)
+    }
+
+    /// Dense bf16 tensor-core peak (TFLOP/s, no sparsity) from the device's name (NVIDIA's data
+    /// sheets), or None for a device this table does not know.
+    pub fn peak_bf16_tflops(&self) -> Option<f64> {
+        let n = self.name.to_ascii_uppercase();
+        if n.contains("H100") && n.contains("PCIE") {
+            Some(756.0)
+        } else if n.contains("H100") || n.contains("H200") || n.contains("H800") {
+            Some(989.0)
+        } else if n.contains("A100") || n.contains("A800") {
+            Some(312.0)
+        } else {
+            None
+        }
+    }
 }
