@@ -6,10 +6,12 @@
 #   bash scripts/gpu-run.sh            # builds .gpu/ and prints the device call
 #
 # Then, with the device tool:  run(carry=[".gpu"], command="bash .gpu/run.sh")
-# .gpu/run.sh runs `stic check`, every test binary (CPU and CUDA parity; fixtures come with the
-# working tree) and the criterion benches (cpu_ops, and cuda_ops: every CUDA op at 7B / CLIP-L
-# shapes against the measured HBM bandwidth and the bf16 peak), and leaves the full log in
-# $OUT/gpu-run.log and the CUDA bench summary in $OUT/cuda-bench.md.
+# .gpu/run.sh runs `stic check`, `stic generate --device cuda` (tiny fixture, random 7B),
+# `stic profile` on a random 7B at batch 1, 8, 64, every test binary (CPU, CUDA parity, the
+# model on CUDA vs the CPU; fixtures come with the working tree) and the criterion benches
+# (cpu_ops; cuda_ops: every CUDA op at 7B / CLIP-L shapes against the measured HBM bandwidth and
+# the bf16 peak; cuda_model: AnyRes prefill and decode at batch 1, 8, 64 against the roofline),
+# and leaves the full log in $OUT/gpu-run.log and the bench summaries in $OUT/cuda-*bench.md.
 # `matmul` needs cuBLASLt (libcublasLt.so.13 or .12, loaded at run time; far too large to carry):
 # run.sh looks for it on the GPU machine and puts its folder on LD_LIBRARY_PATH.
 set -euo pipefail
@@ -63,10 +65,26 @@ fi
   echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
   echo "== libcublasLt: $(ldconfig -p 2>/dev/null | grep -m1 -o 'libcublasLt\.so[.0-9]*' || echo 'not in the loader cache') LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
   echo "== stic check"; .gpu/stic check || fail=1
+  # A random-weights llava-v1.6-mistral-7b (the hub's configs, the fixture tokenizer).
+  m7b="$(mktemp -d)"
+  cp tests/fixtures/configs/llava-v1.6-mistral-7b-hf.json "$m7b/config.json"
+  cp tests/fixtures/configs/llava-v1.6-mistral-7b-hf.preprocessor_config.json "$m7b/preprocessor_config.json"
+  cp tests/fixtures/tokenizer/tokenizer.json tests/fixtures/tokenizer/tokenizer_config.json "$m7b/"
+  echo "== stic generate --device cuda (tiny fixture; then random 7B)"
+  .gpu/stic generate --device cuda --model tests/fixtures/llava_next_tiny --image tests/fixtures/images/wide.jpg \
+    --prompt "What is shown in this image?" --max-new-tokens 16 --json || fail=1
+  .gpu/stic generate --device cuda --model "$m7b" --random-weights --image tests/fixtures/images/wide.jpg \
+    --prompt "Describe the image." --max-new-tokens 16 --json || fail=1
+  for b in 1 8 64; do
+    echo "== stic profile --device cuda, random 7B, AnyRes image + 64 tokens, batch $b"
+    .gpu/stic profile --device cuda --model "$m7b" --random-weights --image tests/fixtures/images/wide.jpg \
+      --batch "$b" --prompt-len 64 --decode-steps 32 || fail=1
+  done
   for t in .gpu/tests/*; do echo "== $t"; "$t" --test-threads=1 || fail=1; done
   for b in .gpu/benches/*; do echo "== $b"; "$b" --bench || fail=1; done
   # cuda_ops writes its summary table (markdown) to target/cuda-bench.md.
   [[ -f target/cuda-bench.md && -n "${OUT:-}" ]] && cp target/cuda-bench.md "$OUT/cuda-bench.md"
+  [[ -f target/cuda-model-bench.md && -n "${OUT:-}" ]] && cp target/cuda-model-bench.md "$OUT/cuda-model-bench.md"
   echo "== exit $fail"
 } 2>&1 | tee "$log"
 exit $fail
