@@ -5,6 +5,10 @@
 #
 #   bash scripts/gpu-run.sh            # builds .gpu/ and prints the device call
 #
+# Only what needs a GPU travels (the CPU tests run in CI): the CLI, the CUDA test binaries
+# (cuda_parity, cuda_model, and cli for `stic check`'s exit status) and the CUDA benches, packed
+# into .gpu/bin.tar.xz and unpacked to a temporary folder there.
+#
 # Then, with the device tool:  run(carry=[".gpu"], command="bash .gpu/run.sh")
 # .gpu/run.sh runs `stic check`, `stic generate --device cuda` (tiny fixture, random 7B),
 # `stic profile` on a random 7B at batch 1, 8, 64, every test binary (CPU, CUDA parity, the
@@ -18,7 +22,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export NVCC="${NVCC:-$(bash scripts/install-cuda-toolkit.sh | tail -n 1)}"
 
-rm -rf .gpu && mkdir -p .gpu/tests .gpu/benches
+# The binaries that need the GPU: the CLI, the CUDA test binaries (`cli` runs `stic check` through
+# STIC_BIN) and the CUDA benches. The CPU-only tests run in CI. They are packed into one xz
+# archive (each binary links the whole crate; packed they fit the 64 MiB carry limit).
+GPU_TESTS=" cuda_parity cuda_model cli "
+GPU_BENCHES=" cuda_ops cuda_model "
+rm -rf .gpu && mkdir -p .gpu/stage/tests .gpu/stage/benches
 list_executables() {  # cargo --message-format=json on stdin -> "name path" per built executable
   python3 -c '
 import json, sys
@@ -30,24 +39,29 @@ for line in sys.stdin:
 '
 }
 cargo build --release --features cuda --bin stic
-cp target/release/stic .gpu/stic
+cp target/release/stic .gpu/stage/stic
 cargo test --release --features cuda --no-run --message-format=json 2>/dev/null | list_executables |
   while read -r name exe kind; do
-    case "$kind" in bin) continue ;; esac
-    cp "$exe" ".gpu/tests/$name"
+    if [[ "$kind" != bin && "$GPU_TESTS" == *" $name "* ]]; then cp "$exe" ".gpu/stage/tests/$name"; fi
   done
-# Every bench, cuda_ops included (required-features = ["cuda"]).
 cargo bench --features cuda --no-run --message-format=json 2>/dev/null | list_executables |
   while read -r name exe kind; do
-    [[ "$kind" == bench ]] && cp "$exe" ".gpu/benches/$name"
+    if [[ "$kind" == bench && "$GPU_BENCHES" == *" $name "* ]]; then cp "$exe" ".gpu/stage/benches/$name"; fi
   done
-strip .gpu/stic .gpu/tests/* .gpu/benches/* 2>/dev/null || true
+strip .gpu/stage/stic .gpu/stage/tests/* .gpu/stage/benches/* 2>/dev/null || true
+for n in $GPU_TESTS; do [[ -x .gpu/stage/tests/$n ]] || { echo "test binary $n was not built" >&2; exit 1; }; done
+for n in $GPU_BENCHES; do [[ -x .gpu/stage/benches/$n ]] || { echo "bench binary $n was not built" >&2; exit 1; }; done
+ls -la .gpu/stage .gpu/stage/tests .gpu/stage/benches
+tar -C .gpu/stage -cJf .gpu/bin.tar.xz .
+rm -rf .gpu/stage
 
 cat > .gpu/run.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root (see scripts/gpu-run.sh).
 set -uo pipefail
-export STIC_FIXTURES="$PWD/tests/fixtures" STIC_BIN="$PWD/.gpu/stic"
+bin="$(mktemp -d)"
+tar -C "$bin" -xJf .gpu/bin.tar.xz || { echo "cannot unpack .gpu/bin.tar.xz" >&2; exit 1; }
+export STIC_FIXTURES="$PWD/tests/fixtures" STIC_BIN="$bin/stic"
 log="${OUT:-.}/gpu-run.log"
 fail=0
 # cuBLASLt for `matmul`: the loader's cache first, then the usual toolkit and wheel folders.
@@ -64,34 +78,34 @@ fi
 {
   echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
   echo "== libcublasLt: $(ldconfig -p 2>/dev/null | grep -m1 -o 'libcublasLt\.so[.0-9]*' || echo 'not in the loader cache') LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
-  echo "== stic check"; .gpu/stic check || fail=1
+  echo "== stic check"; "$bin/stic" check || fail=1
   # A random-weights llava-v1.6-mistral-7b (the hub's configs, the fixture tokenizer).
   m7b="$(mktemp -d)"
   cp tests/fixtures/configs/llava-v1.6-mistral-7b-hf.json "$m7b/config.json"
   cp tests/fixtures/configs/llava-v1.6-mistral-7b-hf.preprocessor_config.json "$m7b/preprocessor_config.json"
   cp tests/fixtures/tokenizer/tokenizer.json tests/fixtures/tokenizer/tokenizer_config.json "$m7b/"
   echo "== stic generate --device cuda (tiny fixture; then random 7B)"
-  .gpu/stic generate --device cuda --model tests/fixtures/llava_next_tiny --image tests/fixtures/images/wide.jpg \
+  "$bin/stic" generate --device cuda --model tests/fixtures/llava_next_tiny --image tests/fixtures/images/wide.jpg \
     --prompt "What is shown in this image?" --max-new-tokens 16 --json || fail=1
-  .gpu/stic generate --device cuda --model "$m7b" --random-weights --image tests/fixtures/images/wide.jpg \
+  "$bin/stic" generate --device cuda --model "$m7b" --random-weights --image tests/fixtures/images/wide.jpg \
     --prompt "Describe the image." --max-new-tokens 16 --json || fail=1
   for b in 1 8 64; do
     echo "== stic profile --device cuda, random 7B, AnyRes image + 64 tokens, batch $b"
-    .gpu/stic profile --device cuda --model "$m7b" --random-weights --image tests/fixtures/images/wide.jpg \
+    "$bin/stic" profile --device cuda --model "$m7b" --random-weights --image tests/fixtures/images/wide.jpg \
       --batch "$b" --prompt-len 64 --decode-steps 32 || fail=1
   done
-  for t in .gpu/tests/*; do echo "== $t"; "$t" --test-threads=1 || fail=1; done
-  for b in .gpu/benches/*; do echo "== $b"; "$b" --bench || fail=1; done
+  for t in "$bin"/tests/*; do echo "== tests/$(basename "$t")"; "$t" --test-threads=1 || fail=1; done
+  for b in "$bin"/benches/*; do echo "== benches/$(basename "$b")"; "$b" --bench || fail=1; done
   # cuda_ops writes its summary table (markdown) to target/cuda-bench.md.
   [[ -f target/cuda-bench.md && -n "${OUT:-}" ]] && cp target/cuda-bench.md "$OUT/cuda-bench.md"
   [[ -f target/cuda-model-bench.md && -n "${OUT:-}" ]] && cp target/cuda-model-bench.md "$OUT/cuda-model-bench.md"
   echo "== exit $fail"
+  exit $fail  # the group runs in a subshell (it feeds tee): its status carries $fail out
 } 2>&1 | tee "$log"
-exit $fail
+exit "${PIPESTATUS[0]}"
 RUN
 chmod +x .gpu/run.sh
 du -sh .gpu
-ls -la .gpu .gpu/tests .gpu/benches
 # The device tool carries the tracked tree plus .gpu, 64 MiB in all.
 tree_bytes=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -n 1 | cut -f1)
 gpu_bytes=$(du -sb .gpu | cut -f1)
