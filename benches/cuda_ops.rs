@@ -9,8 +9,9 @@
 //! are amortised. Each bench reports its achieved rate next to its roofline:
 //! - memory-bound ops: bytes read + written per second vs the HBM bandwidth measured at start
 //!   (a 1 GiB device-to-device copy, read + write);
-//! - matmul: TFLOP/s vs min(peak bf16 dense TFLOP/s of the device, arithmetic intensity x the
-//!   measured bandwidth). The peak comes from a table by device name (n/a when unknown).
+//! - matmul, attention prefill / vision: TFLOP/s vs min(peak bf16 dense TFLOP/s of the device,
+//!   arithmetic intensity x the measured bandwidth). The peak comes from a table by device name
+//!   (n/a when unknown). Attention decode is memory-bound: GB/s of K and V read plus q and out.
 //!
 //! At the end a summary table `op | shape | time | achieved | roofline | % of roofline` goes to
 //! stdout and, as markdown, to `target/cuda-bench.md` (`$CARGO_TARGET_DIR` if set).
@@ -58,6 +59,8 @@ const OPS: &[(&str, Setup)] = &[
     ("activation", activation),
     ("embedding", embedding),
     ("argmax", argmax),
+    ("sample", sample),
+    ("attention", attention),
     ("matmul", matmul),
 ];
 
@@ -219,6 +222,64 @@ fn argmax(dev: &'static CudaDevice) -> Result<Vec<Bench>> {
             dev.argmax_bf16(&lb.as_view(), vocab, &mut idx.as_view_mut())
         }));
     }
+    Ok(v)
+}
+
+fn sample(dev: &'static CudaDevice) -> Result<Vec<Bench>> {
+    let mut v = Vec::new();
+    let vocab = 32064usize;
+    for b in [1usize, 64] {
+        // Logits in about [-8, 8] (distinct values, few ties); T 0.7, top-k 50, top-p 0.9.
+        let host: Vec<f32> = bf16s(b * vocab, 20).iter().map(|&h| half::bf16::from_bits(h).to_f32() * 4.0).collect();
+        let logits = dev.htod(&host)?;
+        let uniforms = dev.htod(&(0..b).map(|i| (i as f64 * 0.618_033_988_75).fract()).collect::<Vec<f64>>())?;
+        let mut idx = out::<u32>(dev, b)?;
+        v.push(bench("sample_f32", format!("B={b},V={vocab},T=0.7,k=50,p=0.9"), Work::Bytes((4 * b * vocab + 12 * b) as u64), move || {
+            dev.sample(&logits.as_view(), vocab, 0.7, 50, 0.9, &uniforms.as_view(), &mut idx.as_view_mut())
+        }));
+    }
+    Ok(v)
+}
+
+/// Attention (`CudaDevice::attention`) at Mistral-7B and CLIP-L shapes: decode over a cache of
+/// 3000 keys per sequence (memory-bound: GB/s), a causal prefill of 2880 tokens and two
+/// bidirectional CLIP-L tiles of 577 (TFLOP/s: 4 flops per (query, key, head, dim) visited).
+fn attention(dev: &'static CudaDevice) -> Result<Vec<Bench>> {
+    use stic::backend::cpu::AttnRow;
+    #[allow(clippy::too_many_arguments)]
+    fn one(dev: &'static CudaDevice, what: String, h: usize, hkv: usize, d: usize, slots: usize, cap: usize, rows: Vec<AttnRow>, decode: bool) -> Result<Bench> {
+        let n = rows.len();
+        let (q, k, vv) = (up(dev, n * h * d, 21)?, up(dev, slots * cap * hkv * d, 22)?, up(dev, slots * cap * hkv * d, 23)?);
+        let keys: u64 = rows.iter().map(|r| (r.kv_end - r.kv_start) as u64).sum();
+        let flat: Vec<u32> = rows.iter().flat_map(|r| [r.slot, r.kv_start, r.kv_end]).collect();
+        let drows = dev.htod(&flat)?;
+        let mut o = out::<u16>(dev, n * h * d)?;
+        let qo = (2 * 2 * n * h * d) as u64;
+        let work = if decode {
+            // Each sequence's K and V rows are read once (its H/Hkv query heads share them).
+            let kv: u64 = rows.iter().map(|r| 2 * 2 * (r.kv_end - r.kv_start) as u64 * (hkv * d) as u64).sum();
+            Work::Bytes(kv + qo)
+        } else {
+            Work::Flops { flops: 4 * keys * (h * d) as u64, bytes: qo + (2 * 2 * slots * cap * hkv * d) as u64 }
+        };
+        let scale = 1.0 / (d as f32).sqrt();
+        Ok(bench("attention", what, work, move || {
+            dev.attention(&q.as_view(), &k.as_view(), &vv.as_view(), &drows.as_view(), &mut o.as_view_mut(), h, hkv, d, cap, scale)
+        }))
+    }
+    let mut v = Vec::new();
+    let (h, hkv, d) = (32usize, 8usize, 128usize);
+    let ctx = 3000usize;
+    for b in [1usize, 8, 64] {
+        let rows = (0..b as u32).map(|s| AttnRow { slot: s, kv_start: 0, kv_end: ctx as u32 }).collect();
+        v.push(one(dev, format!("decode B={b},ctx={ctx},H={h},Hkv={hkv},D={d}"), h, hkv, d, b, ctx, rows, true)?);
+    }
+    let t = 2880usize;
+    let rows = (0..t as u32).map(|i| AttnRow { slot: 0, kv_start: 0, kv_end: i + 1 }).collect();
+    v.push(one(dev, format!("prefill causal T={t},H={h},Hkv={hkv},D={d}"), h, hkv, d, 1, t, rows, false)?);
+    let (tiles, tv, hv, dv) = (2usize, 577usize, 16usize, 64usize);
+    let rows = (0..tiles as u32).flat_map(|s| (0..tv).map(move |_| AttnRow { slot: s, kv_start: 0, kv_end: tv as u32 })).collect();
+    v.push(one(dev, format!("CLIP-L {tiles}x{tv} bidirectional,H={hv},D={dv}"), hv, hv, dv, tiles, tv, rows, false)?);
     Ok(v)
 }
 

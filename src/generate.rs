@@ -44,54 +44,14 @@ impl Default for SamplingParams {
 
 pub use crate::rng::Rng;
 
-/// Pick the next token from one row of logits [V].
+/// Pick the next token from one row of logits [V]: greedy (no draw) or one uniform from `rng`
+/// through [`crate::backend::cpu::sample_row`].
 pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut Rng) -> u32 {
     if p.greedy() {
         return crate::backend::cpu::argmax(logits) as u32;
     }
-    let mut scores: Vec<f32> = logits.iter().map(|&v| v / p.temperature).collect();
-    if p.top_k > 0 && p.top_k < scores.len() {
-        let mut sorted = scores.clone();
-        sorted.sort_unstable_by(|a, b| b.total_cmp(a));
-        let kth = sorted[p.top_k - 1];
-        scores.iter_mut().filter(|v| **v < kth).for_each(|v| *v = f32::NEG_INFINITY);
-    }
-    if p.top_p < 1.0 {
-        // HF TopPLogitsWarper: sort ascending, drop the low tail whose cumulative probability is
-        // <= 1 - top_p, always keeping the most likely token.
-        let mut order: Vec<usize> = (0..scores.len()).collect();
-        order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-        let probs = softmax(&scores);
-        let mut cum = 0f64;
-        let last = order.len() - 1;
-        for (rank, &i) in order.iter().enumerate() {
-            cum += probs[i];
-            if cum <= 1.0 - p.top_p as f64 && rank != last {
-                scores[i] = f32::NEG_INFINITY;
-            }
-        }
-    }
-    let probs = softmax(&scores);
     let u = rng.uniform();
-    let mut cum = 0f64;
-    let mut last_nonzero = 0;
-    for (i, &q) in probs.iter().enumerate() {
-        if q > 0.0 {
-            cum += q;
-            last_nonzero = i;
-            if u < cum {
-                return i as u32;
-            }
-        }
-    }
-    last_nonzero as u32
-}
-
-fn softmax(x: &[f32]) -> Vec<f64> {
-    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let e: Vec<f64> = x.iter().map(|&v| if v == f32::NEG_INFINITY { 0.0 } else { (v as f64 - m).exp() }).collect();
-    let z: f64 = e.iter().sum();
-    e.into_iter().map(|v| v / z).collect()
+    crate::backend::cpu::sample_row(logits, p.temperature, p.top_k, p.top_p, u)
 }
 
 /// The sampling seed of sequence `i` of a batch generated with `seed` (`Pipeline::generate`).

@@ -267,6 +267,14 @@ fn cuda_shape_errors_name_the_op() {
     expect(dev.argmax_bf16(&x.as_view(), 5, &mut idx.as_view_mut()).unwrap_err(), "argmax_bf16");
     let xf = dev.htod(&[1.0f32; 12]).unwrap();
     expect(dev.argmax_f32(&xf.as_view(), 4, &mut idx.slice_mut(0..2)).unwrap_err(), "argmax_f32");
+    // sample: logits [3, 4]; out [2], uniforms [2], V=5 (12 is not a multiple); temperature 0 is
+    // not a sampling temperature (greedy is argmax).
+    let uni = dev.htod(&[0.5f64; 3]).unwrap();
+    expect(dev.sample(&xf.as_view(), 4, 1.0, 0, 0.9, &uni.as_view(), &mut idx.slice_mut(0..2)).unwrap_err(), "sample");
+    expect(dev.sample(&xf.as_view(), 4, 1.0, 0, 0.9, &uni.slice(0..2), &mut idx.as_view_mut()).unwrap_err(), "sample");
+    expect(dev.sample(&xf.as_view(), 5, 1.0, 0, 0.9, &uni.as_view(), &mut idx.as_view_mut()).unwrap_err(), "sample");
+    let e = dev.sample(&xf.as_view(), 4, 0.0, 0, 0.9, &uni.as_view(), &mut idx.as_view_mut()).unwrap_err();
+    assert!(matches!(e, stic::Error::Input(_)) && e.to_string().contains("temperature"), "{e}");
     assert!(matches!(dev.activation("relu", &mut y.as_view_mut()).unwrap_err(), stic::Error::Input(_)));
     // attention: q and out [N=1, H=2, D=8] are 16 elements; k, v [S=1, cap=2, Hkv=1, D=8] 16 each.
     let a = dev.htod(&[0x3F80u16; 32]).unwrap();
@@ -294,4 +302,5 @@ fn cuda_shape_errors_name_the_op() {
     // Empty inputs are no-ops, not errors.
     dev.silu(&mut y.slice_mut(0..0)).unwrap();
     dev.argmax_f32(&xf.slice(0..0), 4, &mut idx.slice_mut(0..0)).unwrap();
+    dev.sample(&xf.slice(0..0), 4, 1.0, 0, 0.9, &uni.slice(0..0), &mut idx.slice_mut(0..0)).unwrap();
 }

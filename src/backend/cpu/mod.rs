@@ -23,7 +23,7 @@ pub use lora::{lora_bwd, lora_fwd};
 pub use matmul::{matmul, matmul_t, matmul_tn};
 pub use norm::{layernorm, rmsnorm, rmsnorm_backward, rmsnorm_residual};
 pub use rope::{rope, rope_backward, RopeTable};
-pub use sample::argmax;
+pub use sample::{argmax, sample_row};
 pub use softmax::{log_softmax_row, logsumexp};
 
 /// Deterministic test inputs in [-1, 1) (an LCG), shared by the unit tests of the ops.

@@ -19,7 +19,7 @@
 //! | `rope.rs` | `rope_inv_freq`, `rope`, `rope_qk` | `kernels/rope.cu` |
 //! | `activation.rs` | `silu`, `gelu`, `quick_gelu`, `activation`, `swiglu`, `swiglu_fused` | `kernels/activation.cu` |
 //! | `embedding.rs` | `embedding` | `kernels/embedding.cu` |
-//! | `sample.rs` | `argmax_f32`, `argmax_bf16` | `kernels/sample.cu` |
+//! | `sample.rs` | `argmax_f32`, `argmax_bf16`, `sample` (kernel `sample_f32`: temperature, top-k, top-p) | `kernels/sample.cu` |
 //! | `attention.rs` | `attention` (fused forward over a slotted KV cache, GQA, a key range per row) | `kernels/attention.cu` |
 //! | `matmul.rs` | `matmul` (bf16 x bf16 -> bf16 or f32, + bias, + y) | cuBLASLt (`libcublasLt`, loaded on first use) |
 //! | `copy.rs` | `scatter_rows`, `concat_cols` | `kernels/copy.cu` |
