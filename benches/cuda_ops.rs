@@ -321,42 +321,6 @@ fn matmul(dev: &'static CudaDevice) -> Result<Vec<Bench>> {
 // ---------------------------------------------------------------------------------------------
 // Rooflines.
 
-/// Dense bf16 tensor-core peak (TFLOP/s, no sparsity) by device name.
-fn peak_tflops(name: &str) -> Option<f64> {
-    let n = name.to_ascii_uppercase();
-    if n.contains("H100") && n.contains("PCIE") {
-        Some(756.0)
-    } else if n.contains("H100") || n.contains("H200") || n.contains("H800") {
-        Some(989.0)
-    } else if n.contains("A100") || n.contains("A800") {
-        Some(312.0)
-    } else {
-        None
-    }
-}
-
-/// Device memory bandwidth (bytes/s, read + write) of a 1 GiB device-to-device copy: the best of
-/// 5 timed rounds of 4 copies each, after one warm-up copy.
-fn hbm_bandwidth(dev: &CudaDevice) -> Result<f64> {
-    let n = 1usize << 30;
-    let src = dev.zeros::<u8>(n)?;
-    let mut dst = dev.zeros::<u8>(n)?;
-    let stream = dev.stream();
-    let copy = |dst: &mut CudaSlice<u8>| stream.memcpy_dtod(&src, dst).map_err(|e| stic::Error::Cuda { op: "memcpy_dtod".into(), msg: format!("[{n}] bytes: {e}") });
-    copy(&mut dst)?;
-    dev.synchronize()?;
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let t = Instant::now();
-        for _ in 0..4 {
-            copy(&mut dst)?;
-        }
-        dev.synchronize()?;
-        best = best.min(t.elapsed().as_secs_f64() / 4.0);
-    }
-    Ok(2.0 * n as f64 / best)
-}
-
 struct Row {
     op: &'static str,
     shape: String,
@@ -403,8 +367,8 @@ fn main() {
     }
     let dev: &'static CudaDevice = Box::leak(Box::new(CudaDevice::new(0).expect("a CUDA device is present but could not be opened")));
     let bench_mode = std::env::args().any(|a| a == "--bench");
-    let bw = hbm_bandwidth(dev).expect("measuring the HBM bandwidth");
-    let peak = peak_tflops(dev.name());
+    let bw = dev.measure_bandwidth().expect("measuring the HBM bandwidth");
+    let peak = dev.peak_bf16_tflops();
     println!(
         "device: {} (sm_{}{}, {} SMs); HBM {:.0} GB/s measured (1 GiB device copy, read + write); bf16 dense peak {}",
         dev.name(),

@@ -223,8 +223,9 @@ impl<B: Backend> Pipeline<B> {
     ///
     /// Sequence b lives in slot b of one KV cache sized for the longest prompt plus
     /// `max_new_tokens`. One prefill call covers every prompt; then each step decodes every
-    /// unfinished sequence in one call. Greedy decoding takes the argmax on the backend, so a
-    /// step moves only B token ids to the host (CUDA: one sync per step).
+    /// unfinished sequence in one call. Tokens are picked on the backend (argmax, or the sampling
+    /// kernel with one host-drawn uniform per sequence), so a step moves only B token ids to the
+    /// host (CUDA: one sync per step).
     pub fn generate_from_embeds_seeded(&self, inputs: Vec<B::Tensor>, params: &SamplingParams, seeds: &[u64]) -> Result<Vec<Vec<u32>>> {
         let dec = &self.model.decoder;
         let be = self.model.backend();
@@ -255,8 +256,9 @@ impl<B: Backend> Pipeline<B> {
             let tokens: Vec<u32> = if params.greedy() {
                 be.argmax(&logits)?
             } else {
-                let host = be.logits_host(&logits)?;
-                active.iter().enumerate().map(|(j, &s)| sample(host.row(j), params, &mut rngs[s])).collect()
+                // One uniform per active sequence from its own stream, as `sample` draws it.
+                let u: Vec<f64> = active.iter().map(|&s| rngs[s].uniform()).collect();
+                be.sample(&logits, params.temperature, params.top_k, params.top_p, &u)?
             };
             let mut next_active = Vec::new();
             let mut next_tokens = Vec::new();

@@ -155,6 +155,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn logits(&self, hidden: &Self::Tensor, weight: &Self::Tensor) -> Result<Self::Logits>;
     /// The first maximum of every row (torch.argmax), on the host.
     fn argmax(&self, logits: &Self::Logits) -> Result<Vec<u32>>;
+    /// One token per row, sampled as HF's `generate` does (temperature > 0, then top-k (0: off),
+    /// then top-p (1: off)), row b inverting its CDF at `uniforms[b]` in [0, 1) (see
+    /// `cpu::sample_row`); on the host.
+    fn sample(&self, logits: &Self::Logits, temperature: f32, top_k: usize, top_p: f32, uniforms: &[f64]) -> Result<Vec<u32>>;
     fn logits_host(&self, logits: &Self::Logits) -> Result<Tensor>;
 
     // ---- profiling

@@ -245,6 +245,15 @@ impl Backend for Cpu {
             Ok((0..r).map(|i| super::argmax(logits.row(i)) as u32).collect())
         })
     }
+    fn sample(&self, logits: &Tensor, temperature: f32, top_k: usize, top_p: f32, uniforms: &[f64]) -> Result<Vec<u32>> {
+        timed("sample", || {
+            let (r, v) = logits.rows_cols();
+            if uniforms.len() != r || v == 0 {
+                return Err(Error::shape("sample", format!("logits {:?} with {} uniforms", logits.shape(), uniforms.len())));
+            }
+            Ok((0..r).map(|i| super::sample::sample_row(logits.row(i), temperature, top_k, top_p, uniforms[i])).collect())
+        })
+    }
     fn logits_host(&self, logits: &Tensor) -> Result<Tensor> {
         Ok(logits.clone())
     }

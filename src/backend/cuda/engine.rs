@@ -420,6 +420,21 @@ impl Backend for Cuda {
             self.dev.dtoh(&out)
         })
     }
+    fn sample(&self, logits: &CudaLogits, temperature: f32, top_k: usize, top_p: f32, uniforms: &[f64]) -> Result<Vec<u32>> {
+        self.op("sample", || {
+            if uniforms.len() != logits.rows {
+                return Err(shape_err("sample", format!("logits [{}, {}] with {} uniforms", logits.rows, logits.cols, uniforms.len())));
+            }
+            if temperature <= 0.0 {
+                return self.argmax(logits);
+            }
+            let u = self.dev.htod(uniforms)?;
+            // SAFETY: the kernel writes one token per row.
+            let mut out = unsafe { self.dev.alloc_uninit::<u32>(logits.rows)? };
+            self.dev.sample(&logits.data.as_view(), logits.cols, temperature, top_k, top_p, &u.as_view(), &mut out.as_view_mut())?;
+            self.dev.dtoh(&out)
+        })
+    }
     fn logits_host(&self, logits: &CudaLogits) -> Result<Tensor> {
         Tensor::new(self.dev.dtoh(&logits.data)?, &[logits.rows, logits.cols])
     }
