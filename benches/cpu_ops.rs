@@ -12,15 +12,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use stic::backend::cpu;
 
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
+    let mut r = stic::rng::Rng::new(seed);
+    (0..n).map(|_| r.uniform() as f32 - 0.5).collect()
 }
 
 /// Peak f32 GFLOP/s estimate: cores x GHz x flops/cycle (2 FMA units x lanes x 2).

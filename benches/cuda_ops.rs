@@ -67,18 +67,10 @@ const OPS: &[(&str, Setup)] = &[
 // ---------------------------------------------------------------------------------------------
 // Inputs.
 
-/// n bf16 values in about [-2, 2] (never NaN/inf), from a fixed xorshift stream.
+/// n bf16 values in [-2, 2] (never NaN/inf), from a seeded stream.
 fn bf16s(n: usize, seed: u64) -> Vec<u16> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let v = (s >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0;
-            half::bf16::from_f32(v).to_bits()
-        })
-        .collect()
+    let mut r = stic::rng::Rng::new(seed);
+    (0..n).map(|_| half::bf16::from_f64(r.uniform() * 4.0 - 2.0).to_bits()).collect()
 }
 
 fn up(dev: &CudaDevice, n: usize, seed: u64) -> Result<CudaSlice<u16>> {
