@@ -206,6 +206,11 @@ fn attention_cuda_matches_cpu() {
 }
 
 #[test]
+fn attention_train_cuda_matches_cpu() {
+    run_op("attention_train");
+}
+
+#[test]
 fn matmul_cuda_matches_cpu() {
     run_op("matmul");
 }
@@ -225,7 +230,7 @@ fn add_cuda_matches_cpu() {
 #[test]
 fn check_harness_accepts_cpu_and_rejects_bad_outputs() {
     let all = checks();
-    for op in ["cast", "rmsnorm", "layernorm", "rope", "activation", "embedding", "sample", "attention", "matmul", "copy", "add"] {
+    for op in ["cast", "rmsnorm", "layernorm", "rope", "activation", "embedding", "sample", "attention", "attention_train", "matmul", "copy", "add"] {
         assert!(all.iter().any(|c| c.op == op), "no checks registered for op `{op}`");
     }
     let mut failures = Vec::new();

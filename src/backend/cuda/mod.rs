@@ -21,6 +21,7 @@
 //! | `embedding.rs` | `embedding` | `kernels/embedding.cu` |
 //! | `sample.rs` | `argmax_f32`, `argmax_bf16`, `sample` (kernel `sample_f32`: temperature, top-k, top-p) | `kernels/sample.cu` |
 //! | `attention.rs` | `attention` (fused forward over a slotted KV cache, GQA, a key range per row) | `kernels/attention.cu` |
+//! | `attention_train.rs` | `attention_fwd`, `attention_bwd` (tensor-core FlashAttention-2 over a packed varlen batch: causal / window / DPO shared-prefix masks, GQA, D 64 and 128, lse) | `kernels/attention_train.cu` |
 //! | `matmul.rs` | `matmul` (bf16 x bf16 -> bf16 or f32, + bias, + y) | cuBLASLt (`libcublasLt`, loaded on first use) |
 //! | `copy.rs` | `scatter_rows`, `concat_cols` | `kernels/copy.cu` |
 //! | `add.rs` | `add` | `kernels/add.cu` |
@@ -35,6 +36,7 @@
 mod activation;
 mod add;
 mod attention;
+mod attention_train;
 mod cast;
 pub mod check;
 mod copy;
@@ -48,6 +50,7 @@ mod rmsnorm;
 mod rope;
 mod sample;
 
+pub use attention_train::{AttnTrainMask, VarlenAttn};
 pub use device::{cuda_available, CudaDevice};
 pub use engine::{Cuda, CudaLinear, CudaLogits, CudaTensor};
 pub use matmul::MatmulOut;
