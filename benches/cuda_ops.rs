@@ -61,6 +61,7 @@ const OPS: &[(&str, Setup)] = &[
     ("argmax", argmax),
     ("sample", sample),
     ("attention", attention),
+    ("attention_train", attention_train),
     ("matmul", matmul),
 ];
 
@@ -266,12 +267,65 @@ fn attention(dev: &'static CudaDevice) -> Result<Vec<Bench>> {
         let rows = (0..b as u32).map(|s| AttnRow { slot: s, kv_start: 0, kv_end: ctx as u32 }).collect();
         v.push(one(dev, format!("decode B={b},ctx={ctx},H={h},Hkv={hkv},D={d}"), h, hkv, d, b, ctx, rows, true)?);
     }
+    // Issue #4's decode targets: one sequence at 4k and 32k keys.
+    for ctx in [4096usize, 32768] {
+        let rows = vec![AttnRow { slot: 0, kv_start: 0, kv_end: ctx as u32 }];
+        v.push(one(dev, format!("decode B=1,ctx={ctx},H={h},Hkv={hkv},D={d}"), h, hkv, d, 1, ctx, rows, true)?);
+    }
     let t = 2880usize;
     let rows = (0..t as u32).map(|i| AttnRow { slot: 0, kv_start: 0, kv_end: i + 1 }).collect();
     v.push(one(dev, format!("prefill causal T={t},H={h},Hkv={hkv},D={d}"), h, hkv, d, 1, t, rows, false)?);
     let (tiles, tv, hv, dv) = (2usize, 577usize, 16usize, 64usize);
     let rows = (0..tiles as u32).flat_map(|s| (0..tv).map(move |_| AttnRow { slot: s, kv_start: 0, kv_end: tv as u32 })).collect();
     v.push(one(dev, format!("CLIP-L {tiles}x{tv} bidirectional,H={hv},D={dv}"), hv, hv, dv, tiles, tv, rows, false)?);
+    Ok(v)
+}
+
+/// The training attention (`kernels/attention_train.cu`), forward and backward, at issue #4's
+/// (B, H, T, D) shapes, causal and not. FLOPs as flash-attention counts them: forward
+/// 4 T^2 H D per sequence (half of it causal), backward 2.5 x the forward.
+fn attention_train(dev: &'static CudaDevice) -> Result<Vec<Bench>> {
+    use stic::backend::cuda::{AttnTrainMask, VarlenAttn};
+    let mut v = Vec::new();
+    for &(b, h, t, d) in &[(1usize, 32usize, 4096usize, 128usize), (4, 32, 2048, 128), (1, 16, 577, 64)] {
+        for causal in [true, false] {
+            let n = b * t;
+            let cu: Vec<u32> = (0..=b as u32).map(|i| i * t as u32).collect();
+            let fwd_flops = (4 * b * t * t * h * d) as u64 / if causal { 2 } else { 1 };
+            let bytes = (2 * 4 * n * h * d) as u64;
+            let name = format!("B={b},H={h},T={t},D={d}{}", if causal { ",causal" } else { "" });
+            for bwd in [false, true] {
+                let (q, k, vv, o, dout) = (up(dev, n * h * d, 31)?, up(dev, n * h * d, 32)?, up(dev, n * h * d, 33)?, up(dev, n * h * d, 34)?, up(dev, n * h * d, 35)?);
+                let (mut dq, mut dk, mut dvv) = (out::<u16>(dev, n * h * d)?, out::<u16>(dev, n * h * d)?, out::<u16>(dev, n * h * d)?);
+                let mut oo = out::<u16>(dev, n * h * d)?;
+                let mut lse = out::<f32>(dev, n * h)?;
+                let cu_d = dev.htod(&cu)?;
+                let mask = if causal { AttnTrainMask::Causal { window: None } } else { AttnTrainMask::Bidirectional };
+                let scale = 1.0 / (d as f32).sqrt();
+                // The backward reads the forward's lse: run the forward once first.
+                {
+                    let cu_v = cu_d.as_view();
+                    let batch = VarlenAttn { cu_seqlens: &cu_v, max_seqlen: t, n_heads: h, n_kv_heads: h, head_dim: d, scale, mask };
+                    dev.attention_fwd(&q.as_view(), &k.as_view(), &vv.as_view(), &batch, &mut oo.as_view_mut(), &mut lse.as_view_mut())?;
+                }
+                let flops = if bwd { fwd_flops * 5 / 2 } else { fwd_flops };
+                let what = format!("{} {name}", if bwd { "bwd" } else { "fwd" });
+                v.push(bench("attention_train", what, Work::Flops { flops, bytes }, move || {
+                    let cu_v = cu_d.as_view();
+                    let mask = if causal { AttnTrainMask::Causal { window: None } } else { AttnTrainMask::Bidirectional };
+                    let batch = VarlenAttn { cu_seqlens: &cu_v, max_seqlen: t, n_heads: h, n_kv_heads: h, head_dim: d, scale, mask };
+                    if bwd {
+                        dev.attention_bwd(
+                            &q.as_view(), &k.as_view(), &vv.as_view(), &o.as_view(), &dout.as_view(), &lse.as_view(), &batch,
+                            &mut dq.as_view_mut(), &mut dk.as_view_mut(), &mut dvv.as_view_mut(),
+                        )
+                    } else {
+                        dev.attention_fwd(&q.as_view(), &k.as_view(), &vv.as_view(), &batch, &mut oo.as_view_mut(), &mut lse.as_view_mut())
+                    }
+                }));
+            }
+        }
+    }
     Ok(v)
 }
 
