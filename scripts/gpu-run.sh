@@ -89,10 +89,12 @@ fi
     --prompt "What is shown in this image?" --max-new-tokens 16 --json || fail=1
   "$bin/stic" generate --device cuda --model "$m7b" --random-weights --image tests/fixtures/images/wide.jpg \
     --prompt "Describe the image." --max-new-tokens 16 --json || fail=1
-  for b in 1 8 64; do
-    echo "== stic profile --device cuda, random 7B, AnyRes image + 64 tokens, batch $b"
-    "$bin/stic" profile --device cuda --model "$m7b" --random-weights --image tests/fixtures/images/wide.jpg \
-      --batch "$b" --prompt-len 64 --decode-steps 32 || fail=1
+  echo "== stic profile --device cuda, random 7B, one AnyRes image + 64 tokens"
+  "$bin/stic" profile --device cuda --model "$m7b" --random-weights --image tests/fixtures/images/wide.jpg \
+    --batch 1 --prompt-len 64 --decode-steps 32 || fail=1
+  for b in 8 64; do
+    echo "== stic profile --device cuda, random 7B, batch $b of 128-token prompts"
+    "$bin/stic" profile --device cuda --model "$m7b" --random-weights --batch "$b" --prompt-len 128 --decode-steps 32 || fail=1
   done
   for t in "$bin"/tests/*; do echo "== tests/$(basename "$t")"; "$t" --test-threads=1 || fail=1; done
   for b in "$bin"/benches/*; do echo "== benches/$(basename "$b")"; "$b" --bench || fail=1; done

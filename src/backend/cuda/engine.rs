@@ -83,7 +83,7 @@ pub struct CudaRope {
 #[derive(Clone)]
 pub struct Cuda {
     dev: Arc<CudaDevice>,
-    indices: Arc<Mutex<HashMap<&'static str, (Vec<u32>, CudaSlice<u32>)>>>,
+    indices: Arc<Mutex<HashMap<&'static str, (Vec<u32>, Arc<CudaSlice<u32>>)>>>,
     /// While profiling: every op's (name, start event, end event), read at `take_profile`.
     profile: Arc<Mutex<Option<Vec<(&'static str, CudaEvent, CudaEvent)>>>>,
 }
@@ -128,14 +128,15 @@ impl Cuda {
 
     /// `host` on the device, reusing the buffer of the last call of the same `kind` when the
     /// contents are equal (the same positions serve every layer of a forward).
-    fn index_buffer(&self, kind: &'static str, host: &[u32]) -> Result<CudaSlice<u32>> {
+    /// (Shared, not copied: a `CudaSlice` clone would be a device copy.)
+    fn index_buffer(&self, kind: &'static str, host: &[u32]) -> Result<Arc<CudaSlice<u32>>> {
         let mut cache = self.indices.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((h, d)) = cache.get(kind) {
             if h.as_slice() == host {
                 return Ok(d.clone());
             }
         }
-        let d = self.dev.htod(host)?;
+        let d = Arc::new(self.dev.htod(host)?);
         cache.insert(kind, (host.to_vec(), d.clone()));
         Ok(d)
     }
