@@ -372,3 +372,33 @@ fn profile_reports_phases_and_ops() {
         assert!(v[phase]["ms"].as_f64().unwrap() > 0.0);
     }
 }
+
+/// `--device`: a bad name is refused by the parser; `cuda` is a clear error without CUDA support
+/// or without a device (and runs where there is one).
+#[test]
+fn device_flag_errors_are_clear() {
+    let model = fixtures().join("llava_next_tiny");
+    let args = |dev: &'static str| -> Vec<String> {
+        ["score", "--model", model.to_str().unwrap(), "--prompt", "Hi", "--response", "there", "--raw-prompt", "--device", dev]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |dev| {
+        let a = args(dev);
+        stic(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+    };
+    let (ok, _, err) = run("tpu");
+    assert!(!ok && err.contains("unknown device `tpu`"), "{err}");
+    let (ok, out, err) = run("cuda");
+    #[cfg(not(feature = "cuda"))]
+    assert!(!ok && err.contains("built without --features cuda"), "{err}");
+    #[cfg(feature = "cuda")]
+    if stic::backend::cuda::cuda_available() {
+        assert!(ok, "{err}");
+        assert!(out.contains("sum"), "{out}");
+    } else {
+        assert!(!ok && err.contains("CudaDevice::new"), "{err}");
+    }
+    let _ = out;
+}
