@@ -225,12 +225,17 @@ fn add_cuda_matches_cpu() {
     run_op("add");
 }
 
+#[test]
+fn adamw_cuda_matches_cpu() {
+    run_op("adamw");
+}
+
 /// Without a device: every check's references agree with the CPU result (which then passes the
 /// tolerance rule), and a wrong, unwritten or out-of-bounds output fails it.
 #[test]
 fn check_harness_accepts_cpu_and_rejects_bad_outputs() {
     let all = checks();
-    for op in ["cast", "rmsnorm", "layernorm", "rope", "activation", "embedding", "sample", "attention", "attention_train", "matmul", "copy", "add"] {
+    for op in ["cast", "rmsnorm", "layernorm", "rope", "activation", "embedding", "sample", "attention", "attention_train", "matmul", "copy", "add", "adamw"] {
         assert!(all.iter().any(|c| c.op == op), "no checks registered for op `{op}`");
     }
     let mut failures = Vec::new();

@@ -198,6 +198,11 @@ pub fn checks() -> Vec<Check> {
         add("add", "add", format!("[{rows}, {c}] += [{period}, {c}] at +{off}"), Box::new(move |s| add_case(rows, period, c, off, s)));
     }
 
+    // AdamW over many tensors: exact (the same f32 operations, none contracted).
+    for &(tensors, step, off) in &[(448usize, 1u64, 8usize), (448, 1000, 8), (3, 7, 1), (1, 1, 8)] {
+        add("adamw", "adamw", format!("{tensors} tensors, step {step} at +{off}"), Box::new(move |s| adamw_case(tensors, step, off, s)));
+    }
+
     add("cast", "cast_bf16_to_f32", "all 65536 bf16 bit patterns".into(), Box::new(cast_bf16_to_f32_case));
     add("cast", "cast_f32_to_bf16", "[100003] random f32 bits".into(), Box::new(|s| cast_f32_to_bf16_case(100_003, s)));
     v
@@ -1345,6 +1350,60 @@ fn add_case(rows: usize, period: usize, c: usize, off: usize, seed: u64) -> Case
             let dy = upload(dev, &y, off, POISON_BF16)?;
             dev.add(&mut dx.slice_mut(off..off + rows * c), &dy.slice(off..off + period * c))?;
             Ok(vec![download_bf16(dev, &dx, off, rows * c)?])
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AdamW (kernels/adamw.cu).
+
+fn adamw_case(n_tensors: usize, step: u64, off: usize, seed: u64) -> Case {
+    use super::AdamWTensor;
+    use crate::optim::{AdamWConfig, AdamWState};
+    let mut rng = Rng::new(seed);
+    // LoRA-like sizes (r x K and N x r at small r), one empty tensor, no decay on every 5th
+    // (biases), a second learning rate on every 7th (the projector's).
+    let tensors: Vec<AdamWTensor> = (0..n_tensors)
+        .map(|i| AdamWTensor {
+            len: if i == 1 { 0 } else { 1 + rng.below(3000) },
+            lr: if i % 7 == 3 { 2e-5 } else { 1e-4 },
+            weight_decay: if i % 5 == 4 { 0.0 } else { 0.01 },
+        })
+        .collect();
+    let n: usize = tensors.iter().map(|t| t.len).sum();
+    let f32s = |rng: &mut Rng, scale: f64| -> Vec<f32> { (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * scale) as f32).collect() };
+    let p = f32s(&mut rng, 0.1);
+    let g = f32s(&mut rng, 1e-2);
+    let m = if step == 1 { vec![0f32; n] } else { f32s(&mut rng, 1e-3) };
+    let v = if step == 1 { vec![0f32; n] } else { f32s(&mut rng, 1e-5).into_iter().map(f32::abs).collect() };
+    let cfg = AdamWConfig::default();
+    let (mut pw, mut mw, mut vw) = (p.clone(), m.clone(), v.clone());
+    let mut at = 0;
+    for t in &tensors {
+        let r = at..at + t.len;
+        let mut st = AdamWState { step: step - 1, m: mw[r.clone()].to_vec(), v: vw[r.clone()].to_vec() };
+        st.step(&AdamWConfig { weight_decay: t.weight_decay, ..cfg }, t.lr, &mut pw[r.clone()], &g[r.clone()]);
+        mw[r.clone()].copy_from_slice(&st.m);
+        vw[r].copy_from_slice(&st.v);
+        at += t.len;
+    }
+    let poison = f32::from_bits(POISON_U32);
+    let expect = vec![
+        Expected::U32 { name: "p", values: f32_bits(&pw) },
+        Expected::U32 { name: "m", values: f32_bits(&mw) },
+        Expected::U32 { name: "v", values: f32_bits(&vw) },
+    ];
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let mut dp = upload(dev, &p, off, poison)?;
+            let dg = upload(dev, &g, off, poison)?;
+            let mut dm = upload(dev, &m, off, poison)?;
+            let mut dv = upload(dev, &v, off, poison)?;
+            let r = off..off + n;
+            dev.adamw(&mut dp.slice_mut(r.clone()), &dg.slice(r.clone()), &mut dm.slice_mut(r.clone()), &mut dv.slice_mut(r), &tensors, &cfg, step)?;
+            let bits = |b: &CudaSlice<f32>| -> Result<Output> { Ok(Output::U32 { all: f32_bits(&dev.dtoh(b)?), lo: off, n }) };
+            Ok(vec![bits(&dp)?, bits(&dm)?, bits(&dv)?])
         }),
     }
 }

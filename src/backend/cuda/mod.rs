@@ -25,6 +25,7 @@
 //! | `matmul.rs` | `matmul` (bf16 x bf16 -> bf16 or f32, + bias, + y) | cuBLASLt (`libcublasLt`, loaded on first use) |
 //! | `copy.rs` | `scatter_rows`, `concat_cols` | `kernels/copy.cu` |
 //! | `add.rs` | `add` | `kernels/add.cu` |
+//! | `adamw.rs` | `adamw` (one fused step over every trainable tensor) | `kernels/adamw.cu` |
 //!
 //! `engine.rs` is [`Cuda`], the [`crate::backend::Backend`] built from these methods: the model
 //! code runs on it unchanged.
@@ -34,6 +35,7 @@
 //! or in place), so ops work on parts of larger buffers; bf16 is `u16` bits.
 
 mod activation;
+mod adamw;
 mod add;
 mod attention;
 mod attention_train;
@@ -51,6 +53,7 @@ mod rope;
 mod sample;
 
 pub use attention_train::{AttnTrainMask, VarlenAttn};
+pub use adamw::AdamWTensor;
 pub use device::{cuda_available, CudaDevice};
 pub use engine::{Cuda, CudaLinear, CudaLogits, CudaTensor};
 pub use matmul::MatmulOut;
