@@ -83,3 +83,20 @@ extern "C" __global__ void swiglu(const u16* __restrict__ gate, const u16* __res
         }
     }
 }
+
+// swiglu_backward(gate, up, dout: u16[n], dgate, dup: u16[n], n: u64)
+//   s = sigmoid(g); dgate = bf16(dout * u * s * (1 + g (1 - s))); dup = bf16(dout * g * s)
+//   (the derivative of silu(g) * u; f32 arithmetic, each output rounded once). Reference:
+//   cpu::swiglu_backward. Grid-stride over n, any launch; scalar (the backward is not on the
+//   decode path). dgate and dup must not overlap the inputs.
+extern "C" __global__ void swiglu_backward(const u16* __restrict__ gate, const u16* __restrict__ up,
+                                           const u16* __restrict__ dout, u16* __restrict__ dgate,
+                                           u16* __restrict__ dup, u64 n) {
+    const u64 stride = (u64)gridDim.x * blockDim.x;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const float g = bf16_bits_to_f32(gate[i]), u = bf16_bits_to_f32(up[i]), d = bf16_bits_to_f32(dout[i]);
+        const float s = 1.0f / (1.0f + expf(-g));
+        dgate[i] = f32_to_bf16_bits_rne(d * u * s * (1.0f + g * (1.0f - s)));
+        dup[i] = f32_to_bf16_bits_rne(d * g * s);
+    }
+}

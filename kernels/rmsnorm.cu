@@ -116,3 +116,30 @@ extern "C" __global__ void rmsnorm_residual(const u16* __restrict__ x, u16* __re
     // in any case.
     scale_row(rr, w, yr, C, inv, vec);
 }
+
+// rmsnorm_backward(x: u16[T, C], w: u16[C], dy: u16[T, C], dx: u16[T, C], C: u32, eps: f32)
+//   inv = 1 / sqrt(sum(x^2) / C + eps);  gx = sum(w * dy * x) / C
+//   dx = bf16(inv * w * dy - x * inv^3 * gx)
+// The gradient of the input only: the norm weights are frozen under LoRA (dw is not computed).
+// Reference: cpu::rmsnorm_backward (its dx). One block per row, as rmsnorm; scalar loads; the two
+// sums reduced in f32 like rmsnorm's. dx must not overlap x, w or dy.
+extern "C" __global__ void rmsnorm_backward(const u16* __restrict__ x, const u16* __restrict__ w,
+                                            const u16* __restrict__ dy, u16* __restrict__ dx,
+                                            u32 C, float eps) {
+    const u64 row = (u64)blockIdx.x * C;
+    const u16* xr = x + row;
+    const u16* dyr = dy + row;
+    float ss = 0.0f, sg = 0.0f;
+    for (u32 i = threadIdx.x; i < C; i += blockDim.x) {
+        const float v = bf16_bits_to_f32(xr[i]);
+        ss += v * v;
+        sg += bf16_bits_to_f32(w[i]) * bf16_bits_to_f32(dyr[i]) * v;
+    }
+    const float inv = 1.0f / sqrtf(block_sum(ss) / (float)C + eps);
+    const float gx = block_sum(sg) / (float)C;
+    const float k = inv * inv * inv * gx;
+    for (u32 i = threadIdx.x; i < C; i += blockDim.x) {
+        const float v = bf16_bits_to_f32(xr[i]);
+        dx[row + i] = f32_to_bf16_bits_rne(inv * bf16_bits_to_f32(w[i]) * bf16_bits_to_f32(dyr[i]) - v * k);
+    }
+}

@@ -79,6 +79,39 @@ impl CudaDevice {
         self.launch_swiglu(op, gate_up, &up, out, t, f, 2 * f)
     }
 
+    /// dgate = dout * up * silu'(gate), dup = dout * silu(gate), all [n] bf16. Reference:
+    /// [`crate::backend::cpu::swiglu_backward`].
+    pub fn swiglu_backward(
+        &self,
+        gate: &CudaView<'_, u16>,
+        up: &CudaView<'_, u16>,
+        dout: &CudaView<'_, u16>,
+        dgate: &mut CudaViewMut<'_, u16>,
+        dup: &mut CudaViewMut<'_, u16>,
+    ) -> Result<()> {
+        let op = "swiglu_backward";
+        let n = gate.len();
+        if up.len() != n || dout.len() != n || dgate.len() != n || dup.len() != n {
+            return Err(Error::shape(
+                op,
+                format!("gate [{n}], up [{}], dout [{}], dgate [{}], dup [{}] must be equal", up.len(), dout.len(), dgate.len(), dup.len()),
+            ));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let func = self.function("activation", op)?;
+        let cfg = self.grid_stride_config(n, BLOCK);
+        let n64 = n as u64;
+        let mut launch = self.stream().launch_builder(&func);
+        launch.arg(gate).arg(up).arg(dout).arg(dgate).arg(dup).arg(&n64);
+        // SAFETY: swiglu_backward(const u16* gate, const u16* up, const u16* dout, u16* dgate,
+        // u16* dup, u64 n) touches [0, n) of each (their lengths, checked); dgate and dup are
+        // distinct &mut views.
+        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, format!("[{n}]"), e))?;
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn launch_swiglu(
         &self,

@@ -198,6 +198,14 @@ pub fn checks() -> Vec<Check> {
         add("add", "add", format!("[{rows}, {c}] += [{period}, {c}] at +{off}"), Box::new(move |s| add_case(rows, period, c, off, s)));
     }
 
+    // Backward kernels of training (LoRA: no weight gradients for the frozen norms).
+    for &(t, c, off) in &[(1, 4096, 8), (7, 4096, 8), (5, 33, 3)] {
+        add("rmsnorm", "rmsnorm_backward", shape2(t, c, off, "eps 1e-5"), Box::new(move |s| rmsnorm_backward_case(t, c, 1e-5, off, s)));
+    }
+    for &(n, off) in &[(14336, 8), (1000, 3)] {
+        add("activation", "swiglu_backward", shape1(n, off), Box::new(move |s| swiglu_backward_case(n, off, s)));
+    }
+
     // AdamW over many tensors: exact (the same f32 operations, none contracted).
     for &(tensors, step, off) in &[(448usize, 1u64, 8usize), (448, 1000, 8), (3, 7, 1), (1, 1, 8)] {
         add("adamw", "adamw", format!("{tensors} tensors, step {step} at +{off}"), Box::new(move |s| adamw_case(tensors, step, off, s)));
@@ -1404,6 +1412,50 @@ fn adamw_case(n_tensors: usize, step: u64, off: usize, seed: u64) -> Case {
             dev.adamw(&mut dp.slice_mut(r.clone()), &dg.slice(r.clone()), &mut dm.slice_mut(r.clone()), &mut dv.slice_mut(r), &tensors, &cfg, step)?;
             let bits = |b: &CudaSlice<f32>| -> Result<Output> { Ok(Output::U32 { all: f32_bits(&dev.dtoh(b)?), lo: off, n }) };
             Ok(vec![bits(&dp)?, bits(&dm)?, bits(&dv)?])
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward kernels (rmsnorm_backward in kernels/rmsnorm.cu, swiglu_backward in activation.cu).
+
+fn rmsnorm_backward_case(t: usize, c: usize, eps: f64, off: usize, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let x = norm_input(&mut rng, t, c, 0.0);
+    let w = rng.bf16s(c, 0.5, 1.5);
+    let dy = rng.bf16s(t * c, 1.0 / 64.0, 1.0);
+    let (xf, wf, dyf) = (widen(&x), widen(&w), widen(&dy));
+    let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+    let (reference, _) = cpu::rmsnorm_backward(&f64s(&xf), &f64s(&wf), &f64s(&dyf), eps);
+    let (cpu_dx, _) = cpu::rmsnorm_backward(&xf, &wf, &dyf, eps);
+    Case {
+        expect: vec![Expected::Close { name: "dx", reference, cpu: cpu_dx }],
+        device: Box::new(move |dev| {
+            let (dxx, dw, ddy) = (upload(dev, &x, off, POISON_BF16)?, upload(dev, &w, off, POISON_BF16)?, upload(dev, &dy, off, POISON_BF16)?);
+            let mut ddx = poisoned(dev, t * c, off, POISON_BF16)?;
+            dev.rmsnorm_backward(&dxx.slice(off..off + t * c), &dw.slice(off..off + c), &ddy.slice(off..off + t * c), eps as f32, &mut ddx.slice_mut(off..off + t * c))?;
+            Ok(vec![download_bf16(dev, &ddx, off, t * c)?])
+        }),
+    }
+}
+
+fn swiglu_backward_case(n: usize, off: usize, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let gate = rng.bf16s(n, 1.0 / 64.0, 4.0);
+    let up = rng.bf16s(n, 1.0 / 64.0, 4.0);
+    let dout = rng.bf16s(n, 1.0 / 64.0, 1.0);
+    let (g, u, d) = (widen(&gate), widen(&up), widen(&dout));
+    let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+    let (rg, ru) = cpu::swiglu_backward(&f64s(&g), &f64s(&u), &f64s(&d));
+    let (cg, cu) = cpu::swiglu_backward(&g, &u, &d);
+    Case {
+        expect: vec![Expected::Close { name: "dgate", reference: rg, cpu: cg }, Expected::Close { name: "dup", reference: ru, cpu: cu }],
+        device: Box::new(move |dev| {
+            let (dg, du, dd) = (upload(dev, &gate, off, POISON_BF16)?, upload(dev, &up, off, POISON_BF16)?, upload(dev, &dout, off, POISON_BF16)?);
+            let (mut og, mut ou) = (poisoned(dev, n, off, POISON_BF16)?, poisoned(dev, n, off, POISON_BF16)?);
+            let r = off..off + n;
+            dev.swiglu_backward(&dg.slice(r.clone()), &du.slice(r.clone()), &dd.slice(r.clone()), &mut og.slice_mut(r.clone()), &mut ou.slice_mut(r))?;
+            Ok(vec![download_bf16(dev, &og, off, n)?, download_bf16(dev, &ou, off, n)?])
         }),
     }
 }

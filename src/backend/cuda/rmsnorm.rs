@@ -61,4 +61,27 @@ impl CudaDevice {
         unsafe { launch.launch(row_config(rows, c)) }.map_err(|e| cuda_err(op, format!("x [{rows}, {c}]"), e))?;
         Ok(())
     }
+
+    /// dx [T, C] of `rmsnorm` given x, w and dy (the norm weight is frozen under LoRA, so no dw).
+    /// Reference: [`crate::backend::cpu::rmsnorm_backward`] (its dx).
+    pub fn rmsnorm_backward(&self, x: &CudaView<'_, u16>, w: &CudaView<'_, u16>, dy: &CudaView<'_, u16>, eps: f32, dx: &mut CudaViewMut<'_, u16>) -> Result<()> {
+        let op = "rmsnorm_backward";
+        let c = w.len();
+        let rows = rows_of(op, "x", x.len(), c)?;
+        if dy.len() != x.len() || dx.len() != x.len() {
+            return Err(Error::shape(op, format!("x [{rows}, {c}] but dy has {} and dx {} elements", dy.len(), dx.len())));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let f = self.function("rmsnorm", op)?;
+        let c32 = c as u32;
+        let mut launch = self.stream().launch_builder(&f);
+        launch.arg(x).arg(w).arg(dy).arg(dx).arg(&c32).arg(&eps);
+        // SAFETY: rmsnorm_backward(const u16* x, const u16* w, const u16* dy, u16* dx, u32 C,
+        // float eps) reads x and dy and writes dx in rows [0, T) of C (T = grid size), reads
+        // w[0, C): in bounds (checked above); dx is a distinct &mut view.
+        unsafe { launch.launch(row_config(rows, c)) }.map_err(|e| cuda_err(op, format!("x [{rows}, {c}]"), e))?;
+        Ok(())
+    }
 }
