@@ -202,6 +202,10 @@ pub fn checks() -> Vec<Check> {
     for &(t, c, off) in &[(1, 4096, 8), (7, 4096, 8), (5, 33, 3)] {
         add("rmsnorm", "rmsnorm_backward", shape2(t, c, off, "eps 1e-5"), Box::new(move |s| rmsnorm_backward_case(t, c, 1e-5, off, s)));
     }
+    for &(t, p0) in &[(17usize, 1000u32), (300, 0)] {
+        let shape = format!("T={t} H=32 Hkv=8 D=128 pos {p0}.. theta 1e6");
+        add("rope", "rope_backward_qk", shape, Box::new(move |s| rope_case_dir(t, 32, 8, 128, 1e6, Positions::From(p0), true, true, s)));
+    }
     for &(n, off) in &[(14336, 8), (1000, 3)] {
         add("activation", "swiglu_backward", shape1(n, off), Box::new(move |s| swiglu_backward_case(n, off, s)));
     }
@@ -749,6 +753,13 @@ fn rope_f64(x: &[f32], heads: usize, pos: &[u32], inv_freq: &[f32]) -> Vec<f64> 
 
 #[allow(clippy::too_many_arguments)]
 fn rope_case(t: usize, h: usize, hkv: usize, d: usize, theta: f64, positions: Positions, with_k: bool, seed: u64) -> Case {
+    rope_case_dir(t, h, hkv, d, theta, positions, with_k, false, seed)
+}
+
+/// `rope_qk`, or with `backward` its transpose `rope_backward_qk` (reference: the rotation by the
+/// negated f32 angle in f64; CPU: `cpu::rope_backward`).
+#[allow(clippy::too_many_arguments)]
+fn rope_case_dir(t: usize, h: usize, hkv: usize, d: usize, theta: f64, positions: Positions, with_k: bool, backward: bool, seed: u64) -> Case {
     let mut rng = Rng::new(seed);
     let pos: Vec<u32> = match positions {
         Positions::From(p0) => (0..t as u32).map(|i| p0 + i).collect(),
@@ -759,26 +770,31 @@ fn rope_case(t: usize, h: usize, hkv: usize, d: usize, theta: f64, positions: Po
     let table = cpu::RopeTable::new(d, theta);
     let pos_usize: Vec<usize> = pos.iter().map(|&p| p as usize).collect();
     let mut expect = Vec::new();
+    let freq: Vec<f32> = table.inv_freq().iter().map(|&f| if backward { -f } else { f }).collect();
+    let cpu_op = |x: &mut [f32], heads: usize| if backward { cpu::rope_backward(x, heads, &pos_usize, &table) } else { cpu::rope(x, heads, &pos_usize, &table) };
     let mut qc = widen(&q);
-    let q_ref = rope_f64(&qc, h, &pos, table.inv_freq());
-    cpu::rope(&mut qc, h, &pos_usize, &table);
+    let q_ref = rope_f64(&qc, h, &pos, &freq);
+    cpu_op(&mut qc, h);
     expect.push(Expected::Close { name: "q", reference: q_ref, cpu: qc });
     if with_k {
         let mut kc = widen(&k);
-        let k_ref = rope_f64(&kc, hkv, &pos, table.inv_freq());
-        cpu::rope(&mut kc, hkv, &pos_usize, &table);
+        let k_ref = rope_f64(&kc, hkv, &pos, &freq);
+        cpu_op(&mut kc, hkv);
         expect.push(Expected::Close { name: "k", reference: k_ref, cpu: kc });
     }
     let off = GUARD;
     Case {
         expect,
         device: Box::new(move |dev| {
-            let inv_freq = dev.rope_inv_freq(d, theta)?;
+            let inv_freq = if backward { dev.rope_inv_freq_backward(d, theta)? } else { dev.rope_inv_freq(d, theta)? };
             let dpos = dev.htod(&pos)?;
             let mut dq = upload(dev, &q, off, POISON_BF16)?;
             let mut dk = upload(dev, &k, off, POISON_BF16)?;
             let (nq, nk) = (q.len(), k.len());
-            if with_k {
+            if backward {
+                dev.rope_backward_qk(&mut dq.slice_mut(off..off + nq), h, &mut dk.slice_mut(off..off + nk), hkv, &dpos.as_view(), &inv_freq.as_view())?;
+                Ok(vec![download_bf16(dev, &dq, off, nq)?, download_bf16(dev, &dk, off, nk)?])
+            } else if with_k {
                 dev.rope_qk(&mut dq.slice_mut(off..off + nq), h, &mut dk.slice_mut(off..off + nk), hkv, &dpos.as_view(), &inv_freq.as_view())?;
                 Ok(vec![download_bf16(dev, &dq, off, nq)?, download_bf16(dev, &dk, off, nk)?])
             } else {

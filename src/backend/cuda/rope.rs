@@ -38,6 +38,31 @@ impl CudaDevice {
         self.launch_rope("rope_qk", q, n_heads, Some(k), n_kv_heads, positions, inv_freq)
     }
 
+    /// The table of [`Self::rope_backward_qk`]: `-inv_freq`. Rotating by the negated angle is the
+    /// transpose of the rotation (sin is odd, cos even; the negation is exact).
+    pub fn rope_inv_freq_backward(&self, head_dim: usize, theta: f64) -> Result<CudaSlice<f32>> {
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(Error::shape("rope_inv_freq_backward", format!("head dim D={head_dim} must be even and > 0")));
+        }
+        let neg: Vec<f32> = RopeTable::new(head_dim, theta).inv_freq().iter().map(|&f| -f).collect();
+        self.htod(&neg)
+    }
+
+    /// The backward of [`Self::rope_qk`], in place on dq and dk: the same kernel with the
+    /// negated table of [`Self::rope_inv_freq_backward`]. Reference:
+    /// [`crate::backend::cpu::rope_backward`].
+    pub fn rope_backward_qk(
+        &self,
+        dq: &mut CudaViewMut<'_, u16>,
+        n_heads: usize,
+        dk: &mut CudaViewMut<'_, u16>,
+        n_kv_heads: usize,
+        positions: &CudaView<'_, u32>,
+        neg_inv_freq: &CudaView<'_, f32>,
+    ) -> Result<()> {
+        self.launch_rope("rope_backward_qk", dq, n_heads, Some(dk), n_kv_heads, positions, neg_inv_freq)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn launch_rope(
         &self,
