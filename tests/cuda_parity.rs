@@ -216,6 +216,16 @@ fn matmul_cuda_matches_cpu() {
 }
 
 #[test]
+fn lora_cuda_matches_cpu() {
+    run_op("lora");
+}
+
+#[test]
+fn logprob_cuda_matches_cpu() {
+    run_op("logprob");
+}
+
+#[test]
 fn copy_cuda_matches_cpu() {
     run_op("copy");
 }
@@ -235,13 +245,14 @@ fn adamw_cuda_matches_cpu() {
 #[test]
 fn check_harness_accepts_cpu_and_rejects_bad_outputs() {
     let all = checks();
-    for op in ["cast", "rmsnorm", "layernorm", "rope", "activation", "embedding", "sample", "attention", "attention_train", "matmul", "copy", "add", "adamw"] {
+    for op in ["cast", "rmsnorm", "layernorm", "rope", "activation", "embedding", "sample", "attention", "attention_train", "matmul", "copy", "add", "adamw", "lora", "logprob"] {
         assert!(all.iter().any(|c| c.op == op), "no checks registered for op `{op}`");
     }
     let mut failures = Vec::new();
     for c in &all {
+        let t0 = std::time::Instant::now();
         match c.self_test(SEED) {
-            Ok(r) => eprintln!("{:<18} {:<58} cpu stand-in: {}", c.kernel, c.shape, r.detail),
+            Ok(r) => eprintln!("{:<18} {:<58} ({:.2} s) cpu stand-in: {}", c.kernel, c.shape, t0.elapsed().as_secs_f64(), r.detail),
             Err(e) => failures.push(format!("{} {}: {e}", c.kernel, c.shape)),
         }
     }
@@ -307,6 +318,35 @@ fn cuda_shape_errors_name_the_op() {
     expect(dev.matmul(&x.as_view(), &x.as_view(), Some(&w.slice(0..3)), &mut y.slice_mut(0..4), 2, 2, 6, false).unwrap_err(), "matmul");
     let mut yf = dev.htod(&[0f32; 4]).unwrap();
     expect(dev.matmul(&x.slice(0..0), &x.slice(0..0), None, &mut yf.as_view_mut(), 2, 2, 0, true).unwrap_err(), "matmul");
+    // matmul_nn: x [2, 6] @ w [6, 2] -> y [2, 2]; wrong w.
+    expect(dev.matmul_nn(&x.as_view(), &x.slice(0..11), &mut y.slice_mut(0..4), 2, 2, 6, false).unwrap_err(), "matmul_nn");
+
+    // lora: x [2, 3], w [2, 3], a [r=1, 3], b [2, 1] -> y [2, 2], u [2, 1].
+    let xs = x.slice(0..6);
+    let (a3, b2) = (x.slice(0..3), x.slice(0..2));
+    let mut u2 = dev.htod(&[0f32; 2]).unwrap();
+    expect(dev.lora_fwd(&xs, &xs, &a3, &b2, 1.0, &mut y.slice_mut(0..3), &mut u2.as_view_mut(), 2, 3, 2, 1).unwrap_err(), "lora_fwd"); // y not [M, N]
+    expect(dev.lora_fwd(&xs, &xs, &x.slice(0..0), &x.slice(0..0), 1.0, &mut y.slice_mut(0..4), &mut u2.slice_mut(0..0), 2, 3, 2, 0).unwrap_err(), "lora_fwd"); // r = 0
+    expect(dev.lora_fwd(&xs, &xs, &a3, &b2, 1.0, &mut y.slice_mut(0..4), &mut u2.as_view_mut(), 2, 3, 2, 129).unwrap_err(), "lora_fwd"); // r > 128
+    let mut g3 = dev.htod(&[0f32; 3]).unwrap();
+    let mut g2 = dev.htod(&[0f32; 2]).unwrap();
+    let mut dxs = dev.htod(&[0u16; 6]).unwrap();
+    expect(
+        dev.lora_bwd(&xs, &xs, &a3, &b2, 1.0, &u2.as_view(), &x.slice(0..4), &mut dxs.as_view_mut(), &mut g3.slice_mut(0..2), &mut g2.as_view_mut(), 2, 3, 2, 1, false).unwrap_err(),
+        "lora_bwd",
+    ); // dA not [r, K]
+    expect(
+        dev.lora_bwd(&xs, &xs, &a3, &b2, 1.0, &u2.as_view(), &x.slice(0..5), &mut dxs.as_view_mut(), &mut g3.as_view_mut(), &mut g2.as_view_mut(), 2, 3, 2, 1, false).unwrap_err(),
+        "lora_bwd",
+    ); // dy not [M, N]
+    // logprob: h [2, 3], w [4, 3], targets [2] -> logp, lse [2]; dh [2, 3].
+    let tg = dev.htod(&[0u32, 1]).unwrap();
+    expect(dev.logprob(&xs, &x.slice(0..12), &tg.as_view(), &mut g2.as_view_mut(), &mut g3.slice_mut(0..1), 2, 3, 4).unwrap_err(), "logprob"); // lse not [T]
+    expect(dev.logprob(&xs, &x.slice(0..11), &tg.as_view(), &mut g2.as_view_mut(), &mut u2.as_view_mut(), 2, 3, 4).unwrap_err(), "logprob"); // w not [V, C]
+    let mut dh = dev.htod(&[0f32; 6]).unwrap();
+    expect(dev.logprob_backward(&xs, &x.slice(0..12), &tg.as_view(), &g2.as_view(), &u2.as_view(), &mut dh.slice_mut(0..5), 2, 3, 4, false).unwrap_err(), "logprob_backward"); // dh not [T, C]
+    expect(dev.logprob_chunked(&xs, &x.slice(0..12), &tg.as_view(), &mut g2.as_view_mut(), &mut u2.as_view_mut(), 2, 3, 4, 0).unwrap_err(), "logprob"); // chunk 0
+
     // M = 0 is a no-op.
     dev.matmul(&x.slice(0..0), &x.as_view(), None, &mut yf.slice_mut(0..0), 0, 2, 6, false).unwrap();
     // Empty inputs are no-ops, not errors.

@@ -35,6 +35,12 @@
 //! takes the f32 rule. References: f64 loops with `AttnMask::visible` (forward, lse) and
 //! `cpu::attention_backward` in f64 per sequence (gradients). See docs/TOLERANCES.md.
 //!
+//! The training checks run forward and backward together: `lora` (y, u, dx, dA, dB against
+//! `cpu::lora_fwd` / `cpu::lora_bwd` in f64 and f32) and `logprob` (logp, lse against the f64
+//! log-softmax and `cpu::logprob`; dh against the f64 gradient, with the f32 emulation of the
+//! kernel's hi/lo bf16 split of the logit gradients as the CPU result). The realistic lm_head shape
+//! runs every row on the device and compares a few (`pick_rows`, the buffer's guards kept).
+//!
 //! Outputs are poisoned before the launch (bf16 NaN 0x7FFF, u32 0xFFFF_FFFF): an element the
 //! kernel did not write shows up as NaN (infinite error) or as a mismatch. Every device buffer has
 //! poisoned guard elements on both sides, checked untouched afterwards (no out-of-bounds writes).
@@ -185,6 +191,20 @@ pub fn checks() -> Vec<Check> {
 
     for &g in MATMUL_SHAPES {
         add("matmul", "matmul", g.shape(), Box::new(move |s| matmul_case(g, s)));
+    }
+
+    // matmul_nn: dx = dy W of a Linear's backward (w [K, N] as stored).
+    for &(m, k, n, f32_out, acc, off) in &[(300, 4096, 4096, true, false, 8), (7, 14336, 4096, false, false, 8), (5, 33, 77, true, true, 3), (3, 77, 33, false, false, 1)] {
+        let shape = format!("M={m} K={k} N={n}{} -> {}{}", if acc { " +=y" } else { "" }, if f32_out { "f32" } else { "bf16" }, if off % 8 != 0 { " misaligned" } else { "" });
+        add("matmul", "matmul_nn", shape, Box::new(move |s| matmul_nn_case(m, k, n, f32_out, acc, off, s)));
+    }
+
+    // Training: the LoRA linear layer (forward + backward) and the chunked log-prob (forward + backward).
+    for &g in LORA_SHAPES {
+        add("lora", "lora_fwd_bwd", g.shape(), Box::new(move |s| lora_case(g, s)));
+    }
+    for g in logprob_shapes() {
+        add("logprob", "logprob_fwd_bwd", g.shape(), Box::new(move |s| logprob_case(&g, s)));
     }
 
     // Row moves and the broadcast add: exact (copies; one f32 add of two bf16 values, rounded once).
@@ -1631,6 +1651,326 @@ fn matmul_case(g: Gemm, seed: u64) -> Case {
             } else {
                 let mut dy = if accumulate { upload(dev, &y0, off, POISON_BF16)? } else { poisoned(dev, mn, off, POISON_BF16)? };
                 dev.matmul(&xv, &wv, bias_view, &mut dy.slice_mut(off..off + mn), m, n, k, accumulate)?;
+                Ok(vec![download_bf16(dev, &dy, off, mn)?])
+            }
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training kernels: the LoRA linear layer (kernels/lora.cu + cuBLASLt) and the chunked
+// log-prob (kernels/logprob.cu + cuBLASLt).
+
+/// Rows `rows` (each `width` wide) of a downloaded output, keeping the buffer's real guards: for
+/// checks whose host reference covers only some rows of a realistic shape.
+fn pick_rows(out: Output, rows: &[usize], width: usize) -> Output {
+    fn pick<T: Copy>(all: &[T], lo: usize, n: usize, rows: &[usize], width: usize) -> Vec<T> {
+        let mut v = all[..lo].to_vec();
+        for &r in rows {
+            v.extend_from_slice(&all[lo + r * width..lo + (r + 1) * width]);
+        }
+        v.extend_from_slice(&all[lo + n..]);
+        v
+    }
+    let n2 = rows.len() * width;
+    match out {
+        Output::Bf16 { all, lo, n } => Output::Bf16 { all: pick(&all, lo, n, rows, width), lo, n: n2 },
+        Output::U32 { all, lo, n } => Output::U32 { all: pick(&all, lo, n, rows, width), lo, n: n2 },
+        Output::F32 { all, lo, n } => Output::F32 { all: pick(&all, lo, n, rows, width), lo, n: n2 },
+    }
+}
+
+fn widen64(bits: &[u16]) -> Vec<f64> {
+    bits.iter().map(|&b| bf16::from_bits(b).to_f64()).collect()
+}
+
+/// One LoRA check: forward and backward of y = x W^T + s (x A^T) B^T, x [M, K], W [N, K],
+/// A [r, K], B [N, r], s = 16 / r, every buffer at offset `off`.
+#[derive(Clone, Copy)]
+struct LoraShape {
+    m: usize,
+    k: usize,
+    n: usize,
+    r: usize,
+    off: usize,
+    what: &'static str,
+}
+
+const LORA_SHAPES: &[LoraShape] = &[
+    LoraShape { m: 1, k: 4096, n: 4096, r: 8, off: GUARD, what: "7B q_proj decode" },
+    LoraShape { m: 1, k: 4096, n: 4096, r: 128, off: GUARD, what: "7B q_proj decode" },
+    LoraShape { m: 300, k: 4096, n: 4096, r: 8, off: GUARD, what: "7B q_proj" },
+    LoraShape { m: 300, k: 4096, n: 4096, r: 128, off: GUARD, what: "7B q_proj" },
+    LoraShape { m: 64, k: 4096, n: 14336, r: 16, off: GUARD, what: "7B gate_proj" },
+    LoraShape { m: 3, k: 77, n: 33, r: 1, off: 1, what: "odd" },
+    LoraShape { m: 70, k: 130, n: 200, r: 40, off: 3, what: "tile edges" },
+];
+
+impl LoraShape {
+    fn shape(&self) -> String {
+        format!("M={} K={} N={} r={}{} ({})", self.m, self.k, self.n, self.r, if self.off % 8 != 0 { " misaligned" } else { "" }, self.what)
+    }
+}
+
+/// Outputs y (bf16), u (f32), dx (bf16), dA, dB (f32). The reference is `cpu::lora_fwd` /
+/// `cpu::lora_bwd` in f64 on the bf16 inputs; the CPU result the same functions in f32. The
+/// device's backward takes the u of its own forward.
+fn lora_case(g: LoraShape, seed: u64) -> Case {
+    let LoraShape { m, k, n, r, off, .. } = g;
+    let mut rng = Rng::new(seed);
+    // x W^T ~ O(1..10) as in the matmul checks; u ~ O(1), and the LoRA term about as large as the
+    // base product (so that a wrong LoRA path shows).
+    let x = rng.bf16s(m * k, 0.01, 2.0);
+    let w = rng.bf16s(n * k, 1.0 / 256.0, 0.125);
+    let a = rng.bf16s(r * k, 1.0 / 256.0, 0.06);
+    let b = rng.bf16s(n * r, 1.0 / 256.0, 0.5 / (r as f64).sqrt());
+    let dy = rng.bf16s(m * n, 0.01, 1.0);
+    let scale = 16.0f32 / r as f32;
+
+    let (x64, w64, a64, b64, dy64) = (widen64(&x), widen64(&w), widen64(&a), widen64(&b), widen64(&dy));
+    let s64 = scale as f64;
+    let y_ref = cpu::lora_fwd(&x64, &w64, Some((&a64[..], &b64[..], s64)), m, k, n);
+    let u_ref = cpu::matmul_t(&x64, &a64, m, k, r);
+    let (dx_ref, g64) = cpu::lora_bwd(&x64, &w64, Some((&a64[..], &b64[..], s64)), &dy64, m, k, n);
+    let (da_ref, db_ref) = g64.expect("lora grads");
+    drop((x64, w64, a64, b64, dy64));
+    let (xf, wf, af, bf, dyf) = (widen(&x), widen(&w), widen(&a), widen(&b), widen(&dy));
+    let y_cpu = cpu::lora_fwd(&xf, &wf, Some((&af[..], &bf[..], scale)), m, k, n);
+    let u_cpu = cpu::matmul_t(&xf, &af, m, k, r);
+    let (dx_cpu, g32) = cpu::lora_bwd(&xf, &wf, Some((&af[..], &bf[..], scale)), &dyf, m, k, n);
+    let (da_cpu, db_cpu) = g32.expect("lora grads");
+    let expect = vec![
+        Expected::Close { name: "y", reference: y_ref, cpu: y_cpu },
+        Expected::CloseF32 { name: "u", reference: u_ref, cpu: u_cpu },
+        Expected::Close { name: "dx", reference: dx_ref, cpu: dx_cpu },
+        Expected::CloseF32 { name: "dA", reference: da_ref, cpu: da_cpu },
+        Expected::CloseF32 { name: "dB", reference: db_ref, cpu: db_cpu },
+    ];
+    let poison_f32 = f32::from_bits(POISON_U32);
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let dxi = upload(dev, &x, off, POISON_BF16)?;
+            let dw = upload(dev, &w, off, POISON_BF16)?;
+            let da_in = upload(dev, &a, off, POISON_BF16)?;
+            let db_in = upload(dev, &b, off, POISON_BF16)?;
+            let ddy = upload(dev, &dy, off, POISON_BF16)?;
+            let mut y = poisoned(dev, m * n, off, POISON_BF16)?;
+            let mut u = poisoned(dev, m * r, off, poison_f32)?;
+            let mut dx = poisoned(dev, m * k, off, POISON_BF16)?;
+            let mut da = poisoned(dev, r * k, off, poison_f32)?;
+            let mut db = poisoned(dev, n * r, off, poison_f32)?;
+            let (xv, wv, av, bv) = (dxi.slice(off..off + m * k), dw.slice(off..off + n * k), da_in.slice(off..off + r * k), db_in.slice(off..off + n * r));
+            dev.lora_fwd(&xv, &wv, &av, &bv, scale, &mut y.slice_mut(off..off + m * n), &mut u.slice_mut(off..off + m * r), m, k, n, r)?;
+            dev.lora_bwd(
+                &xv,
+                &wv,
+                &av,
+                &bv,
+                scale,
+                &u.slice(off..off + m * r),
+                &ddy.slice(off..off + m * n),
+                &mut dx.slice_mut(off..off + m * k),
+                &mut da.slice_mut(off..off + r * k),
+                &mut db.slice_mut(off..off + n * r),
+                m,
+                k,
+                n,
+                r,
+                false,
+            )?;
+            Ok(vec![
+                download_bf16(dev, &y, off, m * n)?,
+                download_f32(dev, &u, off, m * r)?,
+                download_bf16(dev, &dx, off, m * k)?,
+                download_f32(dev, &da, off, r * k)?,
+                download_f32(dev, &db, off, n * r)?,
+            ])
+        }),
+    }
+}
+
+/// One log-prob check: forward (logp, lse) and backward (dh) over h [T, C], w [V, C], `chunk`
+/// vocabulary rows per GEMM; the host reference covers `rows` (all rows when empty).
+#[derive(Clone)]
+struct LogprobShape {
+    t: usize,
+    c: usize,
+    v: usize,
+    chunk: usize,
+    off: usize,
+    rows: Vec<usize>,
+    what: &'static str,
+}
+
+fn logprob_shapes() -> Vec<LogprobShape> {
+    let d = super::LOGPROB_CHUNK;
+    vec![
+        LogprobShape { t: 300, c: 4096, v: 32064, chunk: d, off: GUARD, rows: vec![0, 299], what: "7B lm_head, rows 0, 299 checked" },
+        LogprobShape { t: 5, c: 256, v: 32064, chunk: d, off: GUARD, rows: vec![], what: "V not a multiple of the chunk" },
+        LogprobShape { t: 1, c: 64, v: 1000, chunk: d, off: GUARD, rows: vec![], what: "T=1, one chunk" },
+        LogprobShape { t: 9, c: 33, v: 517, chunk: 64, off: 1, rows: vec![], what: "9 chunks, ragged, misaligned" },
+        LogprobShape { t: 4, c: 40, v: 128, chunk: 64, off: GUARD, rows: vec![], what: "2 full chunks" },
+    ]
+}
+
+impl LogprobShape {
+    fn shape(&self) -> String {
+        format!("T={} C={} V={} chunk {} ({})", self.t, self.c, self.v, self.chunk, self.what)
+    }
+}
+
+/// f64 log-probs and lse of the rows of h (widened bf16) against w (bf16 bits, widened row by row).
+fn logprob_f64(h: &[f64], w: &[u16], targets: &[u32], c: usize) -> (Vec<f64>, Vec<f64>) {
+    use rayon::prelude::*;
+    targets
+        .par_iter()
+        .enumerate()
+        .map(|(t, &y)| {
+            let ht = &h[t * c..(t + 1) * c];
+            let z: Vec<f64> = w.chunks_exact(c).map(|wr| wr.iter().zip(ht).map(|(&b, &x)| bf16::from_bits(b).to_f64() * x).sum()).collect();
+            let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let lse = mx + z.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
+            (z[y as usize] - lse, lse)
+        })
+        .unzip()
+}
+
+/// f64 dh of the rows of h: dlogp (w[y] - sum_v softmax_v w[v]); with `coef_bf16`, the f32
+/// emulation of the kernel instead: f32 logits, p = exp(z - lse) in f32 with the given (f32)
+/// lse, each coefficient g = dlogp (onehot - p) split into hi = bf16(g) and lo = bf16(g - hi),
+/// f32 sums of (hi + lo) w.
+fn logprob_backward_host(h: &[f64], w: &[u16], targets: &[u32], lse: &[f64], dlogp: &[f64], c: usize, coef_bf16: bool) -> Vec<f64> {
+    use rayon::prelude::*;
+    let mut dh = vec![0f64; h.len()];
+    dh.par_chunks_mut(c).enumerate().for_each(|(t, d)| {
+        let ht = &h[t * c..(t + 1) * c];
+        if coef_bf16 {
+            let h32: Vec<f32> = ht.iter().map(|&v| v as f32).collect();
+            let mut acc = vec![0f32; c];
+            let (l, g) = (lse[t] as f32, dlogp[t] as f32);
+            for (vi, wr) in w.chunks_exact(c).enumerate() {
+                let wf: Vec<f32> = wr.iter().map(|&b| bf16::from_bits(b).to_f32()).collect();
+                let z = wf.iter().zip(&h32).fold(0f32, |s, (&a, &b)| s + a * b);
+                let onehot = if vi == targets[t] as usize { 1.0 } else { 0.0 };
+                let gv = g * (onehot - (z - l).exp());
+                let hi = bf16::from_f32(gv).to_f32();
+                let coef = hi + bf16::from_f32(gv - hi).to_f32();
+                acc.iter_mut().zip(&wf).for_each(|(o, &x)| *o += coef * x);
+            }
+            d.iter_mut().zip(&acc).for_each(|(o, &a)| *o = a as f64);
+        } else {
+            for (vi, wr) in w.chunks_exact(c).enumerate() {
+                let z: f64 = wr.iter().zip(ht).map(|(&b, &x)| bf16::from_bits(b).to_f64() * x).sum();
+                let onehot = if vi == targets[t] as usize { 1.0 } else { 0.0 };
+                let coef = dlogp[t] * (onehot - (z - lse[t]).exp());
+                d.iter_mut().zip(wr).for_each(|(o, &b)| *o += coef * bf16::from_bits(b).to_f64());
+            }
+        }
+    });
+    dh
+}
+
+/// Outputs logp, lse (f32, against `cpu::logprob` in f32 and the f64 log-softmax) and dh (f32).
+/// dh's CPU result is the f32 emulation of the kernel's arithmetic including the hi/lo bf16
+/// split of the logit gradients that the dh GEMMs take (see docs/TOLERANCES.md); its reference the
+/// exact f64 gradient. The device's backward takes the lse of its own forward.
+fn logprob_case(g: &LogprobShape, seed: u64) -> Case {
+    let LogprobShape { t, c, v, chunk, off, .. } = *g;
+    let rows: Vec<usize> = if g.rows.is_empty() { (0..t).collect() } else { g.rows.clone() };
+    let mut rng = Rng::new(seed);
+    // Logits of std ~ 2-3 (sqrt(C) * 1.15 * rms(w) with rms(w) ~ 2.6 / sqrt(C)).
+    let h = rng.bf16s(t * c, 0.01, 2.0);
+    let wmax = 4.5 / (c as f64).sqrt();
+    let w = rng.bf16s(v * c, wmax / 64.0, wmax);
+    // Targets: random, plus the first and last ids and ids around chunk boundaries.
+    let mut targets: Vec<u32> = (0..t).map(|_| rng.below(v) as u32).collect();
+    let special = [0, v - 1, chunk.min(v) - 1, chunk.min(v - 1), v / 2];
+    for (i, &s) in special.iter().enumerate() {
+        if i < t {
+            targets[(i * 7919) % t] = s as u32;
+        }
+    }
+    let dlogp: Vec<f32> = (0..t).map(|_| ((rng.uniform() * 2.0 - 1.0) * 1.5) as f32).map(|g| if g.abs() < 0.05 { 0.5 } else { g }).collect();
+
+    let hs: Vec<u16> = rows.iter().flat_map(|&r| h[r * c..(r + 1) * c].iter().copied()).collect();
+    let ts: Vec<u32> = rows.iter().map(|&r| targets[r]).collect();
+    let gs: Vec<f64> = rows.iter().map(|&r| dlogp[r] as f64).collect();
+    let h64 = widen64(&hs);
+    let (lp_ref, lse_ref) = logprob_f64(&h64, &w, &ts, c);
+    let dh_ref = logprob_backward_host(&h64, &w, &ts, &lse_ref, &gs, c, false);
+    let (lp_cpu, lse_cpu) = {
+        let wf = widen(&w);
+        cpu::logprob(&widen(&hs), &wf, &ts, c)
+    };
+    let lse_cpu64: Vec<f64> = lse_cpu.iter().map(|&v| v as f64).collect();
+    let dh_emul: Vec<f32> = logprob_backward_host(&h64, &w, &ts, &lse_cpu64, &gs, c, true).iter().map(|&v| v as f32).collect();
+    let expect = vec![
+        Expected::CloseF32 { name: "logp", reference: lp_ref, cpu: lp_cpu },
+        Expected::CloseF32 { name: "lse", reference: lse_ref, cpu: lse_cpu },
+        Expected::CloseF32 { name: "dh", reference: dh_ref, cpu: dh_emul },
+    ];
+    let poison_f32 = f32::from_bits(POISON_U32);
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let dh_in = upload(dev, &h, off, POISON_BF16)?;
+            let dw = upload(dev, &w, off, POISON_BF16)?;
+            let dt = dev.htod(&targets)?;
+            let dg = dev.htod(&dlogp)?;
+            let mut lp = poisoned(dev, t, off, poison_f32)?;
+            let mut lse = poisoned(dev, t, off, poison_f32)?;
+            let mut dh = poisoned(dev, t * c, off, poison_f32)?;
+            let (hv, wv) = (dh_in.slice(off..off + t * c), dw.slice(off..off + v * c));
+            dev.logprob_chunked(&hv, &wv, &dt.as_view(), &mut lp.slice_mut(off..off + t), &mut lse.slice_mut(off..off + t), t, c, v, chunk)?;
+            dev.logprob_backward_chunked(&hv, &wv, &dt.as_view(), &lse.slice(off..off + t), &dg.as_view(), &mut dh.slice_mut(off..off + t * c), t, c, v, false, chunk)?;
+            Ok(vec![
+                pick_rows(download_f32(dev, &lp, off, t)?, &rows, 1),
+                pick_rows(download_f32(dev, &lse, off, t)?, &rows, 1),
+                pick_rows(download_f32(dev, &dh, off, t * c)?, &rows, c),
+            ])
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul_nn (cuBLASLt, w [K, N]): y = x @ w.
+
+fn matmul_nn_case(m: usize, k: usize, n: usize, f32_out: bool, accumulate: bool, off: usize, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let x = rng.bf16s(m * k, 0.01, 2.0);
+    let w = rng.bf16s(k * n, 1.0 / 256.0, 0.125);
+    let y0: Vec<u16> = if accumulate { rng.bf16s(m * n, 0.01, 4.0) } else { Vec::new() };
+    let y0f = widen(&y0);
+    // The reference through the transposed weight: x @ w = x @ (w^T)^T.
+    let mut wt = vec![0u16; k * n];
+    for i in 0..k {
+        for j in 0..n {
+            wt[j * k + i] = w[i * n + j];
+        }
+    }
+    let mut reference = matmul_t_f64(&x, &wt, m, k, n);
+    let mut cpu_y = cpu::matmul(&widen(&x), &widen(&w), m, k, n);
+    if accumulate {
+        reference.iter_mut().zip(&y0f).for_each(|(r, &v)| *r += v as f64);
+        cpu_y.iter_mut().zip(&y0f).for_each(|(r, &v)| *r += v);
+    }
+    let expect = vec![if f32_out { Expected::CloseF32 { name: "y", reference, cpu: cpu_y } } else { Expected::Close { name: "y", reference, cpu: cpu_y } }];
+    let poison_f32 = f32::from_bits(POISON_U32);
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let dx = upload(dev, &x, off, POISON_BF16)?;
+            let dw = upload(dev, &w, off, POISON_BF16)?;
+            let (xv, wv) = (dx.slice(off..off + m * k), dw.slice(off..off + k * n));
+            let mn = m * n;
+            if f32_out {
+                let mut dy = if accumulate { upload(dev, &y0f, off, poison_f32)? } else { poisoned(dev, mn, off, poison_f32)? };
+                dev.matmul_nn(&xv, &wv, &mut dy.slice_mut(off..off + mn), m, n, k, accumulate)?;
+                Ok(vec![download_f32(dev, &dy, off, mn)?])
+            } else {
+                let mut dy = if accumulate { upload(dev, &y0, off, POISON_BF16)? } else { poisoned(dev, mn, off, POISON_BF16)? };
+                dev.matmul_nn(&xv, &wv, &mut dy.slice_mut(off..off + mn), m, n, k, accumulate)?;
                 Ok(vec![download_bf16(dev, &dy, off, mn)?])
             }
         }),

@@ -1,9 +1,12 @@
-//! Dense GEMM through cuBLASLt: `matmul`, y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]) (+ y).
+//! Dense GEMM through cuBLASLt: `matmul`, y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]) (+ y), and
+//! `matmul_nn`, y[M, N] = x[M, K] @ w[K, N] (+ y) (the backward's dx = dy W of a Linear).
 //!
 //! cuBLASLt is column-major; a row-major y[M, N] is the column-major y^T[N, M], and
 //! y^T = w · x^T where the row-major w[N, K] is the column-major w^T[K, N] (so op(A) = T) and the
 //! row-major x[M, K] is the column-major x^T[K, M] (op(B) = N). cuBLAS's (m, n, k) are our
-//! (N, M, K), and the bias of the epilogue runs along cuBLAS's rows, i.e. our N.
+//! (N, M, K), and the bias of the epilogue runs along cuBLAS's rows, i.e. our N. For `matmul_nn`
+//! the row-major w[K, N] is the column-major [N, K] with leading dimension N, used as it is
+//! (op(A) = N).
 //!
 //! The handle (`libcublasLt`, loaded dynamically) and a 32 MiB workspace are created on the first
 //! `matmul` and kept in the [`CudaDevice`]; each distinct problem (shape, output type, epilogue,
@@ -61,6 +64,8 @@ struct PlanKey {
     out: &'static str,
     bias: bool,
     accumulate: bool,
+    /// w is [K, N] (`matmul_nn`, op(A) = N) rather than [N, K] (`matmul`, op(A) = T).
+    w_kn: bool,
     align: [u32; 5],
 }
 
@@ -168,13 +173,19 @@ impl Blas {
         unsafe {
             // Column-major: A = w^T as stored, [K, N] ld K, used transposed; B = x^T [K, M] ld K;
             // C = D = y^T [N, M] ld N.
-            lt::cublasLtMatrixLayoutCreate(&mut plan.a, bf16, k, n, k as i64).result()?;
+            // (`matmul_nn`: A = w as stored, column-major [N, K] ld N, used as it is.)
+            if key.w_kn {
+                lt::cublasLtMatrixLayoutCreate(&mut plan.a, bf16, n, k, n as i64).result()?;
+            } else {
+                lt::cublasLtMatrixLayoutCreate(&mut plan.a, bf16, k, n, k as i64).result()?;
+            }
             lt::cublasLtMatrixLayoutCreate(&mut plan.b, bf16, k, m, k as i64).result()?;
             lt::cublasLtMatrixLayoutCreate(&mut plan.c, out_type, n, m, n as i64).result()?;
             lt::cublasLtMatmulDescCreate(&mut plan.desc, lt::cublasComputeType_t::CUBLAS_COMPUTE_32F, lt::cudaDataType::CUDA_R_32F).result()?;
             let set = |attr: D, v: *const c_void, size: usize| lt::cublasLtMatmulDescSetAttribute(plan.desc, attr, v, size).result();
             let (trans, no_trans) = (1i32, 0i32); // CUBLAS_OP_T, CUBLAS_OP_N
-            set(D::CUBLASLT_MATMUL_DESC_TRANSA, &trans as *const i32 as *const c_void, 4)?;
+            let op_a = if key.w_kn { &no_trans } else { &trans };
+            set(D::CUBLASLT_MATMUL_DESC_TRANSA, op_a as *const i32 as *const c_void, 4)?;
             set(D::CUBLASLT_MATMUL_DESC_TRANSB, &no_trans as *const i32 as *const c_void, 4)?;
             if key.bias {
                 let epilogue = lt::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS as u32;
@@ -259,10 +270,46 @@ impl CudaDevice {
         k: usize,
         accumulate: bool,
     ) -> Result<()> {
-        let op = "matmul";
+        self.gemm_lt(x, w, false, bias, y, m, n, k, accumulate)
+    }
+
+    /// y[M, N] = x[M, K] @ w[K, N], or y += ... when `accumulate`: `matmul` with w stored
+    /// row-major [K, N] (no transpose), e.g. dx[M, K] = dy[M, N] @ W[N, K] in a Linear's backward
+    /// (call it with n = K, k = N). x, w bf16; f32 accumulation; y bf16 or f32. No bias. M = 0 or
+    /// N = 0 is a no-op; K must be positive. Reference: [`crate::backend::cpu::matmul`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_nn<Y: MatmulOut>(
+        &self,
+        x: &CudaView<'_, u16>,
+        w: &CudaView<'_, u16>,
+        y: &mut CudaViewMut<'_, Y>,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.gemm_lt(x, w, true, None, y, m, n, k, accumulate)
+    }
+
+    /// `matmul` (w [N, K], `w_kn` false) and `matmul_nn` (w [K, N], `w_kn` true).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_lt<Y: MatmulOut>(
+        &self,
+        x: &CudaView<'_, u16>,
+        w: &CudaView<'_, u16>,
+        w_kn: bool,
+        bias: Option<&CudaView<'_, u16>>,
+        y: &mut CudaViewMut<'_, Y>,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        let op = if w_kn { "matmul_nn" } else { "matmul" };
         let shapes = || {
             format!(
-                "x [{m}, {k}] @ w [{n}, {k}]^T{} -> y [{m}, {n}] {}{}",
+                "x [{m}, {k}] @ {}{} -> y [{m}, {n}] {}{}",
+                if w_kn { format!("w [{k}, {n}]") } else { format!("w [{n}, {k}]^T") },
                 if bias.is_some() { " + bias" } else { "" },
                 Y::NAME,
                 if accumulate { " (accumulate)" } else { "" }
@@ -303,6 +350,7 @@ impl CudaDevice {
             out: Y::NAME,
             bias: bias.is_some(),
             accumulate,
+            w_kn,
             align: [alignment(w_ptr), alignment(x_ptr), alignment(y_ptr), alignment(y_ptr), bias_ptr.as_ref().map_or(256, |(p, _)| alignment(*p))],
         };
         let bp: u64 = bias_ptr.as_ref().map_or(0, |(p, _)| *p);
@@ -314,7 +362,7 @@ impl CudaDevice {
             })?),
         };
         let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0f32 });
-        // SAFETY: the layouts describe exactly the checked extents (w: N*K, x: M*K, y: M*N
+        // SAFETY: the layouts describe exactly the checked extents (w: N*K or K*N, x: M*K, y: M*N
         // elements, bias: N), the pointers come from live views of those lengths on this
         // device's context, and y is a distinct &mut view, so D does not overlap A, B or the bias
         // (C = D is cuBLASLt's supported in-place form, same layout). The bias pointer is set on

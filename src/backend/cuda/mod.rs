@@ -22,7 +22,9 @@
 //! | `sample.rs` | `argmax_f32`, `argmax_bf16`, `sample` (kernel `sample_f32`: temperature, top-k, top-p) | `kernels/sample.cu` |
 //! | `attention.rs` | `attention` (fused forward over a slotted KV cache, GQA, a key range per row) | `kernels/attention.cu` |
 //! | `attention_train.rs` | `attention_fwd`, `attention_bwd` (tensor-core FlashAttention-2 over a packed varlen batch: causal / window / DPO shared-prefix masks, GQA, D 64 and 128, lse) | `kernels/attention_train.cu` |
-//! | `matmul.rs` | `matmul` (bf16 x bf16 -> bf16 or f32, + bias, + y) | cuBLASLt (`libcublasLt`, loaded on first use) |
+//! | `matmul.rs` | `matmul` (bf16 x bf16 -> bf16 or f32, + bias, + y), `matmul_nn` (w [K, N], no transpose) | cuBLASLt (`libcublasLt`, loaded on first use) |
+//! | `lora.rs` | `lora_fwd`, `lora_bwd` (LoRA linear layer: strided f32 GEMMs `lora_gemm_*`, the rounding epilogue, split-K reduce; the base GEMM is cuBLASLt's) | `kernels/lora.cu` |
+//! | `logprob.rs` | `logprob(_chunked)`, `logprob_backward(_chunked)` (lm_head + log-softmax + target gather over vocabulary chunks: `logprob_fold`, `logprob_dlogits`, GEMMs by cuBLASLt) | `kernels/logprob.cu` |
 //! | `copy.rs` | `scatter_rows`, `concat_cols` | `kernels/copy.cu` |
 //! | `add.rs` | `add` | `kernels/add.cu` |
 //! | `adamw.rs` | `adamw` (one fused step over every trainable tensor) | `kernels/adamw.cu` |
@@ -47,6 +49,8 @@ mod embedding;
 pub mod nvtx;
 mod engine;
 mod layernorm;
+mod logprob;
+mod lora;
 mod matmul;
 mod rmsnorm;
 mod rope;
@@ -56,6 +60,8 @@ pub use attention_train::{AttnTrainMask, VarlenAttn};
 pub use adamw::AdamWTensor;
 pub use device::{cuda_available, CudaDevice};
 pub use engine::{Cuda, CudaLinear, CudaLogits, CudaTensor};
+pub use logprob::LOGPROB_CHUNK;
+pub use lora::LORA_MAX_RANK;
 pub use matmul::MatmulOut;
 
 /// Device buffers and related cudarc types, re-exported so that callers need no direct
