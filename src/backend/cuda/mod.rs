@@ -28,6 +28,7 @@
 //! | `copy.rs` | `scatter_rows`, `concat_cols` | `kernels/copy.cu` |
 //! | `add.rs` | `add` | `kernels/add.cu` |
 //! | `adamw.rs` | `adamw` (one fused step over every trainable tensor) | `kernels/adamw.cu` |
+//! | `dpo.rs` | `dpo` (DPO / STIC loss, rewards and d loss / d logp per token, over a batch of pairs) | `kernels/dpo.cu` |
 //!
 //! `engine.rs` is [`Cuda`], the [`crate::backend::Backend`] built from these methods: the model
 //! code runs on it unchanged.
@@ -44,6 +45,7 @@ mod attention_train;
 mod cast;
 pub mod check;
 mod copy;
+mod dpo;
 mod device;
 mod embedding;
 pub mod nvtx;
@@ -58,6 +60,7 @@ mod sample;
 
 pub use attention_train::{AttnTrainMask, VarlenAttn};
 pub use adamw::AdamWTensor;
+pub use dpo::DpoSpans;
 pub use device::{cuda_available, CudaDevice};
 pub use engine::{Cuda, CudaLinear, CudaLogits, CudaTensor};
 pub use logprob::LOGPROB_CHUNK;
