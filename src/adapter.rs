@@ -56,12 +56,12 @@ impl AdapterConfig {
         }
         let lora_alpha = field("lora_alpha").and_then(|x| x.as_f64()).unwrap_or(8.0);
         for (k, ok) in [
-            ("use_dora", field("use_dora").map_or(true, |x| x == false)),
-            ("bias", field("bias").map_or(true, |x| x == "none")),
-            ("fan_in_fan_out", field("fan_in_fan_out").map_or(true, |x| x == false)),
+            ("use_dora", field("use_dora").is_none_or(|x| x == false)),
+            ("bias", field("bias").is_none_or(|x| x == "none")),
+            ("fan_in_fan_out", field("fan_in_fan_out").is_none_or(|x| x == false)),
             (
                 "modules_to_save",
-                field("modules_to_save").map_or(true, |x| x.as_array().is_some_and(|a| a.iter().all(|m| m == "multi_modal_projector"))),
+                field("modules_to_save").is_none_or(|x| x.as_array().is_some_and(|a| a.iter().all(|m| m == "multi_modal_projector"))),
             ),
         ] {
             if !ok {

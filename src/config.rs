@@ -318,13 +318,13 @@ impl VisionConfig {
             layer_norm_eps: f.f64_or("layer_norm_eps", 1e-5)?,
             hidden_act: f.str_or("hidden_act", "quick_gelu")?,
         };
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(f.err(
                 "num_attention_heads",
                 format!("hidden_size {} is not divisible by num_attention_heads {}", cfg.hidden_size, cfg.num_attention_heads),
             ));
         }
-        if cfg.patch_size == 0 || cfg.image_size % cfg.patch_size != 0 {
+        if cfg.patch_size == 0 || !cfg.image_size.is_multiple_of(cfg.patch_size) {
             return Err(f.err("patch_size", format!("image_size {} is not a multiple of patch_size {}", cfg.image_size, cfg.patch_size)));
         }
         if cfg.num_channels != 3 {

@@ -51,7 +51,7 @@ pub fn swiglu_backward<F: num_traits::Float>(gate: &[F], up: &[F], dout: &[F]) -
 
 /// out[T, F] = silu(gate) * up for the fused layout gate_up[T, 2F] (row t: gate then up).
 pub fn swiglu_fused(gate_up: &[f32], f: usize) -> Vec<f32> {
-    assert!(f > 0 && gate_up.len() % (2 * f) == 0, "swiglu_fused: gate_up length {} is not [T, 2*{f}]", gate_up.len());
+    assert!(f > 0 && gate_up.len().is_multiple_of(2 * f), "swiglu_fused: gate_up length {} is not [T, 2*{f}]", gate_up.len());
     let mut out = vec![0f32; gate_up.len() / 2];
     out.par_chunks_mut(f).zip(gate_up.par_chunks(2 * f)).for_each(|(o, gu)| {
         o.copy_from_slice(&gu[..f]);

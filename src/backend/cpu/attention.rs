@@ -34,7 +34,7 @@ impl AttnMask {
     pub fn visible(self, i: usize, j: usize) -> bool {
         match self {
             AttnMask::Bidirectional => true,
-            AttnMask::Causal { window } => j <= i && window.map_or(true, |w| i - j < w),
+            AttnMask::Causal { window } => j <= i && window.is_none_or(|w| i - j < w),
             AttnMask::SharedPrefix { prefix, chosen } => {
                 j <= i && (j < prefix || i < prefix + chosen || j >= prefix + chosen)
             }
@@ -72,7 +72,7 @@ pub fn attention(
     assert_eq!(q.len(), tq * qw, "attention: q is not [Tq={tq}, H*D={qw}]");
     assert_eq!(k.len(), tk * kw, "attention: k is not [Tk={tk}, Hkv*D={kw}]");
     assert_eq!(v.len(), tk * kw, "attention: v is not [Tk={tk}, Hkv*D={kw}]");
-    assert!(n_kv > 0 && n_heads % n_kv == 0, "attention: H={n_heads} is not a multiple of Hkv={n_kv}");
+    assert!(n_kv > 0 && n_heads.is_multiple_of(n_kv), "attention: H={n_heads} is not a multiple of Hkv={n_kv}");
     let group = n_heads / n_kv;
     let scale = 1.0 / (d as f32).sqrt();
 
@@ -162,9 +162,9 @@ pub fn attention_rows(
     scale: f32,
 ) -> Vec<f32> {
     let (qw, kw) = (n_heads * d, n_kv * d);
-    assert!(n_kv > 0 && n_heads % n_kv == 0, "attention_rows: H={n_heads} is not a multiple of Hkv={n_kv}");
+    assert!(n_kv > 0 && n_heads.is_multiple_of(n_kv), "attention_rows: H={n_heads} is not a multiple of Hkv={n_kv}");
     assert_eq!(q.len(), rows.len() * qw, "attention_rows: q is not [N={}, H*D={qw}]", rows.len());
-    assert!(cap > 0 && k.len() % (cap * kw) == 0 && k.len() == v.len(), "attention_rows: k/v are not [S, cap={cap}, Hkv*D={kw}]");
+    assert!(cap > 0 && k.len().is_multiple_of(cap * kw) && k.len() == v.len(), "attention_rows: k/v are not [S, cap={cap}, Hkv*D={kw}]");
     let slots = k.len() / (cap * kw);
     for (i, r) in rows.iter().enumerate() {
         assert!(

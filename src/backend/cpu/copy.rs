@@ -23,7 +23,7 @@ pub fn concat_cols<E: Copy>(parts: &[(&[E], usize)], rows: usize) -> Vec<E> {
 
 /// x[i] += y[i % y.len()] (y's rows repeating over x's).
 pub fn add(x: &mut [f32], y: &[f32]) {
-    assert!(!y.is_empty() && x.len() % y.len() == 0, "add: x [{}] is not a whole number of y [{}]", x.len(), y.len());
+    assert!(!y.is_empty() && x.len().is_multiple_of(y.len()), "add: x [{}] is not a whole number of y [{}]", x.len(), y.len());
     for chunk in x.chunks_mut(y.len()) {
         chunk.iter_mut().zip(y).for_each(|(a, b)| *a += b);
     }

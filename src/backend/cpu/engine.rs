@@ -133,9 +133,9 @@ impl Backend for Cpu {
                 || k.n_cols() != kw
                 || k.shape() != v.shape()
                 || cap == 0
-                || k.n_rows() % cap != 0
+                || !k.n_rows().is_multiple_of(cap)
                 || n_kv_heads == 0
-                || n_heads % n_kv_heads != 0
+                || !n_heads.is_multiple_of(n_kv_heads)
                 || bad_row.is_some()
             {
                 return Err(Error::shape(
@@ -203,7 +203,7 @@ impl Backend for Cpu {
         timed("add", || {
             same_cols("add", x, y)?;
             let n = y.len();
-            if n == 0 || x.len() % n != 0 {
+            if n == 0 || !x.len().is_multiple_of(n) {
                 return Err(Error::shape("add", format!("{:?} += {:?}: rows do not repeat evenly", x.shape(), y.shape())));
             }
             super::add(x.data_mut(), y.data());

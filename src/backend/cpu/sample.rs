@@ -20,9 +20,10 @@ pub fn argmax(row: &[f32]) -> usize {
 }
 
 /// Sample one token from a row of logits [V] with the uniform `u` in [0, 1), in HF's order of
-/// logits processors: divide by `temperature`, top-k (keep the values >= the k-th largest; 0 or
-/// >= V is off), top-p (HF `TopPLogitsWarper`; >= 1.0 or NaN is off), then softmax and inverse-CDF
-/// sampling in index order. `temperature <= 0` is greedy: the [`argmax`] (u unused).
+/// logits processors: divide by `temperature`, top-k (keep the values at least the k-th largest;
+/// 0 or at least V is off), top-p (HF `TopPLogitsWarper`; 1.0 and above, or NaN, is off), then
+/// softmax and inverse-CDF sampling in index order. `temperature <= 0` is greedy: the
+/// [`argmax`] (u unused).
 pub fn sample_row(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, u: f64) -> u32 {
     if temperature <= 0.0 {
         return argmax(logits) as u32;

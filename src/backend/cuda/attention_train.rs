@@ -88,7 +88,7 @@ impl VarlenAttn<'_> {
             return err(format!("head dim D={d} is not supported (64 or 128)"));
         }
         let (qw, kw) = (h * d, hkv * d);
-        if q_len % qw != 0 {
+        if !q_len.is_multiple_of(qw) {
             return err(format!("q is not [Ttot, H={h}, D={d}]"));
         }
         let t = q_len / qw;

@@ -609,12 +609,12 @@ fn f32_bits(x: &[f32]) -> Vec<u32> {
 }
 
 fn shape1(n: usize, off: usize) -> String {
-    format!("[{n}]{}", if off % 8 != 0 { " misaligned" } else { "" })
+    format!("[{n}]{}", if !off.is_multiple_of(8) { " misaligned" } else { "" })
 }
 
 fn shape2(t: usize, c: usize, off: usize, extra: &str) -> String {
     let sep = if extra.is_empty() { "" } else { " " };
-    format!("[{t}, {c}]{sep}{extra}{}", if off % 8 != 0 { " misaligned" } else { "" })
+    format!("[{t}, {c}]{sep}{extra}{}", if !off.is_multiple_of(8) { " misaligned" } else { "" })
 }
 
 /// `data` at offset `lo` of a new device buffer, poisoned guards around it.
@@ -1641,7 +1641,7 @@ impl Gemm {
             if self.bias { " +bias" } else { "" },
             if self.accumulate { " +=y" } else { "" },
             if self.f32_out { "f32" } else { "bf16" },
-            if self.off % 8 != 0 { " misaligned" } else { "" },
+            if !self.off.is_multiple_of(8) { " misaligned" } else { "" },
             self.what
         )
     }
@@ -1763,7 +1763,7 @@ const LORA_SHAPES: &[LoraShape] = &[
 
 impl LoraShape {
     fn shape(&self) -> String {
-        format!("M={} K={} N={} r={}{} ({})", self.m, self.k, self.n, self.r, if self.off % 8 != 0 { " misaligned" } else { "" }, self.what)
+        format!("M={} K={} N={} r={}{} ({})", self.m, self.k, self.n, self.r, if !self.off.is_multiple_of(8) { " misaligned" } else { "" }, self.what)
     }
 }
 
@@ -2080,7 +2080,7 @@ fn attention_train_shapes() -> Vec<AttnTrainShape> {
             TrainMask::SharedPrefix(p) => format!("shared prefix {p:?}"),
         };
         let rows = if step > 1 { format!(", 1 in {step} rows checked") } else { String::new() };
-        let mis = if off % 8 != 0 { " misaligned" } else { "" };
+        let mis = if !off.is_multiple_of(8) { " misaligned" } else { "" };
         let name = format!("lens {lens:?} {m} H={h} Hkv={hkv} D={d}{rows}{mis}");
         v.push(AttnTrainShape { name, h, hkv, d, lens: lens.to_vec(), mask, backward, step, off });
     };

@@ -95,7 +95,7 @@ pub(crate) fn rows_of(op: &'static str, what: &str, len: usize, c: usize) -> Res
     if c == 0 || c > u32::MAX as usize {
         return Err(Error::shape(op, format!("{what}: row length C={c} must be in 1..=2^32-1")));
     }
-    if len % c != 0 {
+    if !len.is_multiple_of(c) {
         return Err(Error::shape(op, format!("{what} has {len} elements, not a multiple of C={c}")));
     }
     let rows = len / c;
@@ -110,7 +110,7 @@ pub(crate) fn rows_of(op: &'static str, what: &str, len: usize, c: usize) -> Res
 /// 16-byte vector (8 bf16) when C % 8 == 0, else one element. The kernels accept any block size
 /// that is a multiple of 32 up to 1024, and take the scalar path if the data is not aligned.
 pub(crate) fn row_config(rows: usize, c: usize) -> cudarc::driver::LaunchConfig {
-    let items = if c % 8 == 0 { c / 8 } else { c };
+    let items = if c.is_multiple_of(8) { c / 8 } else { c };
     let block = (items.div_ceil(32) * 32).clamp(32, 256) as u32;
     cudarc::driver::LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
 }

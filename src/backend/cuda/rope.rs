@@ -13,7 +13,7 @@ impl CudaDevice {
     /// computed on the host exactly as [`RopeTable`] does (so the bits match the CPU reference)
     /// and copied to the device. Make it once per model, not per call.
     pub fn rope_inv_freq(&self, head_dim: usize, theta: f64) -> Result<CudaSlice<f32>> {
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(Error::shape("rope_inv_freq", format!("head dim D={head_dim} must be even and > 0")));
         }
         self.htod(RopeTable::new(head_dim, theta).inv_freq())
@@ -41,7 +41,7 @@ impl CudaDevice {
     /// The table of [`Self::rope_backward_qk`]: `-inv_freq`. Rotating by the negated angle is the
     /// transpose of the rotation (sin is odd, cos even; the negation is exact).
     pub fn rope_inv_freq_backward(&self, head_dim: usize, theta: f64) -> Result<CudaSlice<f32>> {
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(Error::shape("rope_inv_freq_backward", format!("head dim D={head_dim} must be even and > 0")));
         }
         let neg: Vec<f32> = RopeTable::new(head_dim, theta).inv_freq().iter().map(|&f| -f).collect();
