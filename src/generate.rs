@@ -54,6 +54,17 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut Rng) -> u32 {
     crate::backend::cpu::sample_row(logits, p.temperature, p.top_k, p.top_p, u)
 }
 
+/// The index of the last row of each sequence of `lens` rows stacked (the rows whose logits
+/// pick the first new token after a prefill).
+pub fn last_rows(lens: &[usize]) -> Vec<u32> {
+    lens.iter()
+        .scan(0usize, |end, &n| {
+            *end += n;
+            Some(*end as u32 - 1)
+        })
+        .collect()
+}
+
 /// The sampling seed of sequence `i` of a batch generated with `seed` (`Pipeline::generate`).
 pub fn batch_seeds(seed: u64, n: usize) -> Vec<u64> {
     (0..n).map(|i| seed ^ (i as u64).wrapping_mul(0xA24B_AED4_963E_E407)).collect()
@@ -244,12 +255,7 @@ impl<B: Backend> Pipeline<B> {
         let x = if b == 1 { inputs.into_iter().next().unwrap() } else { be.concat_rows(&inputs.iter().collect::<Vec<_>>())? };
         let slots: Vec<usize> = (0..b).collect();
         let h = dec.forward(x, &slots, &lens, &mut cache)?;
-        // The last row of each sequence.
-        let last: Vec<u32> = lens.iter().scan(0, |end, &n| {
-            *end += n;
-            Some(*end as u32 - 1)
-        }).collect();
-        let mut hidden = be.embedding(&h, None, &last)?;
+        let mut hidden = be.embedding(&h, None, &last_rows(&lens))?;
         let mut active: Vec<usize> = slots;
         loop {
             let logits = dec.logits(&hidden)?;

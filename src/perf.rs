@@ -103,11 +103,7 @@ pub fn run<B: Backend>(pipe: &Pipeline<B>, prep: &Prepared<B>, decode_steps: usi
     let t0 = Instant::now();
     be.range_push("prefill");
     let h = dec.forward(x, &slots, &lens, &mut cache)?;
-    let last: Vec<u32> = lens.iter().scan(0u32, |end, &n| {
-        *end += n as u32;
-        Some(*end - 1)
-    }).collect();
-    let mut tokens = be.argmax(&dec.logits(&be.embedding(&h, None, &last)?)?)?;
+    let mut tokens = be.argmax(&dec.logits(&be.embedding(&h, None, &crate::generate::last_rows(&lens))?)?)?;
     be.range_pop();
     let prefill_ops = be.take_profile()?;
     let prefill = Phase { ms: t0.elapsed().as_secs_f64() * 1e3, tokens: lens.iter().sum(), ops: prefill_ops };

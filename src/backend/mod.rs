@@ -15,6 +15,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod profile;
+pub mod shapes;
 
 pub use cpu::engine::Cpu;
 pub use cpu::AttnRow;

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::{AttnRow, RopeTable};
 use crate::backend::profile::{summarize, OpTime};
-use crate::backend::{Backend, Rows};
+use crate::backend::{shapes, Backend, Rows};
 use crate::error::{Error, Result};
 use crate::nn::{LayerNorm, Linear, RmsNorm};
 use crate::tensor::Tensor;
@@ -30,13 +30,6 @@ fn timed<T>(op: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let r = f();
     SAMPLES.lock().unwrap_or_else(|p| p.into_inner()).push((op, t0.elapsed().as_secs_f64() * 1e3));
     r
-}
-
-fn same_cols(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
-    if a.n_cols() != b.n_cols() {
-        return Err(Error::shape(op, format!("{:?} and {:?} differ in columns", a.shape(), b.shape())));
-    }
-    Ok(())
 }
 
 impl Backend for Cpu {
@@ -101,13 +94,7 @@ impl Backend for Cpu {
     }
     fn rope(&self, q: &mut Tensor, k: &mut Tensor, n_heads: usize, n_kv_heads: usize, positions: &[u32], rope: &RopeTable) -> Result<()> {
         timed("rope", || {
-            let d = rope.head_dim;
-            if q.n_rows() != positions.len() || k.n_rows() != positions.len() || q.n_cols() != n_heads * d || k.n_cols() != n_kv_heads * d {
-                return Err(Error::shape(
-                    "rope",
-                    format!("q {:?}, k {:?} for {} positions, H={n_heads}, Hkv={n_kv_heads}, D={d}", q.shape(), k.shape(), positions.len()),
-                ));
-            }
+            shapes::rope(q, k, n_heads, n_kv_heads, rope.head_dim, positions.len())?;
             let pos: Vec<usize> = positions.iter().map(|&p| p as usize).collect();
             super::rope(q.data_mut(), n_heads, &pos, rope);
             super::rope(k.data_mut(), n_kv_heads, &pos, rope);
@@ -126,65 +113,33 @@ impl Backend for Cpu {
         cap: usize,
     ) -> Result<Tensor> {
         timed("attention", || {
-            let (qw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
-            let slots = if cap == 0 || kw == 0 { 0 } else { k.len() / (cap * kw) };
-            let bad_row = rows.iter().position(|r| r.slot as usize >= slots || r.kv_start > r.kv_end || r.kv_end as usize > cap);
-            if q.rows_cols() != (rows.len(), qw)
-                || k.n_cols() != kw
-                || k.shape() != v.shape()
-                || cap == 0
-                || !k.n_rows().is_multiple_of(cap)
-                || n_kv_heads == 0
-                || !n_heads.is_multiple_of(n_kv_heads)
-                || bad_row.is_some()
-            {
-                return Err(Error::shape(
-                    "attention",
-                    format!(
-                        "q {:?} for {} rows, k {:?}, v {:?}, H={n_heads}, Hkv={n_kv_heads}, D={head_dim}, cap={cap}{}",
-                        q.shape(),
-                        rows.len(),
-                        k.shape(),
-                        v.shape(),
-                        bad_row.map(|i| format!("; row {i} {:?} outside the cache", rows[i])).unwrap_or_default()
-                    ),
-                ));
-            }
+            shapes::attention(q, k, v, rows, n_heads, n_kv_heads, head_dim, cap)?;
             let scale = 1.0 / (head_dim as f32).sqrt();
             let out = super::attention_rows(q.data(), k.data(), v.data(), rows, n_heads, n_kv_heads, head_dim, cap, scale);
-            Tensor::new(out, &[rows.len(), qw])
+            Tensor::new(out, &[rows.len(), n_heads * head_dim])
         })
     }
     fn scatter_rows(&self, src: &Tensor, dst: &mut Tensor, idx: &[u32]) -> Result<()> {
         timed("scatter_rows", || {
-            same_cols("scatter_rows", src, dst)?;
-            let (r, c) = dst.rows_cols();
-            if src.n_rows() != idx.len() || idx.iter().any(|&i| i as usize >= r) {
-                return Err(Error::shape("scatter_rows", format!("src {:?} to {idx:?} of dst {:?}", src.shape(), dst.shape())));
-            }
+            shapes::scatter_rows(src, dst, idx)?;
+            let c = dst.n_cols();
             super::scatter_rows(src.data(), dst.data_mut(), idx, c);
             Ok(())
         })
     }
     fn embedding(&self, table: &Tensor, features: Option<&Tensor>, sources: &[u32]) -> Result<Tensor> {
         timed("embedding", || {
-            let (v, c) = table.rows_cols();
+            shapes::embedding(table, features, sources)?;
+            let c = table.n_cols();
             let empty = Tensor::zeros(&[0, c]);
             let f = features.unwrap_or(&empty);
-            same_cols("embedding", table, f)?;
-            let k = f.n_rows();
-            if let Some(t) = sources.iter().position(|&s| s as usize >= v + k) {
-                return Err(Error::shape("embedding", format!("source {} of row {t} is outside table [{v}, {c}] + features [{k}, {c}]", sources[t])));
-            }
             let out = super::embedding(table.data(), f.data(), c, sources);
             Tensor::new(out, &[sources.len(), c])
         })
     }
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         timed("swiglu", || {
-            if gate.shape() != up.shape() {
-                return Err(Error::shape("swiglu", format!("gate {:?}, up {:?}", gate.shape(), up.shape())));
-            }
+            shapes::same("swiglu", gate, up)?;
             let mut g = gate.clone();
             super::swiglu(g.data_mut(), up.data());
             Ok(g)
@@ -201,11 +156,7 @@ impl Backend for Cpu {
     }
     fn add(&self, x: &mut Tensor, y: &Tensor) -> Result<()> {
         timed("add", || {
-            same_cols("add", x, y)?;
-            let n = y.len();
-            if n == 0 || !x.len().is_multiple_of(n) {
-                return Err(Error::shape("add", format!("{:?} += {:?}: rows do not repeat evenly", x.shape(), y.shape())));
-            }
+            shapes::add(x, y)?;
             super::add(x.data_mut(), y.data());
             Ok(())
         })

@@ -17,7 +17,7 @@ use cudarc::driver::CudaEvent;
 
 use super::{nvtx, CudaDevice, CudaSlice};
 use crate::backend::profile::{summarize, OpTime};
-use crate::backend::{AttnRow, Backend, Rows};
+use crate::backend::{shapes, AttnRow, Backend, Rows};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -157,10 +157,6 @@ impl Cuda {
     }
 }
 
-fn shape_err(op: &'static str, msg: String) -> Error {
-    Error::shape(op, msg)
-}
-
 impl Backend for Cuda {
     type Tensor = CudaTensor;
     type Linear = CudaLinear;
@@ -189,7 +185,7 @@ impl Backend for Cuda {
         let (n, k) = weight.rows_cols();
         if let Some(b) = &bias {
             if b.len() != n {
-                return Err(shape_err("linear", format!("weight {:?} with bias {:?}", weight.shape(), b.shape())));
+                return Err(Error::shape("linear", format!("weight {:?} with bias {:?}", weight.shape(), b.shape())));
             }
         }
         Ok(CudaLinear {
@@ -212,7 +208,7 @@ impl Backend for Cuda {
     fn matmul(&self, x: &CudaTensor, l: &CudaLinear) -> Result<CudaTensor> {
         self.op("matmul", || {
             if x.cols != l.k {
-                return Err(shape_err("matmul", format!("x [{}, {}] with weight [{}, {}]", x.rows, x.cols, l.n, l.k)));
+                return Err(Error::shape("matmul", format!("x [{}, {}] with weight [{}, {}]", x.rows, x.cols, l.n, l.k)));
             }
             let mut y = self.output(x.rows, l.n)?;
             let bias = l.bias.as_ref().map(|b| b.as_view());
@@ -223,7 +219,7 @@ impl Backend for Cuda {
     fn matmul_add(&self, x: &CudaTensor, l: &CudaLinear, acc: &mut CudaTensor) -> Result<()> {
         self.op("matmul_add", || {
             if x.cols != l.k || acc.rows != x.rows || acc.cols != l.n {
-                return Err(shape_err(
+                return Err(Error::shape(
                     "matmul_add",
                     format!("x [{}, {}] with weight [{}, {}] into [{}, {}]", x.rows, x.cols, l.n, l.k, acc.rows, acc.cols),
                 ));
@@ -248,13 +244,7 @@ impl Backend for Cuda {
     }
     fn rope(&self, q: &mut CudaTensor, k: &mut CudaTensor, n_heads: usize, n_kv_heads: usize, positions: &[u32], rope: &CudaRope) -> Result<()> {
         self.op("rope", || {
-            let d = rope.head_dim;
-            if q.rows != positions.len() || k.rows != positions.len() || q.cols != n_heads * d || k.cols != n_kv_heads * d {
-                return Err(shape_err(
-                    "rope",
-                    format!("q [{}, {}], k [{}, {}] for {} positions, H={n_heads}, Hkv={n_kv_heads}, D={d}", q.rows, q.cols, k.rows, k.cols, positions.len()),
-                ));
-            }
+            shapes::rope(q, k, n_heads, n_kv_heads, rope.head_dim, positions.len())?;
             let pos = self.index_buffer("positions", positions)?;
             self.dev.rope_qk(&mut q.data.as_view_mut(), n_heads, &mut k.data.as_view_mut(), n_kv_heads, &pos.as_view(), &rope.inv_freq.as_view())
         })
@@ -271,25 +261,7 @@ impl Backend for Cuda {
         cap: usize,
     ) -> Result<CudaTensor> {
         self.op("attention", || {
-            let kw = n_kv_heads * head_dim;
-            let slots = if cap == 0 || kw == 0 { 0 } else { k.rows / cap };
-            let bad_row = rows.iter().position(|r| r.slot as usize >= slots || r.kv_start > r.kv_end || r.kv_end as usize > cap);
-            if q.rows != rows.len() || k.cols != kw || v.cols != kw || k.rows != v.rows || bad_row.is_some() {
-                return Err(shape_err(
-                    "attention",
-                    format!(
-                        "q [{}, {}] for {} rows, k [{}, {}], v [{}, {}], Hkv={n_kv_heads}, D={head_dim}, cap={cap}{}",
-                        q.rows,
-                        q.cols,
-                        rows.len(),
-                        k.rows,
-                        k.cols,
-                        v.rows,
-                        v.cols,
-                        bad_row.map(|i| format!("; row {i} {:?} outside the cache", rows[i])).unwrap_or_default()
-                    ),
-                ));
-            }
+            shapes::attention(q, k, v, rows, n_heads, n_kv_heads, head_dim, cap)?;
             let rows_dev = self.index_buffer("attention_rows", bytemuck::cast_slice(rows))?;
             let mut out = self.output(q.rows, n_heads * head_dim)?;
             let scale = 1.0 / (head_dim as f32).sqrt();
@@ -310,26 +282,15 @@ impl Backend for Cuda {
     }
     fn scatter_rows(&self, src: &CudaTensor, dst: &mut CudaTensor, idx: &[u32]) -> Result<()> {
         self.op("scatter_rows", || {
-            if src.cols != dst.cols || src.rows != idx.len() || idx.iter().any(|&i| i as usize >= dst.rows) {
-                return Err(shape_err(
-                    "scatter_rows",
-                    format!("src [{}, {}] to {} indices of dst [{}, {}]", src.rows, src.cols, idx.len(), dst.rows, dst.cols),
-                ));
-            }
+            shapes::scatter_rows(src, dst, idx)?;
             let idx = self.index_buffer("scatter_rows", idx)?;
             self.dev.scatter_rows(&src.data.as_view(), &mut dst.data.as_view_mut(), &idx.as_view(), src.cols)
         })
     }
     fn embedding(&self, table: &CudaTensor, features: Option<&CudaTensor>, sources: &[u32]) -> Result<CudaTensor> {
         self.op("embedding", || {
+            shapes::embedding(table, features, sources)?;
             let c = table.cols;
-            let k = features.map(|f| f.rows).unwrap_or(0);
-            if features.is_some_and(|f| f.cols != c) {
-                return Err(shape_err("embedding", format!("table [{}, {c}] with features of {} columns", table.rows, features.unwrap().cols)));
-            }
-            if let Some(t) = sources.iter().position(|&s| s as usize >= table.rows + k) {
-                return Err(shape_err("embedding", format!("source {} of row {t} is outside table [{}, {c}] + features [{k}, {c}]", sources[t], table.rows)));
-            }
             let src = self.index_buffer("embedding", sources)?;
             let mut out = self.output(sources.len(), c)?;
             let fv = features.map(|f| f.data.as_view());
@@ -339,9 +300,7 @@ impl Backend for Cuda {
     }
     fn swiglu(&self, gate: &CudaTensor, up: &CudaTensor) -> Result<CudaTensor> {
         self.op("swiglu", || {
-            if gate.rows != up.rows || gate.cols != up.cols {
-                return Err(shape_err("swiglu", format!("gate [{}, {}], up [{}, {}]", gate.rows, gate.cols, up.rows, up.cols)));
-            }
+            shapes::same("swiglu", gate, up)?;
             let mut out = self.output(gate.rows, gate.cols)?;
             self.dev.swiglu(&gate.data.as_view(), &up.data.as_view(), &mut out.data.as_view_mut())?;
             Ok(out)
@@ -354,9 +313,7 @@ impl Backend for Cuda {
     }
     fn add(&self, x: &mut CudaTensor, y: &CudaTensor) -> Result<()> {
         self.op("add", || {
-            if x.cols != y.cols {
-                return Err(shape_err("add", format!("[{}, {}] += [{}, {}]", x.rows, x.cols, y.rows, y.cols)));
-            }
+            shapes::add(x, y)?;
             self.dev.add(&mut x.data.as_view_mut(), &y.data.as_view())
         })
     }
@@ -364,7 +321,7 @@ impl Backend for Cuda {
         self.op("concat_rows", || {
             let c = parts.first().map(|p| p.cols).unwrap_or(0);
             if let Some(p) = parts.iter().find(|p| p.cols != c) {
-                return Err(shape_err("concat_rows", format!("column counts differ: {} vs {c}", p.cols)));
+                return Err(Error::shape("concat_rows", format!("column counts differ: {} vs {c}", p.cols)));
             }
             let rows = parts.iter().map(|p| p.rows).sum();
             let mut out = self.output(rows, c)?;
@@ -386,7 +343,7 @@ impl Backend for Cuda {
         self.op("concat_cols", || {
             let r = parts.first().map(|p| p.rows).unwrap_or(0);
             if let Some(p) = parts.iter().find(|p| p.rows != r) {
-                return Err(shape_err("concat_cols", format!("row counts differ: {} vs {r}", p.rows)));
+                return Err(Error::shape("concat_cols", format!("row counts differ: {} vs {r}", p.rows)));
             }
             let c = parts.iter().map(|p| p.cols).sum();
             let mut out = self.output(r, c)?;
@@ -401,7 +358,7 @@ impl Backend for Cuda {
     fn logits(&self, hidden: &CudaTensor, weight: &CudaTensor) -> Result<CudaLogits> {
         self.op("logits", || {
             if hidden.cols != weight.cols {
-                return Err(shape_err("logits", format!("hidden [{}, {}] with lm_head [{}, {}]", hidden.rows, hidden.cols, weight.rows, weight.cols)));
+                return Err(Error::shape("logits", format!("hidden [{}, {}] with lm_head [{}, {}]", hidden.rows, hidden.cols, weight.rows, weight.cols)));
             }
             let (r, v) = (hidden.rows, weight.rows);
             // SAFETY: the product below writes all r*v elements.
@@ -413,7 +370,7 @@ impl Backend for Cuda {
     fn argmax(&self, logits: &CudaLogits) -> Result<Vec<u32>> {
         self.op("argmax", || {
             if logits.cols == 0 {
-                return Err(shape_err("argmax", format!("logits [{}, 0] have no columns", logits.rows)));
+                return Err(Error::shape("argmax", format!("logits [{}, 0] have no columns", logits.rows)));
             }
             // SAFETY: the kernel writes one index per row.
             let mut out = unsafe { self.dev.alloc_uninit::<u32>(logits.rows)? };
@@ -424,7 +381,7 @@ impl Backend for Cuda {
     fn sample(&self, logits: &CudaLogits, temperature: f32, top_k: usize, top_p: f32, uniforms: &[f64]) -> Result<Vec<u32>> {
         self.op("sample", || {
             if uniforms.len() != logits.rows {
-                return Err(shape_err("sample", format!("logits [{}, {}] with {} uniforms", logits.rows, logits.cols, uniforms.len())));
+                return Err(Error::shape("sample", format!("logits [{}, {}] with {} uniforms", logits.rows, logits.cols, uniforms.len())));
             }
             if temperature <= 0.0 {
                 return self.argmax(logits);
