@@ -12,7 +12,8 @@
 //! Without a CUDA device it prints `skipped: no CUDA device` and exits 0.
 //! Run: `cargo bench --features cuda --bench cuda_model`.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::time::Duration;
 
 use criterion::Criterion;
@@ -20,20 +21,6 @@ use stic::backend::cuda::{cuda_available, Cuda};
 use stic::backend::Backend;
 use stic::generate::Pipeline;
 use stic::perf::{prepare, run, Workload};
-
-/// A model folder: the hub's 7B config and preprocessor config, the fixture tokenizer.
-fn model_dir() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let fx = std::env::var_os("STIC_FIXTURES").map(PathBuf::from).unwrap_or_else(|| root.join("tests/fixtures"));
-    let dir = std::env::temp_dir().join(format!("stic-bench-7b-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let copy = |from: &Path, to: &str| std::fs::copy(from, dir.join(to)).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
-    copy(&fx.join("configs/llava-v1.6-mistral-7b-hf.json"), "config.json");
-    copy(&fx.join("configs/llava-v1.6-mistral-7b-hf.preprocessor_config.json"), "preprocessor_config.json");
-    copy(&fx.join("tokenizer/tokenizer.json"), "tokenizer.json");
-    copy(&fx.join("tokenizer/tokenizer_config.json"), "tokenizer_config.json");
-    dir
-}
 
 /// bf16 bytes of every decoder weight a decode step reads (the lm_head included, the embedding
 /// table not: a step reads B of its rows).
@@ -52,7 +39,7 @@ fn main() {
     let be = Cuda::new(0).expect("opening GPU 0");
     let dev = be.device().clone();
     let bw = dev.measure_bandwidth().expect("measuring the HBM bandwidth");
-    let dir = model_dir();
+    let dir = common::model_dir("model");
     let t0 = std::time::Instant::now();
     let pipe = Pipeline::load_on(&be, &dir, Some(0), None).expect("building the random 7B model");
     println!("device: {}; HBM {:.0} GB/s measured; model built in {:.1} s", be.describe(), bw / 1e9, t0.elapsed().as_secs_f64());
@@ -64,11 +51,7 @@ fn main() {
     let mut rows: Vec<String> = Vec::new();
 
     // Prefill: one AnyRes image + 64 tokens.
-    let pixels: Vec<u8> = (0..672 * 672).flat_map(|i| {
-        let (x, y) = (i % 672, i / 672);
-        [(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8]
-    }).collect();
-    let image = stic::image::RgbImage::new(672, 672, pixels).expect("a 672x672 RGB image");
+    let image = common::anyres_image();
     let w = Workload { batch: 1, prompt_len: 64, decode_steps: 0, image: Some(image.clone()), seed: 1 };
     let prep = prepare(&pipe, &w).expect("preparing the prefill");
     let n_rows = prep.rows_per_prompt();
@@ -160,9 +143,6 @@ fn main() {
         rows.join("\n")
     );
     println!("\n{table}");
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/cuda-model-bench.md");
-    if std::fs::create_dir_all(out.parent().unwrap()).and_then(|_| std::fs::write(&out, &table)).is_err() {
-        let _ = std::fs::write("cuda-model-bench.md", &table);
-    }
+    common::write_summary("cuda-model-bench.md", &table);
     let _ = std::fs::remove_dir_all(&dir);
 }

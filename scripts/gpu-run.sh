@@ -6,7 +6,7 @@
 #   bash scripts/gpu-run.sh            # builds .gpu/ and prints the device call
 #
 # Only what needs a GPU travels (the CPU tests run in CI): the CLI, the CUDA test binaries
-# (cuda_parity, cuda_model, and cli for `stic check`'s exit status) and the CUDA benches, packed
+# (cuda_parity, cuda_model, cuda_train, and cli for `stic check`'s exit status) and the CUDA benches, packed
 # into .gpu/bin.tar.xz and unpacked to a temporary folder there.
 #
 # Then, with the device tool:  run(carry=[".gpu"], command="bash .gpu/run.sh")
@@ -25,8 +25,8 @@ export NVCC="${NVCC:-$(bash scripts/install-cuda-toolkit.sh | tail -n 1)}"
 # The binaries that need the GPU: the CLI, the CUDA test binaries (`cli` runs `stic check` through
 # STIC_BIN) and the CUDA benches. The CPU-only tests run in CI. They are packed into one xz
 # archive (each binary links the whole crate; packed they fit the 64 MiB carry limit).
-GPU_TESTS=" cuda_parity cuda_model cli "
-GPU_BENCHES=" cuda_ops cuda_model "
+GPU_TESTS=" cuda_parity cuda_model cuda_train cli "
+GPU_BENCHES=" cuda_ops cuda_model cuda_train "
 rm -rf .gpu && mkdir -p .gpu/stage/tests .gpu/stage/benches
 list_executables() {  # cargo --message-format=json on stdin -> "name path" per built executable
   python3 -c '
@@ -101,6 +101,7 @@ fi
   # cuda_ops writes its summary table (markdown) to target/cuda-bench.md.
   [[ -f target/cuda-bench.md && -n "${OUT:-}" ]] && cp target/cuda-bench.md "$OUT/cuda-bench.md"
   [[ -f target/cuda-model-bench.md && -n "${OUT:-}" ]] && cp target/cuda-model-bench.md "$OUT/cuda-model-bench.md"
+  [[ -f target/cuda-train-bench.md && -n "${OUT:-}" ]] && cp target/cuda-train-bench.md "$OUT/cuda-train-bench.md"
   echo "== exit $fail"
   exit $fail  # the group runs in a subshell (it feeds tee): its status carries $fail out
 } 2>&1 | tee "$log"

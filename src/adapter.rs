@@ -128,11 +128,37 @@ pub fn load_adapter(model: &mut Llava, dir: &Path) -> Result<usize> {
         ws.finish()?;
         return Ok(0);
     }
+    let n_layers = model.decoder.n_layers();
+    let shapes = crate::model::decoder::Decoder::<crate::backend::Cpu>::projection_shapes(&model.cfg.text);
+    let (loras, projector) = read_loras(dir, |layer, proj| if layer < n_layers { proj_index(proj).map(|i| shapes[i]) } else { None })?;
+    let count = loras.len();
+    for (layer, proj, lora) in loras {
+        *model.decoder.linear_mut(layer, proj).map(|l| &mut l.lora).expect("read_loras checked the projection") = Some(lora);
+    }
+    if let Some((ws, prefix)) = projector {
+        load_projector(model, &ws, |n| format!("{prefix}{n}"))?;
+        ws.finish()?;
+    }
+    Ok(count)
+}
+
+/// The index of a projection name in [`crate::model::decoder::PROJECTIONS`].
+pub fn proj_index(name: &str) -> Option<usize> {
+    crate::model::decoder::PROJECTIONS.iter().position(|p| *p == name)
+}
+
+/// The PEFT LoRA weights in `dir` as (layer, projection, adapter), in file order, for a model
+/// whose projection `(layer, name)` has (in, out) features `shape(layer, name)` (None: the model
+/// has no such projection, an error naming the key). When the adapter also saves the projector,
+/// the open file and the key prefix of its parameters are returned for the caller to take them;
+/// the caller then calls `finish` on it. Errors name the file and the key.
+#[allow(clippy::type_complexity)]
+pub fn read_loras(dir: &Path, shape: impl Fn(usize, &str) -> Option<(usize, usize)>) -> Result<(Vec<(usize, &'static str, Lora)>, Option<(WeightStore, String)>)> {
     let cfg = AdapterConfig::from_file(&dir.join("adapter_config.json"))?;
     let file = dir.join("adapter_model.safetensors");
     let ws = WeightStore::from_files(dir, &[file.clone()])?;
     let names: Vec<String> = ws.names().map(str::to_string).collect();
-    let mut count = 0;
+    let mut loras = Vec::new();
     let mut projector_prefix = None;
     for name in &names {
         if let Some(param) = projector_param(name) {
@@ -149,26 +175,26 @@ pub fn load_adapter(model: &mut Llava, dir: &Path) -> Result<usize> {
             continue; // handled with its A
         }
         let b_name = name.replace(".lora_A.weight", ".lora_B.weight");
-        let lin = model
-            .decoder
-            .linear_mut(layer, &proj)
+        let (k, n) = proj_index(&proj)
+            .and_then(|_| shape(layer, &proj))
             .ok_or_else(|| Error::weights(&file, format!("`{name}`: the model has no layer {layer} projection `{proj}`")))?;
-        let (n, k) = (lin.out_features(), lin.in_features());
         let a = ws.get(name, &[cfg.r, k])?;
         let b = ws.get(&b_name, &[n, cfg.r])?;
-        lin.lora = Some(Lora { a, b, scale: cfg.scale(), dropout: cfg.lora_dropout as f32 });
-        count += 1;
+        let proj = crate::model::decoder::PROJECTIONS[proj_index(&proj).expect("checked")];
+        loras.push((layer, proj, Lora { a, b, scale: cfg.scale(), dropout: cfg.lora_dropout as f32 }));
     }
-    match projector_prefix {
-        Some(prefix) => load_projector(model, &ws, |n| format!("{prefix}{n}"))?,
+    let projector = match projector_prefix {
+        Some(prefix) => Some((ws, prefix)),
         None if cfg.projector => return Err(Error::weights(&file, "adapter_config.json lists multi_modal_projector in modules_to_save but the file has no projector weights")),
-        None => {}
-    }
-    ws.finish()?;
-    if count == 0 {
+        None => {
+            ws.finish()?;
+            None
+        }
+    };
+    if loras.is_empty() {
         return Err(Error::weights(&file, "the adapter holds no LoRA weights"));
     }
-    Ok(count)
+    Ok((loras, projector))
 }
 
 #[cfg(test)]
@@ -209,6 +235,20 @@ impl LoraSpec {
 /// Attach fresh adapters as PEFT initialises them: A ~ kaiming_uniform(a = sqrt 5), which is
 /// U(-1/sqrt(in), 1/sqrt(in)), and B = 0, so the adapted model starts equal to the base model.
 pub fn init_lora(model: &mut Llava, spec: &LoraSpec, seed: u64) -> Result<usize> {
+    let shapes: Vec<(usize, &'static str, usize, usize)> =
+        model.decoder.projections_mut().map(|(layer, name, lin)| (layer, name, lin.in_features(), lin.out_features())).collect();
+    let loras = init_loras(&shapes, spec, seed)?;
+    let n = loras.len();
+    for (layer, name, lora) in loras {
+        model.decoder.linear_mut(layer, name).expect("a projection of this model").lora = Some(lora);
+    }
+    Ok(n)
+}
+
+/// Fresh adapters (see [`init_lora`]) for the targeted projections among `shapes` (layer, name,
+/// in, out), drawn in that order from one generator seeded with `seed`: a model's projections in
+/// PEFT order give the same adapters on every backend.
+pub fn init_loras(shapes: &[(usize, &'static str, usize, usize)], spec: &LoraSpec, seed: u64) -> Result<Vec<(usize, &'static str, Lora)>> {
     if spec.r == 0 {
         return Err(Error::Input("LoRA rank must be positive".into()));
     }
@@ -216,28 +256,25 @@ pub fn init_lora(model: &mut Llava, spec: &LoraSpec, seed: u64) -> Result<usize>
         return Err(Error::Input(format!("LoRA dropout must be in [0, 1), got {}", spec.dropout)));
     }
     for t in &spec.targets {
-        if !["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].contains(&t.as_str()) {
+        if proj_index(t).is_none() {
             return Err(Error::Input(format!("unknown LoRA target `{t}` (expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj or down_proj)")));
         }
     }
     let mut rng = crate::generate::Rng::new(seed);
-    let mut n = 0;
-    for (_, name, lin) in model.decoder.projections_mut() {
+    let mut out = Vec::new();
+    for &(layer, name, inp, outf) in shapes {
         if !spec.targets.iter().any(|t| t == name) {
             continue;
         }
-        let (out, inp) = (lin.out_features(), lin.in_features());
         let bound = 1.0 / (inp as f64).sqrt();
         let a: Vec<f32> = (0..spec.r * inp).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
-        lin.lora = Some(Lora {
-            a: crate::Tensor::new(a, &[spec.r, inp])?,
-            b: crate::Tensor::zeros(&[out, spec.r]),
-            scale: spec.scale(),
-            dropout: spec.dropout as f32,
-        });
-        n += 1;
+        out.push((
+            layer,
+            name,
+            Lora { a: crate::Tensor::new(a, &[spec.r, inp])?, b: crate::Tensor::zeros(&[outf, spec.r]), scale: spec.scale(), dropout: spec.dropout as f32 },
+        ));
     }
-    Ok(n)
+    Ok(out)
 }
 
 /// Write the model's adapters in PEFT's format into `dir` (created if needed), with the projector
@@ -245,22 +282,33 @@ pub fn init_lora(model: &mut Llava, spec: &LoraSpec, seed: u64) -> Result<usize>
 /// file. Files are written to temporary names and renamed, so a crash never leaves a half-written
 /// adapter.
 pub fn save_adapter(model: &mut Llava, dir: &Path, spec: &LoraSpec, projector: bool) -> Result<()> {
+    let mut loras: Vec<(usize, &'static str, Lora)> = Vec::new();
+    for (layer, name, lin) in model.decoder.projections_mut() {
+        if let Some(l) = &lin.lora {
+            loras.push((layer, name, l.clone()));
+        }
+    }
+    let params: Vec<(String, Tensor)> = if projector { model.projector.params_mut().into_iter().map(|(n, p)| (n, p.clone())).collect() } else { Vec::new() };
+    save_loras(dir, spec, &loras, projector.then_some(params.as_slice()))
+}
+
+/// [`save_adapter`] from host tensors: the adapters (layer, name, adapter) and, when `projector`
+/// is given, the projector's parameters by name (`linear_1.weight`, ...).
+pub fn save_loras(dir: &Path, spec: &LoraSpec, loras: &[(usize, &'static str, Lora)], projector: Option<&[(String, Tensor)]>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let has_lora = model.decoder.projections_mut().any(|(_, _, l)| l.lora.is_some());
+    let has_lora = !loras.is_empty();
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    if projector {
+    if let Some(params) = projector {
         let prefix = if has_lora { PROJECTOR_PREFIXES[0] } else { PROJECTOR_KEY };
-        for (name, p) in model.projector.params_mut() {
+        for (name, p) in params {
             tensors.push((format!("{prefix}{name}"), p.shape().to_vec(), p.data().iter().flat_map(|v| v.to_le_bytes()).collect()));
         }
     }
-    for (layer, name, lin) in model.decoder.projections_mut() {
-        if let Some(l) = &lin.lora {
-            let part = if ["q_proj", "k_proj", "v_proj", "o_proj"].contains(&name) { "self_attn" } else { "mlp" };
-            let key = format!("base_model.model.model.language_model.layers.{layer}.{part}.{name}");
-            for (ab, t) in [("A", &l.a), ("B", &l.b)] {
-                tensors.push((format!("{key}.lora_{ab}.weight"), t.shape().to_vec(), t.data().iter().flat_map(|v| v.to_le_bytes()).collect()));
-            }
+    for (layer, name, l) in loras {
+        let part = if ["q_proj", "k_proj", "v_proj", "o_proj"].contains(name) { "self_attn" } else { "mlp" };
+        let key = format!("base_model.model.model.language_model.layers.{layer}.{part}.{name}");
+        for (ab, t) in [("A", &l.a), ("B", &l.b)] {
+            tensors.push((format!("{key}.lora_{ab}.weight"), t.shape().to_vec(), t.data().iter().flat_map(|v| v.to_le_bytes()).collect()));
         }
     }
     if tensors.is_empty() {
@@ -285,7 +333,7 @@ pub fn save_adapter(model: &mut Llava, dir: &Path, spec: &LoraSpec, projector: b
         "fan_in_fan_out": false,
         "use_rslora": false,
         "use_dora": false,
-        "modules_to_save": if projector { serde_json::json!(["multi_modal_projector"]) } else { serde_json::Value::Null },
+        "modules_to_save": if projector.is_some() { serde_json::json!(["multi_modal_projector"]) } else { serde_json::Value::Null },
         "init_lora_weights": true,
         "inference_mode": true,
         "task_type": null,

@@ -345,9 +345,23 @@ struct TrainCommon {
     /// Stop right after step N's checkpoint, as a crash would (for resume tests).
     #[arg(long, hide = true)]
     stop_after: Option<usize>,
+    /// cpu, or cuda / cuda:N (train-dpo; needs a build with --features cuda): the adapters, their
+    /// gradients and AdamW state live on the GPU, the model in bf16.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// Random weights of the checkpoint's shapes instead of its safetensors (benchmarks at the
+    /// real shape without the weights).
+    #[arg(long)]
+    random_weights: bool,
+    #[arg(long, default_value_t = 0)]
+    weights_seed: u64,
 }
 
 impl TrainCommon {
+    fn pipeline(&self) -> Result<Pipeline> {
+        Pipeline::load_with(&self.model, self.random_weights.then_some(self.weights_seed), None)
+    }
+
     fn args(&self, beta: f64, sft_weight: f64) -> Result<stic::trainer::TrainArgs> {
         let schedule = match self.schedule.as_str() {
             "cosine" => stic::trainer::Schedule::Cosine,
@@ -606,14 +620,29 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::TrainDpo(a) => {
             let c = &a.common;
             let args = c.args(a.beta, a.sft_weight)?;
-            let mut pipe = Pipeline::load(&c.model)?;
-            c.report(&stic::trainer::train_dpo(&mut pipe, &a.data, &c.out, &args, c.resume, c.stop_after)?);
+            match c.device {
+                Device::Cpu => {
+                    let mut pipe = c.pipeline()?;
+                    c.report(&stic::trainer::train_dpo(&mut pipe, &a.data, &c.out, &args, c.resume, c.stop_after)?);
+                }
+                #[cfg(feature = "cuda")]
+                Device::Cuda(n) => {
+                    let be = stic::backend::cuda::Cuda::new(n)?;
+                    let pipe = Pipeline::load_on(&be, &c.model, c.random_weights.then_some(c.weights_seed), None)?;
+                    c.report(&stic::train::cuda::train_dpo(pipe, &a.data, &c.out, &args, c.resume, c.stop_after)?);
+                }
+                #[cfg(not(feature = "cuda"))]
+                Device::Cuda(_) => return Err(stic::Error::Input("--device cuda: this binary was built without --features cuda".into())),
+            }
         }
         Cmd::TrainSft(a) => {
             let c = &a.common;
             let args = c.args(0.0, 0.0)?;
             let folder = a.image_folder.clone().unwrap_or_else(|| a.data.parent().unwrap_or(std::path::Path::new(".")).to_path_buf());
-            let mut pipe = Pipeline::load(&c.model)?;
+            if c.device != Device::Cpu {
+                return Err(stic::Error::Input("train-sft runs on --device cpu only for now (train-dpo has the GPU path)".into()));
+            }
+            let mut pipe = c.pipeline()?;
             c.report(&stic::trainer::train_sft(&mut pipe, &a.data, &folder, &c.out, &args, c.resume, c.stop_after)?);
         }
         Cmd::Run { config, quiet, stop_after } => {

@@ -149,19 +149,102 @@ pub struct LogLine {
     pub seconds: f64,
 }
 
-/// What one example contributes to a step.
+/// What one example contributes to a step (its gradients stay with the [`Learner`]).
 pub struct ExampleOut {
     pub loss: f64,
     /// (chosen, rejected) rewards, for DPO.
     pub rewards: Option<(f64, f64)>,
-    pub grads: Grads,
     /// Sequence length after image expansion.
     pub tokens: usize,
 }
 
-/// DPO training on `prefs.jsonl`; `stop_after` ends the run right after that step's checkpoint
-/// (a crash, for tests).
-pub fn train_dpo(pipe: &mut Pipeline, data: &Path, out: &Path, args: &TrainArgs, resume: bool, stop_after: Option<usize>) -> Result<Vec<LogLine>> {
+/// What the training loop drives: the adapters (and projector) being trained, their AdamW state
+/// and the gradient accumulated over the current step. [`CpuLearner`] is the reference;
+/// `train::cuda::CudaLearner` (feature `cuda`) keeps everything on a GPU. Both save the same
+/// files (PEFT adapter, `optimizer.safetensors`), so a run may resume on the other device.
+pub trait Learner {
+    /// Fresh adapters as PEFT initialises them, drawn from `seed`.
+    fn init_lora(&mut self, spec: &LoraSpec, seed: u64) -> Result<()>;
+    /// Attach the adapter (and projector) saved in `dir`.
+    fn load_adapter(&mut self, dir: &Path) -> Result<()>;
+    /// The names of the projections that carry an adapter (q_proj, ...), in first-seen order.
+    fn adapted(&mut self) -> Vec<&'static str>;
+    fn save_adapter(&mut self, dir: &Path, spec: &LoraSpec, projector: bool) -> Result<()>;
+    fn load_optimizer(&mut self, path: &Path) -> Result<()>;
+    fn save_optimizer(&mut self, path: &Path) -> Result<()>;
+    /// The global L2 norm of the accumulated gradient.
+    fn grad_norm(&mut self) -> Result<f64>;
+    /// One AdamW step on the accumulated gradient times `gscale` (torch's clip_grad_norm_
+    /// factor, or 1): adapters at `lr`, the projector at `projector_lr`. Clears the gradient.
+    fn step(&mut self, gscale: f32, lr: f32, projector_lr: f32) -> Result<()>;
+}
+
+/// The CPU [`Learner`]: the pipeline's own adapters, [`TrainAdamW`], and the accumulated
+/// [`Grads`] (each example's gradients added with their weight).
+pub struct CpuLearner<'a> {
+    pub pipe: &'a mut Pipeline,
+    opt: TrainAdamW,
+    acc: Option<Grads>,
+}
+
+impl<'a> CpuLearner<'a> {
+    pub fn new(pipe: &'a mut Pipeline, args: &TrainArgs) -> Self {
+        CpuLearner { pipe, opt: TrainAdamW::new(AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() }), acc: None }
+    }
+
+    /// Add `w` times an example's gradients to the step's.
+    pub fn accumulate(&mut self, grads: Grads, w: f32) {
+        match self.acc.as_mut() {
+            None => {
+                let mut g = grads;
+                g.scale(w);
+                self.acc = Some(g);
+            }
+            Some(a) => a.add_scaled(&grads, w),
+        }
+    }
+}
+
+impl Learner for CpuLearner<'_> {
+    fn init_lora(&mut self, spec: &LoraSpec, seed: u64) -> Result<()> {
+        init_lora(&mut self.pipe.model, spec, seed).map(|_| ())
+    }
+    fn load_adapter(&mut self, dir: &Path) -> Result<()> {
+        load_adapter(&mut self.pipe.model, dir).map(|_| ())
+    }
+    fn adapted(&mut self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = Vec::new();
+        for (_, name, l) in self.pipe.model.decoder.projections_mut() {
+            if l.lora.is_some() && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+    fn save_adapter(&mut self, dir: &Path, spec: &LoraSpec, projector: bool) -> Result<()> {
+        save_adapter(&mut self.pipe.model, dir, spec, projector)
+    }
+    fn load_optimizer(&mut self, path: &Path) -> Result<()> {
+        self.opt.load(path)
+    }
+    fn save_optimizer(&mut self, path: &Path) -> Result<()> {
+        self.opt.save(path)
+    }
+    fn grad_norm(&mut self) -> Result<f64> {
+        Ok(self.acc.as_ref().map(Grads::norm).unwrap_or(0.0))
+    }
+    fn step(&mut self, gscale: f32, lr: f32, projector_lr: f32) -> Result<()> {
+        let mut grads = self.acc.take().unwrap_or_default();
+        if gscale != 1.0 {
+            grads.scale(gscale);
+        }
+        self.opt.step(self.pipe, &grads, lr, projector_lr)
+    }
+}
+
+/// The pairs of `prefs.jsonl` with their prompts formatted for `pipe`'s model, images loaded,
+/// and each line's key (see [`pair_key`]).
+pub fn read_pairs<B: crate::backend::Backend>(pipe: &Pipeline<B>, data: &Path) -> Result<(Vec<Pair>, Vec<String>)> {
     let lines = read_prefs(data)?;
     let pairs: Vec<Pair> = lines
         .iter()
@@ -174,24 +257,32 @@ pub fn train_dpo(pipe: &mut Pipeline, data: &Path, out: &Path, args: &TrainArgs,
             })
         })
         .collect::<Result<_>>()?;
+    Ok((pairs, lines.iter().map(|(_, p)| pair_key(p)).collect()))
+}
+
+/// DPO training on `prefs.jsonl`; `stop_after` ends the run right after that step's checkpoint
+/// (a crash, for tests).
+pub fn train_dpo(pipe: &mut Pipeline, data: &Path, out: &Path, args: &TrainArgs, resume: bool, stop_after: Option<usize>) -> Result<Vec<LogLine>> {
+    let (pairs, keys) = read_pairs(pipe, data)?;
     // Reference log-probs: the base model (no adapters yet), computed once per pair.
-    let keys: Vec<String> = lines.iter().map(|(_, p)| pair_key(p)).collect();
-    let refs = reference_cache(pipe, &pairs, &keys, out, resume)?;
-    train_loop(pipe, pairs.len(), out, args, resume, stop_after, |pipe, i, opts| {
+    let refs = reference_cache(&keys, out, resume, |i| reference_logps(pipe, &pairs[i]))?;
+    let mut learner = CpuLearner::new(pipe, args);
+    train_loop(&mut learner, pairs.len(), out, args, resume, stop_after, |l, i, opts, w| {
         // Encode image + prompt once per pair (shared-prefix packing) unless a sliding window
         // forbids it.
-        let (o, grads, tokens) = if pipe.model.cfg.text.sliding_window.is_none() {
-            dpo_pair_grads_packed(pipe, &pairs[i], refs[i], args.beta, args.sft_weight, opts)?
+        let (o, grads, tokens) = if l.pipe.model.cfg.text.sliding_window.is_none() {
+            dpo_pair_grads_packed(l.pipe, &pairs[i], refs[i], args.beta, args.sft_weight, opts)?
         } else {
-            dpo_pair_grads(pipe, &pairs[i], refs[i], args.beta, args.sft_weight, opts)?
+            dpo_pair_grads(l.pipe, &pairs[i], refs[i], args.beta, args.sft_weight, opts)?
         };
-        Ok(ExampleOut { loss: o.loss, rewards: Some((o.chosen_reward, o.rejected_reward)), grads, tokens })
+        l.accumulate(grads, w);
+        Ok(ExampleOut { loss: o.loss, rewards: Some((o.chosen_reward, o.rejected_reward)), tokens })
     })
 }
 
 /// A stable key of a preference line (FNV-1a 64 over its fields), so a cached reference log-prob
 /// is reused only for the very pair it was computed for.
-fn pair_key(p: &PrefLine) -> String {
+pub fn pair_key(p: &PrefLine) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for field in [&p.image, &p.prompt, &p.chosen, &p.rejected] {
         for b in field.bytes().chain([0xff]) {
@@ -211,10 +302,11 @@ struct RefLine {
 
 /// The reference log-probs of every pair: read back from `out/reference_logps.jsonl` when
 /// resuming (lines whose key matches), the rest computed and appended as they come.
-fn reference_cache(pipe: &mut Pipeline, pairs: &[Pair], keys: &[String], out: &Path, resume: bool) -> Result<Vec<(f64, f64)>> {
+/// `reference(i)` computes pair i's; the pairs are identified by `keys`.
+pub fn reference_cache(keys: &[String], out: &Path, resume: bool, mut reference: impl FnMut(usize) -> Result<(f64, f64)>) -> Result<Vec<(f64, f64)>> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let path = out.join("reference_logps.jsonl");
-    let mut refs: Vec<Option<(f64, f64)>> = vec![None; pairs.len()];
+    let mut refs: Vec<Option<(f64, f64)>> = vec![None; keys.len()];
     if resume {
         if let Ok(text) = std::fs::read_to_string(&path) {
             // A torn last line (a crash mid-write) simply fails to parse and is recomputed.
@@ -235,9 +327,9 @@ fn reference_cache(pipe: &mut Pipeline, pairs: &[Pair], keys: &[String], out: &P
     std::fs::write(&tmp, kept).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
     let mut f = std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-    for (i, pair) in pairs.iter().enumerate() {
+    for i in 0..keys.len() {
         if refs[i].is_none() {
-            let (c, r) = reference_logps(pipe, pair)?;
+            let (c, r) = reference(i)?;
             writeln!(f, "{}", serde_json::to_string(&RefLine { i, key: keys[i].clone(), chosen: c, rejected: r }).expect("json")).map_err(|e| Error::io(&path, e))?;
             f.flush().map_err(|e| Error::io(&path, e))?;
             refs[i] = Some((c, r));
@@ -291,30 +383,33 @@ pub fn train_sft(pipe: &mut Pipeline, data: &Path, image_folder: &Path, out: &Pa
     let examples = read_llava_json(data, image_folder)?;
     let images: Vec<Vec<crate::image::RgbImage>> =
         examples.iter().map(|(p, _)| p.iter().map(|p| load_image(p)).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?;
-    train_loop(pipe, examples.len(), out, args, resume, stop_after, |pipe, i, opts| {
-        let (loss, grads, tokens) = sft_grads(pipe, &examples[i].1, &images[i], opts)?;
-        Ok(ExampleOut { loss, rewards: None, grads, tokens })
+    let mut learner = CpuLearner::new(pipe, args);
+    train_loop(&mut learner, examples.len(), out, args, resume, stop_after, |l, i, opts, w| {
+        let (loss, grads, tokens) = sft_grads(l.pipe, &examples[i].1, &images[i], opts)?;
+        l.accumulate(grads, w);
+        Ok(ExampleOut { loss, rewards: None, tokens })
     })
 }
 
-/// The loop shared by DPO and SFT: initialise or resume adapters and optimiser, visit examples in
-/// the seeded order, accumulate, clip, step, log, checkpoint, and write the final adapter.
+/// The loop shared by DPO and SFT on every device: initialise or resume adapters and
+/// optimiser, visit examples in the seeded order (`example(learner, i, opts, w)` runs example i
+/// and adds w times its gradients to the step's), clip, step, log, checkpoint, and write the
+/// final adapter.
 #[allow(clippy::too_many_arguments)]
-fn train_loop(
-    pipe: &mut Pipeline,
+pub fn train_loop<L: Learner>(
+    learner: &mut L,
     n: usize,
     out: &Path,
     args: &TrainArgs,
     resume: bool,
     stop_after: Option<usize>,
-    mut example: impl FnMut(&Pipeline, usize, StepOpts) -> Result<ExampleOut>,
+    mut example: impl FnMut(&mut L, usize, StepOpts, f32) -> Result<ExampleOut>,
 ) -> Result<Vec<LogLine>> {
     let per_step = args.batch_size.max(1) * args.grad_accum.max(1);
     let total = args.max_steps.unwrap_or((n * args.epochs).div_ceil(per_step)).max(1);
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let ckpt = out.join("checkpoint");
     let log_path = out.join("train_log.jsonl");
-    let mut opt = TrainAdamW::new(AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() });
     let mut start = 0;
     let mut args = args.clone();
     let args = &mut args;
@@ -327,23 +422,23 @@ fn train_loop(
         std::fs::rename(&old, &ckpt).map_err(|e| Error::io(&old, e))?;
     }
     if resume && ckpt.join("trainer_state.json").exists() {
-        load_adapter(&mut pipe.model, &ckpt)?;
-        opt.load(&ckpt.join("optimizer.safetensors"))?;
+        learner.load_adapter(&ckpt)?;
+        learner.load_optimizer(&ckpt.join("optimizer.safetensors"))?;
         let st: TrainerState = serde_json::from_str(&std::fs::read_to_string(ckpt.join("trainer_state.json")).map_err(|e| Error::io(&ckpt, e))?)
             .map_err(|e| Error::Json { path: ckpt.join("trainer_state.json"), source: e })?;
         start = st.step;
         truncate_log(&log_path, start)?;
     } else {
         if let Some(dir) = &args.init_adapter {
-            load_adapter(&mut pipe.model, dir)?;
+            learner.load_adapter(dir)?;
         } else if args.lora.r > 0 {
-            init_lora(&mut pipe.model, &args.lora, args.seed)?;
+            learner.init_lora(&args.lora, args.seed)?;
         }
         let _ = std::fs::remove_file(&log_path);
     }
     // A continued adapter (or its checkpoint, when resuming) is attached now: save it as it is.
     if let Some(dir) = &args.init_adapter {
-        args.lora = attached_spec(&mut pipe.model, dir)?;
+        args.lora = attached_spec(learner, dir)?;
     }
     let projector = args.projector_lr.is_some();
     let mut log = Vec::new();
@@ -352,7 +447,6 @@ fn train_loop(
     for step in start..total {
         let t0 = std::time::Instant::now();
         let mut tokens = 0;
-        let mut acc: Option<Grads> = None;
         let (mut loss, mut rewards) = (0.0, None::<(f64, f64)>);
         for k in 0..per_step {
             let pos = step * per_step + k;
@@ -360,7 +454,7 @@ fn train_loop(
             // Dropout masks depend only on the seed and the position in the data stream, so a
             // resumed run draws the same ones.
             let opts = StepOpts { recompute: args.recompute, dropout_seed: Some(args.seed ^ (pos as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F)), projector };
-            let o = example(pipe, i, opts)?;
+            let o = example(learner, i, opts, 1.0 / per_step as f32)?;
             tokens += o.tokens;
             loss += o.loss / per_step as f64;
             if let Some((c, r)) = o.rewards {
@@ -368,25 +462,12 @@ fn train_loop(
                 acc_r.0 += c / per_step as f64;
                 acc_r.1 += r / per_step as f64;
             }
-            let w = 1.0 / per_step as f32;
-            match acc.as_mut() {
-                None => {
-                    let mut g = o.grads;
-                    g.scale(w);
-                    acc = Some(g);
-                }
-                Some(a) => a.add_scaled(&o.grads, w),
-            }
         }
-        let mut grads = acc.unwrap_or_default();
         // torch's clip_grad_norm_ over everything that trains.
-        let coef = args.max_grad_norm / (grads.norm() + 1e-6);
-        if coef < 1.0 {
-            grads.scale(coef as f32);
-        }
+        let coef = args.max_grad_norm / (learner.grad_norm()? + 1e-6);
         let factor = lr_factor(args, step, total);
         let lr = (args.lr as f64 * factor) as f32;
-        opt.step(pipe, &grads, lr, (args.projector_lr.unwrap_or(0.0) as f64 * factor) as f32)?;
+        learner.step(if coef < 1.0 { coef as f32 } else { 1.0 }, lr, (args.projector_lr.unwrap_or(0.0) as f64 * factor) as f32)?;
         let line = LogLine {
             step: step + 1,
             loss,
@@ -403,30 +484,25 @@ fn train_loop(
         log.push(line);
         let done = step + 1 == total;
         if done || args.save_every.is_some_and(|n| n > 0 && (step + 1) % n == 0) {
-            save_checkpoint(pipe, &opt, out, args, TrainerState { step: step + 1, total_steps: total })?;
+            save_checkpoint(learner, out, args, TrainerState { step: step + 1, total_steps: total })?;
         }
         if stop_after == Some(step + 1) {
             return Ok(log);
         }
     }
-    save_adapter(&mut pipe.model, out, &args.lora, projector)?;
+    learner.save_adapter(out, &args.lora, projector)?;
     pb.finish();
     Ok(log)
 }
 
 /// The LoRA settings of the adapters attached from `dir` (rank and alpha from its config, targets
 /// from the projections that carry one), so that a continued adapter is saved as it was.
-fn attached_spec(model: &mut crate::model::Llava, dir: &Path) -> Result<LoraSpec> {
+fn attached_spec<L: Learner>(learner: &mut L, dir: &Path) -> Result<LoraSpec> {
     let cfg = crate::adapter::AdapterConfig::from_file(&dir.join("adapter_config.json"))?;
     if cfg.use_rslora {
         return Err(Error::config(dir.join("adapter_config.json"), "use_rslora", "continuing an rsLoRA adapter is not supported"));
     }
-    let mut targets: Vec<String> = Vec::new();
-    for (_, name, l) in model.decoder.projections_mut() {
-        if l.lora.is_some() && !targets.iter().any(|t| t == name) {
-            targets.push(name.to_string());
-        }
-    }
+    let targets = learner.adapted().into_iter().map(str::to_string).collect();
     Ok(LoraSpec { r: cfg.r, alpha: cfg.lora_alpha, dropout: cfg.lora_dropout, targets })
 }
 
@@ -439,11 +515,11 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
     std::fs::write(path, kept.iter().map(|l| format!("{l}\n")).collect::<String>()).map_err(|e| Error::io(path, e))
 }
 
-fn save_checkpoint(pipe: &mut Pipeline, opt: &TrainAdamW, out: &Path, args: &TrainArgs, st: TrainerState) -> Result<()> {
+fn save_checkpoint<L: Learner>(learner: &mut L, out: &Path, args: &TrainArgs, st: TrainerState) -> Result<()> {
     let tmp = out.join("checkpoint.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    save_adapter(&mut pipe.model, &tmp, &args.lora, args.projector_lr.is_some())?;
-    opt.save(&tmp.join("optimizer.safetensors"))?;
+    learner.save_adapter(&tmp, &args.lora, args.projector_lr.is_some())?;
+    learner.save_optimizer(&tmp.join("optimizer.safetensors"))?;
     let sp = tmp.join("trainer_state.json");
     std::fs::write(&sp, serde_json::to_string_pretty(&st).expect("json")).map_err(|e| Error::io(&sp, e))?;
     let dst = out.join("checkpoint");

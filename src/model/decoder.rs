@@ -119,6 +119,29 @@ impl<B: Backend> Decoder<B> {
         self.cfg.hidden_size
     }
 
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Layer `i`'s frozen weights, for a backend's own training code (`train::cuda`): its two
+    /// norms and its projections in PEFT order ([`PROJECTIONS`]: q, k, v, o, gate, up, down).
+    pub fn layer_weights(&self, i: usize) -> (&B::RmsNorm, [&B::Linear; 7], &B::RmsNorm) {
+        let l = &self.layers[i];
+        (&l.input_layernorm, [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down], &l.post_attention_layernorm)
+    }
+
+    /// The final norm.
+    pub fn final_norm(&self) -> &B::RmsNorm {
+        &self.norm
+    }
+
+    /// (in, out) features of every projection of a layer, in [`PROJECTIONS`] order.
+    pub fn projection_shapes(cfg: &TextConfig) -> [(usize, usize); 7] {
+        let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let (qd, kvd) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
+        [(c, qd), (c, kvd), (c, kvd), (qd, c), (c, f), (c, f), (f, c)]
+    }
+
     pub fn backend(&self) -> &B {
         &self.be
     }
@@ -312,7 +335,7 @@ impl SeqLayout {
         SeqLayout { len, shared_prefix: None }
     }
 
-    fn positions(&self) -> Vec<usize> {
+    pub fn positions(&self) -> Vec<usize> {
         match self.shared_prefix {
             None => (0..self.len).collect(),
             Some((p, c)) => (0..p + c).chain(p..p + (self.len - p - c)).collect(),
@@ -338,7 +361,7 @@ impl SeqLayout {
 /// Gradient of one adapted projection: (layer, projection name, dA [r, in], dB [out, r]).
 pub type LoraGrad = (usize, &'static str, Vec<f32>, Vec<f32>);
 
-const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
 impl Decoder {
     /// Training forward over whole causal sequences of `lens[b]` tokens (see `forward_train_layout`).

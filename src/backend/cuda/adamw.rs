@@ -21,7 +21,9 @@ impl CudaDevice {
     /// in p, g, m, v (f32, p/m/v updated in place), tensor i taking `tensors[i].len` elements
     /// with its own learning rate and decay (the projector's own lr; no decay on biases).
     /// `cfg`'s betas and eps are shared (its lr and weight_decay are not used). Bit-identical with
-    /// [`crate::optim::AdamWState::step`] per tensor.
+    /// [`crate::optim::AdamWState::step`] per tensor on the gradients g * `gscale` (clipping and
+    /// the accumulation factor folded in; the CPU multiplies its f32 gradients by the same f32
+    /// factor first, so the bits still agree; 1.0 leaves g as it is).
     #[allow(clippy::too_many_arguments)]
     pub fn adamw(
         &self,
@@ -32,6 +34,7 @@ impl CudaDevice {
         tensors: &[AdamWTensor],
         cfg: &AdamWConfig,
         step: u64,
+        gscale: f32,
     ) -> Result<()> {
         let op = "adamw";
         let n: usize = tensors.iter().map(|t| t.len).sum();
@@ -62,12 +65,41 @@ impl CudaDevice {
         let (omb1, omb2) = (1.0 - cfg.beta1, 1.0 - cfg.beta2);
         let mut launch = self.stream().launch_builder(&f);
         launch.arg(p).arg(g).arg(m).arg(v).arg(&n64).arg(&seg_d).arg(&decay_d).arg(&step_d).arg(&s32);
-        launch.arg(&cfg.beta1).arg(&omb1).arg(&cfg.beta2).arg(&omb2).arg(&bc2_sqrt).arg(&cfg.eps);
+        launch.arg(&cfg.beta1).arg(&omb1).arg(&cfg.beta2).arg(&omb2).arg(&bc2_sqrt).arg(&cfg.eps).arg(&gscale);
         // SAFETY: adamw(float* p, const float* g, float* m, float* v, u64 n, const u64* seg_end,
-        // const float* decay, const float* step_size, u32 S, float x6) touches p, g, m, v at
+        // const float* decay, const float* step_size, u32 S, float x7) touches p, g, m, v at
         // [0, n) (their lengths, checked) and the three S-element tables; p, m, v are distinct
         // &mut views.
         unsafe { launch.launch(cfg_launch) }.map_err(|e| cuda_err(op, format!("{} tensors, {n} elements", tensors.len()), e))?;
         Ok(())
+    }
+}
+
+/// Threads per block of `grad_sumsq` (`GS_THREADS`).
+const GS_THREADS: u32 = 256;
+
+impl CudaDevice {
+    /// The sum of squares of g (f64; per-block partials added on the host in block order, so the
+    /// result is deterministic): the squared global L2 norm that gradient clipping needs. Waits
+    /// for the device. Reference: [`crate::train::Grads::norm`] (squared).
+    pub fn grad_sumsq(&self, g: &CudaView<'_, f32>) -> Result<f64> {
+        let op = "grad_sumsq";
+        let n = g.len();
+        if n == 0 {
+            return Ok(0.0);
+        }
+        let blocks = n.div_ceil(GS_THREADS as usize).min(4 * self.num_sms().max(1) as usize) as u32;
+        // SAFETY: every one of the `blocks` partials is written by its block before the copy.
+        let mut partial = unsafe { self.alloc_uninit::<f64>(blocks as usize) }?;
+        let f = self.function("adamw", op)?;
+        let cfg = cudarc::driver::LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (GS_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let n64 = n as u64;
+        let mut launch = self.stream().launch_builder(&f);
+        launch.arg(g).arg(&n64).arg(&mut partial);
+        // SAFETY: grad_sumsq(const float* g, u64 n, double* partial) reads g[0, n) (its length)
+        // and block b writes partial[b], b < blocks (allocated); block size GS_THREADS as the
+        // kernel's shared array assumes.
+        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, format!("[{n}]"), e))?;
+        Ok(self.dtoh(&partial)?.iter().sum())
     }
 }

@@ -1426,12 +1426,16 @@ fn adamw_case(n_tensors: usize, step: u64, off: usize, seed: u64) -> Case {
     let m = if step == 1 { vec![0f32; n] } else { f32s(&mut rng, 1e-3) };
     let v = if step == 1 { vec![0f32; n] } else { f32s(&mut rng, 1e-5).into_iter().map(f32::abs).collect() };
     let cfg = AdamWConfig::default();
+    // Odd steps fold a clipping factor into the step (the CPU scales its f32 gradients first).
+    let gscale: f32 = if step % 2 == 1 { 0.37 } else { 1.0 };
+    let gs: Vec<f32> = g.iter().map(|&x| x * gscale).collect();
+    let sumsq_ref: f64 = g.iter().map(|&x| x as f64 * x as f64).sum();
     let (mut pw, mut mw, mut vw) = (p.clone(), m.clone(), v.clone());
     let mut at = 0;
     for t in &tensors {
         let r = at..at + t.len;
         let mut st = AdamWState { step: step - 1, m: mw[r.clone()].to_vec(), v: vw[r.clone()].to_vec() };
-        st.step(&AdamWConfig { weight_decay: t.weight_decay, ..cfg }, t.lr, &mut pw[r.clone()], &g[r.clone()]);
+        st.step(&AdamWConfig { weight_decay: t.weight_decay, ..cfg }, t.lr, &mut pw[r.clone()], &gs[r.clone()]);
         mw[r.clone()].copy_from_slice(&st.m);
         vw[r].copy_from_slice(&st.v);
         at += t.len;
@@ -1441,6 +1445,7 @@ fn adamw_case(n_tensors: usize, step: u64, off: usize, seed: u64) -> Case {
         Expected::U32 { name: "p", values: f32_bits(&pw) },
         Expected::U32 { name: "m", values: f32_bits(&mw) },
         Expected::U32 { name: "v", values: f32_bits(&vw) },
+        Expected::U32 { name: "sumsq (|rel err| < 1e-12)", values: vec![1] },
     ];
     Case {
         expect,
@@ -1450,9 +1455,12 @@ fn adamw_case(n_tensors: usize, step: u64, off: usize, seed: u64) -> Case {
             let mut dm = upload(dev, &m, off, poison)?;
             let mut dv = upload(dev, &v, off, poison)?;
             let r = off..off + n;
-            dev.adamw(&mut dp.slice_mut(r.clone()), &dg.slice(r.clone()), &mut dm.slice_mut(r.clone()), &mut dv.slice_mut(r), &tensors, &cfg, step)?;
+            dev.adamw(&mut dp.slice_mut(r.clone()), &dg.slice(r.clone()), &mut dm.slice_mut(r.clone()), &mut dv.slice_mut(r.clone()), &tensors, &cfg, step, gscale)?;
+            // The clipping norm of the same gradients (unscaled), f64 against the host's sum.
+            let sumsq = dev.grad_sumsq(&dg.slice(r))?;
             let bits = |b: &CudaSlice<f32>| -> Result<Output> { Ok(Output::U32 { all: f32_bits(&dev.dtoh(b)?), lo: off, n }) };
-            Ok(vec![bits(&dp)?, bits(&dm)?, bits(&dv)?])
+            let close = (sumsq - sumsq_ref).abs() <= 1e-12 * sumsq_ref.max(f64::MIN_POSITIVE);
+            Ok(vec![bits(&dp)?, bits(&dm)?, bits(&dv)?, Output::U32 { all: vec![close as u32], lo: 0, n: 1 }])
         }),
     }
 }

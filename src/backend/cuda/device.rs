@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::sys::{self, CUdevice_attribute};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 
@@ -191,6 +191,45 @@ impl CudaDevice {
         Ok(2.0 * n as f64 / best)
     }
 
+    /// The high-water mark (bytes) of the stream-ordered allocations, which every buffer of this
+    /// crate is (`alloc_uninit`, `zeros`, `htod` draw from the device's default memory pool),
+    /// since the last [`Self::reset_peak_memory`]: the peak memory of a training step. None when
+    /// the driver has no memory pools (then allocations are not stream-ordered either).
+    pub fn peak_memory(&self) -> Result<Option<u64>> {
+        if !self.ctx.has_async_alloc() {
+            return Ok(None);
+        }
+        let pool = self.default_pool()?;
+        let mut v: u64 = 0;
+        // SAFETY: `pool` is the device's default pool; the attribute is a cuuint64_t.
+        let r = unsafe { sys::cuMemPoolGetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, &mut v as *mut u64 as *mut std::ffi::c_void) };
+        check_cu("cuMemPoolGetAttribute", r)?;
+        Ok(Some(v))
+    }
+
+    /// Restart [`Self::peak_memory`] from the memory in use now (after a sync, so that freed
+    /// buffers are no longer counted).
+    pub fn reset_peak_memory(&self) -> Result<()> {
+        if !self.ctx.has_async_alloc() {
+            return Ok(());
+        }
+        self.synchronize()?;
+        let pool = self.default_pool()?;
+        let mut zero: u64 = 0;
+        // SAFETY: as above; setting USED_MEM_HIGH to 0 resets it to the current use.
+        let r = unsafe { sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, &mut zero as *mut u64 as *mut std::ffi::c_void) };
+        check_cu("cuMemPoolSetAttribute", r)
+    }
+
+    fn default_pool(&self) -> Result<sys::CUmemoryPool> {
+        self.ctx.bind_to_thread().map_err(|e| cuda_err("memory pool", "bind", e))?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: writes the default pool of this context's device into `pool`.
+        let r = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device()) };
+        check_cu("cuDeviceGetDefaultMemPool", r)?;
+        Ok(pool)
+    }
+
     /// Dense bf16 tensor-core peak (TFLOP/s, no sparsity) from the device's name (NVIDIA's data
     /// sheets), or None for a device this table does not know.
     pub fn peak_bf16_tflops(&self) -> Option<f64> {
@@ -204,5 +243,13 @@ impl CudaDevice {
         } else {
             None
         }
+    }
+}
+
+fn check_cu(op: &'static str, r: sys::CUresult) -> Result<()> {
+    if r == sys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(cuda_err(op, "-", format!("{r:?}")))
     }
 }

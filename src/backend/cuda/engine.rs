@@ -64,8 +64,8 @@ pub struct CudaLinear {
 }
 
 pub struct CudaRmsNorm {
-    weight: CudaSlice<u16>,
-    eps: f32,
+    pub(crate) weight: CudaSlice<u16>,
+    pub(crate) eps: f32,
 }
 
 pub struct CudaLayerNorm {
@@ -75,8 +75,8 @@ pub struct CudaLayerNorm {
 }
 
 pub struct CudaRope {
-    inv_freq: CudaSlice<f32>,
-    head_dim: usize,
+    pub(crate) inv_freq: CudaSlice<f32>,
+    pub(crate) head_dim: usize,
 }
 
 /// The CUDA backend: a shared [`CudaDevice`] and the cache of uploaded index arrays.

@@ -10,6 +10,9 @@
 //! With `StepOpts::projector` the projector trains too: the decoder's dx at the image rows flows
 //! back through the AnyRes row map into the projector (`Llava::image_features_backward`).
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
 use crate::backend::cpu;
 use crate::error::{Error, Result};
 use crate::generate::Pipeline;
@@ -330,6 +333,17 @@ impl TrainAdamW {
             }
         }
         Ok(())
+    }
+
+    /// The state of parameter `key` (`{layer}.{proj}.A`, `projector.{name}`, ...).
+    pub fn state(&self, key: &str) -> Option<&AdamWState> {
+        self.states.get(key)
+    }
+
+    /// Set the state of parameter `key` (a device learner's moments, to save them in this
+    /// format).
+    pub fn set_state(&mut self, key: String, st: AdamWState) {
+        self.states.insert(key, st);
     }
 
     /// Save the optimiser state (m, v, step of every parameter) as safetensors.

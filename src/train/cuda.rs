@@ -1,0 +1,650 @@
+//! LoRA DPO on one GPU (feature `cuda`): the step of [`super::dpo_pair_grads_packed`] with every
+//! op on the device, and the adapters' parameters, gradients and AdamW state kept there (f32).
+//!
+//! One pair, packed as [prefix | chosen | rejected] under the shared-prefix mask (the image and
+//! prompt are encoded once), or as two causal sequences [prefix | chosen], [prefix | rejected]
+//! when the model has a sliding window:
+//!
+//!   x [T, C]  = `Pipeline<Cuda>::embed` (frozen vision tower, projector and embedding, bf16)
+//!   forward, per layer l (only its input x_l [T, C] bf16 is kept: per-layer recomputation, so
+//!   the 7B model at T = 3,300 keeps 32 x 27 MB of activations):
+//!       hn1 = rmsnorm(x); q, k, v = lora_fwd(hn1) (u = hn1 A^T kept for the backward);
+//!       rope(q, k); a, lse = attention_fwd (FlashAttention-2, varlen, shared-prefix mask);
+//!       x_mid = x + lora_fwd(a, o); hn2 = rmsnorm(x_mid); g, u = lora_fwd(hn2);
+//!       x_out = x_mid + lora_fwd(swiglu(g, u), down)
+//!   h = rmsnorm(x_L); the R = |chosen| + |rejected| response rows gathered -> `logprob` (lm_head
+//!   fused with the log-softmax, chunked over V: never [T, V]) -> logp [R], lse [R]
+//!   `dpo` kernel -> loss, rewards, dlogp [R] (f64 inside)
+//!   `logprob_backward` -> dh [R, C] -> scattered back to the rows (the last prefix row predicts
+//!   the first token of both responses: its two gradients add) -> rmsnorm backward
+//!   backward, per layer from the last: recompute the layer from x_l, then down, swiglu, gate/up,
+//!   post-norm, o, attention_bwd, rope backward, q/k/v, input norm (residual gradients added);
+//!   every `lora_bwd` adds s dy^T u and s v^T x to the adapter's dB, dA (f32, accumulated over
+//!   the pairs of a step).
+//!
+//! The step: the accumulated gradients are the raw sum over the step's pairs; the mean's 1/n and
+//! clip_grad_norm_'s factor go into the fused AdamW as one gradient scale (`grad_sumsq` gives the
+//! norm). The bf16 copy of the adapters that the kernels read is refreshed after each step.
+//!
+//! Not supported here yet (clear errors): LoRA dropout > 0 (STIC uses 0), training the projector,
+//! biases on the decoder's projections (LLaMA, Vicuna and Mistral have none), SFT.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaView};
+
+use crate::adapter::{init_loras, proj_index, read_loras, save_loras, LoraSpec};
+use crate::backend::cuda::{AdamWTensor, AttnTrainMask, Cuda, CudaDevice, CudaLinear, CudaTensor, VarlenAttn};
+use crate::backend::{Backend, Rows};
+use crate::error::{Error, Result};
+use crate::generate::Pipeline;
+use crate::loss::DpoOut;
+use crate::model::decoder::{Decoder, SeqLayout, PROJECTIONS};
+use crate::nn::Lora;
+use crate::optim::{AdamWConfig, AdamWState};
+use crate::tensor::Tensor;
+use crate::trainer::{ExampleOut, Learner, TrainArgs};
+
+use super::Pair;
+
+/// One adapted projection: where its A [r, K] and B [N, r] live in the flat parameter buffers.
+#[derive(Clone, Copy, Debug)]
+struct Adapter {
+    layer: usize,
+    /// Index in [`PROJECTIONS`].
+    proj: usize,
+    /// K: in features; N: out features.
+    k: usize,
+    n: usize,
+    off_a: usize,
+    off_b: usize,
+}
+
+/// The trainable state on the device.
+struct DeviceLoras {
+    r: usize,
+    scale: f32,
+    adapters: Vec<Adapter>,
+    /// Per layer, per projection: the index in `adapters`.
+    lookup: Vec<[Option<usize>; 7]>,
+    /// f32 master parameters, gradients and AdamW moments, adapter after adapter (A then B).
+    p: CudaSlice<f32>,
+    g: CudaSlice<f32>,
+    m: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    /// The bf16 copy of p the LoRA kernels read.
+    p16: CudaSlice<u16>,
+    /// AdamW steps taken (the same for every tensor).
+    step: u64,
+}
+
+/// What one layer's forward produced (all kept only while that layer's backward runs).
+struct LayerActs {
+    hn1: CudaTensor,
+    q: CudaTensor,
+    k: CudaTensor,
+    v: CudaTensor,
+    attn: CudaTensor,
+    lse: CudaSlice<f32>,
+    x_mid: CudaTensor,
+    hn2: CudaTensor,
+    gate: CudaTensor,
+    up: CudaTensor,
+    act: CudaTensor,
+    /// u = x A^T [T, r] of every adapted projection (PROJECTIONS order).
+    u: [Option<CudaSlice<f32>>; 7],
+}
+
+/// A packed batch's attention description, owned.
+struct Batch {
+    cu_seqlens: CudaSlice<u32>,
+    max_seqlen: usize,
+    /// (prefix, chosen) per sequence for the shared-prefix mask.
+    pairs: Option<CudaSlice<u32>>,
+    window: Option<usize>,
+    positions: CudaSlice<u32>,
+}
+
+/// The GPU [`Learner`]: a frozen bf16 model and the adapters' training state on one device.
+pub struct CudaLearner {
+    pub pipe: Pipeline<Cuda>,
+    dev: Arc<CudaDevice>,
+    cfg: AdamWConfig,
+    loras: Option<DeviceLoras>,
+    /// The weight of the examples accumulated since the last step (all the same: 1 / n).
+    pending_w: Option<f32>,
+    inv_freq: CudaSlice<f32>,
+    neg_inv_freq: CudaSlice<f32>,
+}
+
+impl CudaLearner {
+    pub fn new(pipe: Pipeline<Cuda>, args: &TrainArgs) -> Result<Self> {
+        if args.projector_lr.is_some() {
+            return Err(Error::Input("training the projector on --device cuda is not supported yet: drop --projector-lr, or train on the CPU".into()));
+        }
+        if args.lora.dropout > 0.0 {
+            return Err(Error::Input(format!("LoRA dropout {} on --device cuda is not supported yet (STIC uses 0)", args.lora.dropout)));
+        }
+        let dev = pipe.model.decoder.backend().device().clone();
+        let tc = &pipe.model.cfg.text;
+        for li in 0..pipe.model.decoder.n_layers() {
+            let (_, projs, _) = pipe.model.decoder.layer_weights(li);
+            if let Some(p) = projs.iter().position(|l| l.bias.is_some()) {
+                return Err(Error::Input(format!("layer {li} {} has a bias: LoRA training on --device cuda supports bias-free projections only", PROJECTIONS[p])));
+            }
+        }
+        let inv_freq = dev.rope_inv_freq(tc.head_dim, tc.rope_theta)?;
+        let neg_inv_freq = dev.rope_inv_freq_backward(tc.head_dim, tc.rope_theta)?;
+        Ok(CudaLearner { dev, cfg: AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() }, loras: None, pending_w: None, inv_freq, neg_inv_freq, pipe })
+    }
+
+    fn decoder(&self) -> &Decoder<Cuda> {
+        &self.pipe.model.decoder
+    }
+
+    /// Every projection as (layer, name, in, out), PEFT order.
+    fn shapes(&self) -> Vec<(usize, &'static str, usize, usize)> {
+        let s = Decoder::<Cuda>::projection_shapes(&self.pipe.model.cfg.text);
+        (0..self.decoder().n_layers()).flat_map(|l| (0..7).map(move |p| (l, PROJECTIONS[p], s[p].0, s[p].1))).collect()
+    }
+
+    /// Put host adapters on the device (fresh gradients and moments).
+    fn upload(&mut self, loras: Vec<(usize, &'static str, Lora)>) -> Result<()> {
+        let first = loras.first().ok_or_else(|| Error::Input("no adapters to train".into()))?;
+        let (r, scale) = (first.2.a.dim(0), first.2.scale);
+        if let Some((l, n, x)) = loras.iter().find(|(_, _, x)| x.a.dim(0) != r || x.scale != scale) {
+            return Err(Error::Input(format!("layer {l} {n}: rank {} / scale {} differ from the first adapter's {r} / {scale}", x.a.dim(0), x.scale)));
+        }
+        if let Some((l, n, x)) = loras.iter().find(|(_, _, x)| x.dropout > 0.0) {
+            return Err(Error::Input(format!("layer {l} {n}: LoRA dropout {} on --device cuda is not supported yet", x.dropout)));
+        }
+        if r > crate::backend::cuda::LORA_MAX_RANK {
+            return Err(Error::Input(format!("LoRA rank {r} > {} on --device cuda", crate::backend::cuda::LORA_MAX_RANK)));
+        }
+        let mut host = Vec::new();
+        let mut adapters = Vec::new();
+        let mut lookup = vec![[None; 7]; self.decoder().n_layers()];
+        for (layer, name, l) in &loras {
+            let proj = proj_index(name).expect("a projection name");
+            let (k, n) = (l.a.dim(1), l.b.dim(0));
+            let off_a = host.len();
+            host.extend_from_slice(l.a.data());
+            let off_b = host.len();
+            host.extend_from_slice(l.b.data());
+            lookup[*layer][proj] = Some(adapters.len());
+            adapters.push(Adapter { layer: *layer, proj, k, n, off_a, off_b });
+        }
+        let p = self.dev.htod(&host)?;
+        let p16 = self.dev.cast_f32_to_bf16(&p)?;
+        let z = || self.dev.zeros::<f32>(host.len());
+        self.loras = Some(DeviceLoras { r, scale, adapters, lookup, g: z()?, m: z()?, v: z()?, p, p16, step: 0 });
+        self.pending_w = None;
+        Ok(())
+    }
+
+    fn loras(&self) -> Result<&DeviceLoras> {
+        self.loras.as_ref().ok_or_else(|| Error::Input("no adapters attached: init or load them first".into()))
+    }
+
+    /// The adapters back on the host.
+    fn download(&self) -> Result<Vec<(usize, &'static str, Lora)>> {
+        let l = self.loras()?;
+        let p = self.dev.dtoh(&l.p)?;
+        l.adapters
+            .iter()
+            .map(|a| {
+                let at = Tensor::new(p[a.off_a..a.off_a + l.r * a.k].to_vec(), &[l.r, a.k])?;
+                let bt = Tensor::new(p[a.off_b..a.off_b + a.n * l.r].to_vec(), &[a.n, l.r])?;
+                Ok((a.layer, PROJECTIONS[a.proj], Lora { a: at, b: bt, scale: l.scale, dropout: 0.0 }))
+            })
+            .collect()
+    }
+
+    /// The attention batch and positions of `layouts` (one packed pair, or plain sequences).
+    fn batch(&self, layouts: &[SeqLayout]) -> Result<Batch> {
+        let mut cu = vec![0u32];
+        let mut pairs = Vec::new();
+        for l in layouts {
+            cu.push(cu.last().copied().unwrap_or(0) + l.len as u32);
+            let (p, c) = l.shared_prefix.unwrap_or((0, 0));
+            pairs.extend([p as u32, c as u32]);
+        }
+        let positions: Vec<u32> = layouts.iter().flat_map(|l| l.positions()).map(|p| p as u32).collect();
+        let shared = layouts.iter().any(|l| l.shared_prefix.is_some());
+        let window = self.pipe.model.cfg.text.sliding_window;
+        if shared && window.is_some() {
+            return Err(Error::Input("a shared-prefix DPO pair cannot use a sliding window".into()));
+        }
+        Ok(Batch {
+            cu_seqlens: self.dev.htod(&cu)?,
+            max_seqlen: layouts.iter().map(|l| l.len).max().unwrap_or(1).max(1),
+            pairs: if shared { Some(self.dev.htod(&pairs)?) } else { None },
+            window,
+            positions: self.dev.htod(&positions)?,
+        })
+    }
+
+    /// y [T, N] = x W^T (+ s x A^T B^T when the projection is adapted and `lora`), and u.
+    fn linear_fwd(&self, x: &CudaTensor, w: &CudaLinear, layer: usize, proj: usize, lora: bool) -> Result<(CudaTensor, Option<CudaSlice<f32>>)> {
+        let t = x.rows;
+        let (n, k) = (w.n, w.k);
+        let adapter = if lora { self.loras.as_ref().and_then(|l| l.lookup[layer][proj].map(|i| (l, l.adapters[i]))) } else { None };
+        // SAFETY: every element of y (and u) is written by the GEMMs below before any read.
+        let mut y = unsafe { self.dev.alloc_uninit::<u16>(t * n) }?;
+        let u = match adapter {
+            Some((l, a)) => {
+                let mut u = unsafe { self.dev.alloc_uninit::<f32>(t * l.r) }?;
+                let (pa, pb) = (l.p16.slice(a.off_a..a.off_a + l.r * k), l.p16.slice(a.off_b..a.off_b + n * l.r));
+                self.dev.lora_fwd(&x.data.as_view(), &w.weight.as_view(), &pa, &pb, l.scale, &mut y.as_view_mut(), &mut u.as_view_mut(), t, k, n, l.r)?;
+                Some(u)
+            }
+            None => {
+                self.dev.matmul(&x.data.as_view(), &w.weight.as_view(), None, &mut y.as_view_mut(), t, n, k, false)?;
+                None
+            }
+        };
+        Ok((CudaTensor { data: y, rows: t, cols: n }, u))
+    }
+
+    /// dx [T, K] = dy W (+ s (dy B) A), and the adapter's dA, dB accumulated.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_bwd(
+        dev: &CudaDevice,
+        loras: Option<&mut DeviceLoras>,
+        x: &CudaTensor,
+        dy: &CudaTensor,
+        w: &CudaLinear,
+        layer: usize,
+        proj: usize,
+        u: Option<&CudaSlice<f32>>,
+    ) -> Result<CudaTensor> {
+        let t = x.rows;
+        let (n, k) = (w.n, w.k);
+        // SAFETY: the GEMMs below write every element of dx.
+        let mut dx = unsafe { dev.alloc_uninit::<u16>(t * k) }?;
+        match (loras.and_then(|l| l.lookup[layer][proj].map(|i| (l.adapters[i], l))), u) {
+            (Some((a, l)), Some(u)) => {
+                let (pa, pb) = (l.p16.slice(a.off_a..a.off_a + l.r * k), l.p16.slice(a.off_b..a.off_b + n * l.r));
+                let (mut ga, mut gb) = l.g.split_at_mut(a.off_b);
+                let mut ga = ga.slice_mut(a.off_a..a.off_a + l.r * k);
+                let mut gb = gb.slice_mut(0..n * l.r);
+                dev.lora_bwd(&x.data.as_view(), &w.weight.as_view(), &pa, &pb, l.scale, &u.as_view(), &dy.data.as_view(), &mut dx.as_view_mut(), &mut ga, &mut gb, t, k, n, l.r, true)?;
+            }
+            _ => dev.matmul_nn(&dy.data.as_view(), &w.weight.as_view(), &mut dx.as_view_mut(), t, k, n, false)?,
+        }
+        Ok(CudaTensor { data: dx, rows: t, cols: k })
+    }
+
+    fn attention_batch<'a>(&self, b: &'a Batch, cu: &'a CudaView<'a, u32>, sp: Option<&'a CudaView<'a, u32>>) -> VarlenAttn<'a> {
+        let tc = &self.pipe.model.cfg.text;
+        VarlenAttn {
+            cu_seqlens: cu,
+            max_seqlen: b.max_seqlen,
+            n_heads: tc.num_attention_heads,
+            n_kv_heads: tc.num_key_value_heads,
+            head_dim: tc.head_dim,
+            scale: 1.0 / (tc.head_dim as f32).sqrt(),
+            mask: match sp {
+                Some(pairs) => AttnTrainMask::SharedPrefix { pairs },
+                None => AttnTrainMask::Causal { window: b.window },
+            },
+        }
+    }
+
+    /// One layer's forward from its input x: the output and the activations of the backward.
+    fn layer_fwd(&self, li: usize, x: &CudaTensor, b: &Batch, lora: bool) -> Result<(CudaTensor, LayerActs)> {
+        let be = self.decoder().backend();
+        let tc = &self.pipe.model.cfg.text;
+        let (h, hkv, d) = (tc.num_attention_heads, tc.num_key_value_heads, tc.head_dim);
+        let (n1, w, n2) = self.decoder().layer_weights(li);
+        let t = x.rows;
+        let hn1 = be.rmsnorm(x, n1)?;
+        let (mut q, uq) = self.linear_fwd(&hn1, w[0], li, 0, lora)?;
+        let (mut k, uk) = self.linear_fwd(&hn1, w[1], li, 1, lora)?;
+        let (v, uv) = self.linear_fwd(&hn1, w[2], li, 2, lora)?;
+        self.dev.rope_qk(&mut q.data.as_view_mut(), h, &mut k.data.as_view_mut(), hkv, &b.positions.as_view(), &self.inv_freq.as_view())?;
+        // SAFETY: attention_fwd writes every row of out and lse (cu_seqlens covers all T rows).
+        let mut attn = CudaTensor { data: unsafe { self.dev.alloc_uninit::<u16>(t * h * d) }?, rows: t, cols: h * d };
+        let mut lse = unsafe { self.dev.alloc_uninit::<f32>(h * t) }?;
+        {
+            let cu = b.cu_seqlens.as_view();
+            let sp = b.pairs.as_ref().map(|p| p.as_view());
+            let batch = self.attention_batch(b, &cu, sp.as_ref());
+            self.dev.attention_fwd(&q.data.as_view(), &k.data.as_view(), &v.data.as_view(), &batch, &mut attn.data.as_view_mut(), &mut lse.as_view_mut())?;
+        }
+        let (o, uo) = self.linear_fwd(&attn, w[3], li, 3, lora)?;
+        let mut x_mid = x.clone();
+        be.add(&mut x_mid, &o)?;
+        let hn2 = be.rmsnorm(&x_mid, n2)?;
+        let (gate, ug) = self.linear_fwd(&hn2, w[4], li, 4, lora)?;
+        let (up, uu) = self.linear_fwd(&hn2, w[5], li, 5, lora)?;
+        let act = be.swiglu(&gate, &up)?;
+        let (down, ud) = self.linear_fwd(&act, w[6], li, 6, lora)?;
+        let mut out = x_mid.clone();
+        be.add(&mut out, &down)?;
+        Ok((out, LayerActs { hn1, q, k, v, attn, lse, x_mid, hn2, gate, up, act, u: [uq, uk, uv, uo, ug, uu, ud] }))
+    }
+
+    /// The backward of layer li given d(output) `dx` (updated in place to d(input)).
+    fn layer_bwd(&mut self, li: usize, x: &CudaTensor, b: &Batch, dx: &mut CudaTensor) -> Result<()> {
+        let (_, a) = self.layer_fwd(li, x, b, true)?;
+        let attn_batch_scale = 1.0 / (self.pipe.model.cfg.text.head_dim as f32).sqrt();
+        let CudaLearner { pipe, dev, loras, neg_inv_freq, .. } = self;
+        let dev: &CudaDevice = dev;
+        let dec = &pipe.model.decoder;
+        let be = dec.backend();
+        let tc = &pipe.model.cfg.text;
+        let (h, hkv) = (tc.num_attention_heads, tc.num_key_value_heads);
+        let eps = tc.rms_norm_eps as f32;
+        let (n1, w, n2) = dec.layer_weights(li);
+        let uninit_like = |r: &CudaTensor| -> Result<CudaTensor> {
+            // SAFETY: every caller has a kernel overwrite all elements before reading.
+            Ok(CudaTensor { data: unsafe { dev.alloc_uninit::<u16>(r.rows * r.cols) }?, rows: r.rows, cols: r.cols })
+        };
+        // out = x_mid + down(silu(gate) * up)
+        let dact = Self::linear_bwd(dev, loras.as_mut(), &a.act, dx, w[6], li, 6, a.u[6].as_ref())?;
+        let (mut dgate, mut dup) = (uninit_like(&a.gate)?, uninit_like(&a.up)?);
+        dev.swiglu_backward(&a.gate.data.as_view(), &a.up.data.as_view(), &dact.data.as_view(), &mut dgate.data.as_view_mut(), &mut dup.data.as_view_mut())?;
+        let mut dhn2 = Self::linear_bwd(dev, loras.as_mut(), &a.hn2, &dgate, w[4], li, 4, a.u[4].as_ref())?;
+        let dh_u = Self::linear_bwd(dev, loras.as_mut(), &a.hn2, &dup, w[5], li, 5, a.u[5].as_ref())?;
+        be.add(&mut dhn2, &dh_u)?;
+        let mut dxm = uninit_like(&a.x_mid)?;
+        dev.rmsnorm_backward(&a.x_mid.data.as_view(), &n2.weight.as_view(), &dhn2.data.as_view(), eps, &mut dxm.data.as_view_mut())?;
+        be.add(dx, &dxm)?; // dx is now d(x_mid)
+        // x_mid = x + o(attention(rope(q(hn1)), rope(k(hn1)), v(hn1)))
+        let dattn = Self::linear_bwd(dev, loras.as_mut(), &a.attn, dx, w[3], li, 3, a.u[3].as_ref())?;
+        let (mut dq, mut dk, mut dv) = (uninit_like(&a.q)?, uninit_like(&a.k)?, uninit_like(&a.v)?);
+        {
+            let cu = b.cu_seqlens.as_view();
+            let sp = b.pairs.as_ref().map(|p| p.as_view());
+            let batch = VarlenAttn {
+                cu_seqlens: &cu,
+                max_seqlen: b.max_seqlen,
+                n_heads: h,
+                n_kv_heads: hkv,
+                head_dim: tc.head_dim,
+                scale: attn_batch_scale,
+                mask: match sp.as_ref() {
+                    Some(pairs) => AttnTrainMask::SharedPrefix { pairs },
+                    None => AttnTrainMask::Causal { window: b.window },
+                },
+            };
+            dev.attention_bwd(
+                &a.q.data.as_view(),
+                &a.k.data.as_view(),
+                &a.v.data.as_view(),
+                &a.attn.data.as_view(),
+                &dattn.data.as_view(),
+                &a.lse.as_view(),
+                &batch,
+                &mut dq.data.as_view_mut(),
+                &mut dk.data.as_view_mut(),
+                &mut dv.data.as_view_mut(),
+            )?;
+        }
+        dev.rope_backward_qk(&mut dq.data.as_view_mut(), h, &mut dk.data.as_view_mut(), hkv, &b.positions.as_view(), &neg_inv_freq.as_view())?;
+        let mut dhn1 = Self::linear_bwd(dev, loras.as_mut(), &a.hn1, &dq, w[0], li, 0, a.u[0].as_ref())?;
+        let dh_k = Self::linear_bwd(dev, loras.as_mut(), &a.hn1, &dk, w[1], li, 1, a.u[1].as_ref())?;
+        be.add(&mut dhn1, &dh_k)?;
+        let dh_v = Self::linear_bwd(dev, loras.as_mut(), &a.hn1, &dv, w[2], li, 2, a.u[2].as_ref())?;
+        be.add(&mut dhn1, &dh_v)?;
+        let mut dxi = uninit_like(x)?;
+        dev.rmsnorm_backward(&x.data.as_view(), &n1.weight.as_view(), &dhn1.data.as_view(), eps, &mut dxi.data.as_view_mut())?;
+        be.add(dx, &dxi)?;
+        Ok(())
+    }
+
+    /// Forward of every layer from x (keeping each layer's input when `keep`): the final-normed
+    /// hidden states, the pre-norm output and the layer inputs.
+    fn forward(&self, x: CudaTensor, b: &Batch, lora: bool, keep: bool) -> Result<(CudaTensor, CudaTensor, Vec<CudaTensor>)> {
+        let be = self.decoder().backend();
+        let mut inputs = Vec::new();
+        let mut x = x;
+        for li in 0..self.decoder().n_layers() {
+            be.range_push(&format!("train layer {li}"));
+            let (out, _) = self.layer_fwd(li, &x, b, lora)?;
+            if keep {
+                inputs.push(x);
+            }
+            x = out;
+            be.range_pop();
+        }
+        let h = be.rmsnorm(&x, self.decoder().final_norm())?;
+        Ok((h, x, inputs))
+    }
+
+    /// The pair's embeddings, layouts, response rows and targets (as `dpo_pair_grads_packed`,
+    /// or two sequences under a sliding window): (x, layouts, rows, targets, |chosen|).
+    #[allow(clippy::type_complexity)]
+    fn prepare(&self, pair: &Pair) -> Result<(CudaTensor, Vec<SeqLayout>, Vec<u32>, Vec<u32>, usize)> {
+        let pipe = &self.pipe;
+        let prompt_ids = pipe.prompt_ids(&pair.prompt, pair.images.len())?;
+        let chosen = pipe.tokenizer.encode(&pair.chosen, false)?;
+        let rejected = pipe.tokenizer.encode(&pair.rejected, false)?;
+        if chosen.is_empty() || rejected.is_empty() {
+            return Err(Error::Input("a response is empty after tokenization".into()));
+        }
+        let (c, r) = (chosen.len(), rejected.len());
+        let targets: Vec<u32> = chosen.iter().chain(&rejected).copied().collect();
+        if pipe.model.cfg.text.sliding_window.is_none() {
+            let all: Vec<u32> = prompt_ids.iter().chain(&chosen).chain(&rejected).copied().collect();
+            let (x, _) = pipe.embed(&all, &pair.images)?;
+            let t = x.n_rows();
+            let p = t - c - r;
+            // The last prefix row predicts the first token of both responses.
+            let rows: Vec<u32> = (p - 1..p + c - 1).chain(std::iter::once(p - 1)).chain(p + c..p + c + r - 1).map(|i| i as u32).collect();
+            Ok((x, vec![SeqLayout { len: t, shared_prefix: Some((p, c)) }], rows, targets, c))
+        } else {
+            let a: Vec<u32> = prompt_ids.iter().chain(&chosen).copied().collect();
+            let bq: Vec<u32> = prompt_ids.iter().chain(&rejected).copied().collect();
+            let (xa, _) = pipe.embed(&a, &pair.images)?;
+            let (xb, _) = pipe.embed(&bq, &pair.images)?;
+            let (ta, tb) = (xa.n_rows(), xb.n_rows());
+            let x = self.decoder().backend().concat_rows(&[&xa, &xb])?;
+            let rows: Vec<u32> = (ta - c - 1..ta - 1).chain(ta + tb - r - 1..ta + tb - 1).map(|i| i as u32).collect();
+            Ok((x, vec![SeqLayout::plain(ta), SeqLayout::plain(tb)], rows, targets, c))
+        }
+    }
+
+    /// Per-token log-probs of the response rows of h, and what their backward needs.
+    fn response_logprobs(&self, h: &CudaTensor, rows: &[u32], targets: &CudaSlice<u32>) -> Result<(CudaTensor, CudaSlice<f32>, CudaSlice<f32>)> {
+        let be = self.decoder().backend();
+        let hs = be.embedding(h, None, rows)?;
+        let (rn, c) = (hs.rows, hs.cols);
+        let w = self.decoder().lm_head_weight();
+        let v = w.rows;
+        // SAFETY: logprob writes all R elements of logp and lse.
+        let mut logp = unsafe { self.dev.alloc_uninit::<f32>(rn) }?;
+        let mut lse = unsafe { self.dev.alloc_uninit::<f32>(rn) }?;
+        self.dev.logprob(&hs.data.as_view(), &w.data.as_view(), &targets.as_view(), &mut logp.as_view_mut(), &mut lse.as_view_mut(), rn, c, v)?;
+        Ok((hs, logp, lse))
+    }
+
+    /// Summed response log-probs (chosen, rejected) of the reference policy: the model with its
+    /// adapters off (the same kernels, so an untrained adapter's B = 0 gives the same values).
+    pub fn reference_logps(&mut self, pair: &Pair) -> Result<(f64, f64)> {
+        let (x, layouts, rows, targets, c) = self.prepare(pair)?;
+        let b = self.batch(&layouts)?;
+        let (h, _, _) = self.forward(x, &b, false, false)?;
+        let td = self.dev.htod(&targets)?;
+        let (_, logp, _) = self.response_logprobs(&h, &rows, &td)?;
+        let lp = self.dev.dtoh(&logp)?;
+        Ok((lp[..c].iter().map(|&v| v as f64).sum(), lp[c..].iter().map(|&v| v as f64).sum()))
+    }
+
+    /// One pair's DPO loss, with its gradients added to the step's (raw; `weight` is applied at
+    /// the step). `alpha` = 0 is plain DPO, 1/1024 STIC's. Returns the loss and the tokens run.
+    pub fn dpo_pair(&mut self, pair: &Pair, reference: (f64, f64), beta: f64, alpha: f64, weight: f32) -> Result<(DpoOut, usize)> {
+        self.loras()?;
+        if self.pending_w.is_some_and(|w| w != weight) {
+            return Err(Error::Input(format!("examples of one step must share a weight ({:?} then {weight})", self.pending_w)));
+        }
+        self.pending_w = Some(weight);
+        let be = self.decoder().backend().clone();
+        be.range_push("dpo pair");
+        let (x, layouts, rows, targets, c) = self.prepare(pair)?;
+        let t = x.rows;
+        let b = self.batch(&layouts)?;
+        let (h, x_last, inputs) = self.forward(x, &b, true, true)?;
+        let td = self.dev.htod(&targets)?;
+        let (hs, logp, lse) = self.response_logprobs(&h, &rows, &td)?;
+        let rn = rows.len();
+        // One pair's DpoSpans (chosen_start, chosen_len, rejected_start, rejected_len).
+        let spans = self.dev.htod(&[0, c as u32, c as u32, (rn - c) as u32])?;
+        let refs = self.dev.htod(&[reference.0, reference.1])?;
+        let mut out = self.dev.zeros::<f64>(7)?;
+        let mut dlogp = self.dev.zeros::<f32>(rn)?;
+        self.dev.dpo(&logp.as_view(), &spans.as_view(), &refs.as_view(), beta, alpha, &mut out.as_view_mut(), &mut dlogp.as_view_mut())?;
+        // d loss / d h at the response rows (f32), to bf16, back to their rows.
+        let cdim = hs.cols;
+        let w = self.decoder().lm_head_weight();
+        let mut dhs = self.dev.zeros::<f32>(rn * cdim)?;
+        self.dev.logprob_backward(&hs.data.as_view(), &w.data.as_view(), &td.as_view(), &lse.as_view(), &dlogp.as_view(), &mut dhs.as_view_mut(), rn, cdim, w.rows, false)?;
+        let dhs16 = CudaTensor { data: self.dev.cast_f32_to_bf16(&dhs)?, rows: rn, cols: cdim };
+        let mut dh = be.zeros(t, cdim)?;
+        // Rows predicting two targets (the packed pair's last prefix row): the first occurrence is
+        // scattered, later ones added.
+        let mut seen = std::collections::HashSet::new();
+        let (mut first, mut dup) = (Vec::new(), Vec::new());
+        for (i, &r) in rows.iter().enumerate() {
+            if seen.insert(r) { first.push((i, r)) } else { dup.push((i, r)) }
+        }
+        let src = be.embedding(&dhs16, None, &first.iter().map(|&(i, _)| i as u32).collect::<Vec<_>>())?;
+        be.scatter_rows(&src, &mut dh, &first.iter().map(|&(_, r)| r).collect::<Vec<_>>())?;
+        for (i, r) in dup {
+            let r = r as usize;
+            self.dev.add(&mut dh.data.slice_mut(r * cdim..(r + 1) * cdim), &dhs16.data.slice(i * cdim..(i + 1) * cdim))?;
+        }
+        // Final norm, then the layers from the last.
+        let mut dx = CudaTensor { data: unsafe { self.dev.alloc_uninit::<u16>(t * cdim) }?, rows: t, cols: cdim };
+        let fnorm = self.decoder().final_norm();
+        self.dev.rmsnorm_backward(&x_last.data.as_view(), &fnorm.weight.as_view(), &dh.data.as_view(), fnorm.eps, &mut dx.data.as_view_mut())?;
+        drop((h, x_last, hs));
+        for li in (0..inputs.len()).rev() {
+            be.range_push(&format!("train layer {li} backward"));
+            self.layer_bwd(li, &inputs[li], &b, &mut dx)?;
+            be.range_pop();
+        }
+        let o = self.dev.dtoh(&out)?;
+        be.range_pop();
+        Ok((DpoOut { loss: o[0], d_chosen: o[1], d_rejected: o[2], chosen_reward: o[3], rejected_reward: o[4] }, t))
+    }
+
+    /// The accumulated gradients as host tensors (layer, name, dA, dB), raw sums.
+    pub fn grads(&self) -> Result<Vec<(usize, &'static str, Vec<f32>, Vec<f32>)>> {
+        let l = self.loras()?;
+        let g = self.dev.dtoh(&l.g)?;
+        Ok(l.adapters.iter().map(|a| (a.layer, PROJECTIONS[a.proj], g[a.off_a..a.off_a + l.r * a.k].to_vec(), g[a.off_b..a.off_b + a.n * l.r].to_vec())).collect())
+    }
+
+    fn adam_keys(l: &DeviceLoras) -> Vec<(String, usize, usize)> {
+        l.adapters
+            .iter()
+            .flat_map(|a| {
+                let name = PROJECTIONS[a.proj];
+                [(format!("{}.{name}.A", a.layer), a.off_a, l.r * a.k), (format!("{}.{name}.B", a.layer), a.off_b, a.n * l.r)]
+            })
+            .collect()
+    }
+}
+
+impl Learner for CudaLearner {
+    fn init_lora(&mut self, spec: &LoraSpec, seed: u64) -> Result<()> {
+        let loras = init_loras(&self.shapes(), spec, seed)?;
+        self.upload(loras)
+    }
+
+    fn load_adapter(&mut self, dir: &Path) -> Result<()> {
+        let shapes = Decoder::<Cuda>::projection_shapes(&self.pipe.model.cfg.text);
+        let n_layers = self.decoder().n_layers();
+        let (loras, projector) = read_loras(dir, |layer, proj| if layer < n_layers { proj_index(proj).map(|i| shapes[i]) } else { None })?;
+        if projector.is_some() {
+            return Err(Error::Input(format!("{}: the adapter carries the projector; training the projector on --device cuda is not supported yet", dir.display())));
+        }
+        self.upload(loras)
+    }
+
+    fn adapted(&mut self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = Vec::new();
+        for a in self.loras.iter().flat_map(|l| &l.adapters) {
+            if !names.contains(&PROJECTIONS[a.proj]) {
+                names.push(PROJECTIONS[a.proj]);
+            }
+        }
+        names
+    }
+
+    fn save_adapter(&mut self, dir: &Path, spec: &LoraSpec, projector: bool) -> Result<()> {
+        if projector {
+            return Err(Error::Input("training the projector on --device cuda is not supported yet".into()));
+        }
+        save_loras(dir, spec, &self.download()?, None)
+    }
+
+    /// The same file as [`crate::train::TrainAdamW::save`]: `{layer}.{proj}.{A,B}.{m,v,step}`.
+    fn save_optimizer(&mut self, path: &Path) -> Result<()> {
+        let l = self.loras()?;
+        let (m, v) = (self.dev.dtoh(&l.m)?, self.dev.dtoh(&l.v)?);
+        let mut opt = crate::train::TrainAdamW::new(self.cfg);
+        for (key, off, len) in Self::adam_keys(l) {
+            opt.set_state(key, AdamWState { step: l.step, m: m[off..off + len].to_vec(), v: v[off..off + len].to_vec() });
+        }
+        opt.save(path)
+    }
+
+    fn load_optimizer(&mut self, path: &Path) -> Result<()> {
+        let mut opt = crate::train::TrainAdamW::new(self.cfg);
+        opt.load(path)?;
+        let l = self.loras.as_mut().ok_or_else(|| Error::Input("load the adapter before its optimiser state".into()))?;
+        let n = l.p.len();
+        let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+        let mut step = None;
+        for (key, off, len) in Self::adam_keys(l) {
+            let st = opt.state(&key).ok_or_else(|| Error::weights(path, format!("no optimiser state for `{key}`")))?;
+            if st.m.len() != len || st.v.len() != len {
+                return Err(Error::weights(path, format!("`{key}`: {} moments for a tensor of {len}", st.m.len())));
+            }
+            if step.is_some_and(|s| s != st.step) {
+                return Err(Error::weights(path, format!("`{key}`: step {} differs from the other tensors' {step:?}", st.step)));
+            }
+            step = Some(st.step);
+            m[off..off + len].copy_from_slice(&st.m);
+            v[off..off + len].copy_from_slice(&st.v);
+        }
+        l.m = self.dev.htod(&m)?;
+        l.v = self.dev.htod(&v)?;
+        l.step = step.unwrap_or(0);
+        Ok(())
+    }
+
+    fn grad_norm(&mut self) -> Result<f64> {
+        let l = self.loras()?;
+        Ok(self.pending_w.unwrap_or(1.0) as f64 * self.dev.grad_sumsq(&l.g.as_view())?.sqrt())
+    }
+
+    fn step(&mut self, gscale: f32, lr: f32, _projector_lr: f32) -> Result<()> {
+        let w = self.pending_w.take().unwrap_or(1.0);
+        let cfg = self.cfg;
+        let l = self.loras.as_mut().ok_or_else(|| Error::Input("no adapters to step".into()))?;
+        let tensors: Vec<AdamWTensor> = Self::adam_keys(l).iter().map(|&(_, _, len)| AdamWTensor { len, lr, weight_decay: cfg.weight_decay }).collect();
+        l.step += 1;
+        let dev = self.dev.clone();
+        dev.adamw(&mut l.p.as_view_mut(), &l.g.as_view(), &mut l.m.as_view_mut(), &mut l.v.as_view_mut(), &tensors, &cfg, l.step, w * gscale)?;
+        dev.cast_f32_to_bf16_into(&l.p.as_view(), &mut l.p16.as_view_mut())?;
+        dev.stream().memset_zeros(&mut l.g).map_err(|e| crate::backend::cuda::cuda_err("memset_zeros", "adapter gradients", e))?;
+        Ok(())
+    }
+}
+
+/// `stic train-dpo --device cuda`: DPO with the adapters trained on the GPU (see the module
+/// docs); the same data, order, schedule, logs and checkpoints as [`crate::trainer::train_dpo`].
+pub fn train_dpo(pipe: Pipeline<Cuda>, data: &Path, out: &Path, args: &TrainArgs, resume: bool, stop_after: Option<usize>) -> Result<Vec<crate::trainer::LogLine>> {
+    let (pairs, keys) = crate::trainer::read_pairs(&pipe, data)?;
+    let mut learner = CudaLearner::new(pipe, args)?;
+    let refs = crate::trainer::reference_cache(&keys, out, resume, |i| learner.reference_logps(&pairs[i]))?;
+    crate::trainer::train_loop(&mut learner, pairs.len(), out, args, resume, stop_after, |l, i, _opts, w| {
+        let (o, tokens) = l.dpo_pair(&pairs[i], refs[i], args.beta, args.sft_weight, w)?;
+        Ok(ExampleOut { loss: o.loss, rewards: Some((o.chosen_reward, o.rejected_reward)), tokens })
+    })
+}

@@ -1,0 +1,190 @@
+//! LoRA DPO on the GPU (`train::cuda`, bf16) against the CPU trainer (f32, itself checked against
+//! transformers + PEFT autograd in tests/llava_parity.rs). Built only with `--features cuda`;
+//! without a device each test prints `skipped: no CUDA device` and passes.
+//!
+//! The model: the tiny LLaVA-NeXT fixture's config with a decoder of head dim 64 (the training
+//! attention kernels take head dims 64 and 128; the fixture's is 8), random weights from one seed
+//! on both sides. Tolerances (docs/TOLERANCES.md, "DPO step on CUDA"):
+//! - reference and policy log-prob sums: |gpu - cpu| <= 1e-2 x sum |logp| (bf16 hidden states move
+//!   each logit by ~1e-2 of its rms, a few 1e-3 of a token's |logp| ~ ln V);
+//! - the loss: 2e-2 x (1 + |loss|);
+//! - every adapter gradient tensor: ||gpu - cpu|| <= 5e-2 ||cpu|| (the whole-model bf16 rule of
+//!   tests/cuda_model.rs, on the backward's tensors);
+//! - adapters after two AdamW steps from the CLI: AdamW's early updates are ~±lr per element
+//!   whatever |g| is, so an element whose gradient is within the bf16 error of 0 may move the
+//!   other way: at least 95% of the elements within lr/2 of the CPU's.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use stic::adapter::{init_lora, save_adapter, LoraSpec};
+use stic::backend::cuda::{cuda_available, Cuda};
+use stic::generate::{Pipeline, Rng};
+use stic::image::load_image;
+use stic::model::decoder::StepOpts;
+use stic::train::cuda::CudaLearner;
+use stic::train::{dpo_pair_grads_packed, reference_logps, Pair};
+use stic::trainer::{Learner, Schedule, TrainArgs};
+
+fn device() -> Option<Cuda> {
+    if !cuda_available() {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), "skipped: no CUDA device");
+        return None;
+    }
+    Some(Cuda::new(0).expect("a CUDA device is present but could not be opened"))
+}
+
+/// The tiny LLaVA-NeXT fixture with a decoder of head dim 64 (2 heads, 1 kv head), for random
+/// weights.
+fn tiny64(tag: &str) -> std::path::PathBuf {
+    let dir = scratch_copy("llava_next_tiny", tag);
+    edit_config(&dir, |c| {
+        let t = &mut c["text_config"];
+        t["hidden_size"] = 128.into();
+        t["num_attention_heads"] = 2.into();
+        t["num_key_value_heads"] = 1.into();
+        t["head_dim"] = 64.into();
+        t["intermediate_size"] = 256.into();
+    });
+    dir
+}
+
+fn spec() -> LoraSpec {
+    LoraSpec { r: 4, alpha: 8.0, dropout: 0.0, targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].iter().map(|s| s.to_string()).collect() }
+}
+
+fn args() -> TrainArgs {
+    TrainArgs {
+        lora: spec(),
+        projector_lr: None,
+        init_adapter: None,
+        beta: 0.1,
+        sft_weight: 1.0 / 1024.0,
+        lr: 1e-2,
+        weight_decay: 0.0,
+        epochs: 1,
+        batch_size: 1,
+        grad_accum: 1,
+        max_steps: None,
+        warmup_ratio: 0.0,
+        schedule: Schedule::Cosine,
+        max_grad_norm: 1.0,
+        seed: 0,
+        save_every: None,
+        recompute: true,
+        quiet: true,
+    }
+}
+
+fn l2(x: &[f32]) -> f64 {
+    x.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt()
+}
+
+#[test]
+fn dpo_step_cuda_matches_cpu() {
+    let Some(be) = device() else { return };
+    let dir = tiny64("cuda-dpo-step");
+    let seed = Some(7);
+    let mut cpu = Pipeline::load_with(&dir, seed, None).unwrap();
+    // Adapters with A and B both random (B = 0 would make every dA zero).
+    init_lora(&mut cpu.model, &spec(), 1).unwrap();
+    let mut rng = Rng::new(11);
+    for (_, _, lin) in cpu.model.decoder.projections_mut() {
+        let b = &mut lin.lora.as_mut().unwrap().b;
+        b.data_mut().iter_mut().for_each(|v| *v = ((rng.uniform() * 2.0 - 1.0) * 0.05) as f32);
+    }
+    let adir = dir.join("adapter");
+    save_adapter(&mut cpu.model, &adir, &spec(), false).unwrap();
+    let pair = Pair {
+        prompt: cpu.format_prompt("Describe the image.", 1, false),
+        images: vec![load_image(&fixtures().join("images/wide.jpg")).unwrap()],
+        chosen: "A red square and a blue circle.".into(),
+        rejected: "A dog asleep on a sofa.".into(),
+    };
+    let (beta, alpha) = (0.1, 1.0 / 1024.0);
+    // The CPU reference: the base model's sums (adapters taken off), then the packed pair's loss
+    // and gradients.
+    let ref_cpu = reference_logps(&mut cpu, &pair).unwrap();
+    let (o_cpu, g_cpu, _) = dpo_pair_grads_packed(&cpu, &pair, ref_cpu, beta, alpha, StepOpts::default()).unwrap();
+
+    let gpu = Pipeline::load_on(&be, &dir, seed, None).unwrap();
+    let mut learner = CudaLearner::new(gpu, &args()).unwrap();
+    learner.load_adapter(&adir).unwrap();
+    let ref_gpu = learner.reference_logps(&pair).unwrap();
+    for (what, g, c) in [("reference chosen", ref_gpu.0, ref_cpu.0), ("reference rejected", ref_gpu.1, ref_cpu.1)] {
+        assert!((g - c).abs() <= 1e-2 * c.abs(), "{what}: gpu {g} vs cpu {c}");
+    }
+    // Both sides against the CPU's reference sums, so the loss compares the policies only.
+    let (o_gpu, tokens) = learner.dpo_pair(&pair, ref_cpu, beta, alpha, 1.0).unwrap();
+    assert!(tokens > 0);
+    assert!((o_gpu.loss - o_cpu.loss).abs() <= 2e-2 * (1.0 + o_cpu.loss.abs()), "loss: gpu {} vs cpu {}", o_gpu.loss, o_cpu.loss);
+    // Rewards are beta (policy - reference): the policy sums' rule, scaled by beta.
+    let pc_cpu = o_cpu.chosen_reward / beta + ref_cpu.0;
+    let pc_gpu = o_gpu.chosen_reward / beta + ref_cpu.0;
+    assert!((pc_gpu - pc_cpu).abs() <= 1e-2 * pc_cpu.abs(), "policy chosen sum: gpu {pc_gpu} vs cpu {pc_cpu}");
+    let g_gpu = learner.grads().unwrap();
+    assert_eq!(g_gpu.len(), g_cpu.lora.len(), "adapted projections");
+    let mut worst = 0.0f64;
+    for ((lg, ng, dag, dbg), (lc, nc, dac, dbc)) in g_gpu.iter().zip(&g_cpu.lora) {
+        assert_eq!((lg, ng), (lc, nc));
+        for (what, g, c) in [("dA", dag, dac), ("dB", dbg, dbc)] {
+            let diff: Vec<f32> = g.iter().zip(c.iter()).map(|(a, b)| a - b).collect();
+            let rel = l2(&diff) / l2(c).max(f64::MIN_POSITIVE);
+            worst = worst.max(rel);
+            assert!(rel <= 5e-2, "layer {lg} {ng} {what}: ||gpu - cpu|| / ||cpu|| = {rel:.3e} (||cpu|| = {:.3e})", l2(c));
+        }
+    }
+    println!("dpo step: loss gpu {:.6} cpu {:.6}; worst gradient rel-L2 error {worst:.3e}", o_gpu.loss, o_cpu.loss);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn stic(args: &[&str]) -> (bool, String) {
+    let bin = std::env::var("STIC_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_stic").to_string());
+    let out = Command::new(bin).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[test]
+fn train_dpo_cuda_matches_cpu() {
+    if device().is_none() {
+        return;
+    }
+    let dir = tiny64("cuda-train-dpo");
+    let data = fixtures().join("prefs/prefs.jsonl");
+    let lr = 1e-2f32;
+    let run = |device: &str| -> std::path::PathBuf {
+        let out = dir.join(format!("out-{device}"));
+        let (ok, err) = stic(&[
+            "train-dpo", "--model", dir.to_str().unwrap(), "--random-weights", "--weights-seed", "7", "--data", data.to_str().unwrap(),
+            "--out", out.to_str().unwrap(), "--lora-r", "4", "--lora-alpha", "8", "--lr", "1e-2", "--max-steps", "2", "--warmup-ratio", "0",
+            "--seed", "3", "--sft-weight", "0.0009765625", "--quiet", "--device", device,
+        ]);
+        assert!(ok, "train-dpo --device {device}: {err}");
+        out
+    };
+    let (cpu, gpu) = (run("cpu"), run("cuda"));
+    let log = |d: &std::path::Path| -> Vec<f64> {
+        std::fs::read_to_string(d.join("train_log.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
+    };
+    let (lc, lg) = (log(&cpu), log(&gpu));
+    assert_eq!(lc.len(), 2);
+    for (s, (c, g)) in lc.iter().zip(&lg).enumerate() {
+        assert!((g - c).abs() <= 2e-2 * (1.0 + c.abs()), "step {} loss: gpu {g} vs cpu {c}", s + 1);
+    }
+    let read = |d: &std::path::Path| stic::weights::WeightStore::from_files(d, &[d.join("adapter_model.safetensors")]).unwrap();
+    let (wc, wg) = (read(&cpu), read(&gpu));
+    let names: Vec<String> = wc.names().map(str::to_string).collect();
+    assert!(!names.is_empty());
+    for name in names {
+        let shape = wc.shape_of(&name).unwrap();
+        let (c, g) = (wc.get(&name, &shape).unwrap(), wg.get(&name, &shape).unwrap());
+        let close = c.data().iter().zip(g.data()).filter(|(a, b)| (*a - *b).abs() <= lr / 2.0).count();
+        let frac = close as f64 / c.data().len() as f64;
+        assert!(frac >= 0.95, "{name}: only {:.1}% of the elements within lr/2 of the CPU's", 100.0 * frac);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
