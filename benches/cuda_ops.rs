@@ -272,6 +272,13 @@ fn attention(dev: &'static CudaDevice) -> Result<Vec<Bench>> {
         let rows = vec![AttnRow { slot: 0, kv_start: 0, kv_end: ctx as u32 }];
         v.push(one(dev, format!("decode B=1,ctx={ctx},H={h},Hkv={hkv},D={d}"), h, hkv, d, 1, ctx, rows, true)?);
     }
+    // ... and batch 8 at the same contexts: the decode shapes of the SDPA baseline
+    // (scripts/baselines/attention_sdpa.py), for the side-by-side table in docs/PERF.md.
+    for ctx in [4096usize, 32768] {
+        let b = 8usize;
+        let rows = (0..b as u32).map(|s| AttnRow { slot: s, kv_start: 0, kv_end: ctx as u32 }).collect();
+        v.push(one(dev, format!("decode B={b},ctx={ctx},H={h},Hkv={hkv},D={d}"), h, hkv, d, b, ctx, rows, true)?);
+    }
     let t = 2880usize;
     let rows = (0..t as u32).map(|i| AttnRow { slot: 0, kv_start: 0, kv_end: i + 1 }).collect();
     v.push(one(dev, format!("prefill causal T={t},H={h},Hkv={hkv},D={d}"), h, hkv, d, 1, t, rows, false)?);

@@ -15,7 +15,10 @@
 # model on CUDA vs the CPU; fixtures come with the working tree) and the criterion benches
 # (cpu_ops; cuda_ops: every CUDA op at 7B / CLIP-L shapes against the measured HBM bandwidth and
 # the bf16 peak; cuda_model: AnyRes prefill and decode at batch 1, 8, 64 against the roofline),
-# and leaves the full log in $OUT/gpu-run.log and the bench summaries in $OUT/cuda-*bench.md.
+# then PyTorch's scaled_dot_product_attention (flash backend) at the attention benches' shapes
+# (scripts/baselines/attention_sdpa.py, the GPU machine's python3 + torch), and leaves the full
+# log in $OUT/gpu-run.log, the bench summaries in $OUT/cuda-*bench.md and the SDPA baseline in
+# $OUT/attention-sdpa.md and .json.
 # `matmul` needs cuBLASLt (libcublasLt.so.13 or .12, loaded at run time; far too large to carry):
 # run.sh looks for it on the GPU machine and puts its folder on LD_LIBRARY_PATH.
 set -euo pipefail
@@ -98,6 +101,12 @@ fi
   done
   for t in "$bin"/tests/*; do echo "== tests/$(basename "$t")"; "$t" --test-threads=1 || fail=1; done
   for b in "$bin"/benches/*; do echo "== benches/$(basename "$b")"; "$b" --bench || fail=1; done
+  # The side-by-side baseline: PyTorch SDPA (flash backend) at the attention benches' shapes.
+  echo "== scripts/baselines/attention_sdpa.py"
+  sdpa_out="${OUT:-target}"
+  mkdir -p "$sdpa_out"
+  python3 scripts/baselines/attention_sdpa.py "$sdpa_out/attention-sdpa.json" > "$sdpa_out/attention-sdpa.md" || fail=1
+  cat "$sdpa_out/attention-sdpa.md"
   # cuda_ops writes its summary table (markdown) to target/cuda-bench.md.
   [[ -f target/cuda-bench.md && -n "${OUT:-}" ]] && cp target/cuda-bench.md "$OUT/cuda-bench.md"
   [[ -f target/cuda-model-bench.md && -n "${OUT:-}" ]] && cp target/cuda-model-bench.md "$OUT/cuda-model-bench.md"

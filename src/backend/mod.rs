@@ -19,6 +19,7 @@ pub mod shapes;
 
 pub use cpu::engine::Cpu;
 pub use cpu::AttnRow;
+pub use cpu::PackedMask;
 
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -136,6 +137,24 @@ pub trait Backend: Clone + Send + Sync + 'static {
         n_kv_heads: usize,
         head_dim: usize,
         cap: usize,
+    ) -> Result<Self::Tensor>;
+    /// Self-attention of packed sequences, each over itself only (no cache): q[Ttot, H*D],
+    /// k, v[Ttot, Hkv*D] hold the sequences row after row (sequence b: `lens[b]` rows, Ttot their
+    /// sum), `mask` applies per sequence on sequence-local positions (see [`PackedMask`]). -> [Ttot,
+    /// H*D]. The decoder's fresh prefill (causal) and the vision tower (bidirectional) use it; on
+    /// CUDA it is the tensor-core FlashAttention-2 forward (head dims 64, 128; the slotted-cache
+    /// kernel for others). Scores scaled by 1/sqrt(D), as [`Backend::attention`].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_packed(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        lens: &[usize],
+        mask: PackedMask,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
     ) -> Result<Self::Tensor>;
     /// dst[idx[i]] = src[i] for every row i of src (rows of equal width).
     fn scatter_rows(&self, src: &Self::Tensor, dst: &mut Self::Tensor, idx: &[u32]) -> Result<()>;

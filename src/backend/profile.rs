@@ -28,10 +28,10 @@ pub fn summarize(samples: impl IntoIterator<Item = (&'static str, f64)>) -> Vec<
 /// The table `op | calls | total ms | mean us | % of ops`.
 pub fn table(rows: &[OpTime]) -> String {
     let total: f64 = rows.iter().map(|r| r.ms).sum();
-    let mut s = format!("{:<14} {:>8} {:>12} {:>12} {:>7}\n", "op", "calls", "total ms", "mean us", "%");
+    let mut s = format!("{:<18} {:>8} {:>12} {:>12} {:>7}\n", "op", "calls", "total ms", "mean us", "%");
     for r in rows {
         s += &format!(
-            "{:<14} {:>8} {:>12.3} {:>12.1} {:>6.1}%\n",
+            "{:<18} {:>8} {:>12.3} {:>12.1} {:>6.1}%\n",
             r.op,
             r.calls,
             r.ms,
@@ -39,7 +39,7 @@ pub fn table(rows: &[OpTime]) -> String {
             if total > 0.0 { 100.0 * r.ms / total } else { 0.0 }
         );
     }
-    s += &format!("{:<14} {:>8} {:>12.3}\n", "all ops", rows.iter().map(|r| r.calls).sum::<usize>(), total);
+    s += &format!("{:<18} {:>8} {:>12.3}\n", "all ops", rows.iter().map(|r| r.calls).sum::<usize>(), total);
     s
 }
 

@@ -1,7 +1,7 @@
 //! The shape contracts of the [`super::Backend`] ops, checked once here for every backend (on
 //! the matrix view: rows x cols). Each returns an [`Error::Shape`] naming the op and the shapes.
 
-use super::{AttnRow, Rows};
+use super::{AttnRow, PackedMask, Rows};
 use crate::error::{Error, Result};
 
 fn dims<T: Rows>(t: &T) -> String {
@@ -67,6 +67,36 @@ pub fn attention<T: Rows>(q: &T, k: &T, v: &T, rows: &[AttnRow], n_heads: usize,
     Ok(())
 }
 
+/// q [Ttot, H*D] and k, v [Ttot, Hkv*D] with Ttot = sum of `lens`; H a positive multiple of Hkv;
+/// D > 0; a sliding window of at least one key.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_packed<T: Rows>(q: &T, k: &T, v: &T, lens: &[usize], mask: PackedMask, n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Result<()> {
+    let total: usize = lens.iter().sum();
+    let kw = n_kv_heads * head_dim;
+    if q.n_rows() != total
+        || k.n_rows() != total
+        || v.n_rows() != total
+        || q.n_cols() != n_heads * head_dim
+        || k.n_cols() != kw
+        || v.n_cols() != kw
+        || head_dim == 0
+        || n_kv_heads == 0
+        || !n_heads.is_multiple_of(n_kv_heads)
+        || mask == (PackedMask::Causal { window: Some(0) })
+    {
+        return Err(Error::shape(
+            "attention_packed",
+            format!(
+                "q {}, k {}, v {} for sequences of lengths {lens:?} (Ttot={total}), H={n_heads}, Hkv={n_kv_heads}, D={head_dim}, {mask:?}",
+                dims(q),
+                dims(k),
+                dims(v)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// src [N, W] into dst [R, W] at N indices, each < R.
 pub fn scatter_rows<T: Rows>(src: &T, dst: &T, idx: &[u32]) -> Result<()> {
     if src.n_cols() != dst.n_cols() || src.n_rows() != idx.len() || idx.iter().any(|&i| i as usize >= dst.n_rows()) {
@@ -121,6 +151,24 @@ mod tests {
         assert!(err(&[row(0, 0, 1)], 3, 5).contains("H=3"), "H not a multiple of Hkv");
         assert!(err(&[row(0, 0, 1)], 4, 3).contains("cap=3"), "cache rows not whole slots");
         assert!(attention(&q, &kv, &t(10, 8), &[row(0, 0, 1), row(0, 0, 1)], 4, 2, 8, 5).is_err(), "v width");
+    }
+
+    #[test]
+    fn attention_packed_contract() {
+        // H=4, Hkv=2, D=8; sequences of 3 and 2 rows: q [5, 32], k, v [5, 16].
+        let causal = PackedMask::Causal { window: None };
+        let (q, kv) = (t(5, 32), t(5, 16));
+        assert!(attention_packed(&q, &kv, &kv, &[3, 2], causal, 4, 2, 8).is_ok());
+        assert!(attention_packed(&q, &kv, &kv, &[3, 0, 2], PackedMask::Bidirectional, 4, 2, 8).is_ok());
+        assert!(attention_packed(&t(0, 32), &t(0, 16), &t(0, 16), &[], causal, 4, 2, 8).is_ok());
+        let err = |lens: &[usize], q: &Tensor, k: &Tensor, v: &Tensor, mask, h, hkv| attention_packed(q, k, v, lens, mask, h, hkv, 8).unwrap_err().to_string();
+        assert!(err(&[3, 3], &q, &kv, &kv, causal, 4, 2).contains("Ttot=6"), "lengths do not cover the rows");
+        assert!(err(&[3, 2], &q, &t(4, 16), &kv, causal, 4, 2).contains("k [4, 16]"), "k rows");
+        assert!(err(&[3, 2], &q, &kv, &t(5, 8), causal, 4, 2).contains("v [5, 8]"), "v width");
+        assert!(err(&[3, 2], &t(5, 24), &kv, &kv, causal, 3, 2).contains("H=3"), "H not a multiple of Hkv");
+        assert!(err(&[3, 2], &q, &t(5, 0), &t(5, 0), causal, 4, 0).contains("Hkv=0"), "no kv heads");
+        assert!(err(&[3, 2], &q, &kv, &kv, PackedMask::Causal { window: Some(0) }, 4, 2).contains("Some(0)"), "empty window");
+        assert!(attention_packed(&t(5, 0), &t(5, 0), &t(5, 0), &[5], causal, 4, 2, 0).is_err(), "D=0");
     }
 
     #[test]

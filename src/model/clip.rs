@@ -2,12 +2,13 @@
 //!
 //! pixels[N, 3, S, S] (N tiles) -> patch conv (P x P, stride P, no bias) -> [N, G*G, C]
 //! -> prepend the class embedding -> + position embeddings [G*G + 1, C] -> pre_layrnorm
-//! -> L pre-LN encoder layers: x + attn(LN1(x)), x + fc2(act(fc1(LN2(x)))), bidirectional attention.
+//! -> L pre-LN encoder layers: x + attn(LN1(x)), x + fc2(act(fc1(LN2(x)))), bidirectional attention
+//! within each tile (`Backend::attention_packed`, the tiles packed as sequences).
 //! LLaVA reads hidden_states[i] (0 = the pre-LN embeddings, i = output of layer i) for the selected
 //! indices, so only layers up to the largest index are loaded and run; the later layers and
 //! post_layernorm are skipped.
 
-use crate::backend::{AttnRow, Backend, Cpu};
+use crate::backend::{Backend, Cpu, PackedMask};
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -126,9 +127,8 @@ impl<B: Backend> ClipVision<B> {
         let tokens = self.cfg.num_patches() + 1;
         let d = c / h;
         let mut x = be.layernorm(&self.embed(pixels)?, &self.pre_ln)?;
-        // Every tile is one slot of `tokens` keys; every row sees all of its tile.
-        let rows: Vec<AttnRow> =
-            (0..n * tokens).map(|r| AttnRow { slot: (r / tokens) as u32, kv_start: 0, kv_end: tokens as u32 }).collect();
+        // Every tile is one packed sequence of `tokens` rows; every row sees all of its tile.
+        let lens = vec![tokens; n];
         let mut out: Vec<(usize, B::Tensor)> = Vec::new();
         if indices.contains(&0) {
             out.push((0, x.clone()));
@@ -137,7 +137,7 @@ impl<B: Backend> ClipVision<B> {
             be.range_push(&format!("vision layer {li}"));
             let hn = be.layernorm(&x, &layer.ln1)?;
             let (q, k, v) = (be.matmul(&hn, &layer.q)?, be.matmul(&hn, &layer.k)?, be.matmul(&hn, &layer.v)?);
-            let attn = be.attention(&q, &k, &v, &rows, h, h, d, tokens)?;
+            let attn = be.attention_packed(&q, &k, &v, &lens, PackedMask::Bidirectional, h, h, d)?;
             be.matmul_add(&attn, &layer.o, &mut x)?;
             let mut f = be.matmul(&be.layernorm(&x, &layer.ln2)?, &layer.fc1)?;
             be.activation(&self.cfg.hidden_act, &mut f)?;

@@ -8,11 +8,14 @@
 //!
 //! Inference (`forward`) is written once against the [`Backend`] ops and runs on the CPU and on
 //! CUDA. Batching: several sequences at once, their rows stacked into one x[sum T_b, C]. The
-//! projections run on all rows together; one attention call covers every row, each sequence
-//! reading its own slot of the preallocated `KvCache`, which grows by T_b rows per call.
+//! projections run on all rows together; one attention call covers every row. Every call writes
+//! its k, v into each sequence's slot of the preallocated `KvCache`, which grows by T_b rows per
+//! call. A fresh prefill (every slot empty) attends over the new rows themselves
+//! (`Backend::attention_packed`: the tensor-core FlashAttention-2 forward on CUDA); decode steps
+//! and continued prefills attend over the cache (`Backend::attention`, a key range per row).
 //! Training (`forward_train*`, `backward`: CPU, f32, LoRA) saves activations on a tape.
 
-use crate::backend::{cpu, AttnRow, Backend, Cpu, Rows};
+use crate::backend::{cpu, AttnRow, Backend, Cpu, PackedMask, Rows};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::model::clip::add_inplace;
@@ -185,7 +188,11 @@ impl<B: Backend> Decoder<B> {
         // where its slot stops.
         let mut positions = Vec::with_capacity(total);
         let mut dst = Vec::with_capacity(total);
-        let mut rows = Vec::with_capacity(total);
+        // A fresh prefill (every sequence starts in an empty slot) attends over its own rows
+        // only: `attention_packed` on the new k, v (tensor cores on CUDA); otherwise (decode,
+        // continued prefill) the rows attend over the cache. Both write k, v into the cache.
+        let fresh = slots.iter().all(|&s| s < cache.slots() && cache.lens[s] == 0);
+        let mut rows = Vec::with_capacity(if fresh { 0 } else { total });
         let mask = cpu::AttnMask::Causal { window: cfg.sliding_window };
         for (&slot, &n) in slots.iter().zip(lens) {
             if slot >= cache.slots() || slots.iter().filter(|&&s| s == slot).count() > 1 {
@@ -205,7 +212,9 @@ impl<B: Backend> Decoder<B> {
             for p in start..start + n {
                 positions.push(p as u32);
                 dst.push((slot * cap + p) as u32);
-                rows.push(AttnRow::for_mask(mask, slot, p, start + n));
+                if !fresh {
+                    rows.push(AttnRow::for_mask(mask, slot, p, start + n));
+                }
             }
         }
         let mut x = x;
@@ -218,7 +227,11 @@ impl<B: Backend> Decoder<B> {
             be.rope(&mut q, &mut k, h, hkv, &positions, &self.rope)?;
             be.scatter_rows(&k, &mut cache.k[li], &dst)?;
             be.scatter_rows(&v, &mut cache.v[li], &dst)?;
-            let attn = be.attention(&q, &cache.k[li], &cache.v[li], &rows, h, hkv, d, cap)?;
+            let attn = if fresh {
+                be.attention_packed(&q, &k, &v, lens, PackedMask::Causal { window: cfg.sliding_window }, h, hkv, d)?
+            } else {
+                be.attention(&q, &cache.k[li], &cache.v[li], &rows, h, hkv, d, cap)?
+            };
             be.matmul_add(&attn, &layer.o, &mut x)?;
             let hn = be.rmsnorm(&x, &layer.post_attention_layernorm)?;
             let g = be.matmul(&hn, &layer.gate)?;
@@ -533,5 +546,113 @@ impl Decoder {
         }
         grads.reverse();
         Ok((grads, dx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LlavaConfig;
+    use crate::rng::Rng;
+    use crate::weights::RandomWeights;
+
+    /// A 2-layer decoder of the tiny fixture's text config (C 32, H 4, Hkv 2, D 8) with random
+    /// weights and the given sliding window.
+    fn tiny_decoder(window: Option<usize>) -> Decoder {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llava_next_tiny");
+        let mut cfg = LlavaConfig::from_file(&dir.join("config.json")).unwrap().text;
+        cfg.sliding_window = window;
+        Decoder::load(&Cpu, &RandomWeights::new(&dir, 17), "model.language_model", "lm_head.weight", &cfg).unwrap()
+    }
+
+    fn ids(rng: &mut Rng, n: usize) -> Vec<u32> {
+        (0..n).map(|_| 1 + rng.below(32_000) as u32).collect()
+    }
+
+    /// Rows [lo, hi) of `x` [R, C].
+    fn rows(x: &Tensor, lo: usize, hi: usize) -> Vec<f32> {
+        x.rows(lo, hi).into_data()
+    }
+
+    /// The two computations agree to f32 summation order (docs/TOLERANCES.md: "decoder: fresh
+    /// prefill vs the cache path"): |a - b| <= 1e-5 (1 + |b|). Returns the largest |a - b|.
+    fn assert_close(what: &str, a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let mut worst = 0f32;
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            let e = (x - y).abs();
+            assert!(e <= 1e-5 * (1.0 + y.abs()), "{what}: element {i}: {x} vs {y}");
+            worst = worst.max(e);
+        }
+        worst
+    }
+
+    #[test]
+    fn fresh_prefill_matches_the_cache_path() {
+        // Three prompts (slots 2, 0, 1 of a 4-slot cache), with and without a sliding window
+        // shorter than the prompts. A: one fresh prefill (attention_packed). B: the same prompts
+        // in one call with a fourth sequence that continues slot 3 (so the call takes the cache
+        // path, attention over the cache). C: each prompt in two chunks (a fresh prefill, then a
+        // continued one over the cache). D: A plus one decode step vs E: one fresh prefill of the
+        // prompts one token longer.
+        for window in [None, Some(5)] {
+            let dec = tiny_decoder(window);
+            let mut rng = Rng::new(23);
+            let lens = [9usize, 4, 13];
+            let slots = [2usize, 0, 1];
+            let total: usize = lens.iter().sum();
+            let prompts: Vec<Vec<u32>> = lens.iter().map(|&n| ids(&mut rng, n + 1)).collect();
+            let prompt_ids: Vec<u32> = prompts.iter().zip(&lens).flat_map(|(p, &n)| p[..n].to_vec()).collect();
+            let x = dec.embed(&prompt_ids).unwrap();
+            let cap = 32;
+            let new_cache = || KvCache::new(&Cpu, &dec.cfg, 4, cap).unwrap();
+            let what = |s: &str| format!("window {window:?}: {s}");
+
+            // A
+            let mut cache_a = new_cache();
+            let ha = dec.forward(x.clone(), &slots, &lens, &mut cache_a).unwrap();
+
+            // B: slot 3 holds 2 tokens first; then the prompts and one more token of slot 3.
+            let mut cache_b = new_cache();
+            let extra = ids(&mut rng, 3);
+            dec.forward(dec.embed(&extra[..2]).unwrap(), &[3], &[2], &mut cache_b).unwrap();
+            let xb = Tensor::cat_rows(&[&x, &dec.embed(&extra[2..]).unwrap()]).unwrap();
+            let hb = dec.forward(xb, &[2, 0, 1, 3], &[9, 4, 13, 1], &mut cache_b).unwrap();
+            let mut worst = assert_close(&what("cache path vs fresh prefill"), &rows(&hb, 0, total), ha.data());
+
+            // C: chunks of [4, 2, 6] then [5, 2, 7].
+            let mut cache_c = new_cache();
+            let first = [4usize, 2, 6];
+            let (mut part1, mut part2) = (Vec::new(), Vec::new());
+            for (p, (&n, &f)) in prompts.iter().zip(lens.iter().zip(&first)) {
+                part1.extend_from_slice(&p[..f]);
+                part2.extend_from_slice(&p[f..n]);
+            }
+            let h1 = dec.forward(dec.embed(&part1).unwrap(), &slots, &first, &mut cache_c).unwrap();
+            let second: Vec<usize> = lens.iter().zip(&first).map(|(n, f)| n - f).collect();
+            let h2 = dec.forward(dec.embed(&part2).unwrap(), &slots, &second, &mut cache_c).unwrap();
+            let (mut at_a, mut at1, mut at2) = (0, 0, 0);
+            for (&n, &f) in lens.iter().zip(&first) {
+                worst = worst.max(assert_close(&what("first chunk"), &rows(&h1, at1, at1 + f), &rows(&ha, at_a, at_a + f)));
+                worst = worst.max(assert_close(&what("continued chunk"), &rows(&h2, at2, at2 + n - f), &rows(&ha, at_a + f, at_a + n)));
+                at_a += n;
+                at1 += f;
+                at2 += n - f;
+            }
+
+            // D vs E
+            let next: Vec<u32> = prompts.iter().zip(&lens).map(|(p, &n)| p[n]).collect();
+            let hd = dec.forward(dec.embed(&next).unwrap(), &slots, &[1, 1, 1], &mut cache_a).unwrap();
+            let longer: Vec<usize> = lens.iter().map(|n| n + 1).collect();
+            let all_ids: Vec<u32> = prompts.concat();
+            let mut cache_e = new_cache();
+            let he = dec.forward(dec.embed(&all_ids).unwrap(), &slots, &longer, &mut cache_e).unwrap();
+            let mut end = 0;
+            for (b, &n) in longer.iter().enumerate() {
+                end += n;
+                worst = worst.max(assert_close(&what("decode step vs longer prefill"), &rows(&hd, b, b + 1), &rows(&he, end - 1, end)));
+            }
+            eprintln!("window {window:?}: largest difference {worst:e}");
+        }
     }
 }

@@ -207,6 +207,62 @@ pub fn attention_rows(
     out
 }
 
+/// The mask of self-attention over packed sequences ([`attention_packed`],
+/// `Backend::attention_packed`): applied per sequence, on sequence-local positions (the first row
+/// of every sequence is position 0). Inference's two cases: the decoder's fresh prefill (causal,
+/// Mistral's sliding window) and the vision tower (bidirectional tiles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackedMask {
+    Bidirectional,
+    /// Key j is visible from query i when j <= i (and i - j < W with a window of W >= 1 keys).
+    Causal { window: Option<usize> },
+}
+
+impl PackedMask {
+    /// The same mask as an [`AttnMask`] over one sequence.
+    pub fn attn_mask(self) -> AttnMask {
+        match self {
+            PackedMask::Bidirectional => AttnMask::Bidirectional,
+            PackedMask::Causal { window } => AttnMask::Causal { window },
+        }
+    }
+}
+
+/// The [`AttnRow`]s that compute [`attention_packed`] with [`attention_rows`], the packed k, v
+/// [Ttot, Hkv*D] taken as one slot of `cap` = Ttot rows: the row at packed index r of a sequence
+/// starting at s0 with n rows reads keys [s0, s0 + n) (bidirectional) or [max(s0, r + 1 - W), r + 1)
+/// (causal, window W). The CUDA backend's fallback for head dims the tensor-core kernel lacks.
+pub fn packed_rows(lens: &[usize], mask: PackedMask) -> Vec<AttnRow> {
+    let mut rows = Vec::with_capacity(lens.iter().sum());
+    let mut s0 = 0usize;
+    for &n in lens {
+        for i in 0..n {
+            let (lo, hi) = mask.attn_mask().range(i, n);
+            rows.push(AttnRow { slot: 0, kv_start: (s0 + lo) as u32, kv_end: (s0 + hi) as u32 });
+        }
+        s0 += n;
+    }
+    rows
+}
+
+/// Self-attention of sequences packed row after row, each over itself only: q[Ttot, H*D],
+/// k, v[Ttot, Hkv*D], sequence b the `lens[b]` rows after those of sequences 0..b; -> [Ttot, H*D].
+/// [`attention`] per sequence (q_start 0) under `mask`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_packed(q: &[f32], k: &[f32], v: &[f32], lens: &[usize], n_heads: usize, n_kv: usize, d: usize, mask: PackedMask) -> Vec<f32> {
+    let (qw, kw) = (n_heads * d, n_kv * d);
+    let total: usize = lens.iter().sum();
+    assert_eq!(q.len(), total * qw, "attention_packed: q is not [Ttot={total}, H*D={qw}]");
+    let mut out = Vec::with_capacity(total * qw);
+    let mut row = 0;
+    for &n in lens.iter().filter(|&&n| n > 0) {
+        let (qs, ks) = (row * qw..(row + n) * qw, row * kw..(row + n) * kw);
+        out.extend(attention(&q[qs], &k[ks.clone()], &v[ks], n, n, n_heads, n_kv, d, 0, mask.attn_mask()));
+        row += n;
+    }
+    out
+}
+
 /// Plain-loop forward over any float type: the f64 reference of the tests and of the backward.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_reference<F: Float>(
@@ -351,6 +407,43 @@ mod tests {
         let rows = [AttnRow { slot: 0, kv_start: 3, kv_end: 3 }];
         let got = attention_rows(&rand_vec(h * d, 9), &rand_vec(cap * kw, 1), &rand_vec(cap * kw, 2), &rows, h, hkv, d, cap, 0.5);
         assert!(got.iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn packed_matches_per_sequence_and_rows_layout() {
+        // Three sequences (one empty) packed: attention_packed equals attention on each sequence
+        // alone, and attention_rows over packed_rows (the CUDA fallback's rows, the packed k, v as
+        // one slot) equals both.
+        let (h, hkv, d) = (6, 2, 8);
+        let (qw, kw) = (h * d, hkv * d);
+        let lens = [7usize, 0, 12, 1];
+        let total: usize = lens.iter().sum();
+        for mask in [PackedMask::Bidirectional, PackedMask::Causal { window: None }, PackedMask::Causal { window: Some(4) }] {
+            let q = rand_vec(total * qw, 31);
+            let k = rand_vec(total * kw, 32);
+            let v = rand_vec(total * kw, 33);
+            let got = attention_packed(&q, &k, &v, &lens, h, hkv, d, mask);
+            let mut row = 0;
+            for &n in lens.iter().filter(|&&n| n > 0) {
+                let (qs, ks) = (row * qw..(row + n) * qw, row * kw..(row + n) * kw);
+                let want = attention(&q[qs.clone()], &k[ks.clone()], &v[ks], n, n, h, hkv, d, 0, mask.attn_mask());
+                assert_eq!(&got[qs], &want[..], "{mask:?}: a sequence of {n} rows");
+                row += n;
+            }
+            let rows = packed_rows(&lens, mask);
+            assert_eq!(rows.len(), total);
+            let via_rows = attention_rows(&q, &k, &v, &rows, h, hkv, d, total, 1.0 / (d as f32).sqrt());
+            for (a, b) in via_rows.iter().zip(&got) {
+                assert!((a - b).abs() < 1e-5, "{mask:?}: rows {a} vs packed {b}");
+            }
+        }
+        // The rows themselves: the window clips at the sequence start, never reaching the previous one.
+        let rows = packed_rows(&[2, 3], PackedMask::Causal { window: Some(2) });
+        let ranges: Vec<(u32, u32)> = rows.iter().map(|r| (r.kv_start, r.kv_end)).collect();
+        assert_eq!(ranges, [(0, 1), (0, 2), (2, 3), (2, 4), (3, 5)]);
+        let rows = packed_rows(&[2, 3], PackedMask::Bidirectional);
+        let ranges: Vec<(u32, u32)> = rows.iter().map(|r| (r.kv_start, r.kv_end)).collect();
+        assert_eq!(ranges, [(0, 2), (0, 2), (2, 5), (2, 5), (2, 5)]);
     }
 
     #[test]

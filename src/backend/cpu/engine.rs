@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::{AttnRow, RopeTable};
+use super::{AttnRow, PackedMask, RopeTable};
 use crate::backend::profile::{summarize, OpTime};
 use crate::backend::{shapes, Backend, Rows};
 use crate::error::{Error, Result};
@@ -117,6 +117,23 @@ impl Backend for Cpu {
             let scale = 1.0 / (head_dim as f32).sqrt();
             let out = super::attention_rows(q.data(), k.data(), v.data(), rows, n_heads, n_kv_heads, head_dim, cap, scale);
             Tensor::new(out, &[rows.len(), n_heads * head_dim])
+        })
+    }
+    fn attention_packed(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        lens: &[usize],
+        mask: PackedMask,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<Tensor> {
+        timed("attention_packed", || {
+            shapes::attention_packed(q, k, v, lens, mask, n_heads, n_kv_heads, head_dim)?;
+            let out = super::attention_packed(q.data(), k.data(), v.data(), lens, n_heads, n_kv_heads, head_dim, mask);
+            Tensor::new(out, &[q.n_rows(), n_heads * head_dim])
         })
     }
     fn scatter_rows(&self, src: &Tensor, dst: &mut Tensor, idx: &[u32]) -> Result<()> {

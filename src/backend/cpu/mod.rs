@@ -16,7 +16,7 @@ pub mod softmax;
 
 pub use activation::{gelu, quick_gelu, silu, swiglu, swiglu_backward, swiglu_fused};
 pub use copy::{add, concat_cols, scatter_rows};
-pub use attention::{attention, attention_backward, attention_rows, AttnMask, AttnRow};
+pub use attention::{attention, attention_backward, attention_packed, attention_rows, packed_rows, AttnMask, AttnRow, PackedMask};
 pub use embedding::{embedding, embedding_sources};
 pub use logprob::{logprob, logprob_backward};
 pub use lora::{lora_bwd, lora_fwd};

@@ -17,7 +17,7 @@ use cudarc::driver::CudaEvent;
 
 use super::{nvtx, CudaDevice, CudaSlice};
 use crate::backend::profile::{summarize, OpTime};
-use crate::backend::{shapes, AttnRow, Backend, Rows};
+use crate::backend::{cpu, shapes, AttnRow, Backend, PackedMask, Rows};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -277,6 +277,73 @@ impl Backend for Cuda {
                 cap,
                 scale,
             )?;
+            Ok(out)
+        })
+    }
+    fn attention_packed(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        lens: &[usize],
+        mask: PackedMask,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<CudaTensor> {
+        self.op("attention_packed", || {
+            shapes::attention_packed(q, k, v, lens, mask, n_heads, n_kv_heads, head_dim)?;
+            let t = q.rows;
+            let mut out = self.output(t, n_heads * head_dim)?;
+            if t == 0 {
+                return Ok(out);
+            }
+            let scale = 1.0 / (head_dim as f32).sqrt();
+            if super::attention_train::attention_train_head_dim_supported(head_dim) {
+                // Tensor-core FlashAttention-2 over the packed batch: cu_seqlens (shared by every
+                // layer of the forward) and an lse scratch the inference path does not read.
+                let cu: Vec<u32> = std::iter::once(0u32)
+                    .chain(lens.iter().scan(0usize, |s, &n| {
+                        *s += n;
+                        Some(*s as u32)
+                    }))
+                    .collect();
+                let cu_dev = self.index_buffer("attention_packed_cu_seqlens", &cu)?;
+                // SAFETY: attention_fwd writes lse for every (head, row) of the Ttot rows, all of
+                // which the sequences cover (sum of lens == Ttot, checked above).
+                let mut lse = unsafe { self.dev.alloc_uninit::<f32>(t * n_heads)? };
+                let cu_view = cu_dev.as_view();
+                let batch = super::VarlenAttn {
+                    cu_seqlens: &cu_view,
+                    max_seqlen: lens.iter().copied().max().unwrap_or(1).max(1),
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    scale,
+                    mask: match mask {
+                        PackedMask::Bidirectional => super::AttnTrainMask::Bidirectional,
+                        PackedMask::Causal { window } => super::AttnTrainMask::Causal { window },
+                    },
+                };
+                self.dev.attention_fwd(&q.data.as_view(), &k.data.as_view(), &v.data.as_view(), &batch, &mut out.data.as_view_mut(), &mut lse.as_view_mut())?;
+            } else {
+                // Other head dims: the slotted-cache kernel with the packed k, v as one slot of
+                // Ttot rows, each query row reading its own sequence's key range.
+                let rows = cpu::packed_rows(lens, mask);
+                let rows_dev = self.index_buffer("attention_packed_rows", bytemuck::cast_slice(&rows))?;
+                self.dev.attention(
+                    &q.data.as_view(),
+                    &k.data.as_view(),
+                    &v.data.as_view(),
+                    &rows_dev.as_view(),
+                    &mut out.data.as_view_mut(),
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    t,
+                    scale,
+                )?;
+            }
             Ok(out)
         })
     }
