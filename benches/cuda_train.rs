@@ -1,6 +1,7 @@
 //! LoRA DPO training on the GPU at the real shape: llava-v1.6-mistral-7b with random bf16 weights
 //! (no download), STIC's adapters (r = 128, alpha = 256 on every projection of the decoder).
-//! - `dpo_step/anyres+200+200`: one pair per optimiser step, packed as [image + prompt | chosen
+//! - `dpo_step/anyres+200+200/{lora,lora+projector}`: one pair per optimiser step (LoRA only, as
+//!   TRL's baseline; then with the projector trained too, as STIC's stage 1), packed as [image + prompt | chosen
 //!   | rejected] (one 672x672 AnyRes image, ~2,900 feature rows; ~200 tokens per response):
 //!   forward, per-layer recomputation, backward, clipping norm and the fused AdamW. Reported:
 //!   pairs/s, tokens/s, MFU (model FLOPs over the dense bf16 peak, 989 TFLOP/s on H100 SXM) and
@@ -97,59 +98,65 @@ fn main() {
     let mut learner = CudaLearner::new(pipe, &args).expect("the GPU learner");
     learner.init_lora(&args.lora, 0).expect("fresh adapters");
     let reference = learner.reference_logps(&pair).expect("reference log-probs");
-    let step = |learner: &mut CudaLearner| -> usize {
+    let step = |learner: &mut CudaLearner, projector_lr: f32| -> usize {
         let (_, tokens) = learner.dpo_pair(&pair, reference, args.beta, args.sft_weight, 1.0).expect("DPO pair");
         let norm = learner.grad_norm().expect("norm");
         let coef = args.max_grad_norm / (norm + 1e-6);
-        learner.step(if coef < 1.0 { coef as f32 } else { 1.0 }, args.lr, 0.0).expect("AdamW");
+        learner.step(if coef < 1.0 { coef as f32 } else { 1.0 }, args.lr, projector_lr).expect("AdamW");
         tokens
     };
-    dev.reset_peak_memory().expect("memory pool");
-    let t = step(&mut learner);
-    dev.synchronize().expect("sync");
-    let peak_mem = dev.peak_memory().expect("memory pool");
-    let mut secs = Vec::new();
-    c.bench_function("dpo_step/anyres+200+200", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                step(&mut learner);
-            }
-            dev.synchronize().expect("sync");
-            let d = start.elapsed();
-            secs.push(d.as_secs_f64() / iters as f64);
-            d
-        })
-    });
-    let s = median(secs);
-    // Model FLOPs (see the module docs).
-    let (cdim, f, v) = (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.vocab_size as f64);
-    let (h, d) = (cfg.num_attention_heads as f64, cfg.head_dim as f64);
-    let kvd = (cfg.num_key_value_heads * cfg.head_dim) as f64;
-    let qd = h * d;
-    let layer_params = cdim * (qd + 2.0 * kvd) + qd * cdim + 3.0 * cdim * f;
-    let n_params = cfg.num_hidden_layers as f64 * layer_params;
-    let tf = t as f64;
-    let (resp, prefix) = (400.0f64, tf - 400.0);
-    // Visible (query, key) pairs under the shared-prefix mask: the causal prefix, then each
-    // response over the prefix and its own causal part.
-    let visible = prefix * prefix / 2.0 + 2.0 * (200.0 * prefix + 200.0 * 200.0 / 2.0);
-    let attn = cfg.num_hidden_layers as f64 * 4.0 * visible * h * d * (1.0 + 2.5);
-    let r = args.lora.r as f64;
-    let lora = cfg.num_hidden_layers as f64 * 6.0 * r * ((cdim + qd) + 2.0 * (cdim + kvd) + (qd + cdim) + 3.0 * (cdim + f)) * tf;
-    let flops = 4.0 * n_params * tf + attn + lora + 6.0 * resp * v * cdim;
-    let tflops = flops / s / 1e12;
-    rows.push(format!(
-        "| DPO step, 1 pair ({t} tokens: AnyRes image + prompt, 2 x ~200-token responses), r = 128 | {:.0} ms | {:.2} pairs/s, {:.0} tokens/s, {tflops:.0} TFLOP/s | {peak_s} | {} MFU |",
-        s * 1e3,
-        1.0 / s,
-        tf / s,
-        pct(tflops)
-    ));
-    rows.push(format!(
-        "| DPO step, peak memory (stream-ordered pool high-water mark, weights included) | {} | | 40 GB target | |",
-        peak_mem.map_or("n/a (no memory pools)".to_string(), |b| format!("{:.1} GB", b as f64 / 1e9))
-    ));
+    // LoRA only (as TRL's baseline), then with the projector trained as well (STIC's stage 1,
+    // mm_projector_lr 2e-5).
+    for projector in [false, true] {
+        learner.train_projector(projector).expect("projector state");
+        let what = if projector { "LoRA + projector" } else { "LoRA" };
+        dev.reset_peak_memory().expect("memory pool");
+        let t = step(&mut learner, 2e-5);
+        dev.synchronize().expect("sync");
+        let peak_mem = dev.peak_memory().expect("memory pool");
+        let mut secs = Vec::new();
+        c.bench_function(&format!("dpo_step/anyres+200+200/{}", if projector { "lora+projector" } else { "lora" }), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    step(&mut learner, 2e-5);
+                }
+                dev.synchronize().expect("sync");
+                let d = start.elapsed();
+                secs.push(d.as_secs_f64() / iters as f64);
+                d
+            })
+        });
+        let s = median(secs);
+        // Model FLOPs (see the module docs).
+        let (cdim, f, v) = (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.vocab_size as f64);
+        let (h, d) = (cfg.num_attention_heads as f64, cfg.head_dim as f64);
+        let kvd = (cfg.num_key_value_heads * cfg.head_dim) as f64;
+        let qd = h * d;
+        let layer_params = cdim * (qd + 2.0 * kvd) + qd * cdim + 3.0 * cdim * f;
+        let n_params = cfg.num_hidden_layers as f64 * layer_params;
+        let tf = t as f64;
+        let (resp, prefix) = (400.0f64, tf - 400.0);
+        // Visible (query, key) pairs under the shared-prefix mask: the causal prefix, then each
+        // response over the prefix and its own causal part.
+        let visible = prefix * prefix / 2.0 + 2.0 * (200.0 * prefix + 200.0 * 200.0 / 2.0);
+        let attn = cfg.num_hidden_layers as f64 * 4.0 * visible * h * d * (1.0 + 2.5);
+        let r = args.lora.r as f64;
+        let lora = cfg.num_hidden_layers as f64 * 6.0 * r * ((cdim + qd) + 2.0 * (cdim + kvd) + (qd + cdim) + 3.0 * (cdim + f)) * tf;
+        let flops = 4.0 * n_params * tf + attn + lora + 6.0 * resp * v * cdim;
+        let tflops = flops / s / 1e12;
+        rows.push(format!(
+            "| DPO step ({what}), 1 pair ({t} tokens: AnyRes image + prompt, 2 x ~200-token responses), r = 128 | {:.0} ms | {:.2} pairs/s, {:.0} tokens/s, {tflops:.0} TFLOP/s | {peak_s} | {} MFU |",
+            s * 1e3,
+            1.0 / s,
+            tf / s,
+            pct(tflops)
+        ));
+        rows.push(format!(
+            "| DPO step ({what}), peak memory (stream-ordered pool high-water mark, weights included) | {} | | 40 GB target | |",
+            peak_mem.map_or("n/a (no memory pools)".to_string(), |b| format!("{:.1} GB", b as f64 / 1e9))
+        ));
+    }
 
     let table = format!(
         "# CUDA training benchmarks\n\n{}; random llava-v1.6-mistral-7b weights (bf16); STIC's LoRA (r 128, alpha 256, all projections).\n\n| run | time | achieved | roofline | % |\n|---|---|---|---|---|\n{}\n",

@@ -9,6 +9,13 @@
 //     fused gate_up[T, 2F] (row t = gate then up): gate = gate_up, up = gate_up + F,
 //     in_stride = 2F.
 //
+//   silu_backward / gelu_backward / quick_gelu_backward(x: u16[n], dy: u16[n], n: u64)
+//       in place on dy: dy <- bf16(dy * act'(x)) (x is the activation's input), with
+//       silu'(v) = s (1 + v (1 - s)), s = 1 / (1 + expf(-v));
+//       gelu'(v) = 0.5 (1 + erff(v / sqrt 2)) + v expf(-v^2 / 2) / sqrt(2 pi);
+//       quick_gelu'(v) = s + 1.702 v s (1 - s), s = 1 / (1 + expf(-1.702 v)).
+//       The projector's backward (its linear_1 -> act -> linear_2). Scalar grid-stride loop.
+//
 // expf/erff are the accurate libdevice functions (no --use_fast_math). x / (1 + expf(-x)) is -0
 // for very negative x (expf overflows to inf), as the f32 CPU reference.
 //
@@ -100,3 +107,23 @@ extern "C" __global__ void swiglu_backward(const u16* __restrict__ gate, const u
         dup[i] = f32_to_bf16_bits_rne(d * g * s);
     }
 }
+
+template <int A>
+__device__ __forceinline__ float act_grad(float v) {
+    if (A == GELU) return 0.5f * (1.0f + erff(v * 0.70710678118654752440f)) + v * expf(-0.5f * v * v) * 0.39894228040143267794f;
+    const float k = (A == SILU) ? 1.0f : 1.702f;
+    const float s = 1.0f / (1.0f + expf(-k * v));
+    return s + k * v * s * (1.0f - s);
+}
+
+template <int A>
+__device__ __forceinline__ void act_backward(const u16* __restrict__ x, u16* __restrict__ dy, u64 n) {
+    const u64 stride = (u64)gridDim.x * blockDim.x;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        dy[i] = f32_to_bf16_bits_rne(bf16_bits_to_f32(dy[i]) * act_grad<A>(bf16_bits_to_f32(x[i])));
+    }
+}
+
+extern "C" __global__ void silu_backward(const u16* __restrict__ x, u16* __restrict__ dy, u64 n) { act_backward<SILU>(x, dy, n); }
+extern "C" __global__ void gelu_backward(const u16* __restrict__ x, u16* __restrict__ dy, u64 n) { act_backward<GELU>(x, dy, n); }
+extern "C" __global__ void quick_gelu_backward(const u16* __restrict__ x, u16* __restrict__ dy, u64 n) { act_backward<QUICK_GELU>(x, dy, n); }

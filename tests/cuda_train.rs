@@ -109,10 +109,12 @@ fn dpo_step_cuda_matches_cpu() {
     // The CPU reference: the base model's sums (adapters taken off), then the packed pair's loss
     // and gradients.
     let ref_cpu = reference_logps(&mut cpu, &pair).unwrap();
-    let (o_cpu, g_cpu, _) = dpo_pair_grads_packed(&cpu, &pair, ref_cpu, beta, alpha, StepOpts::default()).unwrap();
+    // The projector trains too (STIC's stage 1 does).
+    let opts = StepOpts { projector: true, ..Default::default() };
+    let (o_cpu, g_cpu, _) = dpo_pair_grads_packed(&cpu, &pair, ref_cpu, beta, alpha, opts).unwrap();
 
     let gpu = Pipeline::load_on(&be, &dir, seed, None).unwrap();
-    let mut learner = CudaLearner::new(gpu, &args()).unwrap();
+    let mut learner = CudaLearner::new(gpu, &TrainArgs { projector_lr: Some(1e-3), ..args() }).unwrap();
     learner.load_adapter(&adir).unwrap();
     let ref_gpu = learner.reference_logps(&pair).unwrap();
     for (what, g, c) in [("reference chosen", ref_gpu.0, ref_cpu.0), ("reference rejected", ref_gpu.1, ref_cpu.1)] {
@@ -138,6 +140,15 @@ fn dpo_step_cuda_matches_cpu() {
             assert!(rel <= 5e-2, "layer {lg} {ng} {what}: ||gpu - cpu|| / ||cpu|| = {rel:.3e} (||cpu|| = {:.3e})", l2(c));
         }
     }
+    let p_gpu = learner.projector_grads().unwrap();
+    assert_eq!(p_gpu.len(), g_cpu.projector.len(), "projector parameters");
+    for ((ng, g), (nc, c)) in p_gpu.iter().zip(&g_cpu.projector) {
+        assert_eq!(ng, nc);
+        let diff: Vec<f32> = g.iter().zip(c.iter()).map(|(a, b)| a - b).collect();
+        let rel = l2(&diff) / l2(c).max(f64::MIN_POSITIVE);
+        worst = worst.max(rel);
+        assert!(rel <= 5e-2, "projector {ng}: ||gpu - cpu|| / ||cpu|| = {rel:.3e}");
+    }
     println!("dpo step: loss gpu {:.6} cpu {:.6}; worst gradient rel-L2 error {worst:.3e}", o_gpu.loss, o_cpu.loss);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -156,13 +167,22 @@ fn train_dpo_cuda_matches_cpu() {
     let dir = tiny64("cuda-train-dpo");
     let data = fixtures().join("prefs/prefs.jsonl");
     let lr = 1e-2f32;
+    for projector in [false, true] {
+        compare_runs(&dir, &data, lr, projector);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `train-dpo` on both devices (with the projector trained when `projector`), compared.
+fn compare_runs(dir: &std::path::Path, data: &std::path::Path, lr: f32, projector: bool) {
     let run = |device: &str| -> std::path::PathBuf {
-        let out = dir.join(format!("out-{device}"));
+        let out = dir.join(format!("out-{device}-{projector}"));
+        let extra: &[&str] = if projector { &["--projector-lr", "1e-2"] } else { &[] };
         let (ok, err) = stic(&[
             "train-dpo", "--model", dir.to_str().unwrap(), "--random-weights", "--weights-seed", "7", "--data", data.to_str().unwrap(),
             "--out", out.to_str().unwrap(), "--lora-r", "4", "--lora-alpha", "8", "--lr", "1e-2", "--max-steps", "2", "--warmup-ratio", "0",
             "--seed", "3", "--sft-weight", "0.0009765625", "--quiet", "--device", device,
-        ]);
+        ].iter().chain(extra).copied().collect::<Vec<_>>());
         assert!(ok, "train-dpo --device {device}: {err}");
         out
     };
@@ -184,7 +204,6 @@ fn train_dpo_cuda_matches_cpu() {
         let (c, g) = (wc.get(&name, &shape).unwrap(), wg.get(&name, &shape).unwrap());
         let close = c.data().iter().zip(g.data()).filter(|(a, b)| (*a - *b).abs() <= lr / 2.0).count();
         let frac = close as f64 / c.data().len() as f64;
-        assert!(frac >= 0.95, "{name}: only {:.1}% of the elements within lr/2 of the CPU's", 100.0 * frac);
+        assert!(frac >= 0.95, "{name} (projector trained: {projector}): only {:.1}% of the elements within lr/2 of the CPU's", 100.0 * frac);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

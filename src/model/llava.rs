@@ -164,7 +164,7 @@ impl<B: Backend> Llava<B> {
     /// (tile-major) or `image_newline`. LLaVA: every row in order. LLaVA-NeXT (AnyRes): the base
     /// tile, then the grid tiles laid out as a (rows*G) x (cols*G) map with the padding cut off
     /// (HF `unpad_image`) and a newline after each map row; one tile only: base + newline.
-    fn feature_rows(&self, image: &ProcessedImage, n: usize, p: usize) -> Result<Vec<FeatureRow>> {
+    pub(crate) fn feature_rows(&self, image: &ProcessedImage, n: usize, p: usize) -> Result<Vec<FeatureRow>> {
         match self.cfg.kind {
             LlavaKind::Llava => Ok((0..n * p).map(FeatureRow::Projected).collect()),
             LlavaKind::LlavaNext => {
@@ -198,7 +198,7 @@ impl<B: Backend> Llava<B> {
 
     /// The AnyRes merge: rows of `projected` [N*P, C] and `image_newline` in the order of `rows`
     /// (one gather on the backend).
-    fn gather_features(&self, projected: &B::Tensor, rows: &[FeatureRow]) -> Result<B::Tensor> {
+    pub(crate) fn gather_features(&self, projected: &B::Tensor, rows: &[FeatureRow]) -> Result<B::Tensor> {
         if self.cfg.kind == LlavaKind::Llava && rows.iter().enumerate().all(|(i, r)| *r == FeatureRow::Projected(i)) && rows.len() == projected.n_rows() {
             return Ok(projected.clone());
         }
@@ -267,7 +267,7 @@ impl Llava {
 
 /// The source of one image feature row (see `Llava::feature_rows`).
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum FeatureRow {
+pub(crate) enum FeatureRow {
     Projected(usize),
     Newline,
 }

@@ -26,8 +26,16 @@
 //! clip_grad_norm_'s factor go into the fused AdamW as one gradient scale (`grad_sumsq` gives the
 //! norm). The bf16 copy of the adapters that the kernels read is refreshed after each step.
 //!
-//! Not supported here yet (clear errors): LoRA dropout > 0 (STIC uses 0), training the projector,
-//! biases on the decoder's projections (LLaMA, Vicuna and Mistral have none), SFT.
+//! The projector (`--projector-lr`, STIC's `mm_projector_lr`) trains in full: its f32 master
+//! weights, gradients and AdamW moments live on the device next to the adapters'; the image's
+//! forward keeps the vision features v, linear_1's output h and the activation a; the decoder's
+//! d(input embeddings) at the image rows is scattered back through the AnyRes row map to the
+//! projector's rows, then dW2 += dy^T a, db2 += dy^T 1, da = dy W2, dh = da act'(h), dW1 += dh^T v,
+//! db1 += dh^T 1 (`matmul_tn`, `matmul_nn`, `activation_backward`). After each step the bf16
+//! weights the model runs with are refreshed from the f32 masters.
+//!
+//! Not supported here yet (clear errors): LoRA dropout > 0 (STIC uses 0), projector-only runs
+//! (LoRA rank 0), biases on the decoder's projections (LLaMA, Vicuna and Mistral have none), SFT.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -41,6 +49,8 @@ use crate::error::{Error, Result};
 use crate::generate::Pipeline;
 use crate::loss::DpoOut;
 use crate::model::decoder::{Decoder, SeqLayout, PROJECTIONS};
+use crate::model::llava::FeatureRow;
+use crate::model::projector::Projector;
 use crate::nn::Lora;
 use crate::optim::{AdamWConfig, AdamWState};
 use crate::tensor::Tensor;
@@ -79,6 +89,41 @@ struct DeviceLoras {
     step: u64,
 }
 
+/// The projector's trainable state on the device: its parameters in `params_mut` order
+/// (`linear_1.weight`, `linear_1.bias`, `linear_2.weight`, `linear_2.bias`, or `weight`, `bias`),
+/// back to back.
+struct DeviceProjector {
+    /// (name, shape, offset) of every parameter.
+    params: Vec<(String, Vec<usize>, usize)>,
+    p: CudaSlice<f32>,
+    g: CudaSlice<f32>,
+    m: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    step: u64,
+}
+
+/// What the projector's backward needs from one image's forward.
+struct ImageTape {
+    /// Vision features [N*P, Cv], linear_1's output h and act(h) [N*P, C] (MLP).
+    v: CudaTensor,
+    h: Option<CudaTensor>,
+    a: Option<CudaTensor>,
+    /// (row of the sequence, row of the projector's output) of every projected feature row.
+    map: Vec<(u32, u32)>,
+}
+
+/// One pair, ready for the decoder.
+struct Prepared {
+    x: CudaTensor,
+    layouts: Vec<SeqLayout>,
+    /// The rows whose next-token log-probs are scored, chosen's then rejected's, and their targets.
+    rows: Vec<u32>,
+    targets: Vec<u32>,
+    /// |chosen|.
+    chosen: usize,
+    tapes: Vec<ImageTape>,
+}
+
 /// What one layer's forward produced (all kept only while that layer's backward runs).
 struct LayerActs {
     hn1: CudaTensor,
@@ -112,6 +157,10 @@ pub struct CudaLearner {
     dev: Arc<CudaDevice>,
     cfg: AdamWConfig,
     loras: Option<DeviceLoras>,
+    /// Set when the projector trains.
+    projector: Option<DeviceProjector>,
+    /// A column of ones (bf16) for the bias gradients, grown as needed.
+    ones: Option<CudaSlice<u16>>,
     /// The weight of the examples accumulated since the last step (all the same: 1 / n).
     pending_w: Option<f32>,
     inv_freq: CudaSlice<f32>,
@@ -120,8 +169,8 @@ pub struct CudaLearner {
 
 impl CudaLearner {
     pub fn new(pipe: Pipeline<Cuda>, args: &TrainArgs) -> Result<Self> {
-        if args.projector_lr.is_some() {
-            return Err(Error::Input("training the projector on --device cuda is not supported yet: drop --projector-lr, or train on the CPU".into()));
+        if args.lora.r == 0 && args.init_adapter.is_none() {
+            return Err(Error::Input("projector-only training (LoRA rank 0) on --device cuda is not supported yet: train it on the CPU".into()));
         }
         if args.lora.dropout > 0.0 {
             return Err(Error::Input(format!("LoRA dropout {} on --device cuda is not supported yet (STIC uses 0)", args.lora.dropout)));
@@ -136,7 +185,86 @@ impl CudaLearner {
         }
         let inv_freq = dev.rope_inv_freq(tc.head_dim, tc.rope_theta)?;
         let neg_inv_freq = dev.rope_inv_freq_backward(tc.head_dim, tc.rope_theta)?;
-        Ok(CudaLearner { dev, cfg: AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() }, loras: None, pending_w: None, inv_freq, neg_inv_freq, pipe })
+        let mut learner = CudaLearner {
+            dev,
+            cfg: AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() },
+            loras: None,
+            projector: None,
+            ones: None,
+            pending_w: None,
+            inv_freq,
+            neg_inv_freq,
+            pipe,
+        };
+        if args.projector_lr.is_some() {
+            learner.projector = Some(learner.projector_state()?);
+        }
+        Ok(learner)
+    }
+
+    /// Start (fresh moments, masters from the current weights) or stop training the projector.
+    pub fn train_projector(&mut self, on: bool) -> Result<()> {
+        self.projector = if on { Some(self.projector_state()?) } else { None };
+        Ok(())
+    }
+
+    /// The projector's linears, (name prefix, layer), in `params_mut` order.
+    fn projector_linears(&self) -> Vec<(&'static str, &CudaLinear)> {
+        match &self.pipe.model.projector {
+            Projector::Mlp { linear_1, linear_2, .. } => vec![("linear_1.", linear_1), ("linear_2.", linear_2)],
+            Projector::Linear(l) => vec![("", l)],
+        }
+    }
+
+    /// The projector's current (bf16) weights as the f32 masters of a fresh training state.
+    fn projector_state(&self) -> Result<DeviceProjector> {
+        let mut params = Vec::new();
+        let mut len = 0;
+        for (prefix, l) in self.projector_linears() {
+            params.push((format!("{prefix}weight"), vec![l.n, l.k], len));
+            len += l.n * l.k;
+            if l.bias.is_some() {
+                params.push((format!("{prefix}bias"), vec![l.n], len));
+                len += l.n;
+            }
+        }
+        let mut p = self.dev.zeros::<f32>(len)?;
+        for (prefix, l) in self.projector_linears() {
+            let (_, _, off) = params.iter().find(|(n, _, _)| *n == format!("{prefix}weight")).expect("listed above");
+            self.dev.cast_bf16_to_f32_into(&l.weight.as_view(), &mut p.slice_mut(*off..off + l.n * l.k))?;
+            if let Some(b) = &l.bias {
+                let (_, _, off) = params.iter().find(|(n, _, _)| *n == format!("{prefix}bias")).expect("listed above");
+                self.dev.cast_bf16_to_f32_into(&b.as_view(), &mut p.slice_mut(*off..off + l.n))?;
+            }
+        }
+        let z = || self.dev.zeros::<f32>(len);
+        Ok(DeviceProjector { params, g: z()?, m: z()?, v: z()?, p, step: 0 })
+    }
+
+    /// Copy the f32 masters into the bf16 weights the model runs with.
+    fn refresh_projector(&mut self) -> Result<()> {
+        let Some(pr) = &self.projector else { return Ok(()) };
+        let dev = self.dev.clone();
+        let mut linears: Vec<(&'static str, &mut CudaLinear)> = match &mut self.pipe.model.projector {
+            Projector::Mlp { linear_1, linear_2, .. } => vec![("linear_1.", linear_1), ("linear_2.", linear_2)],
+            Projector::Linear(l) => vec![("", l)],
+        };
+        for (name, shape, off) in &pr.params {
+            let len: usize = shape.iter().product();
+            let (prefix, which) = name.rsplit_once('.').map(|(a, b)| (format!("{a}."), b)).unwrap_or((String::new(), name.as_str()));
+            let l = linears.iter_mut().find(|(p, _)| *p == prefix).map(|(_, l)| l).ok_or_else(|| Error::Input(format!("no projector linear for `{name}`")))?;
+            let dst = if which == "weight" { &mut l.weight } else { l.bias.as_mut().ok_or_else(|| Error::Input(format!("`{name}`: the projector has no bias")))? };
+            dev.cast_f32_to_bf16_into(&pr.p.slice(*off..off + len), &mut dst.as_view_mut())?;
+        }
+        Ok(())
+    }
+
+    /// A column of `n` ones (bf16).
+    fn ones(&mut self, n: usize) -> Result<CudaView<'_, u16>> {
+        if self.ones.as_ref().is_none_or(|o| o.len() < n) {
+            self.ones = Some(self.dev.htod(&vec![0x3F80u16; n.max(1)])?);
+        }
+        Ok(self.ones.as_ref().expect("set above").slice(0..n))
     }
 
     fn decoder(&self) -> &Decoder<Cuda> {
@@ -414,10 +542,55 @@ impl CudaLearner {
         Ok((h, x, inputs))
     }
 
+    /// `Pipeline::embed`, keeping each image's projector tape when the projector trains (then
+    /// `base` is the row where this sequence starts in the packed batch).
+    fn embed(&self, ids: &[u32], images: &[crate::image::RgbImage], base: usize) -> Result<(CudaTensor, Vec<ImageTape>)> {
+        if self.projector.is_none() {
+            return Ok((self.pipe.embed(ids, images)?.0, Vec::new()));
+        }
+        let model = &self.pipe.model;
+        let be = model.backend();
+        let mut feats = Vec::new();
+        let mut tapes = Vec::new();
+        for img in images {
+            let px = crate::image::preprocess(img, &self.pipe.processor)?;
+            let v = model.vision_features(&px.pixel_values)?;
+            let (y, h, a) = match &model.projector {
+                Projector::Mlp { linear_1, act, linear_2 } => {
+                    let h = be.matmul(&v, linear_1)?;
+                    let mut a = h.clone();
+                    be.activation(act, &mut a)?;
+                    (be.matmul(&a, linear_2)?, Some(h), Some(a))
+                }
+                Projector::Linear(l) => (be.matmul(&v, l)?, None, None),
+            };
+            let n = px.pixel_values.dim(0);
+            let rows = model.feature_rows(&px, n, y.rows / n.max(1))?;
+            feats.push(model.gather_features(&y, &rows)?);
+            tapes.push((v, h, a, rows));
+        }
+        let x = model.embed_with_images(ids, &feats)?;
+        // Image j's rows start after the tokens before its <image> and the earlier images' rows.
+        let mut out = Vec::new();
+        let mut row = base;
+        let mut tapes = tapes.into_iter();
+        for &t in ids {
+            if t == model.cfg.image_token_index {
+                let (v, h, a, rows) = tapes.next().expect("embed_with_images checked the count");
+                let map: Vec<(u32, u32)> =
+                    rows.iter().enumerate().filter_map(|(r, fr)| if let FeatureRow::Projected(i) = *fr { Some(((row + r) as u32, i as u32)) } else { None }).collect();
+                row += rows.len();
+                out.push(ImageTape { v, h, a, map });
+            } else {
+                row += 1;
+            }
+        }
+        Ok((x, out))
+    }
+
     /// The pair's embeddings, layouts, response rows and targets (as `dpo_pair_grads_packed`,
-    /// or two sequences under a sliding window): (x, layouts, rows, targets, |chosen|).
-    #[allow(clippy::type_complexity)]
-    fn prepare(&self, pair: &Pair) -> Result<(CudaTensor, Vec<SeqLayout>, Vec<u32>, Vec<u32>, usize)> {
+    /// or two sequences under a sliding window), and the projector's tapes.
+    fn prepare(&self, pair: &Pair) -> Result<Prepared> {
         let pipe = &self.pipe;
         let prompt_ids = pipe.prompt_ids(&pair.prompt, pair.images.len())?;
         let chosen = pipe.tokenizer.encode(&pair.chosen, false)?;
@@ -429,21 +602,22 @@ impl CudaLearner {
         let targets: Vec<u32> = chosen.iter().chain(&rejected).copied().collect();
         if pipe.model.cfg.text.sliding_window.is_none() {
             let all: Vec<u32> = prompt_ids.iter().chain(&chosen).chain(&rejected).copied().collect();
-            let (x, _) = pipe.embed(&all, &pair.images)?;
+            let (x, tapes) = self.embed(&all, &pair.images, 0)?;
             let t = x.n_rows();
             let p = t - c - r;
             // The last prefix row predicts the first token of both responses.
             let rows: Vec<u32> = (p - 1..p + c - 1).chain(std::iter::once(p - 1)).chain(p + c..p + c + r - 1).map(|i| i as u32).collect();
-            Ok((x, vec![SeqLayout { len: t, shared_prefix: Some((p, c)) }], rows, targets, c))
+            Ok(Prepared { x, layouts: vec![SeqLayout { len: t, shared_prefix: Some((p, c)) }], rows, targets, chosen: c, tapes })
         } else {
             let a: Vec<u32> = prompt_ids.iter().chain(&chosen).copied().collect();
             let bq: Vec<u32> = prompt_ids.iter().chain(&rejected).copied().collect();
-            let (xa, _) = pipe.embed(&a, &pair.images)?;
-            let (xb, _) = pipe.embed(&bq, &pair.images)?;
+            let (xa, mut tapes) = self.embed(&a, &pair.images, 0)?;
+            let (xb, tb_tapes) = self.embed(&bq, &pair.images, xa.n_rows())?;
+            tapes.extend(tb_tapes);
             let (ta, tb) = (xa.n_rows(), xb.n_rows());
             let x = self.decoder().backend().concat_rows(&[&xa, &xb])?;
             let rows: Vec<u32> = (ta - c - 1..ta - 1).chain(ta + tb - r - 1..ta + tb - 1).map(|i| i as u32).collect();
-            Ok((x, vec![SeqLayout::plain(ta), SeqLayout::plain(tb)], rows, targets, c))
+            Ok(Prepared { x, layouts: vec![SeqLayout::plain(ta), SeqLayout::plain(tb)], rows, targets, chosen: c, tapes })
         }
     }
 
@@ -464,7 +638,11 @@ impl CudaLearner {
     /// Summed response log-probs (chosen, rejected) of the reference policy: the model with its
     /// adapters off (the same kernels, so an untrained adapter's B = 0 gives the same values).
     pub fn reference_logps(&mut self, pair: &Pair) -> Result<(f64, f64)> {
-        let (x, layouts, rows, targets, c) = self.prepare(pair)?;
+        // The reference embeds images without tapes (nothing flows back).
+        let saved = self.projector.take();
+        let prepared = self.prepare(pair);
+        self.projector = saved;
+        let Prepared { x, layouts, rows, targets, chosen: c, .. } = prepared?;
         let b = self.batch(&layouts)?;
         let (h, _, _) = self.forward(x, &b, false, false)?;
         let td = self.dev.htod(&targets)?;
@@ -483,7 +661,7 @@ impl CudaLearner {
         self.pending_w = Some(weight);
         let be = self.decoder().backend().clone();
         be.range_push("dpo pair");
-        let (x, layouts, rows, targets, c) = self.prepare(pair)?;
+        let Prepared { x, layouts, rows, targets, chosen: c, tapes } = self.prepare(pair)?;
         let t = x.rows;
         let b = self.batch(&layouts)?;
         let (h, x_last, inputs) = self.forward(x, &b, true, true)?;
@@ -526,9 +704,59 @@ impl CudaLearner {
             self.layer_bwd(li, &inputs[li], &b, &mut dx)?;
             be.range_pop();
         }
+        // dx is now d(input embeddings): into the projector when it trains.
+        for tape in &tapes {
+            self.projector_bwd(tape, &dx)?;
+        }
         let o = self.dev.dtoh(&out)?;
         be.range_pop();
         Ok((DpoOut { loss: o[0], d_chosen: o[1], d_rejected: o[2], chosen_reward: o[3], rejected_reward: o[4] }, t))
+    }
+
+    /// Add one image's projector gradients, given d(input embeddings) `dx` [T, C].
+    fn projector_bwd(&mut self, tape: &ImageTape, dx: &CudaTensor) -> Result<()> {
+        let be = self.decoder().backend().clone();
+        let c = dx.cols;
+        let np = tape.v.rows;
+        // d(projector output) [N*P, C]: the image's feature rows back to the rows they came from
+        // (each projected row is used at most once; the cropped padding's rows get 0).
+        let src = be.embedding(dx, None, &tape.map.iter().map(|&(r, _)| r).collect::<Vec<_>>())?;
+        let mut dy = be.zeros(np, c)?;
+        be.scatter_rows(&src, &mut dy, &tape.map.iter().map(|&(_, i)| i).collect::<Vec<_>>())?;
+        let dev = self.dev.clone();
+        self.ones(np)?;
+        let ones = self.ones.as_ref().expect("made above").slice(0..np);
+        let pr = self.projector.as_mut().ok_or_else(|| Error::Input("the projector does not train".into()))?;
+        let linears: Vec<(&'static str, &CudaLinear)> = match &self.pipe.model.projector {
+            Projector::Mlp { linear_1, linear_2, .. } => vec![("linear_1.", linear_1), ("linear_2.", linear_2)],
+            Projector::Linear(l) => vec![("", l)],
+        };
+        // dW [N, K] += dy^T x, db [N] += dy^T 1 for the linear `prefix` with input x.
+        let mut weight_grads = |prefix: &str, x: &CudaTensor, dy: &CudaTensor, l: &CudaLinear| -> Result<()> {
+            let off = |name: String| pr.params.iter().find(|(n, _, _)| *n == name).map(|(_, _, o)| *o).ok_or_else(|| Error::Input(format!("no projector parameter `{name}`")));
+            let ow = off(format!("{prefix}weight"))?;
+            dev.matmul_tn(&dy.data.as_view(), &x.data.as_view(), &mut pr.g.slice_mut(ow..ow + l.n * l.k), l.n, l.k, np, true)?;
+            if l.bias.is_some() {
+                let ob = off(format!("{prefix}bias"))?;
+                dev.matmul_tn(&dy.data.as_view(), &ones, &mut pr.g.slice_mut(ob..ob + l.n), l.n, 1, np, true)?;
+            }
+            Ok(())
+        };
+        match (tape.h.as_ref(), tape.a.as_ref(), &self.pipe.model.projector) {
+            (Some(h), Some(a), Projector::Mlp { act, .. }) => {
+                let (l1, l2) = (linears[0].1, linears[1].1);
+                weight_grads("linear_2.", a, &dy, l2)?;
+                // da = dy W2 [N*P, C], then dh = da act'(h) in place.
+                let mut da = CudaTensor { data: unsafe { dev.alloc_uninit::<u16>(np * l2.k) }?, rows: np, cols: l2.k };
+                // SAFETY (alloc above): matmul_nn writes every element of da.
+                dev.matmul_nn(&dy.data.as_view(), &l2.weight.as_view(), &mut da.data.as_view_mut(), np, l2.k, l2.n, false)?;
+                dev.activation_backward(act, &h.data.as_view(), &mut da.data.as_view_mut())?;
+                weight_grads("linear_1.", &tape.v, &da, l1)?;
+            }
+            (_, _, Projector::Linear(l)) => weight_grads("", &tape.v, &dy, l)?,
+            _ => return Err(Error::Input("projector tape and projector kind differ".into())),
+        }
+        Ok(())
     }
 
     /// The accumulated gradients as host tensors (layer, name, dA, dB), raw sums.
@@ -536,6 +764,14 @@ impl CudaLearner {
         let l = self.loras()?;
         let g = self.dev.dtoh(&l.g)?;
         Ok(l.adapters.iter().map(|a| (a.layer, PROJECTIONS[a.proj], g[a.off_a..a.off_a + l.r * a.k].to_vec(), g[a.off_b..a.off_b + a.n * l.r].to_vec())).collect())
+    }
+
+    /// The accumulated projector gradients by parameter name (raw sums; empty when the
+    /// projector does not train).
+    pub fn projector_grads(&self) -> Result<Vec<(String, Vec<f32>)>> {
+        let Some(pr) = &self.projector else { return Ok(Vec::new()) };
+        let g = self.dev.dtoh(&pr.g)?;
+        Ok(pr.params.iter().map(|(name, shape, off)| (name.clone(), g[*off..off + shape.iter().product::<usize>()].to_vec())).collect())
     }
 
     fn adam_keys(l: &DeviceLoras) -> Vec<(String, usize, usize)> {
@@ -559,10 +795,29 @@ impl Learner for CudaLearner {
         let shapes = Decoder::<Cuda>::projection_shapes(&self.pipe.model.cfg.text);
         let n_layers = self.decoder().n_layers();
         let (loras, projector) = read_loras(dir, |layer, proj| if layer < n_layers { proj_index(proj).map(|i| shapes[i]) } else { None })?;
-        if projector.is_some() {
-            return Err(Error::Input(format!("{}: the adapter carries the projector; training the projector on --device cuda is not supported yet", dir.display())));
+        self.upload(loras)?;
+        if let Some((ws, prefix)) = projector {
+            // Into the masters when the projector trains, and into the weights the model runs
+            // with either way (as the CPU's load_adapter does).
+            let training = self.projector.is_some();
+            let mut st = match self.projector.take() {
+                Some(st) => st,
+                None => self.projector_state()?,
+            };
+            let mut host = vec![0f32; st.p.len()];
+            for (name, shape, off) in &st.params {
+                let t = ws.get(&format!("{prefix}{name}"), shape)?;
+                host[*off..off + t.data().len()].copy_from_slice(t.data());
+            }
+            ws.finish()?;
+            st.p = self.dev.htod(&host)?;
+            self.projector = Some(st);
+            self.refresh_projector()?;
+            if !training {
+                self.projector = None;
+            }
         }
-        self.upload(loras)
+        Ok(())
     }
 
     fn adapted(&mut self) -> Vec<&'static str> {
@@ -576,10 +831,19 @@ impl Learner for CudaLearner {
     }
 
     fn save_adapter(&mut self, dir: &Path, spec: &LoraSpec, projector: bool) -> Result<()> {
-        if projector {
-            return Err(Error::Input("training the projector on --device cuda is not supported yet".into()));
-        }
-        save_loras(dir, spec, &self.download()?, None)
+        let params = if projector {
+            let pr = self.projector.as_ref().ok_or_else(|| Error::Input("the projector does not train: nothing to save for it".into()))?;
+            let p = self.dev.dtoh(&pr.p)?;
+            let t = pr
+                .params
+                .iter()
+                .map(|(name, shape, off)| Ok((name.clone(), Tensor::new(p[*off..off + shape.iter().product::<usize>()].to_vec(), shape)?)))
+                .collect::<Result<Vec<_>>>()?;
+            Some(t)
+        } else {
+            None
+        };
+        save_loras(dir, spec, &self.download()?, params.as_deref())
     }
 
     /// The same file as [`crate::train::TrainAdamW::save`]: `{layer}.{proj}.{A,B}.{m,v,step}`.
@@ -589,6 +853,13 @@ impl Learner for CudaLearner {
         let mut opt = crate::train::TrainAdamW::new(self.cfg);
         for (key, off, len) in Self::adam_keys(l) {
             opt.set_state(key, AdamWState { step: l.step, m: m[off..off + len].to_vec(), v: v[off..off + len].to_vec() });
+        }
+        if let Some(pr) = &self.projector {
+            let (m, v) = (self.dev.dtoh(&pr.m)?, self.dev.dtoh(&pr.v)?);
+            for (name, shape, off) in &pr.params {
+                let len: usize = shape.iter().product();
+                opt.set_state(format!("projector.{name}"), AdamWState { step: pr.step, m: m[*off..off + len].to_vec(), v: v[*off..off + len].to_vec() });
+            }
         }
         opt.save(path)
     }
@@ -615,15 +886,36 @@ impl Learner for CudaLearner {
         l.m = self.dev.htod(&m)?;
         l.v = self.dev.htod(&v)?;
         l.step = step.unwrap_or(0);
+        if let Some(pr) = self.projector.as_mut() {
+            let n = pr.p.len();
+            let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+            for (name, shape, off) in &pr.params {
+                let key = format!("projector.{name}");
+                let len: usize = shape.iter().product();
+                let st = opt.state(&key).ok_or_else(|| Error::weights(path, format!("no optimiser state for `{key}`")))?;
+                if st.m.len() != len || st.v.len() != len {
+                    return Err(Error::weights(path, format!("`{key}`: {} moments for a tensor of {len}", st.m.len())));
+                }
+                m[*off..off + len].copy_from_slice(&st.m);
+                v[*off..off + len].copy_from_slice(&st.v);
+                pr.step = st.step;
+            }
+            pr.m = self.dev.htod(&m)?;
+            pr.v = self.dev.htod(&v)?;
+        }
         Ok(())
     }
 
     fn grad_norm(&mut self) -> Result<f64> {
         let l = self.loras()?;
-        Ok(self.pending_w.unwrap_or(1.0) as f64 * self.dev.grad_sumsq(&l.g.as_view())?.sqrt())
+        let mut sumsq = self.dev.grad_sumsq(&l.g.as_view())?;
+        if let Some(pr) = &self.projector {
+            sumsq += self.dev.grad_sumsq(&pr.g.as_view())?;
+        }
+        Ok(self.pending_w.unwrap_or(1.0) as f64 * sumsq.sqrt())
     }
 
-    fn step(&mut self, gscale: f32, lr: f32, _projector_lr: f32) -> Result<()> {
+    fn step(&mut self, gscale: f32, lr: f32, projector_lr: f32) -> Result<()> {
         let w = self.pending_w.take().unwrap_or(1.0);
         let cfg = self.cfg;
         let l = self.loras.as_mut().ok_or_else(|| Error::Input("no adapters to step".into()))?;
@@ -633,6 +925,18 @@ impl Learner for CudaLearner {
         dev.adamw(&mut l.p.as_view_mut(), &l.g.as_view(), &mut l.m.as_view_mut(), &mut l.v.as_view_mut(), &tensors, &cfg, l.step, w * gscale)?;
         dev.cast_f32_to_bf16_into(&l.p.as_view(), &mut l.p16.as_view_mut())?;
         dev.stream().memset_zeros(&mut l.g).map_err(|e| crate::backend::cuda::cuda_err("memset_zeros", "adapter gradients", e))?;
+        if let Some(pr) = self.projector.as_mut() {
+            // As TrainAdamW: the projector's own learning rate, no weight decay on biases.
+            let tensors: Vec<AdamWTensor> = pr
+                .params
+                .iter()
+                .map(|(name, shape, _)| AdamWTensor { len: shape.iter().product(), lr: projector_lr, weight_decay: if name.ends_with("bias") { 0.0 } else { cfg.weight_decay } })
+                .collect();
+            pr.step += 1;
+            dev.adamw(&mut pr.p.as_view_mut(), &pr.g.as_view(), &mut pr.m.as_view_mut(), &mut pr.v.as_view_mut(), &tensors, &cfg, pr.step, w * gscale)?;
+            dev.stream().memset_zeros(&mut pr.g).map_err(|e| crate::backend::cuda::cuda_err("memset_zeros", "projector gradients", e))?;
+            self.refresh_projector()?;
+        }
         Ok(())
     }
 }

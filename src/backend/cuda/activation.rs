@@ -34,6 +34,34 @@ impl CudaDevice {
         }
     }
 
+    /// dy <- dy * act'(x) in place for the activation `name` (`silu`, `gelu`, `quick_gelu`; x is
+    /// its input), x and dy of one length. Reference:
+    /// [`crate::backend::cpu::activation::backward_by_name`].
+    pub fn activation_backward(&self, name: &str, x: &CudaView<'_, u16>, dy: &mut CudaViewMut<'_, u16>) -> Result<()> {
+        let op = match name {
+            "silu" => "silu_backward",
+            "gelu" => "gelu_backward",
+            "quick_gelu" => "quick_gelu_backward",
+            other => return Err(Error::Input(format!("activation `{other}` has no CUDA backward kernel (silu, gelu, quick_gelu)"))),
+        };
+        let n = x.len();
+        if dy.len() != n {
+            return Err(Error::shape(op, format!("x [{n}] but dy [{}]", dy.len())));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.function("activation", op)?;
+        let cfg = self.grid_stride_config(n, BLOCK);
+        let n64 = n as u64;
+        let mut launch = self.stream().launch_builder(&f);
+        launch.arg(x).arg(dy).arg(&n64);
+        // SAFETY: the kernel (const u16* x, u16* dy, u64 n) touches x[0, n) and dy[0, n) (both of
+        // length n, checked); dy is a distinct &mut view.
+        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, format!("x, dy [{n}]"), e))?;
+        Ok(())
+    }
+
     fn launch_activation(&self, op: &'static str, x: &mut CudaViewMut<'_, u16>) -> Result<()> {
         let n = x.len();
         if n == 0 {

@@ -199,6 +199,18 @@ pub fn checks() -> Vec<Check> {
         add("matmul", "matmul_nn", shape, Box::new(move |s| matmul_nn_case(m, k, n, f32_out, acc, off, s)));
     }
 
+    // matmul_tn: the weight gradient dW = dy^T x of a Linear (x [K, M] used transposed), f32
+    // accumulated over examples, and the bias gradient (w a column of ones).
+    for &(m, k, n, acc, off) in &[(4096, 2928, 1024, true, 8), (4096, 300, 1, false, 8), (33, 7, 77, true, 3), (5, 1, 9, false, 1)] {
+        let shape = format!("M={m} K={k} N={n}{} -> f32{}", if acc { " +=y" } else { "" }, if off % 8 != 0 { " misaligned" } else { "" });
+        add("matmul", "matmul_tn", shape, Box::new(move |s| matmul_tn_case(m, k, n, acc, off, s)));
+    }
+    for act in ["gelu", "quick_gelu", "silu"] {
+        for &(n, off) in &[(2928 * 4096, 8), (1000, 3)] {
+            add("activation", "activation_backward", format!("{act} {}", shape1(n, off)), Box::new(move |s| activation_backward_case(act, n, off, s)));
+        }
+    }
+
     // Training: the LoRA linear layer (forward + backward) and the chunked log-prob (forward + backward).
     for &g in LORA_SHAPES {
         add("lora", "lora_fwd_bwd", g.shape(), Box::new(move |s| lora_case(g, s)));
@@ -2036,6 +2048,64 @@ fn matmul_nn_case(m: usize, k: usize, n: usize, f32_out: bool, accumulate: bool,
                 dev.matmul_nn(&xv, &wv, &mut dy.slice_mut(off..off + mn), m, n, k, accumulate)?;
                 Ok(vec![download_bf16(dev, &dy, off, mn)?])
             }
+        }),
+    }
+}
+
+/// `matmul_tn`: y[M, N] (f32, optionally += y0) = x[K, M]^T @ w[K, N].
+fn matmul_tn_case(m: usize, k: usize, n: usize, accumulate: bool, off: usize, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let x = rng.bf16s(k * m, 0.01, 2.0);
+    let w = rng.bf16s(k * n, 1.0 / 256.0, 0.125);
+    let y0: Vec<f32> = if accumulate { (0..m * n).map(|_| ((rng.uniform() * 2.0 - 1.0) * 4.0) as f32).collect() } else { Vec::new() };
+    // The reference as x^T (row-major [M, K]) @ (w^T)^T.
+    let mut xt = vec![0u16; m * k];
+    let mut wt = vec![0u16; k * n];
+    for i in 0..k {
+        for j in 0..m {
+            xt[j * k + i] = x[i * m + j];
+        }
+        for j in 0..n {
+            wt[j * k + i] = w[i * n + j];
+        }
+    }
+    let mut reference = matmul_t_f64(&xt, &wt, m, k, n);
+    let mut cpu_y = cpu::matmul(&widen(&xt), &widen(&w), m, k, n);
+    if accumulate {
+        reference.iter_mut().zip(&y0).for_each(|(r, &v)| *r += v as f64);
+        cpu_y.iter_mut().zip(&y0).for_each(|(r, &v)| *r += v);
+    }
+    let poison_f32 = f32::from_bits(POISON_U32);
+    Case {
+        expect: vec![Expected::CloseF32 { name: "y", reference, cpu: cpu_y }],
+        device: Box::new(move |dev| {
+            let dx = upload(dev, &x, off, POISON_BF16)?;
+            let dw = upload(dev, &w, off, POISON_BF16)?;
+            let mn = m * n;
+            let mut dy = if accumulate { upload(dev, &y0, off, poison_f32)? } else { poisoned(dev, mn, off, poison_f32)? };
+            dev.matmul_tn(&dx.slice(off..off + k * m), &dw.slice(off..off + k * n), &mut dy.slice_mut(off..off + mn), m, n, k, accumulate)?;
+            Ok(vec![download_f32(dev, &dy, off, mn)?])
+        }),
+    }
+}
+
+/// `activation_backward`: dy <- dy * act'(x) in place.
+fn activation_backward_case(act: &'static str, n: usize, off: usize, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let x = rng.bf16s(n, 1.0 / 64.0, 6.0);
+    let dy = rng.bf16s(n, 1.0 / 64.0, 1.0);
+    let (xf, dyf) = (widen(&x), widen(&dy));
+    // f64 reference: the CPU formula in f64 (backward_by_name evaluates act' in f64 already).
+    let mut g = dyf.clone();
+    cpu::activation::backward_by_name(act, &xf, &mut g);
+    let reference: Vec<f64> = g.iter().map(|&v| v as f64).collect();
+    Case {
+        expect: vec![Expected::Close { name: "dx", reference, cpu: g }],
+        device: Box::new(move |dev| {
+            let dx = upload(dev, &x, off, POISON_BF16)?;
+            let mut dd = upload(dev, &dy, off, POISON_BF16)?;
+            dev.activation_backward(act, &dx.slice(off..off + n), &mut dd.slice_mut(off..off + n))?;
+            Ok(vec![download_bf16(dev, &dd, off, n)?])
         }),
     }
 }

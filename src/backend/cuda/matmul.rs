@@ -1,5 +1,6 @@
-//! Dense GEMM through cuBLASLt: `matmul`, y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]) (+ y), and
-//! `matmul_nn`, y[M, N] = x[M, K] @ w[K, N] (+ y) (the backward's dx = dy W of a Linear).
+//! Dense GEMM through cuBLASLt: `matmul`, y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]) (+ y),
+//! `matmul_nn`, y[M, N] = x[M, K] @ w[K, N] (+ y) (the backward's dx = dy W of a Linear), and
+//! `matmul_tn`, y[M, N] = x[K, M]^T @ w[K, N] (+ y) (the weight gradient dW = dy^T x).
 //!
 //! cuBLASLt is column-major; a row-major y[M, N] is the column-major y^T[N, M], and
 //! y^T = w · x^T where the row-major w[N, K] is the column-major w^T[K, N] (so op(A) = T) and the
@@ -64,8 +65,10 @@ struct PlanKey {
     out: &'static str,
     bias: bool,
     accumulate: bool,
-    /// w is [K, N] (`matmul_nn`, op(A) = N) rather than [N, K] (`matmul`, op(A) = T).
+    /// w is [K, N] (`matmul_nn`, `matmul_tn`: op(A) = N) rather than [N, K] (`matmul`, op(A) = T).
     w_kn: bool,
+    /// x is [K, M] (`matmul_tn`: op(B) = T) rather than [M, K].
+    x_km: bool,
     align: [u32; 5],
 }
 
@@ -179,14 +182,20 @@ impl Blas {
             } else {
                 lt::cublasLtMatrixLayoutCreate(&mut plan.a, bf16, k, n, k as i64).result()?;
             }
-            lt::cublasLtMatrixLayoutCreate(&mut plan.b, bf16, k, m, k as i64).result()?;
+            // (`matmul_tn`: B = x as stored, column-major [M, K] ld M, used transposed.)
+            if key.x_km {
+                lt::cublasLtMatrixLayoutCreate(&mut plan.b, bf16, m, k, m as i64).result()?;
+            } else {
+                lt::cublasLtMatrixLayoutCreate(&mut plan.b, bf16, k, m, k as i64).result()?;
+            }
             lt::cublasLtMatrixLayoutCreate(&mut plan.c, out_type, n, m, n as i64).result()?;
             lt::cublasLtMatmulDescCreate(&mut plan.desc, lt::cublasComputeType_t::CUBLAS_COMPUTE_32F, lt::cudaDataType::CUDA_R_32F).result()?;
             let set = |attr: D, v: *const c_void, size: usize| lt::cublasLtMatmulDescSetAttribute(plan.desc, attr, v, size).result();
             let (trans, no_trans) = (1i32, 0i32); // CUBLAS_OP_T, CUBLAS_OP_N
             let op_a = if key.w_kn { &no_trans } else { &trans };
             set(D::CUBLASLT_MATMUL_DESC_TRANSA, op_a as *const i32 as *const c_void, 4)?;
-            set(D::CUBLASLT_MATMUL_DESC_TRANSB, &no_trans as *const i32 as *const c_void, 4)?;
+            let op_b = if key.x_km { &trans } else { &no_trans };
+            set(D::CUBLASLT_MATMUL_DESC_TRANSB, op_b as *const i32 as *const c_void, 4)?;
             if key.bias {
                 let epilogue = lt::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS as u32;
                 set(D::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue as *const u32 as *const c_void, 4)?;
@@ -270,7 +279,7 @@ impl CudaDevice {
         k: usize,
         accumulate: bool,
     ) -> Result<()> {
-        self.gemm_lt(x, w, false, bias, y, m, n, k, accumulate)
+        self.gemm_lt(x, w, false, false, bias, y, m, n, k, accumulate)
     }
 
     /// y[M, N] = x[M, K] @ w[K, N], or y += ... when `accumulate`: `matmul` with w stored
@@ -288,16 +297,37 @@ impl CudaDevice {
         k: usize,
         accumulate: bool,
     ) -> Result<()> {
-        self.gemm_lt(x, w, true, None, y, m, n, k, accumulate)
+        self.gemm_lt(x, w, true, false, None, y, m, n, k, accumulate)
     }
 
-    /// `matmul` (w [N, K], `w_kn` false) and `matmul_nn` (w [K, N], `w_kn` true).
+    /// y[M, N] = x[K, M]^T @ w[K, N], or y += ... when `accumulate`: the weight gradient of a
+    /// Linear, dW[N_out, K_in] = dy[T, N_out]^T @ x[T, K_in] (call it with x = dy, w = x, m =
+    /// N_out, n = K_in, k = T), and with w a column of ones its bias gradient. x, w bf16; f32
+    /// accumulation; y bf16 or f32. No bias. Reference: [`crate::backend::cpu::matmul`] of the
+    /// transposed x.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_tn<Y: MatmulOut>(
+        &self,
+        x: &CudaView<'_, u16>,
+        w: &CudaView<'_, u16>,
+        y: &mut CudaViewMut<'_, Y>,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.gemm_lt(x, w, true, true, None, y, m, n, k, accumulate)
+    }
+
+    /// `matmul` (w [N, K], x [M, K]), `matmul_nn` (w [K, N], `w_kn`) and `matmul_tn` (also
+    /// x [K, M], `x_km`).
     #[allow(clippy::too_many_arguments)]
     fn gemm_lt<Y: MatmulOut>(
         &self,
         x: &CudaView<'_, u16>,
         w: &CudaView<'_, u16>,
         w_kn: bool,
+        x_km: bool,
         bias: Option<&CudaView<'_, u16>>,
         y: &mut CudaViewMut<'_, Y>,
         m: usize,
@@ -305,10 +335,11 @@ impl CudaDevice {
         k: usize,
         accumulate: bool,
     ) -> Result<()> {
-        let op = if w_kn { "matmul_nn" } else { "matmul" };
+        let op = if x_km { "matmul_tn" } else if w_kn { "matmul_nn" } else { "matmul" };
         let shapes = || {
             format!(
-                "x [{m}, {k}] @ {}{} -> y [{m}, {n}] {}{}",
+                "{} @ {}{} -> y [{m}, {n}] {}{}",
+                if x_km { format!("x [{k}, {m}]^T") } else { format!("x [{m}, {k}]") },
                 if w_kn { format!("w [{k}, {n}]") } else { format!("w [{n}, {k}]^T") },
                 if bias.is_some() { " + bias" } else { "" },
                 Y::NAME,
@@ -351,6 +382,7 @@ impl CudaDevice {
             bias: bias.is_some(),
             accumulate,
             w_kn,
+            x_km,
             align: [alignment(w_ptr), alignment(x_ptr), alignment(y_ptr), alignment(y_ptr), bias_ptr.as_ref().map_or(256, |(p, _)| alignment(*p))],
         };
         let bp: u64 = bias_ptr.as_ref().map_or(0, |(p, _)| *p);
