@@ -148,7 +148,7 @@ impl CudaDevice {
         if (pq | pk | pv) % 16 != 0 {
             return Some("q, k and v must start on 16-byte boundaries for the TMA".into());
         }
-        let rows = if batch.n_heads * batch.head_dim > 0 { q.len() / (batch.n_heads * batch.head_dim) } else { 0 };
+        let rows = q.len().checked_div(batch.n_heads * batch.head_dim).unwrap_or(0);
         if rows + HP_TILE >= i32::MAX as usize {
             return Some(format!("Ttot={rows} rows exceed the TMA's i32 coordinates"));
         }
