@@ -62,6 +62,7 @@ const OPS: &[(&str, Setup)] = &[
     ("sample", sample),
     ("attention", attention),
     ("attention_train", attention_train),
+    ("attention_hopper", attention_hopper),
     ("matmul", matmul),
 ];
 
@@ -292,7 +293,7 @@ fn attention(dev: &'static CudaDevice) -> Result<Vec<Bench>> {
 /// (B, H, T, D) shapes, causal and not. FLOPs as flash-attention counts them: forward
 /// 4 T^2 H D per sequence (half of it causal), backward 2.5 x the forward.
 fn attention_train(dev: &'static CudaDevice) -> Result<Vec<Bench>> {
-    use stic::backend::cuda::{AttnTrainMask, VarlenAttn};
+    use stic::backend::cuda::{AttnFwdKernel, AttnTrainMask, VarlenAttn};
     let mut v = Vec::new();
     for &(b, h, t, d) in &[(1usize, 32usize, 4096usize, 128usize), (4, 32, 2048, 128), (1, 16, 577, 64)] {
         for causal in [true, false] {
@@ -327,10 +328,46 @@ fn attention_train(dev: &'static CudaDevice) -> Result<Vec<Bench>> {
                             &mut dq.as_view_mut(), &mut dk.as_view_mut(), &mut dvv.as_view_mut(),
                         )
                     } else {
-                        dev.attention_fwd(&q.as_view(), &k.as_view(), &vv.as_view(), &batch, &mut oo.as_view_mut(), &mut lse.as_view_mut())
+                        // The sm_80 kernel explicitly (attention_fwd would pick the Hopper one on
+                        // an H100): `attention_hopper` below benches that one at the same shapes.
+                        dev.attention_fwd_kernel(AttnFwdKernel::Mma, &q.as_view(), &k.as_view(), &vv.as_view(), &batch, &mut oo.as_view_mut(), &mut lse.as_view_mut())
                     }
                 }));
             }
+        }
+    }
+    Ok(v)
+}
+
+/// The Hopper forward of the training attention (`kernels/attention_hopper.cu`: wgmma + TMA,
+/// warp-specialised) at the `attention_train` shapes, FLOPs counted the same way (4 T^2 H D per
+/// sequence, half of it causal). Only on compute capability 9.x (a skip line elsewhere).
+fn attention_hopper(dev: &'static CudaDevice) -> Result<Vec<Bench>> {
+    use stic::backend::cuda::{AttnFwdKernel, AttnTrainMask, VarlenAttn};
+    if !dev.attention_hopper_available() {
+        let (major, minor) = dev.compute_capability();
+        println!("attention_hopper: skipped (needs compute capability 9.x, this is sm_{major}{minor})");
+        return Ok(Vec::new());
+    }
+    let mut v = Vec::new();
+    for &(b, h, t, d) in &[(1usize, 32usize, 4096usize, 128usize), (4, 32, 2048, 128), (1, 16, 577, 64)] {
+        for causal in [true, false] {
+            let n = b * t;
+            let cu: Vec<u32> = (0..=b as u32).map(|i| i * t as u32).collect();
+            let flops = (4 * b * t * t * h * d) as u64 / if causal { 2 } else { 1 };
+            let bytes = (2 * 4 * n * h * d) as u64;
+            let name = format!("fwd B={b},H={h},T={t},D={d}{}", if causal { ",causal" } else { "" });
+            let (q, k, vv) = (up(dev, n * h * d, 31)?, up(dev, n * h * d, 32)?, up(dev, n * h * d, 33)?);
+            let mut oo = out::<u16>(dev, n * h * d)?;
+            let mut lse = out::<f32>(dev, n * h)?;
+            let cu_d = dev.htod(&cu)?;
+            let scale = 1.0 / (d as f32).sqrt();
+            v.push(bench("attention_hopper", name, Work::Flops { flops, bytes }, move || {
+                let cu_v = cu_d.as_view();
+                let mask = if causal { AttnTrainMask::Causal { window: None } } else { AttnTrainMask::Bidirectional };
+                let batch = VarlenAttn { cu_seqlens: &cu_v, max_seqlen: t, n_heads: h, n_kv_heads: h, head_dim: d, scale, mask };
+                dev.attention_fwd_kernel(AttnFwdKernel::Hopper, &q.as_view(), &k.as_view(), &vv.as_view(), &batch, &mut oo.as_view_mut(), &mut lse.as_view_mut())
+            }));
         }
     }
     Ok(v)

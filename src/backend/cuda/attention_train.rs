@@ -69,16 +69,16 @@ pub(crate) fn attention_train_head_dim_supported(d: usize) -> bool {
 }
 
 /// Checked sizes of one call: (Ttot, B, the mask's (causal, window, has_sp)).
-struct Dims {
-    t: usize,
-    b: usize,
-    causal: u32,
-    window: u32,
-    has_sp: u32,
+pub(super) struct Dims {
+    pub(super) t: usize,
+    pub(super) b: usize,
+    pub(super) causal: u32,
+    pub(super) window: u32,
+    pub(super) has_sp: u32,
 }
 
 impl VarlenAttn<'_> {
-    fn check(&self, op: &'static str, q_len: usize, k_len: usize, v_len: usize, shapes: &dyn Fn() -> String) -> Result<Dims> {
+    pub(super) fn check(&self, op: &'static str, q_len: usize, k_len: usize, v_len: usize, shapes: &dyn Fn() -> String) -> Result<Dims> {
         let (h, hkv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let err = |what: String| Err(Error::shape(op, format!("{}: {what}", shapes())));
         if h == 0 || hkv == 0 || h % hkv != 0 || h > 65_535 {
@@ -133,7 +133,7 @@ impl VarlenAttn<'_> {
     }
 
     /// The device array of the shared-prefix pairs, or cu_seqlens as a never-read stand-in.
-    fn sp(&self) -> &CudaView<'_, u32> {
+    pub(super) fn sp(&self) -> &CudaView<'_, u32> {
         match self.mask {
             AttnTrainMask::SharedPrefix { pairs } => pairs,
             _ => self.cu_seqlens,
@@ -166,7 +166,26 @@ impl CudaDevice {
     /// scaled scores' sum of exponentials) from q[Ttot, H, D], k, v[Ttot, Hkv, D] under
     /// `batch` (see [`VarlenAttn`], [`AttnTrainMask`]). Reference: per sequence,
     /// [`crate::backend::cpu::attention`] with the matching [`crate::backend::cpu::AttnMask`].
+    ///
+    /// The kernel is chosen by `STIC_ATTENTION` (`auto` when unset; see
+    /// [`super::AttnFwdKernel`]): on compute capability 9.x the Hopper kernel
+    /// (`kernels/attention_hopper.cu`, wgmma + TMA) when the inputs allow it, else the sm_80
+    /// mma.sync kernel. Both give the same outputs up to the order of f32 sums.
     pub fn attention_fwd(
+        &self,
+        q: &CudaView<'_, u16>,
+        k: &CudaView<'_, u16>,
+        v: &CudaView<'_, u16>,
+        batch: &VarlenAttn<'_>,
+        out: &mut CudaViewMut<'_, u16>,
+        lse: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        self.attention_fwd_kernel(super::AttnFwdKernel::from_env()?, q, k, v, batch, out, lse)
+    }
+
+    /// [`Self::attention_fwd`] on the sm_80 kernel (`kernels/attention_train.cu`, mma.sync), on
+    /// any GPU.
+    pub(crate) fn attention_fwd_mma(
         &self,
         q: &CudaView<'_, u16>,
         k: &CudaView<'_, u16>,

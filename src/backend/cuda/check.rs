@@ -114,6 +114,16 @@ impl Check {
         Ok(r)
     }
 
+    /// Why this check cannot run on `dev` (printed as a skip), or `None`: the Hopper attention
+    /// needs compute capability 9.x.
+    pub fn skip_reason(&self, dev: &CudaDevice) -> Option<String> {
+        if self.op == "attention_hopper" && !dev.attention_hopper_available() {
+            let (major, minor) = dev.compute_capability();
+            return Some(format!("skipped: attention_hopper needs an sm_90 GPU (compute capability 9.x), this is sm_{major}{minor}"));
+        }
+        None
+    }
+
     fn seed(&self, seed: u64) -> u64 {
         // FNV-1a of the kernel name and shape, so that checks get different inputs.
         let mut h = 0xCBF2_9CE4_8422_2325u64;
@@ -187,6 +197,13 @@ pub fn checks() -> Vec<Check> {
     for a in attention_train_shapes() {
         let kernel = if a.backward { "attention_bwd" } else { "attention_fwd" };
         add("attention_train", kernel, a.name.clone(), Box::new(move |s| attention_train_case(&a, s)));
+    }
+
+    // The Hopper forward (kernels/attention_hopper.cu, sm_90a) on the same forward cases as the
+    // sm_80 kernel (the TMA needs 16-byte aligned q, k, v, so not the misaligned one) and a few
+    // that cross its 128-row tiles; skipped on other GPUs (`Check::skip_reason`).
+    for a in attention_train_shapes().into_iter().chain(attention_hopper_shapes()).filter(|a| !a.backward && a.off.is_multiple_of(8)) {
+        add("attention_hopper", "attention_fwd_hopper", a.name.clone(), Box::new(move |s| attention_train_case_with(&a, super::AttnFwdKernel::Hopper, s)));
     }
 
     for &g in MATMUL_SHAPES {
@@ -269,6 +286,10 @@ pub fn run_checks(dev: &CudaDevice, seed: u64, filter: Option<&str>, out: &mut d
     writeln!(out, "{:<18} {:<58} {:>11} {:>11}  pass", "op", "shape", "max rel err", "tolerance")?;
     let (mut passed, mut failed) = (0, 0);
     for c in &selected {
+        if let Some(why) = c.skip_reason(dev) {
+            writeln!(out, "{:<18} {:<58} {why}", c.kernel, c.shape)?;
+            continue;
+        }
         let r = c.run(dev, seed);
         let ok = matches!(&r, Ok(r) if r.pass);
         if ok {
@@ -2340,7 +2361,35 @@ fn select_guarded<T: Copy>(all: &[T], lo: usize, n: usize, idx: &[usize]) -> Vec
     v
 }
 
+/// Forward shapes for the Hopper kernel only, around its 128-row query and key tiles: a causal
+/// window that spans tile edges, a GQA 16:1 batch, the shared-prefix mask across tiles.
+fn attention_hopper_shapes() -> Vec<AttnTrainShape> {
+    let shape = |(h, hkv, d): (usize, usize, usize), lens: &[usize], mask: TrainMask, m: String| AttnTrainShape {
+        name: format!("lens {lens:?} {m} H={h} Hkv={hkv} D={d}"),
+        h,
+        hkv,
+        d,
+        lens: lens.to_vec(),
+        mask,
+        backward: false,
+        step: 1,
+        off: GUARD,
+    };
+    vec![
+        shape((8, 8, 128), &[129, 256, 383], TrainMask::Causal(Some(130)), "causal window 130".into()),
+        shape((32, 2, 64), &[300, 513], TrainMask::Causal(None), "causal".into()),
+        shape((4, 2, 128), &[255, 385], TrainMask::SharedPrefix(vec![(100, 60), (120, 140)]), "shared prefix [(100, 60), (120, 140)]".into()),
+        shape((4, 4, 64), &[127, 1, 129], TrainMask::Bidirectional, "bidirectional".into()),
+    ]
+}
+
+/// The `attention_train` case on the forward's sm_80 kernel (the backward has one kernel).
 fn attention_train_case(a: &AttnTrainShape, seed: u64) -> Case {
+    attention_train_case_with(a, super::AttnFwdKernel::Mma, seed)
+}
+
+/// An `attention_train` case whose forward runs on `kernel`.
+fn attention_train_case_with(a: &AttnTrainShape, kernel: super::AttnFwdKernel, seed: u64) -> Case {
     let mut rng = Rng::new(seed);
     let AttnTrainShape { h, hkv, d, off, .. } = *a;
     let (qw, kw) = (h * d, hkv * d);
@@ -2396,7 +2445,7 @@ fn attention_train_case(a: &AttnTrainShape, seed: u64) -> Case {
                 let (cuv, spv) = (dcu.as_view(), dsp.as_view());
                 let mask = train_mask(causal, window, shared, &spv);
                 let batch = super::VarlenAttn { cu_seqlens: &cuv, max_seqlen, n_heads: h, n_kv_heads: hkv, head_dim: d, scale, mask };
-                dev.attention_fwd(&dq.slice(off..off + nq), &dk.slice(off..off + nk), &dv.slice(off..off + nk), &batch, &mut dout.slice_mut(off..off + nq), &mut dlse.slice_mut(off..off + h * t))?;
+                dev.attention_fwd_kernel(kernel, &dq.slice(off..off + nq), &dk.slice(off..off + nk), &dv.slice(off..off + nk), &batch, &mut dout.slice_mut(off..off + nq), &mut dlse.slice_mut(off..off + h * t))?;
                 let o = dev.dtoh(&dout)?;
                 let l = f32_bits(&dev.dtoh(&dlse)?);
                 Ok(vec![

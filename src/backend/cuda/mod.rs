@@ -22,6 +22,7 @@
 //! | `sample.rs` | `argmax_f32`, `argmax_bf16`, `sample` (kernel `sample_f32`: temperature, top-k, top-p) | `kernels/sample.cu` |
 //! | `attention.rs` | `attention` (fused forward over a slotted KV cache, GQA, a key range per row) | `kernels/attention.cu` |
 //! | `attention_train.rs` | `attention_fwd`, `attention_bwd` (tensor-core FlashAttention-2 over a packed varlen batch: causal / window / DPO shared-prefix masks, GQA, D 64 and 128, lse) | `kernels/attention_train.cu` |
+//! | `attention_hopper.rs` | `attention_fwd_kernel` (picks the forward kernel: `STIC_ATTENTION=mma\|hopper\|auto`), `attention_hopper_available`; the Hopper forward (wgmma + TMA, warp-specialised, sm_90a) | `kernels/attention_hopper.cu` |
 //! | `matmul.rs` | `matmul` (bf16 x bf16 -> bf16 or f32, + bias, + y), `matmul_nn` (w [K, N], no transpose) | cuBLASLt (`libcublasLt`, loaded on first use) |
 //! | `lora.rs` | `lora_fwd`, `lora_bwd` (LoRA linear layer: strided f32 GEMMs `lora_gemm_*`, the rounding epilogue, split-K reduce; the base GEMM is cuBLASLt's) | `kernels/lora.cu` |
 //! | `logprob.rs` | `logprob(_chunked)`, `logprob_backward(_chunked)` (lm_head + log-softmax + target gather over vocabulary chunks: `logprob_fold`, `logprob_dlogits`, GEMMs by cuBLASLt) | `kernels/logprob.cu` |
@@ -41,6 +42,7 @@ mod activation;
 mod adamw;
 mod add;
 mod attention;
+mod attention_hopper;
 mod attention_train;
 mod cast;
 pub mod check;
@@ -59,6 +61,7 @@ mod rope;
 mod sample;
 
 pub use attention_train::{AttnTrainMask, VarlenAttn};
+pub use attention_hopper::AttnFwdKernel;
 pub use adamw::AdamWTensor;
 pub use dpo::DpoSpans;
 pub use device::{cuda_available, CudaDevice};
