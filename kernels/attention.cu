@@ -1,7 +1,13 @@
 // attention.cu: fused scaled dot-product attention forward for inference, over a KV cache laid
-// out as S slots of `cap` rows, with grouped-query heads and a key range per query row. One launch
+// out as S slots of `cap` rows, with grouped-query heads and a key range per query row. One call
 // serves prefill, chunked prefill and batched decode of the decoder (causal, sliding window) and
 // the bidirectional vision tower (each image a slot).
+//
+// Two paths, chosen by the host (CudaDevice::attention, `attention_splits`): the single-pass
+// kernel `attention` below (one block per query row and group of query heads), and split-KV
+// (flash-decoding) for few rows with long ranges (decode): `attention_split` writes the partial
+// softmax state of chunks of each row's key range into an f32 workspace and `attention_combine`
+// merges them in split order; see the section "Split-KV" after `attention`.
 //
 //   attention(q: u16[N, H*D], k: u16[S, cap, Hkv*D], v: u16[S, cap, Hkv*D], rows: u32[N, 3],
 //             out: u16[N, H*D], H: u32, Hkv: u32, D: u32, cap: u32, S: u32, HB: u32,

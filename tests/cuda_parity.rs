@@ -241,7 +241,7 @@ fn attention_split_plan() {
     for len in (1..=1100).chain([4095, 4096, 4097, 32767, 32768, 1 << 30]) {
         for splits in (1..=70).chain([255, 1000, ATTENTION_SPLITS_MAX]) {
             let chunk = attention_split_chunk(len, splits);
-            assert!(chunk > 0 && chunk % 32 == 0, "len {len} splits {splits}: chunk {chunk}");
+            assert!(chunk > 0 && chunk.is_multiple_of(32), "len {len} splits {splits}: chunk {chunk}");
             let nz = len.div_ceil(chunk);
             // Splits [0, nz) are non-empty and cover [0, len); the rest are empty.
             assert!(nz <= splits && (nz - 1) * chunk < len && len <= nz * chunk, "len {len} splits {splits}: chunk {chunk}");
