@@ -27,6 +27,8 @@
 //! its checks cover batched decode, causal and sliding-window prefill, chunked prefill over a
 //! cache, the bidirectional vision tower (Mistral-7B and CLIP ViT-L shapes), head dims 64, 80, 96
 //! and 128, GQA groups of 1, 3, 4 and 16, an empty key range and rows outside the cache.
+//! The `attention_split` checks (kernel name; op `attention`) run the split-KV path (decode over
+//! long caches) with forced and heuristic split counts, see `attention_split_shapes`.
 //!
 //! The training attention (`attention_train`: `attention_fwd`, `attention_bwd`) rounds P and dS to
 //! bf16 before its tensor-core products, so its bf16 outputs are judged as `CloseRms`: the same
