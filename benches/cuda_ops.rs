@@ -61,6 +61,7 @@ const OPS: &[(&str, Setup)] = &[
     ("argmax", argmax),
     ("sample", sample),
     ("attention", attention),
+    ("attention_decode", attention_decode),
     ("attention_train", attention_train),
     ("attention_hopper", attention_hopper),
     ("matmul", matmul),
@@ -286,6 +287,28 @@ fn attention(dev: &'static CudaDevice) -> Result<Vec<Bench>> {
     let (tiles, tv, hv, dv) = (2usize, 577usize, 16usize, 64usize);
     let rows = (0..tiles as u32).flat_map(|s| (0..tv).map(move |_| AttnRow { slot: s, kv_start: 0, kv_end: tv as u32 })).collect();
     v.push(one(dev, format!("CLIP-L {tiles}x{tv} bidirectional,H={hv},D={dv}"), hv, hv, dv, tiles, tv, rows, false)?);
+    Ok(v)
+}
+
+/// Decode attention over long caches (issue #4, flash-decoding): one query row per sequence over
+/// its whole context, Mistral-7B heads (H=32, Hkv=8, D=128), through
+/// `CudaDevice::attention_with_max_len` as the engine calls it (split-KV from the context length,
+/// SM count and batch). GB/s over the K and V bytes read, B * ctx * Hkv * D * 2 bytes * 2, against
+/// the measured HBM bandwidth (issue #4's target: >= 80% at ctx=32768). About 2.4 GB of caches.
+fn attention_decode(dev: &'static CudaDevice) -> Result<Vec<Bench>> {
+    let (h, hkv, d) = (32usize, 8usize, 128usize);
+    let mut v = Vec::new();
+    for (ctx, b) in [(4096usize, 1usize), (4096, 8), (4096, 64), (32768, 1), (32768, 8)] {
+        let (q, k, vv) = (up(dev, b * h * d, 31)?, up(dev, b * ctx * hkv * d, 32)?, up(dev, b * ctx * hkv * d, 33)?);
+        let flat: Vec<u32> = (0..b as u32).flat_map(|s| [s, 0, ctx as u32]).collect();
+        let drows = dev.htod(&flat)?;
+        let mut o = out::<u16>(dev, b * h * d)?;
+        let kv_bytes = (b * ctx * hkv * d * 2 * 2) as u64;
+        let scale = 1.0 / (d as f32).sqrt();
+        v.push(bench("attention_decode", format!("ctx={ctx}/B={b}"), Work::Bytes(kv_bytes), move || {
+            dev.attention_with_max_len(&q.as_view(), &k.as_view(), &vv.as_view(), &drows.as_view(), &mut o.as_view_mut(), h, hkv, d, ctx, scale, ctx)
+        }));
+    }
     Ok(v)
 }
 

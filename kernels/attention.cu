@@ -1,7 +1,13 @@
 // attention.cu: fused scaled dot-product attention forward for inference, over a KV cache laid
-// out as S slots of `cap` rows, with grouped-query heads and a key range per query row. One launch
+// out as S slots of `cap` rows, with grouped-query heads and a key range per query row. One call
 // serves prefill, chunked prefill and batched decode of the decoder (causal, sliding window) and
 // the bidirectional vision tower (each image a slot).
+//
+// Two paths, chosen by the host (CudaDevice::attention, `attention_splits`): the single-pass
+// kernel `attention` below (one block per query row and group of query heads), and split-KV
+// (flash-decoding) for few rows with long ranges (decode): `attention_split` writes the partial
+// softmax state of chunks of each row's key range into an f32 workspace and `attention_combine`
+// merges them in split order; see the section "Split-KV" after `attention`.
 //
 //   attention(q: u16[N, H*D], k: u16[S, cap, Hkv*D], v: u16[S, cap, Hkv*D], rows: u32[N, 3],
 //             out: u16[N, H*D], H: u32, Hkv: u32, D: u32, cap: u32, S: u32, HB: u32,
@@ -203,5 +209,295 @@ attention(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __res
             o[hh * D + 2u * w] = f32_to_bf16_bits_rne(acc[r][0] / l);
             o[hh * D + 2u * w + 1u] = f32_to_bf16_bits_rne(acc[r][1] / l);
         }
+    }
+}
+
+// =============================================================================================
+// Split-KV (flash-decoding): attention_split + attention_combine.
+//
+// The same operation as `attention` (same inputs, same out, same semantics: GQA, zero rows for
+// empty ranges, NaN rows for rows outside the cache, any kv range per row, D % 8 == 0 up to 128)
+// in two launches, so that a few long rows (decode: one query row per sequence) fill the GPU:
+//
+//   attention_split(q, k, v, rows, ws_acc: f32[N, H, splits, D], ws_ml: f32[N, H, splits, 2],
+//                   H, Hkv, D, cap, S, HB, splits, scale)
+//       grid (N, H/HB, splits); block (ATTN_THREADS = 128, 1, 1), exactly; no dynamic shared
+//       memory (about 40 KiB static: up to 5 blocks per H100 SM, 4 per A100 SM).
+//       Row i of length len = kv_end - kv_start is cut into chunks of
+//         chunk = ceil(ceil(len / splits) / ATTS_TILE) * ATTS_TILE keys      (split_chunk)
+//       and block (i, y, z) handles keys [kv_start + z * chunk, min(kv_end, .. + chunk)) for the
+//       HB query heads [y * HB, (y + 1) * HB) that share kv head g (GQA: each K/V tile is read
+//       once for the HB heads). Splits z >= nz = ceil(len / chunk) are empty: their blocks exit
+//       at once and write nothing. For each of its heads h a non-empty split writes the partial
+//       online-softmax state of its chunk: m = max_j s_j, l = sum_j exp(s_j - m) (>= 1) into
+//       ws_ml[i, h, z, 0..2] and acc[d] = sum_j exp(s_j - m) v[j, d] (un-normalised) into
+//       ws_acc[i, h, z, :]. Rows outside the cache and empty ranges write nothing.
+//   attention_combine(rows, ws_acc, ws_ml, out, N, H, D, cap, S, splits)
+//       any 1-D grid (grid-stride over the N*H*D outputs; the host uses 256 threads). Thread per
+//       output element (i, h, d): in split order z = 0 .. nz-1 (deterministic),
+//         M = max_z m_z,  w_z = exp(m_z - M),  out = (sum_z w_z acc_z[d]) / (sum_z w_z l_z),
+//       rounded once to bf16 (RNE); NaN rows and zero rows as `attention`. It reads only the
+//       splits z < nz of valid non-empty rows, which attention_split wrote: the workspace needs
+//       no initialisation. With nz = 1, out = acc / l as in the single-pass kernel.
+//
+// The split kernel, per tile of ATTS_TILE = 32 keys:
+//   - K and V tiles are double-buffered in shared memory with cp.async 16-byte copies (issued for
+//     tile t+1 right after tile t has landed, so one tile (32 keys x 2 x D bf16 = 16 KiB at
+//     D=128) is in flight per block while the block computes; with 4-5 blocks per SM that is
+//     64-80 KiB per SM, above the ~25 KiB that Little's law asks for at 3 TB/s); plain loads of
+//     the same layout when k or v is not 16-byte aligned. Rows are staged as u32 words (2 bf16)
+//     with a row stride of (D/8 | 1) 16-byte chunks (odd), so that the thread-per-key 16-byte
+//     reads of the score step hit 8 distinct bank quads per quarter warp (no conflicts).
+//   - scores and softmax: warp w owns heads w and w + 4 (< HB), lane = key: s = scale * q.k
+//     (f32 FMA chain in dim order, as `attention`), then the online update in registers (warp
+//     max, expf, warp sum; running m and l live in the owning warp's registers, all lanes equal).
+//     The probabilities go to shared memory as [key][head], the tile's rescale exp(m_old - m_new)
+//     per head to a_s.
+//   - P.V: thread (key lane kl, quad qd) with D/4 quads per row and kpp = min(128 / (D/4), 32)
+//     key lanes: keys kl, kl + kpp, ... of the tile, 4 dims for all HB heads (v read once per
+//     key for the whole group, 8-byte loads; p as 16-byte broadcasts), accumulators in
+//     registers. At the end the kpp partial accumulators are added in key-lane order (fixed)
+//     through shared memory.
+// Per key of a sequence and kv head (512 bytes of K+V at D=128, ~40 SM cycles at 80% of H100
+// HBM bandwidth per SM), HB=4 costs ~16 shared-memory wavefronts and ~70 warp instructions,
+// against 4 schedulers x ~40 cycles: the memory path, not the arithmetic, should set the pace.
+// Precision: as `attention` (f32, expf without fast math, one bf16 rounding); the partial states
+// are combined in f32 with one more expf and FMA per split.
+// Aliasing: out must not overlap q, k, v, rows or the workspace; ws_acc and ws_ml are distinct.
+
+#define ATTS_TILE 32
+// Largest staged row stride in 16-byte chunks ((D/8) | 1 at D = 128) and in u32 words.
+#define ATTS_CH_MAX (ATTN_D_MAX / 8 + 1)
+#define ATTS_KS_MAX (4 * ATTS_CH_MAX)
+#define ATTS_WARPS (ATTN_THREADS / 32)
+
+static_assert(ATTS_TILE == 32, "the softmax step gives each lane one key");
+static_assert(ATTN_HB_MAX <= 2 * ATTS_WARPS, "a warp owns at most two heads of the group");
+static_assert(ATTN_HB_MAX == 8, "P.V reads the probabilities of a key as two float4");
+
+__device__ __forceinline__ u32 atts_smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+// 16 bytes global -> shared, asynchronously (both 16-byte aligned).
+__device__ __forceinline__ void atts_cp_async16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(atts_smem_addr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void atts_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void atts_cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// Keys per split of a row of len >= 1 keys cut into `splits` (>= 1): ceil(len / splits) rounded
+// up to whole tiles. The host's `attention_split_chunk` is the same formula. len < 2^31 and
+// splits <= 2^16 keep every sum below 2^32.
+__device__ __forceinline__ u32 split_chunk(u32 len, u32 splits) {
+    const u32 c = (len + splits - 1u) / splits;
+    return (c + ATTS_TILE - 1u) / ATTS_TILE * ATTS_TILE;
+}
+
+// Stages rows [0, n) of a key or value tile (row r at src + r * row_stride) at dst + r * ks
+// (u32 words; ks a multiple of 4): cp.async 16-byte copies when `vec` (src 16-byte aligned, and
+// with it every row), else `load_tile`'s plain loads. Rows >= n are left as they are (never read).
+__device__ __forceinline__ void stage_tile(const u16* __restrict__ src, u64 row_stride, u32 n, u32 D,
+                                           u32 ks, u32* __restrict__ dst, bool vec) {
+    if (!vec) {
+        load_tile(src, row_stride, n, D, ks, dst, false);
+        return;
+    }
+    const u32 chunks = D / 8u;
+    for (u32 t = threadIdx.x; t < n * chunks; t += blockDim.x) {
+        const u32 r = t / chunks, c = t - r * chunks;
+        atts_cp_async16(dst + r * ks + c * 4u, src + (u64)r * row_stride + c * 8u);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ATTN_THREADS, 4)
+attention_split(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+                const u32* __restrict__ rows, float* __restrict__ ws_acc, float* __restrict__ ws_ml,
+                u32 H, u32 Hkv, u32 D, u32 cap, u32 S, u32 HB, u32 splits, float scale) {
+    __shared__ __align__(16) u32 kv[2][2][ATTS_TILE * ATTS_KS_MAX];  // [stage][K, V] tiles
+    __shared__ __align__(16) float qs[ATTN_HB_MAX * ATTN_D_MAX];     // the HB query heads
+    __shared__ __align__(16) float pt[ATTS_TILE * ATTN_HB_MAX];      // probabilities [key][head]
+    __shared__ float a_s[ATTN_HB_MAX];                               // tile rescale per head
+
+    const u32 tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
+    const u32 i = blockIdx.x, h0 = blockIdx.y * HB, z = blockIdx.z, g = h0 / (H / Hkv);
+    const u32* row = rows + 3ull * i;
+    const u32 slot = row[0], lo = row[1], hi = row[2];
+    // Block-uniform exits before any barrier: rows outside the cache and empty ranges are written
+    // by the combine alone; so are empty splits' nothing.
+    if (slot >= S || lo > hi || hi > cap || lo == hi) return;
+    const u32 len = hi - lo, chunk = split_chunk(len, splits);
+    if ((u64)z * chunk >= len) return;
+    const u32 c0 = lo + z * chunk, c1 = min(hi, c0 + chunk);  // z * chunk < len: no overflow
+    const u32 ntiles = (c1 - c0 + ATTS_TILE - 1u) / ATTS_TILE;
+
+    const u64 qw = (u64)H * D, kw = (u64)Hkv * D;
+    const u16* qr = q + (u64)i * qw + (u64)h0 * D;
+    for (u32 e = tid; e < HB * D; e += blockDim.x) qs[e] = bf16_bits_to_f32(qr[e]);
+
+    const u32 chunks = D / 8u, ks = 4u * (chunks | 1u);
+    const bool vec = aligned16(k) && aligned16(v);
+    const u64 kvbase = (u64)slot * cap * kw + (u64)g * D;  // element (slot, j, g, 0) - j * kw
+    stage_tile(k + kvbase + (u64)c0 * kw, kw, min((u32)ATTS_TILE, c1 - c0), D, ks, kv[0][0], vec);
+    stage_tile(v + kvbase + (u64)c0 * kw, kw, min((u32)ATTS_TILE, c1 - c0), D, ks, kv[0][1], vec);
+    atts_cp_async_commit();
+
+    // Softmax state of the heads this warp owns (warp, warp + ATTS_WARPS), equal in all lanes.
+    const float neg_inf = __uint_as_float(0xFF800000u);
+    float m_r[2] = {neg_inf, neg_inf}, l_r[2] = {0.0f, 0.0f};
+    // P.V mapping.
+    const u32 q4 = D / 4u, kpp = min((u32)ATTN_THREADS / q4, (u32)ATTS_TILE);
+    const u32 kl = tid / q4, qd = tid - kl * q4;
+    const bool pv = kl < kpp;
+    float acc[ATTN_HB_MAX][4];
+#pragma unroll
+    for (int hh = 0; hh < ATTN_HB_MAX; ++hh) acc[hh][0] = acc[hh][1] = acc[hh][2] = acc[hh][3] = 0.0f;
+
+    for (u32 t = 0; t < ntiles; ++t) {
+        const u32 t0 = c0 + t * ATTS_TILE, n = min((u32)ATTS_TILE, c1 - t0);  // n >= 1
+        const u32* kt = kv[t & 1u][0];
+        const u32* vt = kv[t & 1u][1];
+        // Tile t has landed (this thread's copies, then everyone's); every thread is done with
+        // tile t-1 (its buffer, pt and a_s); on the first tile qs is written.
+        atts_cp_async_wait_all();
+        __syncthreads();
+        if (t + 1u < ntiles) {
+            const u32 t1 = t0 + ATTS_TILE, n1 = min((u32)ATTS_TILE, c1 - t1);
+            stage_tile(k + kvbase + (u64)t1 * kw, kw, n1, D, ks, kv[(t + 1u) & 1u][0], vec);
+            stage_tile(v + kvbase + (u64)t1 * kw, kw, n1, D, ks, kv[(t + 1u) & 1u][1], vec);
+            atts_cp_async_commit();
+        }
+
+        // Scores and the online softmax update: warp per head, lane per key (warp-uniform loop).
+#pragma unroll
+        for (u32 r = 0; r < 2u; ++r) {
+            const u32 hh = warp + r * ATTS_WARPS;
+            if (hh < HB) {
+                float s = neg_inf;  // keys past the chunk: exp(-inf) = 0
+                if (lane < n) {
+                    const float4* qh = reinterpret_cast<const float4*>(qs + hh * D);
+                    const uint4* kr = reinterpret_cast<const uint4*>(kt + lane * ks);
+                    float dot = 0.0f;
+                    for (u32 c = 0; c < chunks; ++c) {
+                        const uint4 x = kr[c];
+                        const float4 qa = qh[2u * c], qb = qh[2u * c + 1u];
+                        dot = fmaf(qa.x, bf16_lo(x.x), dot);
+                        dot = fmaf(qa.y, bf16_hi(x.x), dot);
+                        dot = fmaf(qa.z, bf16_lo(x.y), dot);
+                        dot = fmaf(qa.w, bf16_hi(x.y), dot);
+                        dot = fmaf(qb.x, bf16_lo(x.z), dot);
+                        dot = fmaf(qb.y, bf16_hi(x.z), dot);
+                        dot = fmaf(qb.z, bf16_lo(x.w), dot);
+                        dot = fmaf(qb.w, bf16_hi(x.w), dot);
+                    }
+                    s = dot * scale;
+                }
+                // Lane 0 always holds a key, so m_new is finite for finite inputs; the first
+                // tile's rescale is exp(-inf) = 0.
+                const float m_new = fmaxf(m_r[r], warp_max(s));
+                const float p = expf(s - m_new);
+                const float sum = warp_sum(p);
+                const float a = expf(m_r[r] - m_new);
+                l_r[r] = l_r[r] * a + sum;
+                m_r[r] = m_new;
+                pt[lane * ATTN_HB_MAX + hh] = p;
+                if (lane == 0) a_s[hh] = a;
+            }
+        }
+        __syncthreads();
+
+        // acc = acc * rescale + P.V over this thread's keys of the tile.
+        if (pv) {
+#pragma unroll
+            for (u32 hh = 0; hh < ATTN_HB_MAX; ++hh) {
+                if (hh < HB) {
+                    const float a = a_s[hh];
+                    acc[hh][0] *= a;
+                    acc[hh][1] *= a;
+                    acc[hh][2] *= a;
+                    acc[hh][3] *= a;
+                }
+            }
+            for (u32 j = kl; j < n; j += kpp) {
+                const uint2 x = *reinterpret_cast<const uint2*>(vt + j * ks + 2u * qd);
+                const float v0 = bf16_lo(x.x), v1 = bf16_hi(x.x), v2 = bf16_lo(x.y), v3 = bf16_hi(x.y);
+                const float4 pa = *reinterpret_cast<const float4*>(pt + j * ATTN_HB_MAX);
+                const float4 pb = HB > 4u ? *reinterpret_cast<const float4*>(pt + j * ATTN_HB_MAX + 4u)
+                                          : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                const float p[ATTN_HB_MAX] = {pa.x, pa.y, pa.z, pa.w, pb.x, pb.y, pb.z, pb.w};
+#pragma unroll
+                for (u32 hh = 0; hh < ATTN_HB_MAX; ++hh) {
+                    if (hh < HB) {
+                        acc[hh][0] = fmaf(p[hh], v0, acc[hh][0]);
+                        acc[hh][1] = fmaf(p[hh], v1, acc[hh][1]);
+                        acc[hh][2] = fmaf(p[hh], v2, acc[hh][2]);
+                        acc[hh][3] = fmaf(p[hh], v3, acc[hh][3]);
+                    }
+                }
+            }
+        }
+    }
+
+    // The partial state of this split. Every cp.async group has completed (the last tile issued
+    // none after its wait); after this barrier no thread reads the tiles, so they hold the kpp
+    // partial accumulators: red[(kl * HB + hh) * D + d] (kpp * D <= 512 floats per head: 16 KiB
+    // at most, within the 34 KiB of kv).
+    __syncthreads();
+    float* red = reinterpret_cast<float*>(&kv[0][0][0]);
+    if (pv) {
+#pragma unroll
+        for (u32 hh = 0; hh < ATTN_HB_MAX; ++hh) {
+            if (hh < HB) {
+                float4* d4 = reinterpret_cast<float4*>(red + (kl * HB + hh) * D + 4u * qd);
+                *d4 = make_float4(acc[hh][0], acc[hh][1], acc[hh][2], acc[hh][3]);
+            }
+        }
+    }
+    const u64 base = ((u64)i * H + h0) * splits + z;  // (i, h0, z); head h0 + hh adds hh * splits
+#pragma unroll
+    for (u32 r = 0; r < 2u; ++r) {
+        const u32 hh = warp + r * ATTS_WARPS;
+        if (hh < HB && lane == 0) {
+            float* ml = ws_ml + 2ull * (base + (u64)hh * splits);
+            ml[0] = m_r[r];
+            ml[1] = l_r[r];
+        }
+    }
+    __syncthreads();
+    for (u32 e = tid; e < HB * D; e += blockDim.x) {
+        const u32 hh = e / D, d = e - hh * D;
+        float s = 0.0f;
+        for (u32 r = 0; r < kpp; ++r) s += red[(r * HB + hh) * D + d];
+        ws_acc[(base + (u64)hh * splits) * D + d] = s;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+attention_combine(const u32* __restrict__ rows, const float* __restrict__ ws_acc,
+                  const float* __restrict__ ws_ml, u16* __restrict__ out, u32 N, u32 H, u32 D,
+                  u32 cap, u32 S, u32 splits) {
+    const u64 total = (u64)N * H * D;
+    for (u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (u64)gridDim.x * blockDim.x) {
+        const u64 ih = e / D;  // (i, h)
+        const u32 d = (u32)(e - ih * D);
+        const u32* row = rows + 3ull * (ih / H);
+        const u32 slot = row[0], lo = row[1], hi = row[2];
+        if (slot >= S || lo > hi || hi > cap) {
+            out[e] = BF16_NAN_BITS;
+            continue;
+        }
+        if (lo == hi) {
+            out[e] = 0;
+            continue;
+        }
+        const u32 len = hi - lo, chunk = split_chunk(len, splits), nz = (len + chunk - 1u) / chunk;
+        const float* ml = ws_ml + 2ull * ih * splits;
+        const float* a = ws_acc + ih * splits * D + d;
+        float m = __uint_as_float(0xFF800000u);
+        for (u32 s = 0; s < nz; ++s) m = fmaxf(m, ml[2u * s]);
+        float l = 0.0f, o = 0.0f;
+        for (u32 s = 0; s < nz; ++s) {
+            const float w = expf(ml[2u * s] - m);
+            l = fmaf(w, ml[2u * s + 1u], l);
+            o = fmaf(w, a[(u64)s * D], o);
+        }
+        out[e] = f32_to_bf16_bits_rne(o / l);
     }
 }

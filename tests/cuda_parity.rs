@@ -175,6 +175,26 @@ fn run_op(op: &str) {
     assert!(failures.is_empty(), "{} of {} checks failed:\n{}", failures.len(), selected.len(), failures.join("\n"));
 }
 
+/// Runs every registry check of one kernel (`Check::kernel`) on the device.
+fn run_kernel(kernel: &str) {
+    let selected: Vec<Check> = checks().into_iter().filter(|c| c.kernel == kernel).collect();
+    assert!(!selected.is_empty(), "no checks registered for kernel `{kernel}`");
+    let Some(dev) = device() else { return };
+    let mut failures = Vec::new();
+    for c in &selected {
+        match c.run(&dev, SEED) {
+            Ok(r) => {
+                eprintln!("{:<18} {:<58} {:.3e} <= {:.3e} {}", c.kernel, c.shape, r.max_rel_err, r.tolerance, if r.pass { "ok" } else { "FAIL" });
+                if !r.pass {
+                    failures.push(format!("{} {}: {}", c.kernel, c.shape, r.detail));
+                }
+            }
+            Err(e) => failures.push(format!("{} {}: error: {e}", c.kernel, c.shape)),
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} checks failed:\n{}", failures.len(), selected.len(), failures.join("\n"));
+}
+
 #[test]
 fn rmsnorm_cuda_matches_cpu() {
     run_op("rmsnorm");
@@ -208,6 +228,56 @@ fn sample_cuda_matches_cpu() {
 #[test]
 fn attention_cuda_matches_cpu() {
     run_op("attention");
+}
+
+/// The split-KV (flash-decoding) checks alone: `attention_split` + `attention_combine` (they also
+/// run in `attention_cuda_matches_cpu`, being checks of the `attention` op).
+#[test]
+fn attention_split_cuda_matches_cpu() {
+    run_kernel("attention_split");
+}
+
+/// Without a device: the split plan covers every key of a row exactly once in whole 32-key
+/// tiles, for any split count (empty splits only at the end), and the heuristic makes enough
+/// (row, head group, split) blocks for the GPU without splits shorter than 128 keys.
+#[test]
+fn attention_split_plan() {
+    use stic::backend::cuda::{attention_split_chunk, attention_splits, ATTENTION_SPLITS_MAX};
+    for len in (1..=1100).chain([4095, 4096, 4097, 32767, 32768, 1 << 30]) {
+        for splits in (1..=70).chain([255, 1000, ATTENTION_SPLITS_MAX]) {
+            let chunk = attention_split_chunk(len, splits);
+            assert!(chunk > 0 && chunk.is_multiple_of(32), "len {len} splits {splits}: chunk {chunk}");
+            let nz = len.div_ceil(chunk);
+            // Splits [0, nz) are non-empty and cover [0, len); the rest are empty.
+            assert!(nz <= splits && (nz - 1) * chunk < len && len <= nz * chunk, "len {len} splits {splits}: chunk {chunk}");
+            // No more than one tile's worth of imbalance per split against an even cut.
+            assert!(chunk < len.div_ceil(splits) + 32, "len {len} splits {splits}: chunk {chunk}");
+        }
+    }
+    let sms = 132; // H100 SXM
+    // Issue #4's decode shapes (Mistral-7B: 8 head groups of 4 per sequence).
+    assert_eq!(attention_splits(32768, 8, sms), 64); // 512 blocks of 512 keys
+    assert_eq!(attention_splits(4096, 8, sms), 32); // 256 blocks of 128 keys
+    assert_eq!(attention_splits(32768, 64, sms), 9); // B=8: 576 blocks
+    assert_eq!(attention_splits(4096, 512, sms), 2); // B=64: 1024 blocks
+    // Enough blocks already, or rows too short to split: the single-pass kernel.
+    assert_eq!(attention_splits(4096, 2880 * 8, sms), 1);
+    assert_eq!(attention_splits(255, 8, sms), 1);
+    assert_eq!(attention_splits(0, 8, sms), 1);
+    for max_len in [1usize, 100, 128, 256, 1000, 4096, 32768, 1 << 20, 1 << 30] {
+        for blocks in [1usize, 8, 64, 512, 4096] {
+            let s = attention_splits(max_len, blocks, sms);
+            assert!((1..=ATTENTION_SPLITS_MAX).contains(&s), "{max_len} {blocks}: {s}");
+            if s > 1 {
+                let chunk = attention_split_chunk(max_len, s);
+                // Every split of the longest row holds keys, at least 128 of them but the last.
+                assert_eq!(max_len.div_ceil(chunk), s, "{max_len} {blocks}: {s}");
+                assert!(chunk >= 128, "{max_len} {blocks}: {s} splits of {chunk}");
+                // Not past the block target (4 per SM) by more than one split's worth.
+                assert!(blocks * (s - 1) < 4 * sms, "{max_len} {blocks}: {s}");
+            }
+        }
+    }
 }
 
 #[test]

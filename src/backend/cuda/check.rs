@@ -27,6 +27,8 @@
 //! its checks cover batched decode, causal and sliding-window prefill, chunked prefill over a
 //! cache, the bidirectional vision tower (Mistral-7B and CLIP ViT-L shapes), head dims 64, 80, 96
 //! and 128, GQA groups of 1, 3, 4 and 16, an empty key range and rows outside the cache.
+//! The `attention_split` checks (kernel name; op `attention`) run the split-KV path (decode over
+//! long caches) with forced and heuristic split counts, see `attention_split_shapes`.
 //!
 //! The training attention (`attention_train`: `attention_fwd`, `attention_bwd`) rounds P and dS to
 //! bf16 before its tensor-core products, so its bf16 outputs are judged as `CloseRms`: the same
@@ -192,6 +194,10 @@ pub fn checks() -> Vec<Check> {
 
     for a in attention_shapes() {
         add("attention", "attention", a.name.clone(), Box::new(move |s| attention_case(&a, s)));
+    }
+    // Split-KV (flash-decoding): the same op through attention_split + attention_combine.
+    for a in attention_split_shapes() {
+        add("attention", "attention_split", a.name.clone(), Box::new(move |s| attention_case(&a, s)));
     }
 
     for a in attention_train_shapes() {
@@ -1234,6 +1240,17 @@ struct AttnShape {
     rows: Vec<cpu::AttnRow>,
     bad: Vec<cpu::AttnRow>,
     off: usize,
+    /// How the op is launched (the split-KV count).
+    launch: AttnLaunch,
+}
+
+/// How an attention check calls the op: `attention` (split count from cap),
+/// `attention_with_max_len` (from the longest valid range), or a forced split count.
+#[derive(Clone, Copy, Debug)]
+enum AttnLaunch {
+    Cap,
+    MaxLen,
+    Splits(usize),
 }
 
 fn attention_shapes() -> Vec<AttnShape> {
@@ -1250,6 +1267,7 @@ fn attention_shapes() -> Vec<AttnShape> {
         rows,
         bad: Vec::new(),
         off: GUARD,
+        launch: AttnLaunch::Cap,
     };
     let mistral = (32, 8, 128);
     let clip = (16, 16, 64);
@@ -1292,6 +1310,76 @@ fn attention_shapes() -> Vec<AttnShape> {
     v
 }
 
+/// The split-KV checks (`attention_split` + `attention_combine`, or the heuristic's choice):
+/// decode-shaped rows (one query row per sequence, batch 1 to 64) at context lengths 1, 17, 128,
+/// 1000, 4096 and 32768, GQA groups 1, 4 and 8, D 8, 24, 64 and 128, forced split counts 1, 2,
+/// 7 and the maximum (far more splits than key tiles: empty splits), the heuristic's count from
+/// cap and from the longest range, a prefill-shaped case, empty ranges and rows outside the cache,
+/// and misaligned buffers (plain loads instead of cp.async). Long contexts use few heads so that
+/// the host references stay fast.
+fn attention_split_shapes() -> Vec<AttnShape> {
+    use super::ATTENTION_SPLITS_MAX as MAX;
+    use cpu::{AttnMask, AttnRow};
+    let row = |slot: u32, kv_start: u32, kv_end: u32| AttnRow { slot, kv_start, kv_end };
+    let shape = |name: &str, (h, hkv, d): (usize, usize, usize), cap: usize, slots: usize, rows: Vec<AttnRow>, launch: AttnLaunch| {
+        let how = match launch {
+            AttnLaunch::Cap => "splits from cap".to_string(),
+            AttnLaunch::MaxLen => "splits from the longest range".to_string(),
+            AttnLaunch::Splits(n) => format!("splits {n}"),
+        };
+        AttnShape { name: format!("{name} H={h} Hkv={hkv} D={d}, {how}"), h, hkv, d, cap, slots, rows, bad: Vec::new(), off: GUARD, launch }
+    };
+    let mut v = Vec::new();
+    // Batched decode in 5 slots (not in slot order): lengths 1, 17, 128, 1000 and an empty range,
+    // Mistral-7B heads (groups of 4), plus three rows outside the cache (NaN rows).
+    for n in [1, 2, 7, MAX] {
+        let rows = vec![row(3, 0, 1), row(0, 0, 17), row(4, 0, 128), row(1, 0, 1000), row(2, 0, 0)];
+        let mut a = shape("decode lens 1,17,128,1000,0 + 3 bad rows, cap 1024", (32, 8, 128), 1024, 5, rows, AttnLaunch::Splits(n));
+        a.bad = vec![row(5, 0, 1), row(0, 0, 1025), row(1, 9, 8)];
+        v.push(a);
+    }
+    // One sequence of 4096 keys, groups of 8 (one block of 8 heads per kv head).
+    for l in [AttnLaunch::MaxLen, AttnLaunch::Splits(7), AttnLaunch::Splits(MAX)] {
+        v.push(shape("decode B=1 ctx 4096", (8, 1, 128), 4096, 1, vec![row(0, 0, 4096)], l));
+    }
+    // One sequence of 32768 keys (issue #4's long context), groups of 4 over 2 kv heads.
+    for l in [AttnLaunch::MaxLen, AttnLaunch::Splits(2)] {
+        v.push(shape("decode B=1 ctx 32768", (8, 2, 128), 32768, 1, vec![row(0, 0, 32768)], l));
+    }
+    // No grouping (H = Hkv), D=64: two sequences of 4096, one seen through a window [1000, 4096).
+    for l in [AttnLaunch::Cap, AttnLaunch::Splits(7)] {
+        v.push(shape("decode B=2 ctx 4096, one range [1000, 4096)", (4, 4, 64), 4096, 2, vec![row(1, 0, 4096), row(0, 1000, 4096)], l));
+    }
+    // Batch 8 of ragged lengths up to 4096, groups of 4, D=128.
+    let lens: Vec<u32> = vec![4096, 1, 3000, 17, 129, 2048, 64, 4000];
+    for l in [AttnLaunch::MaxLen, AttnLaunch::Splits(7)] {
+        let rows = lens.iter().enumerate().map(|(s, &n)| row(s as u32, 0, n)).collect();
+        v.push(shape("decode B=8 ragged lens <= 4096, cap 4096", (8, 2, 128), 4096, 8, rows, l));
+    }
+    // Batch 64 (slots in reverse order), lengths 1..=1000, groups of 8, D=128.
+    for l in [AttnLaunch::MaxLen, AttnLaunch::Splits(2)] {
+        let rows = (0..64u32).map(|i| row(63 - i, 0, 1 + (i * i * 37 + 11 * i) % 1000)).collect();
+        v.push(shape("decode B=64 lens 1..=1000, cap 1000", (8, 1, 128), 1000, 64, rows, l));
+    }
+    // Prefill-shaped: T=200 causal, rows 100.. with a window of 48 keys, Mistral-7B heads.
+    let t = 200;
+    let causal = AttnMask::Causal { window: None };
+    for n in [3, MAX] {
+        let rows = (0..t).map(|p| AttnRow::for_mask(if p < 100 { causal } else { AttnMask::Causal { window: Some(48) } }, 0, p, t)).collect();
+        v.push(shape("prefill T=200 causal, rows 100.. window 48, cap 256", (32, 8, 128), 256, 1, rows, AttnLaunch::Splits(n)));
+    }
+    // Multi-query (groups of 16: two blocks of 8 heads) on misaligned buffers (plain loads), and
+    // the smallest head dims (D=8: 32 key lanes in P.V; D=24: an odd number of 16-byte chunks).
+    let mut a = shape("MQA ranges in 2 slots, cap 700", (16, 1, 64), 700, 2, vec![row(0, 0, 700), row(1, 0, 33), row(0, 5, 669), row(1, 0, 1)], AttnLaunch::Splits(5));
+    a.off = 1;
+    a.name.push_str(" misaligned");
+    v.push(a);
+    for (dims, n) in [((4, 2, 8), 3), ((6, 2, 24), MAX)] {
+        v.push(shape("ranges 1,31,32,33,500 in 3 slots, cap 500", dims, 500, 3, vec![row(0, 0, 1), row(1, 0, 31), row(2, 0, 32), row(0, 467, 500), row(1, 0, 500)], AttnLaunch::Splits(n)));
+    }
+    v
+}
+
 /// `cpu::attention_rows` evaluated in f64 on the same (f32-widened bf16) inputs, with the f32
 /// scale the kernel gets.
 #[allow(clippy::too_many_arguments)]
@@ -1325,7 +1413,8 @@ fn attention_rows_f64(q: &[f32], k: &[f32], v: &[f32], rows: &[cpu::AttnRow], h:
 
 fn attention_case(a: &AttnShape, seed: u64) -> Case {
     let mut rng = Rng::new(seed);
-    let AttnShape { h, hkv, d, cap, slots, off, .. } = *a;
+    let AttnShape { h, hkv, d, cap, slots, off, launch, .. } = *a;
+    let max_len = a.rows.iter().map(|r| (r.kv_end - r.kv_start) as usize).max().unwrap_or(0);
     let (qw, kw) = (h * d, hkv * d);
     let scale = (1.0 / (d as f64).sqrt()) as f32;
     let all_rows: Vec<cpu::AttnRow> = a.rows.iter().chain(&a.bad).copied().collect();
@@ -1353,7 +1442,12 @@ fn attention_case(a: &AttnShape, seed: u64) -> Case {
             let dv = upload(dev, &v, off, POISON_BF16)?;
             let drows = dev.htod(bytemuck::cast_slice::<cpu::AttnRow, u32>(&all_rows))?;
             let mut dout = poisoned(dev, nq, off, POISON_BF16)?;
-            dev.attention(&dq.slice(off..off + nq), &dk.slice(off..off + nk), &dv.slice(off..off + nk), &drows.as_view(), &mut dout.slice_mut(off..off + nq), h, hkv, d, cap, scale)?;
+            let (q_, k_, v_, r_, mut o_) = (dq.slice(off..off + nq), dk.slice(off..off + nk), dv.slice(off..off + nk), drows.as_view(), dout.slice_mut(off..off + nq));
+            match launch {
+                AttnLaunch::Cap => dev.attention(&q_, &k_, &v_, &r_, &mut o_, h, hkv, d, cap, scale)?,
+                AttnLaunch::MaxLen => dev.attention_with_max_len(&q_, &k_, &v_, &r_, &mut o_, h, hkv, d, cap, scale, max_len)?,
+                AttnLaunch::Splits(n) => dev.attention_forced_splits(&q_, &k_, &v_, &r_, &mut o_, h, hkv, d, cap, scale, n)?,
+            }
             let all = dev.dtoh(&dout)?;
             if good == nq {
                 return Ok(vec![Output::Bf16 { all, lo: off, n: nq }]);

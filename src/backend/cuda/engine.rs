@@ -265,7 +265,9 @@ impl Backend for Cuda {
             let rows_dev = self.index_buffer("attention_rows", bytemuck::cast_slice(rows))?;
             let mut out = self.output(q.rows, n_heads * head_dim)?;
             let scale = 1.0 / (head_dim as f32).sqrt();
-            self.dev.attention(
+            // The longest key range sets the split-KV count (decode over long caches).
+            let max_len = rows.iter().map(|r| (r.kv_end - r.kv_start) as usize).max().unwrap_or(0);
+            self.dev.attention_with_max_len(
                 &q.data.as_view(),
                 &k.data.as_view(),
                 &v.data.as_view(),
@@ -276,6 +278,7 @@ impl Backend for Cuda {
                 head_dim,
                 cap,
                 scale,
+                max_len,
             )?;
             Ok(out)
         })

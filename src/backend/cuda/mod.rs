@@ -20,7 +20,7 @@
 //! | `activation.rs` | `silu`, `gelu`, `quick_gelu`, `activation`, `swiglu`, `swiglu_fused` | `kernels/activation.cu` |
 //! | `embedding.rs` | `embedding` | `kernels/embedding.cu` |
 //! | `sample.rs` | `argmax_f32`, `argmax_bf16`, `sample` (kernel `sample_f32`: temperature, top-k, top-p) | `kernels/sample.cu` |
-//! | `attention.rs` | `attention` (fused forward over a slotted KV cache, GQA, a key range per row) | `kernels/attention.cu` |
+//! | `attention.rs` | `attention`, `attention_with_max_len` (fused forward over a slotted KV cache, GQA, a key range per row; split-KV flash-decoding `attention_split` + `attention_combine` when few rows have long ranges) | `kernels/attention.cu` |
 //! | `attention_train.rs` | `attention_fwd`, `attention_bwd` (tensor-core FlashAttention-2 over a packed varlen batch: causal / window / DPO shared-prefix masks, GQA, D 64 and 128, lse) | `kernels/attention_train.cu` |
 //! | `attention_hopper.rs` | `attention_fwd_kernel` (picks the forward kernel: `STIC_ATTENTION=mma\|hopper\|auto`), `attention_hopper_available`; the Hopper forward (wgmma + TMA, warp-specialised, sm_90a) | `kernels/attention_hopper.cu` |
 //! | `matmul.rs` | `matmul` (bf16 x bf16 -> bf16 or f32, + bias, + y), `matmul_nn` (w [K, N], no transpose) | cuBLASLt (`libcublasLt`, loaded on first use) |
@@ -60,6 +60,7 @@ mod rmsnorm;
 mod rope;
 mod sample;
 
+pub use attention::{attention_split_chunk, attention_splits, ATTENTION_SPLITS_MAX};
 pub use attention_train::{AttnTrainMask, VarlenAttn};
 pub use attention_hopper::AttnFwdKernel;
 pub use adamw::AdamWTensor;
