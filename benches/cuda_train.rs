@@ -26,35 +26,17 @@ mod common;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use stic::adapter::LoraSpec;
 use stic::backend::cuda::{cuda_available, Cuda, CudaDevice};
 use stic::backend::Backend;
 use stic::generate::Pipeline;
 use stic::train::cuda::CudaLearner;
 use stic::train::Pair;
-use stic::trainer::{Learner, Schedule, TrainArgs};
+use stic::trainer::{Learner, TrainArgs};
 
+/// STIC's stage-1 settings (`stic run`'s DPO defaults: r 128, alpha 256 on every projection,
+/// beta 0.1, the 1/1024 likelihood term, mm_projector_lr 2e-5).
 fn stic_args() -> TrainArgs {
-    TrainArgs {
-        lora: LoraSpec { r: 128, alpha: 256.0, dropout: 0.0, targets: stic::model::decoder::PROJECTIONS.iter().map(|s| s.to_string()).collect() },
-        projector_lr: None,
-        init_adapter: None,
-        beta: 0.1,
-        sft_weight: 1.0 / 1024.0,
-        lr: 1e-7,
-        weight_decay: 0.0,
-        epochs: 1,
-        batch_size: 1,
-        grad_accum: 1,
-        max_steps: None,
-        warmup_ratio: 0.0,
-        schedule: Schedule::Cosine,
-        max_grad_norm: 1.0,
-        seed: 0,
-        save_every: None,
-        recompute: true,
-        quiet: true,
-    }
+    stic::run::stic_dpo_defaults(0, true)
 }
 
 /// About `n` tokens of plain English-like text (the tokenizer makes ~1 token per word here).
@@ -95,7 +77,8 @@ fn main() {
         rejected: text(200, 2),
     };
     let args = stic_args();
-    let mut learner = CudaLearner::new(pipe, &args).expect("the GPU learner");
+    // The projector's training is switched on and off per bench below.
+    let mut learner = CudaLearner::new(pipe, &TrainArgs { projector_lr: None, ..args.clone() }).expect("the GPU learner");
     learner.init_lora(&args.lora, 0).expect("fresh adapters");
     let reference = learner.reference_logps(&pair).expect("reference log-probs");
     let step = |learner: &mut CudaLearner, projector_lr: f32| -> usize {
@@ -111,7 +94,7 @@ fn main() {
         learner.train_projector(projector).expect("projector state");
         let what = if projector { "LoRA + projector" } else { "LoRA" };
         dev.reset_peak_memory().expect("memory pool");
-        let t = step(&mut learner, 2e-5);
+        let t = step(&mut learner, args.projector_lr.unwrap_or(2e-5));
         dev.synchronize().expect("sync");
         let peak_mem = dev.peak_memory().expect("memory pool");
         let mut secs = Vec::new();
@@ -119,7 +102,7 @@ fn main() {
             b.iter_custom(|iters| {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    step(&mut learner, 2e-5);
+                    step(&mut learner, args.projector_lr.unwrap_or(2e-5));
                 }
                 dev.synchronize().expect("sync");
                 let d = start.elapsed();

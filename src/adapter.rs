@@ -156,7 +156,7 @@ pub fn proj_index(name: &str) -> Option<usize> {
 pub fn read_loras(dir: &Path, shape: impl Fn(usize, &str) -> Option<(usize, usize)>) -> Result<(Vec<(usize, &'static str, Lora)>, Option<(WeightStore, String)>)> {
     let cfg = AdapterConfig::from_file(&dir.join("adapter_config.json"))?;
     let file = dir.join("adapter_model.safetensors");
-    let ws = WeightStore::from_files(dir, &[file.clone()])?;
+    let ws = WeightStore::from_files(dir, std::slice::from_ref(&file))?;
     let names: Vec<String> = ws.names().map(str::to_string).collect();
     let mut loras = Vec::new();
     let mut projector_prefix = None;
@@ -378,7 +378,7 @@ impl MergePlan {
         } else {
             (Some(AdapterConfig::from_file(&adapter.join("adapter_config.json"))?), adapter.join("adapter_model.safetensors"))
         };
-        let ads = WeightStore::from_files(adapter, &[afile.clone()])?;
+        let ads = WeightStore::from_files(adapter, std::slice::from_ref(&afile))?;
         let lm = crate::model::llava::locate_lm(base)?;
         let proj = crate::model::llava::locate_projector(base)?;
         let mut targets = HashMap::new();

@@ -8,6 +8,9 @@ use crate::weights::WeightSource;
 
 /// A low-rank adapter (PEFT's LoRA): y += scale * (x A^T) B^T, A [r, in], B [out, r],
 /// scale = alpha / r (alpha / sqrt(r) with rsLoRA).
+/// An adapter's (dA [r, in], dB [out, r]).
+pub type AdapterGrads = (Vec<f32>, Vec<f32>);
+
 #[derive(Clone, Debug)]
 pub struct Lora {
     pub a: Tensor,
@@ -48,7 +51,7 @@ impl Linear {
     /// Backward through the layer for input rows x[M, K] and dy[M, N]: dx, and the LoRA
     /// gradients (dA, dB) when an adapter is attached. The base weight and bias are frozen.
     /// `mask`: the LoRA dropout mask of the forward (see `forward_masked`).
-    pub fn backward(&self, x: &[f32], dy: &[f32], mask: Option<&[f32]>) -> (Vec<f32>, Option<(Vec<f32>, Vec<f32>)>) {
+    pub fn backward(&self, x: &[f32], dy: &[f32], mask: Option<&[f32]>) -> (Vec<f32>, Option<AdapterGrads>) {
         let (k, n) = (self.in_features(), self.out_features());
         cpu::lora::lora_bwd_masked(x, self.weight.data(), self.lora_ref(), mask, dy, x.len() / k, k, n)
     }

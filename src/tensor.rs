@@ -55,7 +55,7 @@ impl Tensor {
     /// The matrix view of a tensor: all leading dimensions folded into rows.
     pub fn rows_cols(&self) -> (usize, usize) {
         let c = *self.shape.last().unwrap_or(&1);
-        (if c == 0 { 0 } else { self.data.len() / c }, c)
+        (self.data.len().checked_div(c).unwrap_or(0), c)
     }
 
     pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {

@@ -3,6 +3,7 @@
 //! Templates (see shared reference llava.md):
 //! - Mistral (llava-v1.6-mistral): `[INST] <image>\n{prompt} [/INST]`, BOS first.
 //! - Vicuna (llava-1.5, HF): `USER: <image>\n{prompt} ASSISTANT:`, BOS first.
+//!
 //! The template is chosen from the decoder family: Mistral decoders use the Mistral template,
 //! LLaMA/Vicuna decoders the Vicuna one.
 

@@ -353,9 +353,12 @@ pub struct LlavaTurn {
     pub value: String,
 }
 
+/// One example of LLaVA's SFT JSON: its image (if any) and its (human, gpt) turns.
+pub type Conversation = (Option<PathBuf>, Vec<(String, String)>);
+
 /// Read LLaVA's SFT JSON (a list of {id, image, conversations: [{from: human|gpt, value}]}) into
 /// (image path, [(human, gpt)] turns); images are resolved against `image_folder`.
-pub fn read_llava_json(path: &Path, image_folder: &Path) -> Result<Vec<(Option<PathBuf>, Vec<(String, String)>)>> {
+pub fn read_llava_json(path: &Path, image_folder: &Path) -> Result<Vec<Conversation>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let items: Vec<LlavaExample> = serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), source: e })?;
     items

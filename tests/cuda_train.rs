@@ -27,7 +27,7 @@ use stic::image::load_image;
 use stic::model::decoder::StepOpts;
 use stic::train::cuda::CudaLearner;
 use stic::train::{dpo_pair_grads_packed, reference_logps, Pair};
-use stic::trainer::{Learner, Schedule, TrainArgs};
+use stic::trainer::{Learner, TrainArgs};
 
 fn device() -> Option<Cuda> {
     if !cuda_available() {
@@ -57,27 +57,9 @@ fn spec() -> LoraSpec {
     LoraSpec { r: 4, alpha: 8.0, dropout: 0.0, targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].iter().map(|s| s.to_string()).collect() }
 }
 
+/// STIC's DPO settings with a small adapter and a large learning rate (tiny model, 2 steps).
 fn args() -> TrainArgs {
-    TrainArgs {
-        lora: spec(),
-        projector_lr: None,
-        init_adapter: None,
-        beta: 0.1,
-        sft_weight: 1.0 / 1024.0,
-        lr: 1e-2,
-        weight_decay: 0.0,
-        epochs: 1,
-        batch_size: 1,
-        grad_accum: 1,
-        max_steps: None,
-        warmup_ratio: 0.0,
-        schedule: Schedule::Cosine,
-        max_grad_norm: 1.0,
-        seed: 0,
-        save_every: None,
-        recompute: true,
-        quiet: true,
-    }
+    TrainArgs { lora: spec(), projector_lr: None, lr: 1e-2, grad_accum: 1, warmup_ratio: 0.0, save_every: None, ..stic::run::stic_dpo_defaults(0, true) }
 }
 
 fn l2(x: &[f32]) -> f64 {

@@ -58,7 +58,7 @@ fn check_model(name: &str) {
         assert!(err < FEATURE_TOL, "{what}: image features differ by {err}");
 
         // Response log-probs.
-        let s = pipe.score(&prompt, &[img.clone()], case["response"].as_str().unwrap()).unwrap();
+        let s = pipe.score(&prompt, std::slice::from_ref(&img), case["response"].as_str().unwrap()).unwrap();
         assert_eq!(s.response_ids, ids(&case["response_ids"]), "{what}: response ids");
         let want = floats(&case["logprobs"]);
         for (j, (a, b)) in s.logprobs.iter().zip(&want).enumerate() {
@@ -67,7 +67,7 @@ fn check_model(name: &str) {
         assert!((s.sum - want.iter().sum::<f64>()).abs() < LOGPROB_TOL * 10.0 * (1.0 + s.sum.abs()));
 
         // Logits at the last prompt position.
-        let (x, _) = pipe.embed(&prompt_ids, &[img.clone()]).unwrap();
+        let (x, _) = pipe.embed(&prompt_ids, std::slice::from_ref(&img)).unwrap();
         let t = x.dim(0);
         let mut cache = stic::model::KvCache::new(&stic::backend::Cpu, &pipe.model.decoder.cfg, 1, t).unwrap();
         let h = pipe.model.decoder.forward(x, &[0], &[t], &mut cache).unwrap();

@@ -39,7 +39,7 @@ pub fn rope<T: Rows>(q: &T, k: &T, n_heads: usize, n_kv_heads: usize, head_dim: 
 #[allow(clippy::too_many_arguments)]
 pub fn attention<T: Rows>(q: &T, k: &T, v: &T, rows: &[AttnRow], n_heads: usize, n_kv_heads: usize, head_dim: usize, cap: usize) -> Result<()> {
     let kw = n_kv_heads * head_dim;
-    let slots = if cap == 0 { 0 } else { k.n_rows() / cap };
+    let slots = k.n_rows().checked_div(cap).unwrap_or(0);
     let bad_row = rows.iter().position(|r| r.slot as usize >= slots || r.kv_start > r.kv_end || r.kv_end as usize > cap);
     if q.n_rows() != rows.len()
         || q.n_cols() != n_heads * head_dim

@@ -1,6 +1,7 @@
 //! The multimodal projector: vision features [T, Cv*L] -> text embeddings [T, C].
 //! - `mlp2x_gelu` (HF `LlavaMultiModalProjector`): linear_1 -> act -> linear_2.
 //! - `linear` (LLaVA-1.0): one Linear, stored as `{prefix}.weight` / `{prefix}.bias`.
+//!
 //! The type is read off the checkpoint: `linear_1` present means the MLP.
 //!
 //! Training (projector trained in full: LLaVA's alignment stage, STIC's projector learning rate):

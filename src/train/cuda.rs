@@ -760,7 +760,7 @@ impl CudaLearner {
     }
 
     /// The accumulated gradients as host tensors (layer, name, dA, dB), raw sums.
-    pub fn grads(&self) -> Result<Vec<(usize, &'static str, Vec<f32>, Vec<f32>)>> {
+    pub fn grads(&self) -> Result<Vec<crate::model::decoder::LoraGrad>> {
         let l = self.loras()?;
         let g = self.dev.dtoh(&l.g)?;
         Ok(l.adapters.iter().map(|a| (a.layer, PROJECTIONS[a.proj], g[a.off_a..a.off_a + l.r * a.k].to_vec(), g[a.off_b..a.off_b + a.n * l.r].to_vec())).collect())

@@ -307,7 +307,8 @@ impl TrainAdamW {
     /// Apply one update from `grads` (as the `*_grads` functions return them): adapters at `lr`,
     /// the projector at `projector_lr`.
     pub fn step(&mut self, pipe: &mut Pipeline, grads: &Grads, lr: f32, projector_lr: f32) -> Result<()> {
-        let mut by_key: std::collections::HashMap<(usize, &str), (&Vec<f32>, &Vec<f32>)> = Default::default();
+        type Key<'a> = (usize, &'a str);
+        let mut by_key: std::collections::HashMap<Key, (&Vec<f32>, &Vec<f32>)> = Default::default();
         for (l, n, da, db) in &grads.lora {
             by_key.insert((*l, *n), (da, db));
         }

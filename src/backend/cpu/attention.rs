@@ -525,8 +525,9 @@ mod tests {
         // The prefix rows' own queries see only the prefix; the separate runs each count their
         // dout once, the packed run once, so compare dk/dv of the prefix keys after removing the
         // prefix-query contribution counted twice in the sum.
-        let rows = [0..p];
-        let (qs, ks, vs, gs) = (pick(&q, qw, &rows), pick(&k, kw, &rows), pick(&v, kw, &rows), pick(&g, qw, &rows));
+        let prefix_rows = 0..p;
+        let rows = std::slice::from_ref(&prefix_rows);
+        let (qs, ks, vs, gs) = (pick(&q, qw, rows), pick(&k, kw, rows), pick(&v, kw, rows), pick(&g, qw, rows));
         let (_, pdk, pdv) = attention_backward(&qs, &ks, &vs, &gs, p, p, h, hkv, d, 0, causal);
         for i in 0..p * kw {
             assert!((dk_prefix[i] - pdk[i] - dk[i]).abs() < 1e-12 && (dv_prefix[i] - pdv[i] - dv[i]).abs() < 1e-12);

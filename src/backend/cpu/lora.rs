@@ -100,9 +100,9 @@ mod tests {
             (loss(&p[0], &p[1], &p[2]) - loss(&q[0], &q[1], &q[2])) / (2.0 * h)
         };
         for (which, grad) in [(0, &dx), (1, &da), (2, &db)] {
-            for i in 0..grad.len() {
+            for (i, &g) in grad.iter().enumerate() {
                 let f = fd(which, i);
-                assert!((f - grad[i]).abs() < 1e-7 * (1.0 + f.abs()), "input {which}[{i}]: fd {f} vs {}", grad[i]);
+                assert!((f - g).abs() < 1e-7 * (1.0 + f.abs()), "input {which}[{i}]: fd {f} vs {g}");
             }
         }
         // With a dropout mask (zeros and 1/(1-p)), the gradients of the masked forward.

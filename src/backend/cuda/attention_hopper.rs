@@ -193,25 +193,8 @@ impl CudaDevice {
         lse: &mut CudaViewMut<'_, f32>,
     ) -> Result<()> {
         let op = "attention_fwd_hopper";
-        let shapes = || {
-            format!(
-                "q [{}], k [{}], v [{}], out [{}], lse [{}], cu_seqlens [{}] with H={} Hkv={} D={} max_seqlen={}",
-                q.len(),
-                k.len(),
-                v.len(),
-                out.len(),
-                lse.len(),
-                batch.cu_seqlens.len(),
-                batch.n_heads,
-                batch.n_kv_heads,
-                batch.head_dim,
-                batch.max_seqlen
-            )
-        };
-        let dims = batch.check(op, q.len(), k.len(), v.len(), &shapes)?;
-        if out.len() != q.len() || lse.len() != dims.t * batch.n_heads {
-            return Err(Error::shape(op, format!("{}: out must be [Ttot={}, H, D] and lse [H, Ttot]", shapes(), dims.t)));
-        }
+        let shapes = || batch.fwd_shapes(q.len(), k.len(), v.len(), out.len(), lse.len());
+        let dims = batch.check_fwd(op, q.len(), k.len(), v.len(), out.len(), lse.len())?;
         if let Some(why) = self.attention_hopper_unfit(q, k, v, batch) {
             return Err(cuda_err(op, shapes(), why));
         }

@@ -78,6 +78,27 @@ pub(super) struct Dims {
 }
 
 impl VarlenAttn<'_> {
+    /// The arguments of a forward call, for error messages.
+    pub(super) fn fwd_shapes(&self, q: usize, k: usize, v: usize, out: usize, lse: usize) -> String {
+        format!(
+            "q [{q}], k [{k}], v [{v}], out [{out}], lse [{lse}], cu_seqlens [{}] with H={} Hkv={} D={} max_seqlen={}",
+            self.cu_seqlens.len(),
+            self.n_heads,
+            self.n_kv_heads,
+            self.head_dim,
+            self.max_seqlen
+        )
+    }
+
+    /// The checks of every forward kernel (element counts of q, k, v, out and lse).
+    pub(super) fn check_fwd(&self, op: &'static str, q: usize, k: usize, v: usize, out: usize, lse: usize) -> Result<Dims> {
+        let shapes = || self.fwd_shapes(q, k, v, out, lse);
+        let dims = self.check(op, q, k, v, &shapes)?;
+        if out != q || lse != dims.t * self.n_heads {
+            return Err(Error::shape(op, format!("{}: out must be [Ttot={}, H, D] and lse [H, Ttot]", shapes(), dims.t)));
+        }
+        Ok(dims)
+    }
     pub(super) fn check(&self, op: &'static str, q_len: usize, k_len: usize, v_len: usize, shapes: &dyn Fn() -> String) -> Result<Dims> {
         let (h, hkv, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let err = |what: String| Err(Error::shape(op, format!("{}: {what}", shapes())));
@@ -195,25 +216,8 @@ impl CudaDevice {
         lse: &mut CudaViewMut<'_, f32>,
     ) -> Result<()> {
         let op = "attention_fwd";
-        let shapes = || {
-            format!(
-                "q [{}], k [{}], v [{}], out [{}], lse [{}], cu_seqlens [{}] with H={} Hkv={} D={} max_seqlen={}",
-                q.len(),
-                k.len(),
-                v.len(),
-                out.len(),
-                lse.len(),
-                batch.cu_seqlens.len(),
-                batch.n_heads,
-                batch.n_kv_heads,
-                batch.head_dim,
-                batch.max_seqlen
-            )
-        };
-        let dims = batch.check(op, q.len(), k.len(), v.len(), &shapes)?;
-        if out.len() != q.len() || lse.len() != dims.t * batch.n_heads {
-            return Err(Error::shape(op, format!("{}: out must be [Ttot={}, H, D] and lse [H, Ttot]", shapes(), dims.t)));
-        }
+        let shapes = || batch.fwd_shapes(q.len(), k.len(), v.len(), out.len(), lse.len());
+        let dims = batch.check_fwd(op, q.len(), k.len(), v.len(), out.len(), lse.len())?;
         if dims.t == 0 || dims.b == 0 {
             return Ok(());
         }

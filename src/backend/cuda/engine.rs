@@ -79,13 +79,18 @@ pub struct CudaRope {
     pub(crate) head_dim: usize,
 }
 
+/// Uploaded index arrays by kind: the host copy (to compare) and the device buffer.
+type IndexCache = HashMap<&'static str, (Vec<u32>, Arc<CudaSlice<u32>>)>;
+/// One profiled op: its name and its start and end events.
+type OpEvents = (&'static str, CudaEvent, CudaEvent);
+
 /// The CUDA backend: a shared [`CudaDevice`] and the cache of uploaded index arrays.
 #[derive(Clone)]
 pub struct Cuda {
     dev: Arc<CudaDevice>,
-    indices: Arc<Mutex<HashMap<&'static str, (Vec<u32>, Arc<CudaSlice<u32>>)>>>,
+    indices: Arc<Mutex<IndexCache>>,
     /// While profiling: every op's (name, start event, end event), read at `take_profile`.
-    profile: Arc<Mutex<Option<Vec<(&'static str, CudaEvent, CudaEvent)>>>>,
+    profile: Arc<Mutex<Option<Vec<OpEvents>>>>,
 }
 
 impl std::fmt::Debug for Cuda {
