@@ -345,7 +345,7 @@ struct TrainCommon {
     /// Stop right after step N's checkpoint, as a crash would (for resume tests).
     #[arg(long, hide = true)]
     stop_after: Option<usize>,
-    /// cpu, or cuda / cuda:N (train-dpo; needs a build with --features cuda): the adapters, their
+    /// cpu, or cuda / cuda:N (needs a build with --features cuda): the adapters, their
     /// gradients and AdamW state live on the GPU, the model in bf16.
     #[arg(long, default_value = "cpu")]
     device: Device,
@@ -639,11 +639,20 @@ fn run(cli: Cli) -> Result<()> {
             let c = &a.common;
             let args = c.args(0.0, 0.0)?;
             let folder = a.image_folder.clone().unwrap_or_else(|| a.data.parent().unwrap_or(std::path::Path::new(".")).to_path_buf());
-            if c.device != Device::Cpu {
-                return Err(stic::Error::Input("train-sft runs on --device cpu only for now (train-dpo has the GPU path)".into()));
+            match c.device {
+                Device::Cpu => {
+                    let mut pipe = c.pipeline()?;
+                    c.report(&stic::trainer::train_sft(&mut pipe, &a.data, &folder, &c.out, &args, c.resume, c.stop_after)?);
+                }
+                #[cfg(feature = "cuda")]
+                Device::Cuda(n) => {
+                    let be = stic::backend::cuda::Cuda::new(n)?;
+                    let pipe = Pipeline::load_on(&be, &c.model, c.random_weights.then_some(c.weights_seed), None)?;
+                    c.report(&stic::train::cuda::train_sft(pipe, &a.data, &folder, &c.out, &args, c.resume, c.stop_after)?);
+                }
+                #[cfg(not(feature = "cuda"))]
+                Device::Cuda(_) => return Err(stic::Error::Input("--device cuda: this binary was built without --features cuda".into())),
             }
-            let mut pipe = c.pipeline()?;
-            c.report(&stic::trainer::train_sft(&mut pipe, &a.data, &folder, &c.out, &args, c.resume, c.stop_after)?);
         }
         Cmd::Run { config, quiet, stop_after } => {
             let mut cfg = match &config {

@@ -10,6 +10,7 @@
 //! - the loss: 2e-2 x (1 + |loss|);
 //! - every adapter gradient tensor: ||gpu - cpu|| <= 5e-2 ||cpu|| (the whole-model bf16 rule of
 //!   tests/cuda_model.rs, on the backward's tensors);
+//! - SFT: the loss 2e-2 x (1 + |loss|) and the gradients as DPO's;
 //! - adapters after two AdamW steps from the CLI: AdamW's early updates are ~±lr per element
 //!   whatever |g| is, so an element whose gradient is within the bf16 error of 0 may move the
 //!   other way: at least 95% of the elements within lr/2 of the CPU's.
@@ -26,7 +27,7 @@ use stic::generate::{Pipeline, Rng};
 use stic::image::load_image;
 use stic::model::decoder::StepOpts;
 use stic::train::cuda::CudaLearner;
-use stic::train::{dpo_pair_grads_packed, reference_logps, Pair};
+use stic::train::{dpo_pair_grads_packed, reference_logps, sft_grads, Pair};
 use stic::trainer::{Learner, TrainArgs};
 
 fn device() -> Option<Cuda> {
@@ -110,28 +111,83 @@ fn dpo_step_cuda_matches_cpu() {
     let pc_cpu = o_cpu.chosen_reward / beta + ref_cpu.0;
     let pc_gpu = o_gpu.chosen_reward / beta + ref_cpu.0;
     assert!((pc_gpu - pc_cpu).abs() <= 1e-2 * pc_cpu.abs(), "policy chosen sum: gpu {pc_gpu} vs cpu {pc_cpu}");
-    let g_gpu = learner.grads().unwrap();
-    assert_eq!(g_gpu.len(), g_cpu.lora.len(), "adapted projections");
+    let w1 = compare_grads("lora", &named(learner.grads().unwrap()), &named(g_cpu.lora.clone()));
+    let worst = w1.max(compare_grads("projector", &learner.projector_grads().unwrap(), &g_cpu.projector));
+    println!("dpo step: loss gpu {:.6} cpu {:.6}; worst gradient rel-L2 error {worst:.3e}", o_gpu.loss, o_cpu.loss);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Adapter gradients as named tensors (`{layer}.{proj}.A`, `.B`).
+fn named(g: Vec<stic::model::decoder::LoraGrad>) -> Vec<(String, Vec<f32>)> {
+    g.into_iter().flat_map(|(l, n, a, b)| [(format!("{l}.{n}.A"), a), (format!("{l}.{n}.B"), b)]).collect()
+}
+
+/// The relative L2 error of every gradient tensor, asserted <= 5e-2; the worst.
+fn compare_grads(what: &str, gpu: &[(String, Vec<f32>)], cpu: &[(String, Vec<f32>)]) -> f64 {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: gradient tensors");
     let mut worst = 0.0f64;
-    for ((lg, ng, dag, dbg), (lc, nc, dac, dbc)) in g_gpu.iter().zip(&g_cpu.lora) {
-        assert_eq!((lg, ng), (lc, nc));
-        for (what, g, c) in [("dA", dag, dac), ("dB", dbg, dbc)] {
-            let diff: Vec<f32> = g.iter().zip(c.iter()).map(|(a, b)| a - b).collect();
-            let rel = l2(&diff) / l2(c).max(f64::MIN_POSITIVE);
-            worst = worst.max(rel);
-            assert!(rel <= 5e-2, "layer {lg} {ng} {what}: ||gpu - cpu|| / ||cpu|| = {rel:.3e} (||cpu|| = {:.3e})", l2(c));
-        }
-    }
-    let p_gpu = learner.projector_grads().unwrap();
-    assert_eq!(p_gpu.len(), g_cpu.projector.len(), "projector parameters");
-    for ((ng, g), (nc, c)) in p_gpu.iter().zip(&g_cpu.projector) {
+    for ((ng, g), (nc, c)) in gpu.iter().zip(cpu) {
         assert_eq!(ng, nc);
         let diff: Vec<f32> = g.iter().zip(c.iter()).map(|(a, b)| a - b).collect();
         let rel = l2(&diff) / l2(c).max(f64::MIN_POSITIVE);
         worst = worst.max(rel);
-        assert!(rel <= 5e-2, "projector {ng}: ||gpu - cpu|| / ||cpu|| = {rel:.3e}");
+        assert!(rel <= 5e-2, "{what} {ng}: ||gpu - cpu|| / ||cpu|| = {rel:.3e} (||cpu|| = {:.3e})", l2(c));
     }
-    println!("dpo step: loss gpu {:.6} cpu {:.6}; worst gradient rel-L2 error {worst:.3e}", o_gpu.loss, o_cpu.loss);
+    worst
+}
+
+#[test]
+fn sft_step_cuda_matches_cpu() {
+    let Some(be) = device() else { return };
+    let dir = tiny64("cuda-sft-step");
+    let seed = Some(5);
+    let mut cpu = Pipeline::load_with(&dir, seed, None).unwrap();
+    init_lora(&mut cpu.model, &spec(), 2).unwrap();
+    let mut rng = Rng::new(13);
+    for (_, _, lin) in cpu.model.decoder.projections_mut() {
+        let b = &mut lin.lora.as_mut().unwrap().b;
+        b.data_mut().iter_mut().for_each(|v| *v = ((rng.uniform() * 2.0 - 1.0) * 0.05) as f32);
+    }
+    let adir = dir.join("adapter");
+    save_adapter(&mut cpu.model, &adir, &spec(), false).unwrap();
+    let turns = vec![
+        ("<image>\nWhat is shown in this image?".to_string(), "A red square and a blue circle.".to_string()),
+        ("What colour is the circle?".to_string(), "It is blue.".to_string()),
+    ];
+    let images = vec![load_image(&fixtures().join("images/wide.jpg")).unwrap()];
+    let (loss_cpu, g_cpu, _) = sft_grads(&cpu, &turns, &images, StepOpts { projector: true, ..Default::default() }).unwrap();
+
+    let gpu = Pipeline::load_on(&be, &dir, seed, None).unwrap();
+    let mut learner = CudaLearner::new(gpu, &TrainArgs { projector_lr: Some(1e-3), ..args() }).unwrap();
+    learner.load_adapter(&adir).unwrap();
+    let (loss_gpu, _) = learner.sft_example(&turns, &images, 1.0).unwrap();
+    assert!((loss_gpu - loss_cpu).abs() <= 2e-2 * (1.0 + loss_cpu.abs()), "loss: gpu {loss_gpu} vs cpu {loss_cpu}");
+    let w1 = compare_grads("lora", &named(learner.grads().unwrap()), &named(g_cpu.lora.clone()));
+    let w2 = compare_grads("projector", &learner.projector_grads().unwrap(), &g_cpu.projector);
+    println!("sft step: loss gpu {loss_gpu:.6} cpu {loss_cpu:.6}; worst gradient rel-L2 error {:.3e}", w1.max(w2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn train_sft_cuda_matches_cpu() {
+    if device().is_none() {
+        return;
+    }
+    let dir = tiny64("cuda-train-sft");
+    let data = fixtures().join("sft/llava.json");
+    let lr = 1e-2f32;
+    let run = |device: &str| -> std::path::PathBuf {
+        let out = dir.join(format!("out-{device}"));
+        let (ok, err) = stic(&[
+            "train-sft", "--model", dir.to_str().unwrap(), "--random-weights", "--weights-seed", "7", "--data", data.to_str().unwrap(),
+            "--out", out.to_str().unwrap(), "--lora-r", "4", "--lora-alpha", "8", "--lr", "1e-2", "--max-steps", "2", "--warmup-ratio", "0",
+            "--seed", "3", "--projector-lr", "1e-2", "--quiet", "--device", device,
+        ]);
+        assert!(ok, "train-sft --device {device}: {err}");
+        out
+    };
+    let (cpu, gpu) = (run("cpu"), run("cuda"));
+    compare_outputs(&cpu, &gpu, lr, "train-sft");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -169,16 +225,21 @@ fn compare_runs(dir: &std::path::Path, data: &std::path::Path, lr: f32, projecto
         out
     };
     let (cpu, gpu) = (run("cpu"), run("cuda"));
+    compare_outputs(&cpu, &gpu, lr, &format!("train-dpo (projector trained: {projector})"));
+}
+
+/// Two runs' step losses and final adapters, as the module docs say.
+fn compare_outputs(cpu: &std::path::Path, gpu: &std::path::Path, lr: f32, what: &str) {
     let log = |d: &std::path::Path| -> Vec<f64> {
         std::fs::read_to_string(d.join("train_log.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
     };
-    let (lc, lg) = (log(&cpu), log(&gpu));
-    assert_eq!(lc.len(), 2);
+    let (lc, lg) = (log(cpu), log(gpu));
+    assert_eq!(lc.len(), 2, "{what}: steps");
     for (s, (c, g)) in lc.iter().zip(&lg).enumerate() {
-        assert!((g - c).abs() <= 2e-2 * (1.0 + c.abs()), "step {} loss: gpu {g} vs cpu {c}", s + 1);
+        assert!((g - c).abs() <= 2e-2 * (1.0 + c.abs()), "{what}: step {} loss: gpu {g} vs cpu {c}", s + 1);
     }
     let read = |d: &std::path::Path| stic::weights::WeightStore::from_files(d, &[d.join("adapter_model.safetensors")]).unwrap();
-    let (wc, wg) = (read(&cpu), read(&gpu));
+    let (wc, wg) = (read(cpu), read(gpu));
     let names: Vec<String> = wc.names().map(str::to_string).collect();
     assert!(!names.is_empty());
     for name in names {
@@ -186,6 +247,6 @@ fn compare_runs(dir: &std::path::Path, data: &std::path::Path, lr: f32, projecto
         let (c, g) = (wc.get(&name, &shape).unwrap(), wg.get(&name, &shape).unwrap());
         let close = c.data().iter().zip(g.data()).filter(|(a, b)| (*a - *b).abs() <= lr / 2.0).count();
         let frac = close as f64 / c.data().len() as f64;
-        assert!(frac >= 0.95, "{name} (projector trained: {projector}): only {:.1}% of the elements within lr/2 of the CPU's", 100.0 * frac);
+        assert!(frac >= 0.95, "{what}: {name}: only {:.1}% of the elements within lr/2 of the CPU's", 100.0 * frac);
     }
 }

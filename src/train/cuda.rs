@@ -124,6 +124,16 @@ struct Prepared {
     tapes: Vec<ImageTape>,
 }
 
+/// The scored rows of a forward: their hidden states [R, C], log-sum-exps and targets, the rows
+/// themselves, and the batch's T.
+struct Scored {
+    hs: CudaTensor,
+    lse: CudaSlice<f32>,
+    targets: CudaSlice<u32>,
+    rows: Vec<u32>,
+    t: usize,
+}
+
 /// What one layer's forward produced (all kept only while that layer's backward runs).
 struct LayerActs {
     hn1: CudaTensor,
@@ -667,6 +677,7 @@ impl CudaLearner {
         let (h, x_last, inputs) = self.forward(x, &b, true, true)?;
         let td = self.dev.htod(&targets)?;
         let (hs, logp, lse) = self.response_logprobs(&h, &rows, &td)?;
+        drop(h);
         let rn = rows.len();
         // One pair's DpoSpans (chosen_start, chosen_len, rejected_start, rejected_len).
         let spans = self.dev.htod(&[0, c as u32, c as u32, (rn - c) as u32])?;
@@ -674,15 +685,26 @@ impl CudaLearner {
         let mut out = self.dev.zeros::<f64>(7)?;
         let mut dlogp = self.dev.zeros::<f32>(rn)?;
         self.dev.dpo(&logp.as_view(), &spans.as_view(), &refs.as_view(), beta, alpha, &mut out.as_view_mut(), &mut dlogp.as_view_mut())?;
-        // d loss / d h at the response rows (f32), to bf16, back to their rows.
-        let cdim = hs.cols;
+        self.backprop(Scored { hs, lse, targets: td, rows, t }, &dlogp, x_last, &inputs, &b, &tapes)?;
+        let o = self.dev.dtoh(&out)?;
+        be.range_pop();
+        Ok((DpoOut { loss: o[0], d_chosen: o[1], d_rejected: o[2], chosen_reward: o[3], rejected_reward: o[4] }, t))
+    }
+
+    /// The backward from d loss / d logp of the scored rows: logprob backward, the rows' gradients
+    /// back to their rows (a row scored twice, the packed pair's last prefix row, adds both),
+    /// the final norm, every layer from the last (recomputed from its kept input), and the
+    /// projector when it trains. Gradients are added to the step's.
+    fn backprop(&mut self, sc: Scored, dlogp: &CudaSlice<f32>, x_last: CudaTensor, inputs: &[CudaTensor], b: &Batch, tapes: &[ImageTape]) -> Result<()> {
+        let be = self.decoder().backend().clone();
+        let Scored { hs, lse, targets, rows, t } = sc;
+        let (rn, cdim) = (hs.rows, hs.cols);
         let w = self.decoder().lm_head_weight();
         let mut dhs = self.dev.zeros::<f32>(rn * cdim)?;
-        self.dev.logprob_backward(&hs.data.as_view(), &w.data.as_view(), &td.as_view(), &lse.as_view(), &dlogp.as_view(), &mut dhs.as_view_mut(), rn, cdim, w.rows, false)?;
+        self.dev.logprob_backward(&hs.data.as_view(), &w.data.as_view(), &targets.as_view(), &lse.as_view(), &dlogp.as_view(), &mut dhs.as_view_mut(), rn, cdim, w.rows, false)?;
         let dhs16 = CudaTensor { data: self.dev.cast_f32_to_bf16(&dhs)?, rows: rn, cols: cdim };
+        drop((hs, dhs));
         let mut dh = be.zeros(t, cdim)?;
-        // Rows predicting two targets (the packed pair's last prefix row): the first occurrence is
-        // scattered, later ones added.
         let mut seen = std::collections::HashSet::new();
         let (mut first, mut dup) = (Vec::new(), Vec::new());
         for (i, &r) in rows.iter().enumerate() {
@@ -694,23 +716,64 @@ impl CudaLearner {
             let r = r as usize;
             self.dev.add(&mut dh.data.slice_mut(r * cdim..(r + 1) * cdim), &dhs16.data.slice(i * cdim..(i + 1) * cdim))?;
         }
-        // Final norm, then the layers from the last.
+        // SAFETY: rmsnorm_backward writes every element of dx.
         let mut dx = CudaTensor { data: unsafe { self.dev.alloc_uninit::<u16>(t * cdim) }?, rows: t, cols: cdim };
         let fnorm = self.decoder().final_norm();
         self.dev.rmsnorm_backward(&x_last.data.as_view(), &fnorm.weight.as_view(), &dh.data.as_view(), fnorm.eps, &mut dx.data.as_view_mut())?;
-        drop((h, x_last, hs));
+        drop((x_last, dh));
         for li in (0..inputs.len()).rev() {
             be.range_push(&format!("train layer {li} backward"));
-            self.layer_bwd(li, &inputs[li], &b, &mut dx)?;
+            self.layer_bwd(li, &inputs[li], b, &mut dx)?;
             be.range_pop();
         }
         // dx is now d(input embeddings): into the projector when it trains.
-        for tape in &tapes {
+        for tape in tapes {
             self.projector_bwd(tape, &dx)?;
         }
-        let o = self.dev.dtoh(&out)?;
-        be.range_pop();
-        Ok((DpoOut { loss: o[0], d_chosen: o[1], d_rejected: o[2], chosen_reward: o[3], rejected_reward: o[4] }, t))
+        Ok(())
+    }
+
+    /// One conversation's SFT loss (mean negative log-likelihood of the answer tokens, as
+    /// [`super::sft_grads`]), with its gradients added to the step's (raw; `weight` is applied at
+    /// the step). Returns the loss and the tokens run.
+    pub fn sft_example(&mut self, turns: &[(String, String)], images: &[crate::image::RgbImage], weight: f32) -> Result<(f64, usize)> {
+        self.loras()?;
+        if self.pending_w.is_some_and(|w| w != weight) {
+            return Err(Error::Input(format!("examples of one step must share a weight ({:?} then {weight})", self.pending_w)));
+        }
+        self.pending_w = Some(weight);
+        let (ids, mask) = super::sft_ids(&self.pipe, turns, images.len())?;
+        let image_token = self.pipe.model.cfg.image_token_index;
+        let n_img = ids.iter().filter(|&&t| t == image_token).count();
+        if n_img != images.len() {
+            return Err(Error::Input(format!("the conversation has {n_img} <image> token(s) for {} image(s)", images.len())));
+        }
+        let (x, tapes) = self.embed(&ids, images, 0)?;
+        let t = x.rows;
+        // Rows after <image> expansion (each image token became its feature rows).
+        let per_image = (t - (ids.len() - n_img)).checked_div(n_img).unwrap_or(0);
+        let (mut rows, mut targets) = (Vec::new(), Vec::new());
+        let mut pos = 0usize;
+        for (&tok, &is_answer) in ids.iter().zip(&mask) {
+            if is_answer {
+                rows.push((pos - 1) as u32); // the row before a token predicts it
+                targets.push(tok);
+            }
+            pos += if tok == image_token { per_image } else { 1 };
+        }
+        if rows.is_empty() {
+            return Err(Error::Input("the conversation has no answer tokens".into()));
+        }
+        let b = self.batch(&[SeqLayout::plain(t)])?;
+        let (h, x_last, inputs) = self.forward(x, &b, true, true)?;
+        let td = self.dev.htod(&targets)?;
+        let (hs, logp, lse) = self.response_logprobs(&h, &rows, &td)?;
+        drop(h);
+        let n = rows.len() as f64;
+        let loss = -self.dev.dtoh(&logp)?.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let dlogp = self.dev.htod(&vec![(-1.0 / n) as f32; rows.len()])?;
+        self.backprop(Scored { hs, lse, targets: td, rows, t }, &dlogp, x_last, &inputs, &b, &tapes)?;
+        Ok((loss, t))
     }
 
     /// Add one image's projector gradients, given d(input embeddings) `dx` [T, C].
@@ -950,5 +1013,26 @@ pub fn train_dpo(pipe: Pipeline<Cuda>, data: &Path, out: &Path, args: &TrainArgs
     crate::trainer::train_loop(&mut learner, pairs.len(), out, args, resume, stop_after, |l, i, _opts, w| {
         let (o, tokens) = l.dpo_pair(&pairs[i], refs[i], args.beta, args.sft_weight, w)?;
         Ok(ExampleOut { loss: o.loss, rewards: Some((o.chosen_reward, o.rejected_reward)), tokens })
+    })
+}
+
+/// `stic train-sft --device cuda`: SFT with the adapters (and the projector) trained on the GPU;
+/// the same data, order, schedule, logs and checkpoints as [`crate::trainer::train_sft`].
+pub fn train_sft(
+    pipe: Pipeline<Cuda>,
+    data: &Path,
+    image_folder: &Path,
+    out: &Path,
+    args: &TrainArgs,
+    resume: bool,
+    stop_after: Option<usize>,
+) -> Result<Vec<crate::trainer::LogLine>> {
+    let examples = crate::trainer::read_llava_json(data, image_folder)?;
+    let images: Vec<Vec<crate::image::RgbImage>> =
+        examples.iter().map(|(p, _)| p.iter().map(|p| crate::image::load_image(p)).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?;
+    let mut learner = CudaLearner::new(pipe, args)?;
+    crate::trainer::train_loop(&mut learner, examples.len(), out, args, resume, stop_after, |l, i, _opts, w| {
+        let (loss, tokens) = l.sft_example(&examples[i].1, &images[i], w)?;
+        Ok(ExampleOut { loss, rewards: None, tokens })
     })
 }

@@ -389,7 +389,7 @@ impl TrainAdamW {
 /// (the loss covers those only). Each human turn is wrapped in the chat template and tokenized on
 /// its own (BOS before the first); each answer is tokenized without special tokens and closed with
 /// EOS. The first human turn carries the `<image>` (put first when missing).
-pub fn sft_ids(pipe: &Pipeline, turns: &[(String, String)], n_images: usize) -> Result<(Vec<u32>, Vec<bool>)> {
+pub fn sft_ids<B: crate::backend::Backend>(pipe: &Pipeline<B>, turns: &[(String, String)], n_images: usize) -> Result<(Vec<u32>, Vec<bool>)> {
     let eos = *pipe.eos.first().ok_or_else(|| Error::Input("the model has no EOS token".into()))?;
     let (mut ids, mut mask) = (Vec::new(), Vec::new());
     for (k, (q, a)) in turns.iter().enumerate() {
