@@ -67,21 +67,27 @@ fn l2(x: &[f32]) -> f64 {
     x.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt()
 }
 
-#[test]
-fn dpo_step_cuda_matches_cpu() {
-    let Some(be) = device() else { return };
-    let dir = tiny64("cuda-dpo-step");
-    let seed = Some(7);
-    let mut cpu = Pipeline::load_with(&dir, seed, None).unwrap();
-    // Adapters with A and B both random (B = 0 would make every dA zero).
-    init_lora(&mut cpu.model, &spec(), 1).unwrap();
-    let mut rng = Rng::new(11);
+/// The CPU model of `dir` with random weights from `seed` and adapters whose A and B are both
+/// random (B = 0 would make every dA zero), also saved to `dir`/adapter for the GPU side.
+fn cpu_with_random_adapter(dir: &std::path::Path, seed: u64, lora_seed: u64) -> (Pipeline, std::path::PathBuf) {
+    let mut cpu = Pipeline::load_with(dir, Some(seed), None).unwrap();
+    init_lora(&mut cpu.model, &spec(), lora_seed).unwrap();
+    let mut rng = Rng::new(lora_seed ^ 0x5EED);
     for (_, _, lin) in cpu.model.decoder.projections_mut() {
         let b = &mut lin.lora.as_mut().unwrap().b;
         b.data_mut().iter_mut().for_each(|v| *v = ((rng.uniform() * 2.0 - 1.0) * 0.05) as f32);
     }
     let adir = dir.join("adapter");
     save_adapter(&mut cpu.model, &adir, &spec(), false).unwrap();
+    (cpu, adir)
+}
+
+#[test]
+fn dpo_step_cuda_matches_cpu() {
+    let Some(be) = device() else { return };
+    let dir = tiny64("cuda-dpo-step");
+    let seed = Some(7);
+    let (mut cpu, adir) = cpu_with_random_adapter(&dir, 7, 1);
     let pair = Pair {
         prompt: cpu.format_prompt("Describe the image.", 1, false),
         images: vec![load_image(&fixtures().join("images/wide.jpg")).unwrap()],
@@ -141,15 +147,7 @@ fn sft_step_cuda_matches_cpu() {
     let Some(be) = device() else { return };
     let dir = tiny64("cuda-sft-step");
     let seed = Some(5);
-    let mut cpu = Pipeline::load_with(&dir, seed, None).unwrap();
-    init_lora(&mut cpu.model, &spec(), 2).unwrap();
-    let mut rng = Rng::new(13);
-    for (_, _, lin) in cpu.model.decoder.projections_mut() {
-        let b = &mut lin.lora.as_mut().unwrap().b;
-        b.data_mut().iter_mut().for_each(|v| *v = ((rng.uniform() * 2.0 - 1.0) * 0.05) as f32);
-    }
-    let adir = dir.join("adapter");
-    save_adapter(&mut cpu.model, &adir, &spec(), false).unwrap();
+    let (cpu, adir) = cpu_with_random_adapter(&dir, 5, 2);
     let turns = vec![
         ("<image>\nWhat is shown in this image?".to_string(), "A red square and a blue circle.".to_string()),
         ("What colour is the circle?".to_string(), "It is blue.".to_string()),
@@ -175,19 +173,8 @@ fn train_sft_cuda_matches_cpu() {
     }
     let dir = tiny64("cuda-train-sft");
     let data = fixtures().join("sft/llava.json");
-    let lr = 1e-2f32;
-    let run = |device: &str| -> std::path::PathBuf {
-        let out = dir.join(format!("out-{device}"));
-        let (ok, err) = stic(&[
-            "train-sft", "--model", dir.to_str().unwrap(), "--random-weights", "--weights-seed", "7", "--data", data.to_str().unwrap(),
-            "--out", out.to_str().unwrap(), "--lora-r", "4", "--lora-alpha", "8", "--lr", "1e-2", "--max-steps", "2", "--warmup-ratio", "0",
-            "--seed", "3", "--projector-lr", "1e-2", "--quiet", "--device", device,
-        ]);
-        assert!(ok, "train-sft --device {device}: {err}");
-        out
-    };
-    let (cpu, gpu) = (run("cpu"), run("cuda"));
-    compare_outputs(&cpu, &gpu, lr, "train-sft");
+    let (cpu, gpu) = train_both("train-sft", &dir, &data, &["--projector-lr", "1e-2"], "sft");
+    compare_outputs(&cpu, &gpu, LR, "train-sft");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -204,28 +191,36 @@ fn train_dpo_cuda_matches_cpu() {
     }
     let dir = tiny64("cuda-train-dpo");
     let data = fixtures().join("prefs/prefs.jsonl");
-    let lr = 1e-2f32;
     for projector in [false, true] {
-        compare_runs(&dir, &data, lr, projector);
+        compare_runs(&dir, &data, projector);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `train-dpo` on both devices (with the projector trained when `projector`), compared.
-fn compare_runs(dir: &std::path::Path, data: &std::path::Path, lr: f32, projector: bool) {
+fn compare_runs(dir: &std::path::Path, data: &std::path::Path, projector: bool) {
+    let extra: &[&str] = if projector { &["--sft-weight", "0.0009765625", "--projector-lr", "1e-2"] } else { &["--sft-weight", "0.0009765625"] };
+    let (cpu, gpu) = train_both("train-dpo", dir, data, extra, &format!("dpo-{projector}"));
+    compare_outputs(&cpu, &gpu, LR, &format!("train-dpo (projector trained: {projector})"));
+}
+
+/// The learning rate of the CLI runs.
+const LR: f32 = 1e-2;
+
+/// `cmd` (train-dpo or train-sft) for 2 steps on the CPU and on the GPU: the two output folders.
+fn train_both(cmd: &str, dir: &std::path::Path, data: &std::path::Path, extra: &[&str], tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let run = |device: &str| -> std::path::PathBuf {
-        let out = dir.join(format!("out-{device}-{projector}"));
-        let extra: &[&str] = if projector { &["--projector-lr", "1e-2"] } else { &[] };
-        let (ok, err) = stic(&[
-            "train-dpo", "--model", dir.to_str().unwrap(), "--random-weights", "--weights-seed", "7", "--data", data.to_str().unwrap(),
-            "--out", out.to_str().unwrap(), "--lora-r", "4", "--lora-alpha", "8", "--lr", "1e-2", "--max-steps", "2", "--warmup-ratio", "0",
-            "--seed", "3", "--sft-weight", "0.0009765625", "--quiet", "--device", device,
-        ].iter().chain(extra).copied().collect::<Vec<_>>());
-        assert!(ok, "train-dpo --device {device}: {err}");
+        let out = dir.join(format!("out-{tag}-{device}"));
+        let mut args = vec![
+            cmd, "--model", dir.to_str().unwrap(), "--random-weights", "--weights-seed", "7", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
+            "--lora-r", "4", "--lora-alpha", "8", "--lr", "1e-2", "--max-steps", "2", "--warmup-ratio", "0", "--seed", "3", "--quiet", "--device", device,
+        ];
+        args.extend_from_slice(extra);
+        let (ok, err) = stic(&args);
+        assert!(ok, "{cmd} --device {device}: {err}");
         out
     };
-    let (cpu, gpu) = (run("cpu"), run("cuda"));
-    compare_outputs(&cpu, &gpu, lr, &format!("train-dpo (projector trained: {projector})"));
+    (run("cpu"), run("cuda"))
 }
 
 /// Two runs' step losses and final adapters, as the module docs say.
