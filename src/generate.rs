@@ -120,6 +120,25 @@ impl Pipeline {
     }
 }
 
+/// Work to run on a pipeline of whichever backend `--device` names (see [`with_pipeline`]).
+pub trait WithPipeline {
+    type Out;
+    fn run<B: Backend>(self, pipe: Pipeline<B>) -> Result<Self::Out>;
+}
+
+/// Load `dir` (random weights from `random_weights`, `adapter` attached on the CPU or merged on a
+/// GPU) on `device` and run `work` on it. A `cuda` device in a build without the feature is an
+/// error naming it.
+pub fn with_pipeline<W: WithPipeline>(device: crate::backend::Device, dir: &Path, random_weights: Option<u64>, adapter: Option<&Path>, work: W) -> Result<W::Out> {
+    match device {
+        crate::backend::Device::Cpu => work.run(Pipeline::load_with(dir, random_weights, adapter)?),
+        #[cfg(feature = "cuda")]
+        crate::backend::Device::Cuda(n) => work.run(Pipeline::load_on(&crate::backend::cuda::Cuda::new(n)?, dir, random_weights, adapter)?),
+        #[cfg(not(feature = "cuda"))]
+        crate::backend::Device::Cuda(_) => Err(Error::Input("--device cuda: this binary was built without --features cuda".into())),
+    }
+}
+
 impl<B: Backend> Pipeline<B> {
     /// `load_with` on the backend `be`. An adapter is merged into the weights as they are read
     /// (W + scale B A, the projector replaced when the adapter carries it): inference only.

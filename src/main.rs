@@ -173,6 +173,9 @@ struct EvalCliArgs {
     /// Items per generate call.
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
+    /// cpu, or cuda / cuda:N (a build with --features cuda; the adapter is merged at load).
+    #[arg(long, default_value = "cpu")]
+    device: Device,
     /// Only the first N questions (an MMBench question is all its rotations).
     #[arg(long)]
     limit: Option<usize>,
@@ -358,10 +361,6 @@ struct TrainCommon {
 }
 
 impl TrainCommon {
-    fn pipeline(&self) -> Result<Pipeline> {
-        Pipeline::load_with(&self.model, self.random_weights.then_some(self.weights_seed), None)
-    }
-
     fn args(&self, beta: f64, sft_weight: f64) -> Result<stic::trainer::TrainArgs> {
         let schedule = match self.schedule.as_str() {
             "cosine" => stic::trainer::Schedule::Cosine,
@@ -474,6 +473,9 @@ struct DataGenCommon {
     /// Stop after writing K items, as a kill would (for resume tests).
     #[arg(long, hide = true)]
     stop_after: Option<usize>,
+    /// cpu, or cuda / cuda:N (a build with --features cuda; the adapter is merged at load).
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 }
 
 impl DataGenCommon {
@@ -493,8 +495,9 @@ impl DataGenCommon {
         })
     }
 
-    fn pipeline(&self) -> Result<Pipeline> {
-        Pipeline::load_with(&self.model, self.random_weights.then_some(self.weights_seed), self.adapter.as_deref())
+    /// Run `work` on the model on `--device`.
+    fn with_pipeline<W: stic::generate::WithPipeline>(&self, work: W) -> Result<W::Out> {
+        stic::generate::with_pipeline(self.device, &self.model, self.random_weights.then_some(self.weights_seed), self.adapter.as_deref(), work)
     }
 
     fn report(&self, what: &str, out: &std::path::Path, s: &stic::stic::Summary) {
@@ -605,6 +608,7 @@ fn run(cli: Cli) -> Result<()> {
                 batch_size: a.batch_size,
                 limit: a.limit,
                 quiet: a.quiet,
+                device: a.device,
             })?;
             println!("{}", serde_json::to_string_pretty(&metrics).expect("serialisable"));
         }
@@ -620,39 +624,16 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::TrainDpo(a) => {
             let c = &a.common;
             let args = c.args(a.beta, a.sft_weight)?;
-            match c.device {
-                Device::Cpu => {
-                    let mut pipe = c.pipeline()?;
-                    c.report(&stic::trainer::train_dpo(&mut pipe, &a.data, &c.out, &args, c.resume, c.stop_after)?);
-                }
-                #[cfg(feature = "cuda")]
-                Device::Cuda(n) => {
-                    let be = stic::backend::cuda::Cuda::new(n)?;
-                    let pipe = Pipeline::load_on(&be, &c.model, c.random_weights.then_some(c.weights_seed), None)?;
-                    c.report(&stic::train::cuda::train_dpo(pipe, &a.data, &c.out, &args, c.resume, c.stop_after)?);
-                }
-                #[cfg(not(feature = "cuda"))]
-                Device::Cuda(_) => return Err(stic::Error::Input("--device cuda: this binary was built without --features cuda".into())),
-            }
+            let log = stic::trainer::train_on(c.device, &c.model, c.random_weights.then_some(c.weights_seed), stic::trainer::TrainJob::Dpo { prefs: &a.data }, &c.out, &args, c.resume, c.stop_after)?;
+            c.report(&log);
         }
         Cmd::TrainSft(a) => {
             let c = &a.common;
             let args = c.args(0.0, 0.0)?;
             let folder = a.image_folder.clone().unwrap_or_else(|| a.data.parent().unwrap_or(std::path::Path::new(".")).to_path_buf());
-            match c.device {
-                Device::Cpu => {
-                    let mut pipe = c.pipeline()?;
-                    c.report(&stic::trainer::train_sft(&mut pipe, &a.data, &folder, &c.out, &args, c.resume, c.stop_after)?);
-                }
-                #[cfg(feature = "cuda")]
-                Device::Cuda(n) => {
-                    let be = stic::backend::cuda::Cuda::new(n)?;
-                    let pipe = Pipeline::load_on(&be, &c.model, c.random_weights.then_some(c.weights_seed), None)?;
-                    c.report(&stic::train::cuda::train_sft(pipe, &a.data, &folder, &c.out, &args, c.resume, c.stop_after)?);
-                }
-                #[cfg(not(feature = "cuda"))]
-                Device::Cuda(_) => return Err(stic::Error::Input("--device cuda: this binary was built without --features cuda".into())),
-            }
+            let random = c.random_weights.then_some(c.weights_seed);
+            let log = stic::trainer::train_on(c.device, &c.model, random, stic::trainer::TrainJob::Sft { data: &a.data, image_folder: &folder }, &c.out, &args, c.resume, c.stop_after)?;
+            c.report(&log);
         }
         Cmd::Run { config, quiet, stop_after } => {
             let mut cfg = match &config {
@@ -677,8 +658,7 @@ fn run(cli: Cli) -> Result<()> {
                 quiet: c.quiet,
                 stop_after: c.stop_after,
             };
-            let pipe = c.pipeline()?;
-            c.report("build-prefs", &a.out, &stic::stic::build_prefs(&pipe, &args)?);
+            c.report("build-prefs", &a.out, &c.with_pipeline(stic::stic::BuildPrefsWork(args))?);
         }
         Cmd::BuildDif(a) => {
             let c = &a.common;
@@ -693,8 +673,7 @@ fn run(cli: Cli) -> Result<()> {
                 quiet: c.quiet,
                 stop_after: c.stop_after,
             };
-            let pipe = c.pipeline()?;
-            c.report("build-dif", &a.out, &stic::stic::build_dif(&pipe, &args)?);
+            c.report("build-dif", &a.out, &c.with_pipeline(stic::stic::BuildDifWork(args))?);
         }
         Cmd::Profile(a) => {
             let c = &a.common;

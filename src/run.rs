@@ -24,7 +24,6 @@ use serde::Deserialize;
 
 use crate::adapter::LoraSpec;
 use crate::error::{Error, Result};
-use crate::generate::Pipeline;
 use crate::trainer::{Schedule, TrainArgs};
 
 /// `stic.toml`.
@@ -45,6 +44,11 @@ pub struct RunConfig {
     /// Build the model with random weights from `model`'s config (smoke runs, tests).
     #[serde(default)]
     pub random_weights: Option<u64>,
+    /// Where every stage runs: `cpu` (the default), `cuda` or `cuda:N` (a build with
+    /// `--features cuda`: generation in bf16 with adapters merged at load, training on the GPU
+    /// learner).
+    #[serde(default)]
+    pub device: Option<String>,
     #[serde(default)]
     pub prefs: DataSection,
     #[serde(default)]
@@ -316,14 +320,14 @@ fn sampling(base: crate::generate::SamplingParams, d: &DataSection) -> crate::ge
 pub fn run(cfg: &RunConfig, config_path: &Path, stop_prefs_after: Option<usize>) -> Result<Vec<StageSummary>> {
     let out = &cfg.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let load = |adapter: Option<&Path>| Pipeline::load_with(&cfg.model, cfg.random_weights, adapter);
+    let device: crate::backend::Device =
+        cfg.device.as_deref().unwrap_or("cpu").parse().map_err(|e: String| Error::config(config_path, "device", e))?;
     let (d1, d2, d3, d4, d5) = (out.join("1-prefs"), out.join("2-dpo"), out.join("3-dif"), out.join("4-sft"), out.join("5-eval"));
     let prefs = d1.join("prefs.jsonl");
     let dif = d3.join("dif.json");
     let mut summary = Vec::new();
 
     summary.push(stage(&d1, "1-prefs", cfg.quiet, || {
-        let pipe = load(None)?;
         let mut a = crate::stic::BuildPrefsArgs::new(&cfg.images, &prefs);
         a.n = cfg.prefs.n;
         a.seed = cfg.seed;
@@ -331,7 +335,7 @@ pub fn run(cfg: &RunConfig, config_path: &Path, stop_prefs_after: Option<usize>)
         a.sampling = sampling(a.sampling, &cfg.prefs);
         a.quiet = cfg.quiet;
         a.stop_after = stop_prefs_after;
-        let s = crate::stic::build_prefs(&pipe, &a)?;
+        let s = crate::generate::with_pipeline(device, &cfg.model, cfg.random_weights, None, crate::stic::BuildPrefsWork(a))?;
         if s.stopped {
             return Err(Error::Input(format!("stopped after {} new pairs (--stop-after)", s.written)));
         }
@@ -339,15 +343,13 @@ pub fn run(cfg: &RunConfig, config_path: &Path, stop_prefs_after: Option<usize>)
     })?);
 
     summary.push(stage(&d2, "2-dpo", cfg.quiet, || {
-        let mut pipe = load(None)?;
         let args = cfg.dpo.apply(stic_dpo_defaults(cfg.seed, cfg.quiet), config_path, "dpo")?;
         let resume = d2.join("checkpoint").exists() || d2.join("checkpoint.old").exists();
-        let log = crate::trainer::train_dpo(&mut pipe, &prefs, &d2, &args, resume, None)?;
+        let log = crate::trainer::train_on(device, &cfg.model, cfg.random_weights, crate::trainer::TrainJob::Dpo { prefs: &prefs }, &d2, &args, resume, None)?;
         Ok(train_counts(&log))
     })?);
 
     summary.push(stage(&d3, "3-dif", cfg.quiet, || {
-        let pipe = load(Some(&d2))?;
         let mut a = crate::stic::BuildDifArgs::new(&cfg.dif.sft, &cfg.dif.images, &dif);
         if let Some(n) = cfg.dif.gen.n {
             a.n = n;
@@ -356,16 +358,15 @@ pub fn run(cfg: &RunConfig, config_path: &Path, stop_prefs_after: Option<usize>)
         a.batch_size = cfg.dif.gen.batch_size.unwrap_or(a.batch_size);
         a.sampling = sampling(a.sampling, &cfg.dif.gen);
         a.quiet = cfg.quiet;
-        let s = crate::stic::build_dif(&pipe, &a)?;
+        let s = crate::generate::with_pipeline(device, &cfg.model, cfg.random_weights, Some(&d2), crate::stic::BuildDifWork(a))?;
         Ok(data_counts(&s))
     })?);
 
     summary.push(stage(&d4, "4-sft", cfg.quiet, || {
-        let mut pipe = load(None)?;
         let args = cfg.sft.apply(stic_sft_defaults(cfg.seed, cfg.quiet, &d2), config_path, "sft")?;
         let resume = d4.join("checkpoint").exists() || d4.join("checkpoint.old").exists();
         let folder = cfg.dif.images.clone();
-        let log = crate::trainer::train_sft(&mut pipe, &dif, &folder, &d4, &args, resume, None)?;
+        let log = crate::trainer::train_on(device, &cfg.model, cfg.random_weights, crate::trainer::TrainJob::Sft { data: &dif, image_folder: &folder }, &d4, &args, resume, None)?;
         Ok(train_counts(&log))
     })?);
 
@@ -388,6 +389,7 @@ pub fn run(cfg: &RunConfig, config_path: &Path, stop_prefs_after: Option<usize>)
                 batch_size: e.batch_size.unwrap_or(8),
                 limit: e.limit,
                 quiet: cfg.quiet,
+                device,
             };
             let metrics = crate::eval::eval(&args)?;
             let tps = match (metrics["generated_tokens"].as_f64(), metrics["generation_seconds"].as_f64()) {

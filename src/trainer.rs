@@ -280,6 +280,48 @@ pub fn train_dpo(pipe: &mut Pipeline, data: &Path, out: &Path, args: &TrainArgs,
     })
 }
 
+/// What [`train_on`] trains: DPO on a preference file, or SFT on LLaVA's JSON.
+#[derive(Clone, Copy, Debug)]
+pub enum TrainJob<'a> {
+    Dpo { prefs: &'a Path },
+    Sft { data: &'a Path, image_folder: &'a Path },
+}
+
+/// [`train_dpo`] / [`train_sft`] on `device`: the CPU reference, or the GPU learner
+/// (`train::cuda`) with the model in bf16. `random_weights`: build the model of `model`'s config
+/// with seeded random weights.
+#[allow(clippy::too_many_arguments)]
+pub fn train_on(
+    device: crate::backend::Device,
+    model: &Path,
+    random_weights: Option<u64>,
+    job: TrainJob,
+    out: &Path,
+    args: &TrainArgs,
+    resume: bool,
+    stop_after: Option<usize>,
+) -> Result<Vec<LogLine>> {
+    match device {
+        crate::backend::Device::Cpu => {
+            let mut pipe = Pipeline::load_with(model, random_weights, None)?;
+            match job {
+                TrainJob::Dpo { prefs } => train_dpo(&mut pipe, prefs, out, args, resume, stop_after),
+                TrainJob::Sft { data, image_folder } => train_sft(&mut pipe, data, image_folder, out, args, resume, stop_after),
+            }
+        }
+        #[cfg(feature = "cuda")]
+        crate::backend::Device::Cuda(n) => {
+            let pipe = Pipeline::load_on(&crate::backend::cuda::Cuda::new(n)?, model, random_weights, None)?;
+            match job {
+                TrainJob::Dpo { prefs } => crate::train::cuda::train_dpo(pipe, prefs, out, args, resume, stop_after),
+                TrainJob::Sft { data, image_folder } => crate::train::cuda::train_sft(pipe, data, image_folder, out, args, resume, stop_after),
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        crate::backend::Device::Cuda(_) => Err(Error::Input("--device cuda: this binary was built without --features cuda".into())),
+    }
+}
+
 /// A stable key of a preference line (FNV-1a 64 over its fields), so a cached reference log-prob
 /// is reused only for the very pair it was computed for.
 pub fn pair_key(p: &PrefLine) -> String {
@@ -381,11 +423,17 @@ pub fn read_llava_json(path: &Path, image_folder: &Path) -> Result<Vec<Conversat
         .collect()
 }
 
+/// LLaVA's SFT JSON with every example's images loaded.
+#[allow(clippy::type_complexity)]
+pub fn read_sft_data(data: &Path, image_folder: &Path) -> Result<(Vec<Conversation>, Vec<Vec<crate::image::RgbImage>>)> {
+    let examples = read_llava_json(data, image_folder)?;
+    let images = examples.iter().map(|(p, _)| p.iter().map(|p| load_image(p)).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?;
+    Ok((examples, images))
+}
+
 /// SFT on LLaVA's instruction-tuning JSON (loss on the gpt turns only).
 pub fn train_sft(pipe: &mut Pipeline, data: &Path, image_folder: &Path, out: &Path, args: &TrainArgs, resume: bool, stop_after: Option<usize>) -> Result<Vec<LogLine>> {
-    let examples = read_llava_json(data, image_folder)?;
-    let images: Vec<Vec<crate::image::RgbImage>> =
-        examples.iter().map(|(p, _)| p.iter().map(|p| load_image(p)).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?;
+    let (examples, images) = read_sft_data(data, image_folder)?;
     let mut learner = CpuLearner::new(pipe, args);
     train_loop(&mut learner, examples.len(), out, args, resume, stop_after, |l, i, opts, w| {
         let (loss, grads, tokens) = sft_grads(l.pipe, &examples[i].1, &images[i], opts)?;

@@ -404,3 +404,51 @@ fn device_flag_errors_are_clear() {
     }
     let _ = out;
 }
+
+/// Every command that loads a model takes `--device`; without CUDA (a build without the feature,
+/// or no device) a cuda device fails with a clear error before any work, and `stic run` reads
+/// `device` from its config (an unknown value names the field).
+#[test]
+fn device_flag_on_data_training_and_eval_commands() {
+    let tmp = std::env::temp_dir().join(format!("stic-device-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = tmp.join("out");
+    let f = |rel: &str| fixtures().join(rel).to_str().unwrap().to_string();
+    let (m, o) = (f("llava_next_tiny"), out.to_str().unwrap().to_string());
+    let cmds: Vec<Vec<String>> = [
+        vec!["build-prefs", "--model", &m, "--images", &f("images"), "--out", &o, "--n", "1"],
+        vec!["train-dpo", "--model", &m, "--data", &f("prefs/prefs.jsonl"), "--out", &o, "--max-steps", "1"],
+        vec!["train-sft", "--model", &m, "--data", &f("sft/llava.json"), "--out", &o, "--max-steps", "1"],
+        vec!["eval", "--bench", "pope", "--model", &m, "--data", &f("eval/pope"), "--out", &o, "--limit", "1"],
+    ]
+    .iter()
+    .map(|c| c.iter().map(|s| s.to_string()).collect())
+    .collect();
+    let has_gpu = cfg!(feature = "cuda") && {
+        #[cfg(feature = "cuda")]
+        let g = stic::backend::cuda::cuda_available();
+        #[cfg(not(feature = "cuda"))]
+        let g = false;
+        g
+    };
+    for c in &cmds {
+        let with = |dev: &'static str| -> Vec<&str> { c.iter().map(|s| s.as_str()).chain(["--device", dev]).collect() };
+        let (ok, _, err) = stic(&with("tpu"));
+        assert!(!ok && err.contains("unknown device `tpu`"), "{}: {err}", c[0]);
+        if !has_gpu {
+            let (ok, _, err) = stic(&with("cuda"));
+            assert!(!ok && (err.contains("built without --features cuda") || err.contains("CudaDevice::new")), "{}: {err}", c[0]);
+            assert!(!out.join("adapter_model.safetensors").exists(), "{}: nothing trained", c[0]);
+        }
+    }
+    // stic run: `device` in the config.
+    let cfg = tmp.join("stic.toml");
+    let demo = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.toml")).unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let demo = demo.replace("\"tests/", &format!("\"{root}/tests/")).replace("\"target/", &format!("\"{}/", tmp.display()));
+    std::fs::write(&cfg, format!("device = \"gpu\"\n{demo}")).unwrap();
+    let (ok, _, err) = stic(&["run", "--config", cfg.to_str().unwrap(), "--quiet"]);
+    assert!(!ok && err.contains("device") && err.contains("unknown device `gpu`"), "{err}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -440,7 +440,7 @@ pub fn record_for(item: &Item, text: &str, model_id: &str) -> Value {
 
 /// Answer every item (skipping those already in `out/predictions.jsonl`), then score them all.
 /// Returns the metrics (also written to `out/metrics.json`).
-pub fn run(bench: &dyn Benchmark, pipe: &Pipeline, out: &Path, opts: &RunOptions) -> Result<Value> {
+pub fn run<B: crate::backend::Backend>(bench: &dyn Benchmark, pipe: &Pipeline<B>, out: &Path, opts: &RunOptions) -> Result<Value> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let pred_path = out.join("predictions.jsonl");
     let done: HashSet<String> = if pred_path.exists() {
@@ -513,6 +513,8 @@ pub struct EvalArgs {
     pub batch_size: usize,
     pub limit: Option<usize>,
     pub quiet: bool,
+    /// Where the model runs (`cpu`, `cuda`, `cuda:N`).
+    pub device: crate::backend::Device,
 }
 
 pub fn eval(a: &EvalArgs) -> Result<Value> {
@@ -539,8 +541,6 @@ pub fn eval(a: &EvalArgs) -> Result<Value> {
         return Err(Error::Input(format!("--temperature must be >= 0, got {}", a.temperature)));
     }
     let sp = crate::progress::spinner(&format!("loading model {}", model.display()), a.quiet);
-    let pipe = Pipeline::load_with(model, None, a.adapter.as_deref())?;
-    sp.finish_and_clear();
     let opts = RunOptions {
         sampling: SamplingParams {
             max_new_tokens: a.max_new_tokens.unwrap_or_else(|| a.bench.default_max_new_tokens()),
@@ -554,7 +554,20 @@ pub fn eval(a: &EvalArgs) -> Result<Value> {
         quiet: a.quiet,
         model_id: model_id(model, a.adapter.as_deref()),
     };
-    run(bench.as_ref(), &pipe, out, &opts)
+    struct Answer<'a> {
+        bench: &'a dyn Benchmark,
+        out: &'a Path,
+        opts: RunOptions,
+        spinner: indicatif::ProgressBar,
+    }
+    impl crate::generate::WithPipeline for Answer<'_> {
+        type Out = Value;
+        fn run<B: crate::backend::Backend>(self, pipe: Pipeline<B>) -> Result<Value> {
+            self.spinner.finish_and_clear();
+            run(self.bench, &pipe, self.out, &self.opts)
+        }
+    }
+    crate::generate::with_pipeline(a.device, model, None, a.adapter.as_deref(), Answer { bench: bench.as_ref(), out, opts, spinner: sp })
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::generate::{Pipeline, SamplingParams};
 use crate::image::{load_image, preprocess};
-use crate::tensor::Tensor;
+use crate::backend::Backend;
 use crate::text::IMAGE_TOKEN;
 
 use super::jsonl::{sidecar, JsonlLog};
@@ -101,7 +101,7 @@ fn candidates(path: &Path, data: &[serde_json::Value]) -> Result<Vec<Example>> {
 }
 
 /// Build (or resume) the description-infused data. See the module doc.
-pub fn build_dif(pipe: &Pipeline, args: &BuildDifArgs) -> Result<Summary> {
+pub fn build_dif<B: Backend>(pipe: &Pipeline<B>, args: &BuildDifArgs) -> Result<Summary> {
     if args.batch_size == 0 {
         return Err(Error::Input("--batch-size must be at least 1".into()));
     }
@@ -176,13 +176,13 @@ pub fn build_dif(pipe: &Pipeline, args: &BuildDifArgs) -> Result<Summary> {
 
 /// Describe a batch of examples' images in one generation call. An unusable image gets
 /// `Err(reason)`.
-fn describe_batch(pipe: &Pipeline, todo: &[&Example], args: &BuildDifArgs) -> Result<(Vec<std::result::Result<DescriptionRecord, String>>, usize)> {
+fn describe_batch<B: Backend>(pipe: &Pipeline<B>, todo: &[&Example], args: &BuildDifArgs) -> Result<(Vec<std::result::Result<DescriptionRecord, String>>, usize)> {
     let mut outcomes: Vec<Option<std::result::Result<DescriptionRecord, String>>> = vec![None; todo.len()];
     let (mut inputs, mut seeds, mut slots) = (Vec::new(), Vec::new(), Vec::new());
     for (k, ex) in todo.iter().enumerate() {
         let mut rng = item_rng(args.seed, &format!("{}:{}", ex.index, ex.image));
         let prompt = STAGE2_DESCRIPTION_PROMPTS[rng.below(STAGE2_DESCRIPTION_PROMPTS.len())];
-        let prepared = (|| -> Result<Tensor> {
+        let prepared = (|| -> Result<B::Tensor> {
             let img = load_image(&args.images.join(&ex.image))?;
             let feat = pipe.model.image_features(&preprocess(&img, &pipe.processor)?)?;
             let ids = pipe.prompt_ids(&pipe.format_prompt(prompt, 1, false), 1)?;

@@ -27,6 +27,26 @@ use crate::rng::Rng;
 pub use dif::{build_dif, BuildDifArgs};
 pub use prefs::{build_prefs, BuildPrefsArgs};
 
+/// `build_prefs` as work for [`crate::generate::with_pipeline`] (any `--device`).
+pub struct BuildPrefsWork(pub BuildPrefsArgs);
+
+impl crate::generate::WithPipeline for BuildPrefsWork {
+    type Out = Summary;
+    fn run<B: crate::backend::Backend>(self, pipe: crate::generate::Pipeline<B>) -> crate::error::Result<Summary> {
+        build_prefs(&pipe, &self.0)
+    }
+}
+
+/// `build_dif` as work for [`crate::generate::with_pipeline`].
+pub struct BuildDifWork(pub BuildDifArgs);
+
+impl crate::generate::WithPipeline for BuildDifWork {
+    type Out = Summary;
+    fn run<B: crate::backend::Backend>(self, pipe: crate::generate::Pipeline<B>) -> crate::error::Result<Summary> {
+        build_dif(&pipe, &self.0)
+    }
+}
+
 /// The generation settings of the official scripts (stic/generate_pref.py:151-154 and
 /// stic/generate_des_stage2.py:143-146, not overridden by scripts/generate_pref.sh or
 /// scripts/generate_des_stage2.sh): sampling at temperature 0.2, no top-p (`None`), one beam, at

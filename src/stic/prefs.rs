@@ -33,7 +33,7 @@ use crate::generate::{Pipeline, SamplingParams};
 use crate::image::corrupt::Corruption;
 use crate::image::{load_image, preprocess, RgbImage};
 use crate::rng::Rng;
-use crate::tensor::Tensor;
+use crate::backend::Backend;
 
 use super::jsonl::{sidecar, JsonlLog};
 use super::prompts::{DESCRIPTION_PROMPTS, GOOD_PROMPT, HALLUCINATION_PROMPTS};
@@ -181,7 +181,7 @@ struct Item {
 type Outcome = std::result::Result<PrefRecord, String>;
 
 /// Build (or resume) the preference file. See the module doc.
-pub fn build_prefs(pipe: &Pipeline, args: &BuildPrefsArgs) -> Result<Summary> {
+pub fn build_prefs<B: Backend>(pipe: &Pipeline<B>, args: &BuildPrefsArgs) -> Result<Summary> {
     if args.batch_size == 0 {
         return Err(Error::Input("--batch-size must be at least 1".into()));
     }
@@ -239,9 +239,9 @@ pub fn build_prefs(pipe: &Pipeline, args: &BuildPrefsArgs) -> Result<Summary> {
 
 /// Load, corrupt and generate for a batch of images: one `generate` call with every image's chosen
 /// and rejected request. An image that cannot be read gets `Err(reason)`.
-fn generate_batch(pipe: &Pipeline, items: &[&Item], args: &BuildPrefsArgs) -> Result<(Vec<Outcome>, usize)> {
+fn generate_batch<B: Backend>(pipe: &Pipeline<B>, items: &[&Item], args: &BuildPrefsArgs) -> Result<(Vec<Outcome>, usize)> {
     let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
-    let mut inputs: Vec<Tensor> = Vec::new();
+    let mut inputs: Vec<B::Tensor> = Vec::new();
     let mut seeds: Vec<u64> = Vec::new();
     let mut slots: Vec<(usize, PrefPlan)> = Vec::new();
     for (k, it) in items.iter().enumerate() {
@@ -283,10 +283,10 @@ fn generate_batch(pipe: &Pipeline, items: &[&Item], args: &BuildPrefsArgs) -> Re
 }
 
 /// The input embeddings of one image's chosen and rejected requests.
-fn prepare(pipe: &Pipeline, path: &Path, plan: &PrefPlan) -> Result<(Tensor, Tensor)> {
+fn prepare<B: Backend>(pipe: &Pipeline<B>, path: &Path, plan: &PrefPlan) -> Result<(B::Tensor, B::Tensor)> {
     let img = load_image(path)?;
     let features = |img: &RgbImage| pipe.model.image_features(&preprocess(img, &pipe.processor)?);
-    let embed = |text: &str, feat: &Tensor| -> Result<Tensor> {
+    let embed = |text: &str, feat: &B::Tensor| -> Result<B::Tensor> {
         let ids = pipe.prompt_ids(&pipe.format_prompt(text, 1, false), 1)?;
         pipe.model.embed_with_images(&ids, std::slice::from_ref(feat))
     };

@@ -1027,9 +1027,7 @@ pub fn train_sft(
     resume: bool,
     stop_after: Option<usize>,
 ) -> Result<Vec<crate::trainer::LogLine>> {
-    let examples = crate::trainer::read_llava_json(data, image_folder)?;
-    let images: Vec<Vec<crate::image::RgbImage>> =
-        examples.iter().map(|(p, _)| p.iter().map(|p| crate::image::load_image(p)).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?;
+    let (examples, images) = crate::trainer::read_sft_data(data, image_folder)?;
     let mut learner = CudaLearner::new(pipe, args)?;
     crate::trainer::train_loop(&mut learner, examples.len(), out, args, resume, stop_after, |l, i, _opts, w| {
         let (loss, tokens) = l.sft_example(&examples[i].1, &images[i], w)?;
