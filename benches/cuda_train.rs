@@ -82,7 +82,7 @@ fn main() {
     learner.init_lora(&args.lora, 0).expect("fresh adapters");
     let reference = learner.reference_logps(&pair).expect("reference log-probs");
     let step = |learner: &mut CudaLearner, projector_lr: f32| -> usize {
-        let (_, tokens) = learner.dpo_pair(&pair, reference, args.beta, args.sft_weight, 1.0).expect("DPO pair");
+        let (_, tokens) = learner.dpo_pair(&pair, reference, args.beta, args.sft_weight, 1.0, None).expect("DPO pair");
         let norm = learner.grad_norm().expect("norm");
         let coef = args.max_grad_norm / (norm + 1e-6);
         learner.step(if coef < 1.0 { coef as f32 } else { 1.0 }, args.lr, projector_lr).expect("AdamW");

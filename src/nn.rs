@@ -8,6 +8,14 @@ use crate::weights::WeightSource;
 
 /// A low-rank adapter (PEFT's LoRA): y += scale * (x A^T) B^T, A [r, in], B [out, r],
 /// scale = alpha / r (alpha / sqrt(r) with rsLoRA).
+/// n LoRA-dropout factors drawn from `seed`: 0 with probability p, else 1 / (1 - p) (f32),
+/// element i from the (i + 1)-th SplitMix64 draw (what `kernels/dropout.cu` regenerates).
+pub fn dropout_mask(n: usize, p: f32, seed: u64) -> Vec<f32> {
+    let keep = 1.0 / (1.0 - p);
+    let mut rng = crate::rng::Rng::new(seed);
+    (0..n).map(|_| if rng.uniform() < p as f64 { 0.0 } else { keep }).collect()
+}
+
 /// An adapter's (dA [r, in], dB [out, r]).
 pub type AdapterGrads = (Vec<f32>, Vec<f32>);
 
@@ -101,9 +109,7 @@ impl Linear {
         if p <= 0.0 {
             return None;
         }
-        let keep = 1.0 / (1.0 - p);
-        let mut rng = crate::rng::Rng::new(seed);
-        Some((0..rows * self.in_features()).map(|_| if rng.uniform() < p as f64 { 0.0 } else { keep }).collect())
+        Some(dropout_mask(rows * self.in_features(), p, seed))
     }
 
     /// x[.., K] -> y[.., N].

@@ -327,12 +327,17 @@ fn dpo_cuda_matches_cpu() {
     run_op("dpo");
 }
 
+#[test]
+fn dropout_cuda_matches_cpu() {
+    run_op("dropout");
+}
+
 /// Without a device: every check's references agree with the CPU result (which then passes the
 /// tolerance rule), and a wrong, unwritten or out-of-bounds output fails it.
 #[test]
 fn check_harness_accepts_cpu_and_rejects_bad_outputs() {
     let all = checks();
-    for op in ["cast", "rmsnorm", "layernorm", "rope", "activation", "embedding", "sample", "attention", "attention_train", "matmul", "copy", "add", "adamw", "lora", "logprob", "dpo"] {
+    for op in ["cast", "rmsnorm", "layernorm", "rope", "activation", "embedding", "sample", "attention", "attention_train", "matmul", "copy", "add", "adamw", "lora", "logprob", "dpo", "dropout"] {
         assert!(all.iter().any(|c| c.op == op), "no checks registered for op `{op}`");
     }
     let mut failures = Vec::new();

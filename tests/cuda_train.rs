@@ -2,6 +2,9 @@
 //! transformers + PEFT autograd in tests/llava_parity.rs). Built only with `--features cuda`;
 //! without a device each test prints `skipped: no CUDA device` and passes.
 //!
+//! LoRA dropout (p 0.1) is on in the step tests and in one CLI run: the GPU regenerates the CPU's
+//! masks, so both drop the same elements.
+//!
 //! The model: the tiny LLaVA-NeXT fixture's config with a decoder of head dim 64 (the training
 //! attention kernels take head dims 64 and 128; the fixture's is 8), random weights from one seed
 //! on both sides. Tolerances (docs/TOLERANCES.md, "DPO step on CUDA"):
@@ -54,8 +57,11 @@ fn tiny64(tag: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The LoRA dropout seed of the step tests (their adapters drop 10% of the LoRA path's input).
+const DROPOUT_SEED: Option<u64> = Some(0xD15E_A5ED);
+
 fn spec() -> LoraSpec {
-    LoraSpec { r: 4, alpha: 8.0, dropout: 0.0, targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].iter().map(|s| s.to_string()).collect() }
+    LoraSpec { r: 4, alpha: 8.0, dropout: 0.1, targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].iter().map(|s| s.to_string()).collect() }
 }
 
 /// STIC's DPO settings with a small adapter and a large learning rate (tiny model, 2 steps).
@@ -99,7 +105,7 @@ fn dpo_step_cuda_matches_cpu() {
     // and gradients.
     let ref_cpu = reference_logps(&mut cpu, &pair).unwrap();
     // The projector trains too (STIC's stage 1 does).
-    let opts = StepOpts { projector: true, ..Default::default() };
+    let opts = StepOpts { projector: true, dropout_seed: DROPOUT_SEED, ..Default::default() };
     let (o_cpu, g_cpu, _) = dpo_pair_grads_packed(&cpu, &pair, ref_cpu, beta, alpha, opts).unwrap();
 
     let gpu = Pipeline::load_on(&be, &dir, seed, None).unwrap();
@@ -110,7 +116,7 @@ fn dpo_step_cuda_matches_cpu() {
         assert!((g - c).abs() <= 1e-2 * c.abs(), "{what}: gpu {g} vs cpu {c}");
     }
     // Both sides against the CPU's reference sums, so the loss compares the policies only.
-    let (o_gpu, tokens) = learner.dpo_pair(&pair, ref_cpu, beta, alpha, 1.0).unwrap();
+    let (o_gpu, tokens) = learner.dpo_pair(&pair, ref_cpu, beta, alpha, 1.0, DROPOUT_SEED).unwrap();
     assert!(tokens > 0);
     assert!((o_gpu.loss - o_cpu.loss).abs() <= 2e-2 * (1.0 + o_cpu.loss.abs()), "loss: gpu {} vs cpu {}", o_gpu.loss, o_cpu.loss);
     // Rewards are beta (policy - reference): the policy sums' rule, scaled by beta.
@@ -153,12 +159,12 @@ fn sft_step_cuda_matches_cpu() {
         ("What colour is the circle?".to_string(), "It is blue.".to_string()),
     ];
     let images = vec![load_image(&fixtures().join("images/wide.jpg")).unwrap()];
-    let (loss_cpu, g_cpu, _) = sft_grads(&cpu, &turns, &images, StepOpts { projector: true, ..Default::default() }).unwrap();
+    let (loss_cpu, g_cpu, _) = sft_grads(&cpu, &turns, &images, StepOpts { projector: true, dropout_seed: DROPOUT_SEED, ..Default::default() }).unwrap();
 
     let gpu = Pipeline::load_on(&be, &dir, seed, None).unwrap();
     let mut learner = CudaLearner::new(gpu, &TrainArgs { projector_lr: Some(1e-3), ..args() }).unwrap();
     learner.load_adapter(&adir).unwrap();
-    let (loss_gpu, _) = learner.sft_example(&turns, &images, 1.0).unwrap();
+    let (loss_gpu, _) = learner.sft_example(&turns, &images, 1.0, DROPOUT_SEED).unwrap();
     assert!((loss_gpu - loss_cpu).abs() <= 2e-2 * (1.0 + loss_cpu.abs()), "loss: gpu {loss_gpu} vs cpu {loss_cpu}");
     let w1 = compare_grads("lora", &named(learner.grads().unwrap()), &named(g_cpu.lora.clone()));
     let w2 = compare_grads("projector", &learner.projector_grads().unwrap(), &g_cpu.projector);
@@ -199,7 +205,8 @@ fn train_dpo_cuda_matches_cpu() {
 
 /// `train-dpo` on both devices (with the projector trained when `projector`), compared.
 fn compare_runs(dir: &std::path::Path, data: &std::path::Path, projector: bool) {
-    let extra: &[&str] = if projector { &["--sft-weight", "0.0009765625", "--projector-lr", "1e-2"] } else { &["--sft-weight", "0.0009765625"] };
+    // The projector run also uses LoRA dropout (the same masks on both devices).
+    let extra: &[&str] = if projector { &["--sft-weight", "0.0009765625", "--projector-lr", "1e-2", "--lora-dropout", "0.1"] } else { &["--sft-weight", "0.0009765625"] };
     let (cpu, gpu) = train_both("train-dpo", dir, data, extra, &format!("dpo-{projector}"));
     compare_outputs(&cpu, &gpu, LR, &format!("train-dpo (projector trained: {projector})"));
 }

@@ -328,7 +328,7 @@ pub struct StepOpts {
 }
 
 /// The dropout seed of projection `proj` (0..7) of layer `layer`.
-fn mask_seed(seed: u64, layer: usize, proj: usize) -> u64 {
+pub fn mask_seed(seed: u64, layer: usize, proj: usize) -> u64 {
     seed ^ ((layer * 8 + proj + 1) as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
 }
 

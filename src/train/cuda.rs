@@ -34,7 +34,12 @@
 //! db1 += dh^T 1 (`matmul_tn`, `matmul_nn`, `activation_backward`). After each step the bf16
 //! weights the model runs with are refreshed from the f32 masters.
 //!
-//! Not supported here yet (clear errors): LoRA dropout > 0 (STIC uses 0), projector-only runs
+//! LoRA dropout (PEFT's, on the adapter's input): the masks are the CPU's (`kernels/dropout.cu`
+//! regenerates `Linear::dropout_mask` from the step's seed, the layer and the projection), the
+//! LoRA path takes x * mask (`lora_fwd_dropout`), its dx is masked (`lora_bwd_dropout`), and the
+//! recomputed forward of the backward regenerates the same masks.
+//!
+//! Not supported here yet (clear errors): projector-only runs
 //! (LoRA rank 0), biases on the decoder's projections (LLaMA, Vicuna and Mistral have none), SFT.
 
 use std::path::Path;
@@ -43,12 +48,12 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaView};
 
 use crate::adapter::{init_loras, proj_index, read_loras, save_loras, LoraSpec};
-use crate::backend::cuda::{AdamWTensor, AttnTrainMask, Cuda, CudaDevice, CudaLinear, CudaTensor, VarlenAttn};
+use crate::backend::cuda::{AdamWTensor, AttnTrainMask, Cuda, CudaDevice, CudaLinear, CudaTensor, Dropout, VarlenAttn};
 use crate::backend::{Backend, Rows};
 use crate::error::{Error, Result};
 use crate::generate::Pipeline;
 use crate::loss::DpoOut;
-use crate::model::decoder::{Decoder, SeqLayout, PROJECTIONS};
+use crate::model::decoder::{mask_seed, Decoder, SeqLayout, PROJECTIONS};
 use crate::model::llava::FeatureRow;
 use crate::model::projector::Projector;
 use crate::nn::Lora;
@@ -75,6 +80,8 @@ struct Adapter {
 struct DeviceLoras {
     r: usize,
     scale: f32,
+    /// LoRA dropout probability (0: none).
+    dropout: f32,
     adapters: Vec<Adapter>,
     /// Per layer, per projection: the index in `adapters`.
     lookup: Vec<[Option<usize>; 7]>,
@@ -149,6 +156,8 @@ struct LayerActs {
     act: CudaTensor,
     /// u = x A^T [T, r] of every adapted projection (PROJECTIONS order).
     u: [Option<CudaSlice<f32>>; 7],
+    /// The LoRA path's input x * mask of every adapted projection under dropout.
+    xd: [Option<CudaTensor>; 7],
 }
 
 /// A packed batch's attention description, owned.
@@ -173,6 +182,8 @@ pub struct CudaLearner {
     ones: Option<CudaSlice<u16>>,
     /// The weight of the examples accumulated since the last step (all the same: 1 / n).
     pending_w: Option<f32>,
+    /// The LoRA dropout seed of the example being run (None: no dropout, as in evaluation).
+    dropout_seed: Option<u64>,
     inv_freq: CudaSlice<f32>,
     neg_inv_freq: CudaSlice<f32>,
 }
@@ -181,9 +192,6 @@ impl CudaLearner {
     pub fn new(pipe: Pipeline<Cuda>, args: &TrainArgs) -> Result<Self> {
         if args.lora.r == 0 && args.init_adapter.is_none() {
             return Err(Error::Input("projector-only training (LoRA rank 0) on --device cuda is not supported yet: train it on the CPU".into()));
-        }
-        if args.lora.dropout > 0.0 {
-            return Err(Error::Input(format!("LoRA dropout {} on --device cuda is not supported yet (STIC uses 0)", args.lora.dropout)));
         }
         let dev = pipe.model.decoder.backend().device().clone();
         let tc = &pipe.model.cfg.text;
@@ -202,6 +210,7 @@ impl CudaLearner {
             projector: None,
             ones: None,
             pending_w: None,
+            dropout_seed: None,
             inv_freq,
             neg_inv_freq,
             pipe,
@@ -290,12 +299,17 @@ impl CudaLearner {
     /// Put host adapters on the device (fresh gradients and moments).
     fn upload(&mut self, loras: Vec<(usize, &'static str, Lora)>) -> Result<()> {
         let first = loras.first().ok_or_else(|| Error::Input("no adapters to train".into()))?;
-        let (r, scale) = (first.2.a.dim(0), first.2.scale);
-        if let Some((l, n, x)) = loras.iter().find(|(_, _, x)| x.a.dim(0) != r || x.scale != scale) {
-            return Err(Error::Input(format!("layer {l} {n}: rank {} / scale {} differ from the first adapter's {r} / {scale}", x.a.dim(0), x.scale)));
+        let (r, scale, dropout) = (first.2.a.dim(0), first.2.scale, first.2.dropout);
+        if let Some((l, n, x)) = loras.iter().find(|(_, _, x)| x.a.dim(0) != r || x.scale != scale || x.dropout != dropout) {
+            return Err(Error::Input(format!(
+                "layer {l} {n}: rank {} / scale {} / dropout {} differ from the first adapter's {r} / {scale} / {dropout}",
+                x.a.dim(0),
+                x.scale,
+                x.dropout
+            )));
         }
-        if let Some((l, n, x)) = loras.iter().find(|(_, _, x)| x.dropout > 0.0) {
-            return Err(Error::Input(format!("layer {l} {n}: LoRA dropout {} on --device cuda is not supported yet", x.dropout)));
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(Error::Input(format!("LoRA dropout {dropout} must be in [0, 1)")));
         }
         if r > crate::backend::cuda::LORA_MAX_RANK {
             return Err(Error::Input(format!("LoRA rank {r} > {} on --device cuda", crate::backend::cuda::LORA_MAX_RANK)));
@@ -316,7 +330,7 @@ impl CudaLearner {
         let p = self.dev.htod(&host)?;
         let p16 = self.dev.cast_f32_to_bf16(&p)?;
         let z = || self.dev.zeros::<f32>(host.len());
-        self.loras = Some(DeviceLoras { r, scale, adapters, lookup, g: z()?, m: z()?, v: z()?, p, p16, step: 0 });
+        self.loras = Some(DeviceLoras { r, scale, dropout, adapters, lookup, g: z()?, m: z()?, v: z()?, p, p16, step: 0 });
         self.pending_w = None;
         Ok(())
     }
@@ -334,7 +348,7 @@ impl CudaLearner {
             .map(|a| {
                 let at = Tensor::new(p[a.off_a..a.off_a + l.r * a.k].to_vec(), &[l.r, a.k])?;
                 let bt = Tensor::new(p[a.off_b..a.off_b + a.n * l.r].to_vec(), &[a.n, l.r])?;
-                Ok((a.layer, PROJECTIONS[a.proj], Lora { a: at, b: bt, scale: l.scale, dropout: 0.0 }))
+                Ok((a.layer, PROJECTIONS[a.proj], Lora { a: at, b: bt, scale: l.scale, dropout: l.dropout }))
             })
             .collect()
     }
@@ -363,26 +377,47 @@ impl CudaLearner {
         })
     }
 
-    /// y [T, N] = x W^T (+ s x A^T B^T when the projection is adapted and `lora`), and u.
-    fn linear_fwd(&self, x: &CudaTensor, w: &CudaLinear, layer: usize, proj: usize, lora: bool) -> Result<(CudaTensor, Option<CudaSlice<f32>>)> {
+    /// The dropout of projection `proj` of layer `layer` in the example being run, if any.
+    fn dropout_of(&self, layer: usize, proj: usize) -> Option<Dropout> {
+        let p = self.loras.as_ref()?.dropout;
+        let seed = self.dropout_seed?;
+        (p > 0.0).then(|| Dropout { seed: mask_seed(seed, layer, proj), p })
+    }
+
+    /// y [T, N] = x W^T (+ s x A^T B^T when the projection is adapted and `lora`), u, and the
+    /// LoRA path's input x * mask under dropout.
+    #[allow(clippy::type_complexity)]
+    fn linear_fwd(&self, x: &CudaTensor, w: &CudaLinear, layer: usize, proj: usize, lora: bool) -> Result<(CudaTensor, Option<CudaSlice<f32>>, Option<CudaTensor>)> {
         let t = x.rows;
         let (n, k) = (w.n, w.k);
         let adapter = if lora { self.loras.as_ref().and_then(|l| l.lookup[layer][proj].map(|i| (l, l.adapters[i]))) } else { None };
         // SAFETY: every element of y (and u) is written by the GEMMs below before any read.
         let mut y = unsafe { self.dev.alloc_uninit::<u16>(t * n) }?;
-        let u = match adapter {
+        let (u, xd) = match adapter {
             Some((l, a)) => {
                 let mut u = unsafe { self.dev.alloc_uninit::<f32>(t * l.r) }?;
                 let (pa, pb) = (l.p16.slice(a.off_a..a.off_a + l.r * k), l.p16.slice(a.off_b..a.off_b + n * l.r));
-                self.dev.lora_fwd(&x.data.as_view(), &w.weight.as_view(), &pa, &pb, l.scale, &mut y.as_view_mut(), &mut u.as_view_mut(), t, k, n, l.r)?;
-                Some(u)
+                match self.dropout_of(layer, proj) {
+                    None => {
+                        self.dev.lora_fwd(&x.data.as_view(), &w.weight.as_view(), &pa, &pb, l.scale, &mut y.as_view_mut(), &mut u.as_view_mut(), t, k, n, l.r)?;
+                        (Some(u), None)
+                    }
+                    Some(d) => {
+                        // SAFETY: `dropout` writes every element.
+                        let mut xd = CudaTensor { data: unsafe { self.dev.alloc_uninit::<u16>(t * k) }?, rows: t, cols: k };
+                        self.dev.dropout(&x.data.as_view(), &mut xd.data.as_view_mut(), d)?;
+                        let (xv, xdv) = (x.data.as_view(), xd.data.as_view());
+                        self.dev.lora_fwd_dropout(&xv, &xdv, &w.weight.as_view(), &pa, &pb, l.scale, &mut y.as_view_mut(), &mut u.as_view_mut(), t, k, n, l.r)?;
+                        (Some(u), Some(xd))
+                    }
+                }
             }
             None => {
                 self.dev.matmul(&x.data.as_view(), &w.weight.as_view(), None, &mut y.as_view_mut(), t, n, k, false)?;
-                None
+                (None, None)
             }
         };
-        Ok((CudaTensor { data: y, rows: t, cols: n }, u))
+        Ok((CudaTensor { data: y, rows: t, cols: n }, u, xd))
     }
 
     /// dx [T, K] = dy W (+ s (dy B) A), and the adapter's dA, dB accumulated.
@@ -396,6 +431,7 @@ impl CudaLearner {
         layer: usize,
         proj: usize,
         u: Option<&CudaSlice<f32>>,
+        dropout: Option<(&CudaTensor, Dropout)>,
     ) -> Result<CudaTensor> {
         let t = x.rows;
         let (n, k) = (w.n, w.k);
@@ -407,7 +443,13 @@ impl CudaLearner {
                 let (mut ga, mut gb) = l.g.split_at_mut(a.off_b);
                 let mut ga = ga.slice_mut(a.off_a..a.off_a + l.r * k);
                 let mut gb = gb.slice_mut(0..n * l.r);
-                dev.lora_bwd(&x.data.as_view(), &w.weight.as_view(), &pa, &pb, l.scale, &u.as_view(), &dy.data.as_view(), &mut dx.as_view_mut(), &mut ga, &mut gb, t, k, n, l.r, true)?;
+                match dropout {
+                    None => dev.lora_bwd(&x.data.as_view(), &w.weight.as_view(), &pa, &pb, l.scale, &u.as_view(), &dy.data.as_view(), &mut dx.as_view_mut(), &mut ga, &mut gb, t, k, n, l.r, true)?,
+                    Some((xd, d)) => {
+                        let (xdv, wv, uv, dyv) = (xd.data.as_view(), w.weight.as_view(), u.as_view(), dy.data.as_view());
+                        dev.lora_bwd_dropout(&xdv, &wv, &pa, &pb, l.scale, &uv, &dyv, &mut dx.as_view_mut(), &mut ga, &mut gb, t, k, n, l.r, true, d)?
+                    }
+                }
             }
             _ => dev.matmul_nn(&dy.data.as_view(), &w.weight.as_view(), &mut dx.as_view_mut(), t, k, n, false)?,
         }
@@ -438,9 +480,9 @@ impl CudaLearner {
         let (n1, w, n2) = self.decoder().layer_weights(li);
         let t = x.rows;
         let hn1 = be.rmsnorm(x, n1)?;
-        let (mut q, uq) = self.linear_fwd(&hn1, w[0], li, 0, lora)?;
-        let (mut k, uk) = self.linear_fwd(&hn1, w[1], li, 1, lora)?;
-        let (v, uv) = self.linear_fwd(&hn1, w[2], li, 2, lora)?;
+        let (mut q, uq, dq) = self.linear_fwd(&hn1, w[0], li, 0, lora)?;
+        let (mut k, uk, dk) = self.linear_fwd(&hn1, w[1], li, 1, lora)?;
+        let (v, uv, dv) = self.linear_fwd(&hn1, w[2], li, 2, lora)?;
         self.dev.rope_qk(&mut q.data.as_view_mut(), h, &mut k.data.as_view_mut(), hkv, &b.positions.as_view(), &self.inv_freq.as_view())?;
         // SAFETY: attention_fwd writes every row of out and lse (cu_seqlens covers all T rows).
         let mut attn = CudaTensor { data: unsafe { self.dev.alloc_uninit::<u16>(t * h * d) }?, rows: t, cols: h * d };
@@ -451,22 +493,24 @@ impl CudaLearner {
             let batch = self.attention_batch(b, &cu, sp.as_ref());
             self.dev.attention_fwd(&q.data.as_view(), &k.data.as_view(), &v.data.as_view(), &batch, &mut attn.data.as_view_mut(), &mut lse.as_view_mut())?;
         }
-        let (o, uo) = self.linear_fwd(&attn, w[3], li, 3, lora)?;
+        let (o, uo, do_) = self.linear_fwd(&attn, w[3], li, 3, lora)?;
         let mut x_mid = x.clone();
         be.add(&mut x_mid, &o)?;
         let hn2 = be.rmsnorm(&x_mid, n2)?;
-        let (gate, ug) = self.linear_fwd(&hn2, w[4], li, 4, lora)?;
-        let (up, uu) = self.linear_fwd(&hn2, w[5], li, 5, lora)?;
+        let (gate, ug, dg) = self.linear_fwd(&hn2, w[4], li, 4, lora)?;
+        let (up, uu, du) = self.linear_fwd(&hn2, w[5], li, 5, lora)?;
         let act = be.swiglu(&gate, &up)?;
-        let (down, ud) = self.linear_fwd(&act, w[6], li, 6, lora)?;
+        let (down, ud, dd) = self.linear_fwd(&act, w[6], li, 6, lora)?;
         let mut out = x_mid.clone();
         be.add(&mut out, &down)?;
-        Ok((out, LayerActs { hn1, q, k, v, attn, lse, x_mid, hn2, gate, up, act, u: [uq, uk, uv, uo, ug, uu, ud] }))
+        Ok((out, LayerActs { hn1, q, k, v, attn, lse, x_mid, hn2, gate, up, act, u: [uq, uk, uv, uo, ug, uu, ud], xd: [dq, dk, dv, do_, dg, du, dd] }))
     }
 
     /// The backward of layer li given d(output) `dx` (updated in place to d(input)).
     fn layer_bwd(&mut self, li: usize, x: &CudaTensor, b: &Batch, dx: &mut CudaTensor) -> Result<()> {
         let (_, a) = self.layer_fwd(li, x, b, true)?;
+        let drops: [Option<Dropout>; 7] = std::array::from_fn(|p| self.dropout_of(li, p));
+        let drop = |p: usize| a.xd[p].as_ref().zip(drops[p]);
         let attn_batch_scale = 1.0 / (self.pipe.model.cfg.text.head_dim as f32).sqrt();
         let CudaLearner { pipe, dev, loras, neg_inv_freq, .. } = self;
         let dev: &CudaDevice = dev;
@@ -481,17 +525,17 @@ impl CudaLearner {
             Ok(CudaTensor { data: unsafe { dev.alloc_uninit::<u16>(r.rows * r.cols) }?, rows: r.rows, cols: r.cols })
         };
         // out = x_mid + down(silu(gate) * up)
-        let dact = Self::linear_bwd(dev, loras.as_mut(), &a.act, dx, w[6], li, 6, a.u[6].as_ref())?;
+        let dact = Self::linear_bwd(dev, loras.as_mut(), &a.act, dx, w[6], li, 6, a.u[6].as_ref(), drop(6))?;
         let (mut dgate, mut dup) = (uninit_like(&a.gate)?, uninit_like(&a.up)?);
         dev.swiglu_backward(&a.gate.data.as_view(), &a.up.data.as_view(), &dact.data.as_view(), &mut dgate.data.as_view_mut(), &mut dup.data.as_view_mut())?;
-        let mut dhn2 = Self::linear_bwd(dev, loras.as_mut(), &a.hn2, &dgate, w[4], li, 4, a.u[4].as_ref())?;
-        let dh_u = Self::linear_bwd(dev, loras.as_mut(), &a.hn2, &dup, w[5], li, 5, a.u[5].as_ref())?;
+        let mut dhn2 = Self::linear_bwd(dev, loras.as_mut(), &a.hn2, &dgate, w[4], li, 4, a.u[4].as_ref(), drop(4))?;
+        let dh_u = Self::linear_bwd(dev, loras.as_mut(), &a.hn2, &dup, w[5], li, 5, a.u[5].as_ref(), drop(5))?;
         be.add(&mut dhn2, &dh_u)?;
         let mut dxm = uninit_like(&a.x_mid)?;
         dev.rmsnorm_backward(&a.x_mid.data.as_view(), &n2.weight.as_view(), &dhn2.data.as_view(), eps, &mut dxm.data.as_view_mut())?;
         be.add(dx, &dxm)?; // dx is now d(x_mid)
         // x_mid = x + o(attention(rope(q(hn1)), rope(k(hn1)), v(hn1)))
-        let dattn = Self::linear_bwd(dev, loras.as_mut(), &a.attn, dx, w[3], li, 3, a.u[3].as_ref())?;
+        let dattn = Self::linear_bwd(dev, loras.as_mut(), &a.attn, dx, w[3], li, 3, a.u[3].as_ref(), drop(3))?;
         let (mut dq, mut dk, mut dv) = (uninit_like(&a.q)?, uninit_like(&a.k)?, uninit_like(&a.v)?);
         {
             let cu = b.cu_seqlens.as_view();
@@ -522,10 +566,10 @@ impl CudaLearner {
             )?;
         }
         dev.rope_backward_qk(&mut dq.data.as_view_mut(), h, &mut dk.data.as_view_mut(), hkv, &b.positions.as_view(), &neg_inv_freq.as_view())?;
-        let mut dhn1 = Self::linear_bwd(dev, loras.as_mut(), &a.hn1, &dq, w[0], li, 0, a.u[0].as_ref())?;
-        let dh_k = Self::linear_bwd(dev, loras.as_mut(), &a.hn1, &dk, w[1], li, 1, a.u[1].as_ref())?;
+        let mut dhn1 = Self::linear_bwd(dev, loras.as_mut(), &a.hn1, &dq, w[0], li, 0, a.u[0].as_ref(), drop(0))?;
+        let dh_k = Self::linear_bwd(dev, loras.as_mut(), &a.hn1, &dk, w[1], li, 1, a.u[1].as_ref(), drop(1))?;
         be.add(&mut dhn1, &dh_k)?;
-        let dh_v = Self::linear_bwd(dev, loras.as_mut(), &a.hn1, &dv, w[2], li, 2, a.u[2].as_ref())?;
+        let dh_v = Self::linear_bwd(dev, loras.as_mut(), &a.hn1, &dv, w[2], li, 2, a.u[2].as_ref(), drop(2))?;
         be.add(&mut dhn1, &dh_v)?;
         let mut dxi = uninit_like(x)?;
         dev.rmsnorm_backward(&x.data.as_view(), &n1.weight.as_view(), &dhn1.data.as_view(), eps, &mut dxi.data.as_view_mut())?;
@@ -648,7 +692,9 @@ impl CudaLearner {
     /// Summed response log-probs (chosen, rejected) of the reference policy: the model with its
     /// adapters off (the same kernels, so an untrained adapter's B = 0 gives the same values).
     pub fn reference_logps(&mut self, pair: &Pair) -> Result<(f64, f64)> {
-        // The reference embeds images without tapes (nothing flows back).
+        // The reference embeds images without tapes (nothing flows back) and has no adapters
+        // (so no dropout).
+        self.dropout_seed = None;
         let saved = self.projector.take();
         let prepared = self.prepare(pair);
         self.projector = saved;
@@ -663,8 +709,11 @@ impl CudaLearner {
 
     /// One pair's DPO loss, with its gradients added to the step's (raw; `weight` is applied at
     /// the step). `alpha` = 0 is plain DPO, 1/1024 STIC's. Returns the loss and the tokens run.
-    pub fn dpo_pair(&mut self, pair: &Pair, reference: (f64, f64), beta: f64, alpha: f64, weight: f32) -> Result<(DpoOut, usize)> {
+    /// `dropout_seed`: the step's LoRA dropout seed (the trainer's `StepOpts::dropout_seed`; the
+    /// masks are the CPU's).
+    pub fn dpo_pair(&mut self, pair: &Pair, reference: (f64, f64), beta: f64, alpha: f64, weight: f32, dropout_seed: Option<u64>) -> Result<(DpoOut, usize)> {
         self.loras()?;
+        self.dropout_seed = dropout_seed;
         if self.pending_w.is_some_and(|w| w != weight) {
             return Err(Error::Input(format!("examples of one step must share a weight ({:?} then {weight})", self.pending_w)));
         }
@@ -736,8 +785,9 @@ impl CudaLearner {
     /// One conversation's SFT loss (mean negative log-likelihood of the answer tokens, as
     /// [`super::sft_grads`]), with its gradients added to the step's (raw; `weight` is applied at
     /// the step). Returns the loss and the tokens run.
-    pub fn sft_example(&mut self, turns: &[(String, String)], images: &[crate::image::RgbImage], weight: f32) -> Result<(f64, usize)> {
+    pub fn sft_example(&mut self, turns: &[(String, String)], images: &[crate::image::RgbImage], weight: f32, dropout_seed: Option<u64>) -> Result<(f64, usize)> {
         self.loras()?;
+        self.dropout_seed = dropout_seed;
         if self.pending_w.is_some_and(|w| w != weight) {
             return Err(Error::Input(format!("examples of one step must share a weight ({:?} then {weight})", self.pending_w)));
         }
@@ -1010,8 +1060,8 @@ pub fn train_dpo(pipe: Pipeline<Cuda>, data: &Path, out: &Path, args: &TrainArgs
     let (pairs, keys) = crate::trainer::read_pairs(&pipe, data)?;
     let mut learner = CudaLearner::new(pipe, args)?;
     let refs = crate::trainer::reference_cache(&keys, out, resume, |i| learner.reference_logps(&pairs[i]))?;
-    crate::trainer::train_loop(&mut learner, pairs.len(), out, args, resume, stop_after, |l, i, _opts, w| {
-        let (o, tokens) = l.dpo_pair(&pairs[i], refs[i], args.beta, args.sft_weight, w)?;
+    crate::trainer::train_loop(&mut learner, pairs.len(), out, args, resume, stop_after, |l, i, opts, w| {
+        let (o, tokens) = l.dpo_pair(&pairs[i], refs[i], args.beta, args.sft_weight, w, opts.dropout_seed)?;
         Ok(ExampleOut { loss: o.loss, rewards: Some((o.chosen_reward, o.rejected_reward)), tokens })
     })
 }
@@ -1029,8 +1079,8 @@ pub fn train_sft(
 ) -> Result<Vec<crate::trainer::LogLine>> {
     let (examples, images) = crate::trainer::read_sft_data(data, image_folder)?;
     let mut learner = CudaLearner::new(pipe, args)?;
-    crate::trainer::train_loop(&mut learner, examples.len(), out, args, resume, stop_after, |l, i, _opts, w| {
-        let (loss, tokens) = l.sft_example(&examples[i].1, &images[i], w)?;
+    crate::trainer::train_loop(&mut learner, examples.len(), out, args, resume, stop_after, |l, i, opts, w| {
+        let (loss, tokens) = l.sft_example(&examples[i].1, &images[i], w, opts.dropout_seed)?;
         Ok(ExampleOut { loss, rewards: None, tokens })
     })
 }

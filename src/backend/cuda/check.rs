@@ -238,6 +238,13 @@ pub fn checks() -> Vec<Check> {
     for &g in LORA_SHAPES {
         add("lora", "lora_fwd_bwd", g.shape(), Box::new(move |s| lora_case(g, s)));
     }
+    // LoRA dropout: the masks (exact), and the LoRA layer with a dropped input.
+    for &(n, pr, off) in &[(3300 * 4096, 0.05f32, 8), (1000, 0.5, 3), (7, 0.1, 1)] {
+        add("dropout", "dropout", format!("[{n}] p {pr}{}", if off % 8 != 0 { " misaligned" } else { "" }), Box::new(move |s| dropout_case(n, pr, off, s)));
+    }
+    for &(m, k, n, r, off) in &[(300, 4096, 4096, 16, 8), (70, 130, 200, 40, 3)] {
+        add("lora", "lora_dropout_fwd_bwd", format!("M={m} K={k} N={n} r={r} p 0.1{}", if off % 8 != 0 { " misaligned" } else { "" }), Box::new(move |s| lora_dropout_case(m, k, n, r, off, s)));
+    }
     for g in logprob_shapes() {
         add("logprob", "logprob_fwd_bwd", g.shape(), Box::new(move |s| logprob_case(&g, s)));
     }
@@ -1969,6 +1976,93 @@ fn lora_case(g: LoraShape, seed: u64) -> Case {
                 r,
                 false,
             )?;
+            Ok(vec![
+                download_bf16(dev, &y, off, m * n)?,
+                download_f32(dev, &u, off, m * r)?,
+                download_bf16(dev, &dx, off, m * k)?,
+                download_f32(dev, &da, off, r * k)?,
+                download_f32(dev, &db, off, n * r)?,
+            ])
+        }),
+    }
+}
+
+/// `dropout`: y = bf16(x * mask) with the CPU's mask (`nn::dropout_mask`), exactly.
+fn dropout_case(n: usize, p: f32, off: usize, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let x = rng.bf16s(n, 0.01, 4.0);
+    let mseed = rng.next_u64();
+    let mask = crate::nn::dropout_mask(n, p, mseed);
+    let want: Vec<u16> = x.iter().zip(&mask).map(|(&v, &mk)| half::bf16::from_f32(half::bf16::from_bits(v).to_f32() * mk).to_bits()).collect();
+    Case {
+        expect: vec![Expected::Bf16 { name: "y", bits: want }],
+        device: Box::new(move |dev| {
+            let dx = upload(dev, &x, off, POISON_BF16)?;
+            let mut y = poisoned(dev, n, off, POISON_BF16)?;
+            dev.dropout(&dx.slice(off..off + n), &mut y.slice_mut(off..off + n), super::Dropout { seed: mseed, p })?;
+            Ok(vec![download_bf16(dev, &y, off, n)?])
+        }),
+    }
+}
+
+/// `lora_fwd_dropout` + `lora_bwd_dropout` (p 0.1): the base product on x, the LoRA path on
+/// x_drop = bf16(x * mask) (the `dropout` kernel's output, checked exactly above), dx's LoRA
+/// term masked. References: the CPU LoRA functions on x_drop with a zero base weight for the
+/// LoRA terms, `matmul_t` / `matmul` for the base ones (f64 on the bf16 inputs, and f32).
+fn lora_dropout_case(m: usize, k: usize, n: usize, r: usize, off: usize, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let x = rng.bf16s(m * k, 0.01, 2.0);
+    let w = rng.bf16s(n * k, 1.0 / 256.0, 0.125);
+    let a = rng.bf16s(r * k, 1.0 / 256.0, 0.06);
+    let b = rng.bf16s(n * r, 1.0 / 256.0, 0.5 / (r as f64).sqrt());
+    let dy = rng.bf16s(m * n, 0.01, 1.0);
+    let scale = 16.0f32 / r as f32;
+    let d = super::Dropout { seed: rng.next_u64(), p: 0.1 };
+    let mask = crate::nn::dropout_mask(m * k, d.p, d.seed);
+    let xd: Vec<u16> = x.iter().zip(&mask).map(|(&v, &mk)| half::bf16::from_f32(half::bf16::from_bits(v).to_f32() * mk).to_bits()).collect();
+    // y = x W^T + [0 + s (xd A^T) B^T]; dx = dy W + mask * [s (dy B) A]; dA, dB from xd.
+    #[allow(clippy::too_many_arguments)]
+    fn refs<T: crate::backend::cpu::matmul::Scalar + std::ops::Mul<Output = T> + std::ops::AddAssign>(
+        x: &[T], xd: &[T], w: &[T], a: &[T], b: &[T], dy: &[T], mask: &[T], s: T, (m, k, n, r): (usize, usize, usize, usize),
+    ) -> [Vec<T>; 5] {
+        let zero = vec![T::zero(); n * k];
+        let mut y = cpu::matmul_t(x, w, m, k, n);
+        y.iter_mut().zip(cpu::lora_fwd(xd, &zero, Some((a, b, s)), m, k, n)).for_each(|(o, v)| *o += v);
+        let u = cpu::matmul_t(xd, a, m, k, r);
+        let (lx, g) = cpu::lora_bwd(xd, &zero, Some((a, b, s)), dy, m, k, n);
+        let mut dx = cpu::matmul(dy, w, m, n, k);
+        dx.iter_mut().zip(lx.iter().zip(mask)).for_each(|(o, (&v, &mk))| *o += v * mk);
+        let (da, db) = g.expect("lora grads");
+        [y, u, dx, da, db]
+    }
+    let dims = (m, k, n, r);
+    let mask64: Vec<f64> = mask.iter().map(|&v| v as f64).collect();
+    let [y_ref, u_ref, dx_ref, da_ref, db_ref] = refs(&widen64(&x), &widen64(&xd), &widen64(&w), &widen64(&a), &widen64(&b), &widen64(&dy), &mask64, scale as f64, dims);
+    let [y_cpu, u_cpu, dx_cpu, da_cpu, db_cpu] = refs(&widen(&x), &widen(&xd), &widen(&w), &widen(&a), &widen(&b), &widen(&dy), &mask, scale, dims);
+    let expect = vec![
+        Expected::Close { name: "y", reference: y_ref, cpu: y_cpu },
+        Expected::CloseF32 { name: "u", reference: u_ref, cpu: u_cpu },
+        Expected::Close { name: "dx", reference: dx_ref, cpu: dx_cpu },
+        Expected::CloseF32 { name: "dA", reference: da_ref, cpu: da_cpu },
+        Expected::CloseF32 { name: "dB", reference: db_ref, cpu: db_cpu },
+    ];
+    let poison_f32 = f32::from_bits(POISON_U32);
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let (dxi, dw, da_in, db_in, ddy) = (upload(dev, &x, off, POISON_BF16)?, upload(dev, &w, off, POISON_BF16)?, upload(dev, &a, off, POISON_BF16)?, upload(dev, &b, off, POISON_BF16)?, upload(dev, &dy, off, POISON_BF16)?);
+            let (xv, wv, av, bv) = (dxi.slice(off..off + m * k), dw.slice(off..off + n * k), da_in.slice(off..off + r * k), db_in.slice(off..off + n * r));
+            let mut xdrop = poisoned(dev, m * k, off, POISON_BF16)?;
+            dev.dropout(&xv, &mut xdrop.slice_mut(off..off + m * k), d)?;
+            let xdv = xdrop.slice(off..off + m * k);
+            let mut y = poisoned(dev, m * n, off, POISON_BF16)?;
+            let mut u = poisoned(dev, m * r, off, poison_f32)?;
+            dev.lora_fwd_dropout(&xv, &xdv, &wv, &av, &bv, scale, &mut y.slice_mut(off..off + m * n), &mut u.slice_mut(off..off + m * r), m, k, n, r)?;
+            let mut dx = poisoned(dev, m * k, off, POISON_BF16)?;
+            let mut da = poisoned(dev, r * k, off, poison_f32)?;
+            let mut db = poisoned(dev, n * r, off, poison_f32)?;
+            let (uv, dyv) = (u.slice(off..off + m * r), ddy.slice(off..off + m * n));
+            dev.lora_bwd_dropout(&xdv, &wv, &av, &bv, scale, &uv, &dyv, &mut dx.slice_mut(off..off + m * k), &mut da.slice_mut(off..off + r * k), &mut db.slice_mut(off..off + n * r), m, k, n, r, false, d)?;
             Ok(vec![
                 download_bf16(dev, &y, off, m * n)?,
                 download_f32(dev, &u, off, m * r)?,

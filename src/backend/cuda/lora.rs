@@ -59,16 +59,57 @@ impl CudaDevice {
         n: usize,
         r: usize,
     ) -> Result<()> {
-        let op = "lora_fwd";
+        self.lora_fwd_impl("lora_fwd", x, x, w, a, b, scale, y, u, m, k, n, r)
+    }
+
+    /// [`Self::lora_fwd`] under LoRA dropout: the base product takes x, the LoRA path x_drop =
+    /// x * mask (from [`Self::dropout`]): y = bf16(x W^T + s (x_drop A^T) B^T), u = x_drop A^T.
+    /// Reference: [`crate::backend::cpu::lora::lora_fwd_masked`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn lora_fwd_dropout(
+        &self,
+        x: &CudaView<'_, u16>,
+        x_drop: &CudaView<'_, u16>,
+        w: &CudaView<'_, u16>,
+        a: &CudaView<'_, u16>,
+        b: &CudaView<'_, u16>,
+        scale: f32,
+        y: &mut CudaViewMut<'_, u16>,
+        u: &mut CudaViewMut<'_, f32>,
+        m: usize,
+        k: usize,
+        n: usize,
+        r: usize,
+    ) -> Result<()> {
+        self.lora_fwd_impl("lora_fwd_dropout", x, x_drop, w, a, b, scale, y, u, m, k, n, r)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn lora_fwd_impl(
+        &self,
+        op: &'static str,
+        x: &CudaView<'_, u16>,
+        x_lora: &CudaView<'_, u16>,
+        w: &CudaView<'_, u16>,
+        a: &CudaView<'_, u16>,
+        b: &CudaView<'_, u16>,
+        scale: f32,
+        y: &mut CudaViewMut<'_, u16>,
+        u: &mut CudaViewMut<'_, f32>,
+        m: usize,
+        k: usize,
+        n: usize,
+        r: usize,
+    ) -> Result<()> {
         let shapes = || format!("x [{m}, {k}], w [{n}, {k}], a [{r}, {k}], b [{n}, {r}] -> y [{m}, {n}], u [{m}, {r}]");
         check_dims(op, &shapes, m, k, n, r)?;
-        let want = [("x", x.len(), m * k), ("w", w.len(), n * k), ("a", a.len(), r * k), ("b", b.len(), n * r), ("y", y.len(), m * n), ("u", u.len(), m * r)];
+        let want = [("x", x.len(), m * k), ("x_lora", x_lora.len(), m * k), ("w", w.len(), n * k), ("a", a.len(), r * k), ("b", b.len(), n * r), ("y", y.len(), m * n), ("u", u.len(), m * r)];
         check_lens(op, &shapes, &want)?;
         if m == 0 {
             return Ok(());
         }
-        // 1. u = x A^T: A_mat = x (i = row of x, k), B_mat[k, j] = a[j * K + k].
-        self.lora_gemm_f32(op, &shapes, "lora_gemm_bb_f32", x, Strides(k as u64, 1), a, Strides(1, k as u64), u, m, r, k, 1.0, false)?;
+        // 1. u = x A^T (the LoRA path's x): A_mat = x (i = row of x, k), B_mat[k, j] = a[j * K + k].
+        self.lora_gemm_f32(op, &shapes, "lora_gemm_bb_f32", x_lora, Strides(k as u64, 1), a, Strides(1, k as u64), u, m, r, k, 1.0, false)?;
         // 2. base = x W^T (f32).
         // SAFETY: `matmul` writes all M x N elements before the epilogue reads them (same stream).
         let mut base = unsafe { self.alloc_uninit::<f32>(m * n) }?;
@@ -101,7 +142,57 @@ impl CudaDevice {
         r: usize,
         accumulate: bool,
     ) -> Result<()> {
-        let op = "lora_bwd";
+        self.lora_bwd_impl("lora_bwd", x, w, a, b, scale, u, dy, dx, da, db, m, k, n, r, accumulate, None)
+    }
+
+    /// [`Self::lora_bwd`] under LoRA dropout, given the forward's x_drop (x * mask) and u =
+    /// x_drop A^T: dx = bf16(dy W + mask * (s (dy B) A)) (the mask regenerated from `d`), dA = s
+    /// (dy B)^T x_drop, dB = s dy^T u. Reference: [`crate::backend::cpu::lora::lora_bwd_masked`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn lora_bwd_dropout(
+        &self,
+        x_drop: &CudaView<'_, u16>,
+        w: &CudaView<'_, u16>,
+        a: &CudaView<'_, u16>,
+        b: &CudaView<'_, u16>,
+        scale: f32,
+        u: &CudaView<'_, f32>,
+        dy: &CudaView<'_, u16>,
+        dx: &mut CudaViewMut<'_, u16>,
+        da: &mut CudaViewMut<'_, f32>,
+        db: &mut CudaViewMut<'_, f32>,
+        m: usize,
+        k: usize,
+        n: usize,
+        r: usize,
+        accumulate: bool,
+        d: super::Dropout,
+    ) -> Result<()> {
+        self.lora_bwd_impl("lora_bwd_dropout", x_drop, w, a, b, scale, u, dy, dx, da, db, m, k, n, r, accumulate, Some(d))
+    }
+
+    /// `x` is the LoRA path's input (x_drop under dropout): it only enters dA.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_bwd_impl(
+        &self,
+        op: &'static str,
+        x: &CudaView<'_, u16>,
+        w: &CudaView<'_, u16>,
+        a: &CudaView<'_, u16>,
+        b: &CudaView<'_, u16>,
+        scale: f32,
+        u: &CudaView<'_, f32>,
+        dy: &CudaView<'_, u16>,
+        dx: &mut CudaViewMut<'_, u16>,
+        da: &mut CudaViewMut<'_, f32>,
+        db: &mut CudaViewMut<'_, f32>,
+        m: usize,
+        k: usize,
+        n: usize,
+        r: usize,
+        accumulate: bool,
+        dropout: Option<super::Dropout>,
+    ) -> Result<()> {
         let shapes = || {
             format!("x [{m}, {k}], w [{n}, {k}], a [{r}, {k}], b [{n}, {r}], u [{m}, {r}], dy [{m}, {n}] -> dx [{m}, {k}], da [{r}, {k}], db [{n}, {r}]")
         };
@@ -134,8 +225,17 @@ impl CudaDevice {
         // SAFETY: `matmul_nn` writes all M x K elements before the epilogue reads them.
         let mut base = unsafe { self.alloc_uninit::<f32>(m * k) }?;
         self.matmul_nn(dy, w, &mut base.as_view_mut(), m, k, n, false)?;
-        // 3. dx = bf16(base + s v A): B_mat[k = rank, j = col] = a[rank * K + col].
-        self.lora_epilogue(op, &shapes, &v.as_view(), Strides(r64, 1), a, Strides(k64, 1), dx, &base.as_view(), m, k, r, scale)?;
+        // 3. dx = bf16(base + s v A): B_mat[k = rank, j = col] = a[rank * K + col]. Under
+        // dropout the LoRA term is masked: t = s v A (f32), then dx = bf16(base + mask * t).
+        match dropout {
+            None => self.lora_epilogue(op, &shapes, &v.as_view(), Strides(r64, 1), a, Strides(k64, 1), dx, &base.as_view(), m, k, r, scale)?,
+            Some(d) => {
+                // SAFETY: the GEMM writes all M x K elements of t before dropout_add reads them.
+                let mut t = unsafe { self.alloc_uninit::<f32>(m * k) }?;
+                self.lora_gemm_f32(op, &shapes, "lora_gemm_fb_f32", &v.as_view(), Strides(r64, 1), a, Strides(k64, 1), &mut t.as_view_mut(), m, k, r, scale, false)?;
+                self.dropout_add(&base.as_view(), &t.as_view(), dx, d)?;
+            }
+        }
         // 4. dB [N, r] = s dy^T u: A_mat[i = n, k = m] = dy[m * N + n], B_mat[k = m, j] = u[m * r + j].
         self.lora_gemm_f32(op, &shapes, "lora_gemm_bf_f32", dy, Strides(1, n64), u, Strides(r64, 1), db, n, r, m, scale, accumulate)?;
         // 5. dA [r, K] = s v^T x: A_mat[i = rank, k = m] = v[m * r + rank], B_mat[k = m, j] = x[m * K + j].

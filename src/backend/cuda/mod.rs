@@ -23,13 +23,14 @@
 //! | `attention.rs` | `attention`, `attention_with_max_len` (fused forward over a slotted KV cache, GQA, a key range per row; split-KV flash-decoding `attention_split` + `attention_combine` when few rows have long ranges) | `kernels/attention.cu` |
 //! | `attention_train.rs` | `attention_fwd`, `attention_bwd` (tensor-core FlashAttention-2 over a packed varlen batch: causal / window / DPO shared-prefix masks, GQA, D 64 and 128, lse) | `kernels/attention_train.cu` |
 //! | `attention_hopper.rs` | `attention_fwd_kernel` (picks the forward kernel: `STIC_ATTENTION=mma\|hopper\|auto`), `attention_hopper_available`; the Hopper forward (wgmma + TMA, warp-specialised, sm_90a) | `kernels/attention_hopper.cu` |
-//! | `matmul.rs` | `matmul` (bf16 x bf16 -> bf16 or f32, + bias, + y), `matmul_nn` (w [K, N], no transpose) | cuBLASLt (`libcublasLt`, loaded on first use) |
-//! | `lora.rs` | `lora_fwd`, `lora_bwd` (LoRA linear layer: strided f32 GEMMs `lora_gemm_*`, the rounding epilogue, split-K reduce; the base GEMM is cuBLASLt's) | `kernels/lora.cu` |
+//! | `matmul.rs` | `matmul` (bf16 x bf16 -> bf16 or f32, + bias, + y), `matmul_nn` (w [K, N], no transpose), `matmul_tn` (x [K, M] transposed: weight gradients) | cuBLASLt (`libcublasLt`, loaded on first use) |
+//! | `lora.rs` | `lora_fwd`, `lora_bwd`, `lora_fwd_dropout`, `lora_bwd_dropout` (LoRA linear layer: strided f32 GEMMs `lora_gemm_*`, the rounding epilogue, split-K reduce; the base GEMM is cuBLASLt's) | `kernels/lora.cu` |
 //! | `logprob.rs` | `logprob(_chunked)`, `logprob_backward(_chunked)` (lm_head + log-softmax + target gather over vocabulary chunks: `logprob_fold`, `logprob_dlogits`, GEMMs by cuBLASLt) | `kernels/logprob.cu` |
 //! | `copy.rs` | `scatter_rows`, `concat_cols` | `kernels/copy.cu` |
 //! | `add.rs` | `add` | `kernels/add.cu` |
-//! | `adamw.rs` | `adamw` (one fused step over every trainable tensor) | `kernels/adamw.cu` |
+//! | `adamw.rs` | `adamw` (one fused step over every trainable tensor, with a gradient scale), `grad_sumsq` (the clipping norm) | `kernels/adamw.cu` |
 //! | `dpo.rs` | `dpo` (DPO / STIC loss, rewards and d loss / d logp per token, over a batch of pairs) | `kernels/dpo.cu` |
+//! | `dropout.rs` | `dropout`, `dropout_add` (LoRA dropout with the CPU's SplitMix64 masks) | `kernels/dropout.cu` |
 //!
 //! `engine.rs` is [`Cuda`], the [`crate::backend::Backend`] built from these methods: the model
 //! code runs on it unchanged.
@@ -48,6 +49,7 @@ mod cast;
 pub mod check;
 mod copy;
 mod dpo;
+mod dropout;
 mod device;
 mod embedding;
 pub mod nvtx;
@@ -65,6 +67,7 @@ pub use attention_train::{AttnTrainMask, VarlenAttn};
 pub use attention_hopper::AttnFwdKernel;
 pub use adamw::AdamWTensor;
 pub use dpo::DpoSpans;
+pub use dropout::Dropout;
 pub use device::{cuda_available, CudaDevice};
 pub use engine::{Cuda, CudaLinear, CudaLogits, CudaTensor};
 pub use logprob::LOGPROB_CHUNK;
