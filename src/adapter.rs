@@ -30,7 +30,8 @@ const LM_PREFIXES: [&str; 2] = ["model.language_model.layers.", "language_model.
 const PROJECTOR_PREFIXES: [&str; 2] = ["base_model.model.model.multi_modal_projector.", "base_model.model.multi_modal_projector."];
 /// The file of a projector-only run.
 pub const PROJECTOR_FILE: &str = "multi_modal_projector.safetensors";
-const PROJECTOR_KEY: &str = "multi_modal_projector.";
+/// The key prefix of the projector-only file's tensors.
+pub const PROJECTOR_KEY: &str = "multi_modal_projector.";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdapterConfig {

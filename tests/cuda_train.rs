@@ -179,8 +179,11 @@ fn train_sft_cuda_matches_cpu() {
     }
     let dir = tiny64("cuda-train-sft");
     let data = fixtures().join("sft/llava.json");
-    let (cpu, gpu) = train_both("train-sft", &dir, &data, &["--projector-lr", "1e-2"], "sft");
+    let (cpu, gpu) = train_both("train-sft", &dir, &data, &["--lora-r", "4", "--lora-alpha", "8", "--projector-lr", "1e-2"], "sft");
     compare_outputs(&cpu, &gpu, LR, "train-sft");
+    // The projector alone (LLaVA's alignment stage): multi_modal_projector.safetensors.
+    let (cpu, gpu) = train_both("train-sft", &dir, &data, &["--lora-r", "0", "--projector-lr", "1e-2"], "sft-projector");
+    compare_outputs(&cpu, &gpu, LR, "train-sft, projector only");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -206,7 +209,11 @@ fn train_dpo_cuda_matches_cpu() {
 /// `train-dpo` on both devices (with the projector trained when `projector`), compared.
 fn compare_runs(dir: &std::path::Path, data: &std::path::Path, projector: bool) {
     // The projector run also uses LoRA dropout (the same masks on both devices).
-    let extra: &[&str] = if projector { &["--sft-weight", "0.0009765625", "--projector-lr", "1e-2", "--lora-dropout", "0.1"] } else { &["--sft-weight", "0.0009765625"] };
+    let extra: &[&str] = if projector {
+        &["--lora-r", "4", "--lora-alpha", "8", "--sft-weight", "0.0009765625", "--projector-lr", "1e-2", "--lora-dropout", "0.1"]
+    } else {
+        &["--lora-r", "4", "--lora-alpha", "8", "--sft-weight", "0.0009765625"]
+    };
     let (cpu, gpu) = train_both("train-dpo", dir, data, extra, &format!("dpo-{projector}"));
     compare_outputs(&cpu, &gpu, LR, &format!("train-dpo (projector trained: {projector})"));
 }
@@ -220,7 +227,7 @@ fn train_both(cmd: &str, dir: &std::path::Path, data: &std::path::Path, extra: &
         let out = dir.join(format!("out-{tag}-{device}"));
         let mut args = vec![
             cmd, "--model", dir.to_str().unwrap(), "--random-weights", "--weights-seed", "7", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
-            "--lora-r", "4", "--lora-alpha", "8", "--lr", "1e-2", "--max-steps", "2", "--warmup-ratio", "0", "--seed", "3", "--quiet", "--device", device,
+            "--lr", "1e-2", "--max-steps", "2", "--warmup-ratio", "0", "--seed", "3", "--quiet", "--device", device,
         ];
         args.extend_from_slice(extra);
         let (ok, err) = stic(&args);
@@ -240,7 +247,10 @@ fn compare_outputs(cpu: &std::path::Path, gpu: &std::path::Path, lr: f32, what: 
     for (s, (c, g)) in lc.iter().zip(&lg).enumerate() {
         assert!((g - c).abs() <= 2e-2 * (1.0 + c.abs()), "{what}: step {} loss: gpu {g} vs cpu {c}", s + 1);
     }
-    let read = |d: &std::path::Path| stic::weights::WeightStore::from_files(d, &[d.join("adapter_model.safetensors")]).unwrap();
+    let read = |d: &std::path::Path| {
+        let f = ["adapter_model.safetensors", stic::adapter::PROJECTOR_FILE].iter().map(|f| d.join(f)).find(|p| p.exists()).expect("an adapter or projector file");
+        stic::weights::WeightStore::from_files(d, &[f]).unwrap()
+    };
     let (wc, wg) = (read(cpu), read(gpu));
     let names: Vec<String> = wc.names().map(str::to_string).collect();
     assert!(!names.is_empty());

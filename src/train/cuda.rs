@@ -39,8 +39,15 @@
 //! LoRA path takes x * mask (`lora_fwd_dropout`), its dx is masked (`lora_bwd_dropout`), and the
 //! recomputed forward of the backward regenerates the same masks.
 //!
-//! Not supported here yet (clear errors): projector-only runs
-//! (LoRA rank 0), biases on the decoder's projections (LLaMA, Vicuna and Mistral have none), SFT.
+//! SFT (`train_sft`, `stic train-sft --device cuda`): one conversation as a plain causal sequence,
+//! the mean negative log-likelihood of its answer tokens (as [`super::sft_grads`]), through the
+//! same forward and backward (`CudaLearner::sft_example`).
+//!
+//! Projector-only runs (`--lora-r 0 --projector-lr LR`, LLaVA's alignment stage) train the
+//! projector alone and save `multi_modal_projector.safetensors`, as on the CPU.
+//!
+//! Not supported here (a clear error): biases on the decoder's projections (LLaMA, Vicuna and
+//! Mistral have none).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -190,9 +197,6 @@ pub struct CudaLearner {
 
 impl CudaLearner {
     pub fn new(pipe: Pipeline<Cuda>, args: &TrainArgs) -> Result<Self> {
-        if args.lora.r == 0 && args.init_adapter.is_none() {
-            return Err(Error::Input("projector-only training (LoRA rank 0) on --device cuda is not supported yet: train it on the CPU".into()));
-        }
         let dev = pipe.model.decoder.backend().device().clone();
         let tc = &pipe.model.cfg.text;
         for li in 0..pipe.model.decoder.n_layers() {
@@ -278,6 +282,30 @@ impl CudaLearner {
         Ok(())
     }
 
+    /// The projector's parameters from `ws` (keys `prefix` + name): into the f32 masters when the
+    /// projector trains, and into the bf16 weights the model runs with either way (as the CPU's
+    /// `load_adapter` does).
+    fn load_projector(&mut self, ws: crate::weights::WeightStore, prefix: &str) -> Result<()> {
+        let training = self.projector.is_some();
+        let mut st = match self.projector.take() {
+            Some(st) => st,
+            None => self.projector_state()?,
+        };
+        let mut host = vec![0f32; st.p.len()];
+        for (name, shape, off) in &st.params {
+            let t = ws.get(&format!("{prefix}{name}"), shape)?;
+            host[*off..off + t.data().len()].copy_from_slice(t.data());
+        }
+        ws.finish()?;
+        st.p = self.dev.htod(&host)?;
+        self.projector = Some(st);
+        self.refresh_projector()?;
+        if !training {
+            self.projector = None;
+        }
+        Ok(())
+    }
+
     /// A column of `n` ones (bf16).
     fn ones(&mut self, n: usize) -> Result<CudaView<'_, u16>> {
         if self.ones.as_ref().is_none_or(|o| o.len() < n) {
@@ -339,9 +367,18 @@ impl CudaLearner {
         self.loras.as_ref().ok_or_else(|| Error::Input("no adapters attached: init or load them first".into()))
     }
 
+    /// Something trains: adapters, the projector, or both (projector only: LLaVA's alignment
+    /// stage, `--lora-r 0 --projector-lr LR`).
+    fn check_trainable(&self) -> Result<()> {
+        if self.loras.is_none() && self.projector.is_none() {
+            return Err(Error::Input("nothing to train: no adapters attached and the projector does not train".into()));
+        }
+        Ok(())
+    }
+
     /// The adapters back on the host.
     fn download(&self) -> Result<Vec<(usize, &'static str, Lora)>> {
-        let l = self.loras()?;
+        let Some(l) = &self.loras else { return Ok(Vec::new()) };
         let p = self.dev.dtoh(&l.p)?;
         l.adapters
             .iter()
@@ -712,7 +749,7 @@ impl CudaLearner {
     /// `dropout_seed`: the step's LoRA dropout seed (the trainer's `StepOpts::dropout_seed`; the
     /// masks are the CPU's).
     pub fn dpo_pair(&mut self, pair: &Pair, reference: (f64, f64), beta: f64, alpha: f64, weight: f32, dropout_seed: Option<u64>) -> Result<(DpoOut, usize)> {
-        self.loras()?;
+        self.check_trainable()?;
         self.dropout_seed = dropout_seed;
         if self.pending_w.is_some_and(|w| w != weight) {
             return Err(Error::Input(format!("examples of one step must share a weight ({:?} then {weight})", self.pending_w)));
@@ -786,7 +823,7 @@ impl CudaLearner {
     /// [`super::sft_grads`]), with its gradients added to the step's (raw; `weight` is applied at
     /// the step). Returns the loss and the tokens run.
     pub fn sft_example(&mut self, turns: &[(String, String)], images: &[crate::image::RgbImage], weight: f32, dropout_seed: Option<u64>) -> Result<(f64, usize)> {
-        self.loras()?;
+        self.check_trainable()?;
         self.dropout_seed = dropout_seed;
         if self.pending_w.is_some_and(|w| w != weight) {
             return Err(Error::Input(format!("examples of one step must share a weight ({:?} then {weight})", self.pending_w)));
@@ -905,32 +942,20 @@ impl Learner for CudaLearner {
     }
 
     fn load_adapter(&mut self, dir: &Path) -> Result<()> {
+        let pfile = dir.join(crate::adapter::PROJECTOR_FILE);
+        if !dir.join("adapter_config.json").exists() && pfile.exists() {
+            // A projector-only folder (LLaVA's alignment stage).
+            let ws = crate::weights::WeightStore::from_files(dir, &[pfile])?;
+            return self.load_projector(ws, crate::adapter::PROJECTOR_KEY);
+        }
         let shapes = Decoder::<Cuda>::projection_shapes(&self.pipe.model.cfg.text);
         let n_layers = self.decoder().n_layers();
         let (loras, projector) = read_loras(dir, |layer, proj| if layer < n_layers { proj_index(proj).map(|i| shapes[i]) } else { None })?;
         self.upload(loras)?;
-        if let Some((ws, prefix)) = projector {
-            // Into the masters when the projector trains, and into the weights the model runs
-            // with either way (as the CPU's load_adapter does).
-            let training = self.projector.is_some();
-            let mut st = match self.projector.take() {
-                Some(st) => st,
-                None => self.projector_state()?,
-            };
-            let mut host = vec![0f32; st.p.len()];
-            for (name, shape, off) in &st.params {
-                let t = ws.get(&format!("{prefix}{name}"), shape)?;
-                host[*off..off + t.data().len()].copy_from_slice(t.data());
-            }
-            ws.finish()?;
-            st.p = self.dev.htod(&host)?;
-            self.projector = Some(st);
-            self.refresh_projector()?;
-            if !training {
-                self.projector = None;
-            }
+        match projector {
+            Some((ws, prefix)) => self.load_projector(ws, &prefix),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn adapted(&mut self) -> Vec<&'static str> {
@@ -961,11 +986,12 @@ impl Learner for CudaLearner {
 
     /// The same file as [`crate::train::TrainAdamW::save`]: `{layer}.{proj}.{A,B}.{m,v,step}`.
     fn save_optimizer(&mut self, path: &Path) -> Result<()> {
-        let l = self.loras()?;
-        let (m, v) = (self.dev.dtoh(&l.m)?, self.dev.dtoh(&l.v)?);
         let mut opt = crate::train::TrainAdamW::new(self.cfg);
-        for (key, off, len) in Self::adam_keys(l) {
-            opt.set_state(key, AdamWState { step: l.step, m: m[off..off + len].to_vec(), v: v[off..off + len].to_vec() });
+        if let Some(l) = &self.loras {
+            let (m, v) = (self.dev.dtoh(&l.m)?, self.dev.dtoh(&l.v)?);
+            for (key, off, len) in Self::adam_keys(l) {
+                opt.set_state(key, AdamWState { step: l.step, m: m[off..off + len].to_vec(), v: v[off..off + len].to_vec() });
+            }
         }
         if let Some(pr) = &self.projector {
             let (m, v) = (self.dev.dtoh(&pr.m)?, self.dev.dtoh(&pr.v)?);
@@ -980,25 +1006,26 @@ impl Learner for CudaLearner {
     fn load_optimizer(&mut self, path: &Path) -> Result<()> {
         let mut opt = crate::train::TrainAdamW::new(self.cfg);
         opt.load(path)?;
-        let l = self.loras.as_mut().ok_or_else(|| Error::Input("load the adapter before its optimiser state".into()))?;
-        let n = l.p.len();
-        let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
-        let mut step = None;
-        for (key, off, len) in Self::adam_keys(l) {
-            let st = opt.state(&key).ok_or_else(|| Error::weights(path, format!("no optimiser state for `{key}`")))?;
-            if st.m.len() != len || st.v.len() != len {
-                return Err(Error::weights(path, format!("`{key}`: {} moments for a tensor of {len}", st.m.len())));
+        if let Some(l) = self.loras.as_mut() {
+            let n = l.p.len();
+            let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+            let mut step = None;
+            for (key, off, len) in Self::adam_keys(l) {
+                let st = opt.state(&key).ok_or_else(|| Error::weights(path, format!("no optimiser state for `{key}`")))?;
+                if st.m.len() != len || st.v.len() != len {
+                    return Err(Error::weights(path, format!("`{key}`: {} moments for a tensor of {len}", st.m.len())));
+                }
+                if step.is_some_and(|s| s != st.step) {
+                    return Err(Error::weights(path, format!("`{key}`: step {} differs from the other tensors' {step:?}", st.step)));
+                }
+                step = Some(st.step);
+                m[off..off + len].copy_from_slice(&st.m);
+                v[off..off + len].copy_from_slice(&st.v);
             }
-            if step.is_some_and(|s| s != st.step) {
-                return Err(Error::weights(path, format!("`{key}`: step {} differs from the other tensors' {step:?}", st.step)));
-            }
-            step = Some(st.step);
-            m[off..off + len].copy_from_slice(&st.m);
-            v[off..off + len].copy_from_slice(&st.v);
+            l.m = self.dev.htod(&m)?;
+            l.v = self.dev.htod(&v)?;
+            l.step = step.unwrap_or(0);
         }
-        l.m = self.dev.htod(&m)?;
-        l.v = self.dev.htod(&v)?;
-        l.step = step.unwrap_or(0);
         if let Some(pr) = self.projector.as_mut() {
             let n = pr.p.len();
             let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
@@ -1020,8 +1047,11 @@ impl Learner for CudaLearner {
     }
 
     fn grad_norm(&mut self) -> Result<f64> {
-        let l = self.loras()?;
-        let mut sumsq = self.dev.grad_sumsq(&l.g.as_view())?;
+        self.check_trainable()?;
+        let mut sumsq = match &self.loras {
+            Some(l) => self.dev.grad_sumsq(&l.g.as_view())?,
+            None => 0.0,
+        };
         if let Some(pr) = &self.projector {
             sumsq += self.dev.grad_sumsq(&pr.g.as_view())?;
         }
@@ -1031,13 +1061,15 @@ impl Learner for CudaLearner {
     fn step(&mut self, gscale: f32, lr: f32, projector_lr: f32) -> Result<()> {
         let w = self.pending_w.take().unwrap_or(1.0);
         let cfg = self.cfg;
-        let l = self.loras.as_mut().ok_or_else(|| Error::Input("no adapters to step".into()))?;
-        let tensors: Vec<AdamWTensor> = Self::adam_keys(l).iter().map(|&(_, _, len)| AdamWTensor { len, lr, weight_decay: cfg.weight_decay }).collect();
-        l.step += 1;
+        self.check_trainable()?;
         let dev = self.dev.clone();
-        dev.adamw(&mut l.p.as_view_mut(), &l.g.as_view(), &mut l.m.as_view_mut(), &mut l.v.as_view_mut(), &tensors, &cfg, l.step, w * gscale)?;
-        dev.cast_f32_to_bf16_into(&l.p.as_view(), &mut l.p16.as_view_mut())?;
-        dev.stream().memset_zeros(&mut l.g).map_err(|e| crate::backend::cuda::cuda_err("memset_zeros", "adapter gradients", e))?;
+        if let Some(l) = self.loras.as_mut() {
+            let tensors: Vec<AdamWTensor> = Self::adam_keys(l).iter().map(|&(_, _, len)| AdamWTensor { len, lr, weight_decay: cfg.weight_decay }).collect();
+            l.step += 1;
+            dev.adamw(&mut l.p.as_view_mut(), &l.g.as_view(), &mut l.m.as_view_mut(), &mut l.v.as_view_mut(), &tensors, &cfg, l.step, w * gscale)?;
+            dev.cast_f32_to_bf16_into(&l.p.as_view(), &mut l.p16.as_view_mut())?;
+            dev.stream().memset_zeros(&mut l.g).map_err(|e| crate::backend::cuda::cuda_err("memset_zeros", "adapter gradients", e))?;
+        }
         if let Some(pr) = self.projector.as_mut() {
             // As TrainAdamW: the projector's own learning rate, no weight decay on biases.
             let tensors: Vec<AdamWTensor> = pr
