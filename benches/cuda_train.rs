@@ -201,7 +201,7 @@ fn kernel_benches(c: &mut Criterion, dev: &std::sync::Arc<CudaDevice>, rows: &mu
         let mut y = dev.zeros::<u16>(m * n).expect("alloc");
         let mut u = dev.zeros::<f32>(m * r).expect("alloc");
         let s = time(c, &format!("lora_fwd/{name} M={m},K={k},N={n},r={r}"), &mut || {
-            dev.lora_fwd(&x.as_view(), &wt.as_view(), &a.as_view(), &b.as_view(), 2.0, &mut y.as_view_mut(), &mut u.as_view_mut(), m, k, n, r).expect("lora_fwd");
+            dev.lora_fwd(&x.as_view(), None, &wt.as_view(), &a.as_view(), &b.as_view(), 2.0, &mut y.as_view_mut(), &mut u.as_view_mut(), m, k, n, r).expect("lora_fwd");
         });
         let fl = 2.0 * (m * n * k) as f64 + 2.0 * (m * r * (k + n)) as f64;
         rows.push(format!("| lora_fwd {name} (M={m}, r={r}) | {:.3} ms | {:.0} TFLOP/s | {peak_s} | {} |", s * 1e3, fl / s / 1e12, pct(fl / s / 1e12)));
@@ -210,7 +210,7 @@ fn kernel_benches(c: &mut Criterion, dev: &std::sync::Arc<CudaDevice>, rows: &mu
         let mut da = dev.zeros::<f32>(r * k).expect("alloc");
         let mut db = dev.zeros::<f32>(n * r).expect("alloc");
         let s = time(c, &format!("lora_bwd/{name} M={m},K={k},N={n},r={r}"), &mut || {
-            dev.lora_bwd(&x.as_view(), &wt.as_view(), &a.as_view(), &b.as_view(), 2.0, &u.as_view(), &dy.as_view(), &mut dx.as_view_mut(), &mut da.as_view_mut(), &mut db.as_view_mut(), m, k, n, r, true)
+            dev.lora_bwd(&x.as_view(), &wt.as_view(), &a.as_view(), &b.as_view(), 2.0, &u.as_view(), &dy.as_view(), &mut dx.as_view_mut(), &mut da.as_view_mut(), &mut db.as_view_mut(), m, k, n, r, true, None)
                 .expect("lora_bwd");
         });
         let fl = 2.0 * (m * n * k) as f64 + 2.0 * (m * r * (2 * k + 2 * n)) as f64;

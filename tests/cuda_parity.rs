@@ -417,18 +417,18 @@ fn cuda_shape_errors_name_the_op() {
     let xs = x.slice(0..6);
     let (a3, b2) = (x.slice(0..3), x.slice(0..2));
     let mut u2 = dev.htod(&[0f32; 2]).unwrap();
-    expect(dev.lora_fwd(&xs, &xs, &a3, &b2, 1.0, &mut y.slice_mut(0..3), &mut u2.as_view_mut(), 2, 3, 2, 1).unwrap_err(), "lora_fwd"); // y not [M, N]
-    expect(dev.lora_fwd(&xs, &xs, &x.slice(0..0), &x.slice(0..0), 1.0, &mut y.slice_mut(0..4), &mut u2.slice_mut(0..0), 2, 3, 2, 0).unwrap_err(), "lora_fwd"); // r = 0
-    expect(dev.lora_fwd(&xs, &xs, &a3, &b2, 1.0, &mut y.slice_mut(0..4), &mut u2.as_view_mut(), 2, 3, 2, 129).unwrap_err(), "lora_fwd"); // r > 128
+    expect(dev.lora_fwd(&xs, None, &xs, &a3, &b2, 1.0, &mut y.slice_mut(0..3), &mut u2.as_view_mut(), 2, 3, 2, 1).unwrap_err(), "lora_fwd"); // y not [M, N]
+    expect(dev.lora_fwd(&xs, None, &xs, &x.slice(0..0), &x.slice(0..0), 1.0, &mut y.slice_mut(0..4), &mut u2.slice_mut(0..0), 2, 3, 2, 0).unwrap_err(), "lora_fwd"); // r = 0
+    expect(dev.lora_fwd(&xs, None, &xs, &a3, &b2, 1.0, &mut y.slice_mut(0..4), &mut u2.as_view_mut(), 2, 3, 2, 129).unwrap_err(), "lora_fwd"); // r > 128
     let mut g3 = dev.htod(&[0f32; 3]).unwrap();
     let mut g2 = dev.htod(&[0f32; 2]).unwrap();
     let mut dxs = dev.htod(&[0u16; 6]).unwrap();
     expect(
-        dev.lora_bwd(&xs, &xs, &a3, &b2, 1.0, &u2.as_view(), &x.slice(0..4), &mut dxs.as_view_mut(), &mut g3.slice_mut(0..2), &mut g2.as_view_mut(), 2, 3, 2, 1, false).unwrap_err(),
+        dev.lora_bwd(&xs, &xs, &a3, &b2, 1.0, &u2.as_view(), &x.slice(0..4), &mut dxs.as_view_mut(), &mut g3.slice_mut(0..2), &mut g2.as_view_mut(), 2, 3, 2, 1, false, None).unwrap_err(),
         "lora_bwd",
     ); // dA not [r, K]
     expect(
-        dev.lora_bwd(&xs, &xs, &a3, &b2, 1.0, &u2.as_view(), &x.slice(0..5), &mut dxs.as_view_mut(), &mut g3.as_view_mut(), &mut g2.as_view_mut(), 2, 3, 2, 1, false).unwrap_err(),
+        dev.lora_bwd(&xs, &xs, &a3, &b2, 1.0, &u2.as_view(), &x.slice(0..5), &mut dxs.as_view_mut(), &mut g3.as_view_mut(), &mut g2.as_view_mut(), 2, 3, 2, 1, false, None).unwrap_err(),
         "lora_bwd",
     ); // dy not [M, N]
     // logprob: h [2, 3], w [4, 3], targets [2] -> logp, lse [2]; dh [2, 3].

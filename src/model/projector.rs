@@ -32,6 +32,23 @@ impl<B: Backend> Projector<B> {
         })
     }
 
+    /// Every linear with its parameters' name prefix (`linear_1.`, `linear_2.`; empty for the
+    /// single-linear projector), in `params_mut` order.
+    pub fn linears(&self) -> Vec<(&'static str, &B::Linear)> {
+        match self {
+            Projector::Mlp { linear_1, linear_2, .. } => vec![("linear_1.", linear_1), ("linear_2.", linear_2)],
+            Projector::Linear(l) => vec![("", l)],
+        }
+    }
+
+    /// [`Self::linears`], mutable (a trainer refreshing the weights it runs with).
+    pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut B::Linear)> {
+        match self {
+            Projector::Mlp { linear_1, linear_2, .. } => vec![("linear_1.", linear_1), ("linear_2.", linear_2)],
+            Projector::Linear(l) => vec![("", l)],
+        }
+    }
+
     /// x[T, Cv*L] -> [T, C].
     pub fn forward(&self, be: &B, x: &B::Tensor) -> Result<B::Tensor> {
         match self {
@@ -86,19 +103,12 @@ impl Projector {
 
     /// Every parameter with its checkpoint name relative to the projector's prefix.
     pub fn params_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-        fn push<'a>(out: &mut Vec<(String, &'a mut Tensor)>, name: &str, l: &'a mut Linear) {
+        let mut out = Vec::new();
+        for (name, l) in self.linears_mut() {
             out.push((format!("{name}weight"), &mut l.weight));
             if let Some(b) = l.bias.as_mut() {
                 out.push((format!("{name}bias"), b));
             }
-        }
-        let mut out = Vec::new();
-        match self {
-            Projector::Mlp { linear_1, linear_2, .. } => {
-                push(&mut out, "linear_1.", linear_1);
-                push(&mut out, "linear_2.", linear_2);
-            }
-            Projector::Linear(l) => push(&mut out, "", l),
         }
         out
     }

@@ -36,7 +36,7 @@
 //!
 //! LoRA dropout (PEFT's, on the adapter's input): the masks are the CPU's (`kernels/dropout.cu`
 //! regenerates `Linear::dropout_mask` from the step's seed, the layer and the projection), the
-//! LoRA path takes x * mask (`lora_fwd_dropout`), its dx is masked (`lora_bwd_dropout`), and the
+//! LoRA path takes x * mask (`lora_fwd`'s x_drop), its dx is masked (`lora_bwd`'s dropout), and the
 //! recomputed forward of the backward regenerates the same masks.
 //!
 //! SFT (`train_sft`, `stic train-sft --device cuda`): one conversation as a plain causal sequence,
@@ -177,6 +177,23 @@ struct Batch {
     positions: CudaSlice<u32>,
 }
 
+/// The attention description of `b` for the model `tc`: the shared-prefix mask when the batch is
+/// a packed DPO pair (`sp`: its (prefix, chosen) lengths on the device), causal otherwise.
+fn varlen<'a>(tc: &crate::config::TextConfig, b: &'a Batch, cu: &'a CudaView<'a, u32>, sp: Option<&'a CudaView<'a, u32>>) -> VarlenAttn<'a> {
+    VarlenAttn {
+        cu_seqlens: cu,
+        max_seqlen: b.max_seqlen,
+        n_heads: tc.num_attention_heads,
+        n_kv_heads: tc.num_key_value_heads,
+        head_dim: tc.head_dim,
+        scale: 1.0 / (tc.head_dim as f32).sqrt(),
+        mask: match sp {
+            Some(pairs) => AttnTrainMask::SharedPrefix { pairs },
+            None => AttnTrainMask::Causal { window: b.window },
+        },
+    }
+}
+
 /// The GPU [`Learner`]: a frozen bf16 model and the adapters' training state on one device.
 pub struct CudaLearner {
     pub pipe: Pipeline<Cuda>,
@@ -231,19 +248,11 @@ impl CudaLearner {
         Ok(())
     }
 
-    /// The projector's linears, (name prefix, layer), in `params_mut` order.
-    fn projector_linears(&self) -> Vec<(&'static str, &CudaLinear)> {
-        match &self.pipe.model.projector {
-            Projector::Mlp { linear_1, linear_2, .. } => vec![("linear_1.", linear_1), ("linear_2.", linear_2)],
-            Projector::Linear(l) => vec![("", l)],
-        }
-    }
-
     /// The projector's current (bf16) weights as the f32 masters of a fresh training state.
     fn projector_state(&self) -> Result<DeviceProjector> {
         let mut params = Vec::new();
         let mut len = 0;
-        for (prefix, l) in self.projector_linears() {
+        for (prefix, l) in self.pipe.model.projector.linears() {
             params.push((format!("{prefix}weight"), vec![l.n, l.k], len));
             len += l.n * l.k;
             if l.bias.is_some() {
@@ -252,7 +261,7 @@ impl CudaLearner {
             }
         }
         let mut p = self.dev.zeros::<f32>(len)?;
-        for (prefix, l) in self.projector_linears() {
+        for (prefix, l) in self.pipe.model.projector.linears() {
             let (_, _, off) = params.iter().find(|(n, _, _)| *n == format!("{prefix}weight")).expect("listed above");
             self.dev.cast_bf16_to_f32_into(&l.weight.as_view(), &mut p.slice_mut(*off..off + l.n * l.k))?;
             if let Some(b) = &l.bias {
@@ -268,10 +277,7 @@ impl CudaLearner {
     fn refresh_projector(&mut self) -> Result<()> {
         let Some(pr) = &self.projector else { return Ok(()) };
         let dev = self.dev.clone();
-        let mut linears: Vec<(&'static str, &mut CudaLinear)> = match &mut self.pipe.model.projector {
-            Projector::Mlp { linear_1, linear_2, .. } => vec![("linear_1.", linear_1), ("linear_2.", linear_2)],
-            Projector::Linear(l) => vec![("", l)],
-        };
+        let mut linears = self.pipe.model.projector.linears_mut();
         for (name, shape, off) in &pr.params {
             let len: usize = shape.iter().product();
             let (prefix, which) = name.rsplit_once('.').map(|(a, b)| (format!("{a}."), b)).unwrap_or((String::new(), name.as_str()));
@@ -434,20 +440,19 @@ impl CudaLearner {
             Some((l, a)) => {
                 let mut u = unsafe { self.dev.alloc_uninit::<f32>(t * l.r) }?;
                 let (pa, pb) = (l.p16.slice(a.off_a..a.off_a + l.r * k), l.p16.slice(a.off_b..a.off_b + n * l.r));
-                match self.dropout_of(layer, proj) {
-                    None => {
-                        self.dev.lora_fwd(&x.data.as_view(), &w.weight.as_view(), &pa, &pb, l.scale, &mut y.as_view_mut(), &mut u.as_view_mut(), t, k, n, l.r)?;
-                        (Some(u), None)
-                    }
+                // Under dropout the LoRA path takes x * mask (kept for the backward).
+                let xd = match self.dropout_of(layer, proj) {
+                    None => None,
                     Some(d) => {
                         // SAFETY: `dropout` writes every element.
                         let mut xd = CudaTensor { data: unsafe { self.dev.alloc_uninit::<u16>(t * k) }?, rows: t, cols: k };
                         self.dev.dropout(&x.data.as_view(), &mut xd.data.as_view_mut(), d)?;
-                        let (xv, xdv) = (x.data.as_view(), xd.data.as_view());
-                        self.dev.lora_fwd_dropout(&xv, &xdv, &w.weight.as_view(), &pa, &pb, l.scale, &mut y.as_view_mut(), &mut u.as_view_mut(), t, k, n, l.r)?;
-                        (Some(u), Some(xd))
+                        Some(xd)
                     }
-                }
+                };
+                let xdv = xd.as_ref().map(|xd| xd.data.as_view());
+                self.dev.lora_fwd(&x.data.as_view(), xdv.as_ref(), &w.weight.as_view(), &pa, &pb, l.scale, &mut y.as_view_mut(), &mut u.as_view_mut(), t, k, n, l.r)?;
+                (Some(u), xd)
             }
             None => {
                 self.dev.matmul(&x.data.as_view(), &w.weight.as_view(), None, &mut y.as_view_mut(), t, n, k, false)?;
@@ -480,33 +485,14 @@ impl CudaLearner {
                 let (mut ga, mut gb) = l.g.split_at_mut(a.off_b);
                 let mut ga = ga.slice_mut(a.off_a..a.off_a + l.r * k);
                 let mut gb = gb.slice_mut(0..n * l.r);
-                match dropout {
-                    None => dev.lora_bwd(&x.data.as_view(), &w.weight.as_view(), &pa, &pb, l.scale, &u.as_view(), &dy.data.as_view(), &mut dx.as_view_mut(), &mut ga, &mut gb, t, k, n, l.r, true)?,
-                    Some((xd, d)) => {
-                        let (xdv, wv, uv, dyv) = (xd.data.as_view(), w.weight.as_view(), u.as_view(), dy.data.as_view());
-                        dev.lora_bwd_dropout(&xdv, &wv, &pa, &pb, l.scale, &uv, &dyv, &mut dx.as_view_mut(), &mut ga, &mut gb, t, k, n, l.r, true, d)?
-                    }
-                }
+                // Under dropout the LoRA path's input is the forward's x * mask.
+                let x_lora = dropout.map_or(x, |(xd, _)| xd);
+                let (xv, wv, uv, dyv) = (x_lora.data.as_view(), w.weight.as_view(), u.as_view(), dy.data.as_view());
+                dev.lora_bwd(&xv, &wv, &pa, &pb, l.scale, &uv, &dyv, &mut dx.as_view_mut(), &mut ga, &mut gb, t, k, n, l.r, true, dropout.map(|(_, d)| d))?;
             }
             _ => dev.matmul_nn(&dy.data.as_view(), &w.weight.as_view(), &mut dx.as_view_mut(), t, k, n, false)?,
         }
         Ok(CudaTensor { data: dx, rows: t, cols: k })
-    }
-
-    fn attention_batch<'a>(&self, b: &'a Batch, cu: &'a CudaView<'a, u32>, sp: Option<&'a CudaView<'a, u32>>) -> VarlenAttn<'a> {
-        let tc = &self.pipe.model.cfg.text;
-        VarlenAttn {
-            cu_seqlens: cu,
-            max_seqlen: b.max_seqlen,
-            n_heads: tc.num_attention_heads,
-            n_kv_heads: tc.num_key_value_heads,
-            head_dim: tc.head_dim,
-            scale: 1.0 / (tc.head_dim as f32).sqrt(),
-            mask: match sp {
-                Some(pairs) => AttnTrainMask::SharedPrefix { pairs },
-                None => AttnTrainMask::Causal { window: b.window },
-            },
-        }
     }
 
     /// One layer's forward from its input x: the output and the activations of the backward.
@@ -527,7 +513,7 @@ impl CudaLearner {
         {
             let cu = b.cu_seqlens.as_view();
             let sp = b.pairs.as_ref().map(|p| p.as_view());
-            let batch = self.attention_batch(b, &cu, sp.as_ref());
+            let batch = varlen(&self.pipe.model.cfg.text, b, &cu, sp.as_ref());
             self.dev.attention_fwd(&q.data.as_view(), &k.data.as_view(), &v.data.as_view(), &batch, &mut attn.data.as_view_mut(), &mut lse.as_view_mut())?;
         }
         let (o, uo, do_) = self.linear_fwd(&attn, w[3], li, 3, lora)?;
@@ -548,7 +534,6 @@ impl CudaLearner {
         let (_, a) = self.layer_fwd(li, x, b, true)?;
         let drops: [Option<Dropout>; 7] = std::array::from_fn(|p| self.dropout_of(li, p));
         let drop = |p: usize| a.xd[p].as_ref().zip(drops[p]);
-        let attn_batch_scale = 1.0 / (self.pipe.model.cfg.text.head_dim as f32).sqrt();
         let CudaLearner { pipe, dev, loras, neg_inv_freq, .. } = self;
         let dev: &CudaDevice = dev;
         let dec = &pipe.model.decoder;
@@ -577,18 +562,7 @@ impl CudaLearner {
         {
             let cu = b.cu_seqlens.as_view();
             let sp = b.pairs.as_ref().map(|p| p.as_view());
-            let batch = VarlenAttn {
-                cu_seqlens: &cu,
-                max_seqlen: b.max_seqlen,
-                n_heads: h,
-                n_kv_heads: hkv,
-                head_dim: tc.head_dim,
-                scale: attn_batch_scale,
-                mask: match sp.as_ref() {
-                    Some(pairs) => AttnTrainMask::SharedPrefix { pairs },
-                    None => AttnTrainMask::Causal { window: b.window },
-                },
-            };
+            let batch = varlen(tc, b, &cu, sp.as_ref());
             dev.attention_bwd(
                 &a.q.data.as_view(),
                 &a.k.data.as_view(),
@@ -726,6 +700,18 @@ impl CudaLearner {
         Ok((hs, logp, lse))
     }
 
+    /// Start an example of the current step: its gradients will be added with `weight` (the same
+    /// for every example of a step) and its LoRA dropout masks drawn from `dropout_seed`.
+    fn begin_example(&mut self, weight: f32, dropout_seed: Option<u64>) -> Result<()> {
+        self.check_trainable()?;
+        if self.pending_w.is_some_and(|w| w != weight) {
+            return Err(Error::Input(format!("examples of one step must share a weight ({:?} then {weight})", self.pending_w)));
+        }
+        self.pending_w = Some(weight);
+        self.dropout_seed = dropout_seed;
+        Ok(())
+    }
+
     /// Summed response log-probs (chosen, rejected) of the reference policy: the model with its
     /// adapters off (the same kernels, so an untrained adapter's B = 0 gives the same values).
     pub fn reference_logps(&mut self, pair: &Pair) -> Result<(f64, f64)> {
@@ -749,12 +735,7 @@ impl CudaLearner {
     /// `dropout_seed`: the step's LoRA dropout seed (the trainer's `StepOpts::dropout_seed`; the
     /// masks are the CPU's).
     pub fn dpo_pair(&mut self, pair: &Pair, reference: (f64, f64), beta: f64, alpha: f64, weight: f32, dropout_seed: Option<u64>) -> Result<(DpoOut, usize)> {
-        self.check_trainable()?;
-        self.dropout_seed = dropout_seed;
-        if self.pending_w.is_some_and(|w| w != weight) {
-            return Err(Error::Input(format!("examples of one step must share a weight ({:?} then {weight})", self.pending_w)));
-        }
-        self.pending_w = Some(weight);
+        self.begin_example(weight, dropout_seed)?;
         let be = self.decoder().backend().clone();
         be.range_push("dpo pair");
         let Prepared { x, layouts, rows, targets, chosen: c, tapes } = self.prepare(pair)?;
@@ -823,12 +804,7 @@ impl CudaLearner {
     /// [`super::sft_grads`]), with its gradients added to the step's (raw; `weight` is applied at
     /// the step). Returns the loss and the tokens run.
     pub fn sft_example(&mut self, turns: &[(String, String)], images: &[crate::image::RgbImage], weight: f32, dropout_seed: Option<u64>) -> Result<(f64, usize)> {
-        self.check_trainable()?;
-        self.dropout_seed = dropout_seed;
-        if self.pending_w.is_some_and(|w| w != weight) {
-            return Err(Error::Input(format!("examples of one step must share a weight ({:?} then {weight})", self.pending_w)));
-        }
-        self.pending_w = Some(weight);
+        self.begin_example(weight, dropout_seed)?;
         let (ids, mask) = super::sft_ids(&self.pipe, turns, images.len())?;
         let image_token = self.pipe.model.cfg.image_token_index;
         let n_img = ids.iter().filter(|&&t| t == image_token).count();
@@ -877,10 +853,7 @@ impl CudaLearner {
         self.ones(np)?;
         let ones = self.ones.as_ref().expect("made above").slice(0..np);
         let pr = self.projector.as_mut().ok_or_else(|| Error::Input("the projector does not train".into()))?;
-        let linears: Vec<(&'static str, &CudaLinear)> = match &self.pipe.model.projector {
-            Projector::Mlp { linear_1, linear_2, .. } => vec![("linear_1.", linear_1), ("linear_2.", linear_2)],
-            Projector::Linear(l) => vec![("", l)],
-        };
+        let linears = self.pipe.model.projector.linears();
         // dW [N, K] += dy^T x, db [N] += dy^T 1 for the linear `prefix` with input x.
         let mut weight_grads = |prefix: &str, x: &CudaTensor, dy: &CudaTensor, l: &CudaLinear| -> Result<()> {
             let off = |name: String| pr.params.iter().find(|(n, _, _)| *n == name).map(|(_, _, o)| *o).ok_or_else(|| Error::Input(format!("no projector parameter `{name}`")));

@@ -1943,48 +1943,39 @@ fn lora_case(g: LoraShape, seed: u64) -> Case {
         Expected::CloseF32 { name: "dA", reference: da_ref, cpu: da_cpu },
         Expected::CloseF32 { name: "dB", reference: db_ref, cpu: db_cpu },
     ];
-    let poison_f32 = f32::from_bits(POISON_U32);
     Case {
         expect,
-        device: Box::new(move |dev| {
-            let dxi = upload(dev, &x, off, POISON_BF16)?;
-            let dw = upload(dev, &w, off, POISON_BF16)?;
-            let da_in = upload(dev, &a, off, POISON_BF16)?;
-            let db_in = upload(dev, &b, off, POISON_BF16)?;
-            let ddy = upload(dev, &dy, off, POISON_BF16)?;
-            let mut y = poisoned(dev, m * n, off, POISON_BF16)?;
-            let mut u = poisoned(dev, m * r, off, poison_f32)?;
-            let mut dx = poisoned(dev, m * k, off, POISON_BF16)?;
-            let mut da = poisoned(dev, r * k, off, poison_f32)?;
-            let mut db = poisoned(dev, n * r, off, poison_f32)?;
-            let (xv, wv, av, bv) = (dxi.slice(off..off + m * k), dw.slice(off..off + n * k), da_in.slice(off..off + r * k), db_in.slice(off..off + n * r));
-            dev.lora_fwd(&xv, &wv, &av, &bv, scale, &mut y.slice_mut(off..off + m * n), &mut u.slice_mut(off..off + m * r), m, k, n, r)?;
-            dev.lora_bwd(
-                &xv,
-                &wv,
-                &av,
-                &bv,
-                scale,
-                &u.slice(off..off + m * r),
-                &ddy.slice(off..off + m * n),
-                &mut dx.slice_mut(off..off + m * k),
-                &mut da.slice_mut(off..off + r * k),
-                &mut db.slice_mut(off..off + n * r),
-                m,
-                k,
-                n,
-                r,
-                false,
-            )?;
-            Ok(vec![
-                download_bf16(dev, &y, off, m * n)?,
-                download_f32(dev, &u, off, m * r)?,
-                download_bf16(dev, &dx, off, m * k)?,
-                download_f32(dev, &da, off, r * k)?,
-                download_f32(dev, &db, off, n * r)?,
-            ])
-        }),
+        device: Box::new(move |dev| lora_device(dev, [&x, &w, &a, &b, &dy], (m, k, n, r), scale, off, None)),
     }
+}
+
+/// `lora_fwd` then `lora_bwd` (with the forward's u) on poisoned buffers at offset `off`, under
+/// `dropout` when given (x_drop from the `dropout` kernel): y, u, dx, dA, dB.
+fn lora_device(dev: &CudaDevice, [x, w, a, b, dy]: [&[u16]; 5], (m, k, n, r): (usize, usize, usize, usize), scale: f32, off: usize, dropout: Option<super::Dropout>) -> Result<Vec<Output>> {
+    let poison_f32 = f32::from_bits(POISON_U32);
+    let (dxi, dw, da_in, db_in, ddy) = (upload(dev, x, off, POISON_BF16)?, upload(dev, w, off, POISON_BF16)?, upload(dev, a, off, POISON_BF16)?, upload(dev, b, off, POISON_BF16)?, upload(dev, dy, off, POISON_BF16)?);
+    let (xv, wv, av, bv) = (dxi.slice(off..off + m * k), dw.slice(off..off + n * k), da_in.slice(off..off + r * k), db_in.slice(off..off + n * r));
+    let mut xdrop = poisoned(dev, m * k, off, POISON_BF16)?;
+    if let Some(d) = dropout {
+        dev.dropout(&xv, &mut xdrop.slice_mut(off..off + m * k), d)?;
+    }
+    let xdv = xdrop.slice(off..off + m * k);
+    let x_lora = if dropout.is_some() { &xdv } else { &xv };
+    let mut y = poisoned(dev, m * n, off, POISON_BF16)?;
+    let mut u = poisoned(dev, m * r, off, poison_f32)?;
+    dev.lora_fwd(&xv, dropout.map(|_| &xdv), &wv, &av, &bv, scale, &mut y.slice_mut(off..off + m * n), &mut u.slice_mut(off..off + m * r), m, k, n, r)?;
+    let mut dx = poisoned(dev, m * k, off, POISON_BF16)?;
+    let mut da = poisoned(dev, r * k, off, poison_f32)?;
+    let mut db = poisoned(dev, n * r, off, poison_f32)?;
+    let (uv, dyv) = (u.slice(off..off + m * r), ddy.slice(off..off + m * n));
+    dev.lora_bwd(x_lora, &wv, &av, &bv, scale, &uv, &dyv, &mut dx.slice_mut(off..off + m * k), &mut da.slice_mut(off..off + r * k), &mut db.slice_mut(off..off + n * r), m, k, n, r, false, dropout)?;
+    Ok(vec![
+        download_bf16(dev, &y, off, m * n)?,
+        download_f32(dev, &u, off, m * r)?,
+        download_bf16(dev, &dx, off, m * k)?,
+        download_f32(dev, &da, off, r * k)?,
+        download_f32(dev, &db, off, n * r)?,
+    ])
 }
 
 /// `dropout`: y = bf16(x * mask) with the CPU's mask (`nn::dropout_mask`), exactly.
@@ -2005,7 +1996,7 @@ fn dropout_case(n: usize, p: f32, off: usize, seed: u64) -> Case {
     }
 }
 
-/// `lora_fwd_dropout` + `lora_bwd_dropout` (p 0.1): the base product on x, the LoRA path on
+/// `lora_fwd` + `lora_bwd` under LoRA dropout (p 0.1): the base product on x, the LoRA path on
 /// x_drop = bf16(x * mask) (the `dropout` kernel's output, checked exactly above), dx's LoRA
 /// term masked. References: the CPU LoRA functions on x_drop with a zero base weight for the
 /// LoRA terms, `matmul_t` / `matmul` for the base ones (f64 on the bf16 inputs, and f32).
@@ -2046,31 +2037,9 @@ fn lora_dropout_case(m: usize, k: usize, n: usize, r: usize, off: usize, seed: u
         Expected::CloseF32 { name: "dA", reference: da_ref, cpu: da_cpu },
         Expected::CloseF32 { name: "dB", reference: db_ref, cpu: db_cpu },
     ];
-    let poison_f32 = f32::from_bits(POISON_U32);
     Case {
         expect,
-        device: Box::new(move |dev| {
-            let (dxi, dw, da_in, db_in, ddy) = (upload(dev, &x, off, POISON_BF16)?, upload(dev, &w, off, POISON_BF16)?, upload(dev, &a, off, POISON_BF16)?, upload(dev, &b, off, POISON_BF16)?, upload(dev, &dy, off, POISON_BF16)?);
-            let (xv, wv, av, bv) = (dxi.slice(off..off + m * k), dw.slice(off..off + n * k), da_in.slice(off..off + r * k), db_in.slice(off..off + n * r));
-            let mut xdrop = poisoned(dev, m * k, off, POISON_BF16)?;
-            dev.dropout(&xv, &mut xdrop.slice_mut(off..off + m * k), d)?;
-            let xdv = xdrop.slice(off..off + m * k);
-            let mut y = poisoned(dev, m * n, off, POISON_BF16)?;
-            let mut u = poisoned(dev, m * r, off, poison_f32)?;
-            dev.lora_fwd_dropout(&xv, &xdv, &wv, &av, &bv, scale, &mut y.slice_mut(off..off + m * n), &mut u.slice_mut(off..off + m * r), m, k, n, r)?;
-            let mut dx = poisoned(dev, m * k, off, POISON_BF16)?;
-            let mut da = poisoned(dev, r * k, off, poison_f32)?;
-            let mut db = poisoned(dev, n * r, off, poison_f32)?;
-            let (uv, dyv) = (u.slice(off..off + m * r), ddy.slice(off..off + m * n));
-            dev.lora_bwd_dropout(&xdv, &wv, &av, &bv, scale, &uv, &dyv, &mut dx.slice_mut(off..off + m * k), &mut da.slice_mut(off..off + r * k), &mut db.slice_mut(off..off + n * r), m, k, n, r, false, d)?;
-            Ok(vec![
-                download_bf16(dev, &y, off, m * n)?,
-                download_f32(dev, &u, off, m * r)?,
-                download_bf16(dev, &dx, off, m * k)?,
-                download_f32(dev, &da, off, r * k)?,
-                download_f32(dev, &db, off, n * r)?,
-            ])
-        }),
+        device: Box::new(move |dev| lora_device(dev, [&x, &w, &a, &b, &dy], (m, k, n, r), scale, off, Some(d))),
     }
 }
 

@@ -40,14 +40,17 @@ const MIN_SPLIT_K: usize = 256;
 struct Strides(u64, u64);
 
 impl CudaDevice {
-    /// The forward of a LoRA linear layer: y[M, N] = bf16(x W^T + s (x A^T) B^T), and u = x A^T
-    /// [M, r] (f32), which [`Self::lora_bwd`] takes back. x [M, K], w [N, K], a [r, K], b [N, r]
-    /// bf16; 1 <= r <= 128; `scale` is s = alpha / r. f32 accumulation throughout, one rounding of
-    /// y. M = 0 is a no-op. Asynchronous on the device's stream.
+    /// The forward of a LoRA linear layer: y[M, N] = bf16(x W^T + s (x' A^T) B^T), and u = x' A^T
+    /// [M, r] (f32), which [`Self::lora_bwd`] takes back, where x' = x, or under LoRA dropout
+    /// `x_drop` = x * mask (from [`Self::dropout`]; the base product still takes x). x [M, K], w
+    /// [N, K], a [r, K], b [N, r] bf16; 1 <= r <= 128; `scale` is s = alpha / r. f32 accumulation
+    /// throughout, one rounding of y. M = 0 is a no-op. Asynchronous on the device's stream.
+    /// References: [`crate::backend::cpu::lora_fwd`], [`crate::backend::cpu::lora::lora_fwd_masked`].
     #[allow(clippy::too_many_arguments)]
     pub fn lora_fwd(
         &self,
         x: &CudaView<'_, u16>,
+        x_drop: Option<&CudaView<'_, u16>>,
         w: &CudaView<'_, u16>,
         a: &CudaView<'_, u16>,
         b: &CudaView<'_, u16>,
@@ -59,48 +62,8 @@ impl CudaDevice {
         n: usize,
         r: usize,
     ) -> Result<()> {
-        self.lora_fwd_impl("lora_fwd", x, x, w, a, b, scale, y, u, m, k, n, r)
-    }
-
-    /// [`Self::lora_fwd`] under LoRA dropout: the base product takes x, the LoRA path x_drop =
-    /// x * mask (from [`Self::dropout`]): y = bf16(x W^T + s (x_drop A^T) B^T), u = x_drop A^T.
-    /// Reference: [`crate::backend::cpu::lora::lora_fwd_masked`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn lora_fwd_dropout(
-        &self,
-        x: &CudaView<'_, u16>,
-        x_drop: &CudaView<'_, u16>,
-        w: &CudaView<'_, u16>,
-        a: &CudaView<'_, u16>,
-        b: &CudaView<'_, u16>,
-        scale: f32,
-        y: &mut CudaViewMut<'_, u16>,
-        u: &mut CudaViewMut<'_, f32>,
-        m: usize,
-        k: usize,
-        n: usize,
-        r: usize,
-    ) -> Result<()> {
-        self.lora_fwd_impl("lora_fwd_dropout", x, x_drop, w, a, b, scale, y, u, m, k, n, r)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn lora_fwd_impl(
-        &self,
-        op: &'static str,
-        x: &CudaView<'_, u16>,
-        x_lora: &CudaView<'_, u16>,
-        w: &CudaView<'_, u16>,
-        a: &CudaView<'_, u16>,
-        b: &CudaView<'_, u16>,
-        scale: f32,
-        y: &mut CudaViewMut<'_, u16>,
-        u: &mut CudaViewMut<'_, f32>,
-        m: usize,
-        k: usize,
-        n: usize,
-        r: usize,
-    ) -> Result<()> {
+        let op = "lora_fwd";
+        let x_lora = x_drop.unwrap_or(x);
         let shapes = || format!("x [{m}, {k}], w [{n}, {k}], a [{r}, {k}], b [{n}, {r}] -> y [{m}, {n}], u [{m}, {r}]");
         check_dims(op, &shapes, m, k, n, r)?;
         let want = [("x", x.len(), m * k), ("x_lora", x_lora.len(), m * k), ("w", w.len(), n * k), ("a", a.len(), r * k), ("b", b.len(), n * r), ("y", y.len(), m * n), ("u", u.len(), m * r)];
@@ -123,6 +86,10 @@ impl CudaDevice {
     /// dB [N, r] = s dy^T u (f32; overwritten, or added to when `accumulate`, for gradient
     /// accumulation over micro-batches). W is frozen: no dW. M = 0 leaves dA and dB as they are
     /// when accumulating, and zeroes them otherwise.
+    ///
+    /// Under LoRA `dropout`, x is the forward's x_drop (x * mask) and dx's LoRA term is masked:
+    /// dx = bf16(dy W + mask * (s (dy B) A)), the mask regenerated from the same [`super::Dropout`].
+    /// References: [`crate::backend::cpu::lora_bwd`], [`crate::backend::cpu::lora::lora_bwd_masked`].
     #[allow(clippy::too_many_arguments)]
     pub fn lora_bwd(
         &self,
@@ -141,58 +108,9 @@ impl CudaDevice {
         n: usize,
         r: usize,
         accumulate: bool,
-    ) -> Result<()> {
-        self.lora_bwd_impl("lora_bwd", x, w, a, b, scale, u, dy, dx, da, db, m, k, n, r, accumulate, None)
-    }
-
-    /// [`Self::lora_bwd`] under LoRA dropout, given the forward's x_drop (x * mask) and u =
-    /// x_drop A^T: dx = bf16(dy W + mask * (s (dy B) A)) (the mask regenerated from `d`), dA = s
-    /// (dy B)^T x_drop, dB = s dy^T u. Reference: [`crate::backend::cpu::lora::lora_bwd_masked`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn lora_bwd_dropout(
-        &self,
-        x_drop: &CudaView<'_, u16>,
-        w: &CudaView<'_, u16>,
-        a: &CudaView<'_, u16>,
-        b: &CudaView<'_, u16>,
-        scale: f32,
-        u: &CudaView<'_, f32>,
-        dy: &CudaView<'_, u16>,
-        dx: &mut CudaViewMut<'_, u16>,
-        da: &mut CudaViewMut<'_, f32>,
-        db: &mut CudaViewMut<'_, f32>,
-        m: usize,
-        k: usize,
-        n: usize,
-        r: usize,
-        accumulate: bool,
-        d: super::Dropout,
-    ) -> Result<()> {
-        self.lora_bwd_impl("lora_bwd_dropout", x_drop, w, a, b, scale, u, dy, dx, da, db, m, k, n, r, accumulate, Some(d))
-    }
-
-    /// `x` is the LoRA path's input (x_drop under dropout): it only enters dA.
-    #[allow(clippy::too_many_arguments)]
-    fn lora_bwd_impl(
-        &self,
-        op: &'static str,
-        x: &CudaView<'_, u16>,
-        w: &CudaView<'_, u16>,
-        a: &CudaView<'_, u16>,
-        b: &CudaView<'_, u16>,
-        scale: f32,
-        u: &CudaView<'_, f32>,
-        dy: &CudaView<'_, u16>,
-        dx: &mut CudaViewMut<'_, u16>,
-        da: &mut CudaViewMut<'_, f32>,
-        db: &mut CudaViewMut<'_, f32>,
-        m: usize,
-        k: usize,
-        n: usize,
-        r: usize,
-        accumulate: bool,
         dropout: Option<super::Dropout>,
     ) -> Result<()> {
+        let op = "lora_bwd";
         let shapes = || {
             format!("x [{m}, {k}], w [{n}, {k}], a [{r}, {k}], b [{n}, {r}], u [{m}, {r}], dy [{m}, {n}] -> dx [{m}, {k}], da [{r}, {k}], db [{n}, {r}]")
         };

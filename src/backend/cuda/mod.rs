@@ -24,7 +24,7 @@
 //! | `attention_train.rs` | `attention_fwd`, `attention_bwd` (tensor-core FlashAttention-2 over a packed varlen batch: causal / window / DPO shared-prefix masks, GQA, D 64 and 128, lse) | `kernels/attention_train.cu` |
 //! | `attention_hopper.rs` | `attention_fwd_kernel` (picks the forward kernel: `STIC_ATTENTION=mma\|hopper\|auto`), `attention_hopper_available`; the Hopper forward (wgmma + TMA, warp-specialised, sm_90a) | `kernels/attention_hopper.cu` |
 //! | `matmul.rs` | `matmul` (bf16 x bf16 -> bf16 or f32, + bias, + y), `matmul_nn` (w [K, N], no transpose), `matmul_tn` (x [K, M] transposed: weight gradients) | cuBLASLt (`libcublasLt`, loaded on first use) |
-//! | `lora.rs` | `lora_fwd`, `lora_bwd`, `lora_fwd_dropout`, `lora_bwd_dropout` (LoRA linear layer: strided f32 GEMMs `lora_gemm_*`, the rounding epilogue, split-K reduce; the base GEMM is cuBLASLt's) | `kernels/lora.cu` |
+//! | `lora.rs` | `lora_fwd`, `lora_bwd` (LoRA linear layer, optionally under LoRA dropout: strided f32 GEMMs `lora_gemm_*`, the rounding epilogue, split-K reduce; the base GEMM is cuBLASLt's) | `kernels/lora.cu` |
 //! | `logprob.rs` | `logprob(_chunked)`, `logprob_backward(_chunked)` (lm_head + log-softmax + target gather over vocabulary chunks: `logprob_fold`, `logprob_dlogits`, GEMMs by cuBLASLt) | `kernels/logprob.cu` |
 //! | `copy.rs` | `scatter_rows`, `concat_cols` | `kernels/copy.cu` |
 //! | `add.rs` | `add` | `kernels/add.cu` |
