@@ -261,7 +261,7 @@ pub fn init_loras(shapes: &[(usize, &'static str, usize, usize)], spec: &LoraSpe
             return Err(Error::Input(format!("unknown LoRA target `{t}` (expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj or down_proj)")));
         }
     }
-    let mut rng = crate::generate::Rng::new(seed);
+    let mut rng = crate::rng::Rng::new(seed);
     let mut out = Vec::new();
     for &(layer, name, inp, outf) in shapes {
         if !spec.targets.iter().any(|t| t == name) {

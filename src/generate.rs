@@ -42,7 +42,7 @@ impl Default for SamplingParams {
     }
 }
 
-pub use crate::rng::Rng;
+use crate::rng::Rng;
 
 /// Pick the next token from one row of logits [V]: greedy (no draw) or one uniform from `rng`
 /// through [`crate::backend::cpu::sample_row`].

@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 
 use crate::adapter::{init_lora, load_adapter, save_adapter, LoraSpec};
 use crate::error::{Error, Result};
-use crate::generate::{Pipeline, Rng};
+use crate::generate::Pipeline;
+use crate::rng::Rng;
 use crate::image::load_image;
 use crate::model::decoder::StepOpts;
 use crate::optim::AdamWConfig;

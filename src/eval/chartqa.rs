@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use super::{image_root, py, read_json, str_field, Bench, Benchmark, ImageRef, Item, Predictions, SHORT_SUFFIX};
+use super::bench::{image_root, read_json, str_field, Bench, Benchmark, ImageRef, Item, Predictions, SHORT_SUFFIX};
+use super::py;
 use crate::error::{Error, Result};
 
 const SPLITS: [&str; 2] = ["test_human", "test_augmented"];
@@ -72,7 +73,7 @@ impl ChartQa {
             }
             found
         };
-        let base = super::folder_of(data);
+        let base = super::bench::folder_of(data);
         let images = image_root(&base, image_folder, &["png"]);
         let mut items = Vec::new();
         let mut truth = Vec::new();
@@ -131,11 +132,11 @@ impl Benchmark for ChartQa {
         }
         let mut splits = Map::new();
         for (s, c, t) in &per {
-            splits.insert(s.clone(), json!({ "relaxed_accuracy": super::ratio(*c as f64, *t as f64), "correct": c, "total": t }));
+            splits.insert(s.clone(), json!({ "relaxed_accuracy": super::bench::ratio(*c as f64, *t as f64), "correct": c, "total": t }));
         }
-        let average = if per.is_empty() { 0.0 } else { per.iter().map(|(_, c, t)| super::ratio(*c as f64, *t as f64)).sum::<f64>() / per.len() as f64 };
+        let average = if per.is_empty() { 0.0 } else { per.iter().map(|(_, c, t)| super::bench::ratio(*c as f64, *t as f64)).sum::<f64>() / per.len() as f64 };
         Ok(json!({
-            "relaxed_accuracy": super::ratio(correct as f64, total as f64),
+            "relaxed_accuracy": super::bench::ratio(correct as f64, total as f64),
             "correct": correct,
             "total": total,
             "average": average,

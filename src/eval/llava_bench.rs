@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use super::{file_in, folder_of, id_field, id_text, image_root, read_jsonl, str_field, Bench, Benchmark, ImageRef, Item, Predictions};
+use super::bench::{file_in, folder_of, id_field, id_text, image_root, read_jsonl, str_field, Bench, Benchmark, ImageRef, Item, Predictions};
 use crate::error::{Error, Result};
 
 pub struct LlavaBench {

@@ -29,7 +29,8 @@ use std::sync::OnceLock;
 use regex::Regex;
 use serde_json::{json, Map, Value};
 
-use super::{folder_of, image_root, py, read_json, Bench, Benchmark, ImageRef, Item, Predictions};
+use super::bench::{folder_of, image_root, read_json, Bench, Benchmark, ImageRef, Item, Predictions};
+use super::py;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, Default)]
@@ -177,7 +178,7 @@ pub struct MathVista {
 
 impl MathVista {
     pub fn load(data: &Path, image_folder: Option<&Path>) -> Result<Self> {
-        let path = super::file_in(data, "testmini.json")?;
+        let path = super::bench::file_in(data, "testmini.json")?;
         let base = folder_of(&path);
         let images = image_folder.map(Path::to_path_buf).unwrap_or_else(|| image_root(&base, None, &[]));
         let v = read_json(&path)?;
@@ -200,7 +201,7 @@ impl MathVista {
         let mut problems = Vec::new();
         for (pid, v) in list {
             let at = format!("problem {pid}");
-            let s = |f: &str| super::str_field(v, &path, &at, f);
+            let s = |f: &str| super::bench::str_field(v, &path, &at, f);
             let question = s("question")?;
             let image = s("image")?;
             let question_type = s("question_type")?.to_string();
@@ -279,10 +280,10 @@ impl Benchmark for MathVista {
         }
         for ((field, value), (c, t)) in tally {
             let e = by.entry(field).or_insert_with(|| json!({}));
-            e[value] = json!({ "accuracy": super::ratio(c as f64, t as f64), "correct": c, "total": t });
+            e[value] = json!({ "accuracy": super::bench::ratio(c as f64, t as f64), "correct": c, "total": t });
         }
         Ok(json!({
-            "accuracy": super::ratio(correct as f64, total as f64),
+            "accuracy": super::bench::ratio(correct as f64, total as f64),
             "correct": correct,
             "total": total,
             "fallback_extractions": fallback,

@@ -28,7 +28,8 @@ use std::sync::{Arc, OnceLock};
 use regex::Regex;
 use serde_json::{json, Map, Value};
 
-use super::{py, Bench, Benchmark, ImageRef, Item, Predictions, MC_SUFFIX};
+use super::bench::{Bench, Benchmark, ImageRef, Item, Predictions, MC_SUFFIX};
+use super::py;
 use crate::error::{Error, Result};
 
 const LETTERS: [char; 4] = ['A', 'B', 'C', 'D'];
@@ -328,7 +329,7 @@ struct Tally {
 
 impl Tally {
     fn json(&self) -> Value {
-        json!({ "accuracy": super::ratio(self.hit as f64, self.total as f64), "correct": self.hit, "total": self.total })
+        json!({ "accuracy": super::bench::ratio(self.hit as f64, self.total as f64), "correct": self.hit, "total": self.total })
     }
 }
 
@@ -389,11 +390,11 @@ impl Benchmark for MmBench {
         }
         let to_map = |v: Vec<(String, Tally)>| -> Map<String, Value> { v.into_iter().map(|(k, t)| (k, t.json())).collect() };
         Ok(json!({
-            "accuracy": super::ratio(circular.hit as f64, circular.total as f64),
+            "accuracy": super::bench::ratio(circular.hit as f64, circular.total as f64),
             "correct": circular.hit,
             "total": circular.total,
             "incomplete": incomplete,
-            "vanilla_accuracy": super::ratio(vanilla.hit as f64, vanilla.total as f64),
+            "vanilla_accuracy": super::bench::ratio(vanilla.hit as f64, vanilla.total as f64),
             "vanilla_correct": vanilla.hit,
             "vanilla_total": vanilla.total,
             "categories": to_map(cats),

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use super::{file_in, folder_of, image_root, read_json, str_field, Bench, Benchmark, ImageRef, Item, Predictions};
+use super::bench::{file_in, folder_of, image_root, read_json, str_field, Bench, Benchmark, ImageRef, Item, Predictions};
 use crate::error::{Error, Result};
 
 pub struct MmVet {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use super::{id_field, id_text, image_root, read_jsonl, str_field, Bench, Benchmark, ImageRef, Item, Predictions, SHORT_SUFFIX};
+use super::bench::{id_field, id_text, image_root, read_jsonl, str_field, Bench, Benchmark, ImageRef, Item, Predictions, SHORT_SUFFIX};
 use crate::error::{Error, Result};
 
 /// eval_pope.py's reading of an answer: true for "yes".
@@ -54,15 +54,15 @@ impl Counts {
     pub fn metrics(&self) -> Value {
         let (tp, fp, tn, fn_) = (self.tp as f64, self.fp as f64, self.tn as f64, self.fn_ as f64);
         let n = tp + fp + tn + fn_;
-        let precision = super::ratio(tp, tp + fp);
-        let recall = super::ratio(tp, tp + fn_);
-        let f1 = super::ratio(2.0 * precision * recall, precision + recall);
+        let precision = super::bench::ratio(tp, tp + fp);
+        let recall = super::bench::ratio(tp, tp + fn_);
+        let f1 = super::bench::ratio(2.0 * precision * recall, precision + recall);
         json!({
-            "accuracy": super::ratio(tp + tn, n),
+            "accuracy": super::bench::ratio(tp + tn, n),
             "precision": precision,
             "recall": recall,
             "f1": f1,
-            "yes_ratio": super::ratio(tp + fp, n),
+            "yes_ratio": super::bench::ratio(tp + fp, n),
             "tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn_,
             "total": self.tp + self.fp + self.tn + self.fn_,
         })
@@ -101,7 +101,7 @@ impl Pope {
             }
             f
         };
-        let dir = super::folder_of(&files[0]);
+        let dir = super::bench::folder_of(&files[0]);
         let images = image_root(&dir, image_folder, &["val2014", "../val2014", "images"]);
         let mut items = Vec::new();
         let mut truth = Vec::new();
@@ -163,7 +163,7 @@ impl Benchmark for Pope {
         let mut avg = Map::new();
         for k in ["accuracy", "precision", "recall", "f1", "yes_ratio"] {
             let sum: f64 = cats.iter().map(|(c, _)| per[c][k].as_f64().unwrap_or(0.0)).sum();
-            avg.insert(k.to_string(), json!(super::ratio(sum, cats.len() as f64)));
+            avg.insert(k.to_string(), json!(super::bench::ratio(sum, cats.len() as f64)));
         }
         Ok(json!({ "categories": per, "average": avg }))
     }

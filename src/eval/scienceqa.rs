@@ -25,7 +25,8 @@ use std::sync::OnceLock;
 use regex::Regex;
 use serde_json::{json, Map, Value};
 
-use super::{file_in, folder_of, id_field, image_root, py, read_json, Bench, Benchmark, ImageRef, Item, Predictions, MC_SUFFIX};
+use super::bench::{file_in, folder_of, id_field, image_root, read_json, Bench, Benchmark, ImageRef, Item, Predictions, MC_SUFFIX};
+use super::py;
 use crate::error::{Error, Result};
 
 const OPTIONS: [&str; 5] = ["A", "B", "C", "D", "E"];
@@ -78,7 +79,7 @@ impl ScienceQa {
         let mut truth = HashMap::new();
         for (i, q) in qs.iter().enumerate() {
             let at = format!("entry {i}");
-            let id = super::id_text(&id_field(q, &qfile, &at, "id")?);
+            let id = super::bench::id_text(&id_field(q, &qfile, &at, "id")?);
             let value = q
                 .get("conversations")
                 .and_then(|c| c.get(0))
@@ -131,10 +132,10 @@ impl Benchmark for ScienceQa {
             }
         }
         Ok(json!({
-            "img_accuracy": super::ratio(img_correct as f64, img_total as f64),
+            "img_accuracy": super::bench::ratio(img_correct as f64, img_total as f64),
             "img_correct": img_correct,
             "img_total": img_total,
-            "accuracy": super::ratio(correct as f64, total as f64),
+            "accuracy": super::bench::ratio(correct as f64, total as f64),
             "correct": correct,
             "total": total,
             "failed_parses": failed,

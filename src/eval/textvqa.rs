@@ -23,7 +23,8 @@ use std::sync::OnceLock;
 use regex::Regex;
 use serde_json::{json, Map, Value};
 
-use super::{folder_of, id_field, id_text, image_root, py, read_json, read_jsonl, str_field, Bench, Benchmark, ImageRef, Item, Predictions, SHORT_SUFFIX};
+use super::bench::{folder_of, id_field, id_text, image_root, read_json, read_jsonl, str_field, Bench, Benchmark, ImageRef, Item, Predictions, SHORT_SUFFIX};
+use super::py;
 use crate::error::{Error, Result};
 
 // ---------------------------------------------------------------------------------------------
@@ -374,7 +375,7 @@ impl Benchmark for TextVqa {
             sum += vqa_accuracy(&r.text, gts);
         }
         let n = preds.records.len();
-        Ok(json!({ "accuracy": super::ratio(sum, n as f64), "total": n }))
+        Ok(json!({ "accuracy": super::bench::ratio(sum, n as f64), "total": n }))
     }
 }
 

@@ -16,7 +16,8 @@
 
 use super::resize::resize_pil_compat;
 use super::transforms::{clip_resize_crop, crop, pad_to_center, to_tensor};
-use super::{ImageProcessorConfig, ProcessedImage, RgbImage};
+use super::config::ImageProcessorConfig;
+use super::types::{ProcessedImage, RgbImage};
 use crate::error::{Error, Result};
 
 /// HF `select_best_resolution`: among (height, width) candidates, the one that keeps the most

@@ -14,7 +14,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::image::resize::PillowCompat;
+use crate::image::resize::{check_resample, resample, PillowCompat};
 
 /// OpenAI CLIP normalisation constants (transformers' `OPENAI_CLIP_MEAN` / `OPENAI_CLIP_STD`),
 /// written as in transformers; they are rounded to f32 like numpy's `np.array(mean, float32)`.
@@ -26,16 +26,6 @@ pub const OPENAI_CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 /// transformers' default `image_grid_pinpoints` for `LlavaNextImageProcessor`, (height, width).
 pub const LLAVA_NEXT_DEFAULT_PINPOINTS: [[usize; 2]; 5] =
     [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]];
-
-/// PIL resampling filter ids (`PIL.Image.Resampling`), as stored in `resample`.
-pub mod resample {
-    pub const NEAREST: u32 = 0;
-    pub const LANCZOS: u32 = 1;
-    pub const BILINEAR: u32 = 2;
-    pub const BICUBIC: u32 = 3;
-    pub const BOX: u32 = 4;
-    pub const HAMMING: u32 = 5;
-}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageProcessorConfig {
@@ -169,7 +159,7 @@ impl ImageProcessorConfig {
         if self.image_std.contains(&0.0) {
             return Err(Error::config(path, "image_std", "must not contain 0"));
         }
-        crate::image::resize::check_resample(self.resample)
+        check_resample(self.resample)
             .map_err(|msg| Error::config(path, "resample", msg))?;
         if let Some(pp) = &self.image_grid_pinpoints {
             if pp.is_empty() {
@@ -303,7 +293,7 @@ impl Parser<'_> {
     fn resample(&self, key: &str) -> Result<Option<u32>> {
         let Some(v) = self.get(key) else { return Ok(None) };
         let r = self.usize_of(key, v)? as u32;
-        crate::image::resize::check_resample(r).map_err(|msg| self.err(key, msg))?;
+        check_resample(r).map_err(|msg| self.err(key, msg))?;
         Ok(Some(r))
     }
 

@@ -25,10 +25,9 @@
 //! Randomness comes only from the `Rng` passed in (the crate's SplitMix64), so a seed gives the
 //! same corruption everywhere; torch's generator is not reproduced.
 
-use super::config::resample;
-use super::resize::resize_pil;
+use super::resize::{resample, resize_pil};
 use super::transforms::shortest_edge_size;
-use super::RgbImage;
+use super::types::RgbImage;
 use crate::rng::Rng;
 
 /// STIC's low-resolution size: `T.Resize(size=20)` (stic/generate_pref.py:50).

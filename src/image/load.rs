@@ -18,7 +18,7 @@ use std::path::Path;
 
 use image::DynamicImage;
 
-use super::RgbImage;
+use super::types::RgbImage;
 use crate::error::{Error, Result};
 
 /// Decode a JPEG or PNG file (format sniffed from the content) into RGB.

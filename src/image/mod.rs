@@ -14,7 +14,7 @@
 //!
 //! Submodules: `config` (preprocessor_config.json), `corrupt` (STIC's colour jitter and low
 //! resolution, torchvision/PIL semantics), `load` (file decoding + RGB conversion; JPEG
-//! through libjpeg, which PIL uses), `resize` (Pillow's
+//! through libjpeg, which PIL uses), `types` (`RgbImage`, `ProcessedImage`), `resize` (Pillow's
 //! resampler), `transforms` (crop/pad/normalise), `anyres` (LLaVA-NeXT tiling).
 
 pub mod anyres;
@@ -23,6 +23,7 @@ pub mod corrupt;
 pub mod load;
 pub mod resize;
 pub mod transforms;
+mod types;
 
 pub use anyres::{anyres_grid_shape, patch_output_size, preprocess_anyres, select_best_resolution};
 pub use config::{
@@ -30,43 +31,9 @@ pub use config::{
 };
 pub use load::{decode_image, load_image};
 pub use resize::{resize_pil, resize_pil_compat, PillowCompat};
+pub use types::{ProcessedImage, RgbImage};
 
-use crate::error::{Error, Result};
-use crate::tensor::Tensor;
-
-/// An 8-bit RGB image, HWC: pixel (y, x) channel c is `data[(y * width + x) * 3 + c]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RgbImage {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<u8>,
-}
-
-impl RgbImage {
-    /// Wrap an HWC RGB buffer, checking its length.
-    pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self> {
-        if data.len() != width * height * 3 || width == 0 || height == 0 {
-            return Err(Error::shape(
-                "RgbImage::new",
-                format!(
-                    "{width}x{height} RGB needs {} bytes, got {}",
-                    width * height * 3,
-                    data.len()
-                ),
-            ));
-        }
-        Ok(RgbImage { width, height, data })
-    }
-}
-
-/// The model-ready pixels of one image.
-#[derive(Clone, Debug)]
-pub struct ProcessedImage {
-    /// [N, 3, H, W] f32, base view first for AnyRes.
-    pub pixel_values: Tensor,
-    /// The original image's (height, width), before any resizing.
-    pub image_size: (usize, usize),
-}
+use crate::error::Result;
 
 /// CLIP preprocessing (LLaVA-1.5): resize shortest edge, center crop, rescale, normalise.
 /// pixel_values [1, 3, crop_h, crop_w].

@@ -18,8 +18,17 @@
 
 use rayon::prelude::*;
 
-use super::RgbImage;
-use crate::image::config::resample;
+use super::types::RgbImage;
+
+/// PIL resampling filter ids (`PIL.Image.Resampling`), as stored in `resample`.
+pub mod resample {
+    pub const NEAREST: u32 = 0;
+    pub const LANCZOS: u32 = 1;
+    pub const BILINEAR: u32 = 2;
+    pub const BICUBIC: u32 = 3;
+    pub const BOX: u32 = 4;
+    pub const HAMMING: u32 = 5;
+}
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 const CHANNELS: usize = 3;

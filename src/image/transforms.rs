@@ -6,7 +6,8 @@
 //! around each resize.
 
 use super::resize::resize_pil_compat;
-use super::{ImageProcessorConfig, RgbImage};
+use super::config::ImageProcessorConfig;
+use super::types::RgbImage;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
