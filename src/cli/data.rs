@@ -1,0 +1,80 @@
+//! Data and pipeline commands: `stic build-prefs`, `build-dif` (STIC's data stages), `eval` and
+//! `run` (the whole STIC pipeline).
+
+use std::path::PathBuf;
+
+use stic::Result;
+
+use super::args::{BuildDifCli, BuildPrefsCli, EvalCliArgs, RunArgs};
+
+/// `stic build-prefs`: STIC stage 1, preference pairs from unlabeled images.
+pub fn build_prefs(a: &BuildPrefsCli) -> Result<()> {
+    let c = &a.common;
+    let args = stic::stic::BuildPrefsArgs {
+        images: a.images.clone(),
+        out: a.out.clone(),
+        n: a.n,
+        seed: c.seed,
+        batch_size: c.batch_size,
+        sampling: c.sampling()?,
+        quiet: c.quiet,
+        stop_after: c.stop_after,
+    };
+    c.report("build-prefs", &a.out, &c.with_pipeline(stic::stic::BuildPrefsWork(args))?);
+    Ok(())
+}
+
+/// `stic build-dif`: STIC stage 2, description-infused instruction-tuning JSON.
+pub fn build_dif(a: &BuildDifCli) -> Result<()> {
+    let c = &a.common;
+    let args = stic::stic::BuildDifArgs {
+        sft: a.sft.clone(),
+        images: a.images.clone(),
+        out: a.out.clone(),
+        n: a.n,
+        seed: c.seed,
+        batch_size: c.batch_size,
+        sampling: c.sampling()?,
+        quiet: c.quiet,
+        stop_after: c.stop_after,
+    };
+    c.report("build-dif", &a.out, &c.with_pipeline(stic::stic::BuildDifWork(args))?);
+    Ok(())
+}
+
+/// `stic eval`: answer and score a benchmark (or score a predictions file); the metrics on stdout.
+pub fn eval(a: EvalCliArgs) -> Result<()> {
+    let metrics = stic::eval::eval(&stic::eval::EvalArgs {
+        bench: stic::eval::Bench::from_name(&a.bench)?,
+        data: a.data,
+        image_folder: a.image_folder,
+        model: a.model,
+        adapter: a.adapter,
+        predictions: a.predictions,
+        out: a.out,
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+        batch_size: a.batch_size,
+        limit: a.limit,
+        quiet: a.quiet,
+        device: a.device,
+    })?;
+    println!("{}", serde_json::to_string_pretty(&metrics).expect("serialisable"));
+    Ok(())
+}
+
+/// `stic run`: the five STIC stages from `--config` (default: the embedded demo).
+pub fn run(a: RunArgs) -> Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => stic::run::RunConfig::from_file(p)?,
+        None => stic::run::RunConfig::demo()?,
+    };
+    cfg.quiet |= a.quiet;
+    let path = a.config.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/demo.toml"));
+    let summary = stic::run::run(&cfg, &path, a.stop_after)?;
+    eprint!("{}", stic::run::format_summary(&summary));
+    eprintln!("summary in {}", cfg.out.join("summary.json").display());
+    Ok(())
+}
