@@ -41,6 +41,7 @@
 // Aliasing: out must not overlap q, k, v or rows.
 
 #include "common.cuh"
+#include "ptx.cuh"
 
 #define ATTN_THREADS 128
 #define ATTN_TILE 64
@@ -114,7 +115,7 @@ attention(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __res
     const u16* qr = q + (u64)i * qw + (u64)h0 * D;
     for (u32 e = tid; e < HB * D; e += blockDim.x) qs[e] = bf16_bits_to_f32(qr[e]);
     if (tid < HB) {
-        m_s[tid] = __uint_as_float(0xFF800000u);  // -inf
+        m_s[tid] = NEG_INF;
         l_s[tid] = 0.0f;
     }
 
@@ -139,7 +140,7 @@ attention(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __res
         // are broadcasts and the key rows (odd word stride) hit 32 distinct banks.
         for (u32 p = tid; p < HB * ATTN_TILE; p += blockDim.x) {
             const u32 hh = p / ATTN_TILE, j = p % ATTN_TILE;
-            float s = __uint_as_float(0xFF800000u);  // keys past the range: exp(-inf) = 0
+            float s = NEG_INF;  // keys past the range: exp(-inf) = 0
             if (j < n) {
                 const float* qh = qs + hh * D;
                 const u32* kr = ks + j * kstride;
@@ -275,14 +276,6 @@ static_assert(ATTS_TILE == 32, "the softmax step gives each lane one key");
 static_assert(ATTN_HB_MAX <= 2 * ATTS_WARPS, "a warp owns at most two heads of the group");
 static_assert(ATTN_HB_MAX == 8, "P.V reads the probabilities of a key as two float4");
 
-__device__ __forceinline__ u32 atts_smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-// 16 bytes global -> shared, asynchronously (both 16-byte aligned).
-__device__ __forceinline__ void atts_cp_async16(void* dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(atts_smem_addr(dst)), "l"(src) : "memory");
-}
-__device__ __forceinline__ void atts_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void atts_cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
 // Keys per split of a row of len >= 1 keys cut into `splits` (>= 1): ceil(len / splits) rounded
 // up to whole tiles. The host's `attention_split_chunk` is the same formula. len < 2^31 and
 // splits <= 2^16 keep every sum below 2^32.
@@ -303,7 +296,7 @@ __device__ __forceinline__ void stage_tile(const u16* __restrict__ src, u64 row_
     const u32 chunks = D / 8u;
     for (u32 t = threadIdx.x; t < n * chunks; t += blockDim.x) {
         const u32 r = t / chunks, c = t - r * chunks;
-        atts_cp_async16(dst + r * ks + c * 4u, src + (u64)r * row_stride + c * 8u);
+        cp_async16(dst + r * ks + c * 4u, src + (u64)r * row_stride + c * 8u, 16u);
     }
 }
 
@@ -337,11 +330,10 @@ attention_split(const u16* __restrict__ q, const u16* __restrict__ k, const u16*
     const u64 kvbase = (u64)slot * cap * kw + (u64)g * D;  // element (slot, j, g, 0) - j * kw
     stage_tile(k + kvbase + (u64)c0 * kw, kw, min((u32)ATTS_TILE, c1 - c0), D, ks, kv[0][0], vec);
     stage_tile(v + kvbase + (u64)c0 * kw, kw, min((u32)ATTS_TILE, c1 - c0), D, ks, kv[0][1], vec);
-    atts_cp_async_commit();
+    cp_async_commit();
 
     // Softmax state of the heads this warp owns (warp, warp + ATTS_WARPS), equal in all lanes.
-    const float neg_inf = __uint_as_float(0xFF800000u);
-    float m_r[2] = {neg_inf, neg_inf}, l_r[2] = {0.0f, 0.0f};
+    float m_r[2] = {NEG_INF, NEG_INF}, l_r[2] = {0.0f, 0.0f};
     // P.V mapping.
     const u32 q4 = D / 4u, kpp = min((u32)ATTN_THREADS / q4, (u32)ATTS_TILE);
     const u32 kl = tid / q4, qd = tid - kl * q4;
@@ -356,13 +348,13 @@ attention_split(const u16* __restrict__ q, const u16* __restrict__ k, const u16*
         const u32* vt = kv[t & 1u][1];
         // Tile t has landed (this thread's copies, then everyone's); every thread is done with
         // tile t-1 (its buffer, pt and a_s); on the first tile qs is written.
-        atts_cp_async_wait_all();
+        cp_async_wait<0>();
         __syncthreads();
         if (t + 1u < ntiles) {
             const u32 t1 = t0 + ATTS_TILE, n1 = min((u32)ATTS_TILE, c1 - t1);
             stage_tile(k + kvbase + (u64)t1 * kw, kw, n1, D, ks, kv[(t + 1u) & 1u][0], vec);
             stage_tile(v + kvbase + (u64)t1 * kw, kw, n1, D, ks, kv[(t + 1u) & 1u][1], vec);
-            atts_cp_async_commit();
+            cp_async_commit();
         }
 
         // Scores and the online softmax update: warp per head, lane per key (warp-uniform loop).
@@ -370,7 +362,7 @@ attention_split(const u16* __restrict__ q, const u16* __restrict__ k, const u16*
         for (u32 r = 0; r < 2u; ++r) {
             const u32 hh = warp + r * ATTS_WARPS;
             if (hh < HB) {
-                float s = neg_inf;  // keys past the chunk: exp(-inf) = 0
+                float s = NEG_INF;  // keys past the chunk: exp(-inf) = 0
                 if (lane < n) {
                     const float4* qh = reinterpret_cast<const float4*>(qs + hh * D);
                     const uint4* kr = reinterpret_cast<const uint4*>(kt + lane * ks);
@@ -490,7 +482,7 @@ attention_combine(const u32* __restrict__ rows, const float* __restrict__ ws_acc
         const u32 len = hi - lo, chunk = split_chunk(len, splits), nz = (len + chunk - 1u) / chunk;
         const float* ml = ws_ml + 2ull * ih * splits;
         const float* a = ws_acc + ih * splits * D + d;
-        float m = __uint_as_float(0xFF800000u);
+        float m = NEG_INF;
         for (u32 s = 0; s < nz; ++s) m = fmaxf(m, ml[2u * s]);
         float l = 0.0f, o = 0.0f;
         for (u32 s = 0; s < nz; ++s) {

@@ -110,12 +110,15 @@
 // Fences: wgmma.fence before the first wgmma of each batch (the accumulators or the P registers
 // were written by ordinary instructions since the last batch); wgmma.commit_group after the batch;
 // wgmma.wait_group 0 before the results are read; the accumulator registers pass through empty
-// asm statements ("+f") around each batch so that the compiler cannot move ordinary accesses of
-// them across the asynchronous window.
+// asm statements ("+f", fence_regs in ptx.cuh) around each batch so that the compiler cannot move
+// ordinary accesses of them across the asynchronous window. Every PTX instruction is a wrapper of
+// ptx.cuh; the mask, online softmax and epilogue are attention_softmax.cuh's, shared with the
+// sm_80 kernel.
 
 #include <cuda.h>
 
 #include "common.cuh"
+#include "ptx.cuh"
 
 #define HP_THREADS 384
 #define HP_BM 128        // query rows per block (2 consumer warpgroups x 64)
@@ -138,137 +141,17 @@ struct HopperSmem {
 };
 
 #include "attention_mask.cuh"
-
-#define NEG_INF __uint_as_float(0xFF800000u)
+#include "attention_softmax.cuh"
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // ---------------------------------------------------------------------------------------------
-// sm_90a only: PTX wrappers.
-
-__device__ __forceinline__ u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-// One arrival (release, CTA scope).
-__device__ __forceinline__ void mbar_arrive(u32 bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-// One arrival that also expects `bytes` of transactions (the TMA copies' complete_tx) this phase.
-__device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-// Spins until the phase of parity `parity` has completed (acquire, CTA scope).
-__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
-    u32 done;
-    do {
-        asm volatile(
-            "{\n.reg .pred p;\n"
-            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-            "selp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done)
-            : "r"(bar), "r"(parity)
-            : "memory");
-    } while (!done);
-}
-
-// TMA: the box at (col, row) of the 2-D tensor map `tm` into shared memory at dst, completing
-// `box bytes` of transactions on the mbarrier `bar`. Out-of-bound rows are zero-filled (and
-// still counted in the bytes).
-__device__ __forceinline__ void tma_load_2d(u32 dst, const CUtensorMap* tm, int col, int row, u32 bar) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
-        "l"((u64)tm), "r"(col), "r"(row), "r"(bar)
-        : "memory");
-}
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-
-// Pins the registers of an accumulator array at this point of the instruction stream (an empty
-// asm that "reads and writes" each one), so that ordinary accesses are not moved into the window
-// between a wgmma issue and its wait_group.
-template <int N>
-__device__ __forceinline__ void fence_regs(float (&d)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
+// The kernel body (sm_90a).
 
 // The shared-memory matrix descriptor of a 128-byte-swizzled operand at shared address `addr`
 // (see the header: LBO, SBO in bytes, multiples of 16; swizzle mode 1 in bits 62-63).
 __device__ __forceinline__ u64 sw128_desc(u32 addr, u32 lbo, u32 sbo) {
     return (u64)((addr & 0x3FFFFu) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32) | (1ull << 62);
 }
-
-// Two f32 -> bf16x2 with RNE: lo in the low half (the lower k index).
-__device__ __forceinline__ u32 pack_rn(float lo, float hi) {
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-
-// ---------------------------------------------------------------------------------------------
-// wgmma wrappers (operand lists written out: %0.. are the accumulators).
-
-// d[64] (+)= A x B, m64n128k16: A (64 x 16) and B (16 x 128) both from shared memory, both
-// K-major (imm-trans-a = imm-trans-b = 0), scale-d = 0 overwrites d instead of accumulating.
-__device__ __forceinline__ void wgmma_ss_n128(float d[64], u64 da, u64 db, u32 scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "%64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(da), "l"(db), "r"(scale_d)
-        : "memory");
-}
-
-// d[64] += A x B, m64n128k16: A (64 x 16) from registers (4 x bf16x2 per thread, the m16n8k16
-// A layout per warp), B (16 x 128) from shared memory N-major (imm-trans-b = 1).
-__device__ __forceinline__ void wgmma_rs_n128(float d[64], const u32 a[4], u64 db) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1u)
-        : "memory");
-}
-
-// d[32] += A x B, m64n64k16: A (64 x 16) from registers (4 x bf16x2 per thread, the m16n8k16
-// A layout per warp), B (16 x 64) from shared memory N-major (imm-trans-b = 1).
-__device__ __forceinline__ void wgmma_rs_n64(float d[32], const u32 a[4], u64 db) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1u)
-        : "memory");
-}
-
-// ---------------------------------------------------------------------------------------------
-// The kernel body (sm_90a).
 
 // Key range [kbeg, kend) of the query tile [q0, q1) and the first visible key tile at or after k0:
 // computed identically by the producer and the consumers, so that both walk the same tiles.
@@ -298,12 +181,8 @@ __device__ __forceinline__ void attention_fwd_hopper_impl(const CUtensorMap* tm_
     using L = HopperSmem<D, STAGES>;
     constexpr int BLOCKS = D / 64;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    {
-        u32 dyn;
-        asm("mov.u32 %0, %%dynamic_smem_size;\n" : "=r"(dyn));
-        if (dyn < L::BYTES) __trap();  // the host passed too little: never run off the end
-    }
-    const u32 base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    if (dynamic_smem_size() < L::BYTES) __trap();  // the host passed too little: never run off the end
+    const u32 base = (smem_addr(smem_raw) + 1023u) & ~1023u;
     const u32 sQ = base + L::Q, sK = base + L::K, sV = base + L::V, sBar = base + L::BAR;
     auto full = [&](int s) { return sBar + 8u * (u32)s; };
     auto empty = [&](int s) { return sBar + 8u * (u32)(STAGES + s); };
@@ -316,7 +195,7 @@ __device__ __forceinline__ void attention_fwd_hopper_impl(const CUtensorMap* tm_
         }
         mbar_init(q_full, 1);
         mbar_init(q_empty, HP_CONSUMERS);
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        fence_mbarrier_init();
     }
     __syncthreads();  // the last block-wide barrier: the roles below never meet again but on mbarriers
 
@@ -330,11 +209,11 @@ __device__ __forceinline__ void attention_fwd_hopper_impl(const CUtensorMap* tm_
 
     if (wg == 0) {
         // ---- Producer warpgroup.
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+        setmaxnreg_dec<40>();
         if (threadIdx.x != 0) return;
-        asm volatile("prefetch.tensormap [%0];\n" ::"l"((u64)tm_q) : "memory");
-        asm volatile("prefetch.tensormap [%0];\n" ::"l"((u64)tm_k) : "memory");
-        asm volatile("prefetch.tensormap [%0];\n" ::"l"((u64)tm_v) : "memory");
+        prefetch_tensormap(tm_q);
+        prefetch_tensormap(tm_k);
+        prefetch_tensormap(tm_v);
         constexpr u32 Q_BYTES = HP_BM * D * 2, KV_BYTES = 2 * HP_BN * D * 2;
         u32 nq = 0, nkv = 0;
         for (int it = blockIdx.x; it < ntiles; it += gridDim.x, ++nq) {
@@ -361,7 +240,7 @@ __device__ __forceinline__ void attention_fwd_hopper_impl(const CUtensorMap* tm_
     }
 
     // ---- Consumer warpgroups 1, 2: rows [64 cw, 64 cw + 64) of the query tile.
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    setmaxnreg_inc<232>();
     const int cw = wg - 1, wt = threadIdx.x & 127, warp = wt >> 5, lane = wt & 31, g = lane >> 2, t = lane & 3;
     const u64 qs = (u64)H * D;
     const bool ovec = ((u64)out & 3ull) == 0ull;
@@ -403,64 +282,14 @@ __device__ __forceinline__ void attention_fwd_hopper_impl(const CUtensorMap* tm_
             wgmma_wait0();
             fence_regs(sc);
 
-            // Scale and mask: element (row r0 / r1, key kt + 8 nt + 2t + (e & 1)).
+            // Scale and mask, then the online softmax (attention_softmax.cuh).
             const bool need = kt + HP_BN > len || (qw1 > qw0 && mask.tile_partial(qw0, qw1, kt, min(kt + HP_BN, len)));
-#pragma unroll
-            for (int nt = 0; nt < HP_BN / 8; ++nt) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    float x = sc[4 * nt + e] * scale;
-                    if (need) {
-                        const int j = kt + nt * 8 + 2 * t + (e & 1), i = e < 2 ? r0 : r1;
-                        if (j >= len || !mask.visible(i, j)) x = NEG_INF;
-                    }
-                    sc[4 * nt + e] = x;
-                }
-            }
-            // Online softmax: the row max over the quad (lanes 4g..4g+3 share rows r0, r1).
-            float mx0 = m0, mx1 = m1;
-#pragma unroll
-            for (int nt = 0; nt < HP_BN / 8; ++nt) {
-                mx0 = fmaxf(mx0, fmaxf(sc[4 * nt], sc[4 * nt + 1]));
-                mx1 = fmaxf(mx1, fmaxf(sc[4 * nt + 2], sc[4 * nt + 3]));
-            }
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xFFFFFFFFu, mx0, 1));
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xFFFFFFFFu, mx0, 2));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xFFFFFFFFu, mx1, 1));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xFFFFFFFFu, mx1, 2));
-            // A row with nothing visible yet keeps m = -inf; subtract 0 then (exp(-inf) = 0).
-            const float u0 = mx0 == NEG_INF ? 0.0f : mx0, u1 = mx1 == NEG_INF ? 0.0f : mx1;
-            const float al0 = expf(m0 - u0), al1 = expf(m1 - u1);
-            m0 = mx0;
-            m1 = mx1;
-            float ps0 = 0.0f, ps1 = 0.0f;
-#pragma unroll
-            for (int nt = 0; nt < HP_BN / 8; ++nt) {
-                sc[4 * nt] = expf(sc[4 * nt] - u0);
-                sc[4 * nt + 1] = expf(sc[4 * nt + 1] - u0);
-                sc[4 * nt + 2] = expf(sc[4 * nt + 2] - u1);
-                sc[4 * nt + 3] = expf(sc[4 * nt + 3] - u1);
-                ps0 += sc[4 * nt] + sc[4 * nt + 1];
-                ps1 += sc[4 * nt + 2] + sc[4 * nt + 3];
-            }
-            l0 = l0 * al0 + ps0;  // per-lane partial sums; the quad is summed at the end
-            l1 = l1 * al1 + ps1;
-#pragma unroll
-            for (int i = 0; i < D / 8; ++i) {
-                o[4 * i] *= al0;
-                o[4 * i + 1] *= al0;
-                o[4 * i + 2] *= al1;
-                o[4 * i + 3] *= al1;
-            }
+            scale_mask(sc, scale, need, mask, kt, len, r0, r1, t);
+            softmax_update(sc, o, m0, m1, l0, l1);
             // P (bf16, RNE) as the A fragments of the 8 k16 slices of keys.
             u32 pa[HP_BN / 16][4];
 #pragma unroll
-            for (int kc = 0; kc < HP_BN / 16; ++kc) {
-                pa[kc][0] = pack_rn(sc[8 * kc], sc[8 * kc + 1]);
-                pa[kc][1] = pack_rn(sc[8 * kc + 2], sc[8 * kc + 3]);
-                pa[kc][2] = pack_rn(sc[8 * kc + 4], sc[8 * kc + 5]);
-                pa[kc][3] = pack_rn(sc[8 * kc + 6], sc[8 * kc + 7]);
-            }
+            for (int kc = 0; kc < HP_BN / 16; ++kc) p_fragment(pa[kc], sc, kc);
             // O += P V.
             fence_regs(o);
             wgmma_fence();
@@ -480,31 +309,8 @@ __device__ __forceinline__ void attention_fwd_hopper_impl(const CUtensorMap* tm_
         }
         mbar_arrive(q_empty);  // ... and with Q
 
-        // Epilogue: l over the quad, out = O / l, lse = m + log(l); rows past the sequence are
-        // not stored.
-        l0 += __shfl_xor_sync(0xFFFFFFFFu, l0, 1);
-        l0 += __shfl_xor_sync(0xFFFFFFFFu, l0, 2);
-        l1 += __shfl_xor_sync(0xFFFFFFFFu, l1, 1);
-        l1 += __shfl_xor_sync(0xFFFFFFFFu, l1, 2);
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int rr = half ? r1 : r0;
-            if (rr >= len) continue;
-            const float l = half ? l1 : l0, m = half ? m1 : m0;
-            u16* orow = out + (u64)(start + rr) * qs + (u64)h * D;
-#pragma unroll
-            for (int dt = 0; dt < D / 8; ++dt) {
-                const float x0 = o[4 * dt + 2 * half] / l, x1 = o[4 * dt + 2 * half + 1] / l;
-                const int c = dt * 8 + 2 * t;
-                if (ovec) {
-                    *reinterpret_cast<u32*>(orow + c) = pack_bf16x2(x0, x1);
-                } else {
-                    orow[c] = f32_to_bf16_bits_rne(x0);
-                    orow[c + 1] = f32_to_bf16_bits_rne(x1);
-                }
-            }
-            if (t == 0) lse[(u64)h * T + start + rr] = m + logf(l);
-        }
+        // Epilogue: out = O / l, lse = m + log(l); rows past the sequence are not stored.
+        softmax_store(o, m0, m1, l0, l1, out, lse, start, qs, h, T, len, r0, r1, t, ovec);
     }
 }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL

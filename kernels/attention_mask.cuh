@@ -1,12 +1,14 @@
 // attention_mask.cuh: the per-sequence masks and row ranges of the training / prefill attention,
 // shared by attention_train.cu (sm_80 mma.sync) and attention_hopper.cu (sm_90a wgmma) so that
-// both evaluate the same mask. Never compiled on its own; include after common.cuh.
+// both evaluate the same mask. Never compiled on its own.
 //
 // Positions i (query), j (key) are sequence-local. causal = 0: every key; causal = 1: j <= i and
 // i - j < window when window > 0; a shared prefix (p, pc = prefix + chosen, pc = 0: none) also
 // hides keys p <= j < pc from queries i >= pc (the DPO pair mask).
 
 #pragma once
+
+#include "common.cuh"
 
 struct SeqMask {
     u32 causal, window, p, pc;  // pc = prefix + chosen (0: no shared prefix)

@@ -75,55 +75,23 @@
 // computes dQ_tile = dS K (warp: 16 query rows x D/(4 / (BQ/16)) dims) and atomically adds it
 // (times scale) into dq_acc. Shared memory: K, V [64], Q, dO [BQ] at stride D + 8, dS [BQ][72],
 // lse and delta [BQ] f32.
+//
+// The PTX instructions (cp.async, ldmatrix, mma.sync, cvt) are the wrappers of ptx.cuh; the
+// forward's mask, online softmax and epilogue are attention_softmax.cuh's, shared with
+// attention_hopper.cu.
 
 #include "common.cuh"
+#include "ptx.cuh"
 
 #define AT_THREADS 128
 #define AT_BM 64  // forward query tile
 #define AT_BN 64  // key tile (forward and backward)
 
 // ---------------------------------------------------------------------------------------------
-// PTX wrappers.
-
-__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-
-// 16 bytes global -> shared, asynchronously; src_bytes = 0 zero-fills the destination.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, u32 src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-
-__device__ __forceinline__ void ldsm_x4(u32 r[4], const u16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)) : "memory");
-}
-__device__ __forceinline__ void ldsm_x4_t(u32 r[4], const u16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)) : "memory");
-}
-
-// c += a * b (m16n8k16, bf16 in, f32 accumulate).
-__device__ __forceinline__ void mma16816(float c[4], const u32 a[4], u32 b0, u32 b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two f32 -> bf16x2 with RNE: lo in the low half (the lower k index).
-__device__ __forceinline__ u32 pack_rn(float lo, float hi) {
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-
-// ---------------------------------------------------------------------------------------------
 // Masks and tiles.
 
 #include "attention_mask.cuh"
+#include "attention_softmax.cuh"
 
 // Stages `rows` rows of D bf16 (global row r at src + r * stride) into shared memory at row
 // stride D + 8; rows >= valid are zero-filled. vec: cp.async 16-byte copies (src 16-byte aligned);
@@ -149,8 +117,6 @@ __device__ __forceinline__ void stage_rows(u16* dst, const u16* __restrict__ src
         }
     }
 }
-
-#define NEG_INF __uint_as_float(0xFF800000u)
 
 // ---------------------------------------------------------------------------------------------
 // Forward.
@@ -202,9 +168,9 @@ __device__ __forceinline__ void attention_fwd_impl(const u16* __restrict__ q, co
         }
         cp_async_commit();
 
-        float o[D / 8][4];
+        float o[D / 2];  // O (16 x D per warp) in the fragment form of attention_softmax.cuh
 #pragma unroll
-        for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+        for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
         float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
         int buf = 0;
         while (kt < kend) {
@@ -220,10 +186,10 @@ __device__ __forceinline__ void attention_fwd_impl(const u16* __restrict__ q, co
 
             const u16* Kb = Ks + buf * AT_BN * LD;
             const u16* Vb = Vs + buf * AT_BN * LD;
-            // S = Q K^T for the warp's 16 rows x 64 keys.
-            float s[AT_BN / 8][4];
+            // S = Q K^T for the warp's 16 rows x 64 keys (8-key block nt: s[4nt .. 4nt + 3]).
+            float s[AT_BN / 2];
 #pragma unroll
-            for (int i = 0; i < AT_BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+            for (int i = 0; i < AT_BN / 2; ++i) s[i] = 0.0f;
 #pragma unroll
             for (int kk = 0; kk < D / 16; ++kk) {
                 u32 a[4];
@@ -232,74 +198,26 @@ __device__ __forceinline__ void attention_fwd_impl(const u16* __restrict__ q, co
                 for (int np = 0; np < AT_BN / 16; ++np) {
                     u32 bb[4];
                     ldsm_x4(bb, Kb + (np * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-                    mma16816(s[2 * np], a, bb[0], bb[1]);
-                    mma16816(s[2 * np + 1], a, bb[2], bb[3]);
+                    mma16816(s + 8 * np, a, bb[0], bb[1]);
+                    mma16816(s + 8 * np + 4, a, bb[2], bb[3]);
                 }
             }
-            // Scale and mask. Row r0 = q0 + 16 warp + g, r1 = r0 + 8; key kt + 8 nt + 2t + e.
+            // Scale and mask (rows r0 = q0 + 16 warp + g, r1 = r0 + 8), then the online softmax.
             const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
             const bool need = kt + AT_BN > len || mask.tile_partial(q0, q1, kt, min(kt + AT_BN, len));
-#pragma unroll
-            for (int nt = 0; nt < AT_BN / 8; ++nt) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    float x = s[nt][e] * scale;
-                    if (need) {
-                        const int j = kt + nt * 8 + 2 * t + (e & 1), i = e < 2 ? r0 : r1;
-                        if (j >= len || !mask.visible(i, j)) x = NEG_INF;
-                    }
-                    s[nt][e] = x;
-                }
-            }
-            // Online softmax: the row max over the quad (lanes 4g..4g+3 share rows r0, r1).
-            float mx0 = m0, mx1 = m1;
-#pragma unroll
-            for (int nt = 0; nt < AT_BN / 8; ++nt) {
-                mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-                mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
-            }
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xFFFFFFFFu, mx0, 1));
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xFFFFFFFFu, mx0, 2));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xFFFFFFFFu, mx1, 1));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xFFFFFFFFu, mx1, 2));
-            // A row with nothing visible yet keeps m = -inf; subtract 0 then (exp(-inf) = 0).
-            const float u0 = mx0 == NEG_INF ? 0.0f : mx0, u1 = mx1 == NEG_INF ? 0.0f : mx1;
-            const float al0 = expf(m0 - u0), al1 = expf(m1 - u1);
-            m0 = mx0;
-            m1 = mx1;
-            float ps0 = 0.0f, ps1 = 0.0f;
-#pragma unroll
-            for (int nt = 0; nt < AT_BN / 8; ++nt) {
-                s[nt][0] = expf(s[nt][0] - u0);
-                s[nt][1] = expf(s[nt][1] - u0);
-                s[nt][2] = expf(s[nt][2] - u1);
-                s[nt][3] = expf(s[nt][3] - u1);
-                ps0 += s[nt][0] + s[nt][1];
-                ps1 += s[nt][2] + s[nt][3];
-            }
-            l0 = l0 * al0 + ps0;  // per-lane partial sums; the quad is summed at the end
-            l1 = l1 * al1 + ps1;
-#pragma unroll
-            for (int i = 0; i < D / 8; ++i) {
-                o[i][0] *= al0;
-                o[i][1] *= al0;
-                o[i][2] *= al1;
-                o[i][3] *= al1;
-            }
+            scale_mask(s, scale, need, mask, kt, len, r0, r1, t);
+            softmax_update(s, o, m0, m1, l0, l1);
             // O += P V: P (16 x 64 keys) from the S registers, V as B with .trans.
 #pragma unroll
             for (int kc = 0; kc < AT_BN / 16; ++kc) {
                 u32 pa[4];
-                pa[0] = pack_rn(s[2 * kc][0], s[2 * kc][1]);
-                pa[1] = pack_rn(s[2 * kc][2], s[2 * kc][3]);
-                pa[2] = pack_rn(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-                pa[3] = pack_rn(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+                p_fragment(pa, s, kc);
 #pragma unroll
                 for (int dp = 0; dp < D / 16; ++dp) {
                     u32 bb[4];
                     ldsm_x4_t(bb, Vb + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 + (lane >> 4) * 8);
-                    mma16816(o[2 * dp], pa, bb[0], bb[1]);
-                    mma16816(o[2 * dp + 1], pa, bb[2], bb[3]);
+                    mma16816(o + 8 * dp, pa, bb[0], bb[1]);
+                    mma16816(o + 8 * dp + 4, pa, bb[2], bb[3]);
                 }
             }
             __syncthreads();  // every warp is done with buffer `buf` before it is refilled
@@ -308,31 +226,9 @@ __device__ __forceinline__ void attention_fwd_impl(const u16* __restrict__ q, co
         }
         cp_async_wait<0>();
 
-        // Epilogue: l over the quad, out = O / l, lse = m + log(l).
-        l0 += __shfl_xor_sync(0xFFFFFFFFu, l0, 1);
-        l0 += __shfl_xor_sync(0xFFFFFFFFu, l0, 2);
-        l1 += __shfl_xor_sync(0xFFFFFFFFu, l1, 1);
-        l1 += __shfl_xor_sync(0xFFFFFFFFu, l1, 2);
+        // Epilogue: out = O / l, lse = m + log(l).
         const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int r = half ? r1 : r0;
-            if (r >= len) continue;
-            const float l = half ? l1 : l0, m = half ? m1 : m0;
-            u16* orow = out + (u64)(start + r) * qs + (u64)h * D;
-#pragma unroll
-            for (int dt = 0; dt < D / 8; ++dt) {
-                const float x0 = o[dt][2 * half] / l, x1 = o[dt][2 * half + 1] / l;
-                const int c = dt * 8 + 2 * t;
-                if (ovec) {
-                    *reinterpret_cast<u32*>(orow + c) = pack_bf16x2(x0, x1);
-                } else {
-                    orow[c] = f32_to_bf16_bits_rne(x0);
-                    orow[c + 1] = f32_to_bf16_bits_rne(x1);
-                }
-            }
-            if (t == 0) lse[(u64)h * T + start + r] = m + logf(l);
-        }
+        softmax_store(o, m0, m1, l0, l1, out, lse, start, qs, h, T, len, r0, r1, t, ovec);
     }
 }
 

@@ -43,6 +43,9 @@ __device__ __forceinline__ u16 f32_to_bf16_bits_rne(float f) {
 // The canonical bf16 quiet NaN that kernels write where a row has no valid value.
 #define BF16_NAN_BITS ((u16)0x7FC0u)
 
+// f32 -inf (the start of a running max; the score of a masked key: exp(-inf) = 0).
+#define NEG_INF __uint_as_float(0xFF800000u)
+
 // ---------------------------------------------------------------------------------------------
 // 16-byte vectors of 8 bf16. Element order is memory order: element 2k is the low half of the
 // k-th 32-bit word (little-endian), element 2k+1 the high half.

@@ -30,7 +30,7 @@ __device__ __forceinline__ float block_max(float v) {
     __syncthreads();
     if (lane == 0) partial[warp] = v;
     __syncthreads();
-    float s = -INFINITY;
+    float s = NEG_INF;
     for (u32 i = 0; i < nwarps; ++i) s = fmaxf(s, partial[i]);
     return s;
 }
@@ -43,10 +43,10 @@ extern "C" __global__ void logprob_fold(const float* __restrict__ z, u32 T, u32 
     const u32 t = blockIdx.x;
     if (t >= T) return;
     const float* zr = z + (u64)t * n;
-    float cm = -INFINITY;
+    float cm = NEG_INF;
     for (u32 j = threadIdx.x; j < n; j += blockDim.x) cm = fmaxf(cm, zr[j]);
     cm = block_max(cm);
-    const float m = first ? -INFINITY : run_max[t];
+    const float m = first ? NEG_INF : run_max[t];
     const float nm = fmaxf(m, cm);
     float s = 0.0f;
     for (u32 j = threadIdx.x; j < n; j += blockDim.x) s += expf(zr[j] - nm);

@@ -21,8 +21,9 @@
 // finished sum (as the CPU reference scales the finished product). No tensor cores: the
 // operands mix bf16 and f32 and one dimension is the rank r <= 128, too thin to pay for them.
 //
-// Launch (GEMMs): grid (ceil(J / 64), ceil(I / 64), splits), block (256, 1, 1), 16.9 KiB static
-// shared memory. Each block computes a 64 x 64 tile of C in steps of 16 k, each thread a 4 x 4
+// Launch (GEMMs): grid (ceil(J / 64), ceil(I / 64), splits), block (256, 1, 1), 8,320 bytes of
+// static shared memory (As and Bs: 2 x KSTEP 16 x (TILE 64 + 1) f32 = 2 x 16 x 65 x 4 bytes, as
+// ptxas reports). Each block computes a 64 x 64 tile of C in steps of 16 k, each thread a 4 x 4
 // sub-tile (rows ty*4 .. ty*4+3, columns tx + 16*jj). Any I, J, Kd >= 1 (the loads are guarded).
 // The tile loads walk whichever of an operand's two strides is 1 fastest (coalesced).
 // Aliasing: C (and Y) must not overlap A, B or base (Y may not be base either).

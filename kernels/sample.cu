@@ -23,7 +23,7 @@ __device__ __forceinline__ bool better(float v, u32 i, float bv, u32 bi) {
 
 template <typename Load>
 __device__ __forceinline__ void argmax_row(Load load, u32 V, u32* __restrict__ out) {
-    float bv = -__int_as_float(0x7F800000);  // -inf
+    float bv = NEG_INF;
     u32 bi = 0xFFFFFFFFu;
     for (u32 i = threadIdx.x; i < V; i += blockDim.x) {
         const float v = load(i);
@@ -165,7 +165,7 @@ struct SampleRow {
     __device__ __forceinline__ float score(u32 i) const { return x[i] / temp; }
     __device__ __forceinline__ bool in_topk(float s) const { return !use_k || !(s < kth); }
     __device__ __forceinline__ double expo(float s) const {
-        return s == -__int_as_float(0x7F800000) ? 0.0 : exp((double)s - m);
+        return s == NEG_INF ? 0.0 : exp((double)s - m);
     }
 };
 
@@ -286,7 +286,7 @@ sample_f32(const float* __restrict__ logits, u32 V, float temperature, u32 top_k
     r.m = 0.0;
 
     // Pass 1: max s (fmaxf, as f32::max), and the range of keys.
-    float mx = -__int_as_float(0x7F800000);
+    float mx = NEG_INF;
     u32 kmin = 0xFFFFFFFFu, kmax = 0u;
     #pragma unroll 1
     for (u32 i = tid; i < V; i += blockDim.x) {
