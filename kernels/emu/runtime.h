@@ -91,6 +91,7 @@ struct Thread {
 
 struct Barrier {
     unsigned arrived = 0, expected = 0;
+    bool all = false;  // block-wide (no thread count)
     Site site{"", 0};
     const char* name = nullptr;
     std::vector<unsigned> waiters;
@@ -223,7 +224,7 @@ inline void bar_sync(unsigned id, unsigned count, Site site, const char* name = 
     Thread& t = cur();
     if (id >= 16) fail("bar.sync barrier id " + std::to_string(id) + " out of range 0..15");
     unsigned n = (unsigned)b.th.size();
-    unsigned expected = count ? count : n;
+    unsigned expected = count ? count : b.opt.strict_barriers ? n : b.live;  // relaxed: live threads only
     if (count && (count % 32 || count > n)) fail("bar.sync thread count " + std::to_string(count) + " not a multiple of 32 or above the block size");
     if (!count && b.exited && b.opt.strict_barriers) {
         std::vector<unsigned> ex;
@@ -235,6 +236,7 @@ inline void bar_sync(unsigned id, unsigned count, Site site, const char* name = 
     if (B.arrived == 0) {
         B.site = site;
         B.expected = expected;
+        B.all = count == 0;
         B.name = name;
     } else if (!same_site(B.site, site) || B.expected != expected) {
         fail(std::string("divergent barrier: ") + name + " at " + site_str(site) + " while threads " + ranges(B.waiters) + " wait at " + B.name + " " + site_str(B.site) + " (barrier " + std::to_string(id) + ")");
@@ -387,10 +389,20 @@ inline void on_exit(Block& b, Thread& t) {
                 if ((r->arrived >> l) & 1u) w.push_back(l);
             fail("divergent warp collective: lane " + std::to_string(t.lane) + " exits while lanes " + ranges(w) + " of warp " + std::to_string(t.warp) + " wait for it in " + r->name + " (mask " + hex(r->mask) + ") at " + site_str(r->site));
         }
-    if (b.opt.strict_barriers)
-        for (unsigned i = 0; i < 16; i++)
-            if (b.bar[i].arrived && b.bar[i].expected == b.th.size())
-                fail(std::string("divergent barrier: thread exits while threads ") + ranges(b.bar[i].waiters) + " wait at " + b.bar[i].name + " " + site_str(b.bar[i].site));
+    for (unsigned i = 0; i < 16; i++) {
+        Barrier& B = b.bar[i];
+        if (!B.arrived || !B.all) continue;  // a block-wide barrier in progress
+        if (!b.opt.strict_barriers) {  // the hardware's rule: exited threads no longer count
+            B.expected = b.live;
+            if (B.arrived == B.expected) {
+                for (unsigned w : B.waiters) b.th[w].st = St::Ready;
+                B.waiters.clear();
+                B.arrived = 0;
+            }
+            continue;
+        }
+        fail(std::string("divergent barrier: thread exits while threads ") + ranges(b.bar[i].waiters) + " wait at " + b.bar[i].name + " " + site_str(b.bar[i].site));
+    }
 }
 
 inline std::string deadlock_report(const Block& b) {

@@ -115,6 +115,18 @@ static void test_barrier_reports() {
             __syncthreads();
         });
     }, {"divergent barrier", "k_early_exit", "after threads 0 exited"});
+    // The hardware's rule (strict_barriers = false): exited threads no longer count.
+    emu::LaunchOptions relaxed;
+    relaxed.strict_barriers = false;
+    int after = 0;
+    emu::launch("k_relaxed", d1(1), d1(64), relaxed, [&] {
+        if (threadIdx.x == 0 || threadIdx.x == 40) return;
+        __syncthreads();
+        if (threadIdx.x >= 50) return;
+        __syncthreads();
+        atomicAdd(&after, 1);
+    });
+    CHECK(after == 48, "relaxed barriers count only live threads: %d", after);
 }
 
 // ---------------------------------------------------------------------------------------------
