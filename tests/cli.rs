@@ -7,12 +7,6 @@ use std::process::Command;
 
 use common::*;
 
-fn stic(args: &[&str]) -> (bool, String, String) {
-    // $STIC_BIN: the binary carried next to the test binaries to another machine (gpu-run.sh).
-    let bin = std::env::var("STIC_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_stic").to_string());
-    let out = Command::new(bin).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
-}
 
 #[test]
 fn generate_json_matches_transformers() {

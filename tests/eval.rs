@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::{json, Value};
 use stic::eval::{self, Bench, Benchmark};
@@ -258,11 +257,6 @@ fn bad_data_names_the_file_and_field() {
     assert!(e.contains("llava_test_CQM-A.json"), "{e}");
 }
 
-fn stic(args: &[&str]) -> (bool, String, String) {
-    let bin = std::env::var("STIC_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_stic").to_string());
-    let out = Command::new(bin).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
-}
 
 #[test]
 fn cli_scores_a_predictions_file() {

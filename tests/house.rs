@@ -263,7 +263,7 @@ fn loops(g: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Vec<Vec<String>> {
 fn no_file_is_too_long() {
     let mut all = Vec::new();
     files(&root().join("src"), &["rs", "c"], &mut all);
-    files(&root().join("kernels"), &["cu", "cuh"], &mut all);
+    files(&root().join("kernels"), &["cu", "cuh", "h", "cpp"], &mut all);
     assert!(all.len() > 20, "found only {} source files", all.len());
     let long: Vec<String> = all
         .iter()

@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use stic::image::corrupt::{
@@ -215,11 +214,6 @@ fn low_resolution_is_a_bilinear_downscale_to_20_pixels() {
 
 // ---------------------------------------------------------------- build-prefs / build-dif
 
-fn stic(args: &[&str]) -> (bool, String, String) {
-    let bin = std::env::var("STIC_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_stic").to_string());
-    let out = Command::new(bin).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
-}
 
 fn scratch(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("stic-data-{}-{tag}", std::process::id()));

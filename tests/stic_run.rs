@@ -6,15 +6,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 
-fn stic(args: &[&str]) -> (bool, String, String) {
-    let bin = std::env::var("STIC_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_stic").to_string());
-    let out = Command::new(bin).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
-}
 
 /// Six readable images and one JPEG of garbage.
 fn images(root: &Path) -> PathBuf {

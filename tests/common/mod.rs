@@ -15,6 +15,14 @@ pub fn fixtures() -> PathBuf {
     }
 }
 
+/// Run the `stic` binary: (success, stdout, stderr). `$STIC_BIN` overrides the binary (the one
+/// carried next to the test binaries to another machine by scripts/gpu-run.sh).
+pub fn stic(args: &[&str]) -> (bool, String, String) {
+    let bin = std::env::var("STIC_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_stic").to_string());
+    let out = std::process::Command::new(&bin).args(args).output().unwrap_or_else(|e| panic!("{bin}: {e}"));
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 pub fn read_json(rel: &str) -> serde_json::Value {
     let p = fixtures().join(rel);
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
