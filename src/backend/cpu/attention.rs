@@ -245,6 +245,16 @@ pub fn packed_rows(lens: &[usize], mask: PackedMask) -> Vec<AttnRow> {
     rows
 }
 
+/// The row offsets of sequences of `lens` packed row after row (FlashAttention's cu_seqlens):
+/// B + 1 entries, 0 first and the total row count last.
+pub fn cu_seqlens(lens: &[usize]) -> Vec<u32> {
+    std::iter::once(0).chain(lens.iter().scan(0, |s, &l| {
+        *s += l;
+        Some(*s as u32)
+    }))
+    .collect()
+}
+
 /// Self-attention of sequences packed row after row, each over itself only: q[Ttot, H*D],
 /// k, v[Ttot, Hkv*D], sequence b the `lens[b]` rows after those of sequences 0..b; -> [Ttot, H*D].
 /// [`attention`] per sequence (q_start 0) under `mask`.
@@ -365,6 +375,12 @@ mod tests {
         (4, 12, 8, AttnMask::Causal { window: Some(5) }),
         (11, 11, 0, AttnMask::SharedPrefix { prefix: 4, chosen: 3 }),
     ];
+
+    #[test]
+    fn cu_seqlens_are_the_prefix_sums() {
+        assert_eq!(cu_seqlens(&[3, 0, 2]), vec![0, 3, 3, 5]);
+        assert_eq!(cu_seqlens(&[]), vec![0]);
+    }
 
     #[test]
     fn matches_f64_reference_for_every_mask() {

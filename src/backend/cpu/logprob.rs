@@ -8,8 +8,10 @@
 //! Backward: dlogp[T] -> dh[t] = dlogp_t * (w[y_t] - sum_v softmax(z_t)_v w[v]), recomputing z chunk by
 //!           chunk from lse. The lm_head is frozen in LoRA training, so no dw.
 //! The CPU reference for kernels/logprob.cu (issue #6); generic over the float type so the
-//! finite-difference test runs in f64.
+//! finite-difference test runs in f64. `logprob_f64` / `logprob_backward_host`: the f64
+//! reference on bf16 weights and the f32 model of the kernel's backward, for the CUDA parity checks.
 
+use half::bf16;
 use num_traits::Float;
 use rayon::prelude::*;
 
@@ -57,6 +59,57 @@ pub fn logprob_backward<F: Float + Send + Sync>(h: &[F], w: &[F], targets: &[u32
             let coef = g * ((if vi == y { F::one() } else { F::zero() }) - p);
             for (d, &x) in dht.iter_mut().zip(wr) {
                 *d = *d + coef * x;
+            }
+        }
+    });
+    dh
+}
+
+/// f64 log-probs and lse of the rows of h (widened bf16) against w (bf16 bits, widened row by row):
+/// the reference of kernels/logprob.cu's forward in the CUDA parity checks.
+pub fn logprob_f64(h: &[f64], w: &[u16], targets: &[u32], c: usize) -> (Vec<f64>, Vec<f64>) {
+    targets
+        .par_iter()
+        .enumerate()
+        .map(|(t, &y)| {
+            let ht = &h[t * c..(t + 1) * c];
+            let z: Vec<f64> = w.chunks_exact(c).map(|wr| wr.iter().zip(ht).map(|(&b, &x)| bf16::from_bits(b).to_f64() * x).sum()).collect();
+            let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let lse = mx + z.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
+            (z[y as usize] - lse, lse)
+        })
+        .unzip()
+}
+
+/// f64 dh of the rows of h: dlogp (w[y] - sum_v softmax_v w[v]); with `coef_bf16`, the f32
+/// emulation of the kernel instead: f32 logits, p = exp(z - lse) in f32 with the given (f32)
+/// lse, each coefficient g = dlogp (onehot - p) split into hi = bf16(g) and lo = bf16(g - hi),
+/// f32 sums of (hi + lo) w: the CPU stand-in that mimics the roundings of kernels/logprob.cu's
+/// backward (`logprob_dlogits` + the dh GEMMs).
+pub fn logprob_backward_host(h: &[f64], w: &[u16], targets: &[u32], lse: &[f64], dlogp: &[f64], c: usize, coef_bf16: bool) -> Vec<f64> {
+    let mut dh = vec![0f64; h.len()];
+    dh.par_chunks_mut(c).enumerate().for_each(|(t, d)| {
+        let ht = &h[t * c..(t + 1) * c];
+        if coef_bf16 {
+            let h32: Vec<f32> = ht.iter().map(|&v| v as f32).collect();
+            let mut acc = vec![0f32; c];
+            let (l, g) = (lse[t] as f32, dlogp[t] as f32);
+            for (vi, wr) in w.chunks_exact(c).enumerate() {
+                let wf: Vec<f32> = wr.iter().map(|&b| bf16::from_bits(b).to_f32()).collect();
+                let z = wf.iter().zip(&h32).fold(0f32, |s, (&a, &b)| s + a * b);
+                let onehot = if vi == targets[t] as usize { 1.0 } else { 0.0 };
+                let gv = g * (onehot - (z - l).exp());
+                let hi = bf16::from_f32(gv).to_f32();
+                let coef = hi + bf16::from_f32(gv - hi).to_f32();
+                acc.iter_mut().zip(&wf).for_each(|(o, &x)| *o += coef * x);
+            }
+            d.iter_mut().zip(&acc).for_each(|(o, &a)| *o = a as f64);
+        } else {
+            for (vi, wr) in w.chunks_exact(c).enumerate() {
+                let z: f64 = wr.iter().zip(ht).map(|(&b, &x)| bf16::from_bits(b).to_f64() * x).sum();
+                let onehot = if vi == targets[t] as usize { 1.0 } else { 0.0 };
+                let coef = dlogp[t] * (onehot - (z - lse[t]).exp());
+                d.iter_mut().zip(wr).for_each(|(o, &b)| *o += coef * bf16::from_bits(b).to_f64());
             }
         }
     });

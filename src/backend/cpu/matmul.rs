@@ -3,9 +3,11 @@
 //! matmul_t:  y[M, N] = x[M, K] @ w[N, K]^T   (the `Linear` layout: HF stores weights [out, in])
 //! matmul:    y[M, N] = a[M, K] @ b[K, N]
 //! matmul_tn: y[M, N] = a[K, M]^T @ b[K, N]   (weight gradients: dW = dy^T x)
-//! Generic over f32 (the engine) and f64 (finite-difference tests).
+//! Generic over f32 (the engine) and f64 (finite-difference tests). `matmul_t_f64`: the f64
+//! reference on bf16 inputs of the CUDA parity checks.
 
 use gemm::Parallelism;
+use half::bf16;
 use num_traits::{One, Zero};
 
 /// Element types the GEMMs take.
@@ -98,6 +100,21 @@ pub fn matmul_tn<T: Scalar>(a: &[T], b: &[T], k: usize, m: usize, n: usize) -> V
     assert_eq!(b.len(), k * n, "matmul_tn: b is not [{k}, {n}]");
     let mut y = vec![T::zero(); m * n];
     gemm_strided(m, n, k, &mut y, n, a, 1, m, b, n, 1);
+    y
+}
+
+/// x[M, K] @ w[N, K]^T in f64 (exact products of the bf16 inputs, f64 sums) through the gemm
+/// crate, a block of w's rows at a time (no f64 copy of a whole lm_head): the reference of the
+/// cuBLASLt GEMMs (`matmul`, `matmul_nn`, `matmul_tn`) in the CUDA parity checks.
+pub fn matmul_t_f64(x: &[u16], w: &[u16], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let x64: Vec<f64> = x.iter().map(|&b| bf16::from_bits(b).to_f64()).collect();
+    let mut y = vec![0f64; m * n];
+    const ROWS: usize = 2048;
+    for j0 in (0..n).step_by(ROWS) {
+        let nb = ROWS.min(n - j0);
+        let w64: Vec<f64> = w[j0 * k..(j0 + nb) * k].iter().map(|&b| bf16::from_bits(b).to_f64()).collect();
+        gemm_strided(m, nb, k, &mut y[j0..], n, &x64, k, 1, &w64, 1, k);
+    }
     y
 }
 

@@ -9,7 +9,7 @@
 //! rmsnorm_backward: saves nothing but x; with g = w * dy and r = 1/sqrt(mean(x^2) + eps),
 //! dx = r g - x r^3 mean(g x), dw = sum over rows of dy x r.
 //! rmsnorm and its backward are generic over the float type (f32 in the engine, f64 for the
-//! finite-difference tests).
+//! finite-difference tests). `rmsnorm_f64`: the f64 reference of the CUDA parity checks.
 
 use num_traits::Float;
 use rayon::prelude::*;
@@ -73,6 +73,19 @@ pub fn layernorm(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
             yr[i] = (((xr[i] as f64 - mean) * inv) as f32) * w[i] + b[i];
         }
     });
+    y
+}
+
+/// `rmsnorm` in f64 on f32 inputs (bf16 values widened): the reference of kernels/rmsnorm.cu
+/// (`rmsnorm`, `rmsnorm_residual`) in the CUDA parity checks.
+pub fn rmsnorm_f64(x: &[f32], w: &[f32], eps: f64) -> Vec<f64> {
+    let c = w.len();
+    let mut y = Vec::with_capacity(x.len());
+    for row in x.chunks(c) {
+        let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / c as f64;
+        let inv = 1.0 / (ms + eps).sqrt();
+        y.extend(row.iter().zip(w).map(|(&v, &g)| g as f64 * v as f64 * inv));
+    }
     y
 }
 

@@ -4,6 +4,7 @@
 //! angle = pos * inv_freq_i, inv_freq_i = 1 / theta^(2i/D).
 //! The table mirrors transformers' arithmetic: inv_freq in f32, angle = f32(pos) * inv_freq in f32,
 //! cos/sin of that f32 angle, so positions in the thousands round the way torch's do.
+//! `rope_f64`: the rotation in f64 (by those f32 angles), the reference of the CUDA parity checks.
 
 pub struct RopeTable {
     pub head_dim: usize,
@@ -71,6 +72,28 @@ pub fn rope_backward(dy: &mut [f32], n_heads: usize, positions: &[usize], table:
             }
         }
     }
+}
+
+/// The rotation of x[T, heads * D] in f64 by the f32 angles f32(pos) * inv_freq (negated
+/// frequencies: the backward): the reference of kernels/rope.cu in the CUDA parity checks.
+pub fn rope_f64(x: &[f32], heads: usize, pos: &[u32], inv_freq: &[f32]) -> Vec<f64> {
+    let half = inv_freq.len();
+    let d = 2 * half;
+    let mut out = vec![0f64; x.len()];
+    for (t, &p) in pos.iter().enumerate() {
+        for i in 0..half {
+            // The op's definition: the angle is an f32 product, as in torch.
+            let a = (p as f32 * inv_freq[i]) as f64;
+            let (s, c) = a.sin_cos();
+            for h in 0..heads {
+                let base = (t * heads + h) * d;
+                let (x0, x1) = (x[base + i] as f64, x[base + i + half] as f64);
+                out[base + i] = x0 * c - x1 * s;
+                out[base + i + half] = x1 * c + x0 * s;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

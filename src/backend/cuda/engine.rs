@@ -310,12 +310,7 @@ impl Backend for Cuda {
             if super::attention_train::attention_train_head_dim_supported(head_dim) {
                 // Tensor-core FlashAttention-2 over the packed batch: cu_seqlens (shared by every
                 // layer of the forward) and an lse scratch the inference path does not read.
-                let cu: Vec<u32> = std::iter::once(0u32)
-                    .chain(lens.iter().scan(0usize, |s, &n| {
-                        *s += n;
-                        Some(*s as u32)
-                    }))
-                    .collect();
+                let cu = cpu::cu_seqlens(lens);
                 let cu_dev = self.index_buffer("attention_packed_cu_seqlens", &cu)?;
                 // SAFETY: attention_fwd writes lse for every (head, row) of the Ttot rows, all of
                 // which the sequences cover (sum of lens == Ttot, checked above).

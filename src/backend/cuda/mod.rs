@@ -35,7 +35,7 @@
 //! `engine.rs` is [`Cuda`], the [`crate::backend::Backend`] built from these methods: the model
 //! code runs on it unchanged.
 //!
-//! `check.rs` holds the parity checks against the CPU reference that both `tests/cuda_parity.rs`
+//! `check/` holds the parity checks against the CPU reference that both `tests/cuda_parity.rs`
 //! and `stic check` run. Every tensor argument is a view (`&CudaView` in, `&mut CudaViewMut` out
 //! or in place), so ops work on parts of larger buffers; bf16 is `u16` bits.
 

@@ -1,0 +1,121 @@
+//! The norm checks: `rmsnorm`, `rmsnorm_residual` (kernels/rmsnorm.cu), `layernorm`
+//! (kernels/layernorm.cu) and `rmsnorm_backward` (kernels/rmsnorm.cu).
+
+use half::bf16;
+
+use super::io::{download_bf16, poisoned, upload, widen, Inputs};
+use super::metric::{bf16_bits, Case, Expected, POISON_BF16};
+use crate::backend::cpu;
+use crate::rng::Rng;
+
+/// Rows of x scaled by 2^(t mod 5 - 2), so rows differ in magnitude.
+fn norm_input(rng: &mut Rng, t: usize, c: usize, shift: f64) -> Vec<u16> {
+    let mut x = Vec::with_capacity(t * c);
+    for r in 0..t {
+        let scale = 2f64.powi((r % 5) as i32 - 2);
+        for b in rng.bf16s(c, 0.01, 3.0) {
+            x.push(bf16::from_f64(bf16::from_bits(b).to_f64() * scale + shift * scale).to_bits());
+        }
+    }
+    x.iter().map(|&b| if bf16::from_bits(b).to_f32() == 0.0 { bf16::from_f32(0.5).to_bits() } else { b }).collect()
+}
+
+pub(super) fn rmsnorm_case(t: usize, c: usize, eps: f64, off: usize, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let x = norm_input(&mut rng, t, c, 0.0);
+    let w = rng.bf16s(c, 0.25, 2.0);
+    let eps32 = eps as f32;
+    let (xf, wf) = (widen(&x), widen(&w));
+    let expect = vec![Expected::Close { name: "y", reference: cpu::rmsnorm_f64(&xf, &wf, eps32 as f64), cpu: cpu::rmsnorm(&xf, &wf, eps32 as f64) }];
+    let n = t * c;
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let dx = upload(dev, &x, off, POISON_BF16)?;
+            let dw = upload(dev, &w, off, POISON_BF16)?;
+            let mut dy = poisoned(dev, n, off, POISON_BF16)?;
+            dev.rmsnorm(&dx.slice(off..off + n), &dw.slice(off..off + c), eps32, &mut dy.slice_mut(off..off + n))?;
+            Ok(vec![download_bf16(dev, &dy, off, n)?])
+        }),
+    }
+}
+
+pub(super) fn rmsnorm_residual_case(t: usize, c: usize, eps: f64, off: usize, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let x = norm_input(&mut rng, t, c, 0.0);
+    let res = norm_input(&mut rng, t, c, 0.0);
+    let w = rng.bf16s(c, 0.25, 2.0);
+    let eps32 = eps as f32;
+    let (xf, wf) = (widen(&x), widen(&w));
+    // The kernel stores r = bf16(x + residual) (an f32 sum, rounded once) and normalises that r.
+    let mut rf = widen(&res);
+    cpu::rmsnorm_residual(&xf, &mut rf, &wf, eps32 as f64);
+    let r_bits = bf16_bits(&rf);
+    let r = widen(&r_bits);
+    let expect = vec![
+        Expected::Bf16 { name: "residual", bits: r_bits },
+        Expected::Close { name: "y", reference: cpu::rmsnorm_f64(&r, &wf, eps32 as f64), cpu: cpu::rmsnorm(&r, &wf, eps32 as f64) },
+    ];
+    let n = t * c;
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let dx = upload(dev, &x, off, POISON_BF16)?;
+            let mut dr = upload(dev, &res, off, POISON_BF16)?;
+            let dw = upload(dev, &w, off, POISON_BF16)?;
+            let mut dy = poisoned(dev, n, off, POISON_BF16)?;
+            dev.rmsnorm_residual(&dx.slice(off..off + n), &mut dr.slice_mut(off..off + n), &dw.slice(off..off + c), eps32, &mut dy.slice_mut(off..off + n))?;
+            Ok(vec![download_bf16(dev, &dr, off, n)?, download_bf16(dev, &dy, off, n)?])
+        }),
+    }
+}
+
+pub(super) fn layernorm_case(t: usize, c: usize, eps: f64, off: usize, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    // A common offset (CLIP activations are not centred) exercises the mean subtraction.
+    let x = norm_input(&mut rng, t, c, 1.5);
+    let w = rng.bf16s(c, 0.25, 2.0);
+    let b = rng.bf16s(c, 0.01, 1.0);
+    let eps32 = eps as f32;
+    let (xf, wf, bf) = (widen(&x), widen(&w), widen(&b));
+    let mut reference = Vec::with_capacity(t * c);
+    for row in xf.chunks(c) {
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
+        let inv = 1.0 / (var + eps32 as f64).sqrt();
+        reference.extend((0..c).map(|i| (row[i] as f64 - mean) * inv * wf[i] as f64 + bf[i] as f64));
+    }
+    let expect = vec![Expected::Close { name: "y", reference, cpu: cpu::layernorm(&xf, &wf, &bf, eps32 as f64) }];
+    let n = t * c;
+    Case {
+        expect,
+        device: Box::new(move |dev| {
+            let dx = upload(dev, &x, off, POISON_BF16)?;
+            let dw = upload(dev, &w, off, POISON_BF16)?;
+            let db = upload(dev, &b, off, POISON_BF16)?;
+            let mut dy = poisoned(dev, n, off, POISON_BF16)?;
+            dev.layernorm(&dx.slice(off..off + n), &dw.slice(off..off + c), &db.slice(off..off + c), eps32, &mut dy.slice_mut(off..off + n))?;
+            Ok(vec![download_bf16(dev, &dy, off, n)?])
+        }),
+    }
+}
+
+pub(super) fn rmsnorm_backward_case(t: usize, c: usize, eps: f64, off: usize, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let x = norm_input(&mut rng, t, c, 0.0);
+    let w = rng.bf16s(c, 0.5, 1.5);
+    let dy = rng.bf16s(t * c, 1.0 / 64.0, 1.0);
+    let (xf, wf, dyf) = (widen(&x), widen(&w), widen(&dy));
+    let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+    let (reference, _) = cpu::rmsnorm_backward(&f64s(&xf), &f64s(&wf), &f64s(&dyf), eps);
+    let (cpu_dx, _) = cpu::rmsnorm_backward(&xf, &wf, &dyf, eps);
+    Case {
+        expect: vec![Expected::Close { name: "dx", reference, cpu: cpu_dx }],
+        device: Box::new(move |dev| {
+            let (dxx, dw, ddy) = (upload(dev, &x, off, POISON_BF16)?, upload(dev, &w, off, POISON_BF16)?, upload(dev, &dy, off, POISON_BF16)?);
+            let mut ddx = poisoned(dev, t * c, off, POISON_BF16)?;
+            dev.rmsnorm_backward(&dxx.slice(off..off + t * c), &dw.slice(off..off + c), &ddy.slice(off..off + t * c), eps as f32, &mut ddx.slice_mut(off..off + t * c))?;
+            Ok(vec![download_bf16(dev, &ddx, off, t * c)?])
+        }),
+    }
+}
