@@ -361,13 +361,13 @@ struct TrainCommon {
 }
 
 impl TrainCommon {
-    fn args(&self, beta: f64, sft_weight: f64) -> Result<stic::trainer::TrainArgs> {
+    fn args(&self, beta: f64, sft_weight: f64) -> Result<stic::train::run_loop::TrainArgs> {
         let schedule = match self.schedule.as_str() {
-            "cosine" => stic::trainer::Schedule::Cosine,
-            "linear" => stic::trainer::Schedule::Linear,
+            "cosine" => stic::train::run_loop::Schedule::Cosine,
+            "linear" => stic::train::run_loop::Schedule::Linear,
             other => return Err(stic::Error::Input(format!("--schedule must be cosine or linear, got `{other}`"))),
         };
-        Ok(stic::trainer::TrainArgs {
+        Ok(stic::train::run_loop::TrainArgs {
             lora: stic::adapter::LoraSpec {
                 r: self.lora_r,
                 alpha: self.lora_alpha,
@@ -394,7 +394,7 @@ impl TrainCommon {
         })
     }
 
-    fn report(&self, log: &[stic::trainer::LogLine]) {
+    fn report(&self, log: &[stic::train::run_loop::LogLine]) {
         if let Some(l) = log.last() {
             let margin = l.reward_margin.map(|m| format!(", reward margin {m:.4}")).unwrap_or_default();
             let (tokens, secs) = log.iter().fold((0usize, 0f64), |(t, s), l| (t + l.tokens, s + l.seconds));
@@ -624,7 +624,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::TrainDpo(a) => {
             let c = &a.common;
             let args = c.args(a.beta, a.sft_weight)?;
-            let log = stic::trainer::train_on(c.device, &c.model, c.random_weights.then_some(c.weights_seed), stic::trainer::TrainJob::Dpo { prefs: &a.data }, &c.out, &args, c.resume, c.stop_after)?;
+            let log = stic::train::device::train_on(c.device, &c.model, c.random_weights.then_some(c.weights_seed), stic::train::device::TrainJob::Dpo { prefs: &a.data }, &c.out, &args, c.resume, c.stop_after)?;
             c.report(&log);
         }
         Cmd::TrainSft(a) => {
@@ -632,7 +632,7 @@ fn run(cli: Cli) -> Result<()> {
             let args = c.args(0.0, 0.0)?;
             let folder = a.image_folder.clone().unwrap_or_else(|| a.data.parent().unwrap_or(std::path::Path::new(".")).to_path_buf());
             let random = c.random_weights.then_some(c.weights_seed);
-            let log = stic::trainer::train_on(c.device, &c.model, random, stic::trainer::TrainJob::Sft { data: &a.data, image_folder: &folder }, &c.out, &args, c.resume, c.stop_after)?;
+            let log = stic::train::device::train_on(c.device, &c.model, random, stic::train::device::TrainJob::Sft { data: &a.data, image_folder: &folder }, &c.out, &args, c.resume, c.stop_after)?;
             c.report(&log);
         }
         Cmd::Run { config, quiet, stop_after } => {
