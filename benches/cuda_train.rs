@@ -31,7 +31,7 @@ use stic::backend::Backend;
 use stic::generate::Pipeline;
 use stic::train::cuda::CudaLearner;
 use stic::train::Pair;
-use stic::trainer::{Learner, TrainArgs};
+use stic::train::run_loop::{Learner, TrainArgs};
 
 /// STIC's stage-1 settings (`stic run`'s DPO defaults: r 128, alpha 256 on every projection,
 /// beta 0.1, the 1/1024 likelihood term, mm_projector_lr 2e-5).

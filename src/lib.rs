@@ -13,8 +13,10 @@
 //! - `adapter`   LoRA adapters in PEFT format
 //! - `loss`      DPO and STIC's DPO over sequence log-probs
 //! - `optim`     AdamW (torch semantics)
-//! - `train`     gradients of response log-probs w.r.t. LoRA adapters, DPO pair and SFT steps
-//! - `trainer`   the DPO / SFT training loop: data, schedule, accumulation, clipping, checkpoints, resume
+//! - `train`     gradients of response log-probs w.r.t. LoRA adapters, DPO pair and SFT steps;
+//!   `train::run_loop` the DPO / SFT training loop (schedule, accumulation, clipping, checkpoints,
+//!   resume) over a device's `Learner`; `train::data` its data; `train::cpu`, `train::cuda` the
+//!   learners; `train::device` picks one
 //! - `rng`       the one seeded generator (SplitMix64)
 //! - `stic`      STIC's data stages: prompts, stage-1 preference pairs (`build-prefs`), stage-2
 //!   description-infused data (`build-dif`)
@@ -41,7 +43,6 @@ pub mod stic;
 pub mod tensor;
 pub mod text;
 pub mod train;
-pub mod trainer;
 pub mod weights;
 
 pub use error::{Error, Result};

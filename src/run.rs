@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 use crate::adapter::LoraSpec;
 use crate::error::{Error, Result};
-use crate::trainer::{Schedule, TrainArgs};
+use crate::train::run_loop::{Schedule, TrainArgs};
 
 /// `stic.toml`.
 #[derive(Clone, Debug, Deserialize)]
@@ -280,7 +280,7 @@ fn stage(dir: &Path, name: &str, quiet: bool, body: impl FnOnce() -> Result<(ser
     Ok(s)
 }
 
-fn train_counts(log: &[crate::trainer::LogLine]) -> (serde_json::Value, Option<f64>) {
+fn train_counts(log: &[crate::train::run_loop::LogLine]) -> (serde_json::Value, Option<f64>) {
     let (tokens, secs) = log.iter().fold((0usize, 0f64), |(t, s), l| (t + l.tokens, s + l.seconds));
     let last = log.last();
     let counts = serde_json::json!({
@@ -345,7 +345,7 @@ pub fn run(cfg: &RunConfig, config_path: &Path, stop_prefs_after: Option<usize>)
     summary.push(stage(&d2, "2-dpo", cfg.quiet, || {
         let args = cfg.dpo.apply(stic_dpo_defaults(cfg.seed, cfg.quiet), config_path, "dpo")?;
         let resume = d2.join("checkpoint").exists() || d2.join("checkpoint.old").exists();
-        let log = crate::trainer::train_on(device, &cfg.model, cfg.random_weights, crate::trainer::TrainJob::Dpo { prefs: &prefs }, &d2, &args, resume, None)?;
+        let log = crate::train::device::train_on(device, &cfg.model, cfg.random_weights, crate::train::device::TrainJob::Dpo { prefs: &prefs }, &d2, &args, resume, None)?;
         Ok(train_counts(&log))
     })?);
 
@@ -366,7 +366,7 @@ pub fn run(cfg: &RunConfig, config_path: &Path, stop_prefs_after: Option<usize>)
         let args = cfg.sft.apply(stic_sft_defaults(cfg.seed, cfg.quiet, &d2), config_path, "sft")?;
         let resume = d4.join("checkpoint").exists() || d4.join("checkpoint.old").exists();
         let folder = cfg.dif.images.clone();
-        let log = crate::trainer::train_on(device, &cfg.model, cfg.random_weights, crate::trainer::TrainJob::Sft { data: &dif, image_folder: &folder }, &d4, &args, resume, None)?;
+        let log = crate::train::device::train_on(device, &cfg.model, cfg.random_weights, crate::train::device::TrainJob::Sft { data: &dif, image_folder: &folder }, &d4, &args, resume, None)?;
         Ok(train_counts(&log))
     })?);
 

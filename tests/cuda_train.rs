@@ -32,7 +32,7 @@ use stic::image::load_image;
 use stic::model::decoder::StepOpts;
 use stic::train::cuda::CudaLearner;
 use stic::train::{dpo_pair_grads_packed, reference_logps, sft_grads, Pair};
-use stic::trainer::{Learner, TrainArgs};
+use stic::train::run_loop::{Learner, TrainArgs};
 
 fn device() -> Option<Cuda> {
     if !cuda_available() {

@@ -41,7 +41,7 @@ fn dpo_and_stic_losses_match_torch() {
 
 #[test]
 fn lr_schedules_match_transformers() {
-    use stic::trainer::{lr_at, TrainArgs, Schedule};
+    use stic::train::run_loop::{lr_at, TrainArgs, Schedule};
     let e = read_json("expected/schedules.json");
     for c in e["cases"].as_array().unwrap() {
         let args = TrainArgs {

@@ -291,7 +291,7 @@ fn build_prefs_writes_pairs_and_skips_a_corrupt_image() {
         }
     }
     // train-dpo's reader takes it, and the images resolve.
-    let pairs = stic::trainer::read_prefs(&out).unwrap();
+    let pairs = stic::train::data::read_prefs(&out).unwrap();
     assert_eq!(pairs.len(), 4);
     for (path, _) in &pairs {
         assert!(path.exists(), "{}", path.display());
@@ -414,7 +414,7 @@ fn build_dif_writes_llava_json_and_resumes() {
     // Other turns are kept.
     assert_eq!(v[0]["conversations"][3]["value"], "Red.");
     // train-sft's reader takes it, and the images resolve against the image folder.
-    let ex = stic::trainer::read_llava_json(&out, &images).unwrap();
+    let ex = stic::train::data::read_llava_json(&out, &images).unwrap();
     assert_eq!(ex.len(), 3);
     assert!(ex.iter().all(|(p, _)| p.as_ref().unwrap().exists()));
     let run = root.join("sft");

@@ -395,13 +395,13 @@ pub struct TrainCommon {
 }
 
 impl TrainCommon {
-    pub fn args(&self, beta: f64, sft_weight: f64) -> Result<stic::trainer::TrainArgs> {
+    pub fn args(&self, beta: f64, sft_weight: f64) -> Result<stic::train::run_loop::TrainArgs> {
         let schedule = match self.schedule.as_str() {
-            "cosine" => stic::trainer::Schedule::Cosine,
-            "linear" => stic::trainer::Schedule::Linear,
+            "cosine" => stic::train::run_loop::Schedule::Cosine,
+            "linear" => stic::train::run_loop::Schedule::Linear,
             other => return Err(stic::Error::Input(format!("--schedule must be cosine or linear, got `{other}`"))),
         };
-        Ok(stic::trainer::TrainArgs {
+        Ok(stic::train::run_loop::TrainArgs {
             lora: stic::adapter::LoraSpec {
                 r: self.lora_r,
                 alpha: self.lora_alpha,
@@ -428,7 +428,7 @@ impl TrainCommon {
         })
     }
 
-    pub fn report(&self, log: &[stic::trainer::LogLine]) {
+    pub fn report(&self, log: &[stic::train::run_loop::LogLine]) {
         if let Some(l) = log.last() {
             let margin = l.reward_margin.map(|m| format!(", reward margin {m:.4}")).unwrap_or_default();
             let (tokens, secs) = log.iter().fold((0usize, 0f64), |(t, s), l| (t + l.tokens, s + l.seconds));

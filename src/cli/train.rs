@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use stic::trainer::{train_on, TrainJob};
+use stic::train::device::{train_on, TrainJob};
 use stic::Result;
 
 use super::args::{MergeArgs, TrainCommon, TrainDpoArgs, TrainSftArgs};
@@ -23,7 +23,7 @@ pub fn train_sft(a: &TrainSftArgs) -> Result<()> {
 }
 
 /// Train `job` on `--device` into `--out` and print the last step's summary.
-fn train(c: &TrainCommon, args: stic::trainer::TrainArgs, job: TrainJob<'_>) -> Result<()> {
+fn train(c: &TrainCommon, args: stic::train::run_loop::TrainArgs, job: TrainJob<'_>) -> Result<()> {
     let log = train_on(c.device, &c.model, c.random_weights.then_some(c.weights_seed), job, &c.out, &args, c.resume, c.stop_after)?;
     c.report(&log);
     Ok(())

@@ -9,11 +9,18 @@
 //! The reference policy of DPO is the same model with its adapters taken off for one pass.
 //! With `StepOpts::projector` the projector trains too: the decoder's dx at the image rows flows
 //! back through the AnyRes row map into the projector (`Llava::image_features_backward`).
+//!
+//! The training loop and what it drives live in the child modules: `run_loop` (the loop, the
+//! `Learner` trait, checkpoints), `data` (prefs.jsonl, LLaVA's SFT JSON), `cpu` (the learner on
+//! these gradients), `cuda` (the GPU learner, feature `cuda`) and `device` (picks one).
 
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod data;
+pub mod device;
+pub mod run_loop;
 
-use crate::backend::cpu;
 use crate::error::{Error, Result};
 use crate::generate::Pipeline;
 use crate::image::RgbImage;
@@ -175,7 +182,7 @@ fn grads_core(
     let mut saved = Vec::new();
     for (rows, tg) in responses {
         let hr = gather(rows);
-        let (lp, lse) = cpu::logprob(&hr, w, tg, c);
+        let (lp, lse) = crate::backend::cpu::logprob(&hr, w, tg, c);
         logps.push(lp.iter().map(|&v| v as f64).collect::<Vec<f64>>());
         saved.push((hr, lse));
     }
@@ -186,7 +193,7 @@ fn grads_core(
             return Err(Error::shape("logprob_grads", format!("{} loss weights for {} response tokens", ws[s].len(), tg.len())));
         }
         let dl: Vec<f32> = ws[s].iter().map(|&v| v as f32).collect();
-        let dhr = cpu::logprob_backward(hr, w, tg, lse, &dl, c);
+        let dhr = crate::backend::cpu::logprob_backward(hr, w, tg, lse, &dl, c);
         for (i, &r) in rows.iter().enumerate() {
             dh[r * c..(r + 1) * c].iter_mut().zip(&dhr[i * c..(i + 1) * c]).for_each(|(a, b)| *a += b);
         }

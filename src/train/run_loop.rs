@@ -1,13 +1,10 @@
-//! The training loops (`stic train-dpo`, `stic train-sft`): data, schedule, accumulation,
-//! clipping, checkpoints and resume.
-//! - SFT data: LLaVA's instruction-tuning JSON; the loss covers the gpt turns only.
+//! The training loop shared by DPO and SFT on every device (`stic train-dpo`, `stic train-sft`):
+//! the [`Learner`] a device implements, schedule, accumulation, clipping, logs, checkpoints, resume
+//! and the cache of DPO's reference log-probs.
 //!
-//! - Data: `prefs.jsonl`, one `{"image", "prompt", "chosen", "rejected"}` per line, image paths
-//!   relative to the file. Each epoch visits the pairs in an order shuffled from `seed` and the
-//!   epoch number, so a resumed run sees exactly the pairs the uninterrupted one would.
-//! - Each pair runs as one packed sequence [prompt | chosen | rejected] (shared-prefix mask), so
-//!   the image and prompt are encoded once.
-//! - One optimiser step = `batch_size * grad_accum` pairs; the gradient is the mean over them,
+//! - Each epoch visits the examples in an order shuffled from `seed` and the epoch number, so a
+//!   resumed run sees exactly the examples the uninterrupted one would.
+//! - One optimiser step = `batch_size * grad_accum` examples; the gradient is the mean over them,
 //!   clipped to a global norm of `max_grad_norm`. Learning rate: linear warmup over
 //!   ceil(warmup_ratio * total) steps, then cosine (HF `get_cosine_schedule_with_warmup`) or linear
 //!   decay to 0.
@@ -19,14 +16,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::adapter::{init_lora, load_adapter, save_adapter, LoraSpec};
+use crate::adapter::LoraSpec;
 use crate::error::{Error, Result};
-use crate::generate::Pipeline;
 use crate::rng::Rng;
-use crate::image::load_image;
 use crate::model::decoder::StepOpts;
-use crate::optim::AdamWConfig;
-use crate::train::{dpo_pair_grads, dpo_pair_grads_packed, reference_logps, sft_grads, Grads, Pair, TrainAdamW};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Schedule {
@@ -62,34 +55,6 @@ pub struct TrainArgs {
     pub recompute: bool,
     /// No progress bar (logs).
     pub quiet: bool,
-}
-
-/// One line of `prefs.jsonl`.
-#[derive(Clone, Debug, serde::Deserialize)]
-pub struct PrefLine {
-    pub image: String,
-    pub prompt: String,
-    pub chosen: String,
-    pub rejected: String,
-}
-
-/// Read `prefs.jsonl`; image paths are resolved against the file's directory.
-pub fn read_prefs(path: &Path) -> Result<Vec<(PathBuf, PrefLine)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let p: PrefLine = serde_json::from_str(line)
-            .map_err(|e| Error::config(path, format!("line {}", i + 1), format!("expected {{image, prompt, chosen, rejected}}: {e}")))?;
-        out.push((base.join(&p.image), p));
-    }
-    if out.is_empty() {
-        return Err(Error::config(path, "<file>", "no preference pairs"));
-    }
-    Ok(out)
 }
 
 /// The learning rate of optimiser step `step` (0-based) out of `total`, as HF's
@@ -160,7 +125,7 @@ pub struct ExampleOut {
 }
 
 /// What the training loop drives: the adapters (and projector) being trained, their AdamW state
-/// and the gradient accumulated over the current step. [`CpuLearner`] is the reference;
+/// and the gradient accumulated over the current step. `train::cpu::CpuLearner` is the reference;
 /// `train::cuda::CudaLearner` (feature `cuda`) keeps everything on a GPU. Both save the same
 /// files (PEFT adapter, `optimizer.safetensors`), so a run may resume on the other device.
 pub trait Learner {
@@ -178,161 +143,6 @@ pub trait Learner {
     /// One AdamW step on the accumulated gradient times `gscale` (torch's clip_grad_norm_
     /// factor, or 1): adapters at `lr`, the projector at `projector_lr`. Clears the gradient.
     fn step(&mut self, gscale: f32, lr: f32, projector_lr: f32) -> Result<()>;
-}
-
-/// The CPU [`Learner`]: the pipeline's own adapters, [`TrainAdamW`], and the accumulated
-/// [`Grads`] (each example's gradients added with their weight).
-pub struct CpuLearner<'a> {
-    pub pipe: &'a mut Pipeline,
-    opt: TrainAdamW,
-    acc: Option<Grads>,
-}
-
-impl<'a> CpuLearner<'a> {
-    pub fn new(pipe: &'a mut Pipeline, args: &TrainArgs) -> Self {
-        CpuLearner { pipe, opt: TrainAdamW::new(AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() }), acc: None }
-    }
-
-    /// Add `w` times an example's gradients to the step's.
-    pub fn accumulate(&mut self, grads: Grads, w: f32) {
-        match self.acc.as_mut() {
-            None => {
-                let mut g = grads;
-                g.scale(w);
-                self.acc = Some(g);
-            }
-            Some(a) => a.add_scaled(&grads, w),
-        }
-    }
-}
-
-impl Learner for CpuLearner<'_> {
-    fn init_lora(&mut self, spec: &LoraSpec, seed: u64) -> Result<()> {
-        init_lora(&mut self.pipe.model, spec, seed).map(|_| ())
-    }
-    fn load_adapter(&mut self, dir: &Path) -> Result<()> {
-        load_adapter(&mut self.pipe.model, dir).map(|_| ())
-    }
-    fn adapted(&mut self) -> Vec<&'static str> {
-        let mut names: Vec<&'static str> = Vec::new();
-        for (_, name, l) in self.pipe.model.decoder.projections_mut() {
-            if l.lora.is_some() && !names.contains(&name) {
-                names.push(name);
-            }
-        }
-        names
-    }
-    fn save_adapter(&mut self, dir: &Path, spec: &LoraSpec, projector: bool) -> Result<()> {
-        save_adapter(&mut self.pipe.model, dir, spec, projector)
-    }
-    fn load_optimizer(&mut self, path: &Path) -> Result<()> {
-        self.opt.load(path)
-    }
-    fn save_optimizer(&mut self, path: &Path) -> Result<()> {
-        self.opt.save(path)
-    }
-    fn grad_norm(&mut self) -> Result<f64> {
-        Ok(self.acc.as_ref().map(Grads::norm).unwrap_or(0.0))
-    }
-    fn step(&mut self, gscale: f32, lr: f32, projector_lr: f32) -> Result<()> {
-        let mut grads = self.acc.take().unwrap_or_default();
-        if gscale != 1.0 {
-            grads.scale(gscale);
-        }
-        self.opt.step(self.pipe, &grads, lr, projector_lr)
-    }
-}
-
-/// The pairs of `prefs.jsonl` with their prompts formatted for `pipe`'s model, images loaded,
-/// and each line's key (see [`pair_key`]).
-pub fn read_pairs<B: crate::backend::Backend>(pipe: &Pipeline<B>, data: &Path) -> Result<(Vec<Pair>, Vec<String>)> {
-    let lines = read_prefs(data)?;
-    let pairs: Vec<Pair> = lines
-        .iter()
-        .map(|(img, p)| {
-            Ok(Pair {
-                prompt: pipe.format_prompt(&p.prompt, 1, false),
-                images: vec![load_image(img)?],
-                chosen: p.chosen.clone(),
-                rejected: p.rejected.clone(),
-            })
-        })
-        .collect::<Result<_>>()?;
-    Ok((pairs, lines.iter().map(|(_, p)| pair_key(p)).collect()))
-}
-
-/// DPO training on `prefs.jsonl`; `stop_after` ends the run right after that step's checkpoint
-/// (a crash, for tests).
-pub fn train_dpo(pipe: &mut Pipeline, data: &Path, out: &Path, args: &TrainArgs, resume: bool, stop_after: Option<usize>) -> Result<Vec<LogLine>> {
-    let (pairs, keys) = read_pairs(pipe, data)?;
-    // Reference log-probs: the base model (no adapters yet), computed once per pair.
-    let refs = reference_cache(&keys, out, resume, |i| reference_logps(pipe, &pairs[i]))?;
-    let mut learner = CpuLearner::new(pipe, args);
-    train_loop(&mut learner, pairs.len(), out, args, resume, stop_after, |l, i, opts, w| {
-        // Encode image + prompt once per pair (shared-prefix packing) unless a sliding window
-        // forbids it.
-        let (o, grads, tokens) = if l.pipe.model.cfg.text.sliding_window.is_none() {
-            dpo_pair_grads_packed(l.pipe, &pairs[i], refs[i], args.beta, args.sft_weight, opts)?
-        } else {
-            dpo_pair_grads(l.pipe, &pairs[i], refs[i], args.beta, args.sft_weight, opts)?
-        };
-        l.accumulate(grads, w);
-        Ok(ExampleOut { loss: o.loss, rewards: Some((o.chosen_reward, o.rejected_reward)), tokens })
-    })
-}
-
-/// What [`train_on`] trains: DPO on a preference file, or SFT on LLaVA's JSON.
-#[derive(Clone, Copy, Debug)]
-pub enum TrainJob<'a> {
-    Dpo { prefs: &'a Path },
-    Sft { data: &'a Path, image_folder: &'a Path },
-}
-
-/// [`train_dpo`] / [`train_sft`] on `device`: the CPU reference, or the GPU learner
-/// (`train::cuda`) with the model in bf16. `random_weights`: build the model of `model`'s config
-/// with seeded random weights.
-#[allow(clippy::too_many_arguments)]
-pub fn train_on(
-    device: crate::backend::Device,
-    model: &Path,
-    random_weights: Option<u64>,
-    job: TrainJob,
-    out: &Path,
-    args: &TrainArgs,
-    resume: bool,
-    stop_after: Option<usize>,
-) -> Result<Vec<LogLine>> {
-    match device {
-        crate::backend::Device::Cpu => {
-            let mut pipe = Pipeline::load_with(model, random_weights, None)?;
-            match job {
-                TrainJob::Dpo { prefs } => train_dpo(&mut pipe, prefs, out, args, resume, stop_after),
-                TrainJob::Sft { data, image_folder } => train_sft(&mut pipe, data, image_folder, out, args, resume, stop_after),
-            }
-        }
-        #[cfg(feature = "cuda")]
-        crate::backend::Device::Cuda(n) => {
-            let pipe = Pipeline::load_on(&crate::backend::cuda::Cuda::new(n)?, model, random_weights, None)?;
-            match job {
-                TrainJob::Dpo { prefs } => crate::train::cuda::train_dpo(pipe, prefs, out, args, resume, stop_after),
-                TrainJob::Sft { data, image_folder } => crate::train::cuda::train_sft(pipe, data, image_folder, out, args, resume, stop_after),
-            }
-        }
-        #[cfg(not(feature = "cuda"))]
-        crate::backend::Device::Cuda(_) => Err(Error::Input("--device cuda: this binary was built without --features cuda".into())),
-    }
-}
-
-/// A stable key of a preference line (FNV-1a 64 over its fields), so a cached reference log-prob
-/// is reused only for the very pair it was computed for.
-pub fn pair_key(p: &PrefLine) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for field in [&p.image, &p.prompt, &p.chosen, &p.rejected] {
-        for b in field.bytes().chain([0xff]) {
-            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -379,68 +189,6 @@ pub fn reference_cache(keys: &[String], out: &Path, resume: bool, mut reference:
         }
     }
     Ok(refs.into_iter().map(|r| r.expect("every pair has its reference")).collect())
-}
-
-/// One conversation of LLaVA's instruction-tuning JSON.
-#[derive(Clone, Debug, serde::Deserialize)]
-pub struct LlavaExample {
-    #[serde(default)]
-    pub id: serde_json::Value,
-    pub image: Option<String>,
-    pub conversations: Vec<LlavaTurn>,
-}
-
-#[derive(Clone, Debug, serde::Deserialize)]
-pub struct LlavaTurn {
-    pub from: String,
-    pub value: String,
-}
-
-/// One example of LLaVA's SFT JSON: its image (if any) and its (human, gpt) turns.
-pub type Conversation = (Option<PathBuf>, Vec<(String, String)>);
-
-/// Read LLaVA's SFT JSON (a list of {id, image, conversations: [{from: human|gpt, value}]}) into
-/// (image path, [(human, gpt)] turns); images are resolved against `image_folder`.
-pub fn read_llava_json(path: &Path, image_folder: &Path) -> Result<Vec<Conversation>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let items: Vec<LlavaExample> = serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), source: e })?;
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, ex)| {
-            let field = format!("[{i}] (id {})", ex.id);
-            if ex.conversations.is_empty() || ex.conversations.len() % 2 != 0 {
-                return Err(Error::config(path, field, "conversations must alternate human/gpt turns"));
-            }
-            let mut turns = Vec::new();
-            for c in ex.conversations.chunks(2) {
-                if c[0].from != "human" || c[1].from != "gpt" {
-                    return Err(Error::config(path, &field, format!("expected a human then a gpt turn, got {} then {}", c[0].from, c[1].from)));
-                }
-                turns.push((c[0].value.clone(), c[1].value.clone()));
-            }
-            Ok((ex.image.map(|im| image_folder.join(im)), turns))
-        })
-        .collect()
-}
-
-/// LLaVA's SFT JSON with every example's images loaded.
-#[allow(clippy::type_complexity)]
-pub fn read_sft_data(data: &Path, image_folder: &Path) -> Result<(Vec<Conversation>, Vec<Vec<crate::image::RgbImage>>)> {
-    let examples = read_llava_json(data, image_folder)?;
-    let images = examples.iter().map(|(p, _)| p.iter().map(|p| load_image(p)).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?;
-    Ok((examples, images))
-}
-
-/// SFT on LLaVA's instruction-tuning JSON (loss on the gpt turns only).
-pub fn train_sft(pipe: &mut Pipeline, data: &Path, image_folder: &Path, out: &Path, args: &TrainArgs, resume: bool, stop_after: Option<usize>) -> Result<Vec<LogLine>> {
-    let (examples, images) = read_sft_data(data, image_folder)?;
-    let mut learner = CpuLearner::new(pipe, args);
-    train_loop(&mut learner, examples.len(), out, args, resume, stop_after, |l, i, opts, w| {
-        let (loss, grads, tokens) = sft_grads(l.pipe, &examples[i].1, &images[i], opts)?;
-        l.accumulate(grads, w);
-        Ok(ExampleOut { loss, rewards: None, tokens })
-    })
 }
 
 /// The loop shared by DPO and SFT on every device: initialise or resume adapters and

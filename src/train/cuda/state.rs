@@ -1,0 +1,95 @@
+//! The GPU learner's struct and its training state on the device (adapters, projector), shared
+//! by the other files of `train::cuda`.
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaSlice;
+
+use crate::backend::cuda::{Cuda, CudaDevice};
+use crate::error::{Error, Result};
+use crate::generate::Pipeline;
+use crate::model::decoder::Decoder;
+use crate::optim::AdamWConfig;
+
+/// One adapted projection: where its A [r, K] and B [N, r] live in the flat parameter buffers.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Adapter {
+    pub(super) layer: usize,
+    /// Index in [`PROJECTIONS`](crate::model::decoder::PROJECTIONS).
+    pub(super) proj: usize,
+    /// K: in features; N: out features.
+    pub(super) k: usize,
+    pub(super) n: usize,
+    pub(super) off_a: usize,
+    pub(super) off_b: usize,
+}
+
+/// The trainable state on the device.
+pub(super) struct DeviceLoras {
+    pub(super) r: usize,
+    pub(super) scale: f32,
+    /// LoRA dropout probability (0: none).
+    pub(super) dropout: f32,
+    pub(super) adapters: Vec<Adapter>,
+    /// Per layer, per projection: the index in `adapters`.
+    pub(super) lookup: Vec<[Option<usize>; 7]>,
+    /// f32 master parameters, gradients and AdamW moments, adapter after adapter (A then B).
+    pub(super) p: CudaSlice<f32>,
+    pub(super) g: CudaSlice<f32>,
+    pub(super) m: CudaSlice<f32>,
+    pub(super) v: CudaSlice<f32>,
+    /// The bf16 copy of p the LoRA kernels read.
+    pub(super) p16: CudaSlice<u16>,
+    /// AdamW steps taken (the same for every tensor).
+    pub(super) step: u64,
+}
+
+/// The projector's trainable state on the device: its parameters in `params_mut` order
+/// (`linear_1.weight`, `linear_1.bias`, `linear_2.weight`, `linear_2.bias`, or `weight`, `bias`),
+/// back to back.
+pub(super) struct DeviceProjector {
+    /// (name, shape, offset) of every parameter.
+    pub(super) params: Vec<(String, Vec<usize>, usize)>,
+    pub(super) p: CudaSlice<f32>,
+    pub(super) g: CudaSlice<f32>,
+    pub(super) m: CudaSlice<f32>,
+    pub(super) v: CudaSlice<f32>,
+    pub(super) step: u64,
+}
+
+/// The GPU [`Learner`](crate::train::run_loop::Learner): a frozen bf16 model and the adapters' training state on one device.
+pub struct CudaLearner {
+    pub pipe: Pipeline<Cuda>,
+    pub(super) dev: Arc<CudaDevice>,
+    pub(super) cfg: AdamWConfig,
+    pub(super) loras: Option<DeviceLoras>,
+    /// Set when the projector trains.
+    pub(super) projector: Option<DeviceProjector>,
+    /// A column of ones (bf16) for the bias gradients, grown as needed.
+    pub(super) ones: Option<CudaSlice<u16>>,
+    /// The weight of the examples accumulated since the last step (all the same: 1 / n).
+    pub(super) pending_w: Option<f32>,
+    /// The LoRA dropout seed of the example being run (None: no dropout, as in evaluation).
+    pub(super) dropout_seed: Option<u64>,
+    pub(super) inv_freq: CudaSlice<f32>,
+    pub(super) neg_inv_freq: CudaSlice<f32>,
+}
+
+impl CudaLearner {
+    pub(super) fn decoder(&self) -> &Decoder<Cuda> {
+        &self.pipe.model.decoder
+    }
+
+    pub(super) fn loras(&self) -> Result<&DeviceLoras> {
+        self.loras.as_ref().ok_or_else(|| Error::Input("no adapters attached: init or load them first".into()))
+    }
+
+    /// Something trains: adapters, the projector, or both (projector only: LLaVA's alignment
+    /// stage, `--lora-r 0 --projector-lr LR`).
+    pub(super) fn check_trainable(&self) -> Result<()> {
+        if self.loras.is_none() && self.projector.is_none() {
+            return Err(Error::Input("nothing to train: no adapters attached and the projector does not train".into()));
+        }
+        Ok(())
+    }
+}
