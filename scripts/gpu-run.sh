@@ -64,7 +64,8 @@ cat > .gpu/run.sh <<'RUN'
 set -uo pipefail
 bin="$(mktemp -d)"
 tar -C "$bin" -xJf .gpu/bin.tar.xz || { echo "cannot unpack .gpu/bin.tar.xz" >&2; exit 1; }
-export STIC_FIXTURES="$PWD/tests/fixtures" STIC_BIN="$bin/stic"
+# STIC_REQUIRE_CUDA: a test that finds no device fails instead of printing its skip line.
+export STIC_FIXTURES="$PWD/tests/fixtures" STIC_BIN="$bin/stic" STIC_REQUIRE_CUDA=1
 log="${OUT:-.}/gpu-run.log"
 fail=0
 # cuBLASLt for `matmul`: the loader's cache first, then the usual toolkit and wheel folders.

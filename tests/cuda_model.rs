@@ -1,6 +1,7 @@
 //! The whole model on the CUDA backend (bf16) against the CPU backend (f32, itself checked
 //! against transformers in tests/llava_parity.rs). Built only with `--features cuda`; without a
-//! device each test prints `skipped: no CUDA device` and passes.
+//! device each test prints `skipped: no CUDA device` and passes
+//! (with `STIC_REQUIRE_CUDA=1` it fails: `common::cuda`).
 //!
 //! What is compared (tolerances in docs/TOLERANCES.md, "model on CUDA"):
 //! - image features and the logits at the last prompt position: max |gpu - cpu| <= 5e-2 of the
@@ -14,19 +15,11 @@
 mod common;
 
 use common::*;
-use stic::backend::cuda::{cuda_available, Cuda};
+use stic::backend::cuda::Cuda;
 use stic::backend::{Backend, Cpu, Rows};
 use stic::generate::{Pipeline, SamplingParams};
 use stic::model::KvCache;
 
-fn backend() -> Option<Cuda> {
-    if !cuda_available() {
-        use std::io::Write;
-        let _ = writeln!(std::io::stdout().lock(), "skipped: no CUDA device");
-        return None;
-    }
-    Some(Cuda::new(0).expect("a CUDA device is present but could not be opened"))
-}
 
 /// Logits [V] at the last row of the embeddings `x` [T, C] (one prefill).
 fn last_logits<B: Backend>(pipe: &Pipeline<B>, x: B::Tensor) -> Vec<f32> {
@@ -95,7 +88,7 @@ fn compare_greedy<B: Backend>(
 }
 
 fn tiny_model_matches_cpu(name: &str) {
-    let Some(be) = backend() else { return };
+    let Some(be) = cuda(Cuda::new) else { return };
     let dir = fixtures().join(name);
     let cpu = Pipeline::load(&dir).unwrap();
     let gpu = Pipeline::load_on(&be, &dir, None, None).unwrap();
@@ -134,7 +127,7 @@ fn llava15_tiny_cuda_matches_cpu() {
 /// lengths batched.
 #[test]
 fn random_7b_shaped_model_cuda_matches_cpu() {
-    let Some(be) = backend() else { return };
+    let Some(be) = cuda(Cuda::new) else { return };
     let dir = std::env::temp_dir().join(format!("stic-cuda-7b-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut cfg = read_json("configs/llava-v1.6-mistral-7b-hf.json");
@@ -173,7 +166,7 @@ fn random_7b_shaped_model_cuda_matches_cpu() {
 #[test]
 fn attention_packed_cuda_matches_cpu() {
     use stic::backend::{cpu, PackedMask};
-    let Some(be) = backend() else { return };
+    let Some(be) = cuda(Cuda::new) else { return };
     let causal = PackedMask::Causal { window: None };
     let cases: &[(usize, usize, usize, &[usize], PackedMask)] = &[
         (32, 8, 128, &[1, 17, 300], causal),

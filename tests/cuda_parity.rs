@@ -1,25 +1,19 @@
 //! CUDA kernels against the CPU reference. Built only with `--features cuda`; on a machine
-//! without a CUDA device a test that needs one prints `skipped: no CUDA device` and passes.
+//! without a CUDA device a test that needs one prints `skipped: no CUDA device` and passes
+//! (with `STIC_REQUIRE_CUDA=1` it fails: `common::cuda`).
 //!
 //! One test per op, `<op>_cuda_matches_cpu`, runs that op's checks from the registry in
 //! `stic::backend::cuda::check` (the same checks `stic check` runs; tolerances in
 //! docs/TOLERANCES.md). `check_harness_*` validates the registry's host side without a GPU.
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use common::cuda;
 use half::bf16;
 use stic::backend::cuda::check::{checks, Check};
-use stic::backend::cuda::{cuda_available, CudaDevice};
+use stic::backend::cuda::CudaDevice;
 
-/// The device, or `None` (after printing the skip line) when this machine has none.
-fn device() -> Option<CudaDevice> {
-    if !cuda_available() {
-        // Straight to the stdout handle: libtest captures `println!` of passing tests.
-        use std::io::Write;
-        let _ = writeln!(std::io::stdout().lock(), "skipped: no CUDA device");
-        return None;
-    }
-    Some(CudaDevice::new(0).expect("a CUDA device is present but could not be opened"))
-}
 
 use stic::rng::Rng;
 
@@ -75,7 +69,7 @@ fn random_f32_bits(rng: &mut Rng, n: usize) -> Vec<u32> {
 
 #[test]
 fn cast_cuda_matches_cpu() {
-    let Some(dev) = device() else { return };
+    let Some(dev) = cuda(CudaDevice::new) else { return };
     eprintln!("device: {dev:?}");
     let mut rng = Rng::new(0x5715_C0DA);
 
@@ -154,7 +148,7 @@ const SEED: u64 = 0x5715_C4EC;
 fn run_op(op: &str) {
     let selected: Vec<Check> = checks().into_iter().filter(|c| c.op == op).collect();
     assert!(!selected.is_empty(), "no checks registered for op `{op}`");
-    let Some(dev) = device() else { return };
+    let Some(dev) = cuda(CudaDevice::new) else { return };
     let mut failures = Vec::new();
     for c in &selected {
         if let Some(why) = c.skip_reason(&dev) {
@@ -179,7 +173,7 @@ fn run_op(op: &str) {
 fn run_kernel(kernel: &str) {
     let selected: Vec<Check> = checks().into_iter().filter(|c| c.kernel == kernel).collect();
     assert!(!selected.is_empty(), "no checks registered for kernel `{kernel}`");
-    let Some(dev) = device() else { return };
+    let Some(dev) = cuda(CudaDevice::new) else { return };
     let mut failures = Vec::new();
     for c in &selected {
         match c.run(&dev, SEED) {
@@ -354,7 +348,7 @@ fn check_harness_accepts_cpu_and_rejects_bad_outputs() {
 /// Shape errors are `Error::Shape` naming the op, raised before any launch.
 #[test]
 fn cuda_shape_errors_name_the_op() {
-    let Some(dev) = device() else { return };
+    let Some(dev) = cuda(CudaDevice::new) else { return };
     let x = dev.htod(&[0x3F80u16; 12]).unwrap();
     let w = dev.htod(&[0x3F80u16; 5]).unwrap();
     let mut y = dev.htod(&[0u16; 12]).unwrap();

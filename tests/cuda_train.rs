@@ -1,6 +1,7 @@
 //! LoRA DPO on the GPU (`train::cuda`, bf16) against the CPU trainer (f32, itself checked against
 //! transformers + PEFT autograd in tests/llava_parity.rs). Built only with `--features cuda`;
-//! without a device each test prints `skipped: no CUDA device` and passes.
+//! without a device each test prints `skipped: no CUDA device` and passes
+//! (with `STIC_REQUIRE_CUDA=1` it fails: `common::cuda`).
 //!
 //! LoRA dropout (p 0.1) is on in the step tests and in one CLI run: the GPU regenerates the CPU's
 //! masks, so both drop the same elements.
@@ -21,11 +22,10 @@
 
 mod common;
 
-use std::process::Command;
 
 use common::*;
 use stic::adapter::{init_lora, save_adapter, LoraSpec};
-use stic::backend::cuda::{cuda_available, Cuda};
+use stic::backend::cuda::Cuda;
 use stic::generate::Pipeline;
 use stic::rng::Rng;
 use stic::image::load_image;
@@ -34,14 +34,6 @@ use stic::train::cuda::CudaLearner;
 use stic::train::{dpo_pair_grads_packed, reference_logps, sft_grads, Pair};
 use stic::train::run_loop::{Learner, TrainArgs};
 
-fn device() -> Option<Cuda> {
-    if !cuda_available() {
-        use std::io::Write;
-        let _ = writeln!(std::io::stdout().lock(), "skipped: no CUDA device");
-        return None;
-    }
-    Some(Cuda::new(0).expect("a CUDA device is present but could not be opened"))
-}
 
 /// The tiny LLaVA-NeXT fixture with a decoder of head dim 64 (2 heads, 1 kv head), for random
 /// weights.
@@ -91,7 +83,7 @@ fn cpu_with_random_adapter(dir: &std::path::Path, seed: u64, lora_seed: u64) -> 
 
 #[test]
 fn dpo_step_cuda_matches_cpu() {
-    let Some(be) = device() else { return };
+    let Some(be) = cuda(Cuda::new) else { return };
     let dir = tiny64("cuda-dpo-step");
     let seed = Some(7);
     let (mut cpu, adir) = cpu_with_random_adapter(&dir, 7, 1);
@@ -151,7 +143,7 @@ fn compare_grads(what: &str, gpu: &[(String, Vec<f32>)], cpu: &[(String, Vec<f32
 
 #[test]
 fn sft_step_cuda_matches_cpu() {
-    let Some(be) = device() else { return };
+    let Some(be) = cuda(Cuda::new) else { return };
     let dir = tiny64("cuda-sft-step");
     let seed = Some(5);
     let (cpu, adir) = cpu_with_random_adapter(&dir, 5, 2);
@@ -175,7 +167,7 @@ fn sft_step_cuda_matches_cpu() {
 
 #[test]
 fn train_sft_cuda_matches_cpu() {
-    if device().is_none() {
+    if cuda(Cuda::new).is_none() {
         return;
     }
     let dir = tiny64("cuda-train-sft");
@@ -188,15 +180,10 @@ fn train_sft_cuda_matches_cpu() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn stic(args: &[&str]) -> (bool, String) {
-    let bin = std::env::var("STIC_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_stic").to_string());
-    let out = Command::new(bin).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
-}
 
 #[test]
 fn train_dpo_cuda_matches_cpu() {
-    if device().is_none() {
+    if cuda(Cuda::new).is_none() {
         return;
     }
     let dir = tiny64("cuda-train-dpo");
@@ -231,7 +218,7 @@ fn train_both(cmd: &str, dir: &std::path::Path, data: &std::path::Path, extra: &
             "--lr", "1e-2", "--max-steps", "2", "--warmup-ratio", "0", "--seed", "3", "--quiet", "--device", device,
         ];
         args.extend_from_slice(extra);
-        let (ok, err) = stic(&args);
+        let (ok, _, err) = stic(&args);
         assert!(ok, "{cmd} --device {device}: {err}");
         out
     };

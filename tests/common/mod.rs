@@ -23,6 +23,22 @@ pub fn stic(args: &[&str]) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// The CUDA device as `open(0)` makes it (a `CudaDevice`, or the `Cuda` backend), or `None` after
+/// printing `skipped: no CUDA device` when this machine has none. With `STIC_REQUIRE_CUDA=1` (set
+/// where a device is expected: scripts/gpu-run.sh, the emulated CI step) a missing device fails
+/// the test instead.
+#[cfg(feature = "cuda")]
+pub fn cuda<T>(open: impl FnOnce(usize) -> stic::Result<T>) -> Option<T> {
+    if !stic::backend::cuda::cuda_available() {
+        assert!(std::env::var("STIC_REQUIRE_CUDA").as_deref() != Ok("1"), "no CUDA device, and STIC_REQUIRE_CUDA=1 expects one");
+        // Straight to the stdout handle: libtest captures `println!` of passing tests.
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), "skipped: no CUDA device");
+        return None;
+    }
+    Some(open(0).expect("a CUDA device is present but could not be opened"))
+}
+
 pub fn read_json(rel: &str) -> serde_json::Value {
     let p = fixtures().join(rel);
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
