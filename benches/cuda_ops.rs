@@ -321,7 +321,7 @@ fn attention_train(dev: &'static CudaDevice) -> Result<Vec<Bench>> {
     for &(b, h, t, d) in &[(1usize, 32usize, 4096usize, 128usize), (4, 32, 2048, 128), (1, 16, 577, 64)] {
         for causal in [true, false] {
             let n = b * t;
-            let cu: Vec<u32> = (0..=b as u32).map(|i| i * t as u32).collect();
+            let cu = stic::backend::cpu::cu_seqlens(&vec![t; b]);
             let fwd_flops = (4 * b * t * t * h * d) as u64 / if causal { 2 } else { 1 };
             let bytes = (2 * 4 * n * h * d) as u64;
             let name = format!("B={b},H={h},T={t},D={d}{}", if causal { ",causal" } else { "" });
@@ -376,7 +376,7 @@ fn attention_hopper(dev: &'static CudaDevice) -> Result<Vec<Bench>> {
     for &(b, h, t, d) in &[(1usize, 32usize, 4096usize, 128usize), (4, 32, 2048, 128), (1, 16, 577, 64)] {
         for causal in [true, false] {
             let n = b * t;
-            let cu: Vec<u32> = (0..=b as u32).map(|i| i * t as u32).collect();
+            let cu = stic::backend::cpu::cu_seqlens(&vec![t; b]);
             let flops = (4 * b * t * t * h * d) as u64 / if causal { 2 } else { 1 };
             let bytes = (2 * 4 * n * h * d) as u64;
             let name = format!("fwd B={b},H={h},T={t},D={d}{}", if causal { ",causal" } else { "" });
