@@ -6,7 +6,9 @@
 //   1 (the default): the real asm, for nvcc's device passes (build.rs);
 //   0 (STIC_EMULATOR defined): the host C++ build of the kernel sources on an emulator, where
 //     each function forwards to the one of the same name and signature in namespace stic_emu.
-//     That emulator is not written yet: such a build stops at the #error below.
+//     The emulator's core is kernels/emu (namespace emu: fibers, warp rendezvous, the sm_80
+//     instructions); the stic_emu adapters onto it are not written yet (issue #14), so such a
+//     build stops at the #error below.
 // Functions marked "sm_90a" are called only from code compiled under __CUDA_ARCH_FEAT_SM90_ALL
 // (attention_hopper.cu); the others run on sm_80 and later. Unused functions emit nothing.
 
