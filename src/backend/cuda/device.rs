@@ -18,6 +18,13 @@ pub fn cuda_available() -> bool {
     *AVAILABLE.get_or_init(|| device_count().map(|n| n > 0).unwrap_or(false))
 }
 
+/// True when `STIC_CUDA_EMU=1`: the CUDA driver and cuBLASLt are the emulated device's
+/// (`kernels/emu`), which runs every kernel on the CPU with memory and race checking. Checks and
+/// tests use it to pick shapes small enough for the CPU.
+pub fn emulated() -> bool {
+    std::env::var_os("STIC_CUDA_EMU").is_some_and(|v| v == "1")
+}
+
 /// The number of CUDA devices, or why there are none usable.
 fn device_count() -> std::result::Result<usize, String> {
     // cudarc panics when libcuda cannot be loaded, so check for it first; and guard the probe

@@ -68,7 +68,7 @@ pub use attention_hopper::AttnFwdKernel;
 pub use adamw::AdamWTensor;
 pub use dpo::DpoSpans;
 pub use dropout::Dropout;
-pub use device::{cuda_available, CudaDevice};
+pub use device::{cuda_available, emulated, CudaDevice};
 pub use engine::{Cuda, CudaLinear, CudaLogits, CudaTensor};
 pub use logprob::LOGPROB_CHUNK;
 pub use lora::LORA_MAX_RANK;
