@@ -27,6 +27,9 @@ pub fn emulated() -> bool {
 
 /// The number of CUDA devices, or why there are none usable.
 fn device_count() -> std::result::Result<usize, String> {
+    if emulated() {
+        super::emu::load()?;
+    }
     // cudarc panics when libcuda cannot be loaded, so check for it first; and guard the probe
     // anyway (a driver too old for a symbol cudarc looks up would panic as well).
     // SAFETY: only tries to dlopen the driver library.

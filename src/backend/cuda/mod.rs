@@ -52,6 +52,7 @@ mod dpo;
 mod dropout;
 mod device;
 mod embedding;
+mod emu;
 pub mod nvtx;
 mod engine;
 mod layernorm;

@@ -1,0 +1,69 @@
+//! The emulated CUDA device (`STIC_CUDA_EMU=1`, issue #14): build.rs compiles every
+//! `kernels/*.cu` as host C++ against `kernels/emu` into a fake libcuda, and a CPU cuBLASLt
+//! subset into a fake libcublasLt, and embeds both (`kernels::EMU_CUDA_LIB`,
+//! `kernels::EMU_CUBLASLT_LIB`).
+//!
+//! cudarc finds its libraries with `dlopen("libcuda.so")` / `dlopen("libcublasLt.so")`. glibc
+//! answers a `dlopen` by name with an already loaded object whose SONAME is that name, so
+//! [`load`] loads ours first (SONAMEs `libcuda.so` and `libcublasLt.so`, from memory files, with
+//! `RTLD_GLOBAL`) and cudarc then gets them without being patched or told anything. It must run
+//! before cudarc's first driver call: `device::device_count` calls it.
+
+use std::ffi::CString;
+use std::sync::OnceLock;
+
+use super::kernels;
+
+/// Loads the emulated libcuda and libcublasLt, once per process. Errors say which library and why.
+pub(super) fn load() -> Result<(), String> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            // libcublasLt's DT_NEEDED libcuda.so resolves to the first one by SONAME: load it first.
+            open("libcuda.so", kernels::EMU_CUDA_LIB)?;
+            open("libcublasLt.so", kernels::EMU_CUBLASLT_LIB)
+        })
+        .clone()
+}
+
+/// Writes `image` into an anonymous memory file and dlopens it (RTLD_NOW | RTLD_GLOBAL), leaking
+/// the handle: the library stays loaded for the life of the process, as the real driver does.
+fn open(soname: &str, image: &[u8]) -> Result<(), String> {
+    let what = format!("the emulated {soname} ({} bytes embedded by build.rs)", image.len());
+    let name = CString::new(format!("stic-emu-{soname}")).expect("no NUL in the name");
+    // SAFETY: memfd_create takes a NUL-terminated name; the returned descriptor is ours.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    if fd < 0 {
+        return Err(format!("{what}: memfd_create: {}", std::io::Error::last_os_error()));
+    }
+    let mut written = 0;
+    while written < image.len() {
+        // SAFETY: writes from a live slice to our own descriptor.
+        let n = unsafe { libc::write(fd, image[written..].as_ptr().cast(), image.len() - written) };
+        if n <= 0 {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: closes our descriptor once.
+            unsafe { libc::close(fd) };
+            return Err(format!("{what}: writing the memory file: {e}"));
+        }
+        written += n as usize;
+    }
+    let path = CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in the path");
+    // SAFETY: dlopen of a complete shared object; its constructors only set up the emulator.
+    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    // The mapping keeps the file alive; the descriptor is no longer needed.
+    // SAFETY: closes our descriptor once.
+    unsafe { libc::close(fd) };
+    if handle.is_null() {
+        // SAFETY: dlerror returns a thread-local C string or null.
+        let err = unsafe { libc::dlerror() };
+        let msg = if err.is_null() {
+            "unknown error".to_string()
+        } else {
+            // SAFETY: non-null dlerror strings are NUL-terminated.
+            unsafe { std::ffi::CStr::from_ptr(err) }.to_string_lossy().into_owned()
+        };
+        return Err(format!("{what}: dlopen: {msg} (it needs libboost_context: apt-get install libboost-context-dev)"));
+    }
+    Ok(())
+}
