@@ -1,8 +1,9 @@
 //! The project's kernels on the emulated CUDA device, without the driver: kernels/emu/tests/
 //! kernels_smoke.cpp is linked with the objects build.rs compiled for the emulator
 //! (`$OUT_DIR/emu/*.o`: every kernel, the generated registry, the sanitizer) and run. It calls
-//! `add` and `rmsnorm` through `emu::registry()`'s trampolines and checks them against plain C++
-//! loops, and checks the registry against the fatbins. Feature `cuda` only (build.rs builds the
+//! `add`, `rmsnorm` and `attention_fwd_d64` (mma.sync, ldmatrix, cp.async) through
+//! `emu::registry()`'s trampolines and checks them against plain C++ loops, and checks the
+//! registry against the fatbins. Feature `cuda` only (build.rs builds the
 //! objects then); needs g++ and Boost.Context like the build.
 #![cfg(feature = "cuda")]
 

@@ -1,6 +1,7 @@
 // emu/tests/kernels_smoke.cpp: the project's own kernels run on the emulated device through the
 // generated registry (build.rs, build/emu.rs): the trampolines read cuLaunchKernel-style
-// `void** params`, launch, and the results match plain C++ loops. Also checks the registry's
+// `void** params`, launch, and the results match plain C++ loops (add, rmsnorm; attention_fwd_d64,
+// i.e. ptx.cuh's mma.sync/ldmatrix/cp.async adapters, against attention in double). Also checks the registry's
 // shape (every module, the Hopper kernels listed as not runnable with a reason) and that a
 // module's image hash is the FNV-1a-64 of its fatbin.
 //
@@ -9,6 +10,7 @@
 // then `./kernels_smoke $OUT_DIR/kernels`. Exit status 0 = every check passed.
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -151,6 +153,56 @@ static void rmsnorm_kernel(unsigned C, unsigned B) {
     emu::dev_free(dy);
 }
 
+// attention_fwd_d64 (attention_train.cu: FlashAttention-2 on mma.sync/ldmatrix/cp.async, i.e.
+// ptx.cuh's adapters): one causal sequence of T = 80 rows (a full and a ragged 64-row tile), H = 2
+// query heads on Hkv = 1 (GQA), against softmax attention in double on the same bf16 inputs. P is
+// rounded to bf16 before P V, so out may differ by about 2^-8 of max|v|.
+static void attention_fwd_kernel() {
+    const unsigned T = 80, H = 2, Hkv = 1, D = 64, causal = 1, window = 0, has_sp = 0;
+    const float scale = 0.125f;
+    std::vector<uint16_t> q((size_t)T * H * D), k((size_t)T * Hkv * D), v((size_t)T * Hkv * D), out((size_t)T * H * D, 0);
+    for (size_t i = 0; i < q.size(); i++) q[i] = bf16(std::sin(0.731f * (float)i) * 1.5f);
+    for (size_t i = 0; i < k.size(); i++) k[i] = bf16(std::cos(0.417f * (float)i) * 1.5f);
+    for (size_t i = 0; i < v.size(); i++) v[i] = bf16(std::sin(0.193f * (float)i + 1.0f));
+    std::vector<uint32_t> cu = {0, T}, sp = {0, 0};
+    std::vector<float> lse((size_t)H * T, 0.0f);
+    uint16_t *dq = to_dev(q), *dk = to_dev(k), *dv = to_dev(v), *dout = to_dev(out);
+    uint32_t *dcu = to_dev(cu), *dsp = to_dev(sp);
+    float* dlse = to_dev(lse);
+    const emu::KernelInfo* kern = find_kernel("attention_train", "attention_fwd_d64");
+    std::vector<void*> params = {&dq, &dk, &dv, &dcu, &dsp, &dout, &dlse, (void*)&T, (void*)&H, (void*)&Hkv, (void*)&causal, (void*)&window, (void*)&has_sp, (void*)&scale};
+    emu::LaunchCfg cfg{{(T + 63) / 64, H, 1}, {128, 1, 1}, 320 * (D + 8) * 2};
+    std::string err;
+    try {
+        kern->run(kern->name, params.data(), cfg, kern->static_smem);
+    } catch (const std::exception& e) {
+        err = e.what();
+    }
+    CHECK(err.empty(), "attention_fwd_d64 failed: %s", err.c_str());
+    double worst_o = 0, worst_l = 0;
+    for (unsigned h = 0; h < H; h++)
+        for (unsigned i = 0; i < T; i++) {
+            std::vector<double> s(i + 1);
+            double m = -1e300, l = 0;
+            for (unsigned j = 0; j <= i; j++) {
+                double d = 0;
+                for (unsigned c = 0; c < D; c++) d += (double)f32(q[((size_t)i * H + h) * D + c]) * f32(k[(size_t)j * D + c]);
+                s[j] = d * scale;
+                m = std::max(m, s[j]);
+            }
+            for (unsigned j = 0; j <= i; j++) l += std::exp(s[j] - m);
+            worst_l = std::max(worst_l, std::fabs(dlse[(size_t)h * T + i] - (m + std::log(l))));
+            for (unsigned c = 0; c < D; c++) {
+                double o = 0;
+                for (unsigned j = 0; j <= i; j++) o += std::exp(s[j] - m) / l * f32(v[(size_t)j * D + c]);
+                worst_o = std::max(worst_o, std::fabs(f32(dout[((size_t)i * H + h) * D + c]) - o));
+            }
+        }
+    CHECK(worst_o < 1.5e-2 && worst_l < 1e-3, "attention_fwd_d64: max |out - ref| %.3g, max |lse - ref| %.3g", worst_o, worst_l);
+    std::printf("attention_fwd_d64: max |out - ref| %.3g, max |lse - ref| %.3g\n", worst_o, worst_l);
+    for (void* p : {(void*)dq, (void*)dk, (void*)dv, (void*)dout, (void*)dcu, (void*)dsp, (void*)dlse}) emu::dev_free(p);
+}
+
 // A launch the emulator refuses must come back as an error naming the kernel.
 static void refused_launch() {
     uint16_t* d = static_cast<uint16_t*>(emu::dev_alloc(64));
@@ -169,6 +221,7 @@ int main(int argc, char** argv) {
     add_kernel();
     rmsnorm_kernel(256, 64);  // vector path, several loads per thread
     rmsnorm_kernel(37, 64);   // scalar path, idle threads
+    attention_fwd_kernel();
     refused_launch();
     std::printf("kernels_smoke: %d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
