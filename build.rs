@@ -12,6 +12,13 @@
 //! them for `src/backend/cuda` as `KERNELS: &[(&str, &[u8])]`. ptxas's register/spill report
 //! (`-Xptxas=-v`) for each kernel file is kept in `$OUT_DIR/kernels/NAME.ptxas.txt`, all of them
 //! in `$OUT_DIR/ptxas-report.txt`; a kernel that spills gets a cargo warning.
+//!
+//! The same sources are also compiled for the emulated CUDA device (issue #14): `build/emu.rs`
+//! rewrites and compiles them as host C++ with g++ and links `$OUT_DIR/emu/libstic_cuda_emu.so`
+//! and `libstic_cublaslt_emu.so`, embedded as `EMU_CUDA_LIB` / `EMU_CUBLASLT_LIB` in kernels.rs.
+
+#[path = "build/emu.rs"]
+mod emu;
 
 use std::env;
 use std::fmt::Write as _;
@@ -46,6 +53,7 @@ const FLAGS: &[&str] = &[
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=build/emu.rs");
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
@@ -135,6 +143,7 @@ fn build_kernels() -> Result<(), String> {
         let _ = writeln!(rs, "    ({stem:?}, include_bytes!({:?})),", fatbin.display().to_string());
     }
     rs.push_str("];\n");
+    rs.push_str(&emu::build(&manifest, &out, &kernels, jobs)?);
     fs::write(out.join("kernels.rs"), rs).map_err(|e| format!("kernels.rs: {e}"))?;
     build_nvtx_shim(&manifest, &nvcc)
 }

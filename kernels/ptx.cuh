@@ -4,11 +4,15 @@
 //
 // Each function has two bodies, chosen by STIC_PTX_REAL:
 //   1 (the default): the real asm, for nvcc's device passes (build.rs);
-//   0 (STIC_EMULATOR defined): the host C++ build of the kernel sources on an emulator, where
-//     each function forwards to the one of the same name and signature in namespace stic_emu.
-//     The emulator's core is kernels/emu (namespace emu: fibers, warp rendezvous, the sm_80
-//     instructions); the stic_emu adapters onto it are not written yet (issue #14), so such a
-//     build stops at the #error below.
+//   0 (STIC_EMULATOR defined): the host C++ build of the kernel sources on the emulated device
+//     (issue #14; build.rs compiles it with g++ -include emu/cuda.h), where each function
+//     forwards to the one of the same name in namespace stic_emu below: adapters onto the
+//     emulator's core in kernels/emu (namespace emu: fibers, warp rendezvous, the sm_80
+//     instructions). The warp-collective ones (ldmatrix, mma) also take the caller's source
+//     line (STIC_PTX_SITE, a defaulted parameter that exists only in the emulator build: the
+//     text nvcc compiles is unchanged), so that reports name the kernel's line, not this file's.
+//     The sm_90a instructions are not emulated yet (issue #15): they fail the launch with a
+//     report; the registry lists the Hopper kernels as not runnable.
 // Functions marked "sm_90a" are called only from code compiled under __CUDA_ARCH_FEAT_SM90_ALL
 // (attention_hopper.cu); the others run on sm_80 and later. Unused functions emit nothing.
 
@@ -18,9 +22,59 @@
 
 #if defined(STIC_EMULATOR)
 #define STIC_PTX_REAL 0
-#error "stic emulator: kernels/ptx.cuh has no emulated bodies yet (namespace stic_emu is to be written)"
+#define STIC_PTX_SITE , ::emu::Site emu_site = ::emu::Site{__builtin_FILE(), __builtin_LINE()}
 #else
 #define STIC_PTX_REAL 1
+#define STIC_PTX_SITE
+#endif
+
+#if !STIC_PTX_REAL
+// The emulated bodies (kernels/emu; PTX semantics in ../shared/reference/ptx-emulation.md).
+namespace stic_emu {
+inline u32 smem_addr(const void* p) { return ::emu::cvta_shared(p); }
+inline u32 dynamic_smem_size() { return (u32)::emu::blk().opt.dyn_smem; }
+inline void cp_async16(void* dst, const void* src, u32 src_bytes) { ::emu::cp_async_cg_16(::emu::cvta_shared(dst), src, src_bytes); }
+inline void cp_async_commit() { ::emu::cp_async_commit_group(); }
+template <int N>
+void cp_async_wait() {
+    ::emu::cp_async_wait_group((unsigned)N);
+}
+inline void ldsm_x4(u32 r[4], const u16* p, ::emu::Site site) { ::emu::ldmatrix_at<4, false>(site, r, ::emu::cvta_shared(p)); }
+inline void ldsm_x4_t(u32 r[4], const u16* p, ::emu::Site site) { ::emu::ldmatrix_at<4, true>(site, r, ::emu::cvta_shared(p)); }
+// c += a b: d and c are the same registers (the emulated mma reads every lane's c before it
+// writes any d).
+inline void mma16816(float c[4], const u32 a[4], u32 b0, u32 b1, ::emu::Site site) {
+    const u32 b[2] = {b0, b1};
+    ::emu::mma_m16n8k16_f32_bf16_at(site, c, a, b, c);
+}
+inline u32 pack_rn(float lo, float hi) { return ::emu::cvt_rn_bf16x2_f32(hi, lo); }
+
+// sm_90a (issue #15): a launch that reaches one of these fails with this report.
+[[noreturn]] inline void sm90a(const char* insn) {
+    ::emu::fail(std::string(insn) + ": an sm_90a instruction the emulator does not run yet (issue #15)");
+}
+inline void mbar_init(u32, u32) { sm90a("mbarrier.init"); }
+inline void fence_mbarrier_init() { sm90a("fence.mbarrier_init"); }
+inline void mbar_arrive(u32) { sm90a("mbarrier.arrive"); }
+inline void mbar_arrive_expect_tx(u32, u32) { sm90a("mbarrier.arrive.expect_tx"); }
+inline bool mbar_try_wait(u32, u32) { sm90a("mbarrier.try_wait.parity"); }
+inline void tma_load_2d(u32, const void*, int, int, u32) { sm90a("cp.async.bulk.tensor.2d"); }
+inline void prefetch_tensormap(const void*) { sm90a("prefetch.tensormap"); }
+template <int N>
+void setmaxnreg_dec() {
+    sm90a("setmaxnreg.dec");
+}
+template <int N>
+void setmaxnreg_inc() {
+    sm90a("setmaxnreg.inc");
+}
+inline void wgmma_fence() { sm90a("wgmma.fence"); }
+inline void wgmma_commit() { sm90a("wgmma.commit_group"); }
+inline void wgmma_wait0() { sm90a("wgmma.wait_group"); }
+inline void wgmma_ss_n128(float*, u64, u64, u32) { sm90a("wgmma.mma_async m64n128k16 (SS)"); }
+inline void wgmma_rs_n128(float*, const u32*, u64) { sm90a("wgmma.mma_async m64n128k16 (RS)"); }
+inline void wgmma_rs_n64(float*, const u32*, u64) { sm90a("wgmma.mma_async m64n64k16 (RS)"); }
+}  // namespace stic_emu
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -85,37 +139,37 @@ __device__ __forceinline__ void cp_async_wait() {
 
 // ldmatrix.sync.aligned.m8n8.x4.shared.b16 {r0..r3}, [p]: four 8x8 b16 matrices; lanes 8m..8m+7
 // give the row addresses of matrix m, every lane receives its (row g, cols 2t, 2t+1) of each.
-__device__ __forceinline__ void ldsm_x4(u32 r[4], const u16* p) {
+__device__ __forceinline__ void ldsm_x4(u32 r[4], const u16* p STIC_PTX_SITE) {
 #if STIC_PTX_REAL
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(p)) : "memory");
 #else
-    stic_emu::ldsm_x4(r, p);
+    stic_emu::ldsm_x4(r, p, emu_site);
 #endif
 }
 
 // ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {r0..r3}, [p]: as ldsm_x4, each matrix
 // transposed: every lane receives (rows 2t, 2t+1; col g) of each.
-__device__ __forceinline__ void ldsm_x4_t(u32 r[4], const u16* p) {
+__device__ __forceinline__ void ldsm_x4_t(u32 r[4], const u16* p STIC_PTX_SITE) {
 #if STIC_PTX_REAL
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(p)) : "memory");
 #else
-    stic_emu::ldsm_x4_t(r, p);
+    stic_emu::ldsm_x4_t(r, p, emu_site);
 #endif
 }
 
 // mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32: c (16 x 8 f32, 4 per lane) += a (16 x 16
 // bf16, 4 x bf16x2 per lane) * b (16 x 8 bf16, b0, b1: 2 x bf16x2 per lane).
-__device__ __forceinline__ void mma16816(float c[4], const u32 a[4], u32 b0, u32 b1) {
+__device__ __forceinline__ void mma16816(float c[4], const u32 a[4], u32 b0, u32 b1 STIC_PTX_SITE) {
 #if STIC_PTX_REAL
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #else
-    stic_emu::mma16816(c, a, b0, b1);
+    stic_emu::mma16816(c, a, b0, b1, emu_site);
 #endif
 }
 

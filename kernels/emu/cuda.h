@@ -30,6 +30,19 @@ struct alignas(8) float2 { float x, y; };
 struct alignas(16) float4 { float x, y, z, w; };
 struct alignas(16) double2 { double x, y; };
 using uint3 = emu::dim3;
+inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+inline int2 make_int2(int x, int y) { return {x, y}; }
+inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline double2 make_double2(double x, double y) { return {x, y}; }
+
+// The driver type a kernel takes as a __grid_constant__ parameter (cuda.h: 128 opaque bytes,
+// 64-byte aligned); only the Hopper kernels use it, and they do not run here (issue #15).
+typedef struct CUtensorMap_st {
+    alignas(64) unsigned long long opaque[16];
+} CUtensorMap;
 
 // The builtins: the current fiber's thread and block (CUDA Programming Guide "Built-in Variables").
 #define threadIdx (::emu::cur().idx)

@@ -12,6 +12,9 @@
 // (__fmul_rn, __fadd_rn ...) are never contracted on either side, so they are exact here.
 // The fast intrinsics (__expf: 2 + floor(|1.173 x|) ulp; __logf; __fdividef: 2 ulp for |y| in
 // [2^-126, 2^126]) are emulated by the accurate functions: the emulator is never less accurate.
+// min/max: the overloads of CUDA's math_functions.hpp ("Integer Intrinsics", "Single/Double
+// Precision Mathematical Functions"): same-type integers; a signed and an unsigned operand of one
+// width compare as unsigned; float/double as fminf/fmin (a NaN operand yields the other one).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -83,3 +86,30 @@ inline float __fdividef(float a, float b) { return a / b; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
 inline void __sincosf(float x, float* s, float* c) { *s = std::sin(x), *c = std::cos(x); }
+
+// ---------------------------------------------------------------------------------------------
+// min / max (see the header).
+#define EMU_MINMAX(R, A, B)                                  \
+    inline R min(A a, B b) { return (R)a < (R)b ? (R)a : (R)b; } \
+    inline R max(A a, B b) { return (R)a > (R)b ? (R)a : (R)b; }
+EMU_MINMAX(int, int, int)
+EMU_MINMAX(unsigned, unsigned, unsigned)
+EMU_MINMAX(unsigned, int, unsigned)
+EMU_MINMAX(unsigned, unsigned, int)
+EMU_MINMAX(long, long, long)
+EMU_MINMAX(unsigned long, unsigned long, unsigned long)
+EMU_MINMAX(unsigned long, long, unsigned long)
+EMU_MINMAX(unsigned long, unsigned long, long)
+EMU_MINMAX(long long, long long, long long)
+EMU_MINMAX(unsigned long long, unsigned long long, unsigned long long)
+EMU_MINMAX(unsigned long long, long long, unsigned long long)
+EMU_MINMAX(unsigned long long, unsigned long long, long long)
+#undef EMU_MINMAX
+inline float min(float a, float b) { return std::fmin(a, b); }
+inline float max(float a, float b) { return std::fmax(a, b); }
+inline double min(double a, double b) { return std::fmin(a, b); }
+inline double max(double a, double b) { return std::fmax(a, b); }
+inline double min(float a, double b) { return std::fmin((double)a, b); }
+inline double max(float a, double b) { return std::fmax((double)a, b); }
+inline double min(double a, float b) { return std::fmin(a, (double)b); }
+inline double max(double a, float b) { return std::fmax(a, (double)b); }

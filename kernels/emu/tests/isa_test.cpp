@@ -516,6 +516,21 @@ static void test_atomics_math() {
     CHECK(__fmul_rn(3.0f, 0.1f) == 3.0f * 0.1f && rsqrtf(4.0f) == 0.5f && __popc(0xF0F0u) == 8 && __ffs(8) == 4 && __clz(1) == 31, "bit and _rn intrinsics");
 }
 
+// min/max: the overloads of CUDA's math_functions.hpp. Integers of one width compare as unsigned
+// when either operand is unsigned (min(-1, 1u) is 1u: -1 converts to 0xFFFFFFFF); float and
+// double are fminf/fmin, which return the other operand when one is NaN. make_* build vectors.
+static void test_minmax_vectors() {
+    CHECK(min(-3, 2) == -3 && max(-3, 2) == 2, "min/max(int, int)");
+    CHECK(min(-1, 1u) == 1u && max(-1, 1u) == 0xFFFFFFFFu && min(1u, -1) == 1u, "min/max(int, unsigned) compare as unsigned");
+    CHECK(min(-1LL, 1ULL) == 1ULL && max(5ULL, 7ULL) == 7ULL && min(-2LL, 3LL) == -2LL, "min/max on 64 bits");
+    float nan = __uint_as_float(0x7FC00000u);
+    CHECK(min(nan, 2.0f) == 2.0f && max(2.0f, nan) == 2.0f && min(-0.5f, 0.25f) == -0.5f, "min/max(float): a NaN operand yields the other");
+    CHECK(min(1.0f, 0.5) == 0.5 && max(0.25, 2.0f) == 2.0, "min/max(float, double) in double");
+    uint4 u = make_uint4(1, 2, 3, 4);
+    float4 f = make_float4(1.0f, 2.0f, 3.0f, 4.0f);
+    CHECK(u.x == 1 && u.w == 4 && f.y == 2.0f && f.z == 3.0f && alignof(uint4) == 16 && sizeof(float4) == 16, "make_uint4 / make_float4");
+}
+
 int main() {
     test_runtime();
     test_barrier_reports();
@@ -528,6 +543,7 @@ int main() {
     test_ldmatrix();
     test_cp_async();
     test_atomics_math();
+    test_minmax_vectors();
     std::printf("%d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }
