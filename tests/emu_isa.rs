@@ -1,6 +1,7 @@
 //! The emulated CUDA device's unit tests (kernels/emu/tests/isa_test.cpp: fibers, barriers, warp
 //! collectives, bf16/half, mma, ldmatrix, cp.async, atomics, written from the PTX ISA's tables),
-//! compiled with the host's g++ against Boost.Context and run. Needs no CUDA toolkit; a missing
+//! compiled with the host's g++ (instrumented for the sanitizer, like the kernels) against
+//! Boost.Context and kernels/emu/sanitize.cpp, and run. Needs no CUDA toolkit; a missing
 //! g++ or Boost.Context is a failure, never a skip.
 
 use std::path::PathBuf;
@@ -14,10 +15,23 @@ fn emulated_device_matches_the_isa_tables() {
     std::fs::create_dir_all(&dir).unwrap();
     let exe = dir.join("isa_test");
     let install = "install them with `apt-get install g++ libboost-context-dev`";
+    // Instrumented like the kernels (kernels/emu/sanitize.h): the sanitizer hooks come from
+    // sanitize.cpp, compiled without instrumentation; -z defs proves none is missing.
+    let san = root.join("kernels/emu/sanitize.cpp");
+    let san_obj = dir.join("sanitize.o");
     let out = Command::new("g++")
-        .args(["-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-o"])
+        .args(["-std=c++17", "-O2", "-fPIC", "-Wall", "-Wextra", "-c", "-o"])
+        .arg(&san_obj)
+        .arg(&san)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run g++ ({e}): the emulator's tests need g++ and Boost.Context; {install}"));
+    assert!(out.status.success(), "g++ failed on {}:\n{}", san.display(), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("g++")
+        .args(["-std=c++17", "-O2", "-ffp-contract=off", "-fno-tree-vectorize", "-Wall", "-Wextra"])
+        .args(["-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0", "-Wno-tsan", "-Wl,-z,defs", "-o"])
         .arg(&exe)
         .arg(&src)
+        .arg(&san_obj)
         .arg("-lboost_context")
         .output()
         .unwrap_or_else(|e| panic!("cannot run g++ ({e}): the emulator's tests need g++ and Boost.Context; {install}"));

@@ -3,9 +3,10 @@
 // the failure/deadlock reports. Host C++17 + Boost.Context (fiber, Boost >= 1.74).
 //
 // Execution model (PTX ISA "Execution model"; docs in ../shared/reference/ptx-emulation.md):
-//   - a grid runs block by block; each Block object is self-contained (no globals other than the
-//     thread_local "current block / current thread" pointers), so blocks may later run on a pool
-//     of OS threads, one block per OS thread at a time;
+//   - a grid's blocks run on a pool of OS threads (STIC_CUDA_EMU_THREADS, default: the host's
+//     hardware threads), one block per OS thread at a time, in increasing linear block index;
+//     each Block object is self-contained (no globals other than the thread_local "current block
+//     / current thread" pointers); the first failing block (lowest index) stops the launch;
 //   - each CUDA thread is a stackful fiber; a block runs its fibers round-robin on one OS thread;
 //     a thread runs until it blocks (barrier, warp collective) or exits;
 //   - bar.sync / __syncthreads: PTX "barrier{.cta}". Strict (aligned) by default: every arrival
@@ -19,21 +20,32 @@
 //   - when no thread can run and some have not exited, the block has deadlocked: the report names
 //     the kernel, the block, and each group of threads with what they wait at (site, barrier or
 //     collective, mask, arrived lanes) and which threads have exited.
-//   - every failure throws emu::Error out of launch() with the kernel, block and thread.
+//   - every failure throws emu::Error out of launch() with the kernel, block and thread;
+//   - the sanitizers (sanitize.h) see every instrumented access of the kernel code; the runtime's
+//     own accesses to shared memory (ldmatrix, cp.async) run with `tl_nosan` set and are checked
+//     explicitly, attributed to the lane/thread the PTX ISA names.
 #pragma once
 #include <boost/context/fiber.hpp>
 #include <sys/mman.h>
 
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include "sanitize.h"
 
 namespace emu {
 
@@ -56,10 +68,6 @@ inline std::string site_str(Site s) {
     const char* f = std::strrchr(s.file, '/');
     return std::string(f ? f + 1 : s.file) + ":" + std::to_string(s.line);
 }
-
-// Per-byte shadow state of shared memory (the hook for the later initcheck/racecheck; plain C++
-// stores are not instrumented yet, so only PENDING is trusted for now).
-enum Shadow : uint8_t { SH_UNKNOWN = 0, SH_PENDING_ASYNC = 1, SH_WRITTEN = 2 };
 
 struct Block;
 struct Rdv;
@@ -87,6 +95,13 @@ struct Thread {
     // cp.async groups (PTX "cp.async.commit_group": groups are per thread).
     std::vector<AsyncCopy> uncommitted;
     std::deque<std::vector<AsyncCopy>> groups;
+    // Sanitizer state (sanitize.h): the block clock at the last barrier / warp collective this
+    // thread took part in; a WAW whose same-value check waits for the store (san_flush).
+    uint32_t bar_stamp = 0, warp_stamp = 0;
+    uint32_t waw_off = 0, waw_n = 0;
+    unsigned waw_other = 0;
+    uint8_t waw_old[32];
+    bool abandoned = false;  // parked for good by a hook's report (its fiber is never unwound)
 };
 
 struct Barrier {
@@ -157,15 +172,28 @@ struct Block {
     unsigned live = 0, exited = 0;
     Barrier bar[16];
     std::vector<std::vector<std::unique_ptr<Rdv>>> open;  // per warp
-    std::vector<uint8_t> smem;                            // [static arena | dynamic]
-    std::vector<uint8_t> shadow;
+    struct {
+        uint8_t* p = nullptr;
+        size_t n = 0;
+        uint8_t* data() const { return p; }
+        size_t size() const { return n; }
+    } smem;                 // [static arena (static_cap) | dynamic], this OS thread's san_arena
+    size_t static_cap = 0;  // the static arena's capacity = the dynamic part's offset
     size_t static_used = 0;
+    uint32_t clock = 0;     // bumped at every completed barrier or warp collective (sanitize.h)
+    uint32_t serial = 0;    // this block's shadow serial (san_block_begin)
     std::map<const void*, size_t> shared_vars;
     std::string error;
 };
 
 inline thread_local Block* tl_block = nullptr;
 inline thread_local Thread* tl_thread = nullptr;
+inline thread_local int tl_nosan = 0;  // > 0: the hooks ignore this OS thread's accesses (runtime code)
+struct NoSan {
+    NoSan() { tl_nosan++; }
+    ~NoSan() { tl_nosan--; }
+    NoSan(const NoSan&) = delete;
+};
 
 inline Block& blk() { return *tl_block; }
 inline Thread& cur() { return *tl_thread; }
@@ -177,15 +205,26 @@ inline std::string where(const Block& b) {
     return std::string("kernel `") + b.kernel + "`, block " + dim_str(b.bidx);
 }
 
-// Throws a report naming the kernel, block and current thread.
-[[noreturn]] inline void fail(const std::string& msg) {
+// A report naming the kernel, block and current thread.
+inline std::string report_text(const std::string& msg) {
     std::string s = "emu: " + msg;
     if (tl_block) {
         s += " [" + where(*tl_block);
         if (tl_thread) s += ", thread " + dim_str(tl_thread->idx) + " (tid " + std::to_string(tl_thread->tid) + ")";
         s += "]";
     }
-    throw Error(s);
+    return s;
+}
+[[noreturn]] inline void fail(const std::string& msg) { throw Error(report_text(msg)); }
+// The report of a sanitizer hook: nothing may throw through a hook's caller (g++ declares the
+// __tsan_* entry points nothrow), so the thread records the report and parks for good; the
+// scheduler then fails the launch and leaks this fiber instead of unwinding it.
+[[noreturn]] inline void abandon(const std::string& msg) {
+    Thread* t = tl_thread;
+    if (tl_block->error.empty()) tl_block->error = report_text(msg);
+    t->abandoned = true;
+    t->sink = std::move(t->sink).resume();
+    std::abort();  // never resumed
 }
 
 // "0-15,17,20-31"
@@ -210,6 +249,10 @@ inline std::string hex(unsigned m) {
 // Parks the current fiber until something marks it Ready again.
 inline void park() {
     Thread* t = tl_thread;
+    if (t->waw_n) {
+        std::string r = san_flush(*tl_block, *t);
+        if (!r.empty()) fail(r);
+    }
     t->st = St::Blocked;
     t->sink = std::move(t->sink).resume();
     tl_thread = t;
@@ -243,7 +286,9 @@ inline void bar_sync(unsigned id, unsigned count, Site site, const char* name = 
     }
     B.arrived++;
     if (B.arrived == B.expected) {
-        for (unsigned w : B.waiters) b.th[w].st = St::Ready;
+        uint32_t stamp = ++b.clock;
+        for (unsigned w : B.waiters) b.th[w].st = St::Ready, b.th[w].bar_stamp = stamp;
+        t.bar_stamp = stamp;
         B.waiters.clear();
         B.arrived = 0;
         return;
@@ -307,7 +352,13 @@ inline void collective(const char* name, unsigned mask, Site site, bool aligned,
     if (r->arrived == r->mask) {
         std::unique_ptr<Rdv> done = std::move(open[at]);
         open.erase(open.begin() + (long)at);
-        done->compute(b, *done);  // may fail(): reported from the completing lane
+        uint32_t stamp = ++b.clock;  // the lanes' earlier accesses are now ordered (sanitize.h)
+        for (unsigned l = 0; l < 32; l++)
+            if ((done->mask >> l) & 1u) b.th[warp * 32 + l].warp_stamp = stamp;
+        {
+            NoSan quiet;              // compute checks its own accesses (ldmatrix)
+            done->compute(b, *done);  // may fail(): reported from the completing lane
+        }
         for (unsigned l = 0; l < 32; l++)
             if (((done->mask >> l) & 1u) && l != lane) b.th[warp * 32 + l].st = St::Ready, b.th[warp * 32 + l].rdv = nullptr;
         return;
@@ -336,16 +387,14 @@ inline uint8_t* smem_at(uint32_t a, size_t n, const char* what) {
     if ((size_t)a + n > b.smem.size()) fail(std::string(what) + ": shared address " + hex(a) + " + " + std::to_string(n) + " beyond the block's " + std::to_string(b.smem.size()) + " bytes of shared memory");
     return b.smem.data() + a;
 }
-inline void shadow_set(uint32_t a, size_t n, Shadow s) { std::memset(blk().shadow.data() + a, s, n); }
-inline Shadow shadow_of(const void* p) { return (Shadow)blk().shadow[cvta_shared(p)]; }
-// The hook every emulated shared-memory read goes through (ldmatrix now; instrumented loads later).
+inline Shadow shadow_of(const void* p) { return san_shadow_of(blk(), cvta_shared(p)); }
+// An emulated instruction's read of [a, a+n) by the current thread (sanitize.h checks).
 inline void shadow_check_read(uint32_t a, size_t n, const char* what) {
-    const uint8_t* s = blk().shadow.data() + a;
-    for (size_t i = 0; i < n; i++)
-        if (s[i] == SH_PENDING_ASYNC) fail(std::string(what) + " reads shared address " + hex(a + (uint32_t)i) + ", the destination of a cp.async not yet waited for (cp.async.wait_group)");
+    std::string r = san_shared_read(blk(), cur(), a, n, what);
+    if (!r.empty()) fail(r);
 }
-// Dynamic shared memory (extern __shared__): 16-byte aligned, after the static arena.
-inline void* dyn_smem() { return blk().smem.data() + blk().opt.static_smem; }
+// Dynamic shared memory (extern __shared__): 256-byte aligned, after the static arena.
+inline void* dyn_smem() { return blk().smem.data() + blk().static_cap; }
 // A static __shared__ variable: one instance per block, keyed by a per-declaration tag.
 template <class T>
 T& shared_var(const void* key) {
@@ -353,21 +402,23 @@ T& shared_var(const void* key) {
     auto it = b.shared_vars.find(key);
     if (it == b.shared_vars.end()) {
         size_t off = (b.static_used + alignof(T) - 1 + 15) & ~size_t(15);
-        if (off + sizeof(T) > b.opt.static_smem) fail("static __shared__ variables exceed the " + std::to_string(b.opt.static_smem) + "-byte arena");
+        if (off + sizeof(T) > b.static_cap) fail("static __shared__ variables exceed the " + std::to_string(b.static_cap) + "-byte arena (" + std::to_string(b.opt.static_smem) + " bytes + 1 KiB for our 16-byte alignment)");
         b.static_used = off + sizeof(T);
         it = b.shared_vars.emplace(key, off).first;
     }
     return *reinterpret_cast<T*>(b.smem.data() + it->second);
 }
 
-// Performs this thread's queued cp.async copies of one group (sm80.h issues them).
+// Performs this thread's queued cp.async copies of one group (sm80.h issues them): a write by
+// the issuing thread now, at its covering wait (sanitize.h).
 inline void perform_copies(std::vector<AsyncCopy>& g) {
     Block& b = blk();
+    NoSan quiet;
     for (auto& c : g) {
         uint8_t* d = b.smem.data() + c.dst;
         if (c.src_size) std::memcpy(d, c.src, c.src_size);
         std::memset(d + c.src_size, 0, c.size - c.src_size);
-        shadow_set(c.dst, c.size, SH_WRITTEN);
+        san_async_done(b, cur(), c.dst, c.size);
     }
     g.clear();
 }
@@ -376,6 +427,10 @@ inline void perform_copies(std::vector<AsyncCopy>& g) {
 // Thread exit and the deadlock report.
 
 inline void on_exit(Block& b, Thread& t) {
+    if (t.waw_n) {
+        std::string r = san_flush(b, t);
+        if (!r.empty()) fail(r);
+    }
     perform_copies(t.uncommitted);
     for (auto& g : t.groups) perform_copies(g);
     t.groups.clear();
@@ -395,7 +450,8 @@ inline void on_exit(Block& b, Thread& t) {
         if (!b.opt.strict_barriers) {  // the hardware's rule: exited threads no longer count
             B.expected = b.live;
             if (B.arrived == B.expected) {
-                for (unsigned w : B.waiters) b.th[w].st = St::Ready;
+                uint32_t stamp = ++b.clock;
+                for (unsigned w : B.waiters) b.th[w].st = St::Ready, b.th[w].bar_stamp = stamp;
                 B.waiters.clear();
                 B.arrived = 0;
             }
@@ -439,8 +495,10 @@ inline void run_block(Block& b, const std::function<void()>& body) {
     unsigned n = b.bdim.x * b.bdim.y * b.bdim.z;
     b.th.resize(n);
     b.open.resize((n + 31) / 32);
-    b.smem.assign(b.opt.static_smem + b.opt.dyn_smem, 0);
-    b.shadow.assign(b.smem.size(), SH_UNKNOWN);
+    b.static_cap = (b.opt.static_smem + 1024 + 255) & ~size_t(255);
+    b.smem.n = b.static_cap + b.opt.dyn_smem;
+    b.smem.p = san_arena(b.smem.n);  // not cleared: initcheck reports reads of unwritten bytes
+    san_block_begin(b);
     b.live = n;
     StackPool& pool = stack_pool(b.opt.stack_bytes);
     for (unsigned i = 0; i < n; i++) {
@@ -478,25 +536,108 @@ inline void run_block(Block& b, const std::function<void()>& body) {
             tl_thread = &t;
             t.fib = std::move(t.fib).resume();
             tl_thread = nullptr;
+            if (t.abandoned) (void)new boost::context::fiber(std::move(t.fib));  // leaked: unwinding it would cross a hook
             if (!b.error.empty()) throw Error(b.error);  // the other fibers unwind when b is destroyed
         }
         if (!ran) throw Error(deadlock_report(b));
     }
 }
 
+// The OS threads blocks run on: the caller plus up to STIC_CUDA_EMU_THREADS - 1 workers, kept
+// for the process's life (never destroyed: joining at exit is not needed). One launch at a time
+// uses them; a launch that finds them busy (another host thread launching) runs on its caller.
+inline unsigned emu_threads() {
+    static const unsigned n = [] {
+        const char* e = std::getenv("STIC_CUDA_EMU_THREADS");
+        long v = e ? std::strtol(e, nullptr, 10) : 0;
+        if (v <= 0) v = (long)std::thread::hardware_concurrency();
+        return (unsigned)(v > 0 ? v : 1);
+    }();
+    return n;
+}
+struct BlockPool {
+    std::mutex busy, m;
+    std::condition_variable wake, idle;
+    std::vector<std::thread> workers;
+    const std::function<void()>* job = nullptr;
+    unsigned slots = 0, running = 0;
+    uint64_t gen = 0;
+    static BlockPool& get() {
+        static BlockPool* p = new BlockPool;  // leaked on purpose (detached workers)
+        return *p;
+    }
+    // Runs f on the caller and k - 1 workers; returns when every copy returned (f must not throw).
+    void run(unsigned k, const std::function<void()>& f) {
+        {
+            std::lock_guard<std::mutex> g(m);
+            while (workers.size() < k - 1) {
+                workers.emplace_back([this] { loop(); });
+                workers.back().detach();
+            }
+            job = &f;
+            slots = k - 1;
+            running = k - 1;
+            gen++;
+        }
+        wake.notify_all();
+        f();
+        std::unique_lock<std::mutex> g(m);
+        idle.wait(g, [this] { return running == 0; });
+        job = nullptr;
+    }
+    void loop() {
+        uint64_t seen = 0;
+        std::unique_lock<std::mutex> g(m);
+        for (;;) {
+            wake.wait(g, [&] { return gen != seen && slots > 0; });
+            seen = gen;
+            slots--;
+            const std::function<void()>* f = job;
+            g.unlock();
+            (*f)();
+            g.lock();
+            if (--running == 0) idle.notify_all();
+        }
+    }
+};
+
 inline void launch(const char* kernel, dim3 grid, dim3 block, const LaunchOptions& opt, const std::function<void()>& body) {
     if (block.x * block.y * block.z == 0 || block.x * block.y * block.z > 1024) throw Error(std::string("emu: kernel `") + kernel + "`: block " + dim_str(block) + " has 0 or more than 1024 threads");
-    for (unsigned z = 0; z < grid.z; z++)
-        for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) {
+    size_t nblocks = (size_t)grid.x * grid.y * grid.z;
+    std::atomic<size_t> next{0};
+    std::atomic<bool> stop{false};
+    std::mutex em;
+    size_t err_at = SIZE_MAX;
+    std::string err;
+    std::function<void()> work = [&] {
+        while (!stop.load(std::memory_order_relaxed)) {
+            size_t i = next.fetch_add(1);
+            if (i >= nblocks) break;
+            std::string e;
+            try {
                 Block b;
                 b.kernel = kernel;
                 b.grid = grid;
                 b.bdim = block;
-                b.bidx = dim3(x, y, z);
+                b.bidx = dim3((unsigned)(i % grid.x), (unsigned)(i / grid.x % grid.y), (unsigned)(i / ((size_t)grid.x * grid.y)));
                 b.opt = opt;
                 run_block(b, body);
+            } catch (const std::exception& x) {
+                e = x.what();
             }
+            if (!e.empty()) {  // the lowest failing block wins: every lower block was started
+                std::lock_guard<std::mutex> g(em);
+                if (i < err_at) err_at = i, err = e;
+                stop = true;
+            }
+        }
+    };
+    unsigned k = (unsigned)std::min<size_t>(emu_threads(), nblocks);
+    BlockPool& pool = BlockPool::get();
+    std::unique_lock<std::mutex> busy(pool.busy, std::defer_lock);
+    if (k > 1 && busy.try_lock()) pool.run(k, work);
+    else work();
+    if (!err.empty()) throw Error(err);
 }
 inline void launch(const char* kernel, dim3 grid, dim3 block, const std::function<void()>& body) { launch(kernel, grid, block, LaunchOptions{}, body); }
 

@@ -82,19 +82,25 @@ inline void mma_m16n8k16_f32_f16_at(Site site, float d[4], const uint32_t a[4], 
 // Lane 8j + r supplies the 16-byte-aligned shared address of row r of matrix j (the higher lanes'
 // addresses are ignored for .x1/.x2). Register j of lane l gets, without .trans, M_j[l/4][2(l%4)]
 // (low) and M_j[l/4][2(l%4)+1] (high); with .trans, M_j[2(l%4)][l/4] and M_j[2(l%4)+1][l/4].
-// A misaligned or out-of-range row address, or a row still pending a cp.async, is reported.
+// A misaligned or out-of-range row address, a row still pending a cp.async, never written or
+// racing with a write (sanitize.h) is reported.
 
 template <unsigned N, bool T>
 void ldmatrix_compute(Block& b, Rdv& r) {
     uint16_t M[4][8][8];
+    for (unsigned l = 0; l < 8 * N; l++) {
+        uint32_t a = *static_cast<const uint32_t*>(r.in[l]);
+        if (a % 16) fail(std::string(r.name) + " at " + site_str(r.site) + ": lane " + std::to_string(l) + " gives row address " + hex(a) + ", not 16-byte aligned");
+        smem_at(a, 16, r.name);
+    }
     for (unsigned j = 0; j < N; j++)
         for (unsigned row = 0; row < 8; row++) {
             uint32_t a = *static_cast<const uint32_t*>(r.in[8 * j + row]);
-            if (a % 16) fail(std::string(r.name) + " at " + site_str(r.site) + ": lane " + std::to_string(8 * j + row) + " gives row address " + hex(a) + ", not 16-byte aligned");
-            std::memcpy(M[j][row], smem_at(a, 16, r.name), 16);
-            shadow_check_read(a, 16, r.name);
+            // The row is read by the lane that addressed it, after the warp's sync (sanitize.h).
+            std::string e = san_shared_read(b, b.th[r.warp * 32 + 8 * j + row], a, 16, r.name);
+            if (!e.empty()) fail(std::string(r.name) + " at " + site_str(r.site) + ", row address of lane " + std::to_string(8 * j + row) + ": " + e);
+            std::memcpy(M[j][row], b.smem.data() + a, 16);
         }
-    (void)b;
     for (unsigned l = 0; l < 32; l++) {
         uint32_t* d = static_cast<uint32_t*>(r.out[l]);
         for (unsigned j = 0; j < N; j++) {
@@ -126,16 +132,21 @@ inline uint32_t cvt_rn_bf16x2_f32(float a, float b) { return ((uint32_t)f32_to_b
 // cp.async (PTX §9.7.9.25.3; reference section 3). The copy is queued on the issuing thread and
 // performed at the wait_group that covers its group (or when the thread exits): a legal schedule
 // ("a copy may land at any time up to its wait") that exposes reads before the wait. At issue the
-// destination is poisoned with 0xFF bytes (a NaN in bf16, f16 and f32) and its shadow bytes are
-// marked SH_PENDING_ASYNC; the wait copies src_size bytes, zero-fills the rest and marks them
-// SH_WRITTEN. Only src_size source bytes are ever read. Alignment of both addresses to cp-size is
+// destination is poisoned with 0xFF bytes (a NaN in bf16, f16 and f32) and marked pending for
+// the sanitizer (a read before the wait is reported; issue = a write by the issuer for racecheck,
+// the source is checked like a global read); the wait copies src_size bytes, zero-fills the rest
+// and records a write by the issuer at the wait. Only src_size source bytes are ever read. Alignment of both addresses to cp-size is
 // checked ([U]: the ISA's wording not re-read).
 
 inline void cp_async(const char* name, uint32_t dst, const void* src, uint32_t size, uint32_t src_size) {
     if (src_size > size) fail(std::string(name) + ": src-size " + std::to_string(src_size) + " > cp-size " + std::to_string(size) + " (undefined)");
     if (dst % size || reinterpret_cast<uintptr_t>(src) % size) fail(std::string(name) + ": addresses not aligned to cp-size " + std::to_string(size) + " (shared " + hex(dst) + ")");
-    std::memset(smem_at(dst, size, name), 0xFF, size);
-    shadow_set(dst, size, SH_PENDING_ASYNC);
+    uint8_t* d = smem_at(dst, size, name);
+    std::string e = san_global_read(src, src_size, size, name);  // memcheck/initcheck of the source
+    if (e.empty()) e = san_async_issue(blk(), cur(), dst, size, name);  // racecheck; pending until the wait
+    if (!e.empty()) fail(e);
+    NoSan quiet;
+    std::memset(d, 0xFF, size);
     cur().uncommitted.push_back({dst, src, size, src_size});
 }
 // .cg: 16 bytes (L2 only); .ca: 4, 8 or 16.
