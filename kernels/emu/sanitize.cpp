@@ -116,7 +116,7 @@ std::string global_report(uintptr_t a, size_t n, unsigned k, const char* what) {
     std::string acc = std::string(what ? what : "global") + " " + rw(k) + " of " + std::to_string(n) + " bytes at " + hexa(a);
     const Alloc* A = owner(a);
     if (!A) return "memcheck: " + acc + ": no allocation there (device memory never allocated)";
-    std::string in = "the " + std::to_string(A->size) + "-byte allocation at " + hexa(A->base) + ", offset " + std::to_string(a - A->base);
+    std::string in = "offset " + std::to_string(a - A->base) + " of the " + std::to_string(A->size) + "-byte allocation at " + hexa(A->base);
     if (!A->live.load(std::memory_order_relaxed)) return "memcheck: use after free: " + acc + " in " + in + " (freed)";
     if (a + n > A->base + A->size) return "memcheck: out-of-bounds " + acc + ": " + in + " (" + std::to_string(a + n - A->base - A->size) + " bytes past its end)";
     if ((k & K_ALIGN) && (a & (n - 1))) return "memcheck: misaligned " + acc + " (" + in + "): a " + std::to_string(n) + "-byte access needs " + std::to_string(n) + "-byte alignment";
