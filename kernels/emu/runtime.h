@@ -401,7 +401,8 @@ T& shared_var(const void* key) {
     Block& b = blk();
     auto it = b.shared_vars.find(key);
     if (it == b.shared_vars.end()) {
-        size_t off = (b.static_used + alignof(T) - 1 + 15) & ~size_t(15);
+        size_t al = alignof(T) > 16 ? alignof(T) : 16;  // 16: vector accesses of any array
+        size_t off = (b.static_used + al - 1) & ~(al - 1);
         if (off + sizeof(T) > b.static_cap) fail("static __shared__ variables exceed the " + std::to_string(b.static_cap) + "-byte arena (" + std::to_string(b.opt.static_smem) + " bytes + 1 KiB for our 16-byte alignment)");
         b.static_used = off + sizeof(T);
         it = b.shared_vars.emplace(key, off).first;

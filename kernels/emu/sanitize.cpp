@@ -116,7 +116,7 @@ std::string global_report(uintptr_t a, size_t n, unsigned k, const char* what) {
     std::string acc = std::string(what ? what : "global") + " " + rw(k) + " of " + std::to_string(n) + " bytes at " + hexa(a);
     const Alloc* A = owner(a);
     if (!A) return "memcheck: " + acc + ": no allocation there (device memory never allocated)";
-    std::string in = "the " + std::to_string(A->size) + "-byte allocation at " + hexa(A->base) + ", offset " + std::to_string(a - A->base);
+    std::string in = "offset " + std::to_string(a - A->base) + " of the " + std::to_string(A->size) + "-byte allocation at " + hexa(A->base);
     if (!A->live.load(std::memory_order_relaxed)) return "memcheck: use after free: " + acc + " in " + in + " (freed)";
     if (a + n > A->base + A->size) return "memcheck: out-of-bounds " + acc + ": " + in + " (" + std::to_string(a + n - A->base - A->size) + " bytes past its end)";
     if ((k & K_ALIGN) && (a & (n - 1))) return "memcheck: misaligned " + acc + " (" + in + "): a " + std::to_string(n) + "-byte access needs " + std::to_string(n) + "-byte alignment";
@@ -189,12 +189,12 @@ std::string shared_bytes(Block& b, Thread& t, uint32_t o, size_t n, unsigned k, 
     Sh* e = tl_sh + o;
     const uint32_t S = b.serial;
     const uint16_t me = (uint16_t)t.tid;
-    std::string acc = std::string(what ? what : "shared") + " " + rw(k) + " of " + std::to_string(n) + " bytes at " + shared_where(b, o);
+    auto acc = [&] { return std::string(what ? what : "shared") + " " + rw(k) + " of " + std::to_string(n) + " bytes at " + shared_where(b, o); };
     if (k & K_READ) {
         for (size_t i = 0; i < n; i++) {
             const Sh& x = e[i];
-            if (x.serial != S || !(x.flags & (F_INIT | F_PENDING))) return "initcheck: " + acc + ": byte " + hexa(o + i) + " was never written in this block (uninitialized shared memory)";
-            if (x.flags & F_PENDING) return "initcheck: " + acc + ": byte " + hexa(o + i) + " is the destination of a cp.async by " + thread_name(b.th[x.w]) + " not yet waited for (cp.async.wait_group)";
+            if (x.serial != S || !(x.flags & (F_INIT | F_PENDING))) return "initcheck: " + acc() + ": byte " + hexa(o + i) + " was never written in this block (uninitialized shared memory)";
+            if (x.flags & F_PENDING) return "initcheck: " + acc() + ": byte " + hexa(o + i) + " is the destination of a cp.async by " + thread_name(b.th[x.w]) + " not yet waited for (cp.async.wait_group)";
             if (!(k & K_ATOMIC) && x.w != kNone && !ordered(b, x.w, x.ws, t)) return race(b, "RAW", o, n, t, x.w, "reads");
         }
         if (!(k & (K_ATOMIC | K_WRITE)))
@@ -214,7 +214,7 @@ std::string shared_bytes(Block& b, Thread& t, uint32_t o, size_t n, unsigned k, 
     for (size_t i = 0; i < n; i++) {
         Sh& x = e[i];
         if (x.serial != S) x = Sh{S, 0, 0, 0, kNone, kNone, kNone, 0};
-        if (x.flags & F_PENDING) return "racecheck: WAW hazard: " + acc + ": byte " + hexa(o + i) + " is the destination of a cp.async by " + thread_name(b.th[x.w]) + " not yet waited for (cp.async.wait_group)";
+        if (x.flags & F_PENDING) return "racecheck: WAW hazard: " + acc() + ": byte " + hexa(o + i) + " is the destination of a cp.async by " + thread_name(b.th[x.w]) + " not yet waited for (cp.async.wait_group)";
         if (k & K_ATOMIC) continue;
         if (x.r1 != kNone && x.r1 != me && !ordered(b, x.r1, x.r1s, t)) return race(b, "WAR", o, n, t, x.r1, "writes");
         if (x.r2 != kNone && x.r2 != me && !ordered(b, x.r2, x.r2s, t)) return race(b, "WAR", o, n, t, x.r2, "writes");
@@ -308,13 +308,13 @@ std::string san_shared_read(const Block& cb, const Thread& ct, uint32_t off, siz
 std::string san_async_issue(Block& b, Thread& t, uint32_t off, size_t n, const char* what) {
     if (!g_on) return "";
     if (!shared_in_bounds(b, off, n)) return shared_bounds(b, off, n, K_WRITE, what);
-    std::string acc = std::string(what) + " to " + shared_where(b, off);
+    auto acc = [&] { return std::string(what) + " to " + shared_where(b, off); };
     Sh* e = tl_sh + off;
     const uint16_t me = (uint16_t)t.tid;
     for (size_t i = 0; i < n; i++) {  // the copy may land at any time from now: a write by t
         Sh& x = e[i];
         if (x.serial != b.serial) x = Sh{b.serial, 0, 0, 0, kNone, kNone, kNone, 0};
-        if (x.flags & F_PENDING) return "racecheck: WAW hazard: " + acc + ": byte " + hexa(off + i) + " is already the destination of a cp.async by " + thread_name(b.th[x.w]) + " not yet waited for";
+        if (x.flags & F_PENDING) return "racecheck: WAW hazard: " + acc() + ": byte " + hexa(off + i) + " is already the destination of a cp.async by " + thread_name(b.th[x.w]) + " not yet waited for";
         if (x.r1 != kNone && x.r1 != me && !ordered(b, x.r1, x.r1s, t)) return race(b, "WAR", off, n, t, x.r1, "issues a cp.async to");
         if (x.r2 != kNone && x.r2 != me && !ordered(b, x.r2, x.r2s, t)) return race(b, "WAR", off, n, t, x.r2, "issues a cp.async to");
         if (x.w != kNone && x.w != me && !ordered(b, x.w, x.ws, t)) return race(b, "WAW", off, n, t, x.w, "issues a cp.async to");

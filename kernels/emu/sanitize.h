@@ -21,6 +21,12 @@
 //     some sync after s, not necessarily the same one: it can hide a race, never invent one.
 //     A WAW whose store leaves the bytes unchanged (the same value) is not reported (INFO).
 //     Atomics are checked for bounds, alignment and initialisation, never as races.
+// Build: every kernel TU with -fsanitize=thread --param=tsan-instrument-func-entry-exit=0
+// -fno-tree-vectorize -Wno-tsan, linked without libtsan (see tests/emu_cxx). The explicit checks
+// of ldmatrix/cp.async assume the TU is instrumented (an uninstrumented store leaves its shared
+// bytes "never written"). -fno-tree-vectorize: GCC's vectorizer may merge two 8-byte accesses
+// into one 16-byte access known only to be 8-aligned, which the alignment check would report.
+// Not seen: accesses inside libc calls (a memcpy/memset of non-constant size).
 // A report in a hook cannot throw (g++ treats the hooks as nothrow): it parks the thread for
 // good and the launch fails with emu::Error naming kind, kernel, block, thread, address, size.
 #pragma once

@@ -98,7 +98,10 @@ void ldmatrix_compute(Block& b, Rdv& r) {
             uint32_t a = *static_cast<const uint32_t*>(r.in[8 * j + row]);
             // The row is read by the lane that addressed it, after the warp's sync (sanitize.h).
             std::string e = san_shared_read(b, b.th[r.warp * 32 + 8 * j + row], a, 16, r.name);
-            if (!e.empty()) fail(std::string(r.name) + " at " + site_str(r.site) + ", row address of lane " + std::to_string(8 * j + row) + ": " + e);
+            if (!e.empty()) {
+                tl_thread = &b.th[r.warp * 32 + 8 * j + row];  // the report names that lane's thread
+                fail(std::string(r.name) + " at " + site_str(r.site) + ", row address of lane " + std::to_string(8 * j + row) + ": " + e);
+            }
             std::memcpy(M[j][row], b.smem.data() + a, 16);
         }
     for (unsigned l = 0; l < 32; l++) {
