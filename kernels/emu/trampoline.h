@@ -36,11 +36,9 @@ Args read_params(void** params, std::index_sequence<I...>) {
     return Args{*static_cast<const std::tuple_element_t<I, Args>*>(params[I])...};
 }
 
-// The arena for static __shared__ variables: runtime.h places each at a 16-byte boundary, so
-// ptxas's byte count rounded up to 16 holds them (every kernel's arrays are multiples of 16).
-// + 16: runtime.h's shared_var (at a062777) starts the first variable at offset 16, not 0
-// (`(static_used + alignof(T) - 1 + 15) & ~15`); drop the slack once it rounds from 0.
-inline size_t static_arena(size_t static_smem) { return ((static_smem + 15) & ~size_t(15)) + 16; }
+// The arena for static __shared__ variables: ptxas's byte count (runtime.h adds the slack its
+// 16-byte placement of each variable may need).
+inline size_t static_arena(size_t static_smem) { return static_smem; }
 
 template <auto K>
 void trampoline(const char* name, void** params, const LaunchCfg& cfg, size_t static_smem) {
