@@ -54,17 +54,17 @@ pub(super) fn attention_shapes() -> Vec<AttnShape> {
     };
     let mistral = (32, 8, 128);
     // Emulated: the prefill shapes with 8 of Mistral's heads (groups of 4 still), fewer rows.
-    let prefill_heads = super::sized(mistral, (8, 2, 128));
+    let prefill_heads = super::io::sized(mistral, (8, 2, 128));
     let clip = (16, 16, 64);
     let mut v = Vec::new();
     // Batched decode: 4 sequences of lengths 1, 17, 300, 1000 in 4 slots (not in slot order), one
     // query row each (the newest position, which sees the whole sequence).
-    let (lens, cap) = super::sized(([(2u32, 1u32), (0, 17), (3, 300), (1, 1000)], 1024), ([(2, 1), (0, 17), (3, 130), (1, 300)], 320));
+    let (lens, cap) = super::io::sized(([(2u32, 1u32), (0, 17), (3, 300), (1, 1000)], 1024), ([(2, 1), (0, 17), (3, 130), (1, 300)], 320));
     let name = format!("decode lens {} in 4 slots cap {cap}", lens.iter().map(|l| l.1.to_string()).collect::<Vec<_>>().join(","));
     v.push(shape(name, mistral, cap, 4, lens.iter().map(|&(s, n)| row(s, 0, n)).collect()));
     // Prefill of T=333 (emulated: 100), causal; the second half of the rows with a sliding window
     // of 64 keys (emulated: 24).
-    let (t, w, cap) = super::sized((333usize, 64usize, 400usize), (100, 24, 128));
+    let (t, w, cap) = super::io::sized((333usize, 64usize, 400usize), (100, 24, 128));
     let rows = (0..t).map(|p| AttnRow::for_mask(if p < t.div_ceil(2) { causal } else { AttnMask::Causal { window: Some(w) } }, 0, p, t)).collect();
     v.push(shape(format!("prefill T={t} causal, rows {}.. window {w}, cap {cap}", t.div_ceil(2)), prefill_heads, cap, 1, rows));
     // Chunked prefill: positions 100..140 of a sequence in slot 1 whose cache holds 140 keys.
@@ -74,7 +74,7 @@ pub(super) fn attention_shapes() -> Vec<AttnShape> {
     // image for each row. At T=577 only every 3rd token's query row (alternating offsets per
     // image) keeps the host references fast (rows are independent in the kernel); T=97 has all.
     // Emulated: T=97 alone.
-    let vision: &[(u32, usize, usize)] = super::sized(&[(577, 577, 3), (97, 100, 1)], &[(97, 100, 1)]);
+    let vision: &[(u32, usize, usize)] = super::io::sized(&[(577, 577, 3), (97, 100, 1)], &[(97, 100, 1)]);
     for &(t, cap, step) in vision {
         let rows = (0..2u32).flat_map(|s| (s % step as u32..t).step_by(step).map(move |_| row(s, 0, t))).collect();
         let every = if step > 1 { format!(", 1 in {step} query rows") } else { String::new() };
@@ -122,7 +122,7 @@ pub(super) fn attention_split_shapes() -> Vec<AttnShape> {
     // Batched decode in 5 slots (not in slot order): lengths 1, 17, 128, 1000 and an empty range,
     // Mistral-7B heads (groups of 4), plus three rows outside the cache (NaN rows).
     // Emulated: 8 heads (groups of 4) and lengths up to 300.
-    let (heads, long, cap) = super::sized(((32, 8, 128), 1000u32, 1024usize), ((8, 2, 128), 300, 320));
+    let (heads, long, cap) = super::io::sized(((32, 8, 128), 1000u32, 1024usize), ((8, 2, 128), 300, 320));
     for n in [1, 2, 7, MAX] {
         let rows = vec![row(3, 0, 1), row(0, 0, 17), row(4, 0, 128), row(1, 0, long), row(2, 0, 0)];
         let mut a = shape(&format!("decode lens 1,17,128,{long},0 + 3 bad rows, cap {cap}"), heads, cap, 5, rows, AttnLaunch::Splits(n));
@@ -135,7 +135,7 @@ pub(super) fn attention_split_shapes() -> Vec<AttnShape> {
     }
     // One sequence of 32768 keys (issue #4's long context), groups of 4 over 2 kv heads
     // (emulated: 2048 keys).
-    let ctx = super::sized(32768u32, 2048);
+    let ctx = super::io::sized(32768u32, 2048);
     for l in [AttnLaunch::MaxLen, AttnLaunch::Splits(2)] {
         v.push(shape(&format!("decode B=1 ctx {ctx}"), (8, 2, 128), ctx as usize, 1, vec![row(0, 0, ctx)], l));
     }
@@ -145,13 +145,13 @@ pub(super) fn attention_split_shapes() -> Vec<AttnShape> {
     }
     // Batch 8 of ragged lengths up to 4096, groups of 4, D=128.
     // (Emulated: lengths up to 1024.)
-    let (lens, cap): (Vec<u32>, u32) = super::sized((vec![4096, 1, 3000, 17, 129, 2048, 64, 4000], 4096), (vec![1024, 1, 750, 17, 129, 512, 64, 1000], 1024));
+    let (lens, cap): (Vec<u32>, u32) = super::io::sized((vec![4096, 1, 3000, 17, 129, 2048, 64, 4000], 4096), (vec![1024, 1, 750, 17, 129, 512, 64, 1000], 1024));
     for l in [AttnLaunch::MaxLen, AttnLaunch::Splits(7)] {
         let rows = lens.iter().enumerate().map(|(s, &n)| row(s as u32, 0, n)).collect();
         v.push(shape(&format!("decode B=8 ragged lens <= {cap}, cap {cap}"), (8, 2, 128), cap as usize, 8, rows, l));
     }
     // Batch 64 (slots in reverse order), lengths 1..=1000 (emulated: 1..=200), groups of 8, D=128.
-    let cap = super::sized(1000u32, 200);
+    let cap = super::io::sized(1000u32, 200);
     for l in [AttnLaunch::MaxLen, AttnLaunch::Splits(2)] {
         let rows = (0..64u32).map(|i| row(63 - i, 0, 1 + (i * i * 37 + 11 * i) % cap)).collect();
         v.push(shape(&format!("decode B=64 lens 1..={cap}, cap {cap}"), (8, 1, 128), cap as usize, 64, rows, l));
@@ -159,7 +159,7 @@ pub(super) fn attention_split_shapes() -> Vec<AttnShape> {
     // Prefill-shaped: T=200 causal, rows 100.. with a window of 48 keys, Mistral-7B heads.
     // Emulated: T=100, rows 50.. window 24, 8 heads (groups of 4), and 17 splits instead of the
     // maximum (still more splits than the 4 key tiles of the longest row: empty splits).
-    let (t, w, heads, splits) = super::sized((200usize, 48usize, (32, 8, 128), [3, MAX]), (100, 24, (8, 2, 128), [3, 17]));
+    let (t, w, heads, splits) = super::io::sized((200usize, 48usize, (32, 8, 128), [3, MAX]), (100, 24, (8, 2, 128), [3, 17]));
     let causal = AttnMask::Causal { window: None };
     for n in splits {
         let rows = (0..t).map(|p| AttnRow::for_mask(if p < t / 2 { causal } else { AttnMask::Causal { window: Some(w) } }, 0, p, t)).collect();

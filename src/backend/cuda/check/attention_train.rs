@@ -76,15 +76,15 @@ pub(super) fn attention_train_shapes() -> Vec<AttnTrainShape> {
         // (The backward of a lone 1-row sequence is dq = dk = 0 exactly: packed with another.)
         add(backward, (32, 8, 128), if backward { &[1, 17] } else { &[1] }, causal.clone(), 1, GUARD, None);
         add(backward, (32, 8, 128), &[17], causal.clone(), 1, GUARD, None);
-        add(backward, super::sized((16, 16, 64), (8, 8, 64)), &[128], TrainMask::Bidirectional, 1, GUARD, None);
+        add(backward, super::io::sized((16, 16, 64), (8, 8, 64)), &[128], TrainMask::Bidirectional, 1, GUARD, None);
         add(backward, (4, 1, 128), &[128], TrainMask::Causal(Some(40)), 1, GUARD, None);
         // T = 1000 (emulated: 200 and 250): partial tiles, window, MQA (the backward's f64
         // reference is O(T^2 H D)).
-        add(backward, (2, 1, 128), &[super::sized(1000, 200)], causal.clone(), 1, GUARD, None);
-        let (t, w) = super::sized((1000, 100), (250, 70));
+        add(backward, (2, 1, 128), &[super::io::sized(1000, 200)], causal.clone(), 1, GUARD, None);
+        let (t, w) = super::io::sized((1000, 100), (250, 70));
         add(backward, (4, 2, 64), &[t], TrainMask::Causal(Some(w)), 1, GUARD, None);
         // A packed batch of 3 sequences: plain, and DPO shared prefix (one pair (0, 0) = causal).
-        let (lens, pairs): (&[usize], _) = super::sized((&[100, 37, 300], vec![(40, 30), (0, 0), (100, 120)]), (&[100, 37, 150], vec![(40, 30), (0, 0), (50, 60)]));
+        let (lens, pairs): (&[usize], _) = super::io::sized((&[100, 37, 300], vec![(40, 30), (0, 0), (100, 120)]), (&[100, 37, 150], vec![(40, 30), (0, 0), (50, 60)]));
         add(backward, (8, 2, 64), lens, causal.clone(), 1, GUARD, None);
         add(backward, (8, 2, 64), lens, TrainMask::SharedPrefix(pairs), 1, GUARD, None);
         add(backward, (4, 4, 128), &[70, 200], TrainMask::SharedPrefix(vec![(20, 25), (10, 130)]), 1, GUARD, None);

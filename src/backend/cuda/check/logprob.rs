@@ -23,7 +23,7 @@ pub(super) struct LogprobShape {
 pub(super) fn logprob_shapes() -> Vec<LogprobShape> {
     let d = cuda::LOGPROB_CHUNK;
     // Emulated: the full vocabulary (4 chunks, the last ragged) over fewer rows and a narrower C.
-    let realistic = super::sized(
+    let realistic = super::io::sized(
         LogprobShape { t: 300, c: 4096, v: 32064, chunk: d, off: GUARD, rows: vec![0, 299], what: "7B lm_head, rows 0, 299 checked" },
         LogprobShape { t: 17, c: 256, v: 32064, chunk: d, off: GUARD, rows: vec![0, 16], what: "full vocabulary, rows 0, 16 checked" },
     );

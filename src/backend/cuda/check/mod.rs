@@ -91,7 +91,7 @@ use attention_train::{attention_hopper_shapes, attention_train_case, attention_t
 use copy::{add_case, cast_bf16_to_f32_case, cast_f32_to_bf16_case, concat_cols_case, scatter_rows_case};
 use dpo::dpo_case;
 use embedding::embedding_case;
-use io::{shape1, shape2};
+use io::{shape1, shape2, sized};
 use logprob::{logprob_case, logprob_shapes};
 use lora::{dropout_case, lora_case, lora_dropout_case, LORA_SHAPES, LORA_SHAPES_EMU};
 use matmul::{matmul_case, matmul_nn_case, matmul_tn_case, MATMUL_SHAPES, MATMUL_SHAPES_EMU};
@@ -166,18 +166,6 @@ impl Check {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01B3);
         }
         seed ^ h
-    }
-}
-
-/// `gpu` on a GPU; `emu` on the emulated device (`STIC_CUDA_EMU=1`), which runs every kernel on
-/// the CPU 100-1000x slower than the CPU backend. The reduced shapes keep each kernel's code
-/// paths: several tiles or blocks per row, ragged last tiles, misaligned buffers, every mask and
-/// GQA ratio, D 64 and 128, grid-stride and tile loops that iterate more than once.
-pub(super) fn sized<T>(gpu: T, emu: T) -> T {
-    if super::emulated() {
-        emu
-    } else {
-        gpu
     }
 }
 
