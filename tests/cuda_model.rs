@@ -7,9 +7,15 @@
 //! - image features and the logits at the last prompt position: max |gpu - cpu| <= 5e-2 of the
 //!   CPU tensor's rms (bf16 storage between ops: each op rounds to 2^-9 relative; a few layers of
 //!   that, plus f32-vs-tensor-core summation order);
-//! - greedy ids, batched: equal, except that a sequence may part ways with the CPU at a near-tie,
-//!   where the CPU logit of the GPU's token is within twice the measured logit error of the CPU's
-//!   best (after that point the sequences are no longer comparable).
+//! - greedy ids, batched: the same number of sequences, each equal, except that a sequence may
+//!   part ways with the CPU at a near-tie, where the CPU logit of the GPU's token is within
+//!   `NEAR_TIE` x rms of the CPU's best (twice the logit tolerance: two logits each within it can
+//!   swap order there, and nowhere else); after that point the sequences are no longer comparable.
+//!   The bound is fixed: it does not grow with the error the run measures.
+//!
+//! Under emulation (`STIC_CUDA_EMU=1`) the 7B-shaped model keeps the attention shapes (H 32 /
+//! Hkv 8, D 128) with narrower layers and shorter prompts, and `attention_packed` runs on shorter
+//! sequences (`stic::backend::cuda::emulated`).
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -37,15 +43,23 @@ fn rms(x: &[f32]) -> f32 {
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
+    assert_eq!(a.len(), b.len(), "lengths differ");
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-/// Asserts |gpu - cpu| <= 5e-2 rms(cpu) and returns the max error.
+/// The whole-model tolerance: max |gpu - cpu| <= TOL x rms(cpu) (docs/TOLERANCES.md).
+const TOL: f32 = 5e-2;
+
+/// Where greedy decoding may part ways: a CPU logit margin of at most NEAR_TIE x rms(CPU logits)
+/// between the CPU's token and the GPU's, i.e. 2 x TOL: each of the two logits may be off by
+/// TOL x rms on the GPU, so only a margin below twice that can reverse their order.
+const NEAR_TIE: f32 = 2.0 * TOL;
+
+/// Asserts |gpu - cpu| <= TOL rms(cpu) and returns the max error.
 fn assert_close(what: &str, gpu: &[f32], cpu: &[f32]) -> f32 {
     let err = max_abs_diff(gpu, cpu);
-    let tol = 5e-2 * rms(cpu);
-    assert!(err <= tol, "{what}: max |gpu - cpu| = {err} > {tol} (5e-2 of rms {})", rms(cpu));
+    let tol = TOL * rms(cpu);
+    assert!(err <= tol, "{what}: max |gpu - cpu| = {err} > {tol} ({TOL} of rms {})", rms(cpu));
     err
 }
 
@@ -57,12 +71,14 @@ fn compare_greedy<B: Backend>(
     gpu: &Pipeline<B>,
     cpu_inputs: Vec<stic::Tensor>,
     gpu_inputs: Vec<B::Tensor>,
-    logit_err: f32,
     max_new_tokens: usize,
 ) {
     let params = SamplingParams { max_new_tokens, ..Default::default() };
+    let n = cpu_inputs.len();
     let want = cpu.generate_from_embeds(cpu_inputs.clone(), &params).unwrap();
     let got = gpu.generate_from_embeds(gpu_inputs, &params).unwrap();
+    assert_eq!(want.len(), n, "{what}: the CPU returned {} sequences for {n} prompts", want.len());
+    assert_eq!(got.len(), n, "{what}: the GPU returned {} sequences for {n} prompts", got.len());
     for (b, (w, g)) in want.iter().zip(&got).enumerate() {
         let Some(j) = w.iter().zip(g).position(|(a, c)| a != c) else {
             assert_eq!(w.len(), g.len(), "{what} sequence {b}: {w:?} vs {g:?}");
@@ -77,13 +93,14 @@ fn compare_greedy<B: Backend>(
         };
         let logits = last_logits(cpu, x);
         let margin = logits[w[j] as usize] - logits[g[j] as usize];
+        let bound = NEAR_TIE * rms(&logits);
         assert!(
-            margin <= 2.0 * logit_err,
-            "{what} sequence {b} parts at token {j}: cpu {} vs gpu {}, a CPU logit margin of {margin} > 2 x {logit_err} (not a near-tie)\ncpu {w:?}\ngpu {g:?}",
+            margin <= bound,
+            "{what} sequence {b} parts at token {j}: cpu {} vs gpu {}, a CPU logit margin of {margin} > {bound} ({NEAR_TIE} x rms: not a near-tie)\ncpu {w:?}\ngpu {g:?}",
             w[j],
             g[j]
         );
-        eprintln!("{what} sequence {b}: parts at token {j} at a near-tie (margin {margin}, logit error {logit_err})");
+        eprintln!("{what} sequence {b}: parts at token {j} at a near-tie (margin {margin} <= {bound})");
     }
 }
 
@@ -95,7 +112,6 @@ fn tiny_model_matches_cpu(name: &str) {
     let exp = read_json(&format!("expected/{name}.json"));
     let reqs = case_requests(exp["cases"].as_array().unwrap());
     let (mut cpu_inputs, mut gpu_inputs) = (Vec::new(), Vec::new());
-    let mut logit_err = 0f32;
     for (i, r) in reqs.iter().enumerate() {
         let ids = cpu.prompt_ids(&r.prompt, r.images.len()).unwrap();
         let px = stic::image::preprocess(&r.images[0], &cpu.processor).unwrap();
@@ -104,12 +120,11 @@ fn tiny_model_matches_cpu(name: &str) {
         assert_close(&format!("{name} case {i}: image features"), be.download(&fg).unwrap().data(), fc.data());
         let (xc, _) = cpu.embed(&ids, &r.images).unwrap();
         let (xg, _) = gpu.embed(&ids, &r.images).unwrap();
-        let err = assert_close(&format!("{name} case {i}: last logits"), &last_logits(&gpu, xg.clone()), &last_logits(&cpu, xc.clone()));
-        logit_err = logit_err.max(err);
+        assert_close(&format!("{name} case {i}: last logits"), &last_logits(&gpu, xg.clone()), &last_logits(&cpu, xc.clone()));
         cpu_inputs.push(xc);
         gpu_inputs.push(xg);
     }
-    compare_greedy(name, &cpu, &gpu, cpu_inputs, gpu_inputs, logit_err, 8);
+    compare_greedy(name, &cpu, &gpu, cpu_inputs, gpu_inputs, 8);
 }
 
 #[test]
@@ -124,7 +139,8 @@ fn llava15_tiny_cuda_matches_cpu() {
 
 /// A random model of the real llava-v1.6-mistral-7b config with 2 decoder layers: every 7B
 /// shape (C 4096, H 32 / Hkv 8, D 128, F 14336, V 32064), text only, 3 prompts of different
-/// lengths batched.
+/// lengths batched. Emulated: C 512 and F 1024 (the attention keeps H 32 / Hkv 8 / D 128 through
+/// an explicit head_dim), prompts of 5, 77 and 130 tokens (3 query tiles), 8 new tokens.
 #[test]
 fn random_7b_shaped_model_cuda_matches_cpu() {
     let Some(be) = cuda(Cuda::new) else { return };
@@ -132,6 +148,13 @@ fn random_7b_shaped_model_cuda_matches_cpu() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut cfg = read_json("configs/llava-v1.6-mistral-7b-hf.json");
     cfg["text_config"]["num_hidden_layers"] = 2.into();
+    let emu = stic::backend::cuda::emulated();
+    if emu {
+        let t = &mut cfg["text_config"];
+        t["hidden_size"] = 512.into();
+        t["head_dim"] = 128.into();
+        t["intermediate_size"] = 1024.into();
+    }
     std::fs::write(dir.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
     for f in ["tokenizer.json", "tokenizer_config.json", "preprocessor_config.json", "generation_config.json"] {
         let src = fixtures().join("llava_next_tiny").join(f);
@@ -142,18 +165,17 @@ fn random_7b_shaped_model_cuda_matches_cpu() {
     let cpu = Pipeline::load_on(&Cpu, &dir, Some(7), None).unwrap();
     let gpu = Pipeline::load_on(&be, &dir, Some(7), None).unwrap();
     let mut rng = stic::rng::Rng::new(11);
-    let prompts: Vec<Vec<u32>> = [5usize, 77, 300].iter().map(|&n| (0..n).map(|_| 1 + rng.below(31_999) as u32).collect()).collect();
+    let (lens, new_tokens): (&[usize], usize) = if emu { (&[5, 77, 130], 8) } else { (&[5, 77, 300], 16) };
+    let prompts: Vec<Vec<u32>> = lens.iter().map(|&n| (0..n).map(|_| 1 + rng.below(31_999) as u32).collect()).collect();
     let (mut cpu_inputs, mut gpu_inputs) = (Vec::new(), Vec::new());
-    let mut logit_err = 0f32;
     for (i, ids) in prompts.iter().enumerate() {
         let xc = cpu.model.decoder.embed(ids).unwrap();
         let xg = gpu.model.decoder.embed(ids).unwrap();
-        let err = assert_close(&format!("random 7B prompt {i}: last logits"), &last_logits(&gpu, xg.clone()), &last_logits(&cpu, xc.clone()));
-        logit_err = logit_err.max(err);
+        assert_close(&format!("random 7B prompt {i}: last logits"), &last_logits(&gpu, xg.clone()), &last_logits(&cpu, xc.clone()));
         cpu_inputs.push(xc);
         gpu_inputs.push(xg);
     }
-    compare_greedy("random 7B", &cpu, &gpu, cpu_inputs, gpu_inputs, logit_err, 16);
+    compare_greedy("random 7B", &cpu, &gpu, cpu_inputs, gpu_inputs, new_tokens);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -168,10 +190,17 @@ fn attention_packed_cuda_matches_cpu() {
     use stic::backend::{cpu, PackedMask};
     let Some(be) = cuda(Cuda::new) else { return };
     let causal = PackedMask::Causal { window: None };
+    // Emulated: the first three with 8 heads (groups of 4; MHA) and at most 150 rows a sequence.
+    let emu = stic::backend::cuda::emulated();
+    let big: [(usize, usize, usize, &[usize], PackedMask); 3] = if emu {
+        [(8, 2, 128, &[1, 17, 150], causal), (8, 2, 128, &[130, 77], PackedMask::Causal { window: Some(64) }), (4, 4, 64, &[129, 129], PackedMask::Bidirectional)]
+    } else {
+        [(32, 8, 128, &[1, 17, 300], causal), (32, 8, 128, &[200, 77], PackedMask::Causal { window: Some(64) }), (16, 16, 64, &[577, 577], PackedMask::Bidirectional)]
+    };
     let cases: &[(usize, usize, usize, &[usize], PackedMask)] = &[
-        (32, 8, 128, &[1, 17, 300], causal),
-        (32, 8, 128, &[200, 77], PackedMask::Causal { window: Some(64) }),
-        (16, 16, 64, &[577, 577], PackedMask::Bidirectional),
+        big[0],
+        big[1],
+        big[2],
         (4, 1, 64, &[130, 0, 65], causal),
         (4, 2, 8, &[5, 0, 9], causal),
         (4, 4, 80, &[33, 20], PackedMask::Bidirectional),

@@ -15,9 +15,15 @@
 //! - every adapter gradient tensor: ||gpu - cpu|| <= 5e-2 ||cpu|| (the whole-model bf16 rule of
 //!   tests/cuda_model.rs, on the backward's tensors);
 //! - SFT: the loss 2e-2 x (1 + |loss|) and the gradients as DPO's;
-//! - adapters after two AdamW steps from the CLI: AdamW's early updates are ~±lr per element
-//!   whatever |g| is, so an element whose gradient is within the bf16 error of 0 may move the
-//!   other way: at least 95% of the elements within lr/2 of the CPU's.
+//! - the CLI runs (2 AdamW steps): the same number of log lines, each step's loss as above.
+//!   Updating runs (lr 1e-2): the adapters. AdamW's early updates are ~±lr per element whatever
+//!   |g| is, so an element whose gradient is within the bf16 error of 0 may move the other way:
+//!   at least 95% of the elements within lr/2 of the CPU's. Those updates cannot see a gradient
+//!   wrong by a positive factor, so the LoRA-only DPO run is a gradient run instead: lr 0 (both
+//!   steps at the same weights, no drift between the devices), clipping off (it would normalise
+//!   the scale away), a random adapter (`--init-adapter`, so that dA is not 0), and the gradients
+//!   compared through AdamW's first moments in `checkpoint/optimizer.safetensors`
+//!   (m = 0.09 g1 + 0.1 g2), every tensor within the step tests' 5e-2 relative L2.
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -133,6 +139,8 @@ fn compare_grads(what: &str, gpu: &[(String, Vec<f32>)], cpu: &[(String, Vec<f32
     let mut worst = 0.0f64;
     for ((ng, g), (nc, c)) in gpu.iter().zip(cpu) {
         assert_eq!(ng, nc);
+        assert_eq!(g.len(), c.len(), "{what} {ng}: gpu {} elements, cpu {}", g.len(), c.len());
+        assert!(!c.is_empty(), "{what} {ng}: empty gradient");
         let diff: Vec<f32> = g.iter().zip(c.iter()).map(|(a, b)| a - b).collect();
         let rel = l2(&diff) / l2(c).max(f64::MIN_POSITIVE);
         worst = worst.max(rel);
@@ -172,11 +180,11 @@ fn train_sft_cuda_matches_cpu() {
     }
     let dir = tiny64("cuda-train-sft");
     let data = fixtures().join("sft/llava.json");
-    let (cpu, gpu) = train_both("train-sft", &dir, &data, &["--lora-r", "4", "--lora-alpha", "8", "--projector-lr", "1e-2"], "sft");
-    compare_outputs(&cpu, &gpu, LR, "train-sft");
+    let (cpu, gpu) = train_both("train-sft", &dir, &data, "1e-2", &["--lora-r", "4", "--lora-alpha", "8", "--projector-lr", "1e-2"], "sft");
+    compare_outputs(&cpu, &gpu, Some(LR), "train-sft");
     // The projector alone (LLaVA's alignment stage): multi_modal_projector.safetensors.
-    let (cpu, gpu) = train_both("train-sft", &dir, &data, &["--lora-r", "0", "--projector-lr", "1e-2"], "sft-projector");
-    compare_outputs(&cpu, &gpu, LR, "train-sft, projector only");
+    let (cpu, gpu) = train_both("train-sft", &dir, &data, "1e-2", &["--lora-r", "0", "--projector-lr", "1e-2"], "sft-projector");
+    compare_outputs(&cpu, &gpu, Some(LR), "train-sft, projector only");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -188,34 +196,30 @@ fn train_dpo_cuda_matches_cpu() {
     }
     let dir = tiny64("cuda-train-dpo");
     let data = fixtures().join("prefs/prefs.jsonl");
-    for projector in [false, true] {
-        compare_runs(&dir, &data, projector);
-    }
+    // The gradient run: a random adapter (A and B random: dA != 0) on the same random weights
+    // (seed 7) as the CLI's, lr 0, no clipping.
+    let (_, adir) = cpu_with_random_adapter(&dir, 7, 4);
+    let extra = ["--init-adapter", adir.to_str().unwrap(), "--sft-weight", "0.0009765625", "--max-grad-norm", "1e30", "--lora-dropout", "0.1"];
+    let (cpu, gpu) = train_both("train-dpo", &dir, &data, "0", &extra, "dpo-gradients");
+    compare_outputs(&cpu, &gpu, None, "train-dpo, lr 0 (gradients)");
+    // Updating, with the projector trained and LoRA dropout (the same masks on both devices).
+    let extra = ["--lora-r", "4", "--lora-alpha", "8", "--sft-weight", "0.0009765625", "--projector-lr", "1e-2", "--lora-dropout", "0.1"];
+    let (cpu, gpu) = train_both("train-dpo", &dir, &data, "1e-2", &extra, "dpo-projector");
+    compare_outputs(&cpu, &gpu, Some(LR), "train-dpo (projector trained)");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `train-dpo` on both devices (with the projector trained when `projector`), compared.
-fn compare_runs(dir: &std::path::Path, data: &std::path::Path, projector: bool) {
-    // The projector run also uses LoRA dropout (the same masks on both devices).
-    let extra: &[&str] = if projector {
-        &["--lora-r", "4", "--lora-alpha", "8", "--sft-weight", "0.0009765625", "--projector-lr", "1e-2", "--lora-dropout", "0.1"]
-    } else {
-        &["--lora-r", "4", "--lora-alpha", "8", "--sft-weight", "0.0009765625"]
-    };
-    let (cpu, gpu) = train_both("train-dpo", dir, data, extra, &format!("dpo-{projector}"));
-    compare_outputs(&cpu, &gpu, LR, &format!("train-dpo (projector trained: {projector})"));
-}
-
-/// The learning rate of the CLI runs.
+/// The learning rate of the updating CLI runs.
 const LR: f32 = 1e-2;
 
-/// `cmd` (train-dpo or train-sft) for 2 steps on the CPU and on the GPU: the two output folders.
-fn train_both(cmd: &str, dir: &std::path::Path, data: &std::path::Path, extra: &[&str], tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+/// `cmd` (train-dpo or train-sft) for 2 steps at learning rate `lr` on the CPU and on the GPU:
+/// the two output folders.
+fn train_both(cmd: &str, dir: &std::path::Path, data: &std::path::Path, lr: &str, extra: &[&str], tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let run = |device: &str| -> std::path::PathBuf {
         let out = dir.join(format!("out-{tag}-{device}"));
         let mut args = vec![
             cmd, "--model", dir.to_str().unwrap(), "--random-weights", "--weights-seed", "7", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
-            "--lr", "1e-2", "--max-steps", "2", "--warmup-ratio", "0", "--seed", "3", "--quiet", "--device", device,
+            "--lr", lr, "--max-steps", "2", "--warmup-ratio", "0", "--seed", "3", "--quiet", "--device", device,
         ];
         args.extend_from_slice(extra);
         let (ok, _, err) = stic(&args);
@@ -225,16 +229,22 @@ fn train_both(cmd: &str, dir: &std::path::Path, data: &std::path::Path, extra: &
     (run("cpu"), run("cuda"))
 }
 
-/// Two runs' step losses and final adapters, as the module docs say.
-fn compare_outputs(cpu: &std::path::Path, gpu: &std::path::Path, lr: f32, what: &str) {
+/// Two runs' step losses, and as the module docs say: with `lr` (an updating run) the final
+/// adapters; without (a gradient run at lr 0) AdamW's first moments.
+fn compare_outputs(cpu: &std::path::Path, gpu: &std::path::Path, lr: Option<f32>, what: &str) {
     let log = |d: &std::path::Path| -> Vec<f64> {
         std::fs::read_to_string(d.join("train_log.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
     };
     let (lc, lg) = (log(cpu), log(gpu));
-    assert_eq!(lc.len(), 2, "{what}: steps");
+    assert_eq!(lc.len(), 2, "{what}: steps logged by the CPU run");
+    assert_eq!(lg.len(), lc.len(), "{what}: steps logged by the GPU run");
     for (s, (c, g)) in lc.iter().zip(&lg).enumerate() {
         assert!((g - c).abs() <= 2e-2 * (1.0 + c.abs()), "{what}: step {} loss: gpu {g} vs cpu {c}", s + 1);
     }
+    let Some(lr) = lr else {
+        compare_moments(cpu, gpu, what);
+        return;
+    };
     let read = |d: &std::path::Path| {
         let f = ["adapter_model.safetensors", stic::adapter::PROJECTOR_FILE].iter().map(|f| d.join(f)).find(|p| p.exists()).expect("an adapter or projector file");
         stic::weights::WeightStore::from_files(d, &[f]).unwrap()
@@ -242,11 +252,32 @@ fn compare_outputs(cpu: &std::path::Path, gpu: &std::path::Path, lr: f32, what: 
     let (wc, wg) = (read(cpu), read(gpu));
     let names: Vec<String> = wc.names().map(str::to_string).collect();
     assert!(!names.is_empty());
+    let mut gnames: Vec<String> = wg.names().map(str::to_string).collect();
+    let mut cnames = names.clone();
+    gnames.sort();
+    cnames.sort();
+    assert_eq!(gnames, cnames, "{what}: the saved tensors");
     for name in names {
         let shape = wc.shape_of(&name).unwrap();
+        assert_eq!(wg.shape_of(&name).unwrap(), shape, "{what}: {name}");
         let (c, g) = (wc.get(&name, &shape).unwrap(), wg.get(&name, &shape).unwrap());
+        assert_eq!(c.data().len(), g.data().len(), "{what}: {name}");
         let close = c.data().iter().zip(g.data()).filter(|(a, b)| (*a - *b).abs() <= lr / 2.0).count();
         let frac = close as f64 / c.data().len() as f64;
         assert!(frac >= 0.95, "{what}: {name}: only {:.1}% of the elements within lr/2 of the CPU's", 100.0 * frac);
     }
+}
+
+/// The gradients of two runs at lr 0: AdamW's first moments m (f32 `{param}.m`, the same names on
+/// both sides; `.v` and `.step` are not compared), each within 5e-2 relative L2.
+fn compare_moments(cpu: &std::path::Path, gpu: &std::path::Path, what: &str) {
+    let moments = |d: &std::path::Path| -> Vec<(String, Vec<f32>)> {
+        let mut m: Vec<(String, Vec<f32>)> = read_tensors(d.join("checkpoint/optimizer.safetensors").to_str().unwrap()).into_iter().filter(|(k, _)| k.ends_with(".m")).map(|(k, (_, v))| (k, v)).collect();
+        m.sort_by(|a, b| a.0.cmp(&b.0));
+        m
+    };
+    let (mc, mg) = (moments(cpu), moments(gpu));
+    assert!(!mc.is_empty(), "{what}: no first moments in the CPU's optimizer.safetensors");
+    let worst = compare_grads(&format!("{what}: AdamW first moment"), &mg, &mc);
+    println!("{what}: worst first-moment rel-L2 error {worst:.3e}");
 }

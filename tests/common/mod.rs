@@ -44,7 +44,8 @@ pub fn read_json(rel: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
 
-/// All tensors of a reference safetensors file, as (shape, f32 data); u8 tensors are widened.
+/// All tensors of a safetensors file (`rel` to the fixtures, or an absolute path), as (shape, f32
+/// data); u8 tensors are widened, f64 ones (the optimiser's step counts) narrowed.
 pub fn read_tensors(rel: &str) -> std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> {
     let p = fixtures().join(rel);
     let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
@@ -55,6 +56,7 @@ pub fn read_tensors(rel: &str) -> std::collections::HashMap<String, (Vec<usize>,
             let data: Vec<f32> = match v.dtype() {
                 safetensors::Dtype::F32 => v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
                 safetensors::Dtype::U8 => v.data().iter().map(|&b| b as f32).collect(),
+                safetensors::Dtype::F64 => v.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
                 d => panic!("{name}: unexpected dtype {d:?}"),
             };
             (name, (v.shape().to_vec(), data))

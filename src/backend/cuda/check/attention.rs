@@ -53,23 +53,29 @@ pub(super) fn attention_shapes() -> Vec<AttnShape> {
         launch: AttnLaunch::Cap,
     };
     let mistral = (32, 8, 128);
+    // Emulated: the prefill shapes with 8 of Mistral's heads (groups of 4 still), fewer rows.
+    let prefill_heads = super::io::sized(mistral, (8, 2, 128));
     let clip = (16, 16, 64);
     let mut v = Vec::new();
     // Batched decode: 4 sequences of lengths 1, 17, 300, 1000 in 4 slots (not in slot order), one
     // query row each (the newest position, which sees the whole sequence).
-    let lens = [(2u32, 1u32), (0, 17), (3, 300), (1, 1000)];
-    v.push(shape("decode lens 1,17,300,1000 in 4 slots cap 1024".into(), mistral, 1024, 4, lens.iter().map(|&(s, n)| row(s, 0, n)).collect()));
-    // Prefill of T=333, causal; the second half of the rows with a sliding window of 64 keys.
-    let t = 333;
-    let rows = (0..t).map(|p| AttnRow::for_mask(if p < 167 { causal } else { AttnMask::Causal { window: Some(64) } }, 0, p, t)).collect();
-    v.push(shape(format!("prefill T={t} causal, rows 167.. window 64, cap 400"), mistral, 400, 1, rows));
+    let (lens, cap) = super::io::sized(([(2u32, 1u32), (0, 17), (3, 300), (1, 1000)], 1024), ([(2, 1), (0, 17), (3, 130), (1, 300)], 320));
+    let name = format!("decode lens {} in 4 slots cap {cap}", lens.iter().map(|l| l.1.to_string()).collect::<Vec<_>>().join(","));
+    v.push(shape(name, mistral, cap, 4, lens.iter().map(|&(s, n)| row(s, 0, n)).collect()));
+    // Prefill of T=333 (emulated: 100), causal; the second half of the rows with a sliding window
+    // of 64 keys (emulated: 24).
+    let (t, w, cap) = super::io::sized((333usize, 64usize, 400usize), (100, 24, 128));
+    let rows = (0..t).map(|p| AttnRow::for_mask(if p < t.div_ceil(2) { causal } else { AttnMask::Causal { window: Some(w) } }, 0, p, t)).collect();
+    v.push(shape(format!("prefill T={t} causal, rows {}.. window {w}, cap {cap}", t.div_ceil(2)), prefill_heads, cap, 1, rows));
     // Chunked prefill: positions 100..140 of a sequence in slot 1 whose cache holds 140 keys.
     let rows = (100..140).map(|p| AttnRow::for_mask(causal, 1, p, 140)).collect();
-    v.push(shape("chunked prefill pos 100..140 of 140, slot 1 of 2, cap 256".into(), mistral, 256, 2, rows));
+    v.push(shape("chunked prefill pos 100..140 of 140, slot 1 of 2, cap 256".into(), prefill_heads, 256, 2, rows));
     // CLIP ViT-L/14-336: 2 images of 577 tokens as 2 slots, bidirectional, every key of its
     // image for each row. At T=577 only every 3rd token's query row (alternating offsets per
     // image) keeps the host references fast (rows are independent in the kernel); T=97 has all.
-    for (t, cap, step) in [(577u32, 577usize, 3usize), (97, 100, 1)] {
+    // Emulated: T=97 alone.
+    let vision: &[(u32, usize, usize)] = super::io::sized(&[(577, 577, 3), (97, 100, 1)], &[(97, 100, 1)]);
+    for &(t, cap, step) in vision {
         let rows = (0..2u32).flat_map(|s| (s % step as u32..t).step_by(step).map(move |_| row(s, 0, t))).collect();
         let every = if step > 1 { format!(", 1 in {step} query rows") } else { String::new() };
         v.push(shape(format!("vision 2 images T={t} bidirectional{every}, cap {cap}"), clip, cap, 2, rows));
@@ -115,41 +121,49 @@ pub(super) fn attention_split_shapes() -> Vec<AttnShape> {
     let mut v = Vec::new();
     // Batched decode in 5 slots (not in slot order): lengths 1, 17, 128, 1000 and an empty range,
     // Mistral-7B heads (groups of 4), plus three rows outside the cache (NaN rows).
+    // Emulated: 8 heads (groups of 4) and lengths up to 300.
+    let (heads, long, cap) = super::io::sized(((32, 8, 128), 1000u32, 1024usize), ((8, 2, 128), 300, 320));
     for n in [1, 2, 7, MAX] {
-        let rows = vec![row(3, 0, 1), row(0, 0, 17), row(4, 0, 128), row(1, 0, 1000), row(2, 0, 0)];
-        let mut a = shape("decode lens 1,17,128,1000,0 + 3 bad rows, cap 1024", (32, 8, 128), 1024, 5, rows, AttnLaunch::Splits(n));
-        a.bad = vec![row(5, 0, 1), row(0, 0, 1025), row(1, 9, 8)];
+        let rows = vec![row(3, 0, 1), row(0, 0, 17), row(4, 0, 128), row(1, 0, long), row(2, 0, 0)];
+        let mut a = shape(&format!("decode lens 1,17,128,{long},0 + 3 bad rows, cap {cap}"), heads, cap, 5, rows, AttnLaunch::Splits(n));
+        a.bad = vec![row(5, 0, 1), row(0, 0, cap as u32 + 1), row(1, 9, 8)];
         v.push(a);
     }
     // One sequence of 4096 keys, groups of 8 (one block of 8 heads per kv head).
     for l in [AttnLaunch::MaxLen, AttnLaunch::Splits(7), AttnLaunch::Splits(MAX)] {
         v.push(shape("decode B=1 ctx 4096", (8, 1, 128), 4096, 1, vec![row(0, 0, 4096)], l));
     }
-    // One sequence of 32768 keys (issue #4's long context), groups of 4 over 2 kv heads.
+    // One sequence of 32768 keys (issue #4's long context), groups of 4 over 2 kv heads
+    // (emulated: 2048 keys).
+    let ctx = super::io::sized(32768u32, 2048);
     for l in [AttnLaunch::MaxLen, AttnLaunch::Splits(2)] {
-        v.push(shape("decode B=1 ctx 32768", (8, 2, 128), 32768, 1, vec![row(0, 0, 32768)], l));
+        v.push(shape(&format!("decode B=1 ctx {ctx}"), (8, 2, 128), ctx as usize, 1, vec![row(0, 0, ctx)], l));
     }
     // No grouping (H = Hkv), D=64: two sequences of 4096, one seen through a window [1000, 4096).
     for l in [AttnLaunch::Cap, AttnLaunch::Splits(7)] {
         v.push(shape("decode B=2 ctx 4096, one range [1000, 4096)", (4, 4, 64), 4096, 2, vec![row(1, 0, 4096), row(0, 1000, 4096)], l));
     }
     // Batch 8 of ragged lengths up to 4096, groups of 4, D=128.
-    let lens: Vec<u32> = vec![4096, 1, 3000, 17, 129, 2048, 64, 4000];
+    // (Emulated: lengths up to 1024.)
+    let (lens, cap): (Vec<u32>, u32) = super::io::sized((vec![4096, 1, 3000, 17, 129, 2048, 64, 4000], 4096), (vec![1024, 1, 750, 17, 129, 512, 64, 1000], 1024));
     for l in [AttnLaunch::MaxLen, AttnLaunch::Splits(7)] {
         let rows = lens.iter().enumerate().map(|(s, &n)| row(s as u32, 0, n)).collect();
-        v.push(shape("decode B=8 ragged lens <= 4096, cap 4096", (8, 2, 128), 4096, 8, rows, l));
+        v.push(shape(&format!("decode B=8 ragged lens <= {cap}, cap {cap}"), (8, 2, 128), cap as usize, 8, rows, l));
     }
-    // Batch 64 (slots in reverse order), lengths 1..=1000, groups of 8, D=128.
+    // Batch 64 (slots in reverse order), lengths 1..=1000 (emulated: 1..=200), groups of 8, D=128.
+    let cap = super::io::sized(1000u32, 200);
     for l in [AttnLaunch::MaxLen, AttnLaunch::Splits(2)] {
-        let rows = (0..64u32).map(|i| row(63 - i, 0, 1 + (i * i * 37 + 11 * i) % 1000)).collect();
-        v.push(shape("decode B=64 lens 1..=1000, cap 1000", (8, 1, 128), 1000, 64, rows, l));
+        let rows = (0..64u32).map(|i| row(63 - i, 0, 1 + (i * i * 37 + 11 * i) % cap)).collect();
+        v.push(shape(&format!("decode B=64 lens 1..={cap}, cap {cap}"), (8, 1, 128), cap as usize, 64, rows, l));
     }
     // Prefill-shaped: T=200 causal, rows 100.. with a window of 48 keys, Mistral-7B heads.
-    let t = 200;
+    // Emulated: T=100, rows 50.. window 24, 8 heads (groups of 4), and 17 splits instead of the
+    // maximum (still more splits than the 4 key tiles of the longest row: empty splits).
+    let (t, w, heads, splits) = super::io::sized((200usize, 48usize, (32, 8, 128), [3, MAX]), (100, 24, (8, 2, 128), [3, 17]));
     let causal = AttnMask::Causal { window: None };
-    for n in [3, MAX] {
-        let rows = (0..t).map(|p| AttnRow::for_mask(if p < 100 { causal } else { AttnMask::Causal { window: Some(48) } }, 0, p, t)).collect();
-        v.push(shape("prefill T=200 causal, rows 100.. window 48, cap 256", (32, 8, 128), 256, 1, rows, AttnLaunch::Splits(n)));
+    for n in splits {
+        let rows = (0..t).map(|p| AttnRow::for_mask(if p < t / 2 { causal } else { AttnMask::Causal { window: Some(w) } }, 0, p, t)).collect();
+        v.push(shape(&format!("prefill T={t} causal, rows {}.. window {w}, cap 256", t / 2), heads, 256, 1, rows, AttnLaunch::Splits(n)));
     }
     // Multi-query (groups of 16: two blocks of 8 heads) on misaligned buffers (plain loads), and
     // the smallest head dims (D=8: 32 key lanes in P.V; D=24: an odd number of 16-byte chunks).

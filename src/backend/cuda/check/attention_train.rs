@@ -32,6 +32,10 @@ impl TrainMask {
 /// One `attention_train` check: sequences of `lens` packed, H query heads over Hkv kv heads of dim
 /// D, forward (out, lse on every `step`-th row of each sequence and its last row) or backward
 /// (dq, dk, dv on every row); buffers at offset `off` (odd: the kernels' unaligned paths).
+/// `max_seqlen`: the value passed to the kernel (`None`: the longest sequence). The grid has
+/// ceil(max_seqlen / tile) blocks per (head, sequence) and each block loops over the tiles
+/// `blockIdx.x, blockIdx.x + gridDim.x, ...` of its sequence, so a smaller value makes that loop
+/// run more than once (which an exact max_seqlen never does).
 #[derive(Clone)]
 pub(super) struct AttnTrainShape {
     pub(super) name: String,
@@ -43,11 +47,17 @@ pub(super) struct AttnTrainShape {
     pub(super) backward: bool,
     step: usize,
     pub(super) off: usize,
+    max_seqlen: Option<usize>,
 }
 
+/// The forward and backward shapes. Under emulation (`super::sized`) the long sequences are cut to
+/// a few hundred rows and the head counts of the larger cases to at most 8; every mask, GQA ratio
+/// (1, 2, 4 also with 32 heads, MQA), D 64 and 128, ragged last tiles, several tiles per sequence and
+/// the misaligned case stay. The `max_seqlen` cases (on the GPU too) make each block loop over
+/// 2 to 5 tiles (forward: 64 query rows; backward: 64 keys).
 pub(super) fn attention_train_shapes() -> Vec<AttnTrainShape> {
     let mut v = Vec::new();
-    let mut add = |backward: bool, (h, hkv, d): (usize, usize, usize), lens: &[usize], mask: TrainMask, step: usize, off: usize| {
+    let mut add = |backward: bool, (h, hkv, d): (usize, usize, usize), lens: &[usize], mask: TrainMask, step: usize, off: usize, max_seqlen: Option<usize>| {
         let m = match &mask {
             TrainMask::Bidirectional => "bidirectional".to_string(),
             TrainMask::Causal(None) => "causal".to_string(),
@@ -56,29 +66,48 @@ pub(super) fn attention_train_shapes() -> Vec<AttnTrainShape> {
         };
         let rows = if step > 1 { format!(", 1 in {step} rows checked") } else { String::new() };
         let mis = if !off.is_multiple_of(8) { " misaligned" } else { "" };
-        let name = format!("lens {lens:?} {m} H={h} Hkv={hkv} D={d}{rows}{mis}");
-        v.push(AttnTrainShape { name, h, hkv, d, lens: lens.to_vec(), mask, backward, step, off });
+        let ms = max_seqlen.map(|n| format!(", max_seqlen {n} (blocks loop over tiles)")).unwrap_or_default();
+        let name = format!("lens {lens:?} {m} H={h} Hkv={hkv} D={d}{rows}{mis}{ms}");
+        v.push(AttnTrainShape { name, h, hkv, d, lens: lens.to_vec(), mask, backward, step, off, max_seqlen });
     };
     let causal = TrainMask::Causal(None);
     for backward in [false, true] {
         // Mistral-7B heads (GQA 4) on short sequences; CLIP-like D=64 bidirectional; MQA.
         // (The backward of a lone 1-row sequence is dq = dk = 0 exactly: packed with another.)
-        add(backward, (32, 8, 128), if backward { &[1, 17] } else { &[1] }, causal.clone(), 1, GUARD);
-        add(backward, (32, 8, 128), &[17], causal.clone(), 1, GUARD);
-        add(backward, (16, 16, 64), &[128], TrainMask::Bidirectional, 1, GUARD);
-        add(backward, (4, 1, 128), &[128], TrainMask::Causal(Some(40)), 1, GUARD);
-        // T = 1000: partial tiles, window, MQA (the backward's f64 reference is O(T^2 H D)).
-        add(backward, (2, 1, 128), &[1000], causal.clone(), 1, GUARD);
-        add(backward, (4, 2, 64), &[1000], TrainMask::Causal(Some(100)), 1, GUARD);
+        add(backward, (32, 8, 128), if backward { &[1, 17] } else { &[1] }, causal.clone(), 1, GUARD, None);
+        add(backward, (32, 8, 128), &[17], causal.clone(), 1, GUARD, None);
+        add(backward, super::io::sized((16, 16, 64), (8, 8, 64)), &[128], TrainMask::Bidirectional, 1, GUARD, None);
+        add(backward, (4, 1, 128), &[128], TrainMask::Causal(Some(40)), 1, GUARD, None);
+        // T = 1000 (emulated: 200 and 250): partial tiles, window, MQA (the backward's f64
+        // reference is O(T^2 H D)).
+        add(backward, (2, 1, 128), &[super::io::sized(1000, 200)], causal.clone(), 1, GUARD, None);
+        let (t, w) = super::io::sized((1000, 100), (250, 70));
+        add(backward, (4, 2, 64), &[t], TrainMask::Causal(Some(w)), 1, GUARD, None);
         // A packed batch of 3 sequences: plain, and DPO shared prefix (one pair (0, 0) = causal).
-        add(backward, (8, 2, 64), &[100, 37, 300], causal.clone(), 1, GUARD);
-        add(backward, (8, 2, 64), &[100, 37, 300], TrainMask::SharedPrefix(vec![(40, 30), (0, 0), (100, 120)]), 1, GUARD);
-        add(backward, (4, 4, 128), &[70, 200], TrainMask::SharedPrefix(vec![(20, 25), (10, 130)]), 1, GUARD);
-        add(backward, (4, 2, 64), &[70, 33], TrainMask::Bidirectional, 1, 1);
+        let (lens, pairs): (&[usize], _) = super::io::sized((&[100, 37, 300], vec![(40, 30), (0, 0), (100, 120)]), (&[100, 37, 150], vec![(40, 30), (0, 0), (50, 60)]));
+        add(backward, (8, 2, 64), lens, causal.clone(), 1, GUARD, None);
+        add(backward, (8, 2, 64), lens, TrainMask::SharedPrefix(pairs), 1, GUARD, None);
+        add(backward, (4, 4, 128), &[70, 200], TrainMask::SharedPrefix(vec![(20, 25), (10, 130)]), 1, GUARD, None);
+        add(backward, (4, 2, 64), &[70, 33], TrainMask::Bidirectional, 1, 1, None);
+        // Blocks that handle several tiles: max_seqlen 64 gives one block per (head, sequence)
+        // looping over all 4 tiles of 200 rows; 100 gives two blocks, over tiles 0, 2, 4 and 1, 3
+        // of 300 rows (the last one ragged); 1 gives one block for every sequence, looping over
+        // 3 tiles under the shared-prefix mask; 64 over 129 rows (a 1-row last tile), bidirectional.
+        add(backward, (4, 2, 64), &[200, 70], causal.clone(), 1, GUARD, Some(64));
+        add(backward, (2, 1, 128), &[300, 37], TrainMask::Causal(Some(100)), 1, GUARD, Some(100));
+        add(backward, (4, 4, 64), &[150, 90], TrainMask::SharedPrefix(vec![(30, 50), (20, 30)]), 1, GUARD, Some(1));
+        add(backward, (4, 4, 128), &[129], TrainMask::Bidirectional, 1, GUARD, Some(64));
     }
-    // A long forward: T = 4096 causal, the reference on every 64th row.
-    add(false, (4, 1, 128), &[4096], causal.clone(), 64, GUARD);
-    add(false, (2, 2, 64), &[4096, 1000], TrainMask::Bidirectional, 64, GUARD);
+    if cuda::emulated() {
+        // The long forwards, emulated: every row of 300 (causal) and of two sequences of 260 and
+        // 100 (bidirectional).
+        add(false, (4, 1, 128), &[300], causal.clone(), 1, GUARD, None);
+        add(false, (2, 2, 64), &[260, 100], TrainMask::Bidirectional, 1, GUARD, None);
+    } else {
+        // A long forward: T = 4096 causal, the reference on every 64th row.
+        add(false, (4, 1, 128), &[4096], causal.clone(), 64, GUARD, None);
+        add(false, (2, 2, 64), &[4096, 1000], TrainMask::Bidirectional, 64, GUARD, None);
+    }
     v
 }
 
@@ -95,6 +124,7 @@ pub(super) fn attention_hopper_shapes() -> Vec<AttnTrainShape> {
         backward: false,
         step: 1,
         off: GUARD,
+        max_seqlen: None,
     };
     vec![
         shape((8, 8, 128), &[129, 256, 383], TrainMask::Causal(Some(130)), "causal window 130".into()),
@@ -128,7 +158,7 @@ pub(super) fn attention_train_case_with(a: &AttnTrainShape, kernel: cuda::AttnFw
         TrainMask::SharedPrefix(p) => p.iter().flat_map(|&(x, y)| [x as u32, y as u32]).collect(),
         _ => Vec::new(),
     };
-    let max_seqlen = a.lens.iter().copied().max().unwrap_or(1).max(1);
+    let max_seqlen = a.max_seqlen.unwrap_or_else(|| a.lens.iter().copied().max().unwrap_or(1).max(1));
     let (window, shared) = match &a.mask {
         TrainMask::Causal(w) => (*w, false),
         TrainMask::SharedPrefix(_) => (None, true),

@@ -1,6 +1,7 @@
 //! The checks' inputs and device buffers: seeded bf16 inputs (`Inputs`), widening, the shape
-//! strings of the registry, and buffers with poisoned guards (`upload`, `poisoned`, `download_*`,
-//! `pick_rows` / `select_guarded` for outputs compared in part).
+//! strings of the registry, the emulated device's reduced shapes (`sized`), and buffers with
+//! poisoned guards (`upload`, `poisoned`, `download_*`, `pick_rows` / `select_guarded` for
+//! outputs compared in part).
 
 use half::bf16;
 
@@ -24,6 +25,18 @@ impl Inputs for Rng {
                 bf16::from_f64(v).to_bits()
             })
             .collect()
+    }
+}
+
+/// `gpu` on a GPU; `emu` on the emulated device (`STIC_CUDA_EMU=1`), which runs every kernel on
+/// the CPU 100-1000x slower than the CPU backend. The reduced shapes keep each kernel's code
+/// paths: several tiles or blocks per row, ragged last tiles, misaligned buffers, every mask and
+/// GQA ratio, D 64 and 128, grid-stride and tile loops that iterate more than once.
+pub(super) fn sized<T>(gpu: T, emu: T) -> T {
+    if crate::backend::cuda::emulated() {
+        emu
+    } else {
+        gpu
     }
 }
 

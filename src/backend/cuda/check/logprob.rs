@@ -22,8 +22,13 @@ pub(super) struct LogprobShape {
 
 pub(super) fn logprob_shapes() -> Vec<LogprobShape> {
     let d = cuda::LOGPROB_CHUNK;
-    vec![
+    // Emulated: the full vocabulary (4 chunks, the last ragged) over fewer rows and a narrower C.
+    let realistic = super::io::sized(
         LogprobShape { t: 300, c: 4096, v: 32064, chunk: d, off: GUARD, rows: vec![0, 299], what: "7B lm_head, rows 0, 299 checked" },
+        LogprobShape { t: 17, c: 256, v: 32064, chunk: d, off: GUARD, rows: vec![0, 16], what: "full vocabulary, rows 0, 16 checked" },
+    );
+    vec![
+        realistic,
         LogprobShape { t: 5, c: 256, v: 32064, chunk: d, off: GUARD, rows: vec![], what: "V not a multiple of the chunk" },
         LogprobShape { t: 1, c: 64, v: 1000, chunk: d, off: GUARD, rows: vec![], what: "T=1, one chunk" },
         LogprobShape { t: 9, c: 33, v: 517, chunk: 64, off: 1, rows: vec![], what: "9 chunks, ragged, misaligned" },

@@ -30,6 +30,19 @@ pub(super) const LORA_SHAPES: &[LoraShape] = &[
     LoraShape { m: 70, k: 130, n: 200, r: 40, off: 3, what: "tile edges" },
 ];
 
+/// `LORA_SHAPES` on the emulated device, where the LoRA GEMMs run at ~10^7 multiply-adds per
+/// second: the split-K path (K >= 512 with few output tiles), several 64-row tiles (M 65, 70),
+/// the largest rank (128), odd and misaligned shapes.
+pub(super) const LORA_SHAPES_EMU: &[LoraShape] = &[
+    LoraShape { m: 1, k: 1024, n: 1024, r: 8, off: GUARD, what: "decode, split K" },
+    LoraShape { m: 1, k: 512, n: 512, r: 128, off: GUARD, what: "decode, largest rank" },
+    LoraShape { m: 65, k: 1024, n: 512, r: 8, off: GUARD, what: "2 row tiles, split K" },
+    LoraShape { m: 65, k: 256, n: 256, r: 128, off: GUARD, what: "2 row tiles, largest rank" },
+    LoraShape { m: 64, k: 512, n: 1536, r: 16, off: GUARD, what: "gate_proj-like" },
+    LoraShape { m: 3, k: 77, n: 33, r: 1, off: 1, what: "odd" },
+    LoraShape { m: 70, k: 130, n: 200, r: 40, off: 3, what: "tile edges" },
+];
+
 impl LoraShape {
     pub(super) fn shape(&self) -> String {
         format!("M={} K={} N={} r={}{} ({})", self.m, self.k, self.n, self.r, if !self.off.is_multiple_of(8) { " misaligned" } else { "" }, self.what)

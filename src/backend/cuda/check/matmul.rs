@@ -40,6 +40,22 @@ pub(super) const MATMUL_SHAPES: &[Gemm] = &[
     Gemm { f32_out: true, bias: true, accumulate: true, ..gemm(17, 1024, 1024, "f32 residual") },
 ];
 
+/// `MATMUL_SHAPES` on the emulated device (its cuBLASLt is a CPU GEMM, and the f64 reference
+/// runs beside it): the same layouts, epilogues and alignments, K and N cut to at most 1024 and
+/// 2048, except the lm_head's full vocabulary.
+pub(super) const MATMUL_SHAPES_EMU: &[Gemm] = &[
+    gemm(1, 1024, 1024, "decode"),
+    gemm(8, 1024, 512, "decode batch 8"),
+    gemm(65, 512, 1536, "prefill gate/up"),
+    Gemm { f32_out: true, ..gemm(2, 512, 32064, "lm_head") },
+    Gemm { bias: true, ..gemm(65, 256, 1024, "CLIP fc1") },
+    Gemm { bias: true, ..gemm(3, 77, 33, "odd K") },
+    Gemm { off: 1, ..gemm(3, 77, 33, "odd K") },
+    Gemm { f32_out: true, bias: true, off: 3, ..gemm(5, 33, 7, "tiny") },
+    Gemm { bias: true, accumulate: true, ..gemm(7, 1024, 1024, "o_proj + residual") },
+    Gemm { f32_out: true, bias: true, accumulate: true, ..gemm(17, 1024, 1024, "f32 residual") },
+];
+
 impl Gemm {
     pub(super) fn shape(&self) -> String {
         format!(

@@ -91,10 +91,10 @@ use attention_train::{attention_hopper_shapes, attention_train_case, attention_t
 use copy::{add_case, cast_bf16_to_f32_case, cast_f32_to_bf16_case, concat_cols_case, scatter_rows_case};
 use dpo::dpo_case;
 use embedding::embedding_case;
-use io::{shape1, shape2};
+use io::{shape1, shape2, sized};
 use logprob::{logprob_case, logprob_shapes};
-use lora::{dropout_case, lora_case, lora_dropout_case, LORA_SHAPES};
-use matmul::{matmul_case, matmul_nn_case, matmul_tn_case, MATMUL_SHAPES};
+use lora::{dropout_case, lora_case, lora_dropout_case, LORA_SHAPES, LORA_SHAPES_EMU};
+use matmul::{matmul_case, matmul_nn_case, matmul_tn_case, MATMUL_SHAPES, MATMUL_SHAPES_EMU};
 use metric::{evaluate, Case, Corruption, Expected, Output, MEAN_RULE_MIN};
 use norm::{layernorm_case, rmsnorm_backward_case, rmsnorm_case, rmsnorm_residual_case};
 use rope::{rope_case, rope_case_dir, Positions};
@@ -144,12 +144,17 @@ impl Check {
         Ok(r)
     }
 
-    /// Why this check cannot run on `dev` (printed as a skip), or `None`: the Hopper attention
-    /// needs compute capability 9.x.
-    pub fn skip_reason(&self, dev: &CudaDevice) -> Option<String> {
+    /// Why this check cannot run on `dev`, as the row to print (`not run: <why>`), or `None`. The
+    /// Hopper attention (wgmma, TMA, mbarrier) needs compute capability 9.x, and the emulated
+    /// device (`STIC_CUDA_EMU=1`, which reports sm_80) cannot run it yet (issue #15). Such a row is
+    /// printed and counted by `run_checks` and `tests/cuda_parity.rs`, never dropped.
+    pub fn not_run_reason(&self, dev: &CudaDevice) -> Option<String> {
         if self.op == "attention_hopper" && !dev.attention_hopper_available() {
+            if super::emulated() {
+                return Some("not run: the emulated device cannot run attention_hopper yet (wgmma, TMA, mbarrier: issue #15)".into());
+            }
             let (major, minor) = dev.compute_capability();
-            return Some(format!("skipped: attention_hopper needs an sm_90 GPU (compute capability 9.x), this is sm_{major}{minor}"));
+            return Some(format!("not run: attention_hopper needs an sm_90 GPU (compute capability 9.x), this is sm_{major}{minor}"));
         }
         None
     }
@@ -164,25 +169,27 @@ impl Check {
     }
 }
 
-/// Every check, in a fixed order (op families in `kernels/` file order is not implied).
+/// Every check, in a fixed order (op families in `kernels/` file order is not implied). Under
+/// emulation the large shapes are replaced by reduced ones (`sized`).
 pub fn checks() -> Vec<Check> {
     let mut v = Vec::new();
     let mut add = |op: &'static str, kernel: &'static str, shape: String, make: Box<dyn Fn(u64) -> Case + Send + Sync>| {
         v.push(Check { op, kernel, shape, make });
     };
 
+    // (Row-per-block kernels: the GPU shapes are already small enough to emulate.)
     for &(t, c, eps, off) in &[(1, 4096, 1e-5, 8), (7, 4096, 1e-5, 8), (3, 1024, 1e-6, 8), (5, 33, 1e-5, 8), (2, 8192, 1e-5, 8), (3, 1024, 1e-6, 1)] {
         add("rmsnorm", "rmsnorm", shape2(t, c, off, &format!("eps {eps:e}")), Box::new(move |s| rmsnorm_case(t, c, eps, off, s)));
     }
     for &(t, c, off) in &[(1, 4096, 8), (7, 4096, 8), (5, 33, 8), (3, 1024, 3)] {
         add("rmsnorm", "rmsnorm_residual", shape2(t, c, off, "eps 1e-5"), Box::new(move |s| rmsnorm_residual_case(t, c, 1e-5, off, s)));
     }
-    for &(t, c, off) in &[(1, 1024, 8), (577, 1024, 8), (3, 4096, 8), (5, 33, 8), (2, 1024, 1)] {
+    for &(t, c, off) in sized(&[(1, 1024, 8), (577, 1024, 8), (3, 4096, 8), (5, 33, 8), (2, 1024, 1)], &[(1, 1024, 8), (65, 1024, 8), (3, 4096, 8), (5, 33, 8), (2, 1024, 1)]) {
         add("layernorm", "layernorm", shape2(t, c, off, "eps 1e-5"), Box::new(move |s| layernorm_case(t, c, 1e-5, off, s)));
     }
 
     for &(h, hkv, d, theta) in &[(32, 8, 128, 1e6), (16, 16, 64, 1e4), (4, 2, 8, 1e4)] {
-        for &(t, p0) in &[(1, 4095), (17, 1000), (577, 3)] {
+        for &(t, p0) in sized(&[(1, 4095), (17, 1000), (577, 3)], &[(1, 4095), (17, 1000), (65, 3)]) {
             let shape = format!("T={t} H={h} Hkv={hkv} D={d} pos {p0}.. theta {theta:e}");
             add("rope", "rope_qk", shape, Box::new(move |s| rope_case(t, h, hkv, d, theta, Positions::From(p0), true, s)));
         }
@@ -190,6 +197,7 @@ pub fn checks() -> Vec<Check> {
     add("rope", "rope_qk", "T=8 H=32 Hkv=8 D=128 random pos < 32768 theta 1e6".into(), Box::new(|s| rope_case(8, 32, 8, 128, 1e6, Positions::Random(32768), true, s)));
     add("rope", "rope", "T=17 H=16 D=64 pos 5.. theta 1e4 (q only)".into(), Box::new(|s| rope_case(17, 16, 0, 64, 1e4, Positions::From(5), false, s)));
 
+    // Elementwise (grid-stride) kernels: 43013 elements already make several blocks.
     for act in [Act::Silu, Act::Gelu, Act::QuickGelu] {
         for &(n, off) in &[(1, 8), (1000, 8), (14336 * 3 + 5, 8), (1000, 3)] {
             add("activation", act.name(), shape1(n, off), Box::new(move |s| activation_case(act, n, off, s)));
@@ -202,13 +210,15 @@ pub fn checks() -> Vec<Check> {
         add("activation", "swiglu_fused", shape2(t, 2 * f, off, ""), Box::new(move |s| swiglu_fused_case(t, f, off, s)));
     }
 
-    add("embedding", "embedding", "V=32064 C=4096 T=40, image span [7, 31) of K=24".into(), Box::new(|s| embedding_case(32064, 4096, 40, 7, 24, 8, false, s)));
-    add("embedding", "embedding", "V=32064 C=4096 T=5, text only".into(), Box::new(|s| embedding_case(32064, 4096, 5, 0, 0, 8, false, s)));
+    // Emulated: the full vocabulary with narrower rows (the table is 256 MB at C=4096).
+    let c = sized(4096, 512);
+    add("embedding", "embedding", format!("V=32064 C={c} T=40, image span [7, 31) of K=24"), Box::new(move |s| embedding_case(32064, c, 40, 7, 24, 8, false, s)));
+    add("embedding", "embedding", format!("V=32064 C={c} T=5, text only"), Box::new(move |s| embedding_case(32064, c, 5, 0, 0, 8, false, s)));
     add("embedding", "embedding", "V=17 C=33 T=9, image span [2, 5) of K=3 (misaligned)".into(), Box::new(|s| embedding_case(17, 33, 9, 2, 3, 1, false, s)));
     add("embedding", "embedding", "V=100 C=64 T=6, image span [1, 3) of K=2, one source out of range".into(), Box::new(|s| embedding_case(100, 64, 6, 1, 2, 8, true, s)));
 
     for bf in [false, true] {
-        for &(b, v) in &[(1, 32064), (8, 32064), (3, 17)] {
+        for &(b, v) in sized(&[(1, 32064), (8, 32064), (3, 17)], &[(1, 32064), (2, 32064), (3, 17)]) {
             let kernel = if bf { "argmax_bf16" } else { "argmax_f32" };
             add("sample", kernel, format!("[{b}, {v}] with ties"), Box::new(move |s| argmax_case(b, v, bf, s)));
         }
@@ -217,6 +227,8 @@ pub fn checks() -> Vec<Check> {
     // Temperature / top-k / top-p sampling: exact against cpu::sample_row with the same uniforms
     // (drawn away from CDF boundaries, rows redrawn when a top-p cut is within 1e-9 of 1 - top_p).
     for &(b, v, t, k, p, rows) in SAMPLE_SHAPES {
+        // One block per row: two rows keep the multi-row grid under emulation.
+        let b = sized(b, b.min(2));
         add("sample", "sample_f32", format!("[{b}, {v}] T={t} top_k={k} top_p={p} {}", rows.name()), Box::new(move |s| sample_case(b, v, t, k, p, rows, s)));
     }
 
@@ -235,42 +247,49 @@ pub fn checks() -> Vec<Check> {
 
     // The Hopper forward (kernels/attention_hopper.cu, sm_90a) on the same forward cases as the
     // sm_80 kernel (the TMA needs 16-byte aligned q, k, v, so not the misaligned one) and a few
-    // that cross its 128-row tiles; skipped on other GPUs (`Check::skip_reason`).
+    // that cross its 128-row tiles; listed as not run on other GPUs and on the emulated device
+    // (`Check::not_run_reason`).
     for a in attention_train_shapes().into_iter().chain(attention_hopper_shapes()).filter(|a| !a.backward && a.off.is_multiple_of(8)) {
         add("attention_hopper", "attention_fwd_hopper", a.name.clone(), Box::new(move |s| attention_train_case_with(&a, super::AttnFwdKernel::Hopper, s)));
     }
 
-    for &g in MATMUL_SHAPES {
+    for &g in sized(MATMUL_SHAPES, MATMUL_SHAPES_EMU) {
         add("matmul", "matmul", g.shape(), Box::new(move |s| matmul_case(g, s)));
     }
 
     // matmul_nn: dx = dy W of a Linear's backward (w [K, N] as stored).
-    for &(m, k, n, f32_out, acc, off) in &[(300, 4096, 4096, true, false, 8), (7, 14336, 4096, false, false, 8), (5, 33, 77, true, true, 3), (3, 77, 33, false, false, 1)] {
+    let nn: &[(usize, usize, usize, bool, bool, usize)] = sized(
+        &[(300, 4096, 4096, true, false, 8), (7, 14336, 4096, false, false, 8), (5, 33, 77, true, true, 3), (3, 77, 33, false, false, 1)],
+        &[(65, 1024, 512, true, false, 8), (7, 2048, 512, false, false, 8), (5, 33, 77, true, true, 3), (3, 77, 33, false, false, 1)],
+    );
+    for &(m, k, n, f32_out, acc, off) in nn {
         let shape = format!("M={m} K={k} N={n}{} -> {}{}", if acc { " +=y" } else { "" }, if f32_out { "f32" } else { "bf16" }, if off % 8 != 0 { " misaligned" } else { "" });
         add("matmul", "matmul_nn", shape, Box::new(move |s| matmul_nn_case(m, k, n, f32_out, acc, off, s)));
     }
 
     // matmul_tn: the weight gradient dW = dy^T x of a Linear (x [K, M] used transposed), f32
     // accumulated over examples, and the bias gradient (w a column of ones).
-    for &(m, k, n, acc, off) in &[(4096, 2928, 1024, true, 8), (4096, 300, 1, false, 8), (33, 7, 77, true, 3), (5, 1, 9, false, 1)] {
+    let tn: &[(usize, usize, usize, bool, usize)] =
+        sized(&[(4096, 2928, 1024, true, 8), (4096, 300, 1, false, 8), (33, 7, 77, true, 3), (5, 1, 9, false, 1)], &[(512, 300, 256, true, 8), (1024, 300, 1, false, 8), (33, 7, 77, true, 3), (5, 1, 9, false, 1)]);
+    for &(m, k, n, acc, off) in tn {
         let shape = format!("M={m} K={k} N={n}{} -> f32{}", if acc { " +=y" } else { "" }, if off % 8 != 0 { " misaligned" } else { "" });
         add("matmul", "matmul_tn", shape, Box::new(move |s| matmul_tn_case(m, k, n, acc, off, s)));
     }
     for act in ["gelu", "quick_gelu", "silu"] {
-        for &(n, off) in &[(2928 * 4096, 8), (1000, 3)] {
+        for &(n, off) in sized(&[(2928 * 4096, 8), (1000, 3)], &[(3 * 4096 + 5, 8), (1000, 3)]) {
             add("activation", "activation_backward", format!("{act} {}", shape1(n, off)), Box::new(move |s| activation_backward_case(act, n, off, s)));
         }
     }
 
     // Training: the LoRA linear layer (forward + backward) and the chunked log-prob (forward + backward).
-    for &g in LORA_SHAPES {
+    for &g in sized(LORA_SHAPES, LORA_SHAPES_EMU) {
         add("lora", "lora_fwd_bwd", g.shape(), Box::new(move |s| lora_case(g, s)));
     }
     // LoRA dropout: the masks (exact), and the LoRA layer with a dropped input.
-    for &(n, pr, off) in &[(3300 * 4096, 0.05f32, 8), (1000, 0.5, 3), (7, 0.1, 1)] {
+    for &(n, pr, off) in sized(&[(3300 * 4096, 0.05f32, 8), (1000, 0.5, 3), (7, 0.1, 1)], &[(100_003, 0.05f32, 8), (1000, 0.5, 3), (7, 0.1, 1)]) {
         add("dropout", "dropout", format!("[{n}] p {pr}{}", if off % 8 != 0 { " misaligned" } else { "" }), Box::new(move |s| dropout_case(n, pr, off, s)));
     }
-    for &(m, k, n, r, off) in &[(300, 4096, 4096, 16, 8), (70, 130, 200, 40, 3)] {
+    for &(m, k, n, r, off) in sized(&[(300, 4096, 4096, 16, 8), (70, 130, 200, 40, 3)], &[(70, 512, 512, 16, 8), (70, 130, 200, 40, 3)]) {
         add("lora", "lora_dropout_fwd_bwd", format!("M={m} K={k} N={n} r={r} p 0.1{}", if off % 8 != 0 { " misaligned" } else { "" }), Box::new(move |s| lora_dropout_case(m, k, n, r, off, s)));
     }
     for g in logprob_shapes() {
@@ -278,13 +297,13 @@ pub fn checks() -> Vec<Check> {
     }
 
     // Row moves and the broadcast add: exact (copies; one f32 add of two bf16 values, rounded once).
-    for &(n, r, w, off) in &[(1, 2 * 4096, 1024, 8), (64, 64 * 64, 1024, 8), (5, 9, 33, 8), (7, 20, 96, 3)] {
+    for &(n, r, w, off) in sized(&[(1, 2 * 4096, 1024, 8), (64, 64 * 64, 1024, 8), (5, 9, 33, 8), (7, 20, 96, 3)], &[(1, 2 * 4096, 256, 8), (64, 16 * 64, 1024, 8), (5, 9, 33, 8), (7, 20, 96, 3)]) {
         add("copy", "scatter_rows", format!("src [{n}, {w}] into dst [{r}, {w}] at +{off}"), Box::new(move |s| scatter_rows_case(n, r, w, off, s)));
     }
-    for &(r, c1, c2, off) in &[(2880, 1024, 1024, 8), (7, 33, 5, 8), (5, 16, 24, 1)] {
+    for &(r, c1, c2, off) in sized(&[(2880, 1024, 1024, 8), (7, 33, 5, 8), (5, 16, 24, 1)], &[(130, 1024, 1024, 8), (7, 33, 5, 8), (5, 16, 24, 1)]) {
         add("copy", "concat_cols", format!("[{r}, {c1}] | [{r}, {c2}] at +{off}"), Box::new(move |s| concat_cols_case(r, c1, c2, off, s)));
     }
-    for &(rows, period, c, off) in &[(2 * 577, 577, 1024, 8), (7, 7, 4096, 8), (9, 3, 33, 1), (1, 1, 5, 8)] {
+    for &(rows, period, c, off) in sized(&[(2 * 577, 577, 1024, 8), (7, 7, 4096, 8), (9, 3, 33, 1), (1, 1, 5, 8)], &[(2 * 65, 65, 1024, 8), (7, 7, 4096, 8), (9, 3, 33, 1), (1, 1, 5, 8)]) {
         add("add", "add", format!("[{rows}, {c}] += [{period}, {c}] at +{off}"), Box::new(move |s| add_case(rows, period, c, off, s)));
     }
 
@@ -292,7 +311,7 @@ pub fn checks() -> Vec<Check> {
     for &(t, c, off) in &[(1, 4096, 8), (7, 4096, 8), (5, 33, 3)] {
         add("rmsnorm", "rmsnorm_backward", shape2(t, c, off, "eps 1e-5"), Box::new(move |s| rmsnorm_backward_case(t, c, 1e-5, off, s)));
     }
-    for &(t, p0) in &[(17usize, 1000u32), (300, 0)] {
+    for &(t, p0) in sized(&[(17usize, 1000u32), (300, 0)], &[(17, 1000), (65, 0)]) {
         let shape = format!("T={t} H=32 Hkv=8 D=128 pos {p0}.. theta 1e6");
         add("rope", "rope_backward_qk", shape, Box::new(move |s| rope_case_dir(t, 32, 8, 128, 1e6, Positions::From(p0), true, true, s)));
     }
@@ -325,10 +344,11 @@ pub fn run_checks(dev: &CudaDevice, seed: u64, filter: Option<&str>, out: &mut d
     }
     writeln!(out, "device: {} (sm_{}{}), seed {seed}", dev.name(), dev.compute_capability().0, dev.compute_capability().1)?;
     writeln!(out, "{:<18} {:<58} {:>11} {:>11}  pass", "op", "shape", "max rel err", "tolerance")?;
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed, mut not_run) = (0, 0, 0);
     for c in &selected {
-        if let Some(why) = c.skip_reason(dev) {
+        if let Some(why) = c.not_run_reason(dev) {
             writeln!(out, "{:<18} {:<58} {why}", c.kernel, c.shape)?;
+            not_run += 1;
             continue;
         }
         let r = c.run(dev, seed);
@@ -348,6 +368,8 @@ pub fn run_checks(dev: &CudaDevice, seed: u64, filter: Option<&str>, out: &mut d
             Err(e) => writeln!(out, "{:<18} {:<58} {:>11} {:>11}  FAIL\n    error: {e}", c.kernel, c.shape, "-", "-")?,
         }
     }
-    writeln!(out, "{passed} passed, {failed} failed")?;
-    Ok(failed == 0)
+    writeln!(out, "{passed} passed, {failed} failed, {not_run} not run")?;
+    // Rows that cannot run here are listed and counted, not failures; a selection of nothing but
+    // such rows (`stic check attention_hopper` on another GPU) has not checked anything.
+    Ok(failed == 0 && passed > 0)
 }
