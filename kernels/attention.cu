@@ -391,6 +391,10 @@ attention_split(const u16* __restrict__ q, const u16* __restrict__ k, const u16*
                 m_r[r] = m_new;
                 pt[lane * ATTN_HB_MAX + hh] = p;
                 if (lane == 0) a_s[hh] = a;
+            } else {
+                // No head here: zeros, so that the float4 loads of pt below (which read heads
+                // up to 4 or 8 whatever HB is) never read unwritten shared memory.
+                pt[lane * ATTN_HB_MAX + hh] = 0.0f;
             }
         }
         __syncthreads();

@@ -20,15 +20,25 @@ pub(super) fn load() -> Result<(), String> {
     LOADED
         .get_or_init(|| {
             // libcublasLt's DT_NEEDED libcuda.so resolves to the first one by SONAME: load it first.
-            open("libcuda.so", kernels::EMU_CUDA_LIB)?;
-            open("libcublasLt.so", kernels::EMU_CUBLASLT_LIB)
+            // Both memory files stay open until both are loaded: glibc also matches a dlopen by
+            // path, and a reused descriptor number would make the second path the first's.
+            let cuda = open("libcuda.so", kernels::EMU_CUDA_LIB)?;
+            let lt = open("libcublasLt.so", kernels::EMU_CUBLASLT_LIB);
+            // SAFETY: closes our own descriptors once (the mappings keep the files alive).
+            unsafe { libc::close(cuda) };
+            if let Ok(fd) = lt {
+                // SAFETY: as above.
+                unsafe { libc::close(fd) };
+            }
+            lt.map(|_| ())
         })
         .clone()
 }
 
 /// Writes `image` into an anonymous memory file and dlopens it (RTLD_NOW | RTLD_GLOBAL), leaking
 /// the handle: the library stays loaded for the life of the process, as the real driver does.
-fn open(soname: &str, image: &[u8]) -> Result<(), String> {
+/// Returns the memory file's descriptor, which the caller closes.
+fn open(soname: &str, image: &[u8]) -> Result<i32, String> {
     let what = format!("the emulated {soname} ({} bytes embedded by build.rs)", image.len());
     let name = CString::new(format!("stic-emu-{soname}")).expect("no NUL in the name");
     // SAFETY: memfd_create takes a NUL-terminated name; the returned descriptor is ours.
@@ -51,10 +61,9 @@ fn open(soname: &str, image: &[u8]) -> Result<(), String> {
     let path = CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in the path");
     // SAFETY: dlopen of a complete shared object; its constructors only set up the emulator.
     let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-    // The mapping keeps the file alive; the descriptor is no longer needed.
-    // SAFETY: closes our descriptor once.
-    unsafe { libc::close(fd) };
     if handle.is_null() {
+        // SAFETY: closes our descriptor once.
+        unsafe { libc::close(fd) };
         // SAFETY: dlerror returns a thread-local C string or null.
         let err = unsafe { libc::dlerror() };
         let msg = if err.is_null() {
@@ -65,5 +74,5 @@ fn open(soname: &str, image: &[u8]) -> Result<(), String> {
         };
         return Err(format!("{what}: dlopen: {msg} (it needs libboost_context: apt-get install libboost-context-dev)"));
     }
-    Ok(())
+    Ok(fd)
 }

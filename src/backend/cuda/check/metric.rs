@@ -55,7 +55,11 @@ pub(super) enum Expected {
     /// carries an absolute error set by its summands; `cpu` then models those roundings.
     CloseRms { name: &'static str, reference: Vec<f64>, cpu: Vec<f32> },
     /// An f32 output judged by the same rule, with the f32 output rounding (2^-24) in place of
-    /// bf16's (`cpu` is then used as it is, not rounded to bf16).
+    /// bf16's (`cpu` is then used as it is, not rounded to bf16), and the error floor at rms(ref)
+    /// as `CloseRms`: f32 outputs are long sums (LoRA's u = x A, the attention lse = m + log l,
+    /// log-probs) whose rounding error scales with their summands, not with a result that cancels
+    /// to near zero, so a per-element relative error there depends on the order of the sum (the
+    /// emulated device showed a 4x spread between two valid orders on such elements).
     CloseF32 { name: &'static str, reference: Vec<f64>, cpu: Vec<f32> },
     /// A bf16 output that must match bit for bit.
     Bf16 { name: &'static str, bits: Vec<u16> },
@@ -210,7 +214,7 @@ pub(super) fn evaluate(expect: &[Expected], got: &[Output]) -> CheckResult {
                         out.iter().map(|&b| f32::from_bits(b) as f64),
                         |i| out[i] == POISON_U32,
                         (F32_ROUNDING, F32_MEAN_SLACK),
-                        REL_FLOOR,
+                        1.0,
                     )
                 }
             }
