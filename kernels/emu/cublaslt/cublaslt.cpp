@@ -6,9 +6,11 @@
 //   (D's layout gives R and C; C may be D itself). TRANSA/TRANSB: 0 = N, 1 = T. EPILOGUE BIAS (4)
 //   adds bias[i] to every column, bias typed by BIAS_DATA_TYPE (default: D's type).
 //   Types: bf16 (CUDA_R_16BF = 14) or f32 (CUDA_R_32F = 0) matrices; compute COMPUTE_32F (68),
-//   scale f32. Numerics: products of the inputs widened to f32, summed in k order in f32 (cuBLAS
-//   leaves its order unspecified), then alpha, beta*C and the bias in f32, rounded once to D's
-//   type (bf16: round to nearest even).
+//   scale f32. Numerics (cuBLAS leaves its order unspecified), modelled on a tensor-core GEMM
+//   as sm80.h models mma.sync: the f32 accumulator of each element takes the exact products of
+//   one k16 block at a time (summed in double, in k order) and is rounded to f32 once per block;
+//   then alpha, beta*C and the bias in f32, rounded once to D's type (bf16: round to nearest
+//   even). A plain k-order f32 sum would carry 16x as many roundings as the hardware's.
 //   The heuristic returns one algorithm that records the preference's minimum alignments;
 //   cublasLtMatmul refuses pointers less aligned than that (the real library's kernels would
 //   fault or read wrongly), checks every operand against the live device allocations (and that
@@ -222,12 +224,17 @@ EMU_API cublasStatus_t cublasLtMatmul(EmuLtHandle* h, EmuMatmulDesc* d, const vo
         for (uint64_t i = 0; i < R; i++) At[k * R + i] = load(A, la->type, d->transa ? k + i * la->ld : i + k * la->ld);
     auto columns = [&](uint64_t j0, uint64_t j1) {
         std::vector<float> acc(R);
+        std::vector<double> blk(R);
         for (uint64_t j = j0; j < j1; j++) {
             std::fill(acc.begin(), acc.end(), 0.0f);
-            for (uint64_t k = 0; k < K; k++) {
-                float b = load(B, lb->type, d->transb ? j + k * lb->ld : k + j * lb->ld);
-                const float* a = &At[k * R];
-                for (uint64_t i = 0; i < R; i++) acc[i] += a[i] * b;
+            for (uint64_t k0 = 0; k0 < K; k0 += 16) {
+                for (uint64_t i = 0; i < R; i++) blk[i] = acc[i];
+                for (uint64_t k = k0; k < std::min<uint64_t>(K, k0 + 16); k++) {
+                    double b = load(B, lb->type, d->transb ? j + k * lb->ld : k + j * lb->ld);
+                    const float* a = &At[k * R];
+                    for (uint64_t i = 0; i < R; i++) blk[i] += (double)a[i] * b;
+                }
+                for (uint64_t i = 0; i < R; i++) acc[i] = (float)blk[i];
             }
             for (uint64_t i = 0; i < R; i++) {
                 float v = alpha * acc[i];
