@@ -247,3 +247,64 @@ fn attention_packed_cuda_matches_cpu() {
         eprintln!("{what}: max |gpu - cpu| {err:e} (cache kernel {err_cache:e}), rms {}", rms(want.data()));
     }
 }
+
+/// A checkpoint with head dim 64 in both towers (the tiny LLaVA-NeXT fixture's layout, random
+/// weights): the vision tower's bidirectional attention and the decoder's causal prefill both run
+/// the tensor-core FlashAttention-2 forward (`attention_fwd_d64`), and the image features and
+/// logits agree with the CPU by the whole-model rule. Under emulation the fake driver's launch
+/// counter shows that kernel ran for each tower (on a GPU the head dim alone selects it:
+/// `attention_train_head_dim_supported`).
+#[test]
+fn head_dim_64_towers_use_flash_attention_2() {
+    let Some(be) = cuda(Cuda::new) else { return };
+    let dir = std::env::temp_dir().join(format!("stic-cuda-d64-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixtures().join("llava_next_tiny");
+    let mut cfg = read_json("llava_next_tiny/config.json");
+    let v = &mut cfg["vision_config"];
+    v["hidden_size"] = 128.into();
+    v["num_attention_heads"] = 2.into();
+    v["intermediate_size"] = 256.into();
+    let t = &mut cfg["text_config"];
+    t["hidden_size"] = 128.into();
+    t["num_attention_heads"] = 2.into();
+    t["num_key_value_heads"] = 1.into();
+    t["head_dim"] = 64.into();
+    t["intermediate_size"] = 256.into();
+    std::fs::write(dir.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+    for f in std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()) {
+        let name = f.file_name().unwrap().to_str().unwrap().to_string();
+        if name != "config.json" && !name.contains("safetensors") && f.is_file() {
+            std::fs::copy(&f, dir.join(&name)).unwrap();
+        }
+    }
+    let cpu = Pipeline::load_on(&Cpu, &dir, Some(5), None).unwrap();
+    let gpu = Pipeline::load_on(&be, &dir, Some(5), None).unwrap();
+    let half = Pipeline::load_on(&Bf16Cpu, &dir, Some(5), None).unwrap();
+    let count = || stic::backend::cuda::emulated_launch_count("attention_fwd_d64");
+    let exp = read_json("expected/llava_next_tiny.json");
+    let r = &case_requests(exp["cases"].as_array().unwrap())[0];
+    let px = stic::image::preprocess(&r.images[0], &cpu.processor).unwrap();
+    let c0 = count();
+    let fg = gpu.model.image_features(&px).unwrap();
+    let fg = be.download(&fg).unwrap();
+    let c1 = count();
+    assert_model_close("d64 image features", fg.data(), half.model.image_features(&px).unwrap().data(), cpu.model.image_features(&px).unwrap().data());
+    let ids = cpu.prompt_ids(&r.prompt, r.images.len()).unwrap();
+    let (xc, _) = cpu.embed(&ids, &r.images).unwrap();
+    let (xh, _) = half.embed(&ids, &r.images).unwrap();
+    let c2 = count();
+    let (xg, _) = gpu.embed(&ids, &r.images).unwrap();
+    let c3 = count();
+    let lg = last_logits(&gpu, xg);
+    let c4 = count();
+    assert_model_close("d64 last logits", &lg, &last_logits(&half, xh), &last_logits(&cpu, xc));
+    if let (Some(c0), Some(c1), Some(c2), Some(c3), Some(c4)) = (c0, c1, c2, c3, c4) {
+        assert!(c1 > c0, "the vision tower did not launch attention_fwd_d64 ({c0} -> {c1})");
+        assert!(c3 > c2, "embedding the image did not launch attention_fwd_d64 ({c2} -> {c3})");
+        assert!(c4 > c3, "the decoder's prefill did not launch attention_fwd_d64 ({c3} -> {c4})");
+    } else {
+        assert!(!stic::backend::cuda::emulated(), "the emulated device's launch counter is missing");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -46,6 +46,7 @@ std::mutex g_launch_mu;     // one grid at a time: the device is synchronous
 std::set<EmuModule*> g_modules;
 std::map<CUresult, std::string> g_last_report;  // per error code: the latest report
 std::deque<std::string> g_kept;                 // strings handed out by cuGetErrorString stay valid
+std::map<std::string, uint64_t> g_launches;     // completed launches per kernel name
 
 CUresult report(CUresult code, const std::string& msg) {
     std::fprintf(stderr, "emu: %s\n", msg.c_str());
@@ -157,7 +158,17 @@ EMU_API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned
     } catch (...) {
         return report(LAUNCH_FAILED, what + " failed with an unknown exception");
     }
+    std::lock_guard<std::mutex> g2(g_mu);
+    g_launches[k.name]++;
     return SUCCESS;
+}
+
+// Not a driver entry point: how many launches of `name` have completed in this process, so that
+// tests can tell which kernel a path took (backend::cuda::emulated_launch_count).
+EMU_API uint64_t stic_emu_launch_count(const char* name) {
+    std::lock_guard<std::mutex> g(g_mu);
+    auto it = g_launches.find(name ? name : "");
+    return it == g_launches.end() ? 0 : it->second;
 }
 
 // ---------------------------------------------------------------------------------------------

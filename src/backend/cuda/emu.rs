@@ -14,9 +14,10 @@ use std::sync::OnceLock;
 
 use super::kernels;
 
+static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+
 /// Loads the emulated libcuda and libcublasLt, once per process. Errors say which library and why.
 pub(super) fn load() -> Result<(), String> {
-    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
     LOADED
         .get_or_init(|| {
             // libcublasLt's DT_NEEDED libcuda.so resolves to the first one by SONAME: load it first.
@@ -75,4 +76,23 @@ fn open(soname: &str, image: &[u8]) -> Result<i32, String> {
         return Err(format!("{what}: dlopen: {msg} (it needs libboost_context: apt-get install libboost-context-dev)"));
     }
     Ok(fd)
+}
+
+/// How many launches of the kernel `name` have completed on the emulated device in this process
+/// (the fake libcuda counts them), or `None` when the emulated device is not loaded. Tests use it
+/// to check which kernel a path took.
+pub fn launch_count(name: &str) -> Option<u64> {
+    if !matches!(LOADED.get(), Some(Ok(()))) {
+        return None;
+    }
+    let sym = CString::new("stic_emu_launch_count").expect("no NUL");
+    let name = CString::new(name).ok()?;
+    // SAFETY: looks up a symbol of the libraries loaded RTLD_GLOBAL by `load`.
+    let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, sym.as_ptr()) };
+    if f.is_null() {
+        return None;
+    }
+    // SAFETY: the fake libcuda defines it as `uint64_t stic_emu_launch_count(const char*)`.
+    let f: extern "C" fn(*const libc::c_char) -> u64 = unsafe { std::mem::transmute(f) };
+    Some(f(name.as_ptr()))
 }

@@ -70,6 +70,7 @@ pub use adamw::AdamWTensor;
 pub use dpo::DpoSpans;
 pub use dropout::Dropout;
 pub use device::{cuda_available, emulated, CudaDevice};
+pub use emu::launch_count as emulated_launch_count;
 pub use engine::{Cuda, CudaLinear, CudaLogits, CudaTensor};
 pub use logprob::LOGPROB_CHUNK;
 pub use lora::LORA_MAX_RANK;
