@@ -78,7 +78,7 @@ pub fn build(manifest: &Path, out: &Path, kernels: &[PathBuf], jobs: usize) -> R
     let mut modules = Vec::new();
     for entry in fs::read_dir(&kdir).map_err(|e| format!("{}: {e}", kdir.display()))? {
         let p = entry.map_err(|e| e.to_string())?.path();
-        if !p.extension().is_some_and(|x| x == "cuh") {
+        if p.extension().is_none_or(|x| x != "cuh") {
             continue;
         }
         let text = read(&p)?;
