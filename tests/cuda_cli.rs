@@ -37,9 +37,7 @@ use std::time::Instant;
 
 use common::*;
 use serde_json::Value;
-use stic::backend::{Backend, Rows};
 use stic::generate::Pipeline;
-use stic::model::KvCache;
 
 /// Greedy near-tie bound in logits (docs/TOLERANCES.md, "greedy ids, CUDA vs CPU"; fixed, not
 /// taken from the run's own error). The fixtures' logits reach |z| ~ 28 (rms ~ 6): one bf16
@@ -108,21 +106,6 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// The tiny LLaVA-NeXT config with a decoder of head dim 64 (2 heads, 1 kv head), for
-/// `--random-weights` (as tests/cuda_train.rs's).
-fn tiny64(tag: &str) -> PathBuf {
-    let dir = scratch_copy("llava_next_tiny", tag);
-    edit_config(&dir, |c| {
-        let t = &mut c["text_config"];
-        t["hidden_size"] = 128.into();
-        t["num_attention_heads"] = 2.into();
-        t["num_key_value_heads"] = 1.into();
-        t["head_dim"] = 64.into();
-        t["intermediate_size"] = 256.into();
-    });
-    dir
-}
-
 /// tiny64 as a checkpoint: the tensors `RandomWeights` (seed 7) gives the model, written to
 /// model.safetensors in place of the fixture's. For `stic run`, whose eval stage reads the
 /// checkpoint's weights (its `random_weights` reaches the other stages only), while the bundled
@@ -166,13 +149,7 @@ fn tiny64_checkpoint(tag: &str) -> PathBuf {
 fn cpu_logits(cpu: &Pipeline, prompt_ids: &[u32], image: &stic::image::RgbImage, prefix: &[u32]) -> Vec<f32> {
     let (x, _) = cpu.embed(prompt_ids, std::slice::from_ref(image)).unwrap();
     let x = if prefix.is_empty() { x } else { stic::Tensor::cat_rows(&[&x, &cpu.model.decoder.embed(prefix).unwrap()]).unwrap() };
-    let dec = &cpu.model.decoder;
-    let be = cpu.model.backend();
-    let t = x.n_rows();
-    let mut cache = KvCache::new(be, &dec.cfg, 1, t).unwrap();
-    let h = dec.forward(x, &[0], &[t], &mut cache).unwrap();
-    let last = be.embedding(&h, None, &[t as u32 - 1]).unwrap();
-    be.logits_host(&dec.logits(&last).unwrap()).unwrap().data().to_vec()
+    last_logits(cpu, x)
 }
 
 /// Greedy ids of the device (`got`) against the CPU's (`want`) as the module doc says.

@@ -23,21 +23,9 @@ mod common;
 use common::*;
 use stic::backend::cuda::Cuda;
 use stic::backend::cpu::Bf16Cpu;
-use stic::backend::{Backend, Cpu, Rows};
+use stic::backend::{Backend, Cpu};
 use stic::generate::{Pipeline, SamplingParams};
-use stic::model::KvCache;
 
-
-/// Logits [V] at the last row of the embeddings `x` [T, C] (one prefill).
-fn last_logits<B: Backend>(pipe: &Pipeline<B>, x: B::Tensor) -> Vec<f32> {
-    let dec = &pipe.model.decoder;
-    let be = pipe.model.backend();
-    let t = x.n_rows();
-    let mut cache = KvCache::new(be, &dec.cfg, 1, t).unwrap();
-    let h = dec.forward(x, &[0], &[t], &mut cache).unwrap();
-    let last = be.embedding(&h, None, &[t as u32 - 1]).unwrap();
-    be.logits_host(&dec.logits(&last).unwrap()).unwrap().data().to_vec()
-}
 
 fn rms(x: &[f32]) -> f32 {
     (x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt() as f32

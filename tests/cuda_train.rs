@@ -42,21 +42,6 @@ use stic::train::{dpo_pair_grads_packed, reference_logps, sft_grads, Pair};
 use stic::train::run_loop::{Learner, TrainArgs};
 
 
-/// The tiny LLaVA-NeXT fixture with a decoder of head dim 64 (2 heads, 1 kv head), for random
-/// weights.
-fn tiny64(tag: &str) -> std::path::PathBuf {
-    let dir = scratch_copy("llava_next_tiny", tag);
-    edit_config(&dir, |c| {
-        let t = &mut c["text_config"];
-        t["hidden_size"] = 128.into();
-        t["num_attention_heads"] = 2.into();
-        t["num_key_value_heads"] = 1.into();
-        t["head_dim"] = 64.into();
-        t["intermediate_size"] = 256.into();
-    });
-    dir
-}
-
 /// The LoRA dropout seed of the step tests (their adapters drop 10% of the LoRA path's input).
 const DROPOUT_SEED: Option<u64> = Some(0xD15E_A5ED);
 

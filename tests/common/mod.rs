@@ -109,3 +109,31 @@ pub fn case_requests(cases: &[serde_json::Value]) -> Vec<stic::generate::Request
         })
         .collect()
 }
+
+/// A scratch copy of the tiny LLaVA-NeXT fixture whose decoder has head dim 64 (2 heads, 1 kv
+/// head; the training attention kernels take head dims 64 and 128, the fixture's is 8), for
+/// `--random-weights` runs (tests/cuda_train.rs, tests/cuda_cli.rs).
+pub fn tiny64(tag: &str) -> std::path::PathBuf {
+    let dir = scratch_copy("llava_next_tiny", tag);
+    edit_config(&dir, |c| {
+        let t = &mut c["text_config"];
+        t["hidden_size"] = 128.into();
+        t["num_attention_heads"] = 2.into();
+        t["num_key_value_heads"] = 1.into();
+        t["head_dim"] = 64.into();
+        t["intermediate_size"] = 256.into();
+    });
+    dir
+}
+
+/// Logits [V] at the last row of the embeddings `x` [T, C] (one prefill), on any backend.
+pub fn last_logits<B: stic::backend::Backend>(pipe: &stic::generate::Pipeline<B>, x: B::Tensor) -> Vec<f32> {
+    use stic::backend::Rows;
+    let dec = &pipe.model.decoder;
+    let be = pipe.model.backend();
+    let t = x.n_rows();
+    let mut cache = stic::model::KvCache::new(be, &dec.cfg, 1, t).unwrap();
+    let h = dec.forward(x, &[0], &[t], &mut cache).unwrap();
+    let last = be.embedding(&h, None, &[t as u32 - 1]).unwrap();
+    be.logits_host(&dec.logits(&last).unwrap()).unwrap().data().to_vec()
+}

@@ -19,18 +19,8 @@
 
 #include "../registry.h"
 #include "../runtime.h"
+#include "check.h"
 
-static int failures = 0, checks = 0;
-#define CHECK(c, ...)                                        \
-    do {                                                     \
-        checks++;                                            \
-        if (!(c)) {                                          \
-            failures++;                                      \
-            std::printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-            std::printf(__VA_ARGS__);                        \
-            std::printf("\n");                               \
-        }                                                    \
-    } while (0)
 
 // bf16 with round-to-nearest-even, as common.cuh (f32_to_bf16_bits_rne, no NaNs here).
 static uint16_t bf16(float f) {
@@ -223,6 +213,5 @@ int main(int argc, char** argv) {
     rmsnorm_kernel(37, 64);   // scalar path, idle threads
     attention_fwd_kernel();
     refused_launch();
-    std::printf("kernels_smoke: %d checks, %d failures\n", checks, failures);
-    return failures ? 1 : 0;
+    return summary("kernels_smoke");
 }

@@ -14,31 +14,9 @@
 
 #include "../cuda.h"
 #include "../registry.h"
+#include "check.h"
 
-static int failures = 0, checks = 0;
-static const int unbuffered = std::setvbuf(stdout, nullptr, _IOLBF, 0);
-#define CHECK(c, ...)                                        \
-    do {                                                     \
-        checks++;                                            \
-        if (!(c)) {                                          \
-            failures++;                                      \
-            std::printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-            std::printf(__VA_ARGS__);                        \
-            std::printf("\n");                               \
-        }                                                    \
-    } while (0)
 
-// Runs f, which must throw emu::Error whose text contains every one of `parts`.
-static void expect_error(const char* what, const std::function<void()>& f, std::vector<std::string> parts) {
-    try {
-        f();
-        CHECK(false, "%s: no error reported", what);
-    } catch (const emu::Error& e) {
-        std::string m = e.what();
-        for (auto& p : parts) CHECK(m.find(p) != std::string::npos, "%s: report lacks \"%s\":\n%s", what, p.c_str(), m.c_str());
-        std::printf("ok: %s reported:\n  %s\n", what, m.c_str());
-    }
-}
 // Runs f, which must not throw.
 static void expect_ok(const char* what, const std::function<void()>& f) {
     try {
@@ -408,6 +386,5 @@ int main(int argc, char** argv) {
         test_more_reports();
         test_device_memory_and_pool();
     }
-    std::printf("%d checks, %d failures\n", checks, failures);
-    return failures ? 1 : 0;
+    return summary("sanitize_test");
 }
