@@ -445,3 +445,35 @@ fn cuda_shape_errors_name_the_op() {
     dev.argmax_f32(&xf.slice(0..0), 4, &mut idx.slice_mut(0..0)).unwrap();
     dev.sample(&xf.slice(0..0), 4, 1.0, 0, 0.9, &uni.slice(0..0), &mut idx.slice_mut(0..0)).unwrap();
 }
+
+/// Launches are checked against the device limits and the kernel's attributes before they run,
+/// on a GPU and on the emulated device alike: 2048 threads per block fail; 64 KiB of dynamic
+/// shared memory fail until the kernel's MAX_DYNAMIC_SHARED_SIZE_BYTES attribute allows them,
+/// then succeed. (The `add` kernel with valid arguments, so that nothing else can go wrong.)
+#[test]
+fn launches_are_checked_against_the_limits_and_attributes() {
+    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    let Some(dev) = cuda(CudaDevice::new) else { return };
+    let n = 64usize;
+    let mut x = dev.htod(&vec![bf16::from_f32(1.0).to_bits(); n]).unwrap();
+    let y = dev.htod(&vec![bf16::from_f32(2.0).to_bits(); n]).unwrap();
+    let f = dev.function("add", "add").unwrap();
+    let (n64, period) = (n as u64, n as u64);
+    let mut launch = |block: u32, smem: u32| {
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: smem };
+        let mut b = dev.stream().launch_builder(&f);
+        b.arg(&mut x).arg(&y).arg(&n64).arg(&period);
+        // SAFETY: add(u16* x, const u16* y, u64 n, u64 period) with n elements in x and y.
+        unsafe { b.launch(cfg) }.map(|_| ()).and_then(|_| dev.stream().synchronize())
+    };
+    let emu = stic::backend::cuda::emulated();
+    let e = launch(2048, 0).expect_err("a block of 2048 threads must fail");
+    assert!(!emu || e.to_string().contains("exceeds the device limits"), "{e}");
+    let e = launch(64, 64 * 1024).expect_err("64 KiB of dynamic shared memory without the attribute must fail");
+    assert!(!emu || e.to_string().contains("MAX_DYNAMIC_SHARED_SIZE_BYTES"), "{e}");
+    f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 64 * 1024).unwrap();
+    launch(64, 64 * 1024).expect("64 KiB once the attribute allows them");
+    let out: Vec<u16> = dev.dtoh(&x).unwrap();
+    assert!(out.iter().all(|&v| bf16::from_bits(v).to_f32() == 3.0), "x + y");
+}
