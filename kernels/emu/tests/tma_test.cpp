@@ -321,6 +321,43 @@ static void test_wrong_parity() {
     }, {"deadlock in kernel `k_parity_hang`", "threads 1-63 wait in mbarrier.try_wait.parity 1 on the mbarrier at shared 0x400 (phase 1 in progress: 1 of 1 arrivals and 0 transaction bytes pending)", "threads 0 exited"});
 }
 
+// A one-stage TMA pipeline (the pattern of PTX's producer/consumer examples): the producer waits
+// on `empty` before refilling the stage, consumers wait on `full`, read, and arrive on `empty`.
+// The mbarrier edges order every access: no report, and each round's values arrive.
+static void test_pipeline() {
+    alignas(16) static uint16_t g[64 * 64];
+    for (int i = 0; i < 64 * 64; i++) g[i] = (uint16_t)(i + 1);
+    Map m;
+    CHECK(encode(m, 9, g, 64, 64, 128, 64, 8, 3) == 0, "encode");
+    const int rounds = 6;
+    std::vector<int> bad(33, 0);
+    emu::launch("k_pipeline", emu::dim3(1), emu::dim3(33), dyn(16384), [&] {
+        uint32_t full = bar0(), empty = bar0() + 8, d = data0();
+        unsigned t = threadIdx.x;
+        if (t == 0) mbar_init(full, 1), mbar_init(empty, 32), emu::fence_mbarrier_init();
+        __syncthreads();
+        for (int r = 0; r < rounds; r++) {
+            if (t == 32) {  // producer
+                if (r > 0) mbar_try_wait(empty, (uint32_t)(r - 1) & 1u);
+                mbar_arrive_expect_tx(full, 1024);
+                emu::tma_load_2d(d, m.bytes, 0, 8 * r, full);
+            } else {  // consumers: row t % 8, columns (t / 8) * 16 + 0..15, through the 128B swizzle
+                mbar_try_wait(full, (uint32_t)r & 1u);
+                const uint16_t* s = reinterpret_cast<const uint16_t*>(emu::smem_at(d, 1024, "test"));
+                unsigned row = t % 8;
+                for (unsigned c = (t / 8) * 16; c < (t / 8) * 16 + 16; c++) {
+                    unsigned L = row * 128 + c * 2, a = (L & ~0x70u) | ((((L >> 4) & 7u) ^ (row & 7u)) << 4);
+                    bad[t] += s[a / 2] != g[(8 * r + row) * 64 + c];
+                }
+                mbar_arrive(empty);
+            }
+        }
+    });
+    int nbad = 0;
+    for (int v : bad) nbad += v;
+    CHECK(nbad == 0, "pipeline: %d wrong elements", nbad);
+}
+
 int main() {
     test_phases();
     test_handoff();
@@ -329,5 +366,6 @@ int main() {
     test_tma_boxes();
     test_tma_pending();
     test_wrong_parity();
+    test_pipeline();
     return summary("tma_test");
 }
