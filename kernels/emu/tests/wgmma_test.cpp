@@ -281,7 +281,7 @@ static void test_async() {
     place(img, 0, pa, A);
     place(img, 8192, pb, B);
     auto AB = ref(A, B, {});
-    std::vector<float> early(64 * 64), late(64 * 64), mid(64 * 64);
+    std::vector<float> early(64 * 64), late(64 * 64), mid(64 * 64), fin(64 * 64);
     run_wg("k_wait_groups", img, 128, 0, [&](unsigned tid, uint32_t base) {
         float d[32], e[32];
         uint64_t da = desc(base, 16, 1024, 1), db = desc(base + 8192, 16, 1024, 1);
@@ -303,6 +303,11 @@ static void test_async() {
             late[r * 64 + c] = d[i];
         }
         emu::wgmma_wait_group(0);
+        for (unsigned i = 0; i < 32; i++) {
+            unsigned r, c;
+            d_rc(tid, i, r, c);
+            fin[r * 64 + c] = e[i];
+        }
     });
     bool nan = true;
     for (float x : early) nan &= std::isnan(x);
@@ -311,6 +316,7 @@ static void test_async() {
     nan = true;
     for (float x : mid) nan &= std::isnan(x);
     CHECK(nan, "wait_group 1 leaves the newer group pending (its registers still NaN)");
+    CHECK(fin == AB, "wait_group 0 completes the newer group");
     expect_error("accumulator written before wgmma.wait_group", [&] {
         run_wg("k_read_before_wait", img, 128, 0, [&](unsigned, uint32_t base) {
             float d[32];
