@@ -162,6 +162,8 @@ struct LaunchOptions {
     size_t dyn_smem = 0;             // the launch's dynamic shared memory (extern __shared__)
     size_t stack_bytes = 256 * 1024; // per CUDA thread (virtual; committed lazily)
     bool strict_barriers = true;     // report exited threads at block barriers (see file header)
+    // issue #15 (sm90_wgmma.h, setmaxnreg): registers per thread at entry (ptxas); 0 = unknown
+    unsigned regs = 0;
 };
 
 struct Block {
