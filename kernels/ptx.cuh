@@ -22,10 +22,12 @@
 
 #if defined(STIC_EMULATOR)
 #define STIC_PTX_REAL 0
-#define STIC_PTX_SITE , ::emu::Site emu_site = ::emu::Site{__builtin_FILE(), __builtin_LINE()}
+#define STIC_PTX_SITE , STIC_PTX_SITE_ONLY
+#define STIC_PTX_SITE_ONLY ::emu::Site emu_site = ::emu::Site{__builtin_FILE(), __builtin_LINE()}
 #else
 #define STIC_PTX_REAL 1
 #define STIC_PTX_SITE
+#define STIC_PTX_SITE_ONLY
 #endif
 
 #if !STIC_PTX_REAL
@@ -49,31 +51,31 @@ inline void mma16816(float c[4], const u32 a[4], u32 b0, u32 b1, ::emu::Site sit
 }
 inline u32 pack_rn(float lo, float hi) { return ::emu::cvt_rn_bf16x2_f32(hi, lo); }
 
-// sm_90a (issue #15): a launch that reaches one of these fails with this report.
-[[noreturn]] inline void sm90a(const char* insn) {
-    ::emu::fail(std::string(insn) + ": an sm_90a instruction the emulator does not run yet (issue #15)");
-}
-inline void mbar_init(u32, u32) { sm90a("mbarrier.init"); }
-inline void fence_mbarrier_init() { sm90a("fence.mbarrier_init"); }
-inline void mbar_arrive(u32) { sm90a("mbarrier.arrive"); }
-inline void mbar_arrive_expect_tx(u32, u32) { sm90a("mbarrier.arrive.expect_tx"); }
-inline bool mbar_try_wait(u32, u32) { sm90a("mbarrier.try_wait.parity"); }
-inline void tma_load_2d(u32, const void*, int, int, u32) { sm90a("cp.async.bulk.tensor.2d"); }
-inline void prefetch_tensormap(const void*) { sm90a("prefetch.tensormap"); }
+// sm_90a: mbarrier and TMA (emu/sm90_tma.h), wgmma, setmaxnreg, prefetch.tensormap
+// (emu/sm90_wgmma.h). `site` is the kernel's call site, for the reports.
+inline void mbar_init(u32 bar, u32 count) { ::emu::mbar_init(bar, count); }
+inline void fence_mbarrier_init() { ::emu::fence_mbarrier_init(); }
+inline void mbar_arrive(u32 bar) { (void)::emu::mbar_arrive(bar); }
+inline void mbar_arrive_expect_tx(u32 bar, u32 bytes) { (void)::emu::mbar_arrive_expect_tx(bar, bytes); }
+inline bool mbar_try_wait(u32 bar, u32 parity, ::emu::Site site) { return ::emu::mbar_try_wait(bar, parity, site); }
+inline void tma_load_2d(u32 dst, const void* tm, int col, int row, u32 bar) { ::emu::tma_load_2d(dst, tm, col, row, bar); }
+inline void prefetch_tensormap(const void* tm) { ::emu::prefetch_tensormap(tm); }
 template <int N>
-void setmaxnreg_dec() {
-    sm90a("setmaxnreg.dec");
+void setmaxnreg_dec(::emu::Site site) {
+    ::emu::setmaxnreg_at(site, false, N);
 }
 template <int N>
-void setmaxnreg_inc() {
-    sm90a("setmaxnreg.inc");
+void setmaxnreg_inc(::emu::Site site) {
+    ::emu::setmaxnreg_at(site, true, N);
 }
-inline void wgmma_fence() { sm90a("wgmma.fence"); }
-inline void wgmma_commit() { sm90a("wgmma.commit_group"); }
-inline void wgmma_wait0() { sm90a("wgmma.wait_group"); }
-inline void wgmma_ss_n128(float*, u64, u64, u32) { sm90a("wgmma.mma_async m64n128k16 (SS)"); }
-inline void wgmma_rs_n128(float*, const u32*, u64) { sm90a("wgmma.mma_async m64n128k16 (RS)"); }
-inline void wgmma_rs_n64(float*, const u32*, u64) { sm90a("wgmma.mma_async m64n64k16 (RS)"); }
+inline void wgmma_fence() { ::emu::wgmma_fence(); }
+inline void wgmma_commit() { ::emu::wgmma_commit_group(); }
+inline void wgmma_wait0() { ::emu::wgmma_wait_group(0); }
+// The immediates of the real asm below: scale-a 1, scale-b 1, and trans-a 0 / trans-b 0 (SS),
+// trans-b 1 (RS: B N-major); scale-d from the argument (SS) or 1 (RS).
+inline void wgmma_ss_n128(float* d, u64 da, u64 db, u32 scale_d, ::emu::Site site) { ::emu::wgmma_ss_at<128>(site, d, da, db, scale_d, 1, 1, 0, 0); }
+inline void wgmma_rs_n128(float* d, const u32* a, u64 db, ::emu::Site site) { ::emu::wgmma_rs_at<128>(site, d, a, db, 1u, 1, 1, 1); }
+inline void wgmma_rs_n64(float* d, const u32* a, u64 db, ::emu::Site site) { ::emu::wgmma_rs_at<64>(site, d, a, db, 1u, 1, 1, 1); }
 }  // namespace stic_emu
 #endif
 
@@ -228,7 +230,7 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
 
 // mbarrier.try_wait.parity.shared::cta.b64 p, [bar], parity: whether the phase of parity
 // `parity` has completed (acquire, CTA scope; may suspend the thread for a while first).
-__device__ __forceinline__ bool mbar_try_wait(u32 bar, u32 parity) {
+__device__ __forceinline__ bool mbar_try_wait(u32 bar, u32 parity STIC_PTX_SITE) {
 #if STIC_PTX_REAL
     u32 done;
     asm volatile(
@@ -240,14 +242,19 @@ __device__ __forceinline__ bool mbar_try_wait(u32 bar, u32 parity) {
         : "memory");
     return done != 0u;
 #else
-    return stic_emu::mbar_try_wait(bar, parity);
+    return stic_emu::mbar_try_wait(bar, parity, emu_site);
 #endif
 }
 
 // Spins on mbar_try_wait until the phase of parity `parity` has completed.
-__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity STIC_PTX_SITE) {
+#if STIC_PTX_REAL
     while (!mbar_try_wait(bar, parity)) {
     }
+#else
+    while (!::mbar_try_wait(bar, parity, emu_site)) {
+    }
+#endif
 }
 
 // cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [dst], [tm, {col,
@@ -276,21 +283,21 @@ __device__ __forceinline__ void prefetch_tensormap(const void* tm) {
 
 // setmaxnreg.dec.sync.aligned.u32 N: the warpgroup gives registers back, down to N per thread.
 template <int N>
-__device__ __forceinline__ void setmaxnreg_dec() {
+__device__ __forceinline__ void setmaxnreg_dec(STIC_PTX_SITE_ONLY) {
 #if STIC_PTX_REAL
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N) : "memory");
 #else
-    stic_emu::setmaxnreg_dec<N>();
+    stic_emu::setmaxnreg_dec<N>(emu_site);
 #endif
 }
 
 // setmaxnreg.inc.sync.aligned.u32 N: the warpgroup takes registers, up to N per thread.
 template <int N>
-__device__ __forceinline__ void setmaxnreg_inc() {
+__device__ __forceinline__ void setmaxnreg_inc(STIC_PTX_SITE_ONLY) {
 #if STIC_PTX_REAL
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N) : "memory");
 #else
-    stic_emu::setmaxnreg_inc<N>();
+    stic_emu::setmaxnreg_inc<N>(emu_site);
 #endif
 }
 
@@ -341,7 +348,7 @@ __device__ __forceinline__ void fence_regs(float (&d)[N]) {
 // wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 d[64], da, db, p, 1, 1, 0, 0:
 // d (64 x 128 f32) (+)= A (64 x 16) x B (16 x 128), A and B from shared memory through the
 // descriptors da, db, both K-major (imm-trans-a = imm-trans-b = 0); scale_d = 0 overwrites d.
-__device__ __forceinline__ void wgmma_ss_n128(float d[64], u64 da, u64 db, u32 scale_d) {
+__device__ __forceinline__ void wgmma_ss_n128(float d[64], u64 da, u64 db, u32 scale_d STIC_PTX_SITE) {
 #if STIC_PTX_REAL
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
@@ -359,14 +366,14 @@ __device__ __forceinline__ void wgmma_ss_n128(float d[64], u64 da, u64 db, u32 s
         : "l"(da), "l"(db), "r"(scale_d)
         : "memory");
 #else
-    stic_emu::wgmma_ss_n128(d, da, db, scale_d);
+    stic_emu::wgmma_ss_n128(d, da, db, scale_d, emu_site);
 #endif
 }
 
 // wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 d[64], {a0..a3}, db, 1, 1, 1, 1:
 // d (64 x 128 f32) += A (64 x 16) x B (16 x 128), A from registers (4 x bf16x2 per thread, the
 // m16n8k16 A layout per warp), B from shared memory N-major (imm-trans-b = 1).
-__device__ __forceinline__ void wgmma_rs_n128(float d[64], const u32 a[4], u64 db) {
+__device__ __forceinline__ void wgmma_rs_n128(float d[64], const u32 a[4], u64 db STIC_PTX_SITE) {
 #if STIC_PTX_REAL
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
@@ -384,14 +391,14 @@ __device__ __forceinline__ void wgmma_rs_n128(float d[64], const u32 a[4], u64 d
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1u)
         : "memory");
 #else
-    stic_emu::wgmma_rs_n128(d, a, db);
+    stic_emu::wgmma_rs_n128(d, a, db, emu_site);
 #endif
 }
 
 // wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 d[32], {a0..a3}, db, 1, 1, 1, 1:
 // d (64 x 64 f32) += A (64 x 16) x B (16 x 64), A from registers, B from shared memory N-major
 // (imm-trans-b = 1).
-__device__ __forceinline__ void wgmma_rs_n64(float d[32], const u32 a[4], u64 db) {
+__device__ __forceinline__ void wgmma_rs_n64(float d[32], const u32 a[4], u64 db STIC_PTX_SITE) {
 #if STIC_PTX_REAL
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
@@ -405,6 +412,6 @@ __device__ __forceinline__ void wgmma_rs_n64(float d[32], const u32 a[4], u64 db
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1u)
         : "memory");
 #else
-    stic_emu::wgmma_rs_n64(d, a, db);
+    stic_emu::wgmma_rs_n64(d, a, db, emu_site);
 #endif
 }

@@ -10,6 +10,8 @@
 #include "math.h"
 #include "runtime.h"
 #include "sm80.h"
+#include "sm90_tma.h"
+#include "sm90_wgmma.h"
 #include "warp.h"
 
 #define __global__

@@ -24,6 +24,7 @@ struct LaunchCfg {
     unsigned grid[3];
     unsigned block[3];
     size_t dyn_smem;
+    unsigned regs;  // registers per thread at entry (the kernel's KernelInfo::regs; 0 if unknown)
 };
 
 // Runs one kernel: copies the argument values `params[i]` (each points at argument i, as
@@ -34,10 +35,11 @@ using Trampoline = void (*)(const char* name, void** params, const LaunchCfg& cf
 struct KernelInfo {
     const char* name;        // the extern "C" name, as cuModuleGetFunction looks it up
     Trampoline run;          // null when the emulator cannot run it (see `why_not`)
-    unsigned static_smem;    // bytes of static __shared__ ptxas reports for sm_80
-    unsigned regs;           // registers per thread ptxas reports for sm_80 (0 if unknown)
+    unsigned static_smem;    // bytes of static __shared__ ptxas reports for sm_<min_arch>
+    unsigned regs;           // registers per thread ptxas reports for sm_<min_arch> (0 if unknown)
     unsigned max_threads;    // __launch_bounds__ maxThreadsPerBlock, else 1024
-    const char* why_not;     // null, or why it cannot run here, e.g. "sm_90a only (wgmma/TMA): issue #15"
+    const char* why_not;     // null, or why the emulator cannot run it
+    unsigned min_arch;       // 80, or 90 for the sm_90a-only kernels (their sm_80 code traps)
 };
 
 struct ModuleInfo {

@@ -51,6 +51,7 @@ void trampoline(const char* name, void** params, const LaunchCfg& cfg, size_t st
     LaunchOptions opt;
     opt.static_smem = static_arena(static_smem);
     opt.dyn_smem = cfg.dyn_smem;
+    opt.regs = cfg.regs;
     launch(name, dim3(cfg.grid[0], cfg.grid[1], cfg.grid[2]), dim3(cfg.block[0], cfg.block[1], cfg.block[2]), opt,
            [&args] { std::apply(K, args); });
 }

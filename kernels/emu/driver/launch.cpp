@@ -138,10 +138,14 @@ EMU_API CUresult cuFuncSetCacheConfig(CUfunction f, int) { return f ? SUCCESS : 
 EMU_API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, CUstream, void** params, void** extra) {
     if (!f) return INVALID_HANDLE;
     const emu::KernelInfo& k = *f->k;
-    emu::LaunchCfg cfg{{gx, gy, gz}, {bx, by, bz}, smem};
+    emu::LaunchCfg cfg{{gx, gy, gz}, {bx, by, bz}, smem, k.regs};
     std::string what = std::string("cuLaunchKernel(") + k.name + " in kernels/" + f->m->name + ".cu, grid " + dims(cfg.grid) + ", block " + dims(cfg.block) + ", " + std::to_string(smem) + " bytes of dynamic shared memory)";
     if (extra) return report(INVALID_VALUE, what + ": `extra` is not supported by the emulator");
     if (!k.run) return report(NOT_SUPPORTED, what + ": the emulator cannot run this kernel: " + (k.why_not ? k.why_not : "no host build"));
+    // An sm_90a-only kernel on an sm_80 part runs its sm_80 code, a __trap() stub.
+    if ((unsigned)(device().major * 10 + device().minor) < k.min_arch)
+        return report(LAUNCH_FAILED, what + ": the kernel runs only on sm_" + std::to_string(k.min_arch) + "a and the emulated device is sm_" + std::to_string(device().major) + std::to_string(device().minor) +
+                                         " (its code there is __trap(); STIC_CUDA_EMU_ARCH=90 emulates an H100)");
     unsigned long threads = (unsigned long)bx * by * bz;
     if (!gx || !gy || !gz || !bx || !by || !bz || gy > 65535 || gz > 65535 || gx > 2147483647u || bx > 1024 || by > 1024 || bz > 64 || threads > 1024)
         return report(INVALID_VALUE, what + ": the grid or block exceeds the device limits (block <= (1024, 1024, 64) and 1024 threads; grid <= (2^31-1, 65535, 65535); no zero dimension)");

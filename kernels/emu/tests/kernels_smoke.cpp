@@ -61,7 +61,7 @@ static const emu::KernelInfo* find_kernel(const char* module, const char* name) 
 
 // Launches `k` as cuLaunchKernel would; returns the error text ("" when it ran).
 static std::string launch(const emu::KernelInfo* k, std::vector<void*> params, unsigned grid, unsigned block, size_t dyn = 0) {
-    emu::LaunchCfg cfg{{grid, 1, 1}, {block, 1, 1}, dyn};
+    emu::LaunchCfg cfg{{grid, 1, 1}, {block, 1, 1}, dyn, 0};
     try {
         k->run(k->name, params.data(), cfg, k->static_smem);
         return "";
@@ -80,8 +80,9 @@ static void registry_shape(const std::string& fatbins) {
         bool hopper = std::strcmp(m[i].name, "attention_hopper") == 0;
         for (size_t j = 0; j < m[i].n_kernels; j++) {
             const emu::KernelInfo& k = m[i].kernels[j];
-            CHECK((k.run == nullptr) == hopper, "%s.%s: run %s", m[i].name, k.name, k.run ? "set" : "null");
-            CHECK(!hopper || (k.why_not && std::strstr(k.why_not, "#15")), "%s: no reason for not running", k.name);
+            CHECK(k.run != nullptr && k.why_not == nullptr, "%s.%s: not runnable", m[i].name, k.name);
+            CHECK(k.min_arch == (hopper ? 90u : 80u), "%s.%s: min_arch %u", m[i].name, k.name, k.min_arch);
+            CHECK(!hopper || k.regs == 168, "%s: %u registers at entry (sm_90a), the kernel's setmaxnreg budget assumes 168", k.name, k.regs);
             CHECK(k.max_threads >= 32 && k.max_threads <= 1024, "%s: max_threads %u", k.name, k.max_threads);
         }
         std::ifstream f(fatbins + "/" + m[i].name + ".fatbin", std::ios::binary);
@@ -161,7 +162,7 @@ static void attention_fwd_kernel() {
     float* dlse = to_dev(lse);
     const emu::KernelInfo* kern = find_kernel("attention_train", "attention_fwd_d64");
     std::vector<void*> params = {&dq, &dk, &dv, &dcu, &dsp, &dout, &dlse, (void*)&T, (void*)&H, (void*)&Hkv, (void*)&causal, (void*)&window, (void*)&has_sp, (void*)&scale};
-    emu::LaunchCfg cfg{{(T + 63) / 64, H, 1}, {128, 1, 1}, 320 * (D + 8) * 2};
+    emu::LaunchCfg cfg{{(T + 63) / 64, H, 1}, {128, 1, 1}, 320 * (D + 8) * 2, 0};
     std::string err;
     try {
         kern->run(kern->name, params.data(), cfg, kern->static_smem);
