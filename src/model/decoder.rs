@@ -359,15 +359,28 @@ impl SeqLayout {
         match self.shared_prefix {
             None => Ok(cpu::AttnMask::Causal { window }),
             Some((prefix, chosen)) => {
-                if window.is_some() {
-                    return Err(Error::Input("a shared-prefix DPO pair cannot use a sliding window".into()));
-                }
+                shared_prefix_fits_window(self.len, window)?;
                 if prefix + chosen > self.len {
                     return Err(Error::shape("shared_prefix", format!("prefix {prefix} + chosen {chosen} > length {}", self.len)));
                 }
                 Ok(cpu::AttnMask::SharedPrefix { prefix, chosen })
             }
         }
+    }
+}
+
+/// A shared-prefix DPO pair (prompt | chosen | rejected packed as one sequence of `len` rows) is
+/// attended with the shared-prefix mask alone, which has no sliding window (on the CPU and in the
+/// CUDA kernels alike). That is exact when no two positions of the pair are `window` or more apart,
+/// i.e. `len <= window`, so then the window is simply irrelevant; a longer pair is refused, naming
+/// the config field, rather than attended without its window.
+pub fn shared_prefix_fits_window(len: usize, window: Option<usize>) -> Result<()> {
+    match window {
+        Some(w) if len > w => Err(Error::Input(format!(
+            "a DPO pair of {len} tokens (prompt + chosen + rejected, packed with a shared prefix) is longer than the model's sliding window of {w} \
+             (text_config.sliding_window in config.json): the shared-prefix mask does not apply a sliding window; shorten the pair or use a model without one"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -551,6 +564,17 @@ impl Decoder {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shared_prefix_pairs_within_the_sliding_window_pass_and_longer_ones_name_the_field() {
+        assert!(shared_prefix_fits_window(4096, Some(4096)).is_ok());
+        assert!(shared_prefix_fits_window(100_000, None).is_ok());
+        let e = shared_prefix_fits_window(4097, Some(4096)).unwrap_err().to_string();
+        assert!(e.contains("text_config.sliding_window") && e.contains("4097") && e.contains("4096"), "{e}");
+        let l = SeqLayout { len: 12, shared_prefix: Some((4, 3)) };
+        assert!(l.mask(Some(12)).is_ok());
+        assert!(l.mask(Some(11)).is_err());
+    }
+
     use super::*;
     use crate::config::LlavaConfig;
     use crate::rng::Rng;

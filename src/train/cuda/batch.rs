@@ -41,9 +41,8 @@ impl Batch {
         let cu = crate::backend::cpu::cu_seqlens(&layouts.iter().map(|l| l.len).collect::<Vec<_>>());
         let pairs: Vec<u32> = layouts.iter().map(|l| l.shared_prefix.unwrap_or((0, 0))).flat_map(|(p, c)| [p as u32, c as u32]).collect();
         let positions: Vec<u32> = layouts.iter().flat_map(|l| l.positions()).map(|p| p as u32).collect();
-        let shared = layouts.iter().any(|l| l.shared_prefix.is_some());
-        if shared && window.is_some() {
-            return Err(Error::Input("a shared-prefix DPO pair cannot use a sliding window".into()));
+        for l in layouts.iter().filter(|l| l.shared_prefix.is_some()) {
+            crate::model::decoder::shared_prefix_fits_window(l.len, window)?;
         }
         Ok(Batch {
             cu_seqlens: dev.htod(&cu)?,
