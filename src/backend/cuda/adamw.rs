@@ -2,7 +2,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
-use super::{cuda_err, CudaDevice};
+use super::CudaDevice;
 use crate::error::{Error, Result};
 use crate::optim::AdamWConfig;
 
@@ -70,7 +70,7 @@ impl CudaDevice {
         // const float* decay, const float* step_size, u32 S, float x7) touches p, g, m, v at
         // [0, n) (their lengths, checked) and the three S-element tables; p, m, v are distinct
         // &mut views.
-        unsafe { launch.launch(cfg_launch) }.map_err(|e| cuda_err(op, format!("{} tensors, {n} elements", tensors.len()), e))?;
+        self.launched(op, format!("{} tensors, {n} elements", tensors.len()), unsafe { launch.launch(cfg_launch) })?;
         Ok(())
     }
 }
@@ -99,7 +99,7 @@ impl CudaDevice {
         // SAFETY: grad_sumsq(const float* g, u64 n, double* partial) reads g[0, n) (its length)
         // and block b writes partial[b], b < blocks (allocated); block size GS_THREADS as the
         // kernel's shared array assumes.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, format!("[{n}]"), e))?;
+        self.launched(op, format!("[{n}]"), unsafe { launch.launch(cfg) })?;
         Ok(self.dtoh(&partial)?.iter().sum())
     }
 }

@@ -9,7 +9,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
-use super::{cuda_err, CudaDevice};
+use super::CudaDevice;
 use crate::error::{Error, Result};
 
 /// Threads per block of the kernel (`ATTN_THREADS`; it requires exactly this many).
@@ -226,7 +226,7 @@ impl CudaDevice {
         // `slot`, after checking on the device that slot < S and kv_start <= kv_end <= cap, i.e.
         // within S*cap*Hkv*D = k.len() = v.len(). HB divides H/Hkv and is <= 8, D % 8 == 0 and
         // D <= 128 as the kernel requires. out is a distinct &mut view, so it overlaps no input.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, msg, e))?;
+        self.launched(op, msg, unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 
@@ -272,7 +272,7 @@ impl CudaDevice {
             // writes ws_acc[((i*H + h)*splits + z)*D, + D) and ws_ml[((i*H + h)*splits + z)*2, + 2)
             // for its heads h, within N*H*splits*D and N*H*splits*2 (their lengths). HB divides
             // H/Hkv and is <= 8, D % 8 == 0, D <= 128, splits <= 1024, as the kernel requires.
-            unsafe { launch.launch(cfg) }.map_err(|e| cuda_err("attention_split", &msg, e))?;
+            self.launched("attention_split", &msg, unsafe { launch.launch(cfg) })?;
         }
         let f = self.function("attention", "attention_combine")?;
         let total = heads * d;
@@ -285,7 +285,7 @@ impl CudaDevice {
         // non-empty row ws_ml[((i*H + h)*splits + z)*2, + 2) and ws_acc[((i*H + h)*splits + z)*D + d]
         // for z < ceil(len / chunk) <= splits (written by attention_split, stream-ordered before).
         // out is a distinct &mut view; the workspace is fresh.
-        unsafe { launch.launch(self.grid_stride_config(total, 256)) }.map_err(|e| cuda_err("attention_combine", msg, e))?;
+        self.launched("attention_combine", msg, unsafe { launch.launch(self.grid_stride_config(total, 256)) })?;
         Ok(())
     }
 }

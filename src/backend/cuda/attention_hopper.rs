@@ -235,7 +235,7 @@ impl CudaDevice {
         // cu[b], cu[b + 1] (B + 1 elements checked), sp[2b], sp[2b + 1] only when has_sp (2B
         // checked), and writes rows of sequence b clamped to [0, T) of out (T*H*D) and lse (H*T).
         // out and lse are distinct &mut views, overlapping no input.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, msg, e))?;
+        self.launched(op, msg, unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 }

@@ -1,10 +1,11 @@
 //! [`CudaDevice`]: one CUDA context on one GPU, its stream and the embedded kernel modules.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::{self, CUdevice_attribute};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
+use cudarc::driver::{CudaContext, CudaFunction, DriverError, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 
 use super::{cuda_err, kernels};
@@ -58,6 +59,21 @@ pub struct CudaDevice {
     compute_capability: (i32, i32),
     /// cuBLASLt (handle, workspace, plan cache), created by the first `matmul` (`matmul.rs`).
     pub(super) blas: OnceLock<super::matmul::Blas>,
+    /// `STIC_CUDA_SYNC=1` at creation (or [`Self::set_sync_each_op`]): wait for the stream after
+    /// every kernel launch and every engine op, so that an asynchronous fault is reported by the
+    /// op that caused it rather than by a later sync.
+    sync_each_op: AtomicBool,
+    /// How many of those synchronisations have run (a counter for the tests).
+    op_syncs: AtomicU64,
+    /// How many device buffers this crate has allocated on this device (`htod`, `zeros`,
+    /// `alloc_uninit`: every allocation goes through them): the tests' check that a decode or
+    /// training step allocates nothing once warm.
+    allocs: AtomicU64,
+}
+
+/// True when `STIC_CUDA_SYNC=1`: see [`CudaDevice::sync_each_op`].
+fn sync_each_op_from_env() -> bool {
+    std::env::var_os("STIC_CUDA_SYNC").is_some_and(|v| v == "1")
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -101,7 +117,19 @@ impl CudaDevice {
             })?;
             modules.insert(kname, module);
         }
-        Ok(CudaDevice { ctx, stream, modules, functions: Mutex::new(HashMap::new()), num_sms, name, compute_capability, blas: OnceLock::new() })
+        Ok(CudaDevice {
+            ctx,
+            stream,
+            modules,
+            functions: Mutex::new(HashMap::new()),
+            num_sms,
+            name,
+            compute_capability,
+            blas: OnceLock::new(),
+            sync_each_op: AtomicBool::new(sync_each_op_from_env()),
+            op_syncs: AtomicU64::new(0),
+            allocs: AtomicU64::new(0),
+        })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -144,8 +172,20 @@ impl CudaDevice {
         LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
     }
 
+    /// How many device buffers this crate has allocated on this device so far (empty ones, which
+    /// allocate nothing, are not counted).
+    pub fn alloc_count(&self) -> u64 {
+        self.allocs.load(Ordering::Relaxed)
+    }
+    fn count_alloc(&self, n: usize) {
+        if n > 0 {
+            self.allocs.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Copies host data to a new device buffer.
     pub fn htod<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        self.count_alloc(data.len());
         let r = if data.is_empty() { self.stream.null() } else { self.stream.clone_htod(data) };
         r.map_err(|e| cuda_err("htod", format!("[{}]", data.len()), e))
     }
@@ -160,6 +200,7 @@ impl CudaDevice {
 
     /// A new device buffer of `n` zeroed elements.
     pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
+        self.count_alloc(n);
         self.stream.alloc_zeros(n).map_err(|e| cuda_err("alloc_zeros", format!("[{n}]"), e))
     }
 
@@ -170,8 +211,42 @@ impl CudaDevice {
     /// The caller must write every element before reading it (typically by launching a kernel
     /// that writes all of them); until then the contents are garbage and may be invalid for `T`.
     pub unsafe fn alloc_uninit<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
+        self.count_alloc(n);
         let r = if n == 0 { self.stream.null() } else { unsafe { self.stream.alloc(n) } };
         r.map_err(|e| cuda_err("alloc", format!("[{n}]"), e))
+    }
+
+    /// Whether every op is followed by a stream synchronisation (`STIC_CUDA_SYNC=1`).
+    pub fn sync_each_op(&self) -> bool {
+        self.sync_each_op.load(Ordering::Relaxed)
+    }
+    /// Turns the `STIC_CUDA_SYNC` mode on or off for this device (tests; the CLI uses the env).
+    pub fn set_sync_each_op(&self, on: bool) {
+        self.sync_each_op.store(on, Ordering::Relaxed);
+    }
+    /// How many synchronisations the `STIC_CUDA_SYNC` mode has run on this device.
+    pub fn op_sync_count(&self) -> u64 {
+        self.op_syncs.load(Ordering::Relaxed)
+    }
+
+    /// After launching a kernel for `op`: a launch error becomes [`Error::Cuda`] naming `op` and
+    /// `shapes`; then [`Self::after_op`].
+    pub(crate) fn launched<T>(&self, op: &str, shapes: impl std::fmt::Display, r: std::result::Result<T, DriverError>) -> Result<()> {
+        match r {
+            Err(e) => Err(cuda_err(op, shapes, e)),
+            Ok(_) => self.after_op(op, shapes),
+        }
+    }
+
+    /// The end of `op`: in the `STIC_CUDA_SYNC` mode, waits for the stream and reports a fault
+    /// found there as `op`'s (an asynchronous fault is otherwise reported by whatever syncs next,
+    /// e.g. a `dtoh` many ops later). A no-op otherwise.
+    pub(crate) fn after_op(&self, op: &str, shapes: impl std::fmt::Display) -> Result<()> {
+        if !self.sync_each_op() {
+            return Ok(());
+        }
+        self.op_syncs.fetch_add(1, Ordering::Relaxed);
+        self.stream.synchronize().map_err(|e| sync_fault(op, shapes, e))
     }
 
     /// Waits until every op queued on the stream has finished; reports asynchronous kernel errors.
@@ -254,6 +329,11 @@ impl CudaDevice {
             None
         }
     }
+}
+
+/// The error of a fault that the `STIC_CUDA_SYNC` synchronisation after `op` found.
+pub(crate) fn sync_fault(op: &str, shapes: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
+    cuda_err(op, shapes, format!("fault found by the synchronisation after this op (STIC_CUDA_SYNC=1): {e}"))
 }
 
 fn check_cu(op: &'static str, r: sys::CUresult) -> Result<()> {

@@ -114,13 +114,16 @@ impl Cuda {
     }
 
     /// Runs one op inside an NVTX range named after it and, when profiling, between two timing
-    /// events on the stream.
+    /// events on the stream; under `STIC_CUDA_SYNC=1` waits for it (`CudaDevice::after_op`), so
+    /// that an asynchronous fault names this op.
     fn op<T>(&self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let _range = nvtx::Range::new(name);
         let mut prof = self.profile.lock().unwrap_or_else(|p| p.into_inner());
         let Some(events) = prof.as_mut() else {
             drop(prof);
-            return f();
+            let r = f()?;
+            self.dev.after_op(name, "engine op")?;
+            return Ok(r);
         };
         let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         let ev = |e| super::cuda_err("profile", name, e);
@@ -128,7 +131,9 @@ impl Cuda {
         let r = f();
         let end = self.dev.stream().record_event(timing).map_err(ev)?;
         events.push((name, start, end));
-        r
+        let r = r?;
+        self.dev.after_op(name, "engine op")?;
+        Ok(r)
     }
 
     /// `host` on the device, reusing the buffer of the last call of the same `kind` when the

@@ -22,7 +22,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
-use super::{cuda_err, CudaDevice};
+use super::CudaDevice;
 use crate::error::{Error, Result};
 
 /// Vocabulary rows per chunk of [`CudaDevice::logprob`] and [`CudaDevice::logprob_backward`]:
@@ -108,7 +108,7 @@ impl CudaDevice {
             // SAFETY: logprob_fold reads z[0, T * n) (written by the GEMM, within z's T * chunk),
             // targets[0, T), and reads/writes run_max, run_sum, zt [0, T) (the three disjoint
             // thirds of `state`) and, on the last chunk, logp and lse [0, T) (checked lengths).
-            unsafe { launch.launch(cfg) }.map_err(|e| cuda_err("logprob_fold", shapes(), e))?;
+            self.launched("logprob_fold", shapes(), unsafe { launch.launch(cfg) })?;
             c0 += n;
         }
         Ok(())
@@ -184,7 +184,7 @@ impl CudaDevice {
             launch.arg(&z).arg(&t32).arg(&n32).arg(&c032).arg(targets).arg(lse).arg(dlogp).arg(&mut hi).arg(&mut lo);
             // SAFETY: logprob_dlogits reads z[0, T * n), targets, lse and dlogp [0, T) (checked
             // lengths) and writes hi and lo [0, T * n) (within their T * chunk), fresh scratches.
-            unsafe { launch.launch(cfg) }.map_err(|e| cuda_err("logprob_dlogits", shapes(), e))?;
+            self.launched("logprob_dlogits", shapes(), unsafe { launch.launch(cfg) })?;
             // dh [T, C] (+)= hi [T, n] @ w_chunk [n, C] + lo [T, n] @ w_chunk.
             self.matmul_nn(&hi.slice(0..t * n), &wc, dh, t, c, n, accumulate || c0 > 0)?;
             self.matmul_nn(&lo.slice(0..t * n), &wc, dh, t, c, n, true)?;

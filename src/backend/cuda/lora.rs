@@ -188,7 +188,7 @@ impl CudaDevice {
         let f = self.function("lora", func)?;
         let cfg = LaunchConfig { grid_dim: (j.div_ceil(TILE) as u32, i.div_ceil(TILE) as u32, splits as u32), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let (i32_, j32, k32, kc32, acc) = (i as u32, j as u32, kd as u32, kchunk as u32, accumulate as u32);
-        let err = |e| cuda_err(func, format!("{op}: {}", shapes()), e);
+        let what = || format!("{op}: {}", shapes());
         if splits == 1 {
             let mut launch = self.stream().launch_builder(&f);
             launch.arg(a).arg(&sa.0).arg(&sa.1).arg(b).arg(&sb.0).arg(&sb.1).arg(c).arg(&i32_).arg(&j32).arg(&k32).arg(&kc32).arg(&alpha).arg(&acc);
@@ -196,7 +196,7 @@ impl CudaDevice {
             // k * sb.0 + j * sb.1 for k < Kd, j < J (the callers pass the strides of row-major
             // operands whose lengths they checked), and writes C[0, I * J) (c's length, checked by
             // the callers). c is a distinct &mut view.
-            unsafe { launch.launch(cfg) }.map_err(err)?;
+            self.launched(func, what(), unsafe { launch.launch(cfg) })?;
             return Ok(());
         }
         let n = i * j;
@@ -207,7 +207,7 @@ impl CudaDevice {
             launch.arg(a).arg(&sa.0).arg(&sa.1).arg(b).arg(&sb.0).arg(&sb.1).arg(&mut partial).arg(&i32_).arg(&j32).arg(&k32).arg(&kc32).arg(&alpha).arg(&acc);
             // SAFETY: as above; with gridDim.z = splits > 1 split z writes partial[z * I * J, (z + 1) * I * J),
             // within its splits * I * J elements. splits * kchunk >= Kd, so every k is summed once.
-            unsafe { launch.launch(cfg) }.map_err(err)?;
+            self.launched(func, what(), unsafe { launch.launch(cfg) })?;
         }
         let rf = self.function("lora", "lora_splitk_reduce")?;
         let (s32, n64) = (splits as u32, n as u64);
@@ -215,7 +215,7 @@ impl CudaDevice {
         launch.arg(&partial).arg(&s32).arg(&n64).arg(c).arg(&alpha).arg(&acc);
         // SAFETY: reads partial[0, splits * n) and reads/writes c[0, n) (its length, checked by the
         // callers); c does not overlap the fresh scratch.
-        unsafe { launch.launch(self.grid_stride_config(n, 256)) }.map_err(|e| cuda_err("lora_splitk_reduce", format!("{op}: {}", shapes()), e))?;
+        self.launched("lora_splitk_reduce", format!("{op}: {}", shapes()), unsafe { launch.launch(self.grid_stride_config(n, 256)) })?;
         Ok(())
     }
 
@@ -245,7 +245,7 @@ impl CudaDevice {
         // SAFETY: reads uu at i * sa.0 + k * sa.1 (i < I, k < r), bm at k * sb.0 + j * sb.1
         // (k < r, j < J) and base[0, I * J); writes y[0, I * J). The callers checked every length;
         // y is a distinct &mut view and base a fresh scratch.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(func, format!("{op}: {}", shapes()), e))?;
+        self.launched(func, format!("{op}: {}", shapes()), unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 }

@@ -74,7 +74,7 @@ pub use emu::launch_count as emulated_launch_count;
 pub use engine::{Cuda, CudaLinear, CudaLogits, CudaTensor};
 pub use logprob::LOGPROB_CHUNK;
 pub use lora::LORA_MAX_RANK;
-pub use matmul::MatmulOut;
+pub use matmul::{MatmulOut, MatmulPlanStats, MATMUL_PLAN_CACHE_CAPACITY};
 
 /// Device buffers and related cudarc types, re-exported so that callers need no direct
 /// dependency on cudarc. bf16 data lives in `CudaSlice<u16>` (the raw bits, as `half::bf16::to_bits`).

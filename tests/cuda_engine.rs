@@ -1,0 +1,83 @@
+//! The CUDA host engine's bookkeeping (issue #15 Part 2), shown with counters on whatever device
+//! there is (the emulated one under `STIC_CUDA_EMU=1`). Built only with `--features cuda`; without
+//! a device each test prints `skipped: no CUDA device` and passes (`STIC_REQUIRE_CUDA=1`: fails).
+//!
+//! - (d) `STIC_CUDA_SYNC=1`: one stream synchronisation after every kernel launch and every
+//!   engine op, and none without the mode.
+//! - (a) the cuBLASLt plan cache: a long run of distinct GEMM shapes keeps it at its capacity
+//!   (least recently used plans evicted), and a shape still cached makes no new plan.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::*;
+use stic::backend::cuda::{emulated_launch_count, Cuda, MATMUL_PLAN_CACHE_CAPACITY};
+use stic::backend::Backend;
+use stic::tensor::Tensor;
+
+fn ramp(n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * scale).collect()
+}
+
+/// (d) With the sync mode on, an engine op (rmsnorm: one kernel) is followed by two
+/// synchronisations (after its launch, after the op); with it off, by none. Under emulation the
+/// kernel's launch count shows it ran.
+#[test]
+fn sync_mode_synchronises_after_every_launch_and_op() {
+    let Some(be) = cuda(Cuda::new) else { return };
+    let dev = be.device().clone();
+    let (t, c) = (3, 64);
+    let x = be.upload(&Tensor::new(ramp(t * c, 0.01), &[t, c]).unwrap()).unwrap();
+    let norm = be.rmsnorm_from(Tensor::new(ramp(c, 0.02), &[c]).unwrap(), 1e-6).unwrap();
+
+    dev.set_sync_each_op(false);
+    let before = dev.op_sync_count();
+    be.rmsnorm(&x, &norm).unwrap();
+    assert_eq!(dev.op_sync_count(), before, "no STIC_CUDA_SYNC: no synchronisation per op");
+
+    dev.set_sync_each_op(true);
+    let (before, launches) = (dev.op_sync_count(), emulated_launch_count("rmsnorm"));
+    let y = be.rmsnorm(&x, &norm).unwrap();
+    assert_eq!(dev.op_sync_count() - before, 2, "STIC_CUDA_SYNC: one sync after the launch, one after the op");
+    if let (Some(a), Some(b)) = (launches, emulated_launch_count("rmsnorm")) {
+        assert_eq!(b - a, 1, "the rmsnorm kernel ran once");
+    }
+    dev.set_sync_each_op(false);
+    assert_eq!(be.download(&y).unwrap().shape(), &[t, c]);
+}
+
+/// (a) Capacity + 44 distinct prefill lengths M (y[M, 16] = x[M, 32] @ w[16, 32]^T): every new
+/// shape makes a plan, the cache never holds more than its capacity, the oldest ones are evicted,
+/// the newest stays cached (no new plan when it repeats) and the oldest does not.
+#[test]
+fn matmul_plan_cache_stays_bounded() {
+    let Some(be) = cuda(Cuda::new) else { return };
+    let dev = be.device().clone();
+    let (n, k) = (16, 32);
+    let extra = 44;
+    let lengths: Vec<usize> = (1..=MATMUL_PLAN_CACHE_CAPACITY + extra).collect();
+    let w = dev.zeros::<u16>(n * k).unwrap();
+    let x = dev.zeros::<u16>(lengths.len() * k).unwrap();
+    let mut y = dev.zeros::<u16>(lengths.len() * n).unwrap();
+    let mm = |m: usize, y: &mut stic::backend::cuda::CudaSlice<u16>| {
+        dev.matmul(&x.slice(..m * k), &w.as_view(), None, &mut y.slice_mut(..m * n), m, n, k, false).unwrap();
+    };
+    mm(1, &mut y);
+    let start = dev.matmul_plan_stats();
+    for &m in &lengths {
+        mm(m, &mut y);
+        let s = dev.matmul_plan_stats();
+        assert!(s.cached <= MATMUL_PLAN_CACHE_CAPACITY, "M={m}: {} plans cached, capacity {MATMUL_PLAN_CACHE_CAPACITY}", s.cached);
+    }
+    let s = dev.matmul_plan_stats();
+    eprintln!("plan cache after {} shapes: {s:?}", lengths.len());
+    let new = lengths.len() as u64 - 1; // M = 1 was planned before `start`
+    assert_eq!(s.created - start.created, new, "one plan per new shape");
+    assert_eq!(s.cached, MATMUL_PLAN_CACHE_CAPACITY, "full, not beyond");
+    assert_eq!(s.created - s.evicted, s.cached as u64, "every plan created is cached or evicted");
+    mm(*lengths.last().unwrap(), &mut y);
+    assert_eq!(dev.matmul_plan_stats().created, s.created, "the most recent shape is still cached");
+    mm(2, &mut y);
+    assert_eq!(dev.matmul_plan_stats().created, s.created + 1, "the least recently used shape was evicted");
+    assert_eq!(dev.matmul_plan_stats().cached, MATMUL_PLAN_CACHE_CAPACITY);
+}
