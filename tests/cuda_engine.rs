@@ -6,6 +6,8 @@
 //!   engine op, and none without the mode.
 //! - (a) the cuBLASLt plan cache: a long run of distinct GEMM shapes keeps it at its capacity
 //!   (least recently used plans evicted), and a shape still cached makes no new plan.
+//! - (b) allocations: decoding more tokens after warm-up makes no new scratch buffers, and the
+//!   device allocations per decode step (`CudaDevice::alloc_count`) are counted and bounded.
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -80,4 +82,52 @@ fn matmul_plan_cache_stays_bounded() {
     mm(2, &mut y);
     assert_eq!(dev.matmul_plan_stats().created, s.created + 1, "the least recently used shape was evicted");
     assert_eq!(dev.matmul_plan_stats().cached, MATMUL_PLAN_CACHE_CAPACITY);
+}
+
+/// Device allocations and scratch allocations of a greedy generation of `new` tokens (a batch of
+/// two prompts of 9 and 5 random ids) on the llava_next_tiny fixture.
+fn decode_allocs(be: &Cuda, pipe: &stic::generate::Pipeline<Cuda>, new: usize) -> (u64, u64, usize) {
+    let mut rng = stic::rng::Rng::new(3);
+    let inputs = [9usize, 5].iter().map(|&n| {
+        let ids: Vec<u32> = (0..n).map(|_| 1 + rng.below(200) as u32).collect();
+        pipe.model.decoder.embed(&ids).unwrap()
+    });
+    let dev = be.device();
+    let (a0, s0) = (dev.alloc_count(), dev.scratch_alloc_count());
+    let params = stic::generate::SamplingParams { max_new_tokens: new, ..Default::default() };
+    let out = pipe.generate_from_embeds(inputs.collect(), &params).unwrap();
+    (dev.alloc_count() - a0, dev.scratch_alloc_count() - s0, out.iter().map(|o| o.len()).min().unwrap_or(0))
+}
+
+/// (b) After warm-up (one generation of the longest length), generating `long` tokens instead
+/// of `short` adds `long - short` decode steps: they must make no scratch allocation, and the
+/// per-step device allocations are printed and must not grow with the number of steps.
+#[test]
+fn decode_steps_reuse_scratch() {
+    let Some(be) = cuda(Cuda::new) else { return };
+    let pipe = stic::generate::Pipeline::load_on(&be, &fixtures().join("llava_next_tiny"), Some(1), None).unwrap();
+    let (short, long) = (3, 9);
+    let (_, s_warm, _) = decode_allocs(&be, &pipe, long);
+    assert!(s_warm > 0, "the warm-up generation takes its scratch buffers (argmax output at least)");
+    let (a_short, s_short, n_short) = decode_allocs(&be, &pipe, short);
+    let (a_long, s_long, n_long) = decode_allocs(&be, &pipe, long);
+    let (a_longer, _, n_longer) = decode_allocs(&be, &pipe, 2 * long);
+    eprintln!("allocations: {short} tokens {a_short} ({s_short} scratch), {long} tokens {a_long} ({s_long} scratch), {} tokens {a_longer}", 2 * long);
+    assert_eq!((n_short, n_long, n_longer), (short, long, 2 * long), "every sequence ran its max_new_tokens (no early EOS)");
+    assert_eq!(s_long, 0, "no scratch allocation once warm");
+    let per_step = (a_long - a_short) as f64 / (long - short) as f64;
+    let per_step_longer = (a_longer - a_long) as f64 / long as f64;
+    eprintln!("device allocations per decode step after warm-up: {per_step:.1} ({per_step_longer:.1} over the next {long} steps)");
+    assert_eq!(per_step, per_step_longer, "the per-step allocations do not grow with the step");
+}
+
+/// (b) The default pool keeps its memory across syncs: release threshold u64::MAX (the driver's
+/// default 0 trims the pool at every sync).
+#[test]
+fn pool_keeps_memory_across_syncs() {
+    let Some(be) = cuda(Cuda::new) else { return };
+    match be.device().pool_release_threshold().unwrap() {
+        Some(t) => assert_eq!(t, u64::MAX, "release threshold"),
+        None => eprintln!("no memory pools on this driver: nothing to check"),
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::{self, CUdevice_attribute};
-use cudarc::driver::{CudaContext, CudaFunction, DriverError, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
+use cudarc::driver::{CudaContext, CudaFunction, CudaViewMut, DevicePtr, DriverError, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 
 use super::{cuda_err, kernels};
@@ -69,6 +69,10 @@ pub struct CudaDevice {
     /// `alloc_uninit`: every allocation goes through them): the tests' check that a decode or
     /// training step allocates nothing once warm.
     allocs: AtomicU64,
+    /// The scratch-buffer cache (`workspace.rs`): by (purpose, element type), a `CudaSlice<T>`.
+    pub(super) workspace: Mutex<HashMap<(&'static str, std::any::TypeId), Box<dyn std::any::Any + Send>>>,
+    /// How many buffers that cache has allocated.
+    pub(super) scratch_allocs: AtomicU64,
 }
 
 /// True when `STIC_CUDA_SYNC=1`: see [`CudaDevice::sync_each_op`].
@@ -117,7 +121,7 @@ impl CudaDevice {
             })?;
             modules.insert(kname, module);
         }
-        Ok(CudaDevice {
+        let dev = CudaDevice {
             ctx,
             stream,
             modules,
@@ -129,7 +133,14 @@ impl CudaDevice {
             sync_each_op: AtomicBool::new(sync_each_op_from_env()),
             op_syncs: AtomicU64::new(0),
             allocs: AtomicU64::new(0),
-        })
+            workspace: Mutex::new(HashMap::new()),
+            scratch_allocs: AtomicU64::new(0),
+        };
+        if dev.ctx.has_async_alloc() {
+            // Keep freed memory in the pool across syncs (see `pool_release_threshold`).
+            dev.set_pool_attr(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, u64::MAX).map_err(|e| cuda_err(op, "memory pool release threshold", e))?;
+        }
+        Ok(dev)
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -190,8 +201,21 @@ impl CudaDevice {
         r.map_err(|e| cuda_err("htod", format!("[{}]", data.len()), e))
     }
 
-    /// Copies a device buffer to the host, after everything queued before it on the stream.
-    pub fn dtoh<T: DeviceRepr>(&self, data: &CudaSlice<T>) -> Result<Vec<T>> {
+    /// Copies host data into an existing device buffer of the same length (stream-ordered: after
+    /// every op queued before it, so a buffer those ops read may be refilled for later ones).
+    pub fn htod_into<T: DeviceRepr>(&self, data: &[T], dst: &mut CudaViewMut<'_, T>) -> Result<()> {
+        if data.len() != dst.len() {
+            return Err(Error::shape("htod_into", format!("{} host elements into a device buffer of {}", data.len(), dst.len())));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.stream.memcpy_htod(data, dst).map_err(|e| cuda_err("htod_into", format!("[{}]", data.len()), e))
+    }
+
+    /// Copies a device buffer (or view) to the host, after everything queued before it on the
+    /// stream.
+    pub fn dtoh<T: DeviceRepr, S: DevicePtr<T>>(&self, data: &S) -> Result<Vec<T>> {
         if data.is_empty() {
             return Ok(Vec::new());
         }
@@ -284,12 +308,36 @@ impl CudaDevice {
         if !self.ctx.has_async_alloc() {
             return Ok(None);
         }
+        self.pool_attr(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH).map(Some)
+    }
+
+    /// The default pool's release threshold (bytes the pool keeps reserved across syncs instead
+    /// of returning them to the OS), or None without memory pools. [`Self::new`] sets it to
+    /// `u64::MAX`: the driver's default, 0, trims the pool at every synchronisation, so that the
+    /// next step's stream-ordered allocations go back to the OS.
+    pub fn pool_release_threshold(&self) -> Result<Option<u64>> {
+        if !self.ctx.has_async_alloc() {
+            return Ok(None);
+        }
+        self.pool_attr(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD).map(Some)
+    }
+
+    /// A cuuint64_t attribute of the default pool.
+    fn pool_attr(&self, attr: sys::CUmemPool_attribute) -> Result<u64> {
         let pool = self.default_pool()?;
         let mut v: u64 = 0;
-        // SAFETY: `pool` is the device's default pool; the attribute is a cuuint64_t.
-        let r = unsafe { sys::cuMemPoolGetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, &mut v as *mut u64 as *mut std::ffi::c_void) };
+        // SAFETY: `pool` is the device's default pool; the attributes read here are cuuint64_t.
+        let r = unsafe { sys::cuMemPoolGetAttribute(pool, attr, &mut v as *mut u64 as *mut std::ffi::c_void) };
         check_cu("cuMemPoolGetAttribute", r)?;
-        Ok(Some(v))
+        Ok(v)
+    }
+
+    /// Sets a cuuint64_t attribute of the default pool.
+    fn set_pool_attr(&self, attr: sys::CUmemPool_attribute, mut v: u64) -> Result<()> {
+        let pool = self.default_pool()?;
+        // SAFETY: as above; the attributes written here are cuuint64_t.
+        let r = unsafe { sys::cuMemPoolSetAttribute(pool, attr, &mut v as *mut u64 as *mut std::ffi::c_void) };
+        check_cu("cuMemPoolSetAttribute", r)
     }
 
     /// Restart [`Self::peak_memory`] from the memory in use now (after a sync, so that freed
@@ -299,11 +347,8 @@ impl CudaDevice {
             return Ok(());
         }
         self.synchronize()?;
-        let pool = self.default_pool()?;
-        let mut zero: u64 = 0;
-        // SAFETY: as above; setting USED_MEM_HIGH to 0 resets it to the current use.
-        let r = unsafe { sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, &mut zero as *mut u64 as *mut std::ffi::c_void) };
-        check_cu("cuMemPoolSetAttribute", r)
+        // Setting USED_MEM_HIGH to 0 resets it to the current use.
+        self.set_pool_attr(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0)
     }
 
     fn default_pool(&self) -> Result<sys::CUmemoryPool> {

@@ -62,6 +62,7 @@ mod matmul;
 mod rmsnorm;
 mod rope;
 mod sample;
+mod workspace;
 
 pub use attention::{attention_split_chunk, attention_splits, ATTENTION_SPLITS_MAX};
 pub use attention_train::{AttnTrainMask, VarlenAttn};
