@@ -8,12 +8,15 @@
 //!   (least recently used plans evicted), and a shape still cached makes no new plan.
 //! - (b) allocations: decoding more tokens after warm-up makes no new scratch buffers, and the
 //!   device allocations per decode step (`CudaDevice::alloc_count`) are counted and bounded.
+//! - (e) the Hopper attention's host work: the dynamic shared-memory attribute is set once per
+//!   kernel and the three tensor maps are encoded once per (buffer, shape). Needs the emulated
+//!   device at `STIC_CUDA_EMU_ARCH=90` (or an H100); elsewhere the test says so and passes.
 #![cfg(feature = "cuda")]
 
 mod common;
 
 use common::*;
-use stic::backend::cuda::{emulated_launch_count, Cuda, MATMUL_PLAN_CACHE_CAPACITY};
+use stic::backend::cuda::{emulated_launch_count, AttnFwdKernel, AttnTrainMask, Cuda, VarlenAttn, MATMUL_PLAN_CACHE_CAPACITY};
 use stic::backend::Backend;
 use stic::tensor::Tensor;
 
@@ -130,4 +133,62 @@ fn pool_keeps_memory_across_syncs() {
         Some(t) => assert_eq!(t, u64::MAX, "release threshold"),
         None => eprintln!("no memory pools on this driver: nothing to check"),
     }
+}
+
+/// (e) Two Hopper forwards over the same q, k, v buffers: the first sets the attribute once and
+/// encodes 3 tensor maps, the second neither; a third over a new shape (fewer rows of the same
+/// buffers) encodes 3 more. The counters are checked whether or not the launch itself succeeds
+/// (the host work precedes it); the launch's outcome is printed.
+#[test]
+fn hopper_attention_host_work_done_once() {
+    let Some(be) = cuda(Cuda::new) else { return };
+    let dev = be.device().clone();
+    if !dev.attention_hopper_available() {
+        use std::io::Write;
+        let (ma, mi) = dev.compute_capability();
+        let _ = writeln!(std::io::stdout().lock(), "skipped: the Hopper kernel could not run: the device is sm_{ma}{mi} (run under STIC_CUDA_EMU_ARCH=90)");
+        return;
+    }
+    let (h, hkv, d) = (2, 1, 64);
+    let t_max = 130;
+    let q = dev.zeros::<u16>(t_max * h * d).unwrap();
+    let k = dev.zeros::<u16>(t_max * hkv * d).unwrap();
+    let v = dev.zeros::<u16>(t_max * hkv * d).unwrap();
+    let mut out = dev.zeros::<u16>(t_max * h * d).unwrap();
+    let mut lse = dev.zeros::<f32>(t_max * h).unwrap();
+    let mut run = |t: usize| {
+        let cu = dev.htod(&[0u32, t as u32]).unwrap();
+        let cu_view = cu.as_view();
+        let batch = VarlenAttn { cu_seqlens: &cu_view, max_seqlen: t, n_heads: h, n_kv_heads: hkv, head_dim: d, scale: 0.125, mask: AttnTrainMask::Causal { window: None } };
+        let (a0, e0) = (dev.dyn_smem_attribute_sets(), dev.tensor_map_encodes());
+        let r = dev.attention_fwd_kernel(
+            AttnFwdKernel::Hopper,
+            &q.slice(..t * h * d),
+            &k.slice(..t * hkv * d),
+            &v.slice(..t * hkv * d),
+            &batch,
+            &mut out.slice_mut(..t * h * d),
+            &mut lse.slice_mut(..t * h),
+        );
+        let encode_missing = matches!(&r, Err(e) if e.to_string().contains("no cuTensorMapEncodeTiled"));
+        if let Err(e) = &r {
+            eprintln!("T={t}: the Hopper kernel could not run: {e}");
+        }
+        (dev.dyn_smem_attribute_sets() - a0, dev.tensor_map_encodes() - e0, encode_missing)
+    };
+    let (sets, encodes, encode_missing) = run(t_max);
+    if encode_missing {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), "skipped: the Hopper kernel could not run: the driver has no cuTensorMapEncodeTiled (the emulated one gains it with the TMA emulation)");
+        return;
+    }
+    let first = (sets, encodes);
+    let mut run = |t| {
+        let (a, e, _) = run(t);
+        (a, e)
+    };
+    assert!(first.0 <= 1, "first call: the attribute set at most once (once unless an earlier test set it), got {}", first.0);
+    assert_eq!(first.1, 3, "first call: q, k and v tensor maps encoded");
+    assert_eq!(run(t_max), (0, 0), "second call, same buffers and shape: no attribute set, no encoding");
+    assert_eq!(run(t_max - 2), (0, 3), "a new shape: three new tensor maps, no attribute set");
 }

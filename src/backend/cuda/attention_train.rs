@@ -14,10 +14,9 @@
 //! last bits are not deterministic) and rounded to bf16 once; dk, dv are sums over the query
 //! heads of their kv group, rounded once.
 
-use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
-use super::{cuda_err, CudaDevice};
+use super::CudaDevice;
 use crate::error::{Error, Result};
 
 /// Threads per block of the forward and backward kernels (`AT_THREADS`).
@@ -175,12 +174,7 @@ fn bwd_smem(d: usize) -> usize {
 
 impl CudaDevice {
     fn attention_train_function(&self, func: &'static str, op: &'static str, smem: usize) -> Result<cudarc::driver::CudaFunction> {
-        let f = self.function("attention_train", func)?;
-        if smem > 48 * 1024 {
-            f.set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-                .map_err(|e| cuda_err(op, format!("{func}: {smem} bytes of dynamic shared memory"), e))?;
-        }
-        Ok(f)
+        self.function_with_smem(op, "attention_train", func, smem)
     }
 
     /// FlashAttention-2 forward: out[Ttot, H, D] (bf16) and lse[H, Ttot] (f32, natural log of the

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::sys::{self, CUdevice_attribute};
+use cudarc::driver::sys::{self, CUdevice_attribute, CUfunction_attribute_enum};
 use cudarc::driver::{CudaContext, CudaFunction, CudaViewMut, DevicePtr, DriverError, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 
@@ -73,6 +73,16 @@ pub struct CudaDevice {
     pub(super) workspace: Mutex<HashMap<(&'static str, std::any::TypeId), Box<dyn std::any::Any + Send>>>,
     /// How many buffers that cache has allocated.
     pub(super) scratch_allocs: AtomicU64,
+    /// The dynamic shared-memory attribute set on each kernel (bytes), so that it is set once per
+    /// kernel (and again only for a larger request) instead of on every launch.
+    dyn_smem: Mutex<HashMap<(&'static str, &'static str), usize>>,
+    /// How many times that attribute has been set (a counter for the tests).
+    dyn_smem_sets: AtomicU64,
+    /// Encoded TMA tensor maps by (device address, rows, cols) (`attention_hopper.rs`): a map
+    /// depends on nothing else, so a buffer reallocated at the same address reuses it correctly.
+    pub(super) tensor_maps: Mutex<HashMap<(u64, usize, usize), sys::CUtensorMap>>,
+    /// How many tensor maps have been encoded (a counter for the tests).
+    pub(super) tensor_map_encodes: AtomicU64,
 }
 
 /// True when `STIC_CUDA_SYNC=1`: see [`CudaDevice::sync_each_op`].
@@ -135,6 +145,10 @@ impl CudaDevice {
             allocs: AtomicU64::new(0),
             workspace: Mutex::new(HashMap::new()),
             scratch_allocs: AtomicU64::new(0),
+            dyn_smem: Mutex::new(HashMap::new()),
+            dyn_smem_sets: AtomicU64::new(0),
+            tensor_maps: Mutex::new(HashMap::new()),
+            tensor_map_encodes: AtomicU64::new(0),
         };
         if dev.ctx.has_async_alloc() {
             // Keep freed memory in the pool across syncs (see `pool_release_threshold`).
@@ -174,6 +188,35 @@ impl CudaDevice {
         let f = m.load_function(func).map_err(|e| cuda_err(func, format!("kernels/{module}.cu"), e))?;
         cache.insert((module, func), f.clone());
         Ok(f)
+    }
+
+    /// [`Self::function`] for a launch with `smem` bytes of dynamic shared memory: above the
+    /// default 48 KiB, the kernel's MAX_DYNAMIC_SHARED_SIZE_BYTES attribute is raised to `smem`,
+    /// once per kernel (again only when a later launch needs more). Errors name `op`.
+    pub(crate) fn function_with_smem(&self, op: &str, module: &'static str, func: &'static str, smem: usize) -> Result<CudaFunction> {
+        let f = self.function(module, func)?;
+        if smem <= 48 * 1024 {
+            return Ok(f);
+        }
+        let mut set = self.dyn_smem.lock().unwrap_or_else(|p| p.into_inner());
+        if set.get(&(module, func)).is_some_and(|&s| s >= smem) {
+            return Ok(f);
+        }
+        f.set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+            .map_err(|e| cuda_err(op, format!("{func}: {smem} bytes of dynamic shared memory"), e))?;
+        self.dyn_smem_sets.fetch_add(1, Ordering::Relaxed);
+        set.insert((module, func), smem);
+        Ok(f)
+    }
+
+    /// How many times a kernel's dynamic shared-memory attribute has been set on this device.
+    pub fn dyn_smem_attribute_sets(&self) -> u64 {
+        self.dyn_smem_sets.load(Ordering::Relaxed)
+    }
+
+    /// How many TMA tensor maps have been encoded on this device (`attention_hopper`).
+    pub fn tensor_map_encodes(&self) -> u64 {
+        self.tensor_map_encodes.load(Ordering::Relaxed)
     }
 
     /// A 1-D launch for a grid-stride kernel over `n` elements: `block` threads per block and
