@@ -70,7 +70,7 @@ pub struct CudaDevice {
     /// training step allocates nothing once warm.
     allocs: AtomicU64,
     /// The scratch-buffer cache (`workspace.rs`): by (purpose, element type), a `CudaSlice<T>`.
-    pub(super) workspace: Mutex<HashMap<(&'static str, std::any::TypeId), Box<dyn std::any::Any + Send>>>,
+    pub(super) workspace: Mutex<ScratchCache>,
     /// How many buffers that cache has allocated.
     pub(super) scratch_allocs: AtomicU64,
     /// The dynamic shared-memory attribute set on each kernel (bytes), so that it is set once per
@@ -84,6 +84,9 @@ pub struct CudaDevice {
     /// How many tensor maps have been encoded (a counter for the tests).
     pub(super) tensor_map_encodes: AtomicU64,
 }
+
+/// The scratch-buffer cache's map: by (purpose, element type), a boxed `CudaSlice<T>`.
+pub(super) type ScratchCache = HashMap<(&'static str, std::any::TypeId), Box<dyn std::any::Any + Send>>;
 
 /// True when `STIC_CUDA_SYNC=1`: see [`CudaDevice::sync_each_op`].
 fn sync_each_op_from_env() -> bool {
