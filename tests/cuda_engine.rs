@@ -8,6 +8,7 @@
 //!   (least recently used plans evicted), and a shape still cached makes no new plan.
 //! - (b) allocations: decoding more tokens after warm-up makes no new scratch buffers, and the
 //!   device allocations per decode step (`CudaDevice::alloc_count`) are counted and bounded.
+//! - (c) the device's ops run on a created stream, not the legacy NULL stream.
 //! - (e) the Hopper attention's host work: the dynamic shared-memory attribute is set once per
 //!   kernel and the three tensor maps are encoded once per (buffer, shape). Needs the emulated
 //!   device at `STIC_CUDA_EMU_ARCH=90` (or an H100); elsewhere the test says so and passes.
@@ -191,4 +192,11 @@ fn hopper_attention_host_work_done_once() {
     assert_eq!(first.1, 3, "first call: q, k and v tensor maps encoded");
     assert_eq!(run(t_max), (0, 0), "second call, same buffers and shape: no attribute set, no encoding");
     assert_eq!(run(t_max - 2), (0, 3), "a new shape: three new tensor maps, no attribute set");
+}
+
+/// (c) The device's stream is a created one (the legacy NULL stream is the null handle).
+#[test]
+fn ops_run_on_a_created_stream() {
+    let Some(be) = cuda(Cuda::new) else { return };
+    assert!(!be.device().stream().cu_stream().is_null(), "the device's stream is the legacy NULL stream");
 }

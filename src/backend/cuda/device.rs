@@ -44,8 +44,8 @@ fn device_count() -> std::result::Result<usize, String> {
     }
 }
 
-/// One CUDA context (the primary context of device `ordinal`) with one stream on which every op
-/// is issued in order, and every `kernels/*.cu` module loaded.
+/// One CUDA context (the primary context of device `ordinal`) with one created stream on which
+/// every op is issued in order, and every `kernels/*.cu` module loaded.
 ///
 /// The ops are methods on this type (see `cast.rs`); they are asynchronous on the stream, and
 /// copying a result to the host (`dtoh`) waits for them.
@@ -115,7 +115,15 @@ impl CudaDevice {
             return Err(cuda_err(op, format!("device {ordinal}"), format!("only {n} CUDA device(s) present")));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| cuda_err(op, format!("device {ordinal}"), e))?;
-        let stream = ctx.default_stream();
+        // A created stream, not the legacy NULL stream (which synchronises with every other
+        // blocking stream of the context, e.g. a library's or a profiler's).
+        // cudarc's event tracking (an event recorded at every use of every buffer, for ordering
+        // across streams) is off: every buffer of this device is allocated, used and freed on
+        // this one stream, in order.
+        // SAFETY: the conditions cudarc lists (no use on another stream before the allocation or
+        // after the free, no concurrent writes from two streams) hold with a single stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| cuda_err(op, "cuStreamCreate", e))?;
         let name = ctx.name().unwrap_or_else(|_| "?".into());
         let compute_capability = ctx.compute_capability().map_err(|e| cuda_err(op, "compute capability", e))?;
         let num_sms = ctx
