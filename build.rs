@@ -248,5 +248,88 @@ fn compile(nvcc: &Path, src: &Path, include: &Path, kout: &Path) -> Result<Strin
             println!("cargo:warning={stem}.cu: {}", line.trim());
         }
     }
+    check_register_budgets(&stem, &log)?;
     Ok(log)
+}
+
+/// A register assumption a kernel states, checked against ptxas's report of every build.
+struct RegisterBudget {
+    /// Kernel file stem and entry function.
+    file: &'static str,
+    func: &'static str,
+    /// The target it applies to (`sm_90a`), or None for every target.
+    arch: Option<&'static str>,
+    /// The exact register count at entry the kernel relies on, if any.
+    regs: Option<u32>,
+    /// Why (the kernel's own statement).
+    why: &'static str,
+}
+
+/// What the kernels assume of ptxas (issue #15 (h)). Every listed kernel must also not spill.
+/// - attention_hopper.cu: `__launch_bounds__(384, 1)` caps the kernel at 65536 / 384 = 170,
+///   rounded down to 168 registers (the allocation granule is 8); `setmaxnreg.dec 40` (producer
+///   warpgroup) and `setmaxnreg.inc 232` (two consumer warpgroups) redistribute exactly that:
+///   128 x 40 + 256 x 232 = 64,512 <= 65,536. A different count at entry breaks the budget.
+/// - attention_train.cu `attention_bwd_d128`: 255 registers (the most a thread can have) with no
+///   min-blocks bound; a spill there would be silent local-memory traffic in the hottest loop.
+const REGISTER_BUDGETS: &[RegisterBudget] = &[
+    RegisterBudget { file: "attention_hopper", func: "attention_fwd_hopper_d64", arch: Some("sm_90a"), regs: Some(168), why: "setmaxnreg.dec 40 / .inc 232 redistribute a 168-register entry budget (kernels/attention_hopper.cu)" },
+    RegisterBudget { file: "attention_hopper", func: "attention_fwd_hopper_d128", arch: Some("sm_90a"), regs: Some(168), why: "setmaxnreg.dec 40 / .inc 232 redistribute a 168-register entry budget (kernels/attention_hopper.cu)" },
+    RegisterBudget { file: "attention_train", func: "attention_bwd_d128", arch: None, regs: None, why: "255 registers with no min-blocks bound must not spill (kernels/attention_train.cu)" },
+];
+
+/// Per (entry function, target) of a ptxas `-v` log: the registers used and the spill bytes
+/// (stores + loads).
+fn ptxas_entries(log: &str) -> Vec<(String, String, Option<u32>, Option<u64>)> {
+    let mut out: Vec<(String, String, Option<u32>, Option<u64>)> = Vec::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let func = rest.split('\'').next().unwrap_or("").to_string();
+            let arch = line.split("for '").nth(1).unwrap_or("").trim_end_matches(['\'', '.']).to_string();
+            out.push((func, arch, None, None));
+        } else if let Some(e) = out.last_mut() {
+            let num_before = |key: &str| -> Option<u64> { line.split(key).next()?.split_whitespace().last()?.parse().ok() };
+            if line.contains("bytes spill stores") {
+                e.3 = Some(num_before(" bytes spill stores").unwrap_or(0) + num_before(" bytes spill loads").unwrap_or(0));
+            }
+            if let Some(rest) = line.split("Used ").nth(1) {
+                e.2 = rest.split_whitespace().next().and_then(|n| n.parse().ok());
+            }
+        }
+    }
+    out
+}
+
+/// Fails the build when ptxas's report for `stem` departs from a [`REGISTER_BUDGETS`] entry.
+fn check_register_budgets(stem: &str, log: &str) -> Result<(), String> {
+    let entries = ptxas_entries(log);
+    let mut errors = String::new();
+    for b in REGISTER_BUDGETS.iter().filter(|b| b.file == stem) {
+        let mut seen = false;
+        for (func, arch, regs, spill) in &entries {
+            if func != b.func || b.arch.is_some_and(|a| a != arch) {
+                continue;
+            }
+            seen = true;
+            if let (Some(want), Some(got)) = (b.regs, regs) {
+                if want != *got {
+                    errors.push_str(&format!("kernels/{stem}.cu: {func} ({arch}): ptxas gives {got} registers at entry, the kernel assumes {want}: {}\n", b.why));
+                }
+            }
+            if b.regs.is_some() && regs.is_none() {
+                errors.push_str(&format!("kernels/{stem}.cu: {func} ({arch}): no register count in ptxas's report\n"));
+            }
+            if spill.unwrap_or(0) > 0 {
+                errors.push_str(&format!("kernels/{stem}.cu: {func} ({arch}): ptxas spills {} bytes (stores + loads): {}\n", spill.unwrap_or(0), b.why));
+            }
+        }
+        if !seen {
+            errors.push_str(&format!("kernels/{stem}.cu: no ptxas report for {}{} (is -Xptxas=-v still passed?)\n", b.func, b.arch.map(|a| format!(" on {a}")).unwrap_or_default()));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("ptxas's register report departs from what the kernels assume (issue #15 (h)):\n{errors}"))
+    }
 }

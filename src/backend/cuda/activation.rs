@@ -2,7 +2,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
-use super::{cuda_err, CudaDevice};
+use super::CudaDevice;
 use crate::error::{Error, Result};
 
 const BLOCK: u32 = 256;
@@ -58,7 +58,7 @@ impl CudaDevice {
         launch.arg(x).arg(dy).arg(&n64);
         // SAFETY: the kernel (const u16* x, u16* dy, u64 n) touches x[0, n) and dy[0, n) (both of
         // length n, checked); dy is a distinct &mut view.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, format!("x, dy [{n}]"), e))?;
+        self.launched(op, format!("x, dy [{n}]"), unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 
@@ -74,7 +74,7 @@ impl CudaDevice {
         let mut launch = self.stream().launch_builder(&f);
         launch.arg(x).arg(&n64);
         // SAFETY: the kernel (u16* x, u64 n) touches x[0, n) only, n = the view's length.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, format!("x [{n}]"), e))?;
+        self.launched(op, format!("x [{n}]"), unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 
@@ -136,7 +136,7 @@ impl CudaDevice {
         // SAFETY: swiglu_backward(const u16* gate, const u16* up, const u16* dout, u16* dgate,
         // u16* dup, u64 n) touches [0, n) of each (their lengths, checked); dgate and dup are
         // distinct &mut views.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, format!("[{n}]"), e))?;
+        self.launched(op, format!("[{n}]"), unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 
@@ -165,7 +165,7 @@ impl CudaDevice {
         // which is inside both views (flat: T = 1, in_stride = F = n; fused: gate_up holds
         // T*2F and up starts F later), and writes out[0, T*F) = out's length. out is a distinct
         // &mut view.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, format!("[{t}, {f}] (input row stride {in_stride})"), e))?;
+        self.launched(op, format!("[{t}, {f}] (input row stride {in_stride})"), unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 }

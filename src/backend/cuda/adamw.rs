@@ -2,7 +2,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
-use super::{cuda_err, CudaDevice};
+use super::CudaDevice;
 use crate::error::{Error, Result};
 use crate::optim::AdamWConfig;
 
@@ -70,7 +70,7 @@ impl CudaDevice {
         // const float* decay, const float* step_size, u32 S, float x7) touches p, g, m, v at
         // [0, n) (their lengths, checked) and the three S-element tables; p, m, v are distinct
         // &mut views.
-        unsafe { launch.launch(cfg_launch) }.map_err(|e| cuda_err(op, format!("{} tensors, {n} elements", tensors.len()), e))?;
+        self.launched(op, format!("{} tensors, {n} elements", tensors.len()), unsafe { launch.launch(cfg_launch) })?;
         Ok(())
     }
 }
@@ -90,16 +90,16 @@ impl CudaDevice {
         }
         let blocks = n.div_ceil(GS_THREADS as usize).min(4 * self.num_sms().max(1) as usize) as u32;
         // SAFETY: every one of the `blocks` partials is written by its block before the copy.
-        let mut partial = unsafe { self.alloc_uninit::<f64>(blocks as usize) }?;
+        let mut partial = unsafe { self.scratch::<f64>("grad_sumsq.partial", blocks as usize) }?;
         let f = self.function("adamw", op)?;
         let cfg = cudarc::driver::LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (GS_THREADS, 1, 1), shared_mem_bytes: 0 };
         let n64 = n as u64;
         let mut launch = self.stream().launch_builder(&f);
-        launch.arg(g).arg(&n64).arg(&mut partial);
+        launch.arg(g).arg(&n64).arg(&mut *partial);
         // SAFETY: grad_sumsq(const float* g, u64 n, double* partial) reads g[0, n) (its length)
         // and block b writes partial[b], b < blocks (allocated); block size GS_THREADS as the
         // kernel's shared array assumes.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, format!("[{n}]"), e))?;
-        Ok(self.dtoh(&partial)?.iter().sum())
+        self.launched(op, format!("[{n}]"), unsafe { launch.launch(cfg) })?;
+        Ok(self.dtoh(&partial.view())?.iter().sum())
     }
 }

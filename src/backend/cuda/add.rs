@@ -2,7 +2,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
-use super::{cuda_err, CudaDevice};
+use super::CudaDevice;
 use crate::error::{Error, Result};
 
 const BLOCK: u32 = 256;
@@ -26,7 +26,7 @@ impl CudaDevice {
         launch.arg(x).arg(y).arg(&n64).arg(&p64);
         // SAFETY: add(u16* x, const u16* y, u64 n, u64 period) touches x[0, n) and y[0, period)
         // only (grid-stride loop bounded by n, index modulo period), the views' lengths.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, format!("x [{n}] += y [{p}]"), e))?;
+        self.launched(op, format!("x [{n}] += y [{p}]"), unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 }

@@ -9,7 +9,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
-use super::{cuda_err, CudaDevice};
+use super::CudaDevice;
 use crate::error::{Error, Result};
 
 /// Threads per block of the kernel (`ATTN_THREADS`; it requires exactly this many).
@@ -226,7 +226,7 @@ impl CudaDevice {
         // `slot`, after checking on the device that slot < S and kv_start <= kv_end <= cap, i.e.
         // within S*cap*Hkv*D = k.len() = v.len(). HB divides H/Hkv and is <= 8, D % 8 == 0 and
         // D <= 128 as the kernel requires. out is a distinct &mut view, so it overlaps no input.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, msg, e))?;
+        self.launched(op, msg, unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 
@@ -254,14 +254,15 @@ impl CudaDevice {
         // SAFETY (both): attention_split writes, for every valid row with a non-empty range, the
         // entries (i, h, z) of every head h and every non-empty split z < ceil(len / chunk);
         // attention_combine reads exactly those (same rows, same chunk formula) and nothing else.
-        let mut ws_acc = unsafe { self.alloc_uninit::<f32>(acc_len) }?;
-        let mut ws_ml = unsafe { self.alloc_uninit::<f32>(ml_len) }?;
+        let mut ws_acc = unsafe { self.scratch::<f32>("attention_split.acc", acc_len) }?;
+        let mut ws_ml = unsafe { self.scratch::<f32>("attention_split.ml", ml_len) }?;
         let (h32, hkv32, d32, cap32, s32, hb32, sp32) = (h as u32, hkv as u32, d as u32, cap as u32, s as u32, hb as u32, splits as u32);
         {
             let f = self.function("attention", "attention_split")?;
             let cfg = LaunchConfig { grid_dim: (n as u32, (h / hb) as u32, sp32), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
             let mut launch = self.stream().launch_builder(&f);
-            launch.arg(q).arg(k).arg(v).arg(rows).arg(&mut ws_acc).arg(&mut ws_ml);
+            let (mut acc_v, mut ml_v) = (ws_acc.view_mut(), ws_ml.view_mut());
+            launch.arg(q).arg(k).arg(v).arg(rows).arg(&mut acc_v).arg(&mut ml_v);
             launch.arg(&h32).arg(&hkv32).arg(&d32).arg(&cap32).arg(&s32).arg(&hb32).arg(&sp32).arg(&scale);
             // SAFETY: attention_split(const u16* q, const u16* k, const u16* v, const u32* rows,
             // float* ws_acc, float* ws_ml, u32 H, u32 Hkv, u32 D, u32 cap, u32 S, u32 HB,
@@ -272,20 +273,21 @@ impl CudaDevice {
             // writes ws_acc[((i*H + h)*splits + z)*D, + D) and ws_ml[((i*H + h)*splits + z)*2, + 2)
             // for its heads h, within N*H*splits*D and N*H*splits*2 (their lengths). HB divides
             // H/Hkv and is <= 8, D % 8 == 0, D <= 128, splits <= 1024, as the kernel requires.
-            unsafe { launch.launch(cfg) }.map_err(|e| cuda_err("attention_split", &msg, e))?;
+            self.launched("attention_split", &msg, unsafe { launch.launch(cfg) })?;
         }
         let f = self.function("attention", "attention_combine")?;
         let total = heads * d;
         let n32 = n as u32;
         let mut launch = self.stream().launch_builder(&f);
-        launch.arg(rows).arg(&ws_acc).arg(&ws_ml).arg(out).arg(&n32).arg(&h32).arg(&d32).arg(&cap32).arg(&s32).arg(&sp32);
+        let (acc_v, ml_v) = (ws_acc.view(), ws_ml.view());
+        launch.arg(rows).arg(&acc_v).arg(&ml_v).arg(out).arg(&n32).arg(&h32).arg(&d32).arg(&cap32).arg(&s32).arg(&sp32);
         // SAFETY: attention_combine(const u32* rows, const float* ws_acc, const float* ws_ml,
         // u16* out, u32 N, u32 H, u32 D, u32 cap, u32 S, u32 splits), grid-stride over the
         // N*H*D = out.len() outputs: element (i, h, d) reads rows[3i, 3i + 3), and for a valid
         // non-empty row ws_ml[((i*H + h)*splits + z)*2, + 2) and ws_acc[((i*H + h)*splits + z)*D + d]
         // for z < ceil(len / chunk) <= splits (written by attention_split, stream-ordered before).
-        // out is a distinct &mut view; the workspace is fresh.
-        unsafe { launch.launch(self.grid_stride_config(total, 256)) }.map_err(|e| cuda_err("attention_combine", msg, e))?;
+        // out is a distinct &mut view; the workspace is this call's (scratch on loan).
+        self.launched("attention_combine", msg, unsafe { launch.launch(self.grid_stride_config(total, 256)) })?;
         Ok(())
     }
 }

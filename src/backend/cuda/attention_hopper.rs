@@ -105,7 +105,8 @@ fn bf16_tensor_map(op: &'static str, what: &str, ptr: sys::CUdeviceptr, rows: us
     let mut map: sys::CUtensorMap = unsafe { std::mem::zeroed() };
     // SAFETY: every pointer refers to a live local array of the length the rank (2) implies
     // (globalStrides has rank - 1 entries); the encoding only reads them and writes `map`.
-    let r = unsafe {
+    // cudarc panics when the driver lacks the symbol (a driver before CUDA 12): an error instead.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
         sys::cuTensorMapEncodeTiled(
             &mut map,
             sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
@@ -120,12 +121,34 @@ fn bf16_tensor_map(op: &'static str, what: &str, ptr: sys::CUdeviceptr, rows: us
             sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
             sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
         )
-    };
+    }))
+    .map_err(|_| cuda_err(op, format!("{what} [{rows}, {cols}] bf16"), "the CUDA driver has no cuTensorMapEncodeTiled"))?;
     r.result().map_err(|e| cuda_err(op, format!("cuTensorMapEncodeTiled of {what} [{rows}, {cols}] bf16"), e))?;
     Ok(TensorMap(map))
 }
 
+/// The most tensor maps a device keeps; beyond it the cache starts over (a training run sees a
+/// few buffers per layer and packed length, so this is rarely reached).
+const TENSOR_MAP_CACHE: usize = 1024;
+
 impl CudaDevice {
+    /// [`bf16_tensor_map`], encoded once per (address, rows, cols) and then taken from the
+    /// device's cache (`CudaDevice::tensor_maps`).
+    fn bf16_tensor_map(&self, op: &'static str, what: &str, ptr: sys::CUdeviceptr, rows: usize, cols: usize) -> Result<TensorMap> {
+        let key = (ptr, rows, cols);
+        let mut cache = self.tensor_maps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = cache.get(&key) {
+            return Ok(TensorMap(*m));
+        }
+        let m = bf16_tensor_map(op, what, ptr, rows, cols)?;
+        self.tensor_map_encodes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if cache.len() >= TENSOR_MAP_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, m.0);
+        Ok(m)
+    }
+
     /// Whether this device can run the Hopper attention kernel (compute capability 9.x: H100,
     /// H200; the kernel file carries sm_90a code).
     pub fn attention_hopper_available(&self) -> bool {
@@ -207,14 +230,12 @@ impl CudaDevice {
         let (pq, _sq) = q.device_ptr(stream);
         let (pk, _sk) = k.device_ptr(stream);
         let (pv, _sv) = v.device_ptr(stream);
-        let tm_q = bf16_tensor_map(op, "q", pq, dims.t, h * d)?;
-        let tm_k = bf16_tensor_map(op, "k", pk, dims.t, hkv * d)?;
-        let tm_v = bf16_tensor_map(op, "v", pv, dims.t, hkv * d)?;
+        let tm_q = self.bf16_tensor_map(op, "q", pq, dims.t, h * d)?;
+        let tm_k = self.bf16_tensor_map(op, "k", pk, dims.t, hkv * d)?;
+        let tm_v = self.bf16_tensor_map(op, "v", pv, dims.t, hkv * d)?;
 
         let (func, smem) = (if d == 64 { "attention_fwd_hopper_d64" } else { "attention_fwd_hopper_d128" }, hopper_smem_bytes(d));
-        let f = self.function("attention_hopper", func)?;
-        f.set_attribute(sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-            .map_err(|e| cuda_err(op, format!("{func}: {smem} bytes of dynamic shared memory"), e))?;
+        let f = self.function_with_smem(op, "attention_hopper", func, smem)?;
         let grid = (batch.max_seqlen.div_ceil(HP_TILE).min(i32::MAX as usize) as u32, h as u32, dims.b as u32);
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (HP_THREADS, 1, 1), shared_mem_bytes: smem as u32 };
         let (t32, h32, hkv32) = (dims.t as u32, h as u32, hkv as u32);
@@ -235,7 +256,7 @@ impl CudaDevice {
         // cu[b], cu[b + 1] (B + 1 elements checked), sp[2b], sp[2b + 1] only when has_sp (2B
         // checked), and writes rows of sequence b clamped to [0, T) of out (T*H*D) and lse (H*T).
         // out and lse are distinct &mut views, overlapping no input.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, msg, e))?;
+        self.launched(op, msg, unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 }

@@ -14,10 +14,9 @@
 //! last bits are not deterministic) and rounded to bf16 once; dk, dv are sums over the query
 //! heads of their kv group, rounded once.
 
-use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
-use super::{cuda_err, CudaDevice};
+use super::CudaDevice;
 use crate::error::{Error, Result};
 
 /// Threads per block of the forward and backward kernels (`AT_THREADS`).
@@ -175,12 +174,7 @@ fn bwd_smem(d: usize) -> usize {
 
 impl CudaDevice {
     fn attention_train_function(&self, func: &'static str, op: &'static str, smem: usize) -> Result<cudarc::driver::CudaFunction> {
-        let f = self.function("attention_train", func)?;
-        if smem > 48 * 1024 {
-            f.set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-                .map_err(|e| cuda_err(op, format!("{func}: {smem} bytes of dynamic shared memory"), e))?;
-        }
-        Ok(f)
+        self.function_with_smem(op, "attention_train", func, smem)
     }
 
     /// FlashAttention-2 forward: out[Ttot, H, D] (bf16) and lse[H, Ttot] (f32, natural log of the
@@ -237,7 +231,7 @@ impl CudaDevice {
         // (B + 1 elements checked), sp[2b], sp[2b + 1] only when has_sp (2B elements checked), and
         // rows of sequence b clamped to [0, T): q, out within T*H*D, k, v within T*Hkv*D, lse within
         // H*T (all checked above). out and lse are distinct &mut views, overlapping no input.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, msg, e))?;
+        self.launched(op, msg, unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 
@@ -307,7 +301,7 @@ impl CudaDevice {
         // SAFETY: attention_bwd_preprocess(const u16* out, const u16* dout, float* delta, u32 T,
         // u32 H, u32 D), grid ceil(T*H/4) of 128 threads: warp w < T*H reads out and dout
         // [w*D, w*D + D) (T*H*D elements, checked) and writes delta[h*T + i] (T*H elements).
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, &msg, e))?;
+        self.launched(op, &msg, unsafe { launch.launch(cfg) })?;
 
         let (func, smem) = (if d == 64 { "attention_bwd_d64" } else { "attention_bwd_d128" }, bwd_smem(d));
         let f = self.attention_train_function(func, op, smem)?;
@@ -323,7 +317,7 @@ impl CudaDevice {
         // T*H*D, k, v, dk, dv within T*Hkv*D, lse and delta within H*T (checked / allocated above);
         // cu and sp as in the forward. dk and dv are distinct &mut views; dq_acc and delta are
         // private.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, &msg, e))?;
+        self.launched(op, &msg, unsafe { launch.launch(cfg) })?;
 
         let f = self.function("attention_train", "attention_bwd_dq")?;
         let cfg = self.grid_stride_config(n, 256);
@@ -332,7 +326,7 @@ impl CudaDevice {
         launch.arg(&dq_acc).arg(dq).arg(&n64);
         // SAFETY: attention_bwd_dq(const float* acc, u16* dq, u64 n): grid-stride over e < n,
         // reads acc[e] (n elements allocated) and writes dq[e] (dq.len() == n, checked).
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, &msg, e))?;
+        self.launched(op, &msg, unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 }

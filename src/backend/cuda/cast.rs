@@ -2,7 +2,7 @@
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
-use super::{cuda_err, CudaDevice};
+use super::CudaDevice;
 use crate::error::{Error, Result};
 
 const BLOCK: u32 = 256;
@@ -49,7 +49,7 @@ impl CudaDevice {
         launch.arg(x).arg(y).arg(&n64);
         // SAFETY: the kernel takes (const in*, out*, u64 n) and touches elements [0, n) of each,
         // both of which hold n elements (checked above).
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, format!("[{n}] -> [{n}]"), e))?;
+        self.launched(op, format!("[{n}] -> [{n}]"), unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 }

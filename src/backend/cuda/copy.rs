@@ -2,7 +2,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
-use super::{cuda_err, rows_of, CudaDevice};
+use super::{rows_of, CudaDevice};
 use crate::error::{Error, Result};
 
 const BLOCK: u32 = 128;
@@ -29,7 +29,7 @@ impl CudaDevice {
         // SAFETY: scatter_rows(const u16* src, u16* dst, const u32* idx, u32 W, u64 R) reads
         // idx[0, N) (N = grid) and src[0, N*W), and writes dst rows idx[i] < R only (others are
         // skipped): all within the views checked above; src and dst are distinct borrows.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, format!("src [{n}, {width}] into dst [{r}, {width}]"), e))?;
+        self.launched(op, format!("src [{n}, {width}] into dst [{r}, {width}]"), unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 
@@ -53,7 +53,7 @@ impl CudaDevice {
         // SAFETY: concat_cols(const u16* src, u32 Cs, u16* dst, u32 Cd, u32 offset) copies row r
         // (r < R = grid) of Cs elements to dst[r*Cd + offset, +Cs), inside dst because
         // offset + Cs <= Cd (checked); src and dst are distinct borrows.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, format!("src [{r}, {src_cols}] into dst [{r}, {dst_cols}] at {offset}"), e))?;
+        self.launched(op, format!("src [{r}, {src_cols}] into dst [{r}, {dst_cols}] at {offset}"), unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 }

@@ -1,10 +1,11 @@
 //! [`CudaDevice`]: one CUDA context on one GPU, its stream and the embedded kernel modules.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::sys::{self, CUdevice_attribute};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
+use cudarc::driver::sys::{self, CUdevice_attribute, CUfunction_attribute_enum};
+use cudarc::driver::{CudaContext, CudaFunction, CudaViewMut, DevicePtr, DriverError, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 
 use super::{cuda_err, kernels};
@@ -43,8 +44,8 @@ fn device_count() -> std::result::Result<usize, String> {
     }
 }
 
-/// One CUDA context (the primary context of device `ordinal`) with one stream on which every op
-/// is issued in order, and every `kernels/*.cu` module loaded.
+/// One CUDA context (the primary context of device `ordinal`) with one created stream on which
+/// every op is issued in order, and every `kernels/*.cu` module loaded.
 ///
 /// The ops are methods on this type (see `cast.rs`); they are asynchronous on the stream, and
 /// copying a result to the host (`dtoh`) waits for them.
@@ -58,6 +59,38 @@ pub struct CudaDevice {
     compute_capability: (i32, i32),
     /// cuBLASLt (handle, workspace, plan cache), created by the first `matmul` (`matmul.rs`).
     pub(super) blas: OnceLock<super::matmul::Blas>,
+    /// `STIC_CUDA_SYNC=1` at creation (or [`Self::set_sync_each_op`]): wait for the stream after
+    /// every kernel launch and every engine op, so that an asynchronous fault is reported by the
+    /// op that caused it rather than by a later sync.
+    sync_each_op: AtomicBool,
+    /// How many of those synchronisations have run (a counter for the tests).
+    op_syncs: AtomicU64,
+    /// How many device buffers this crate has allocated on this device (`htod`, `zeros`,
+    /// `alloc_uninit`: every allocation goes through them): the tests' check that a decode or
+    /// training step allocates nothing once warm.
+    allocs: AtomicU64,
+    /// The scratch-buffer cache (`workspace.rs`): by (purpose, element type), a `CudaSlice<T>`.
+    pub(super) workspace: Mutex<ScratchCache>,
+    /// How many buffers that cache has allocated.
+    pub(super) scratch_allocs: AtomicU64,
+    /// The dynamic shared-memory attribute set on each kernel (bytes), so that it is set once per
+    /// kernel (and again only for a larger request) instead of on every launch.
+    dyn_smem: Mutex<HashMap<(&'static str, &'static str), usize>>,
+    /// How many times that attribute has been set (a counter for the tests).
+    dyn_smem_sets: AtomicU64,
+    /// Encoded TMA tensor maps by (device address, rows, cols) (`attention_hopper.rs`): a map
+    /// depends on nothing else, so a buffer reallocated at the same address reuses it correctly.
+    pub(super) tensor_maps: Mutex<HashMap<(u64, usize, usize), sys::CUtensorMap>>,
+    /// How many tensor maps have been encoded (a counter for the tests).
+    pub(super) tensor_map_encodes: AtomicU64,
+}
+
+/// The scratch-buffer cache's map: by (purpose, element type), a boxed `CudaSlice<T>`.
+pub(super) type ScratchCache = HashMap<(&'static str, std::any::TypeId), Box<dyn std::any::Any + Send>>;
+
+/// True when `STIC_CUDA_SYNC=1`: see [`CudaDevice::sync_each_op`].
+fn sync_each_op_from_env() -> bool {
+    std::env::var_os("STIC_CUDA_SYNC").is_some_and(|v| v == "1")
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -82,7 +115,15 @@ impl CudaDevice {
             return Err(cuda_err(op, format!("device {ordinal}"), format!("only {n} CUDA device(s) present")));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| cuda_err(op, format!("device {ordinal}"), e))?;
-        let stream = ctx.default_stream();
+        // A created stream, not the legacy NULL stream (which synchronises with every other
+        // blocking stream of the context, e.g. a library's or a profiler's).
+        // cudarc's event tracking (an event recorded at every use of every buffer, for ordering
+        // across streams) is off: every buffer of this device is allocated, used and freed on
+        // this one stream, in order.
+        // SAFETY: the conditions cudarc lists (no use on another stream before the allocation or
+        // after the free, no concurrent writes from two streams) hold with a single stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| cuda_err(op, "cuStreamCreate", e))?;
         let name = ctx.name().unwrap_or_else(|_| "?".into());
         let compute_capability = ctx.compute_capability().map_err(|e| cuda_err(op, "compute capability", e))?;
         let num_sms = ctx
@@ -101,7 +142,30 @@ impl CudaDevice {
             })?;
             modules.insert(kname, module);
         }
-        Ok(CudaDevice { ctx, stream, modules, functions: Mutex::new(HashMap::new()), num_sms, name, compute_capability, blas: OnceLock::new() })
+        let dev = CudaDevice {
+            ctx,
+            stream,
+            modules,
+            functions: Mutex::new(HashMap::new()),
+            num_sms,
+            name,
+            compute_capability,
+            blas: OnceLock::new(),
+            sync_each_op: AtomicBool::new(sync_each_op_from_env()),
+            op_syncs: AtomicU64::new(0),
+            allocs: AtomicU64::new(0),
+            workspace: Mutex::new(HashMap::new()),
+            scratch_allocs: AtomicU64::new(0),
+            dyn_smem: Mutex::new(HashMap::new()),
+            dyn_smem_sets: AtomicU64::new(0),
+            tensor_maps: Mutex::new(HashMap::new()),
+            tensor_map_encodes: AtomicU64::new(0),
+        };
+        if dev.ctx.has_async_alloc() {
+            // Keep freed memory in the pool across syncs (see `pool_release_threshold`).
+            dev.set_pool_attr(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, u64::MAX).map_err(|e| cuda_err(op, "memory pool release threshold", e))?;
+        }
+        Ok(dev)
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -137,6 +201,35 @@ impl CudaDevice {
         Ok(f)
     }
 
+    /// [`Self::function`] for a launch with `smem` bytes of dynamic shared memory: above the
+    /// default 48 KiB, the kernel's MAX_DYNAMIC_SHARED_SIZE_BYTES attribute is raised to `smem`,
+    /// once per kernel (again only when a later launch needs more). Errors name `op`.
+    pub(crate) fn function_with_smem(&self, op: &str, module: &'static str, func: &'static str, smem: usize) -> Result<CudaFunction> {
+        let f = self.function(module, func)?;
+        if smem <= 48 * 1024 {
+            return Ok(f);
+        }
+        let mut set = self.dyn_smem.lock().unwrap_or_else(|p| p.into_inner());
+        if set.get(&(module, func)).is_some_and(|&s| s >= smem) {
+            return Ok(f);
+        }
+        f.set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+            .map_err(|e| cuda_err(op, format!("{func}: {smem} bytes of dynamic shared memory"), e))?;
+        self.dyn_smem_sets.fetch_add(1, Ordering::Relaxed);
+        set.insert((module, func), smem);
+        Ok(f)
+    }
+
+    /// How many times a kernel's dynamic shared-memory attribute has been set on this device.
+    pub fn dyn_smem_attribute_sets(&self) -> u64 {
+        self.dyn_smem_sets.load(Ordering::Relaxed)
+    }
+
+    /// How many TMA tensor maps have been encoded on this device (`attention_hopper`).
+    pub fn tensor_map_encodes(&self) -> u64 {
+        self.tensor_map_encodes.load(Ordering::Relaxed)
+    }
+
     /// A 1-D launch for a grid-stride kernel over `n` elements: `block` threads per block and
     /// enough blocks to cover `n`, capped at 32 blocks per SM (the loop covers the rest).
     pub fn grid_stride_config(&self, n: usize, block: u32) -> LaunchConfig {
@@ -144,14 +237,39 @@ impl CudaDevice {
         LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
     }
 
+    /// How many device buffers this crate has allocated on this device so far (empty ones, which
+    /// allocate nothing, are not counted).
+    pub fn alloc_count(&self) -> u64 {
+        self.allocs.load(Ordering::Relaxed)
+    }
+    fn count_alloc(&self, n: usize) {
+        if n > 0 {
+            self.allocs.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Copies host data to a new device buffer.
     pub fn htod<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        self.count_alloc(data.len());
         let r = if data.is_empty() { self.stream.null() } else { self.stream.clone_htod(data) };
         r.map_err(|e| cuda_err("htod", format!("[{}]", data.len()), e))
     }
 
-    /// Copies a device buffer to the host, after everything queued before it on the stream.
-    pub fn dtoh<T: DeviceRepr>(&self, data: &CudaSlice<T>) -> Result<Vec<T>> {
+    /// Copies host data into an existing device buffer of the same length (stream-ordered: after
+    /// every op queued before it, so a buffer those ops read may be refilled for later ones).
+    pub fn htod_into<T: DeviceRepr>(&self, data: &[T], dst: &mut CudaViewMut<'_, T>) -> Result<()> {
+        if data.len() != dst.len() {
+            return Err(Error::shape("htod_into", format!("{} host elements into a device buffer of {}", data.len(), dst.len())));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.stream.memcpy_htod(data, dst).map_err(|e| cuda_err("htod_into", format!("[{}]", data.len()), e))
+    }
+
+    /// Copies a device buffer (or view) to the host, after everything queued before it on the
+    /// stream.
+    pub fn dtoh<T: DeviceRepr, S: DevicePtr<T>>(&self, data: &S) -> Result<Vec<T>> {
         if data.is_empty() {
             return Ok(Vec::new());
         }
@@ -160,6 +278,7 @@ impl CudaDevice {
 
     /// A new device buffer of `n` zeroed elements.
     pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
+        self.count_alloc(n);
         self.stream.alloc_zeros(n).map_err(|e| cuda_err("alloc_zeros", format!("[{n}]"), e))
     }
 
@@ -170,8 +289,42 @@ impl CudaDevice {
     /// The caller must write every element before reading it (typically by launching a kernel
     /// that writes all of them); until then the contents are garbage and may be invalid for `T`.
     pub unsafe fn alloc_uninit<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
+        self.count_alloc(n);
         let r = if n == 0 { self.stream.null() } else { unsafe { self.stream.alloc(n) } };
         r.map_err(|e| cuda_err("alloc", format!("[{n}]"), e))
+    }
+
+    /// Whether every op is followed by a stream synchronisation (`STIC_CUDA_SYNC=1`).
+    pub fn sync_each_op(&self) -> bool {
+        self.sync_each_op.load(Ordering::Relaxed)
+    }
+    /// Turns the `STIC_CUDA_SYNC` mode on or off for this device (tests; the CLI uses the env).
+    pub fn set_sync_each_op(&self, on: bool) {
+        self.sync_each_op.store(on, Ordering::Relaxed);
+    }
+    /// How many synchronisations the `STIC_CUDA_SYNC` mode has run on this device.
+    pub fn op_sync_count(&self) -> u64 {
+        self.op_syncs.load(Ordering::Relaxed)
+    }
+
+    /// After launching a kernel for `op`: a launch error becomes [`Error::Cuda`] naming `op` and
+    /// `shapes`; then [`Self::after_op`].
+    pub(crate) fn launched<T>(&self, op: &str, shapes: impl std::fmt::Display, r: std::result::Result<T, DriverError>) -> Result<()> {
+        match r {
+            Err(e) => Err(cuda_err(op, shapes, e)),
+            Ok(_) => self.after_op(op, shapes),
+        }
+    }
+
+    /// The end of `op`: in the `STIC_CUDA_SYNC` mode, waits for the stream and reports a fault
+    /// found there as `op`'s (an asynchronous fault is otherwise reported by whatever syncs next,
+    /// e.g. a `dtoh` many ops later). A no-op otherwise.
+    pub(crate) fn after_op(&self, op: &str, shapes: impl std::fmt::Display) -> Result<()> {
+        if !self.sync_each_op() {
+            return Ok(());
+        }
+        self.op_syncs.fetch_add(1, Ordering::Relaxed);
+        self.stream.synchronize().map_err(|e| sync_fault(op, shapes, e))
     }
 
     /// Waits until every op queued on the stream has finished; reports asynchronous kernel errors.
@@ -209,12 +362,36 @@ impl CudaDevice {
         if !self.ctx.has_async_alloc() {
             return Ok(None);
         }
+        self.pool_attr(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH).map(Some)
+    }
+
+    /// The default pool's release threshold (bytes the pool keeps reserved across syncs instead
+    /// of returning them to the OS), or None without memory pools. [`Self::new`] sets it to
+    /// `u64::MAX`: the driver's default, 0, trims the pool at every synchronisation, so that the
+    /// next step's stream-ordered allocations go back to the OS.
+    pub fn pool_release_threshold(&self) -> Result<Option<u64>> {
+        if !self.ctx.has_async_alloc() {
+            return Ok(None);
+        }
+        self.pool_attr(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD).map(Some)
+    }
+
+    /// A cuuint64_t attribute of the default pool.
+    fn pool_attr(&self, attr: sys::CUmemPool_attribute) -> Result<u64> {
         let pool = self.default_pool()?;
         let mut v: u64 = 0;
-        // SAFETY: `pool` is the device's default pool; the attribute is a cuuint64_t.
-        let r = unsafe { sys::cuMemPoolGetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, &mut v as *mut u64 as *mut std::ffi::c_void) };
+        // SAFETY: `pool` is the device's default pool; the attributes read here are cuuint64_t.
+        let r = unsafe { sys::cuMemPoolGetAttribute(pool, attr, &mut v as *mut u64 as *mut std::ffi::c_void) };
         check_cu("cuMemPoolGetAttribute", r)?;
-        Ok(Some(v))
+        Ok(v)
+    }
+
+    /// Sets a cuuint64_t attribute of the default pool.
+    fn set_pool_attr(&self, attr: sys::CUmemPool_attribute, mut v: u64) -> Result<()> {
+        let pool = self.default_pool()?;
+        // SAFETY: as above; the attributes written here are cuuint64_t.
+        let r = unsafe { sys::cuMemPoolSetAttribute(pool, attr, &mut v as *mut u64 as *mut std::ffi::c_void) };
+        check_cu("cuMemPoolSetAttribute", r)
     }
 
     /// Restart [`Self::peak_memory`] from the memory in use now (after a sync, so that freed
@@ -224,11 +401,8 @@ impl CudaDevice {
             return Ok(());
         }
         self.synchronize()?;
-        let pool = self.default_pool()?;
-        let mut zero: u64 = 0;
-        // SAFETY: as above; setting USED_MEM_HIGH to 0 resets it to the current use.
-        let r = unsafe { sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, &mut zero as *mut u64 as *mut std::ffi::c_void) };
-        check_cu("cuMemPoolSetAttribute", r)
+        // Setting USED_MEM_HIGH to 0 resets it to the current use.
+        self.set_pool_attr(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0)
     }
 
     fn default_pool(&self) -> Result<sys::CUmemoryPool> {
@@ -254,6 +428,11 @@ impl CudaDevice {
             None
         }
     }
+}
+
+/// The error of a fault that the `STIC_CUDA_SYNC` synchronisation after `op` found.
+pub(crate) fn sync_fault(op: &str, shapes: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
+    cuda_err(op, shapes, format!("fault found by the synchronisation after this op (STIC_CUDA_SYNC=1): {e}"))
 }
 
 fn check_cu(op: &'static str, r: sys::CUresult) -> Result<()> {

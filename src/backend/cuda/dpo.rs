@@ -2,7 +2,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
-use super::{cuda_err, CudaDevice};
+use super::CudaDevice;
 use crate::error::{Error, Result};
 
 const BLOCK: u32 = 256;
@@ -60,7 +60,7 @@ impl CudaDevice {
         // reference[2b..2b+2) and writes out[7b..7b+7) for b < B (the grid), and reads logp /
         // writes dlogp at rows clamped below T: all inside the views checked above. out and dlogp
         // are distinct &mut views.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, format!("{b} pairs over logp [{t}]"), e))?;
+        self.launched(op, format!("{b} pairs over logp [{t}]"), unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 }

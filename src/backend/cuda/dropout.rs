@@ -2,7 +2,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
-use super::{cuda_err, CudaDevice};
+use super::CudaDevice;
 use crate::error::{Error, Result};
 
 const BLOCK: u32 = 256;
@@ -40,7 +40,7 @@ impl CudaDevice {
         launch.arg(x).arg(y).arg(&n64).arg(&d.seed).arg(&p64).arg(&keep);
         // SAFETY: dropout(const u16* x, u16* y, u64 n, u64 seed, double p, float keep) touches
         // x[0, n) and y[0, n) (both of length n, checked); y is a distinct &mut view.
-        unsafe { launch.launch(self.grid_stride_config(n, BLOCK)) }.map_err(|e| cuda_err(op, format!("x, y [{n}]"), e))?;
+        self.launched(op, format!("x, y [{n}]"), unsafe { launch.launch(self.grid_stride_config(n, BLOCK)) })?;
         Ok(())
     }
 
@@ -61,7 +61,7 @@ impl CudaDevice {
         launch.arg(base).arg(t).arg(y).arg(&n64).arg(&d.seed).arg(&p64).arg(&keep);
         // SAFETY: dropout_add(const float* base, const float* t, u16* y, u64 n, u64 seed, double p,
         // float keep) touches [0, n) of each (their lengths, checked); y is a distinct &mut view.
-        unsafe { launch.launch(self.grid_stride_config(n, BLOCK)) }.map_err(|e| cuda_err(op, format!("[{n}]"), e))?;
+        self.launched(op, format!("[{n}]"), unsafe { launch.launch(self.grid_stride_config(n, BLOCK)) })?;
         Ok(())
     }
 }

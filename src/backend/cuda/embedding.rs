@@ -2,7 +2,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
-use super::{cuda_err, rows_of, CudaDevice};
+use super::{rows_of, CudaDevice};
 use crate::error::{Error, Result};
 
 const BLOCK: u32 = 128;
@@ -60,8 +60,7 @@ impl CudaDevice {
         // table[0, V*C) or features[0, K*C) (features null only when K = 0; out-of-range sources
         // are not read from), writes out[0, T*C) and oob[0] (null when absent): all within the
         // views (checked above). out and oob are distinct &mut views.
-        unsafe { launch.launch(cfg) }
-            .map_err(|e| cuda_err(op, format!("table [{v}, {c}], features [{k}, {c}], {t} sources"), e))?;
+        self.launched(op, format!("table [{v}, {c}], features [{k}, {c}], {t} sources"), unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 }

@@ -114,13 +114,16 @@ impl Cuda {
     }
 
     /// Runs one op inside an NVTX range named after it and, when profiling, between two timing
-    /// events on the stream.
+    /// events on the stream; under `STIC_CUDA_SYNC=1` waits for it (`CudaDevice::after_op`), so
+    /// that an asynchronous fault names this op.
     fn op<T>(&self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let _range = nvtx::Range::new(name);
         let mut prof = self.profile.lock().unwrap_or_else(|p| p.into_inner());
         let Some(events) = prof.as_mut() else {
             drop(prof);
-            return f();
+            let r = f()?;
+            self.dev.after_op(name, "engine op")?;
+            return Ok(r);
         };
         let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         let ev = |e| super::cuda_err("profile", name, e);
@@ -128,7 +131,9 @@ impl Cuda {
         let r = f();
         let end = self.dev.stream().record_event(timing).map_err(ev)?;
         events.push((name, start, end));
-        r
+        let r = r?;
+        self.dev.after_op(name, "engine op")?;
+        Ok(r)
     }
 
     /// `host` on the device, reusing the buffer of the last call of the same `kind` when the
@@ -314,7 +319,7 @@ impl Backend for Cuda {
                 let cu_dev = self.index_buffer("attention_packed_cu_seqlens", &cu)?;
                 // SAFETY: attention_fwd writes lse for every (head, row) of the Ttot rows, all of
                 // which the sequences cover (sum of lens == Ttot, checked above).
-                let mut lse = unsafe { self.dev.alloc_uninit::<f32>(t * n_heads)? };
+                let mut lse = unsafe { self.dev.scratch::<f32>("attention_packed.lse", t * n_heads)? };
                 let cu_view = cu_dev.as_view();
                 let batch = super::VarlenAttn {
                     cu_seqlens: &cu_view,
@@ -328,7 +333,7 @@ impl Backend for Cuda {
                         PackedMask::Causal { window } => super::AttnTrainMask::Causal { window },
                     },
                 };
-                self.dev.attention_fwd(&q.data.as_view(), &k.data.as_view(), &v.data.as_view(), &batch, &mut out.data.as_view_mut(), &mut lse.as_view_mut())?;
+                self.dev.attention_fwd(&q.data.as_view(), &k.data.as_view(), &v.data.as_view(), &batch, &mut out.data.as_view_mut(), &mut lse.view_mut())?;
             } else {
                 // Other head dims: the slotted-cache kernel with the packed k, v as one slot of
                 // Ttot rows, each query row reading its own sequence's key range.
@@ -443,9 +448,9 @@ impl Backend for Cuda {
                 return Err(Error::shape("argmax", format!("logits [{}, 0] have no columns", logits.rows)));
             }
             // SAFETY: the kernel writes one index per row.
-            let mut out = unsafe { self.dev.alloc_uninit::<u32>(logits.rows)? };
-            self.dev.argmax_f32(&logits.data.as_view(), logits.cols, &mut out.as_view_mut())?;
-            self.dev.dtoh(&out)
+            let mut out = unsafe { self.dev.scratch::<u32>("argmax.out", logits.rows)? };
+            self.dev.argmax_f32(&logits.data.as_view(), logits.cols, &mut out.view_mut())?;
+            self.dev.dtoh(&out.view())
         })
     }
     fn sample(&self, logits: &CudaLogits, temperature: f32, top_k: usize, top_p: f32, uniforms: &[f64]) -> Result<Vec<u32>> {
@@ -456,11 +461,13 @@ impl Backend for Cuda {
             if temperature <= 0.0 {
                 return self.argmax(logits);
             }
-            let u = self.dev.htod(uniforms)?;
+            // SAFETY: written whole by the copy.
+            let mut u = unsafe { self.dev.scratch::<f64>("sample.uniforms", uniforms.len())? };
+            self.dev.htod_into(uniforms, &mut u.view_mut())?;
             // SAFETY: the kernel writes one token per row.
-            let mut out = unsafe { self.dev.alloc_uninit::<u32>(logits.rows)? };
-            self.dev.sample(&logits.data.as_view(), logits.cols, temperature, top_k, top_p, &u.as_view(), &mut out.as_view_mut())?;
-            self.dev.dtoh(&out)
+            let mut out = unsafe { self.dev.scratch::<u32>("sample.out", logits.rows)? };
+            self.dev.sample(&logits.data.as_view(), logits.cols, temperature, top_k, top_p, &u.view(), &mut out.view_mut())?;
+            self.dev.dtoh(&out.view())
         })
     }
     fn logits_host(&self, logits: &CudaLogits) -> Result<Tensor> {

@@ -2,7 +2,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
-use super::{cuda_err, row_config, rows_of, CudaDevice};
+use super::{row_config, rows_of, CudaDevice};
 use crate::error::{Error, Result};
 
 impl CudaDevice {
@@ -36,7 +36,7 @@ impl CudaDevice {
         // SAFETY: layernorm(const u16* x, const u16* w, const u16* b, u16* y, u32 C, float eps)
         // touches rows [0, T) of C elements of x and y and [0, C) of w and b, all in bounds
         // (checked above); y is a distinct &mut view.
-        unsafe { launch.launch(row_config(rows, c)) }.map_err(|e| cuda_err(op, format!("x [{rows}, {c}]"), e))?;
+        self.launched(op, format!("x [{rows}, {c}]"), unsafe { launch.launch(row_config(rows, c)) })?;
         Ok(())
     }
 }

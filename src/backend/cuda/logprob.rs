@@ -22,7 +22,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
-use super::{cuda_err, CudaDevice};
+use super::CudaDevice;
 use crate::error::{Error, Result};
 
 /// Vocabulary rows per chunk of [`CudaDevice::logprob`] and [`CudaDevice::logprob_backward`]:
@@ -91,8 +91,8 @@ impl CudaDevice {
         let chunk = chunk.min(v);
         // SAFETY: each chunk's GEMM writes z[0, T * n) before the fold reads it; the fold of the
         // first chunk writes run_max, run_sum and zt for every row before any later fold reads them.
-        let mut z = unsafe { self.alloc_uninit::<f32>(t * chunk) }?;
-        let mut state = unsafe { self.alloc_uninit::<f32>(3 * t) }?;
+        let mut z = unsafe { self.scratch::<f32>("logprob.z", t * chunk) }?;
+        let mut state = unsafe { self.scratch::<f32>("logprob.state", 3 * t) }?;
         let f = self.function("logprob", "logprob_fold")?;
         let cfg = LaunchConfig { grid_dim: (t as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         let (t32, v32) = (t as u32, v as u32);
@@ -104,11 +104,11 @@ impl CudaDevice {
             let (mut rm, mut rest) = state.split_at_mut(t);
             let (mut rs, mut zt) = rest.split_at_mut(t);
             let mut launch = self.stream().launch_builder(&f);
-            launch.arg(&z).arg(&t32).arg(&n32).arg(&c032).arg(targets).arg(&v32).arg(&mut rm).arg(&mut rs).arg(&mut zt).arg(&first).arg(&last).arg(&mut *logp).arg(&mut *lse);
+            launch.arg(&*z).arg(&t32).arg(&n32).arg(&c032).arg(targets).arg(&v32).arg(&mut rm).arg(&mut rs).arg(&mut zt).arg(&first).arg(&last).arg(&mut *logp).arg(&mut *lse);
             // SAFETY: logprob_fold reads z[0, T * n) (written by the GEMM, within z's T * chunk),
             // targets[0, T), and reads/writes run_max, run_sum, zt [0, T) (the three disjoint
             // thirds of `state`) and, on the last chunk, logp and lse [0, T) (checked lengths).
-            unsafe { launch.launch(cfg) }.map_err(|e| cuda_err("logprob_fold", shapes(), e))?;
+            self.launched("logprob_fold", shapes(), unsafe { launch.launch(cfg) })?;
             c0 += n;
         }
         Ok(())
@@ -168,9 +168,9 @@ impl CudaDevice {
         let chunk = chunk.min(v);
         // SAFETY: per chunk the GEMM writes z[0, T * n) and the kernel hi, lo [0, T * n) before
         // they are read.
-        let mut z = unsafe { self.alloc_uninit::<f32>(t * chunk) }?;
-        let mut hi = unsafe { self.alloc_uninit::<u16>(t * chunk) }?;
-        let mut lo = unsafe { self.alloc_uninit::<u16>(t * chunk) }?;
+        let mut z = unsafe { self.scratch::<f32>("logprob_backward.z", t * chunk) }?;
+        let mut hi = unsafe { self.scratch::<u16>("logprob_backward.hi", t * chunk) }?;
+        let mut lo = unsafe { self.scratch::<u16>("logprob_backward.lo", t * chunk) }?;
         let f = self.function("logprob", "logprob_dlogits")?;
         let cfg = LaunchConfig { grid_dim: (t as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         let t32 = t as u32;
@@ -181,10 +181,10 @@ impl CudaDevice {
             self.matmul(h, &wc, None, &mut z.slice_mut(0..t * n), t, n, c, false)?;
             let (n32, c032) = (n as u32, c0 as u32);
             let mut launch = self.stream().launch_builder(&f);
-            launch.arg(&z).arg(&t32).arg(&n32).arg(&c032).arg(targets).arg(lse).arg(dlogp).arg(&mut hi).arg(&mut lo);
+            launch.arg(&*z).arg(&t32).arg(&n32).arg(&c032).arg(targets).arg(lse).arg(dlogp).arg(&mut *hi).arg(&mut *lo);
             // SAFETY: logprob_dlogits reads z[0, T * n), targets, lse and dlogp [0, T) (checked
             // lengths) and writes hi and lo [0, T * n) (within their T * chunk), fresh scratches.
-            unsafe { launch.launch(cfg) }.map_err(|e| cuda_err("logprob_dlogits", shapes(), e))?;
+            self.launched("logprob_dlogits", shapes(), unsafe { launch.launch(cfg) })?;
             // dh [T, C] (+)= hi [T, n] @ w_chunk [n, C] + lo [T, n] @ w_chunk.
             self.matmul_nn(&hi.slice(0..t * n), &wc, dh, t, c, n, accumulate || c0 > 0)?;
             self.matmul_nn(&lo.slice(0..t * n), &wc, dh, t, c, n, true)?;

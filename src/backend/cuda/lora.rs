@@ -75,10 +75,10 @@ impl CudaDevice {
         self.lora_gemm_f32(op, &shapes, "lora_gemm_bb_f32", x_lora, Strides(k as u64, 1), a, Strides(1, k as u64), u, m, r, k, 1.0, false)?;
         // 2. base = x W^T (f32).
         // SAFETY: `matmul` writes all M x N elements before the epilogue reads them (same stream).
-        let mut base = unsafe { self.alloc_uninit::<f32>(m * n) }?;
-        self.matmul(x, w, None, &mut base.as_view_mut(), m, n, k, false)?;
+        let mut base = unsafe { self.scratch::<f32>("lora_fwd.base", m * n) }?;
+        self.matmul(x, w, None, &mut base.view_mut(), m, n, k, false)?;
         // 3. y = bf16(base + s u B^T): B_mat[k, j] = b[j * r + k].
-        self.lora_epilogue(op, &shapes, &u.as_view(), Strides(r as u64, 1), b, Strides(1, r as u64), y, &base.as_view(), m, n, r, scale)
+        self.lora_epilogue(op, &shapes, &u.as_view(), Strides(r as u64, 1), b, Strides(1, r as u64), y, &base.view(), m, n, r, scale)
     }
 
     /// The backward of [`Self::lora_fwd`] given dy [M, N] (bf16) and the forward's u [M, r]:
@@ -137,27 +137,27 @@ impl CudaDevice {
         let (k64, n64, r64) = (k as u64, n as u64, r as u64);
         // 1. v = dy B [M, r]: A_mat = dy (row i, k = n), B_mat[k = n, j] = b[n * r + j].
         // SAFETY: the GEMM writes all M x r elements before anything reads them (same stream).
-        let mut v = unsafe { self.alloc_uninit::<f32>(m * r) }?;
-        self.lora_gemm_f32(op, &shapes, "lora_gemm_bb_f32", dy, Strides(n64, 1), b, Strides(r64, 1), &mut v.as_view_mut(), m, r, n, 1.0, false)?;
+        let mut v = unsafe { self.scratch::<f32>("lora_bwd.v", m * r) }?;
+        self.lora_gemm_f32(op, &shapes, "lora_gemm_bb_f32", dy, Strides(n64, 1), b, Strides(r64, 1), &mut v.view_mut(), m, r, n, 1.0, false)?;
         // 2. base = dy W [M, K] (f32).
         // SAFETY: `matmul_nn` writes all M x K elements before the epilogue reads them.
-        let mut base = unsafe { self.alloc_uninit::<f32>(m * k) }?;
-        self.matmul_nn(dy, w, &mut base.as_view_mut(), m, k, n, false)?;
+        let mut base = unsafe { self.scratch::<f32>("lora_bwd.base", m * k) }?;
+        self.matmul_nn(dy, w, &mut base.view_mut(), m, k, n, false)?;
         // 3. dx = bf16(base + s v A): B_mat[k = rank, j = col] = a[rank * K + col]. Under
         // dropout the LoRA term is masked: t = s v A (f32), then dx = bf16(base + mask * t).
         match dropout {
-            None => self.lora_epilogue(op, &shapes, &v.as_view(), Strides(r64, 1), a, Strides(k64, 1), dx, &base.as_view(), m, k, r, scale)?,
+            None => self.lora_epilogue(op, &shapes, &v.view(), Strides(r64, 1), a, Strides(k64, 1), dx, &base.view(), m, k, r, scale)?,
             Some(d) => {
                 // SAFETY: the GEMM writes all M x K elements of t before dropout_add reads them.
-                let mut t = unsafe { self.alloc_uninit::<f32>(m * k) }?;
-                self.lora_gemm_f32(op, &shapes, "lora_gemm_fb_f32", &v.as_view(), Strides(r64, 1), a, Strides(k64, 1), &mut t.as_view_mut(), m, k, r, scale, false)?;
-                self.dropout_add(&base.as_view(), &t.as_view(), dx, d)?;
+                let mut t = unsafe { self.scratch::<f32>("lora_bwd.t", m * k) }?;
+                self.lora_gemm_f32(op, &shapes, "lora_gemm_fb_f32", &v.view(), Strides(r64, 1), a, Strides(k64, 1), &mut t.view_mut(), m, k, r, scale, false)?;
+                self.dropout_add(&base.view(), &t.view(), dx, d)?;
             }
         }
         // 4. dB [N, r] = s dy^T u: A_mat[i = n, k = m] = dy[m * N + n], B_mat[k = m, j] = u[m * r + j].
         self.lora_gemm_f32(op, &shapes, "lora_gemm_bf_f32", dy, Strides(1, n64), u, Strides(r64, 1), db, n, r, m, scale, accumulate)?;
         // 5. dA [r, K] = s v^T x: A_mat[i = rank, k = m] = v[m * r + rank], B_mat[k = m, j] = x[m * K + j].
-        self.lora_gemm_f32(op, &shapes, "lora_gemm_fb_f32", &v.as_view(), Strides(1, r64), x, Strides(k64, 1), da, r, k, m, scale, accumulate)
+        self.lora_gemm_f32(op, &shapes, "lora_gemm_fb_f32", &v.view(), Strides(1, r64), x, Strides(k64, 1), da, r, k, m, scale, accumulate)
     }
 
     /// C[I, J] = alpha * sum_k A[i, k] B[k, j] (+ C when `accumulate`) with `lora.cu`'s strided
@@ -188,7 +188,7 @@ impl CudaDevice {
         let f = self.function("lora", func)?;
         let cfg = LaunchConfig { grid_dim: (j.div_ceil(TILE) as u32, i.div_ceil(TILE) as u32, splits as u32), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let (i32_, j32, k32, kc32, acc) = (i as u32, j as u32, kd as u32, kchunk as u32, accumulate as u32);
-        let err = |e| cuda_err(func, format!("{op}: {}", shapes()), e);
+        let what = || format!("{op}: {}", shapes());
         if splits == 1 {
             let mut launch = self.stream().launch_builder(&f);
             launch.arg(a).arg(&sa.0).arg(&sa.1).arg(b).arg(&sb.0).arg(&sb.1).arg(c).arg(&i32_).arg(&j32).arg(&k32).arg(&kc32).arg(&alpha).arg(&acc);
@@ -196,26 +196,26 @@ impl CudaDevice {
             // k * sb.0 + j * sb.1 for k < Kd, j < J (the callers pass the strides of row-major
             // operands whose lengths they checked), and writes C[0, I * J) (c's length, checked by
             // the callers). c is a distinct &mut view.
-            unsafe { launch.launch(cfg) }.map_err(err)?;
+            self.launched(func, what(), unsafe { launch.launch(cfg) })?;
             return Ok(());
         }
         let n = i * j;
         // SAFETY: every split writes its whole I x J partial before the reduce reads it.
-        let mut partial = unsafe { self.alloc_uninit::<f32>(splits * n) }?;
+        let mut partial = unsafe { self.scratch::<f32>("lora_gemm.partial", splits * n) }?;
         {
             let mut launch = self.stream().launch_builder(&f);
-            launch.arg(a).arg(&sa.0).arg(&sa.1).arg(b).arg(&sb.0).arg(&sb.1).arg(&mut partial).arg(&i32_).arg(&j32).arg(&k32).arg(&kc32).arg(&alpha).arg(&acc);
+            launch.arg(a).arg(&sa.0).arg(&sa.1).arg(b).arg(&sb.0).arg(&sb.1).arg(&mut *partial).arg(&i32_).arg(&j32).arg(&k32).arg(&kc32).arg(&alpha).arg(&acc);
             // SAFETY: as above; with gridDim.z = splits > 1 split z writes partial[z * I * J, (z + 1) * I * J),
             // within its splits * I * J elements. splits * kchunk >= Kd, so every k is summed once.
-            unsafe { launch.launch(cfg) }.map_err(err)?;
+            self.launched(func, what(), unsafe { launch.launch(cfg) })?;
         }
         let rf = self.function("lora", "lora_splitk_reduce")?;
         let (s32, n64) = (splits as u32, n as u64);
         let mut launch = self.stream().launch_builder(&rf);
-        launch.arg(&partial).arg(&s32).arg(&n64).arg(c).arg(&alpha).arg(&acc);
+        launch.arg(&*partial).arg(&s32).arg(&n64).arg(c).arg(&alpha).arg(&acc);
         // SAFETY: reads partial[0, splits * n) and reads/writes c[0, n) (its length, checked by the
         // callers); c does not overlap the fresh scratch.
-        unsafe { launch.launch(self.grid_stride_config(n, 256)) }.map_err(|e| cuda_err("lora_splitk_reduce", format!("{op}: {}", shapes()), e))?;
+        self.launched("lora_splitk_reduce", format!("{op}: {}", shapes()), unsafe { launch.launch(self.grid_stride_config(n, 256)) })?;
         Ok(())
     }
 
@@ -245,7 +245,7 @@ impl CudaDevice {
         // SAFETY: reads uu at i * sa.0 + k * sa.1 (i < I, k < r), bm at k * sb.0 + j * sb.1
         // (k < r, j < J) and base[0, I * J); writes y[0, I * J). The callers checked every length;
         // y is a distinct &mut view and base a fresh scratch.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(func, format!("{op}: {}", shapes()), e))?;
+        self.launched(func, format!("{op}: {}", shapes()), unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 }

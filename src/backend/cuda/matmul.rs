@@ -11,7 +11,10 @@
 //!
 //! The handle (`libcublasLt`, loaded dynamically) and a 32 MiB workspace are created on the first
 //! `matmul` and kept in the [`CudaDevice`]; each distinct problem (shape, output type, epilogue,
-//! operand alignments) gets a plan (descriptors + the heuristic's algorithm), cached.
+//! operand alignments) gets a plan (descriptors + the heuristic's algorithm), cached: at most
+//! [`MATMUL_PLAN_CACHE_CAPACITY`] plans, the least recently used evicted (and its descriptors
+//! destroyed) when a new one would exceed that, so that a long run of ever new shapes (prefill
+//! lengths, decode batch sizes, last log-prob chunks) keeps a bounded cache.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -72,6 +75,57 @@ struct PlanKey {
     align: [u32; 5],
 }
 
+/// The most plans a device keeps (LRU). A model uses a few dozen shapes per prefill length or
+/// decode batch size, so 256 keeps the plans of a handful of lengths live at once.
+pub const MATMUL_PLAN_CACHE_CAPACITY: usize = 256;
+
+/// The plan cache's counters ([`CudaDevice::matmul_plan_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MatmulPlanStats {
+    /// Plans created (each one a heuristic query) since the device was created.
+    pub created: u64,
+    /// Plans evicted (descriptors destroyed) to keep the cache at its capacity.
+    pub evicted: u64,
+    /// Plans in the cache now (at most [`MATMUL_PLAN_CACHE_CAPACITY`]).
+    pub cached: usize,
+}
+
+/// The plans by key with their last use (a tick of this cache), and the counters.
+#[derive(Default)]
+struct PlanCache {
+    plans: HashMap<PlanKey, (Plan, u64)>,
+    tick: u64,
+    created: u64,
+    evicted: u64,
+}
+
+impl PlanCache {
+    /// The plan of `key`, made by `create` if it is not cached; a new plan beyond the capacity
+    /// evicts the least recently used one first. (Evicting is safe with matmuls still in flight:
+    /// cuBLASLt reads the descriptors when a call is enqueued, not when it runs.)
+    fn get_or_create<E>(&mut self, key: PlanKey, create: impl FnOnce() -> std::result::Result<Plan, E>) -> std::result::Result<&mut Plan, E> {
+        self.tick += 1;
+        if !self.plans.contains_key(&key) {
+            let plan = create()?;
+            self.created += 1;
+            if self.plans.len() >= MATMUL_PLAN_CACHE_CAPACITY {
+                if let Some(old) = self.plans.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
+                    self.plans.remove(&old);
+                    self.evicted += 1;
+                }
+            }
+            self.plans.insert(key, (plan, self.tick));
+        }
+        let entry = self.plans.get_mut(&key).expect("present: found or inserted above");
+        entry.1 = self.tick;
+        Ok(&mut entry.0)
+    }
+
+    fn stats(&self) -> MatmulPlanStats {
+        MatmulPlanStats { created: self.created, evicted: self.evicted, cached: self.plans.len() }
+    }
+}
+
 /// A matmul descriptor, the layouts of A (w), B (x) and C = D (y), and the chosen algorithm.
 struct Plan {
     desc: lt::cublasLtMatmulDesc_t,
@@ -103,7 +157,7 @@ pub(crate) struct Blas {
     handle: lt::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
     /// Locked for the whole of a `matmul` call: the bias pointer is set on the cached descriptor.
-    plans: Mutex<HashMap<PlanKey, Plan>>,
+    plans: Mutex<PlanCache>,
 }
 
 // SAFETY: the cuBLASLt handle and descriptors are plain heap objects usable from any thread; the
@@ -114,7 +168,7 @@ unsafe impl Sync for Blas {}
 
 impl Drop for Blas {
     fn drop(&mut self) {
-        self.plans.get_mut().unwrap_or_else(|p| p.into_inner()).clear();
+        self.plans.get_mut().unwrap_or_else(|p| p.into_inner()).plans.clear();
         // SAFETY: the handle was created in `Blas::new` and is destroyed once.
         unsafe {
             let _ = lt::cublasLtDestroy(self.handle);
@@ -154,7 +208,7 @@ impl Blas {
                 return Err(e);
             }
         };
-        Ok(Blas { handle, workspace, plans: Mutex::new(HashMap::new()) })
+        Ok(Blas { handle, workspace, plans: Mutex::new(PlanCache::default()) })
     }
 
     /// Creates the descriptors and asks the heuristic for the best algorithm for `key`.
@@ -250,6 +304,11 @@ fn alignment(ptr: u64) -> u32 {
 
 impl CudaDevice {
     /// The cuBLASLt state, created on first use.
+    /// The cuBLASLt plan cache's counters (all zero before the first matmul).
+    pub fn matmul_plan_stats(&self) -> MatmulPlanStats {
+        self.blas.get().map(|b| b.plans.lock().unwrap_or_else(|p| p.into_inner()).stats()).unwrap_or_default()
+    }
+
     fn blas(&self) -> Result<&Blas> {
         if let Some(b) = self.blas.get() {
             return Ok(b);
@@ -387,12 +446,10 @@ impl CudaDevice {
         };
         let bp: u64 = bias_ptr.as_ref().map_or(0, |(p, _)| *p);
         let mut plans = blas.plans.lock().unwrap_or_else(|p| p.into_inner());
-        let plan = match plans.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(blas.plan(&key, Y::DATA_TYPE, bp).map_err(|e| {
-                cuda_err(op, format!("{} (operand alignments {:?} bytes)", shapes(), key.align), format!("no cuBLASLt algorithm: {e}"))
-            })?),
-        };
+        let plan = plans.get_or_create(key, || {
+            blas.plan(&key, Y::DATA_TYPE, bp)
+                .map_err(|e| cuda_err(op, format!("{} (operand alignments {:?} bytes)", shapes(), key.align), format!("no cuBLASLt algorithm: {e}")))
+        })?;
         let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0f32 });
         // SAFETY: the layouts describe exactly the checked extents (w: N*K or K*N, x: M*K, y: M*N
         // elements, bias: N), the pointers come from live views of those lengths on this
@@ -434,6 +491,7 @@ impl CudaDevice {
             .result()
             .map_err(|e| cuda_err(op, shapes(), e))?;
         }
-        Ok(())
+        drop(plans);
+        self.after_op(op, shapes())
     }
 }

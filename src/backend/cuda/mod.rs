@@ -62,6 +62,7 @@ mod matmul;
 mod rmsnorm;
 mod rope;
 mod sample;
+mod workspace;
 
 pub use attention::{attention_split_chunk, attention_splits, ATTENTION_SPLITS_MAX};
 pub use attention_train::{AttnTrainMask, VarlenAttn};
@@ -74,7 +75,7 @@ pub use emu::launch_count as emulated_launch_count;
 pub use engine::{Cuda, CudaLinear, CudaLogits, CudaTensor};
 pub use logprob::LOGPROB_CHUNK;
 pub use lora::LORA_MAX_RANK;
-pub use matmul::MatmulOut;
+pub use matmul::{MatmulOut, MatmulPlanStats, MATMUL_PLAN_CACHE_CAPACITY};
 
 /// Device buffers and related cudarc types, re-exported so that callers need no direct
 /// dependency on cudarc. bf16 data lives in `CudaSlice<u16>` (the raw bits, as `half::bf16::to_bits`).

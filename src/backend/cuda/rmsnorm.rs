@@ -2,7 +2,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
-use super::{cuda_err, row_config, rows_of, CudaDevice};
+use super::{row_config, rows_of, CudaDevice};
 use crate::error::{Error, Result};
 
 impl CudaDevice {
@@ -26,7 +26,7 @@ impl CudaDevice {
         // SAFETY: rmsnorm(const u16* x, const u16* w, u16* y, u32 C, float eps) reads x and writes y
         // in rows [0, T) of C elements (T = grid size), and reads w[0, C): all in bounds (checked
         // above). y is a distinct &mut view, so it does not overlap x or w.
-        unsafe { launch.launch(row_config(rows, c)) }.map_err(|e| cuda_err(op, format!("x [{rows}, {c}]"), e))?;
+        self.launched(op, format!("x [{rows}, {c}]"), unsafe { launch.launch(row_config(rows, c)) })?;
         Ok(())
     }
 
@@ -58,7 +58,7 @@ impl CudaDevice {
         // float eps) touches rows [0, T) of C elements of x, residual and y and w[0, C), all in
         // bounds (checked above); residual and y are distinct &mut views, x a shared one, so none
         // of the written buffers overlaps another argument.
-        unsafe { launch.launch(row_config(rows, c)) }.map_err(|e| cuda_err(op, format!("x [{rows}, {c}]"), e))?;
+        self.launched(op, format!("x [{rows}, {c}]"), unsafe { launch.launch(row_config(rows, c)) })?;
         Ok(())
     }
 
@@ -81,7 +81,7 @@ impl CudaDevice {
         // SAFETY: rmsnorm_backward(const u16* x, const u16* w, const u16* dy, u16* dx, u32 C,
         // float eps) reads x and dy and writes dx in rows [0, T) of C (T = grid size), reads
         // w[0, C): in bounds (checked above); dx is a distinct &mut view.
-        unsafe { launch.launch(row_config(rows, c)) }.map_err(|e| cuda_err(op, format!("x [{rows}, {c}]"), e))?;
+        self.launched(op, format!("x [{rows}, {c}]"), unsafe { launch.launch(row_config(rows, c)) })?;
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
-use super::{cuda_err, CudaDevice};
+use super::CudaDevice;
 use crate::backend::cpu::RopeTable;
 use crate::error::{Error, Result};
 
@@ -115,7 +115,7 @@ impl CudaDevice {
         // u32 half, u32 H, u32 Hkv) touches q[0, T*H*D), k[0, T*Hkv*D) (k null and Hkv 0 when
         // absent), positions[0, T) and inv_freq[0, D/2): the lengths checked above. q and k are
         // distinct &mut views, so they do not overlap.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, msg, e))?;
+        self.launched(op, msg, unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 }

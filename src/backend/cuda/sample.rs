@@ -2,7 +2,7 @@
 
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
-use super::{cuda_err, rows_of, CudaDevice};
+use super::{rows_of, CudaDevice};
 use crate::error::{Error, Result};
 
 const BLOCK: u32 = 512;
@@ -40,7 +40,7 @@ impl CudaDevice {
         launch.arg(logits).arg(&v32).arg(out);
         // SAFETY: argmax_*(const T* logits, u32 V, u32* out) reads row blockIdx.x < B of V
         // elements and writes out[blockIdx.x]: logits holds B*V elements and out B (checked).
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(op, format!("logits [{b}, {vocab}]"), e))?;
+        self.launched(op, format!("logits [{b}, {vocab}]"), unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 
@@ -90,7 +90,7 @@ impl CudaDevice {
         // SAFETY: sample_f32(const float* logits, u32 V, float temperature, u32 top_k, float top_p,
         // const double* uniforms, u32* out) reads row blockIdx.x < B of V floats and uniforms[blockIdx.x],
         // and writes out[blockIdx.x]: logits holds B*V elements, uniforms and out B (checked).
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(OP, format!("logits [{b}, {vocab}]"), e))?;
+        self.launched(OP, format!("logits [{b}, {vocab}]"), unsafe { launch.launch(cfg) })?;
         Ok(())
     }
 }
