@@ -4,7 +4,7 @@
 use cudarc::driver::{CudaSlice, CudaView};
 
 use crate::backend::cuda::{AttnTrainMask, CudaDevice, VarlenAttn};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::decoder::SeqLayout;
 
 /// A packed batch's attention description, owned.
@@ -41,6 +41,7 @@ impl Batch {
         let cu = crate::backend::cpu::cu_seqlens(&layouts.iter().map(|l| l.len).collect::<Vec<_>>());
         let pairs: Vec<u32> = layouts.iter().map(|l| l.shared_prefix.unwrap_or((0, 0))).flat_map(|(p, c)| [p as u32, c as u32]).collect();
         let positions: Vec<u32> = layouts.iter().flat_map(|l| l.positions()).map(|p| p as u32).collect();
+        let shared = layouts.iter().any(|l| l.shared_prefix.is_some());
         for l in layouts.iter().filter(|l| l.shared_prefix.is_some()) {
             crate::model::decoder::shared_prefix_fits_window(l.len, window)?;
         }
