@@ -17,7 +17,7 @@
 mod common;
 
 use common::*;
-use stic::backend::cuda::{emulated_launch_count, AttnFwdKernel, AttnTrainMask, Cuda, VarlenAttn, MATMUL_PLAN_CACHE_CAPACITY};
+use stic::backend::cuda::{AttnFwdKernel, AttnTrainMask, Cuda, VarlenAttn, MATMUL_PLAN_CACHE_CAPACITY};
 use stic::backend::Backend;
 use stic::tensor::Tensor;
 
@@ -42,12 +42,11 @@ fn sync_mode_synchronises_after_every_launch_and_op() {
     assert_eq!(dev.op_sync_count(), before, "no STIC_CUDA_SYNC: no synchronisation per op");
 
     dev.set_sync_each_op(true);
-    let (before, launches) = (dev.op_sync_count(), emulated_launch_count("rmsnorm"));
+    // (The emulator's launch counter is per process, shared with the tests running beside this
+    // one, so it cannot tell how many kernels this op launched; the per-device count can.)
+    let before = dev.op_sync_count();
     let y = be.rmsnorm(&x, &norm).unwrap();
     assert_eq!(dev.op_sync_count() - before, 2, "STIC_CUDA_SYNC: one sync after the launch, one after the op");
-    if let (Some(a), Some(b)) = (launches, emulated_launch_count("rmsnorm")) {
-        assert_eq!(b - a, 1, "the rmsnorm kernel ran once");
-    }
     dev.set_sync_each_op(false);
     assert_eq!(be.download(&y).unwrap().shape(), &[t, c]);
 }
