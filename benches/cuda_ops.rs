@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use cudarc::driver::ValidAsZeroBits;
-use stic::backend::cuda::{cuda_available, CudaDevice, CudaSlice, MatmulOut};
+use stic::backend::cuda::{cuda_available, CudaDevice, DevBuf, MatmulOut};
 use stic::Result;
 
 /// What one launch does, for the achieved rate.
@@ -76,12 +76,12 @@ fn bf16s(n: usize, seed: u64) -> Vec<u16> {
     (0..n).map(|_| half::bf16::from_f64(r.uniform() * 4.0 - 2.0).to_bits()).collect()
 }
 
-fn up(dev: &CudaDevice, n: usize, seed: u64) -> Result<CudaSlice<u16>> {
+fn up(dev: &CudaDevice, n: usize, seed: u64) -> Result<DevBuf<u16>> {
     dev.htod(&bf16s(n, seed))
 }
 
 /// A zeroed device buffer (outputs; contents are overwritten by every launch).
-fn out<T: stic::backend::cuda::DeviceRepr + ValidAsZeroBits>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
+fn out<T: stic::backend::cuda::DeviceRepr + ValidAsZeroBits>(dev: &CudaDevice, n: usize) -> Result<DevBuf<T>> {
     dev.zeros::<T>(n)
 }
 

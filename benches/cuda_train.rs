@@ -153,7 +153,7 @@ fn main() {
 
 /// logprob and LoRA kernels at the 7B training shapes.
 fn kernel_benches(c: &mut Criterion, dev: &std::sync::Arc<CudaDevice>, rows: &mut Vec<String>, pct: &dyn Fn(f64) -> String, peak_s: &str) {
-    let bf16 = |n: usize, seed: u64| -> cudarc::driver::CudaSlice<u16> {
+    let bf16 = |n: usize, seed: u64| -> stic::backend::cuda::DevBuf<u16> {
         let mut rng = stic::rng::Rng::new(seed);
         let host: Vec<u16> = (0..n).map(|_| half::bf16::from_f32(((rng.uniform() * 2.0 - 1.0) * 0.05) as f32).to_bits()).collect();
         dev.htod(&host).expect("upload")

@@ -21,11 +21,12 @@
 // [rows = 128][cols = 64] (64 bf16 = 128 bytes, the widest box the 128-byte swizzle allows),
 // CU_TENSOR_MAP_SWIZZLE_128B, out-of-bound rows (past Ttot) zero-filled. A tile of D columns is
 // D/64 boxes at column h*D + 64c. Rows of the box past the end of the sequence but inside Ttot
-// belong to the next sequence: they are loaded and then masked exactly as the sm_80 kernel masks
-// its zero-filled rows (scores of keys j >= len are -inf, so P = 0 multiplies those V rows;
-// query rows >= len are computed and never stored). One difference from the sm_80 kernel, which
-// zero-fills those rows: a non-finite V value in the next sequence's rows would turn 0 * inf into
-// NaN; finite inputs (every real batch) give the same results.
+// belong to the next sequence: they are loaded, their K rows are masked exactly as the sm_80
+// kernel masks its zero-filled rows (scores of keys j >= len are set to -inf, whatever Q K^T gave,
+// so a NaN or inf there never reaches P), and their V rows are zeroed in shared memory before the
+// P V product (clear_tail below): P = 0 times a non-finite V value would be NaN in the sum. Query
+// rows >= len are computed from whatever they hold and never stored (each output row depends on
+// its own query row only).
 //
 // Launch: grid (ceil(max_seqlen / 128), H, B), block 384 threads = 3 warpgroups, dynamic shared
 // memory hopper_smem_bytes(D) (host: attention_hopper.rs; the kernel traps if it got less).
@@ -66,8 +67,12 @@
 // always names the next phase to complete or the one just completed.
 // TMA writes and wgmma reads are both async-proxy accesses to shared memory ordered by the
 // mbarrier (complete_tx -> try_wait acquire) and by wgmma.wait_group -> mbarrier arrive
-// (release) -> producer try_wait (acquire) -> next TMA; no ordinary store touches the tiles, so
-// no fence.proxy.async is needed.
+// (release) -> producer try_wait (acquire) -> next TMA. The one ordinary store to a tile is
+// clear_tail's zeroing of the V rows past the sequence in the last partial key tile: each
+// consumer thread stores its share, issues fence.proxy.async.shared::cta (its stores become
+// visible to the async proxy), and the 256 consumer threads meet at named barrier 1 before either
+// warpgroup's P V wgmma reads the tile. The stores come after full[s]'s wait (the TMA's writes
+// are complete) and before empty[s]'s arrive (the next TMA into the stage waits for it).
 //
 // ---------------------------------------------------------------------------------------------
 // wgmma (PTX ISA "Asynchronous Warpgroup Level Matrix Multiply-Accumulate"), per consumer
@@ -173,6 +178,24 @@ struct KeyWalk {
     }
 };
 
+// Zeroes the V rows [valid, 128) of the key tile at shared address vbuf (D/64 column blocks of
+// [128 rows][128 bytes]; the 128-byte swizzle permutes 16-byte chunks within a row, so a whole
+// row stays in its own 128-byte line and is cleared without knowing the pattern), shared by the
+// 256 consumer threads (ct = 0..255), then fences them for the async proxy and meets the other
+// consumers at named barrier 1 (see the header). Every consumer thread must call it.
+template <int D>
+__device__ __forceinline__ void clear_tail(unsigned char* smem_raw, u32 vbuf, int valid, int ct) {
+    constexpr int BLOCKS = D / 64;
+    const int rows = HP_BN - valid, chunks = rows * 8 * BLOCKS;
+    unsigned char* v = smem_raw + (vbuf - smem_addr(smem_raw));
+    for (int i = ct; i < chunks; i += HP_CONSUMERS) {
+        const int blk = i / (rows * 8), rem = i % (rows * 8);
+        *reinterpret_cast<uint4*>(v + blk * HP_BLOCK_BYTES + (valid + rem / 8) * 128 + (rem % 8) * 16) = make_uint4(0u, 0u, 0u, 0u);
+    }
+    fence_proxy_async_shared();
+    named_bar_sync(1, HP_CONSUMERS);
+}
+
 template <int D, int STAGES>
 __device__ __forceinline__ void attention_fwd_hopper_impl(const CUtensorMap* tm_q, const CUtensorMap* tm_k, const CUtensorMap* tm_v,
                                                           const u32* __restrict__ cu, const u32* __restrict__ sp, u16* __restrict__ out,
@@ -268,6 +291,9 @@ __device__ __forceinline__ void attention_fwd_hopper_impl(const CUtensorMap* tm_
             const u32 r = nkv / STAGES;
             const u32 kbuf = sK + (u32)s * BLOCKS * HP_BLOCK_BYTES, vbuf = sV + (u32)s * BLOCKS * HP_BLOCK_BYTES;
             mbar_wait(full(s), r & 1u);
+            // The last tile of the sequence: the V rows of the next sequence (or the zero fill
+            // past Ttot) become zeros, so that P = 0 there adds exactly 0 (header).
+            if (kt + HP_BN > len) clear_tail<D>(smem_raw, vbuf, len - kt, (int)threadIdx.x - 128);
 
             // S = Q K^T (64 x 128 per warpgroup).
             float sc[HP_BN / 2];

@@ -55,6 +55,8 @@ inline u32 pack_rn(float lo, float hi) { return ::emu::cvt_rn_bf16x2_f32(hi, lo)
 // (emu/sm90_wgmma.h). `site` is the kernel's call site, for the reports.
 inline void mbar_init(u32 bar, u32 count) { ::emu::mbar_init(bar, count); }
 inline void fence_mbarrier_init() { ::emu::fence_mbarrier_init(); }
+inline void fence_proxy_async_shared() { ::emu::fence_proxy_async_shared(); }
+inline void named_bar_sync(u32 id, u32 count, ::emu::Site site) { ::emu::bar_sync(id, count, site, "bar.sync"); }
 inline void mbar_arrive(u32 bar) { (void)::emu::mbar_arrive(bar); }
 inline void mbar_arrive_expect_tx(u32 bar, u32 bytes) { (void)::emu::mbar_arrive_expect_tx(bar, bytes); }
 inline bool mbar_try_wait(u32 bar, u32 parity, ::emu::Site site) { return ::emu::mbar_try_wait(bar, parity, site); }
@@ -206,6 +208,27 @@ __device__ __forceinline__ void fence_mbarrier_init() {
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 #else
     stic_emu::fence_mbarrier_init();
+#endif
+}
+
+// fence.proxy.async.shared::cta: this thread's earlier ordinary stores to shared memory become
+// visible to the async proxy (the TMA unit, wgmma's shared operands) for accesses ordered after
+// the fence (e.g. by a barrier the writer and the wgmma's warpgroup then pass).
+__device__ __forceinline__ void fence_proxy_async_shared() {
+#if STIC_PTX_REAL
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#else
+    stic_emu::fence_proxy_async_shared();
+#endif
+}
+
+// bar.sync id, count: a named barrier (id 1..15; 0 is __syncthreads') for `count` threads, a
+// multiple of 32, counted per warp; the warps that take part all execute it.
+__device__ __forceinline__ void named_bar_sync(u32 id, u32 count STIC_PTX_SITE) {
+#if STIC_PTX_REAL
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+#else
+    stic_emu::named_bar_sync(id, count, emu_site);
 #endif
 }
 

@@ -6,12 +6,16 @@
 //!   engine op, and none without the mode.
 //! - (a) the cuBLASLt plan cache: a long run of distinct GEMM shapes keeps it at its capacity
 //!   (least recently used plans evicted), and a shape still cached makes no new plan.
-//! - (b) allocations: decoding more tokens after warm-up makes no new scratch buffers, and the
-//!   device allocations per decode step (`CudaDevice::alloc_count`) are counted and bounded.
+//! - (b) allocations: once warm, a generation (prefill and every decode step) makes no device
+//!   allocation (`CudaDevice::alloc_count`) and no scratch allocation: the buffer cache
+//!   (`pool.rs`) and the scratch cache give every buffer back (training steps: tests/cuda_train.rs).
 //! - (c) the device's ops run on a created stream, not the legacy NULL stream.
 //! - (e) the Hopper attention's host work: the dynamic shared-memory attribute is set once per
 //!   kernel and the three tensor maps are encoded once per (buffer, shape). Needs the emulated
 //!   device at `STIC_CUDA_EMU_ARCH=90` (or an H100); elsewhere the test says so and passes.
+//! - (f) a non-finite value in the next sequence's K/V rows (which the Hopper kernel's TMA tiles
+//!   load past a sequence's end) leaves the sequence's own outputs unchanged: every forward kernel
+//!   the device can run (the sm_80 one everywhere, the Hopper one at 9.x).
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -64,7 +68,7 @@ fn matmul_plan_cache_stays_bounded() {
     let w = dev.zeros::<u16>(n * k).unwrap();
     let x = dev.zeros::<u16>(lengths.len() * k).unwrap();
     let mut y = dev.zeros::<u16>(lengths.len() * n).unwrap();
-    let mm = |m: usize, y: &mut stic::backend::cuda::CudaSlice<u16>| {
+    let mm = |m: usize, y: &mut stic::backend::cuda::DevBuf<u16>| {
         dev.matmul(&x.slice(..m * k), &w.as_view(), None, &mut y.slice_mut(..m * n), m, n, k, false).unwrap();
     };
     mm(1, &mut y);
@@ -102,26 +106,24 @@ fn decode_allocs(be: &Cuda, pipe: &stic::generate::Pipeline<Cuda>, new: usize) -
     (dev.alloc_count() - a0, dev.scratch_alloc_count() - s0, out.iter().map(|o| o.len()).min().unwrap_or(0))
 }
 
-/// (b) After warm-up (one generation of the longest length), generating `long` tokens instead
-/// of `short` adds `long - short` decode steps: they must make no scratch allocation, and the
-/// per-step device allocations are printed and must not grow with the number of steps.
+/// (b) Once one generation of a shape has run (the warm-up: it allocates the op outputs, the
+/// KV cache, the scratch buffers), a second generation of that shape makes no device allocation
+/// at all, in its prefill or in any of its decode steps: every buffer comes back from the buffer
+/// cache (`pool.rs`) or the scratch cache. The warm-up itself allocates (the counter works).
 #[test]
-fn decode_steps_reuse_scratch() {
+fn decode_steps_allocate_nothing_once_warm() {
     let Some(be) = cuda(Cuda::new) else { return };
     let pipe = stic::generate::Pipeline::load_on(&be, &fixtures().join("llava_next_tiny"), Some(1), None).unwrap();
-    let (short, long) = (3, 9);
-    let (_, s_warm, _) = decode_allocs(&be, &pipe, long);
-    assert!(s_warm > 0, "the warm-up generation takes its scratch buffers (argmax output at least)");
-    let (a_short, s_short, n_short) = decode_allocs(&be, &pipe, short);
-    let (a_long, s_long, n_long) = decode_allocs(&be, &pipe, long);
-    let (a_longer, _, n_longer) = decode_allocs(&be, &pipe, 2 * long);
-    eprintln!("allocations: {short} tokens {a_short} ({s_short} scratch), {long} tokens {a_long} ({s_long} scratch), {} tokens {a_longer}", 2 * long);
-    assert_eq!((n_short, n_long, n_longer), (short, long, 2 * long), "every sequence ran its max_new_tokens (no early EOS)");
-    assert_eq!(s_long, 0, "no scratch allocation once warm");
-    let per_step = (a_long - a_short) as f64 / (long - short) as f64;
-    let per_step_longer = (a_longer - a_long) as f64 / long as f64;
-    eprintln!("device allocations per decode step after warm-up: {per_step:.1} ({per_step_longer:.1} over the next {long} steps)");
-    assert_eq!(per_step, per_step_longer, "the per-step allocations do not grow with the step");
+    let steps = 9;
+    let (a_warm, s_warm, _) = decode_allocs(&be, &pipe, steps);
+    assert!(a_warm > 0 && s_warm > 0, "the warm-up allocates (outputs, scratch): {a_warm} device, {s_warm} scratch");
+    let reuse0 = be.device().alloc_reuse_count();
+    let (a, s, n) = decode_allocs(&be, &pipe, steps);
+    let reused = be.device().alloc_reuse_count() - reuse0;
+    eprintln!("generation of {steps} tokens: warm-up {a_warm} device allocations ({s_warm} scratch); then {a} ({s} scratch), {reused} buffers reused");
+    assert_eq!(n, steps, "every sequence ran its max_new_tokens (no early EOS)");
+    assert_eq!((a, s), (0, 0), "no device or scratch allocation once warm (prefill and {steps} decode steps)");
+    assert!(reused as usize >= steps, "each decode step reuses cached buffers ({reused} reuses)");
 }
 
 /// (b) The default pool keeps its memory across syncs: release threshold u64::MAX (the driver's
@@ -198,4 +200,61 @@ fn hopper_attention_host_work_done_once() {
 fn ops_run_on_a_created_stream() {
     let Some(be) = cuda(Cuda::new) else { return };
     assert!(!be.device().stream().cu_stream().is_null(), "the device's stream is the legacy NULL stream");
+}
+
+/// (f) Two packed sequences of lengths 70 and 60 (D = 64, 2 heads, 1 KV head). The first
+/// sequence's key tile [0, 128) holds the second sequence's rows 70..128, which the Hopper
+/// kernel's TMA loads (the sm_80 kernel zero-fills past a sequence). With the second sequence's K
+/// and V set to NaN (and then to +inf), the first sequence's outputs and lse must be bitwise those
+/// of the finite run, for the causal and the bidirectional mask. Before the fix, the Hopper kernel
+/// gave NaN there: P = 0 times a NaN V row is NaN in the P V product.
+#[test]
+fn attention_fwd_ignores_non_finite_rows_of_the_next_sequence() {
+    let Some(be) = cuda(Cuda::new) else { return };
+    let dev = be.device().clone();
+    let (h, hkv, d) = (2usize, 1usize, 64usize);
+    let lens = [70usize, 60];
+    let t = lens[0] + lens[1];
+    let bf = |x: f32| half::bf16::from_f32(x).to_bits();
+    let q: Vec<u16> = ramp(t * h * d, 0.013).into_iter().map(bf).collect();
+    let k: Vec<u16> = ramp(t * hkv * d, 0.011).into_iter().rev().map(bf).collect();
+    let v: Vec<u16> = ramp(t * hkv * d, 0.017).into_iter().map(bf).collect();
+    let cu = dev.htod(&[0u32, lens[0] as u32, t as u32]).unwrap();
+    let mut kernels = vec![AttnFwdKernel::Mma];
+    if dev.attention_hopper_available() {
+        kernels.push(AttnFwdKernel::Hopper);
+    } else {
+        let (ma, mi) = dev.compute_capability();
+        eprintln!("the Hopper kernel is not checked here: the device is sm_{ma}{mi} (run under STIC_CUDA_EMU_ARCH=90)");
+    }
+    let run = |kernel: AttnFwdKernel, mask: AttnTrainMask<'_>, k: &[u16], v: &[u16]| -> (Vec<u16>, Vec<f32>) {
+        let (qd, kd, vd) = (dev.htod(&q).unwrap(), dev.htod(k).unwrap(), dev.htod(v).unwrap());
+        let mut out = dev.zeros::<u16>(t * h * d).unwrap();
+        let mut lse = dev.zeros::<f32>(t * h).unwrap();
+        let cu_view = cu.as_view();
+        let batch = VarlenAttn { cu_seqlens: &cu_view, max_seqlen: lens[0], n_heads: h, n_kv_heads: hkv, head_dim: d, scale: 0.125, mask };
+        dev.attention_fwd_kernel(kernel, &qd.as_view(), &kd.as_view(), &vd.as_view(), &batch, &mut out.as_view_mut(), &mut lse.as_view_mut())
+            .unwrap_or_else(|e| panic!("{kernel:?}: {e}"));
+        (dev.dtoh(&out).unwrap(), dev.dtoh(&lse).unwrap())
+    };
+    let first = lens[0] * hkv * d;
+    for poison in [f32::NAN, f32::INFINITY] {
+        let poisoned = |x: &[u16]| -> Vec<u16> { x.iter().enumerate().map(|(i, &b)| if i >= first { bf(poison) } else { b }).collect() };
+        let (kp, vp) = (poisoned(&k), poisoned(&v));
+        for &kernel in &kernels {
+            for (name, mask) in [("causal", AttnTrainMask::Causal { window: None }), ("bidirectional", AttnTrainMask::Bidirectional)] {
+                let (o_ref, l_ref) = run(kernel, mask.clone(), &k, &v);
+                let (o, l) = run(kernel, mask, &kp, &vp);
+                let rows = lens[0] * h;
+                let bad = (0..rows * d).filter(|&i| o[i] != o_ref[i]).count();
+                assert_eq!(bad, 0, "{kernel:?} {name}, next sequence's K/V = {poison}: {bad} of {} outputs of sequence 0 changed (first: {:?})", rows * d, (0..rows * d).find(|&i| o[i] != o_ref[i]).map(|i| (i / (h * d), half::bf16::from_bits(o[i]))));
+                assert!(o_ref[..rows * d].iter().all(|&b| half::bf16::from_bits(b).is_finite()), "{kernel:?} {name}: finite inputs give finite outputs");
+                // lse is [H, T]: sequence 0's rows of each head.
+                for hh in 0..h {
+                    let s0 = hh * t..hh * t + lens[0];
+                    assert_eq!(&l[s0.clone()], &l_ref[s0], "{kernel:?} {name}, next sequence = {poison}: lse of sequence 0, head {hh}, changed");
+                }
+            }
+        }
+    }
 }

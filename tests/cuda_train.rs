@@ -280,3 +280,44 @@ fn compare_moments(cpu: &std::path::Path, gpu: &std::path::Path, what: &str) {
     let worst = compare_grads(&format!("{what}: AdamW first moment"), &mg, &mc);
     println!("{what}: worst first-moment rel-L2 error {worst:.3e}");
 }
+
+/// Issue #15 (b): once the first DPO steps have run (the warm-up allocates activations, gradient
+/// and optimizer buffers, scratch), further training steps (forward, backward, AdamW) make no
+/// device allocation: every buffer comes back from the buffer cache or the scratch cache.
+#[test]
+fn training_steps_allocate_nothing_once_warm() {
+    let Some(be) = cuda(Cuda::new) else { return };
+    let dir = tiny64("cuda-train-allocs");
+    let (cpu, adir) = cpu_with_random_adapter(&dir, 7, 1);
+    let pair = Pair {
+        prompt: cpu.format_prompt("Describe the image.", 1, false),
+        images: vec![load_image(&fixtures().join("images/wide.jpg")).unwrap()],
+        chosen: "A red square and a blue circle.".into(),
+        rejected: "A dog asleep on a sofa.".into(),
+    };
+    drop(cpu);
+    let gpu = Pipeline::load_on(&be, &dir, Some(7), None).unwrap();
+    let mut learner = CudaLearner::new(gpu, &TrainArgs { projector_lr: Some(1e-3), ..args() }).unwrap();
+    learner.load_adapter(&adir).unwrap();
+    let reference = learner.reference_logps(&pair).unwrap();
+    let dev = be.device().clone();
+    let step = |learner: &mut CudaLearner| {
+        learner.dpo_pair(&pair, reference, 0.1, 1.0 / 1024.0, 1.0, DROPOUT_SEED).unwrap();
+        learner.grad_norm().unwrap();
+        learner.step(1.0, 1e-3, 1e-3).unwrap();
+    };
+    let (a0, s0) = (dev.alloc_count(), dev.scratch_alloc_count());
+    step(&mut learner);
+    step(&mut learner);
+    let (a_warm, s_warm) = (dev.alloc_count() - a0, dev.scratch_alloc_count() - s0);
+    let (a1, s1, r1) = (dev.alloc_count(), dev.scratch_alloc_count(), dev.alloc_reuse_count());
+    for _ in 0..3 {
+        step(&mut learner);
+    }
+    let (a, s, reused) = (dev.alloc_count() - a1, dev.scratch_alloc_count() - s1, dev.alloc_reuse_count() - r1);
+    println!("DPO steps: warm-up (2 steps) {a_warm} device allocations ({s_warm} scratch); next 3 steps {a} ({s} scratch), {reused} buffers reused");
+    assert!(a_warm > 0, "the warm-up allocates (the counter works)");
+    assert_eq!((a, s), (0, 0), "no device or scratch allocation in a training step once warm");
+    assert!(reused > 0, "the steps reuse cached buffers");
+    let _ = std::fs::remove_dir_all(&dir);
+}

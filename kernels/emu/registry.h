@@ -70,6 +70,7 @@ bool dev_free(void* p);                   // false when p is not the start of a 
 bool dev_is_device(const void* p);        // inside the reserved range (live or not)
 // The live allocation holding [p, p+n): its base and size; false if none holds all of it.
 bool dev_find(const void* p, size_t n, void** base, size_t* size);
+void dev_mark_uninit(const void* p, size_t n);               // a buffer reused by the host's cache (stic_emu_mark_uninit)
 void dev_mark_init(const void* p, size_t n);                 // HtoD copies, memsets, cuBLASLt's D
 void dev_copy_init(void* dst, const void* src, size_t n);    // DtoD copies carry the shadow over
 // Checks a host-side (driver, cuBLASLt) access of device memory like a kernel access: bounds,

@@ -98,6 +98,9 @@ struct Thread {
     // Sanitizer state (sanitize.h): the block clock at the last barrier / warp collective this
     // thread took part in; a WAW whose same-value check waits for the store (san_flush).
     uint32_t bar_stamp = 0, warp_stamp = 0;
+    // The block clock just after this thread's last fence.proxy.async (0: none yet): its generic
+    // shared-memory writes at an earlier clock are visible to the async proxy (san_proxy_fence).
+    uint32_t proxy_fence = 0;
     uint32_t waw_off = 0, waw_n = 0;
     unsigned waw_other = 0;
     uint8_t waw_old[32];

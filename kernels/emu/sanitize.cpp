@@ -141,7 +141,7 @@ inline bool global_ok(uintptr_t a, size_t n, unsigned k) {
 
 constexpr size_t kArenaRes = size_t(1) << 20, kArenaLead = 64 << 10, kArenaMax = kArenaRes - 2 * kArenaLead;
 constexpr uint16_t kNone = 0xFFFF;
-enum : uint16_t { F_INIT = 1, F_PENDING = 2 };
+enum : uint16_t { F_INIT = 1, F_PENDING = 2, F_GENERIC = 4 };  // F_GENERIC: last written by an ordinary store
 
 struct Sh {
     uint32_t serial;         // the block whose record this is; any other: never touched
@@ -227,7 +227,7 @@ std::string shared_bytes(Block& b, Thread& t, uint32_t o, size_t n, unsigned k, 
     }
     for (size_t i = 0; i < n; i++) {
         Sh& x = e[i];
-        x.flags = (uint16_t)((x.flags & ~F_PENDING) | F_INIT);
+        x.flags = (uint16_t)((x.flags & ~F_PENDING) | F_INIT | F_GENERIC);
         if (!(k & K_ATOMIC)) x.w = me, x.ws = b.clock, x.r1 = x.r2 = kNone;
     }
     return "";
@@ -304,6 +304,24 @@ std::string san_shared_read(const Block& cb, const Thread& ct, uint32_t off, siz
     // Recorded just before the instruction's own warp sync: its lanes' later accesses are ordered.
     return shared_bytes(b, t, off, n, K_READ, what, b.clock - 1);
 }
+
+std::string san_async_proxy_read(const Block& cb, const Thread& t, uint32_t off, size_t n, const char* what) {
+    std::string e = san_shared_read(cb, t, off, n, what);
+    if (!e.empty() || !g_on) return e;
+    const Block& b = cb;
+    const Sh* x = tl_sh + off;
+    for (size_t i = 0; i < n; i++) {
+        if (!(x[i].flags & F_GENERIC) || x[i].w == kNone) continue;
+        const Thread& U = b.th[x[i].w];
+        const uint32_t f = U.proxy_fence;
+        if (f > x[i].ws && ordered(b, U.tid, f, t)) continue;
+        const char* why = f <= x[i].ws ? "has issued no fence.proxy.async since that store" : "issued its fence.proxy.async after the store but with no barrier ordering the fence before this read";
+        return std::string("proxy: ") + what + " (async proxy) reads " + std::to_string(n) + " bytes at " + shared_where(b, off + (uint32_t)i) + " last written by an ordinary store of " + thread_name(U) + ", which " + why + " (PTX memory consistency model: a generic-proxy write is visible to the async proxy only after fence.proxy.async)";
+    }
+    return "";
+}
+
+void san_proxy_fence(Block& b, Thread& t) { t.proxy_fence = ++b.clock; }
 
 std::string san_async_issue(Block& b, Thread& t, uint32_t off, size_t n, const char* what) {
     if (!g_on) return "";
@@ -402,6 +420,10 @@ bool dev_find(const void* p, size_t n, void** base, size_t* size) {
     if (base) *base = reinterpret_cast<void*>(A->base);
     if (size) *size = A->size;
     return true;
+}
+
+void dev_mark_uninit(const void* p, size_t n) {
+    if (n && dev_find(p, n, nullptr, nullptr)) std::memset(g_shadow + (reinterpret_cast<uintptr_t>(p) - g_lo), 0, n);
 }
 
 void dev_mark_init(const void* p, size_t n) {

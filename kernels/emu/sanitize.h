@@ -20,6 +20,11 @@
 //     id, count) or a partial-mask collective orders its participants only when both took part in
 //     some sync after s, not necessarily the same one: it can hide a race, never invent one.
 //     A WAW whose store leaves the bytes unchanged (the same value) is not reported (INFO).
+//   - proxy check (PTX memory consistency model, "proxies"; ISA "fence.proxy.async"): a shared
+//     byte last written by an ordinary (generic-proxy) store and then read by the async proxy
+//     (a wgmma operand) must have been covered by a fence.proxy.async of its writer, issued after
+//     the store and ordered before the read (by a barrier both took part in after the fence, or
+//     the same thread). Bytes written by TMA or cp.async are async-proxy writes and need none.
 //     Atomics are checked for bounds, alignment and initialisation, never as races.
 // Build: every kernel TU with -fsanitize=thread --param=tsan-instrument-func-entry-exit=0
 // -fno-tree-vectorize -Wno-tsan, linked without libtsan (see tests/emu_cxx). The explicit checks
@@ -54,6 +59,12 @@ void san_block_begin(Block& b);
 // The emulated instructions' own checks (the runtime's accesses are not hooked). Each returns ""
 // or the report's text; the caller fails with it. `off` is the shared-window address.
 std::string san_shared_read(const Block& b, const Thread& t, uint32_t off, size_t n, const char* what);
+// A read by the async proxy (wgmma's shared operands) on behalf of thread t: san_shared_read,
+// plus the proxy check above.
+std::string san_async_proxy_read(const Block& b, const Thread& t, uint32_t off, size_t n, const char* what);
+// fence.proxy.async by t: its generic writes so far become visible to the async proxy (bumps the
+// block clock, so that later writes are not covered).
+void san_proxy_fence(Block& b, Thread& t);
 // cp.async issue: the destination may be written from now on (race check as a write by t) and
 // is pending until t's covering wait (san_async_done: a write by t, then).
 std::string san_async_issue(Block& b, Thread& t, uint32_t off, size_t n, const char* what);

@@ -167,6 +167,11 @@ inline void mbar_init(uint32_t bar, uint32_t count) {
 // other threads still need a bar.sync, which the race check of every later operation verifies).
 inline void fence_mbarrier_init() {}
 
+// fence.proxy.async.shared::cta: this thread's earlier ordinary (generic-proxy) writes to shared
+// memory become visible to later async-proxy reads (wgmma operands) that a barrier orders after
+// it (sanitize.h "proxy check").
+inline void fence_proxy_async_shared() { san_proxy_fence(blk(), cur()); }
+
 // Release: the caller's earlier accesses are ordered before whoever observes the phase.
 inline void mbar_release(Block& b, Thread& t) { t.bar_stamp = ++b.clock; }
 

@@ -110,7 +110,7 @@ inline void wg_read_operand(Block& b, const Thread& reader, uint64_t desc, bool 
         for (uint32_t c0 = 0; c0 < 16; c0 += mn_major ? 1 : 8) {
             uint32_t a = wg_elem_addr(d, mn_major, r0, c0);
             smem_at(a, 16, what);
-            std::string e = san_shared_read(b, reader, a, 16, what);
+            std::string e = san_async_proxy_read(b, reader, a, 16, what);
             if (!e.empty()) fail(std::string(what) + " at " + site_str(site) + " (descriptor start " + hex(d.start) + ", LBO " + std::to_string(d.lbo) + ", SBO " + std::to_string(d.sbo) + ", swizzle mode " + std::to_string(d.swz) + ", element (" + std::to_string(r0) + "," + std::to_string(c0) + ")): " + e);
             uint16_t v[8];
             std::memcpy(v, b.smem.data() + a, 16);

@@ -246,6 +246,10 @@ EMU_API CUresult cuMemAllocFromPoolAsync(CUdeviceptr* p, size_t n, CUmemoryPool 
 }
 EMU_API CUresult cuMemFree_v2(CUdeviceptr p) { return free_(p); }
 EMU_API CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) { return stream_ok(s) ? free_(p) : INVALID_HANDLE; }
+// Not a driver entry point: the host's buffer cache (src/backend/cuda/pool.rs) hands a buffer to
+// a new owner; its bytes become "never written" again, so that initcheck still catches a kernel
+// reading what its new owner never wrote (as it would for a fresh allocation).
+EMU_API void stic_emu_mark_uninit(CUdeviceptr p, size_t n) { emu::dev_mark_uninit(reinterpret_cast<const void*>(p), n); }
 EMU_API CUresult cuMemGetInfo_v2(size_t* free_b, size_t* total) {
     if (!free_b || !total) return INVALID_VALUE;
     std::lock_guard<std::mutex> g(g_mu);

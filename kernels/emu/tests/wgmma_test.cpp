@@ -75,8 +75,12 @@ static void a_rc(unsigned tid, unsigned i, unsigned& r, unsigned& c) {
 
 // ---------------------------------------------------------------------------------------------
 // One warpgroup runs `body(tid, smem base address)` after copying `img` into dynamic shared memory
-// at a 1024-aligned window address (bytes past img.size() stay never written).
-static void run_wg(const char* name, const std::vector<uint16_t>& img, unsigned threads, unsigned regs, const std::function<void(unsigned, uint32_t)>& body) {
+// at a 1024-aligned window address (bytes past img.size() stay never written). The copy is made
+// of ordinary stores, which wgmma (the async proxy) may read only after each writer's
+// fence.proxy.async and a barrier (PTX memory consistency model): `proxy` says how the copy ends:
+// FENCE_THEN_BAR (correct), NO_FENCE or BAR_THEN_FENCE (planted bugs of test_proxy).
+enum Proxy { FENCE_THEN_BAR, NO_FENCE, BAR_THEN_FENCE };
+static void run_wg(const char* name, const std::vector<uint16_t>& img, unsigned threads, unsigned regs, const std::function<void(unsigned, uint32_t)>& body, Proxy proxy = FENCE_THEN_BAR) {
     emu::LaunchOptions opt;
     opt.dyn_smem = 96 * 1024;
     opt.regs = regs;
@@ -85,7 +89,9 @@ static void run_wg(const char* name, const std::vector<uint16_t>& img, unsigned 
         uint32_t w = __cvta_generic_to_shared(dyn), base = (w + 1023) & ~1023u;
         uint16_t* s = reinterpret_cast<uint16_t*>(dyn + (base - w));
         for (size_t i = threadIdx.x; i < img.size(); i += blockDim.x) s[i] = img[i];
+        if (proxy == FENCE_THEN_BAR) emu::fence_proxy_async_shared();
         __syncthreads();
+        if (proxy == BAR_THEN_FENCE) emu::fence_proxy_async_shared();
         body(threadIdx.x, base);
     });
 }
@@ -350,6 +356,38 @@ static void test_async() {
     }, {"warpgroup 0 has only 96 threads"});
 }
 
+// fence.proxy.async (PTX memory consistency model, "proxies"): operands written by ordinary
+// stores reach wgmma only through each writer's fence.proxy.async ordered before the wgmma by a
+// barrier. Planted bugs: no fence; the fence after the barrier. Correct: fence, then barrier (the
+// operands then give A B exactly).
+static void test_proxy() {
+    std::mt19937 g(5);
+    Mat A = rand_mat(64, g), B = rand_mat(64, g);
+    Placement pa{1, false, 64}, pb{1, false, 64};
+    std::vector<uint16_t> img;
+    place(img, 0, pa, A);
+    place(img, 8192, pb, B);
+    std::vector<float> D(64 * 64);
+    auto body = [&](unsigned tid, uint32_t base) {
+        float d[32];
+        emu::wgmma_fence();
+        emu::wgmma_ss_at<64>(EMU_HERE, d, desc(base, 16, 1024, 1), desc(base + 8192, 16, 1024, 1), 0u);
+        emu::wgmma_commit_group();
+        emu::wgmma_wait_group(0);
+        for (unsigned i = 0; i < 32; i++) {
+            unsigned r, c;
+            d_rc(tid, i, r, c);
+            D[r * 64 + c] = d[i];
+        }
+    };
+    expect_error("generic stores read by wgmma with no fence.proxy.async", [&] { run_wg("k_no_proxy_fence", img, 128, 0, body, NO_FENCE); },
+                 {"proxy:", "k_no_proxy_fence", "has issued no fence.proxy.async since that store"});
+    expect_error("fence.proxy.async after the barrier", [&] { run_wg("k_fence_after_bar", img, 128, 0, body, BAR_THEN_FENCE); },
+                 {"proxy:", "k_fence_after_bar", "no barrier ordering the fence before this read"});
+    run_wg("k_fence_then_bar", img, 128, 0, body, FENCE_THEN_BAR);
+    CHECK(D == ref(A, B, {}), "fence.proxy.async then bar.sync: wgmma reads the stored operands");
+}
+
 // setmaxnreg: the CTA pool = regs at launch x threads (PTX "setmaxnreg"; reference 5.4).
 static void test_setmaxnreg() {
     std::vector<uint16_t> img(8, 0);
@@ -404,6 +442,7 @@ int main() {
     test_ss_modes();
     test_rs();
     test_async();
+    test_proxy();
     test_setmaxnreg();
     return summary("wgmma_test");
 }

@@ -1,6 +1,7 @@
 //! dtype casts between bf16 (raw `u16` bits) and f32: `kernels/cast.cu`.
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
+use crate::backend::cuda::DevBuf;
+use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
 use super::CudaDevice;
 use crate::error::{Error, Result};
@@ -9,7 +10,7 @@ const BLOCK: u32 = 256;
 
 impl CudaDevice {
     /// `y[i] = f32(x[i])` for bf16 bits `x` (exact; NaNs are quieted as `half::bf16::to_f32` does).
-    pub fn cast_bf16_to_f32(&self, x: &CudaSlice<u16>) -> Result<CudaSlice<f32>> {
+    pub fn cast_bf16_to_f32(&self, x: &DevBuf<u16>) -> Result<DevBuf<f32>> {
         // SAFETY: the cast writes all of y.
         let mut y = unsafe { self.alloc_uninit::<f32>(x.len())? };
         self.cast_bf16_to_f32_into(&x.as_view(), &mut y.as_view_mut())?;
@@ -17,7 +18,7 @@ impl CudaDevice {
     }
 
     /// `y[i] = bf16(x[i])`, rounded to nearest even, bit-exact with `half::bf16::from_f32`.
-    pub fn cast_f32_to_bf16(&self, x: &CudaSlice<f32>) -> Result<CudaSlice<u16>> {
+    pub fn cast_f32_to_bf16(&self, x: &DevBuf<f32>) -> Result<DevBuf<u16>> {
         // SAFETY: the cast writes all of y.
         let mut y = unsafe { self.alloc_uninit::<u16>(x.len())? };
         self.cast_f32_to_bf16_into(&x.as_view(), &mut y.as_view_mut())?;

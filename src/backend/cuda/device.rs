@@ -8,6 +8,7 @@ use cudarc::driver::sys::{self, CUdevice_attribute, CUfunction_attribute_enum};
 use cudarc::driver::{CudaContext, CudaFunction, CudaViewMut, DevicePtr, DriverError, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 
+use super::pool::{BufCache, DevBuf};
 use super::{cuda_err, kernels};
 use crate::error::{Error, Result};
 
@@ -65,10 +66,10 @@ pub struct CudaDevice {
     sync_each_op: AtomicBool,
     /// How many of those synchronisations have run (a counter for the tests).
     op_syncs: AtomicU64,
-    /// How many device buffers this crate has allocated on this device (`htod`, `zeros`,
-    /// `alloc_uninit`: every allocation goes through them): the tests' check that a decode or
-    /// training step allocates nothing once warm.
-    allocs: AtomicU64,
+    /// The buffer cache every [`DevBuf`] returns to (`pool.rs`); it counts the driver
+    /// allocations (`htod`, `zeros`, `alloc_uninit`: every allocation goes through them): the
+    /// tests' check that a decode or training step allocates nothing once warm.
+    bufs: Arc<BufCache>,
     /// The scratch-buffer cache (`workspace.rs`): by (purpose, element type), a `CudaSlice<T>`.
     pub(super) workspace: Mutex<ScratchCache>,
     /// How many buffers that cache has allocated.
@@ -144,6 +145,7 @@ impl CudaDevice {
         }
         let dev = CudaDevice {
             ctx,
+            bufs: BufCache::new(stream.clone()),
             stream,
             modules,
             functions: Mutex::new(HashMap::new()),
@@ -153,7 +155,7 @@ impl CudaDevice {
             blas: OnceLock::new(),
             sync_each_op: AtomicBool::new(sync_each_op_from_env()),
             op_syncs: AtomicU64::new(0),
-            allocs: AtomicU64::new(0),
+
             workspace: Mutex::new(HashMap::new()),
             scratch_allocs: AtomicU64::new(0),
             dyn_smem: Mutex::new(HashMap::new()),
@@ -237,22 +239,32 @@ impl CudaDevice {
         LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
     }
 
-    /// How many device buffers this crate has allocated on this device so far (empty ones, which
-    /// allocate nothing, are not counted).
+    /// How many device buffers this crate has allocated from the driver on this device so far
+    /// (empty ones, which allocate nothing, and those the buffer cache served are not counted).
     pub fn alloc_count(&self) -> u64 {
-        self.allocs.load(Ordering::Relaxed)
+        self.bufs.allocs.load(Ordering::Relaxed)
     }
-    fn count_alloc(&self, n: usize) {
-        if n > 0 {
-            self.allocs.fetch_add(1, Ordering::Relaxed);
-        }
+    /// How many buffer requests the buffer cache has served (no driver allocation).
+    pub fn alloc_reuse_count(&self) -> u64 {
+        self.bufs.hits.load(Ordering::Relaxed)
+    }
+    /// The bytes the buffer cache holds for reuse now.
+    pub fn cached_bytes(&self) -> usize {
+        self.bufs.cached_bytes()
+    }
+    /// Frees the buffer cache's buffers to the driver (they are otherwise kept for reuse).
+    pub fn trim_cache(&self) {
+        self.bufs.trim();
     }
 
-    /// Copies host data to a new device buffer.
-    pub fn htod<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
-        self.count_alloc(data.len());
-        let r = if data.is_empty() { self.stream.null() } else { self.stream.clone_htod(data) };
-        r.map_err(|e| cuda_err("htod", format!("[{}]", data.len()), e))
+    /// Copies host data to a device buffer (from the buffer cache when it holds one that size).
+    pub fn htod<T: DeviceRepr>(&self, data: &[T]) -> Result<DevBuf<T>> {
+        // SAFETY: every element is written by the copy below before anything reads it.
+        let mut b = unsafe { self.alloc_uninit::<T>(data.len())? };
+        if !data.is_empty() {
+            self.stream.memcpy_htod(data, &mut *b).map_err(|e| cuda_err("htod", format!("[{}]", data.len()), e))?;
+        }
+        Ok(b)
     }
 
     /// Copies host data into an existing device buffer of the same length (stream-ordered: after
@@ -276,10 +288,14 @@ impl CudaDevice {
         self.stream.clone_dtoh(data).map_err(|e| cuda_err("dtoh", format!("[{}]", data.len()), e))
     }
 
-    /// A new device buffer of `n` zeroed elements.
-    pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
-        self.count_alloc(n);
-        self.stream.alloc_zeros(n).map_err(|e| cuda_err("alloc_zeros", format!("[{n}]"), e))
+    /// A device buffer of `n` zeroed elements.
+    pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, n: usize) -> Result<DevBuf<T>> {
+        // SAFETY: every element is written by the memset below before anything reads it.
+        let mut b = unsafe { self.alloc_uninit::<T>(n)? };
+        if n > 0 {
+            self.stream.memset_zeros(&mut *b).map_err(|e| cuda_err("alloc_zeros", format!("[{n}]"), e))?;
+        }
+        Ok(b)
     }
 
     /// A new device buffer of `n` elements whose contents are unspecified (an empty one for
@@ -288,10 +304,18 @@ impl CudaDevice {
     /// # Safety
     /// The caller must write every element before reading it (typically by launching a kernel
     /// that writes all of them); until then the contents are garbage and may be invalid for `T`.
-    pub unsafe fn alloc_uninit<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
-        self.count_alloc(n);
-        let r = if n == 0 { self.stream.null() } else { unsafe { self.stream.alloc(n) } };
-        r.map_err(|e| cuda_err("alloc", format!("[{n}]"), e))
+    pub unsafe fn alloc_uninit<T: DeviceRepr>(&self, n: usize) -> Result<DevBuf<T>> {
+        if n == 0 {
+            return self.stream.null().map(DevBuf::uncached).map_err(|e| cuda_err("alloc", "[0]", e));
+        }
+        // SAFETY: the caller's contract (every element read is written first).
+        let (b, fresh) = self.bufs.get(n, || unsafe { self.stream.alloc::<T>(n) }).map_err(|e| cuda_err("alloc", format!("[{n}]"), e))?;
+        if !fresh && super::emulated() {
+            // A reused buffer holds its last owner's data: the emulated initcheck forgets it.
+            let (p, _sync) = b.device_ptr(&self.stream);
+            super::emu::mark_uninit(p, b.num_bytes());
+        }
+        Ok(b)
     }
 
     /// Whether every op is followed by a stream synchronisation (`STIC_CUDA_SYNC=1`).

@@ -78,6 +78,26 @@ fn open(soname: &str, image: &[u8]) -> Result<i32, String> {
     Ok(fd)
 }
 
+/// Marks `bytes` bytes at device address `ptr` as never written (the fake libcuda's
+/// `stic_emu_mark_uninit`), so that initcheck treats a buffer reused by the buffer cache
+/// (`pool.rs`) like a fresh allocation. A no-op when the emulated device is not loaded.
+pub fn mark_uninit(ptr: u64, bytes: usize) {
+    static F: OnceLock<Option<extern "C" fn(u64, usize)>> = OnceLock::new();
+    let f = F.get_or_init(|| {
+        if !matches!(LOADED.get(), Some(Ok(()))) {
+            return None;
+        }
+        let sym = CString::new("stic_emu_mark_uninit").expect("no NUL");
+        // SAFETY: looks up a symbol of the libraries loaded RTLD_GLOBAL by `load`.
+        let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, sym.as_ptr()) };
+        // SAFETY: the fake libcuda defines it as `void stic_emu_mark_uninit(CUdeviceptr, size_t)`.
+        (!f.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, extern "C" fn(u64, usize)>(f) })
+    });
+    if let Some(f) = f {
+        f(ptr, bytes);
+    }
+}
+
 /// How many launches of the kernel `name` have completed on the emulated device in this process
 /// (the fake libcuda counts them), or `None` when the emulated device is not loaded. Tests use it
 /// to check which kernel a path took.

@@ -1,5 +1,5 @@
 //! [`Cuda`]: the [`Backend`] on one GPU. Weights and activations are bf16 on the device (raw
-//! bits in `CudaSlice<u16>`), every kernel accumulates in f32, logits are f32. Dense products go
+//! bits in `DevBuf<u16>`), every kernel accumulates in f32, logits are f32. Dense products go
 //! through cuBLASLt (`matmul`), everything else through our kernels (`kernels/*.cu`).
 //!
 //! Nothing waits for the GPU except the methods that return host data (`argmax`, `download`,
@@ -7,6 +7,7 @@
 //! index arrays (positions, attention rows, KV-cache rows, embedding sources) are uploaded once
 //! per distinct content and reused by every layer of a forward.
 
+use crate::backend::cuda::DevBuf;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +16,7 @@ use rayon::prelude::*;
 
 use cudarc::driver::CudaEvent;
 
-use super::{nvtx, CudaDevice, CudaSlice};
+use super::{nvtx, CudaDevice};
 use crate::backend::profile::{summarize, OpTime};
 use crate::backend::{cpu, shapes, AttnRow, Backend, PackedMask, Rows};
 use crate::error::{Error, Result};
@@ -24,7 +25,7 @@ use crate::tensor::Tensor;
 /// A bf16 matrix [rows, cols] on the device.
 #[derive(Clone, Debug)]
 pub struct CudaTensor {
-    pub data: CudaSlice<u16>,
+    pub data: DevBuf<u16>,
     pub rows: usize,
     pub cols: usize,
 }
@@ -41,7 +42,7 @@ impl Rows for CudaTensor {
 /// f32 logits [rows, V] on the device.
 #[derive(Debug)]
 pub struct CudaLogits {
-    pub data: CudaSlice<f32>,
+    pub data: DevBuf<f32>,
     pub rows: usize,
     pub cols: usize,
 }
@@ -57,30 +58,30 @@ impl Rows for CudaLogits {
 
 /// weight [N, K] and bias [N], bf16.
 pub struct CudaLinear {
-    pub weight: CudaSlice<u16>,
-    pub bias: Option<CudaSlice<u16>>,
+    pub weight: DevBuf<u16>,
+    pub bias: Option<DevBuf<u16>>,
     pub n: usize,
     pub k: usize,
 }
 
 pub struct CudaRmsNorm {
-    pub(crate) weight: CudaSlice<u16>,
+    pub(crate) weight: DevBuf<u16>,
     pub(crate) eps: f32,
 }
 
 pub struct CudaLayerNorm {
-    weight: CudaSlice<u16>,
-    bias: CudaSlice<u16>,
+    weight: DevBuf<u16>,
+    bias: DevBuf<u16>,
     eps: f32,
 }
 
 pub struct CudaRope {
-    pub(crate) inv_freq: CudaSlice<f32>,
+    pub(crate) inv_freq: DevBuf<f32>,
     pub(crate) head_dim: usize,
 }
 
 /// Uploaded index arrays by kind: the host copy (to compare) and the device buffer.
-type IndexCache = HashMap<&'static str, (Vec<u32>, Arc<CudaSlice<u32>>)>;
+type IndexCache = HashMap<&'static str, (Vec<u32>, Arc<DevBuf<u32>>)>;
 /// One profiled op: its name and its start and end events.
 type OpEvents = (&'static str, CudaEvent, CudaEvent);
 
@@ -139,7 +140,7 @@ impl Cuda {
     /// `host` on the device, reusing the buffer of the last call of the same `kind` when the
     /// contents are equal (the same positions serve every layer of a forward).
     /// (Shared, not copied: a `CudaSlice` clone would be a device copy.)
-    fn index_buffer(&self, kind: &'static str, host: &[u32]) -> Result<Arc<CudaSlice<u32>>> {
+    fn index_buffer(&self, kind: &'static str, host: &[u32]) -> Result<Arc<DevBuf<u32>>> {
         let mut cache = self.indices.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((h, d)) = cache.get(kind) {
             if h.as_slice() == host {
@@ -155,7 +156,7 @@ impl Cuda {
         x.par_iter().with_min_len(1 << 16).map(|&v| bf16::from_f32(v).to_bits()).collect()
     }
 
-    fn upload_bits(&self, x: &[f32]) -> Result<CudaSlice<u16>> {
+    fn upload_bits(&self, x: &[f32]) -> Result<DevBuf<u16>> {
         self.dev.htod(&Self::bf16_bits(x))
     }
 

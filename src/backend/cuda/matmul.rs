@@ -16,13 +16,14 @@
 //! destroyed) when a new one would exceed that, so that a long run of ever new shapes (prefill
 //! lengths, decode batch sizes, last log-prob chunks) keeps a bounded cache.
 
+use crate::backend::cuda::DevBuf;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Mutex;
 
 use cudarc::cublaslt::result::CublasError;
 use cudarc::cublaslt::sys as lt;
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
 
 use super::{cuda_err, CudaDevice};
 use crate::error::{Error, Result};
@@ -155,7 +156,7 @@ impl Drop for Plan {
 /// The device's cuBLASLt state: the handle, the workspace and the plan cache.
 pub(crate) struct Blas {
     handle: lt::cublasLtHandle_t,
-    workspace: CudaSlice<u8>,
+    workspace: DevBuf<u8>,
     /// Locked for the whole of a `matmul` call: the bias pointer is set on the cached descriptor.
     plans: Mutex<PlanCache>,
 }

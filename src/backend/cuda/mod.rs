@@ -59,6 +59,7 @@ mod layernorm;
 mod logprob;
 mod lora;
 mod matmul;
+mod pool;
 mod rmsnorm;
 mod rope;
 mod sample;
@@ -76,6 +77,7 @@ pub use engine::{Cuda, CudaLinear, CudaLogits, CudaTensor};
 pub use logprob::LOGPROB_CHUNK;
 pub use lora::LORA_MAX_RANK;
 pub use matmul::{MatmulOut, MatmulPlanStats, MATMUL_PLAN_CACHE_CAPACITY};
+pub use pool::DevBuf;
 
 /// Device buffers and related cudarc types, re-exported so that callers need no direct
 /// dependency on cudarc. bf16 data lives in `CudaSlice<u16>` (the raw bits, as `half::bf16::to_bits`).

@@ -1,6 +1,7 @@
 //! Rotary position embedding (rotate_half form) in place on q and k: `kernels/rope.cu`.
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
+use crate::backend::cuda::DevBuf;
+use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
 use super::CudaDevice;
 use crate::backend::cpu::RopeTable;
@@ -12,7 +13,7 @@ impl CudaDevice {
     /// The inverse-frequency table the `rope` kernels take: `1 / theta^(2i/D)` for i < D/2,
     /// computed on the host exactly as [`RopeTable`] does (so the bits match the CPU reference)
     /// and copied to the device. Make it once per model, not per call.
-    pub fn rope_inv_freq(&self, head_dim: usize, theta: f64) -> Result<CudaSlice<f32>> {
+    pub fn rope_inv_freq(&self, head_dim: usize, theta: f64) -> Result<DevBuf<f32>> {
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(Error::shape("rope_inv_freq", format!("head dim D={head_dim} must be even and > 0")));
         }
@@ -40,7 +41,7 @@ impl CudaDevice {
 
     /// The table of [`Self::rope_backward_qk`]: `-inv_freq`. Rotating by the negated angle is the
     /// transpose of the rotation (sin is odd, cos even; the negation is exact).
-    pub fn rope_inv_freq_backward(&self, head_dim: usize, theta: f64) -> Result<CudaSlice<f32>> {
+    pub fn rope_inv_freq_backward(&self, head_dim: usize, theta: f64) -> Result<DevBuf<f32>> {
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(Error::shape("rope_inv_freq_backward", format!("head dim D={head_dim} must be even and > 0")));
         }

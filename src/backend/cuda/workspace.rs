@@ -10,10 +10,11 @@
 //! kernel queued by a later user of the buffer runs after every kernel queued by an earlier one.
 //! Two live users of one purpose (nesting, threads) simply get two buffers; the larger is kept.
 
+use crate::backend::cuda::DevBuf;
 use std::any::TypeId;
 use std::sync::atomic::Ordering;
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr};
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr};
 
 use super::CudaDevice;
 use crate::error::Result;
@@ -22,7 +23,7 @@ use crate::error::Result;
 pub(crate) struct Scratch<'a, T: DeviceRepr + Send + Sync + 'static> {
     dev: &'a CudaDevice,
     purpose: &'static str,
-    buf: Option<CudaSlice<T>>,
+    buf: Option<DevBuf<T>>,
     len: usize,
 }
 
@@ -38,13 +39,13 @@ impl<T: DeviceRepr + Send + Sync + 'static> Scratch<'_, T> {
 
 /// The whole buffer, which may be longer than asked: for callers that slice it themselves.
 impl<T: DeviceRepr + Send + Sync + 'static> std::ops::Deref for Scratch<'_, T> {
-    type Target = CudaSlice<T>;
-    fn deref(&self) -> &CudaSlice<T> {
+    type Target = DevBuf<T>;
+    fn deref(&self) -> &DevBuf<T> {
         self.buf.as_ref().expect("present until drop")
     }
 }
 impl<T: DeviceRepr + Send + Sync + 'static> std::ops::DerefMut for Scratch<'_, T> {
-    fn deref_mut(&mut self) -> &mut CudaSlice<T> {
+    fn deref_mut(&mut self) -> &mut DevBuf<T> {
         self.buf.as_mut().expect("present until drop")
     }
 }
@@ -54,7 +55,7 @@ impl<T: DeviceRepr + Send + Sync + 'static> Drop for Scratch<'_, T> {
         let Some(buf) = self.buf.take() else { return };
         let mut cache = self.dev.workspace.lock().unwrap_or_else(|p| p.into_inner());
         let key = (self.purpose, TypeId::of::<T>());
-        let keep = match cache.get(&key).and_then(|b| b.downcast_ref::<CudaSlice<T>>()) {
+        let keep = match cache.get(&key).and_then(|b| b.downcast_ref::<DevBuf<T>>()) {
             Some(other) => other.len() < buf.len(),
             None => true,
         };
@@ -74,7 +75,7 @@ impl CudaDevice {
     pub(crate) unsafe fn scratch<T: DeviceRepr + Send + Sync + 'static>(&self, purpose: &'static str, n: usize) -> Result<Scratch<'_, T>> {
         let key = (purpose, TypeId::of::<T>());
         let cached = self.workspace.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
-        let cached = cached.and_then(|b| b.downcast::<CudaSlice<T>>().ok()).filter(|b| b.len() >= n.max(1));
+        let cached = cached.and_then(|b| b.downcast::<DevBuf<T>>().ok()).filter(|b| b.len() >= n.max(1));
         let buf = match cached {
             Some(b) => *b,
             None => {

@@ -1,7 +1,8 @@
 //! A step's attention description on the device: cu_seqlens, max length, positions, and the
 //! (prefix, chosen) lengths of a packed DPO pair's shared-prefix mask.
 
-use cudarc::driver::{CudaSlice, CudaView};
+use crate::backend::cuda::DevBuf;
+use cudarc::driver::{CudaView};
 
 use crate::backend::cuda::{AttnTrainMask, CudaDevice, VarlenAttn};
 use crate::error::Result;
@@ -9,12 +10,12 @@ use crate::model::decoder::SeqLayout;
 
 /// A packed batch's attention description, owned.
 pub(super) struct Batch {
-    pub(super) cu_seqlens: CudaSlice<u32>,
+    pub(super) cu_seqlens: DevBuf<u32>,
     pub(super) max_seqlen: usize,
     /// (prefix, chosen) per sequence for the shared-prefix mask.
-    pub(super) pairs: Option<CudaSlice<u32>>,
+    pub(super) pairs: Option<DevBuf<u32>>,
     pub(super) window: Option<usize>,
-    pub(super) positions: CudaSlice<u32>,
+    pub(super) positions: DevBuf<u32>,
 }
 
 /// The attention description of `b` for the model `tc`: the shared-prefix mask when the batch is

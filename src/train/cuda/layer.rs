@@ -1,7 +1,7 @@
 //! One decoder layer's forward and backward on the device, with the LoRA path (and its dropout)
 //! on every adapted projection, and the forward of all layers.
 
-use cudarc::driver::CudaSlice;
+use crate::backend::cuda::DevBuf;
 
 use crate::backend::cuda::{CudaDevice, CudaLinear, CudaTensor, Dropout};
 use crate::backend::Backend;
@@ -18,14 +18,14 @@ struct LayerActs {
     k: CudaTensor,
     v: CudaTensor,
     attn: CudaTensor,
-    lse: CudaSlice<f32>,
+    lse: DevBuf<f32>,
     x_mid: CudaTensor,
     hn2: CudaTensor,
     gate: CudaTensor,
     up: CudaTensor,
     act: CudaTensor,
     /// u = x A^T [T, r] of every adapted projection (PROJECTIONS order).
-    u: [Option<CudaSlice<f32>>; 7],
+    u: [Option<DevBuf<f32>>; 7],
     /// The LoRA path's input x * mask of every adapted projection under dropout.
     xd: [Option<CudaTensor>; 7],
 }
@@ -41,7 +41,7 @@ impl CudaLearner {
     /// y [T, N] = x W^T (+ s x A^T B^T when the projection is adapted and `lora`), u, and the
     /// LoRA path's input x * mask under dropout.
     #[allow(clippy::type_complexity)]
-    fn linear_fwd(&self, x: &CudaTensor, w: &CudaLinear, layer: usize, proj: usize, lora: bool) -> Result<(CudaTensor, Option<CudaSlice<f32>>, Option<CudaTensor>)> {
+    fn linear_fwd(&self, x: &CudaTensor, w: &CudaLinear, layer: usize, proj: usize, lora: bool) -> Result<(CudaTensor, Option<DevBuf<f32>>, Option<CudaTensor>)> {
         let t = x.rows;
         let (n, k) = (w.n, w.k);
         let adapter = if lora { self.loras.as_ref().and_then(|l| l.lookup[layer][proj].map(|i| (l, l.adapters[i]))) } else { None };
@@ -83,7 +83,7 @@ impl CudaLearner {
         w: &CudaLinear,
         layer: usize,
         proj: usize,
-        u: Option<&CudaSlice<f32>>,
+        u: Option<&DevBuf<f32>>,
         dropout: Option<(&CudaTensor, Dropout)>,
     ) -> Result<CudaTensor> {
         let t = x.rows;

@@ -1,7 +1,7 @@
 //! The objectives on the device: a DPO pair (and its reference log-probs) and an SFT
 //! conversation, each as embed -> forward -> scored rows' log-probs -> loss -> backward.
 
-use cudarc::driver::CudaSlice;
+use crate::backend::cuda::DevBuf;
 
 use crate::backend::cuda::CudaTensor;
 use crate::backend::{Backend, Rows};
@@ -30,8 +30,8 @@ struct Prepared {
 /// themselves, and the batch's T.
 struct Scored {
     hs: CudaTensor,
-    lse: CudaSlice<f32>,
-    targets: CudaSlice<u32>,
+    lse: DevBuf<f32>,
+    targets: DevBuf<u32>,
     rows: Vec<u32>,
     t: usize,
 }
@@ -76,7 +76,7 @@ impl CudaLearner {
     }
 
     /// Per-token log-probs of the response rows of h, and what their backward needs.
-    fn response_logprobs(&self, h: &CudaTensor, rows: &[u32], targets: &CudaSlice<u32>) -> Result<(CudaTensor, CudaSlice<f32>, CudaSlice<f32>)> {
+    fn response_logprobs(&self, h: &CudaTensor, rows: &[u32], targets: &DevBuf<u32>) -> Result<(CudaTensor, DevBuf<f32>, DevBuf<f32>)> {
         let be = self.decoder().backend();
         let hs = be.embedding(h, None, rows)?;
         let (rn, c) = (hs.rows, hs.cols);
@@ -151,7 +151,7 @@ impl CudaLearner {
     /// back to their rows (a row scored twice, the packed pair's last prefix row, adds both),
     /// the final norm, every layer from the last (recomputed from its kept input), and the
     /// projector when it trains. Gradients are added to the step's.
-    fn backprop(&mut self, sc: Scored, dlogp: &CudaSlice<f32>, x_last: CudaTensor, inputs: &[CudaTensor], b: &Batch, tapes: &[ImageTape]) -> Result<()> {
+    fn backprop(&mut self, sc: Scored, dlogp: &DevBuf<f32>, x_last: CudaTensor, inputs: &[CudaTensor], b: &Batch, tapes: &[ImageTape]) -> Result<()> {
         let be = self.decoder().backend().clone();
         let Scored { hs, lse, targets, rows, t } = sc;
         let (rn, cdim) = (hs.rows, hs.cols);

@@ -1,9 +1,9 @@
 //! The GPU learner's struct and its training state on the device (adapters, projector), shared
 //! by the other files of `train::cuda`.
 
+use crate::backend::cuda::DevBuf;
 use std::sync::Arc;
 
-use cudarc::driver::CudaSlice;
 
 use crate::backend::cuda::{Cuda, CudaDevice};
 use crate::error::{Error, Result};
@@ -34,12 +34,12 @@ pub(super) struct DeviceLoras {
     /// Per layer, per projection: the index in `adapters`.
     pub(super) lookup: Vec<[Option<usize>; 7]>,
     /// f32 master parameters, gradients and AdamW moments, adapter after adapter (A then B).
-    pub(super) p: CudaSlice<f32>,
-    pub(super) g: CudaSlice<f32>,
-    pub(super) m: CudaSlice<f32>,
-    pub(super) v: CudaSlice<f32>,
+    pub(super) p: DevBuf<f32>,
+    pub(super) g: DevBuf<f32>,
+    pub(super) m: DevBuf<f32>,
+    pub(super) v: DevBuf<f32>,
     /// The bf16 copy of p the LoRA kernels read.
-    pub(super) p16: CudaSlice<u16>,
+    pub(super) p16: DevBuf<u16>,
     /// AdamW steps taken (the same for every tensor).
     pub(super) step: u64,
 }
@@ -50,10 +50,10 @@ pub(super) struct DeviceLoras {
 pub(super) struct DeviceProjector {
     /// (name, shape, offset) of every parameter.
     pub(super) params: Vec<(String, Vec<usize>, usize)>,
-    pub(super) p: CudaSlice<f32>,
-    pub(super) g: CudaSlice<f32>,
-    pub(super) m: CudaSlice<f32>,
-    pub(super) v: CudaSlice<f32>,
+    pub(super) p: DevBuf<f32>,
+    pub(super) g: DevBuf<f32>,
+    pub(super) m: DevBuf<f32>,
+    pub(super) v: DevBuf<f32>,
     pub(super) step: u64,
 }
 
@@ -66,13 +66,13 @@ pub struct CudaLearner {
     /// Set when the projector trains.
     pub(super) projector: Option<DeviceProjector>,
     /// A column of ones (bf16) for the bias gradients, grown as needed.
-    pub(super) ones: Option<CudaSlice<u16>>,
+    pub(super) ones: Option<DevBuf<u16>>,
     /// The weight of the examples accumulated since the last step (all the same: 1 / n).
     pub(super) pending_w: Option<f32>,
     /// The LoRA dropout seed of the example being run (None: no dropout, as in evaluation).
     pub(super) dropout_seed: Option<u64>,
-    pub(super) inv_freq: CudaSlice<f32>,
-    pub(super) neg_inv_freq: CudaSlice<f32>,
+    pub(super) inv_freq: DevBuf<f32>,
+    pub(super) neg_inv_freq: DevBuf<f32>,
 }
 
 impl CudaLearner {

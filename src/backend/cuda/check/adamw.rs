@@ -1,9 +1,10 @@
 //! The AdamW check (kernels/adamw.cu): one fused step over many tensors, exact against
 //! `optim::AdamWState` (the same f32 operations), and `grad_sumsq` against the host's f64 sum.
 
+use crate::backend::cuda::DevBuf;
 use super::io::upload;
 use super::metric::{f32_bits, Case, Expected, Output, POISON_U32};
-use crate::backend::cuda::{self, CudaSlice};
+use crate::backend::cuda;
 use crate::error::Result;
 use crate::rng::Rng;
 
@@ -59,7 +60,7 @@ pub(super) fn adamw_case(n_tensors: usize, step: u64, off: usize, seed: u64) -> 
             dev.adamw(&mut dp.slice_mut(r.clone()), &dg.slice(r.clone()), &mut dm.slice_mut(r.clone()), &mut dv.slice_mut(r.clone()), &tensors, &cfg, step, gscale)?;
             // The clipping norm of the same gradients (unscaled), f64 against the host's sum.
             let sumsq = dev.grad_sumsq(&dg.slice(r))?;
-            let bits = |b: &CudaSlice<f32>| -> Result<Output> { Ok(Output::U32 { all: f32_bits(&dev.dtoh(b)?), lo: off, n }) };
+            let bits = |b: &DevBuf<f32>| -> Result<Output> { Ok(Output::U32 { all: f32_bits(&dev.dtoh(b)?), lo: off, n }) };
             let close = (sumsq - sumsq_ref).abs() <= 1e-12 * sumsq_ref.max(f64::MIN_POSITIVE);
             Ok(vec![bits(&dp)?, bits(&dm)?, bits(&dv)?, Output::U32 { all: vec![close as u32], lo: 0, n: 1 }])
         }),

@@ -3,10 +3,11 @@
 //! poisoned guards (`upload`, `poisoned`, `download_*`, `pick_rows` / `select_guarded` for
 //! outputs compared in part).
 
+use crate::backend::cuda::DevBuf;
 use half::bf16;
 
 use super::metric::{f32_bits, guarded, Output, GUARD};
-use crate::backend::cuda::{CudaDevice, CudaSlice, DeviceRepr};
+use crate::backend::cuda::{CudaDevice, DeviceRepr};
 use crate::error::Result;
 use crate::rng::Rng;
 
@@ -58,24 +59,24 @@ pub(super) fn shape2(t: usize, c: usize, off: usize, extra: &str) -> String {
 }
 
 /// `data` at offset `lo` of a new device buffer, poisoned guards around it.
-pub(super) fn upload<T: DeviceRepr + Copy>(dev: &CudaDevice, data: &[T], lo: usize, poison: T) -> Result<CudaSlice<T>> {
+pub(super) fn upload<T: DeviceRepr + Copy>(dev: &CudaDevice, data: &[T], lo: usize, poison: T) -> Result<DevBuf<T>> {
     dev.htod(&guarded(data, lo, poison))
 }
 
 /// A poisoned device buffer for an output of `n` elements at offset `lo`.
-pub(super) fn poisoned<T: DeviceRepr + Copy>(dev: &CudaDevice, n: usize, lo: usize, poison: T) -> Result<CudaSlice<T>> {
+pub(super) fn poisoned<T: DeviceRepr + Copy>(dev: &CudaDevice, n: usize, lo: usize, poison: T) -> Result<DevBuf<T>> {
     dev.htod(&vec![poison; lo + n + GUARD])
 }
 
-pub(super) fn download_bf16(dev: &CudaDevice, buf: &CudaSlice<u16>, lo: usize, n: usize) -> Result<Output> {
+pub(super) fn download_bf16(dev: &CudaDevice, buf: &DevBuf<u16>, lo: usize, n: usize) -> Result<Output> {
     Ok(Output::Bf16 { all: dev.dtoh(buf)?, lo, n })
 }
 
-pub(super) fn download_u32(dev: &CudaDevice, buf: &CudaSlice<u32>, lo: usize, n: usize) -> Result<Output> {
+pub(super) fn download_u32(dev: &CudaDevice, buf: &DevBuf<u32>, lo: usize, n: usize) -> Result<Output> {
     Ok(Output::U32 { all: dev.dtoh(buf)?, lo, n })
 }
 
-pub(super) fn download_f32(dev: &CudaDevice, buf: &CudaSlice<f32>, lo: usize, n: usize) -> Result<Output> {
+pub(super) fn download_f32(dev: &CudaDevice, buf: &DevBuf<f32>, lo: usize, n: usize) -> Result<Output> {
     Ok(Output::F32 { all: f32_bits(&dev.dtoh(buf)?), lo, n })
 }
 
