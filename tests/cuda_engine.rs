@@ -3,13 +3,16 @@
 //! a device each test prints `skipped: no CUDA device` and passes (`STIC_REQUIRE_CUDA=1`: fails).
 //!
 //! - (d) `STIC_CUDA_SYNC=1`: one stream synchronisation after every kernel launch and every
-//!   engine op, and none without the mode.
+//!   engine op, and none without the mode; an asynchronous fault (the emulated device's
+//!   asynchronous-fault mode) is reported by the op that caused it with the mode, by a later sync
+//!   without it.
 //! - (a) the cuBLASLt plan cache: a long run of distinct GEMM shapes keeps it at its capacity
 //!   (least recently used plans evicted), and a shape still cached makes no new plan.
 //! - (b) allocations: once warm, a generation (prefill and every decode step) makes no device
 //!   allocation (`CudaDevice::alloc_count`) and no scratch allocation: the buffer cache
 //!   (`pool.rs`) and the scratch cache give every buffer back (training steps: tests/cuda_train.rs).
-//! - (c) the device's ops run on a created stream, not the legacy NULL stream.
+//! - (c) the device's ops run on a created stream, not the legacy NULL stream; the decode loop's
+//!   host-device copies all go through the pinned staging ring (`staging.rs`; training: tests/cuda_train.rs).
 //! - (e) the Hopper attention's host work: the dynamic shared-memory attribute is set once per
 //!   kernel and the three tensor maps are encoded once per (buffer, shape). Needs the emulated
 //!   device at `STIC_CUDA_EMU_ARCH=90` (or an H100); elsewhere the test says so and passes.
@@ -53,6 +56,45 @@ fn sync_mode_synchronises_after_every_launch_and_op() {
     assert_eq!(dev.op_sync_count() - before, 2, "STIC_CUDA_SYNC: one sync after the launch, one after the op");
     dev.set_sync_each_op(false);
     assert_eq!(be.download(&y).unwrap().shape(), &[t, c]);
+}
+
+/// (d) What the sync mode is for: a kernel that faults while running (here it reads a token-id
+/// buffer nobody wrote: the emulated initcheck's report) is asynchronous on a GPU, so without the
+/// mode its op returns Ok and the fault surfaces at the next synchronisation, which names only
+/// itself; with `STIC_CUDA_SYNC=1` the faulting op returns the error, naming the op and its shapes.
+/// Needs the emulated device's asynchronous-fault mode (on a GPU a real fault would leave the
+/// context unusable); elsewhere the test says so and passes.
+#[test]
+fn sync_mode_names_the_op_of_an_asynchronous_fault() {
+    let Some(be) = cuda(Cuda::new) else { return };
+    if !stic::backend::cuda::emulated_async_faults(true) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), "skipped: needs the emulated device (STIC_CUDA_EMU=1) to fault a kernel safely");
+        return;
+    }
+    let dev = be.device().clone();
+    let (v, c, t) = (16usize, 64usize, 4usize);
+    let table = dev.htod(&vec![0u16; v * c]).unwrap();
+    // The planted bug: the token ids are never written.
+    // SAFETY: only the emulated device reads it, which reports the read instead of using garbage.
+    let sources = unsafe { dev.alloc_uninit::<u32>(t) }.unwrap();
+    let mut out = dev.zeros::<u16>(t * c).unwrap();
+    let mut embed = || dev.embedding(&table.as_view(), c, None, &sources.as_view(), &mut out.as_view_mut(), None);
+
+    dev.set_sync_each_op(false);
+    let r = embed();
+    let late = dev.synchronize();
+    dev.set_sync_each_op(true);
+    let named = embed();
+    dev.set_sync_each_op(false);
+    stic::backend::cuda::emulated_async_faults(false);
+
+    assert!(r.is_ok(), "without STIC_CUDA_SYNC the launch succeeds (the fault is asynchronous): {r:?}");
+    let late = late.expect_err("the next synchronisation reports the fault").to_string();
+    assert!(late.starts_with("cuda: synchronize:") && late.contains("initcheck"), "the fault surfaces at the sync, which names only itself: {late}");
+    let named = named.expect_err("with STIC_CUDA_SYNC the op fails").to_string();
+    assert!(named.starts_with("cuda: embedding: table [16, 64], features [0, 64], 4 sources:") && named.contains("STIC_CUDA_SYNC") && named.contains("initcheck"), "the op names itself and its shapes: {named}");
+    assert!(dev.synchronize().is_ok(), "the fault was reported once; the device stays usable");
 }
 
 /// (a) Capacity + 44 distinct prefill lengths M (y[M, 16] = x[M, 32] @ w[16, 32]^T): every new
@@ -118,9 +160,13 @@ fn decode_steps_allocate_nothing_once_warm() {
     let (a_warm, s_warm, _) = decode_allocs(&be, &pipe, steps);
     assert!(a_warm > 0 && s_warm > 0, "the warm-up allocates (outputs, scratch): {a_warm} device, {s_warm} scratch");
     let reuse0 = be.device().alloc_reuse_count();
+    let (staged0, pageable0) = be.device().copy_counts();
     let (a, s, n) = decode_allocs(&be, &pipe, steps);
     let reused = be.device().alloc_reuse_count() - reuse0;
-    eprintln!("generation of {steps} tokens: warm-up {a_warm} device allocations ({s_warm} scratch); then {a} ({s} scratch), {reused} buffers reused");
+    let (staged, pageable) = (be.device().copy_counts().0 - staged0, be.device().copy_counts().1 - pageable0);
+    eprintln!("generation of {steps} tokens: warm-up {a_warm} device allocations ({s_warm} scratch); then {a} ({s} scratch), {reused} buffers reused; {staged} host-device copies through the pinned ring, {pageable} pageable");
+    assert!(staged as usize >= steps, "(c) every decode step's host-device copies (at least the sampled tokens) go through the pinned ring");
+    assert_eq!(pageable, 0, "(c) no pageable copy in the decode loop");
     assert_eq!(n, steps, "every sequence ran its max_new_tokens (no early EOS)");
     assert_eq!((a, s), (0, 0), "no device or scratch allocation once warm (prefill and {steps} decode steps)");
     assert!(reused as usize >= steps, "each decode step reuses cached buffers ({reused} reuses)");

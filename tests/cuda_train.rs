@@ -281,9 +281,10 @@ fn compare_moments(cpu: &std::path::Path, gpu: &std::path::Path, what: &str) {
     println!("{what}: worst first-moment rel-L2 error {worst:.3e}");
 }
 
-/// Issue #15 (b): once the first DPO steps have run (the warm-up allocates activations, gradient
-/// and optimizer buffers, scratch), further training steps (forward, backward, AdamW) make no
-/// device allocation: every buffer comes back from the buffer cache or the scratch cache.
+/// Issue #15 (b), (c): once the first DPO steps have run (the warm-up allocates activations,
+/// gradient and optimizer buffers, scratch), further training steps (forward, backward, AdamW)
+/// make no device allocation (every buffer comes back from the buffer cache or the scratch
+/// cache), and their host-device copies all go through the pinned staging ring.
 #[test]
 fn training_steps_allocate_nothing_once_warm() {
     let Some(be) = cuda(Cuda::new) else { return };
@@ -311,11 +312,15 @@ fn training_steps_allocate_nothing_once_warm() {
     step(&mut learner);
     let (a_warm, s_warm) = (dev.alloc_count() - a0, dev.scratch_alloc_count() - s0);
     let (a1, s1, r1) = (dev.alloc_count(), dev.scratch_alloc_count(), dev.alloc_reuse_count());
+    let (c1, p1) = dev.copy_counts();
     for _ in 0..3 {
         step(&mut learner);
     }
     let (a, s, reused) = (dev.alloc_count() - a1, dev.scratch_alloc_count() - s1, dev.alloc_reuse_count() - r1);
-    println!("DPO steps: warm-up (2 steps) {a_warm} device allocations ({s_warm} scratch); next 3 steps {a} ({s} scratch), {reused} buffers reused");
+    let (staged, pageable) = (dev.copy_counts().0 - c1, dev.copy_counts().1 - p1);
+    println!("DPO steps: warm-up (2 steps) {a_warm} device allocations ({s_warm} scratch); next 3 steps {a} ({s} scratch), {reused} buffers reused, {staged} host-device copies through the pinned ring, {pageable} pageable");
+    assert!(staged > 0, "the steps' host-device copies go through the pinned ring");
+    assert_eq!(pageable, 0, "no pageable copy in a training step (issue #15 (c))");
     assert!(a_warm > 0, "the warm-up allocates (the counter works)");
     assert_eq!((a, s), (0, 0), "no device or scratch allocation in a training step once warm");
     assert!(reused > 0, "the steps reuse cached buffers");

@@ -10,6 +10,7 @@
 // resolves symbols lazily, so an unused one is never looked up.
 #include "driver.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -84,6 +85,12 @@ std::set<void*> g_host;                   // pinned host allocations
 thread_local CUcontext tl_ctx = nullptr;
 
 bool stream_ok(CUstream s) { return s == nullptr || g_streams.count(s) != 0; }
+
+std::atomic<bool> g_async_faults{[] {
+    const char* e = std::getenv("STIC_CUDA_EMU_ASYNC_FAULTS");
+    return e && std::strcmp(e, "1") == 0;
+}()};
+std::map<CUstream, CUresult> g_faults;  // pending asynchronous faults by stream (driver.h)
 
 CUresult check_dev(CUdeviceptr p, size_t n, bool write, const char* what) {
     if (n == 0) return SUCCESS;
@@ -233,7 +240,7 @@ EMU_API CUresult cuCtxGetDevice(CUdevice* d) {
     *d = 0;
     return SUCCESS;
 }
-EMU_API CUresult cuCtxSynchronize() { return tl_ctx ? SUCCESS : INVALID_CONTEXT; }
+EMU_API CUresult cuCtxSynchronize() { return tl_ctx ? take_any_fault() : INVALID_CONTEXT; }
 
 // ---------------------------------------------------------------------------------------------
 // Memory.
@@ -285,7 +292,11 @@ EMU_API CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
     if (n) std::memcpy(dst, reinterpret_cast<const void*>(src), n);
     return SUCCESS;
 }
-EMU_API CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, CUstream s) { return stream_ok(s) ? cuMemcpyDtoH_v2(dst, src, n) : INVALID_HANDLE; }
+EMU_API CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, CUstream s) {
+    if (!stream_ok(s)) return INVALID_HANDLE;
+    if (CUresult r = take_stream_fault(s)) return r;
+    return cuMemcpyDtoH_v2(dst, src, n);
+}
 EMU_API CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
     if (CUresult r = check_dev(src, n, false, "cuMemcpyDtoD (source)")) return r;
     if (CUresult r = check_dev(dst, n, true, "cuMemcpyDtoD (destination)")) return r;
@@ -353,10 +364,11 @@ EMU_API CUresult cuStreamCreateWithPriority(CUstream* s, unsigned flags, int) { 
 EMU_API CUresult cuStreamDestroy_v2(CUstream s) {
     std::lock_guard<std::mutex> g(g_mu);
     if (!g_streams.erase(s)) return INVALID_HANDLE;
+    g_faults.erase(s);
     delete s;
     return SUCCESS;
 }
-EMU_API CUresult cuStreamSynchronize(CUstream s) { return stream_ok(s) ? SUCCESS : INVALID_HANDLE; }
+EMU_API CUresult cuStreamSynchronize(CUstream s) { return stream_ok(s) ? take_stream_fault(s) : INVALID_HANDLE; }
 EMU_API CUresult cuStreamQuery(CUstream s) { return stream_ok(s) ? SUCCESS : INVALID_HANDLE; }
 EMU_API CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned) {
     std::lock_guard<std::mutex> g(g_mu);
@@ -405,3 +417,32 @@ EMU_API CUresult cuEventElapsedTime_v2(float* ms, CUevent start, CUevent end) {
     return SUCCESS;
 }
 EMU_API CUresult cuEventElapsedTime(float* ms, CUevent start, CUevent end) { return cuEventElapsedTime_v2(ms, start, end); }
+
+// ---------------------------------------------------------------------------------------------
+// Asynchronous faults (driver.h).
+
+namespace emu::drv {
+bool async_faults() { return g_async_faults.load(); }
+void set_stream_fault(CUstream s, CUresult code) {
+    std::lock_guard<std::mutex> g(g_mu);
+    g_faults.emplace(s, code);  // the first fault of the stream is the one reported
+}
+CUresult take_stream_fault(CUstream s) {
+    std::lock_guard<std::mutex> g(g_mu);
+    auto it = g_faults.find(s);
+    if (it == g_faults.end()) return SUCCESS;
+    CUresult r = it->second;
+    g_faults.erase(it);
+    return r;
+}
+CUresult take_any_fault() {
+    std::lock_guard<std::mutex> g(g_mu);
+    if (g_faults.empty()) return SUCCESS;
+    CUresult r = g_faults.begin()->second;
+    g_faults.erase(g_faults.begin());
+    return r;
+}
+}  // namespace emu::drv
+
+// Not a driver entry point: turns the asynchronous-fault mode (driver.h) on or off at run time.
+EMU_API void stic_emu_set_async_faults(int on) { g_async_faults.store(on != 0); }

@@ -60,4 +60,15 @@ const DeviceDesc& device();
 // when `image` does not start with the fatbin magic.
 size_t fatbin_len(const void* image);
 
+// Asynchronous faults (stic_emu_set_async_faults, or STIC_CUDA_EMU_ASYNC_FAULTS=1 at load): a
+// kernel that fails while running returns CUDA_SUCCESS from cuLaunchKernel, as on a GPU, and the
+// fault is reported (CUDA_ERROR_LAUNCH_FAILED with its report) by the next synchronising call on
+// its stream: cuStreamSynchronize, a device-to-host copy on it, or cuCtxSynchronize (any stream).
+// Unlike a GPU's sticky error, it is reported once and the context stays usable (the tests share
+// one process). Launch checks made before a kernel runs stay synchronous errors, as on a GPU.
+bool async_faults();
+void set_stream_fault(CUstream s, CUresult code);
+CUresult take_stream_fault(CUstream s);  // SUCCESS when none; clears it
+CUresult take_any_fault();               // cuCtxSynchronize: the first pending one, cleared
+
 }  // namespace emu::drv

@@ -135,7 +135,7 @@ EMU_API CUresult cuFuncSetCacheConfig(CUfunction f, int) { return f ? SUCCESS : 
 // ---------------------------------------------------------------------------------------------
 // Launch.
 
-EMU_API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, CUstream, void** params, void** extra) {
+EMU_API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, CUstream stream, void** params, void** extra) {
     if (!f) return INVALID_HANDLE;
     const emu::KernelInfo& k = *f->k;
     emu::LaunchCfg cfg{{gx, gy, gz}, {bx, by, bz}, smem, k.regs};
@@ -155,12 +155,20 @@ EMU_API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned
     if ((long)smem > f->max_dyn_smem)
         return report(INVALID_VALUE, what + ": the dynamic shared memory exceeds the kernel's MAX_DYNAMIC_SHARED_SIZE_BYTES attribute (" + std::to_string(f->max_dyn_smem) + "; raise it with cuFuncSetAttribute)");
     std::lock_guard<std::mutex> g(g_launch_mu);
+    // A fault while the kernel runs: returned now, or in the asynchronous mode (driver.h) by the
+    // next synchronising call on the stream.
+    auto fault = [&](const std::string& msg) {
+        CUresult r = report(LAUNCH_FAILED, msg);
+        if (!async_faults()) return r;
+        set_stream_fault(stream, r);
+        return SUCCESS;
+    };
     try {
         k.run(k.name, params, cfg, k.static_smem);
     } catch (const std::exception& e) {
-        return report(LAUNCH_FAILED, what + " failed:\n" + e.what());
+        return fault(what + " failed:\n" + e.what());
     } catch (...) {
-        return report(LAUNCH_FAILED, what + " failed with an unknown exception");
+        return fault(what + " failed with an unknown exception");
     }
     std::lock_guard<std::mutex> g2(g_mu);
     g_launches[k.name]++;

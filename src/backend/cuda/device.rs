@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::{self, CUdevice_attribute, CUfunction_attribute_enum};
-use cudarc::driver::{CudaContext, CudaFunction, CudaViewMut, DevicePtr, DriverError, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
+use cudarc::driver::{CudaContext, CudaFunction, CudaViewMut, DevicePtr, DevicePtrMut, DriverError, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 
 use super::pool::{BufCache, DevBuf};
+use super::staging::Staging;
 use super::{cuda_err, kernels};
 use crate::error::{Error, Result};
 
@@ -70,6 +71,8 @@ pub struct CudaDevice {
     /// allocations (`htod`, `zeros`, `alloc_uninit`: every allocation goes through them): the
     /// tests' check that a decode or training step allocates nothing once warm.
     bufs: Arc<BufCache>,
+    /// The pinned staging ring of the host <-> device copies (`staging.rs`).
+    staging: Staging,
     /// The scratch-buffer cache (`workspace.rs`): by (purpose, element type), a `CudaSlice<T>`.
     pub(super) workspace: Mutex<ScratchCache>,
     /// How many buffers that cache has allocated.
@@ -146,6 +149,7 @@ impl CudaDevice {
         let dev = CudaDevice {
             ctx,
             bufs: BufCache::new(stream.clone()),
+            staging: Staging::new(),
             stream,
             modules,
             functions: Mutex::new(HashMap::new()),
@@ -257,14 +261,34 @@ impl CudaDevice {
         self.bufs.trim();
     }
 
-    /// Copies host data to a device buffer (from the buffer cache when it holds one that size).
+    /// How many host <-> device copies went through the pinned staging ring, and how many
+    /// directly from pageable memory (those larger than the ring: `staging.rs`).
+    pub fn copy_counts(&self) -> (u64, u64) {
+        (self.staging.staged.load(Ordering::Relaxed), self.staging.pageable.load(Ordering::Relaxed))
+    }
+
+    /// Copies host data to a device buffer (from the buffer cache when it holds one that size),
+    /// through the pinned staging ring when it fits.
     pub fn htod<T: DeviceRepr>(&self, data: &[T]) -> Result<DevBuf<T>> {
         // SAFETY: every element is written by the copy below before anything reads it.
         let mut b = unsafe { self.alloc_uninit::<T>(data.len())? };
         if !data.is_empty() {
-            self.stream.memcpy_htod(data, &mut *b).map_err(|e| cuda_err("htod", format!("[{}]", data.len()), e))?;
+            self.copy_htod("htod", data, &mut *b)?;
         }
         Ok(b)
+    }
+
+    /// The copy of `htod` and `htod_into`: staged when it fits the ring, else direct.
+    fn copy_htod<T: DeviceRepr, D: DevicePtrMut<T>>(&self, op: &str, data: &[T], dst: &mut D) -> Result<()> {
+        let err = |e| cuda_err(op, format!("[{}]", data.len()), e);
+        let staged = {
+            let (p, _sync) = dst.device_ptr_mut(&self.stream);
+            self.staging.htod(&self.ctx, &self.stream, data, p).map_err(err)?
+        };
+        if !staged {
+            self.stream.memcpy_htod(data, dst).map_err(err)?;
+        }
+        Ok(())
     }
 
     /// Copies host data into an existing device buffer of the same length (stream-ordered: after
@@ -276,7 +300,7 @@ impl CudaDevice {
         if data.is_empty() {
             return Ok(());
         }
-        self.stream.memcpy_htod(data, dst).map_err(|e| cuda_err("htod_into", format!("[{}]", data.len()), e))
+        self.copy_htod("htod_into", data, dst)
     }
 
     /// Copies a device buffer (or view) to the host, after everything queued before it on the
@@ -285,7 +309,15 @@ impl CudaDevice {
         if data.is_empty() {
             return Ok(Vec::new());
         }
-        self.stream.clone_dtoh(data).map_err(|e| cuda_err("dtoh", format!("[{}]", data.len()), e))
+        let err = |e| cuda_err("dtoh", format!("[{}]", data.len()), e);
+        let staged = {
+            let (p, _sync) = data.device_ptr(&self.stream);
+            self.staging.dtoh::<T>(&self.ctx, &self.stream, p, data.len()).map_err(err)?
+        };
+        match staged {
+            Some(v) => Ok(v),
+            None => self.stream.clone_dtoh(data).map_err(err),
+        }
     }
 
     /// A device buffer of `n` zeroed elements.

@@ -98,6 +98,27 @@ pub fn mark_uninit(ptr: u64, bytes: usize) {
     }
 }
 
+/// Turns the emulated device's asynchronous-fault mode on or off (the fake libcuda's
+/// `stic_emu_set_async_faults`; `STIC_CUDA_EMU_ASYNC_FAULTS=1` sets it at load): a kernel that
+/// faults while running then returns success from its launch, as on a GPU, and the fault is
+/// reported by the next synchronisation of its stream. Returns false when the emulated device
+/// is not loaded.
+pub fn set_async_faults(on: bool) -> bool {
+    if !matches!(LOADED.get(), Some(Ok(()))) {
+        return false;
+    }
+    let sym = CString::new("stic_emu_set_async_faults").expect("no NUL");
+    // SAFETY: looks up a symbol of the libraries loaded RTLD_GLOBAL by `load`.
+    let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, sym.as_ptr()) };
+    if f.is_null() {
+        return false;
+    }
+    // SAFETY: the fake libcuda defines it as `void stic_emu_set_async_faults(int)`.
+    let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(f) };
+    f(on as libc::c_int);
+    true
+}
+
 /// How many launches of the kernel `name` have completed on the emulated device in this process
 /// (the fake libcuda counts them), or `None` when the emulated device is not loaded. Tests use it
 /// to check which kernel a path took.

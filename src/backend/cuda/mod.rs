@@ -63,6 +63,7 @@ mod pool;
 mod rmsnorm;
 mod rope;
 mod sample;
+mod staging;
 mod workspace;
 
 pub use attention::{attention_split_chunk, attention_splits, ATTENTION_SPLITS_MAX};
@@ -72,7 +73,7 @@ pub use adamw::AdamWTensor;
 pub use dpo::DpoSpans;
 pub use dropout::Dropout;
 pub use device::{cuda_available, emulated, CudaDevice};
-pub use emu::launch_count as emulated_launch_count;
+pub use emu::{launch_count as emulated_launch_count, set_async_faults as emulated_async_faults};
 pub use engine::{Cuda, CudaLinear, CudaLogits, CudaTensor};
 pub use logprob::LOGPROB_CHUNK;
 pub use lora::LORA_MAX_RANK;
