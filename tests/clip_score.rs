@@ -130,6 +130,15 @@ fn bad_checkpoints_name_the_file_and_field() {
     let e = err(&dir);
     assert!(e.contains("text_config.num_attention_heads"), "{e}");
     edit_config(&dir, |c| c["text_config"]["num_attention_heads"] = 2.into());
+    let pp = dir.join("preprocessor_config.json");
+    let good = std::fs::read_to_string(&pp).unwrap();
+    let mut p: serde_json::Value = serde_json::from_str(&good).unwrap();
+    p["crop_size"] = serde_json::json!({"height": 224, "width": 224});
+    std::fs::write(&pp, p.to_string()).unwrap();
+    let e = err(&dir);
+    assert!(e.contains("preprocessor_config.json") && e.contains("crop_size") && e.contains("336"), "{e}");
+    std::fs::write(&pp, good).unwrap();
+    ClipModel::load(&dir).expect("the repaired copy loads");
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
     let e = err(&dir);
     assert!(e.contains("tokenizer.json") && e.contains("not found"), "{e}");

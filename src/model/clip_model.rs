@@ -154,7 +154,13 @@ impl<B: Backend> ClipModel<B> {
 
     fn from_weights(be: &B, dir: &Path, cfg: ClipConfig, ws: &dyn WeightSource) -> Result<Self> {
         let tokenizer = ClipTokenizer::from_file(&dir.join("tokenizer.json"), cfg.text.max_position_embeddings)?;
-        let processor = ImageProcessorConfig::from_file(&dir.join("preprocessor_config.json"))?;
+        let processor_path = dir.join("preprocessor_config.json");
+        let processor = ImageProcessorConfig::from_file(&processor_path)?;
+        let s = cfg.vision.image_size;
+        if processor.do_center_crop && (processor.crop_height != s || processor.crop_width != s) {
+            let msg = format!("{}x{} pixels, but vision_config.image_size is {s}", processor.crop_height, processor.crop_width);
+            return Err(Error::config(processor_path, "crop_size", msg));
+        }
         let (cv, ct, p) = (cfg.vision.hidden_size, cfg.text.hidden_size, cfg.projection_dim);
         let text = ClipText::load(be, ws, "text_model", &cfg.text)?;
         let vision = ClipVision::load(be, ws, "vision_model", &cfg.vision, cfg.vision.num_hidden_layers)?;
