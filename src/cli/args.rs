@@ -51,6 +51,9 @@ pub enum Cmd {
     /// Time one prefill and N greedy decode steps on seeded random prompts, with a per-op table
     /// (CUDA events on the GPU). With --random-weights any config runs without a download.
     Profile(ProfileArgs),
+    /// CLIP image-text relevance: exp(logit_scale) * cos of the projected embeddings (100 * cos
+    /// for the OpenAI checkpoints), one score per --text, the texts in one batch.
+    ClipScore(ClipScoreArgs),
 }
 
 #[derive(Args)]
@@ -82,6 +85,25 @@ pub struct ScoreArgs {
     pub prompt: String,
     #[arg(long)]
     pub response: String,
+}
+
+#[derive(Args)]
+pub struct ClipScoreArgs {
+    /// A Hugging Face `CLIPModel` directory (config.json, model.safetensors, tokenizer.json,
+    /// preprocessor_config.json), e.g. openai/clip-vit-large-patch14-336.
+    #[arg(long)]
+    pub clip: PathBuf,
+    #[arg(long)]
+    pub image: PathBuf,
+    /// A text to score; repeat for several (over 77 CLIP tokens: truncated, EOS kept last).
+    #[arg(long, required = true)]
+    pub text: Vec<String>,
+    /// cpu, cuda or cuda:N (needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// Print `{"scores": [...]}`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

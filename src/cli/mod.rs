@@ -21,14 +21,18 @@
 //! stic eval     --bench NAME --data PATH (--model DIR [--adapter DIR] --out DIR | --predictions FILE)
 //!               [--image-folder DIR] [--max-new-tokens N] [--batch-size N] [--limit N] [--quiet]
 //!
+//! stic clip-score --clip DIR --image PATH --text T [--text T ...] [--device cpu|cuda] [--json]
+//!               (CLIP image-text scores, `{"scores": [...]}` with --json)
+//!
 //! `--prompt` may be given several times to generate for a batch at once (with one `--image` shared
 //! by all, or one `--image` per prompt); `--json` then prints one JSON object per line.
 //!
 //! `args`: the clap structs and shared option groups; one file per family of commands (`infer`,
-//! `train`, `data`, `check`); `run` dispatches to them.
+//! `train`, `data`, `check`, `clip`); `run` dispatches to them.
 
 mod args;
 mod check;
+mod clip;
 mod data;
 mod infer;
 mod train;
@@ -55,6 +59,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::BuildDif(a) => data::build_dif(&a)?,
         Cmd::Eval(a) => data::eval(a)?,
         Cmd::Run(a) => data::run(a)?,
+        Cmd::ClipScore(a) => clip::clip_score(&a)?,
         Cmd::Check(a) => return Ok(check::check(&a)),
     }
     Ok(ExitCode::SUCCESS)

@@ -8,13 +8,14 @@
 //! indices, so only layers up to the largest index are loaded and run; the later layers and
 //! post_layernorm are skipped.
 
-use crate::backend::{Backend, Cpu, PackedMask};
+use crate::backend::{Backend, Cpu, PackedMask, Rows};
 use crate::config::VisionConfig;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
-struct ClipLayer<B: Backend> {
+/// One CLIP encoder layer (`CLIPEncoderLayer`), shared by the vision and text towers.
+pub(crate) struct ClipLayer<B: Backend> {
     ln1: B::LayerNorm,
     q: B::Linear,
     k: B::Linear,
@@ -23,6 +24,35 @@ struct ClipLayer<B: Backend> {
     ln2: B::LayerNorm,
     fc1: B::Linear,
     fc2: B::Linear,
+}
+
+impl<B: Backend> ClipLayer<B> {
+    /// The layer `{lp}.*` (HF names): hidden size `c`, MLP width `f`.
+    pub(crate) fn load(be: &B, ws: &dyn WeightSource, lp: &str, c: usize, f: usize, eps: f64) -> Result<Self> {
+        Ok(ClipLayer {
+            ln1: be.layernorm_weights(ws, &format!("{lp}.layer_norm1"), c, eps)?,
+            q: be.linear(ws, &format!("{lp}.self_attn.q_proj"), c, c, true)?,
+            k: be.linear(ws, &format!("{lp}.self_attn.k_proj"), c, c, true)?,
+            v: be.linear(ws, &format!("{lp}.self_attn.v_proj"), c, c, true)?,
+            o: be.linear(ws, &format!("{lp}.self_attn.out_proj"), c, c, true)?,
+            ln2: be.layernorm_weights(ws, &format!("{lp}.layer_norm2"), c, eps)?,
+            fc1: be.linear(ws, &format!("{lp}.mlp.fc1"), c, f, true)?,
+            fc2: be.linear(ws, &format!("{lp}.mlp.fc2"), f, c, true)?,
+        })
+    }
+
+    /// x += attn(LN1 x); x += fc2(act(fc1(LN2 x))), over the packed sequences `lens` with `mask`
+    /// and `h` heads (head dim C / h, scores scaled by its inverse square root, as HF's `scale`).
+    pub(crate) fn forward(&self, be: &B, x: &mut B::Tensor, lens: &[usize], mask: PackedMask, h: usize, act: &str) -> Result<()> {
+        let d = x.n_cols() / h;
+        let hn = be.layernorm(x, &self.ln1)?;
+        let (q, k, v) = (be.matmul(&hn, &self.q)?, be.matmul(&hn, &self.k)?, be.matmul(&hn, &self.v)?);
+        let attn = be.attention_packed(&q, &k, &v, lens, mask, h, h, d)?;
+        be.matmul_add(&attn, &self.o, x)?;
+        let mut f = be.matmul(&be.layernorm(x, &self.ln2)?, &self.fc1)?;
+        be.activation(act, &mut f)?;
+        be.matmul_add(&f, &self.fc2, x)
+    }
 }
 
 pub struct ClipVision<B: Backend = Cpu> {
@@ -59,17 +89,7 @@ impl<B: Backend> ClipVision<B> {
                 }
                 continue;
             }
-            let f = cfg.intermediate_size;
-            layers.push(ClipLayer {
-                ln1: be.layernorm_weights(ws, &format!("{lp}.layer_norm1"), c, eps)?,
-                q: be.linear(ws, &format!("{lp}.self_attn.q_proj"), c, c, true)?,
-                k: be.linear(ws, &format!("{lp}.self_attn.k_proj"), c, c, true)?,
-                v: be.linear(ws, &format!("{lp}.self_attn.v_proj"), c, c, true)?,
-                o: be.linear(ws, &format!("{lp}.self_attn.out_proj"), c, c, true)?,
-                ln2: be.layernorm_weights(ws, &format!("{lp}.layer_norm2"), c, eps)?,
-                fc1: be.linear(ws, &format!("{lp}.mlp.fc1"), c, f, true)?,
-                fc2: be.linear(ws, &format!("{lp}.mlp.fc2"), f, c, true)?,
-            });
+            layers.push(ClipLayer::load(be, ws, &lp, c, cfg.intermediate_size, eps)?);
         }
         ws.skip(&format!("{prefix}.post_layernorm.weight"));
         ws.skip(&format!("{prefix}.post_layernorm.bias"));
@@ -123,9 +143,8 @@ impl<B: Backend> ClipVision<B> {
     pub fn forward(&self, pixels: &Tensor, indices: &[usize]) -> Result<Vec<B::Tensor>> {
         let be = &self.be;
         let n = pixels.dim(0);
-        let (c, h) = (self.cfg.hidden_size, self.cfg.num_attention_heads);
+        let h = self.cfg.num_attention_heads;
         let tokens = self.cfg.num_patches() + 1;
-        let d = c / h;
         let mut x = be.layernorm(&self.embed(pixels)?, &self.pre_ln)?;
         // Every tile is one packed sequence of `tokens` rows; every row sees all of its tile.
         let lens = vec![tokens; n];
@@ -135,13 +154,7 @@ impl<B: Backend> ClipVision<B> {
         }
         for (li, layer) in self.layers.iter().enumerate() {
             be.range_push(&format!("vision layer {li}"));
-            let hn = be.layernorm(&x, &layer.ln1)?;
-            let (q, k, v) = (be.matmul(&hn, &layer.q)?, be.matmul(&hn, &layer.k)?, be.matmul(&hn, &layer.v)?);
-            let attn = be.attention_packed(&q, &k, &v, &lens, PackedMask::Bidirectional, h, h, d)?;
-            be.matmul_add(&attn, &layer.o, &mut x)?;
-            let mut f = be.matmul(&be.layernorm(&x, &layer.ln2)?, &layer.fc1)?;
-            be.activation(&self.cfg.hidden_act, &mut f)?;
-            be.matmul_add(&f, &layer.fc2, &mut x)?;
+            layer.forward(be, &mut x, &lens, PackedMask::Bidirectional, h, &self.cfg.hidden_act)?;
             if indices.contains(&(li + 1)) {
                 out.push((li + 1, x.clone()));
             }

@@ -1,10 +1,14 @@
 //! Models. One file per component; the decoder serves both Mistral and LLaMA (they differ only
-//! in config), and every projection is an `nn::Linear`.
+//! in config), and every projection is an `nn::Linear`. `clip_text` + `clip_model`: CLIP as an
+//! image-text scorer (the vision side reuses `clip`).
 
 pub mod clip;
+pub mod clip_model;
+pub mod clip_text;
 pub mod decoder;
 pub mod llava;
 pub mod projector;
 
+pub use clip_model::ClipModel;
 pub use decoder::{Decoder, KvCache};
 pub use llava::Llava;
