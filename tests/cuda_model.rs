@@ -298,3 +298,27 @@ fn head_dim_64_towers_use_flash_attention_2() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The CLIP scorer (`model::clip_model`, issue #16) on CUDA: image and text embeddings and the
+/// scores against the CPU's (which match transformers within 1e-4: tests/clip_score.rs), by the
+/// whole-model rule against the bf16 CPU backend. The text tower is causal and EOS-pooled, the
+/// vision tower bidirectional and CLS-pooled, both through the CUDA attention kernels.
+#[test]
+fn clip_scorer_cuda_matches_cpu() {
+    use stic::model::clip_model::ClipModel;
+    let Some(be) = cuda(Cuda::new) else { return };
+    let dir = fixtures().join("clip_tiny");
+    let cpu = ClipModel::load(&dir).unwrap();
+    let half = ClipModel::load_on(&Bf16Cpu, &dir).unwrap();
+    let gpu = ClipModel::load_on(&be, &dir).unwrap();
+    let img = stic::image::load_image(&fixtures().join("images/tall.png")).unwrap();
+    let texts: Vec<String> = ["a red square.", "two dogs playing in the snow under a large tree", "x"].iter().map(|s| s.to_string()).collect();
+    let e = |m: &ClipModel<_>| -> (Vec<f32>, Vec<f32>) { (m.image_embeds(&img).unwrap().data().to_vec(), m.text_embeds(&texts).unwrap().data().to_vec()) };
+    let (ic, tc) = e(&cpu);
+    let (ih, th) = (half.image_embeds(&img).unwrap().data().to_vec(), half.text_embeds(&texts).unwrap().data().to_vec());
+    let (ig, tg) = (gpu.image_embeds(&img).unwrap().data().to_vec(), gpu.text_embeds(&texts).unwrap().data().to_vec());
+    assert_model_close("clip image embeds", &ig, &ih, &ic);
+    assert_model_close("clip text embeds", &tg, &th, &tc);
+    let (sc, sh, sg) = (cpu.scores(&img, &texts).unwrap(), half.scores(&img, &texts).unwrap(), gpu.scores(&img, &texts).unwrap());
+    assert_model_close("clip scores", &sg, &sh, &sc);
+}

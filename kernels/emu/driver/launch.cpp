@@ -157,7 +157,7 @@ EMU_API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned
     std::lock_guard<std::mutex> g(g_launch_mu);
     // A fault while the kernel runs: returned now, or in the asynchronous mode (driver.h) by the
     // next synchronising call on the stream.
-    auto fault = [&](const std::string& msg) {
+    auto fault = [&](const std::string& msg) -> CUresult {
         CUresult r = report(LAUNCH_FAILED, msg);
         if (!async_faults()) return r;
         set_stream_fault(stream, r);
