@@ -110,6 +110,14 @@ PROBES = [
     "Potted plants and a hair drier by the sinks; sports balls and baseball bats.",
     "An airplane, an air plane, a plane and jets at the airport.",
     "Tennis rackets and a baseball glove lie on the benches, next to the parking meter.",
+    # Punkt and Treebank edge cases.
+    "A seat next to the toilet. The dog's. a cat (a. b) mr. dog; the u.s. army",
+    "A dog.) A cat. \"A horse,\" he said. Dogs' bowls and a mother-in-law.",
+    "2 dogs... a cat?! A hot-dog, a cell phone--and cannot wanna see 'tis cows.",
+    "A dog\nand a cat\tand a bird.  Two   spaces. e.g. a dog's bed.",
+    "Don't feed the cats! They're on the couch: 3 cats, 4.5 dogs; @home #1 $5 50% & more <tv>.",
+    "A bear [teddy] {toy}. x. Y. 3. The end.",
+    "Bicyclists and skiers. A wine glas, wine glasses; a baby's bottle.",
 ]
 
 EXTRA_WORDS = [
