@@ -12,7 +12,7 @@ The script writes a small MME_Benchmark_release_version (both layouts of the rel
 folder with `questions_answers_YN/` + `images/`, or the question files beside the images; no image
 pixels, the scorer does not read them), stic's predictions.jsonl for it, and the official tool's
 input (one `SUBTASK.txt` per subtask, lines `image<TAB>question<TAB>gt<TAB>answer`, the two
-questions of an image on consecutive lines, as LLaVA's convert_answer_to_mme.py writes them), runs
+questions of an image on consecutive lines, the layout calculation.py reads), runs
 the tool on that folder and records its numbers in expected.json.
 """
 import argparse

@@ -45,6 +45,9 @@ pub fn parse_answer(text: &str) -> &'static str {
     }
 }
 
+/// The verdicts (correct, "other") of an image's answered questions, with its subtask and index.
+type ImageAnswers = (String, usize, Vec<(bool, bool)>);
+
 pub struct Mme {
     items: Vec<Item>,
     /// Per item: (subtask, image index within the benchmark, ground truth "yes"/"no").
@@ -136,7 +139,7 @@ impl Benchmark for Mme {
     }
     fn score(&self, preds: &Predictions) -> Result<Value> {
         // (subtask, image) -> verdicts of its answered questions, in item order.
-        let mut per_image: Vec<(String, usize, Vec<(bool, bool)>)> = Vec::new();
+        let mut per_image: Vec<ImageAnswers> = Vec::new();
         for (i, r) in preds.matched(&self.items)? {
             let (task, img, gt) = &self.truth[i];
             let p = parse_answer(&r.text);
