@@ -181,3 +181,55 @@ fn mme_leaves_out_half_answered_images_and_names_bad_files() {
     let e = eval::load(Bench::Mme, &bad, None).err().unwrap().to_string();
     assert!(e.contains("1.txt") && e.contains("line 2") && e.contains("maybe"), "{e}");
 }
+
+#[test]
+fn both_run_end_to_end_with_the_tiny_model() {
+    let model = fixtures().join("llava_next_tiny");
+    let img = fixtures().join("images").join("wide.jpg");
+    let run = |bench: &str, data: &std::path::Path, out: &std::path::Path, limit: &str| {
+        let (ok, stdout, err) = stic(&[
+            "eval", "--model", model.to_str().unwrap(), "--bench", bench, "--data", data.to_str().unwrap(),
+            "--out", out.to_str().unwrap(), "--limit", limit, "--max-new-tokens", "4", "--quiet",
+        ]);
+        assert!(ok, "{err}");
+        let lines: Vec<Value> = std::fs::read_to_string(out.join("predictions.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        (serde_json::from_str::<Value>(&stdout).unwrap(), lines)
+    };
+
+    // CHAIR: the first two images (by id) of the fixture, their pictures in val2014/.
+    let d = scratch("chair-e2e");
+    for f in ["instances_val2014.json", "captions_val2014.json"] {
+        std::fs::copy(data("chair").join(f), d.join(f)).unwrap();
+    }
+    std::fs::create_dir_all(d.join("val2014")).unwrap();
+    for id in [139, 285] {
+        std::fs::copy(&img, d.join("val2014").join(format!("COCO_val2014_{id:012}.jpg"))).unwrap();
+    }
+    let (m, lines) = run("chair", &d, &d.join("out"), "2");
+    let keys: Vec<&str> = lines.iter().map(|l| l["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["139", "285"]);
+    assert_eq!(lines[0]["prompt"], json!(chair::PROMPT));
+    assert_eq!((m["bench"].clone(), m["items"].clone(), m["answered"].clone()), (json!("chair"), json!(12), json!(2)));
+    let s = m["chair_s"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&s));
+    assert_eq!(m["captions"].as_u64().unwrap() + m["empty_answers"].as_u64().unwrap(), 2);
+
+    // MME: the first image (two questions).
+    let d = scratch("mme-e2e");
+    let rel = data("mme").join("MME_Benchmark_release_version");
+    let b = eval::load(Bench::Mme, &rel, None).unwrap();
+    let first = b.items()[0].key.clone();
+    let (task, rest) = first.split_once('/').unwrap();
+    let image = rest.rsplit_once('/').unwrap().0;
+    std::fs::create_dir_all(d.join(task)).unwrap();
+    for f in std::fs::read_dir(rel.join(task)).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, d.join(task).join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(&img, d.join(task).join(image)).unwrap();
+    let (m, lines) = run("mme", &d, &d.join("out"), "1");
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0]["prompt"].as_str().unwrap().ends_with("Answer the question using a single word or phrase."));
+    assert_eq!(m["incomplete_images"], json!(0));
+    assert_eq!(m[format!("{}_subtasks", if mme::PERCEPTION.contains(&task) { "perception" } else { "cognition" })][task]["images"], json!(1));
+}
