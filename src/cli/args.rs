@@ -235,6 +235,8 @@ const EVAL_HELP: &str = "\
   mathvista    MathVista data/testmini.json (+ query.json), images relative to it
   llava-bench  folder with questions.jsonl + images/ (writes llava_bench_answers.jsonl for the GPT-4 judge)
   mm-vet       folder with mm-vet.json + images/ (writes mmvet_results.json for the GPT-4 grader)
+  chair        folder with COCO instances_*.json (+ captions_*.json), val2014/ (CHAIR_S, CHAIR_I)
+  mme          MME_Benchmark_release_version/ (perception and cognition scores)
 OUT gets predictions.jsonl (flushed per answer; rerunning with the same OUT resumes) and metrics.json;
 the metrics are also printed to stdout.";
 
@@ -261,7 +263,7 @@ pub struct EvalCliArgs {
     /// Output directory: predictions.jsonl, metrics.json (and the judge's file for llava-bench, mm-vet).
     #[arg(long, required_unless_present = "predictions")]
     pub out: Option<PathBuf>,
-    /// Default: 128 for the short-answer benchmarks, 1024 for mathvista, llava-bench, mm-vet.
+    /// Default: 128 for the short-answer benchmarks, 1024 for mathvista, llava-bench, mm-vet, chair.
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
     /// 0 is greedy (the default, as LLaVA's evaluations).

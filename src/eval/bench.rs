@@ -26,13 +26,26 @@ pub enum Bench {
     MathVista,
     LlavaBench,
     MmVet,
+    Chair,
+    Mme,
 }
 
 impl Bench {
-    pub const ALL: [Bench; 8] =
-        [Bench::ScienceQa, Bench::TextVqa, Bench::ChartQa, Bench::MmBench, Bench::Pope, Bench::MathVista, Bench::LlavaBench, Bench::MmVet];
+    pub const ALL: [Bench; 10] = [
+        Bench::ScienceQa,
+        Bench::TextVqa,
+        Bench::ChartQa,
+        Bench::MmBench,
+        Bench::Pope,
+        Bench::MathVista,
+        Bench::LlavaBench,
+        Bench::MmVet,
+        Bench::Chair,
+        Bench::Mme,
+    ];
     /// The `--bench` names, in `ALL`'s order.
-    pub const NAMES: [&'static str; 8] = ["scienceqa", "textvqa", "chartqa", "mmbench", "pope", "mathvista", "llava-bench", "mm-vet"];
+    pub const NAMES: [&'static str; 10] =
+        ["scienceqa", "textvqa", "chartqa", "mmbench", "pope", "mathvista", "llava-bench", "mm-vet", "chair", "mme"];
 
     pub fn name(self) -> &'static str {
         Self::NAMES[Self::ALL.iter().position(|&b| b == self).expect("listed")]
@@ -50,8 +63,8 @@ impl Bench {
     /// before 128 unless the model rambles, which the scoring would reject anyway.
     pub fn default_max_new_tokens(self) -> usize {
         match self {
-            Bench::ScienceQa | Bench::TextVqa | Bench::ChartQa | Bench::MmBench | Bench::Pope => 128,
-            Bench::MathVista | Bench::LlavaBench | Bench::MmVet => 1024,
+            Bench::ScienceQa | Bench::TextVqa | Bench::ChartQa | Bench::MmBench | Bench::Pope | Bench::Mme => 128,
+            Bench::MathVista | Bench::LlavaBench | Bench::MmVet | Bench::Chair => 1024,
         }
     }
 }

@@ -16,10 +16,12 @@
 //! of `items`), so a `--limit` run scores what it answered.
 
 mod bench;
+pub mod chair;
 pub mod chartqa;
 pub mod llava_bench;
 pub mod mathvista;
 pub mod mmbench;
+pub mod mme;
 pub mod mmvet;
 pub mod pope;
 pub mod py;
@@ -53,6 +55,8 @@ pub fn load(bench: Bench, data: &Path, image_folder: Option<&Path>) -> Result<Bo
         Bench::MathVista => Box::new(mathvista::MathVista::load(data, image_folder)?),
         Bench::LlavaBench => Box::new(llava_bench::LlavaBench::load(data, image_folder)?),
         Bench::MmVet => Box::new(mmvet::MmVet::load(data, image_folder)?),
+        Bench::Chair => Box::new(chair::Chair::load(data, image_folder)?),
+        Bench::Mme => Box::new(mme::Mme::load(data, image_folder)?),
     })
 }
 
