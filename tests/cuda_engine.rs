@@ -289,7 +289,7 @@ fn attention_fwd_ignores_non_finite_rows_of_the_next_sequence() {
         let (kp, vp) = (poisoned(&k), poisoned(&v));
         for &kernel in &kernels {
             for (name, mask) in [("causal", AttnTrainMask::Causal { window: None }), ("bidirectional", AttnTrainMask::Bidirectional)] {
-                let (o_ref, l_ref) = run(kernel, mask.clone(), &k, &v);
+                let (o_ref, l_ref) = run(kernel, mask, &k, &v);
                 let (o, l) = run(kernel, mask, &kp, &vp);
                 let rows = lens[0] * h;
                 let bad = (0..rows * d).filter(|&i| o[i] != o_ref[i]).count();
