@@ -30,6 +30,10 @@ use crate::train::run_loop::{Schedule, TrainArgs};
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
+    /// "stic" (the default); `method = "csr"` files are `run_csr::CsrRunConfig`s (`stic run`
+    /// dispatches on this key).
+    #[serde(default)]
+    pub method: Option<String>,
     /// The LLaVA checkpoint (HF format).
     pub model: PathBuf,
     /// Unlabeled images for stage 1.
@@ -161,7 +165,7 @@ pub fn stic_sft_defaults(seed: u64, quiet: bool, stage1: &Path) -> TrainArgs {
 }
 
 impl TrainSection {
-    fn apply(&self, mut a: TrainArgs, file: &Path, section: &str) -> Result<TrainArgs> {
+    pub(crate) fn apply(&self, mut a: TrainArgs, file: &Path, section: &str) -> Result<TrainArgs> {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &self.$f { a.$f = v.clone(); } )* };
         }
@@ -251,14 +255,14 @@ pub struct StageSummary {
     pub tokens_per_s: Option<f64>,
 }
 
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// Run the stage in folder `dir` unless its `stage.json` says it finished.
-fn stage(dir: &Path, name: &str, quiet: bool, body: impl FnOnce() -> Result<(serde_json::Value, Option<f64>)>) -> Result<StageSummary> {
+pub(crate) fn stage(dir: &Path, name: &str, quiet: bool, body: impl FnOnce() -> Result<(serde_json::Value, Option<f64>)>) -> Result<StageSummary> {
     let marker = dir.join("stage.json");
     if let Ok(text) = std::fs::read_to_string(&marker) {
         if let Ok(mut s) = serde_json::from_str::<StageSummary>(&text) {
@@ -280,7 +284,7 @@ fn stage(dir: &Path, name: &str, quiet: bool, body: impl FnOnce() -> Result<(ser
     Ok(s)
 }
 
-fn train_counts(log: &[crate::train::run_loop::LogLine]) -> (serde_json::Value, Option<f64>) {
+pub(crate) fn train_counts(log: &[crate::train::run_loop::LogLine]) -> (serde_json::Value, Option<f64>) {
     let (tokens, secs) = log.iter().fold((0usize, 0f64), |(t, s), l| (t + l.tokens, s + l.seconds));
     let last = log.last();
     let counts = serde_json::json!({
@@ -292,7 +296,7 @@ fn train_counts(log: &[crate::train::run_loop::LogLine]) -> (serde_json::Value, 
     (counts, (secs > 0.0).then(|| tokens as f64 / secs))
 }
 
-fn data_counts(s: &crate::stic::Summary) -> (serde_json::Value, Option<f64>) {
+pub(crate) fn data_counts(s: &crate::stic::Summary) -> (serde_json::Value, Option<f64>) {
     let secs = s.elapsed.as_secs_f64();
     let counts = serde_json::json!({
         "selected": s.selected,
@@ -371,37 +375,44 @@ pub fn run(cfg: &RunConfig, config_path: &Path, stop_prefs_after: Option<usize>)
     })?);
 
     for e in &cfg.eval {
-        let bench = crate::eval::Bench::from_name(&e.bench)?;
-        let dir = d5.join(bench.name());
-        summary.push(stage(&dir, &format!("5-eval/{}", bench.name()), cfg.quiet, || {
-            let args = crate::eval::EvalArgs {
-                bench,
-                data: e.data.clone(),
-                image_folder: e.image_folder.clone(),
-                model: Some(cfg.model.clone()),
-                adapter: Some(d4.clone()),
-                predictions: None,
-                out: Some(dir.clone()),
-                max_new_tokens: e.max_new_tokens,
-                temperature: 0.0,
-                top_p: 1.0,
-                seed: cfg.seed,
-                batch_size: e.batch_size.unwrap_or(8),
-                limit: e.limit,
-                quiet: cfg.quiet,
-                device,
-            };
-            let metrics = crate::eval::eval(&args)?;
-            let tps = match (metrics["generated_tokens"].as_f64(), metrics["generation_seconds"].as_f64()) {
-                (Some(t), Some(s)) if s > 0.0 => Some(t / s),
-                _ => None,
-            };
-            Ok((metrics, tps))
-        })?);
+        summary.push(eval_stage(e, &d5, "5-eval", &cfg.model, Some(&d4), device, cfg.seed, cfg.quiet)?);
     }
 
     write_atomic(&out.join("summary.json"), &serde_json::to_string_pretty(&summary).expect("json"))?;
     Ok(summary)
+}
+
+/// The evaluation stage of `e` in `root/<bench>` (named `label/<bench>`) on `model` with an
+/// optional adapter; skipped when it finished before.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn eval_stage(e: &EvalSection, root: &Path, label: &str, model: &Path, adapter: Option<&Path>, device: crate::backend::Device, seed: u64, quiet: bool) -> Result<StageSummary> {
+    let bench = crate::eval::Bench::from_name(&e.bench)?;
+    let dir = root.join(bench.name());
+    stage(&dir, &format!("{label}/{}", bench.name()), quiet, || {
+        let args = crate::eval::EvalArgs {
+            bench,
+            data: e.data.clone(),
+            image_folder: e.image_folder.clone(),
+            model: Some(model.to_path_buf()),
+            adapter: adapter.map(Path::to_path_buf),
+            predictions: None,
+            out: Some(dir.clone()),
+            max_new_tokens: e.max_new_tokens,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed,
+            batch_size: e.batch_size.unwrap_or(8),
+            limit: e.limit,
+            quiet,
+            device,
+        };
+        let metrics = crate::eval::eval(&args)?;
+        let tps = match (metrics["generated_tokens"].as_f64(), metrics["generation_seconds"].as_f64()) {
+            (Some(t), Some(s)) if s > 0.0 => Some(t / s),
+            _ => None,
+        };
+        Ok((metrics, tps))
+    })
 }
 
 /// The summary as a table for the terminal.

@@ -65,8 +65,28 @@ pub fn eval(a: EvalCliArgs) -> Result<()> {
     Ok(())
 }
 
-/// `stic run`: the five STIC stages from `--config` (default: the embedded demo).
+/// `stic run`: the five STIC stages from `--config` (default: the embedded demo), or CSR's
+/// iterations when the config says `method = "csr"`.
 pub fn run(a: RunArgs) -> Result<()> {
+    if let Some(p) = &a.config {
+        let text = std::fs::read_to_string(p).map_err(|e| stic::Error::io(p, e))?;
+        let method = toml::from_str::<toml::Table>(&text).ok().and_then(|t| t.get("method").and_then(|m| m.as_str().map(str::to_string)));
+        match method.as_deref() {
+            None | Some("stic") => {}
+            Some("csr") => {
+                let mut cfg = stic::run_csr::CsrRunConfig::parse(&text, p, p.parent().unwrap_or(std::path::Path::new(".")))?;
+                cfg.quiet |= a.quiet;
+                if a.stop_after.is_some() {
+                    return Err(stic::Error::Input("--stop-after applies to STIC's stage 1; a CSR run is stopped and resumed as any other (each stage resumes)".into()));
+                }
+                let summary = stic::run_csr::run_csr(&cfg, p)?;
+                eprint!("{}", stic::run::format_summary(&summary));
+                eprintln!("summary in {}", cfg.out.join("summary.json").display());
+                return Ok(());
+            }
+            Some(other) => return Err(stic::Error::config(p, "method", format!("expected \"stic\" or \"csr\", got \"{other}\""))),
+        }
+    }
     let mut cfg = match &a.config {
         Some(p) => stic::run::RunConfig::from_file(p)?,
         None => stic::run::RunConfig::demo()?,
