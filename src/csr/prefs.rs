@@ -1,0 +1,209 @@
+//! `stic csr-prefs`: CSR's preference pairs (official inference_csr step1-3: sample.py, score.py,
+//! construct.py) over a prompt file, one JSON line per prompt, appended and flushed, resumable.
+//!
+//! For each entry `{id, image, input}` of `--data` (CSR-Prompt-Dataset-12k.json's format): the
+//! image `--images/<prefix><image>`, the question with `<image>` removed (sample.py L108), the
+//! prompt `<system> USER: <image>\n<question> ASSISTANT:` (conv v1), the sentence tree
+//! (`tree::search`), cleaning, one CLIP score per kept sentence alone (batched per prompt), sibling
+//! ranks, path values and the pair. A line carries what `train-dpo` reads (`image` relative to the
+//! output's folder, `prompt` = the bare question, `chosen`, `rejected`) plus `id`, the values of
+//! both paths, the number of complete paths and the whole tree (`tree`: every node's tokens, text,
+//! scores, ranks, flags) for inspection. An unreadable image, or a tree without a complete path,
+//! is recorded in `OUT.skipped` and the run goes on.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::generate::Pipeline;
+use crate::image::load_image;
+use crate::model::ClipModel;
+use crate::progress::Progress;
+use crate::stic::jsonl::{sidecar, JsonlLog};
+use crate::stic::prefs::relative_path;
+use crate::stic::{Sink, Summary};
+
+use super::tree::{clean, path_tokens, paths, pick, rank, search, Node, Reward, TreeParams};
+
+/// The Vicuna v1 system line of CSR's prompts (utils.py conv `v1`).
+pub const V1_SYSTEM: &str =
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.";
+
+/// Options of `csr_prefs` (`stic csr-prefs`).
+#[derive(Clone, Debug)]
+pub struct CsrPrefsArgs {
+    pub data: PathBuf,
+    pub images: PathBuf,
+    /// Prepended to each entry's `image` (sample.py: `COCO_train2014_`).
+    pub image_prefix: String,
+    pub clip: PathBuf,
+    pub out: PathBuf,
+    pub tree: TreeParams,
+    pub reward: Reward,
+    /// score.py: children whose cleaned text is shorter are skipped.
+    pub min_chars: usize,
+    /// utils.py `exceeds_newline_limit`.
+    pub max_newlines: usize,
+    /// Put before ` USER: ...` (empty: none).
+    pub system: String,
+    /// Only the first N entries of the file.
+    pub limit: Option<usize>,
+    pub quiet: bool,
+    /// Stop after writing this many lines in this run (resume tests).
+    pub stop_after: Option<usize>,
+}
+
+/// What a run did, with the search's work.
+#[derive(Clone, Debug, Default)]
+pub struct CsrSummary {
+    pub items: Summary,
+    /// Children (candidate sentences) generated in this run.
+    pub candidates: usize,
+    /// Beam-tokens decoded in this run.
+    pub decoded: usize,
+}
+
+impl CsrSummary {
+    pub fn candidates_per_sec(&self) -> f64 {
+        self.candidates as f64 / self.items.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// One entry of the prompt file.
+#[derive(Clone, Debug, serde::Deserialize)]
+struct Entry {
+    id: serde_json::Value,
+    image: String,
+    input: String,
+}
+
+/// One output line.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CsrRecord {
+    pub id: serde_json::Value,
+    pub image: String,
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+    pub reward: &'static str,
+    pub chosen_value: f64,
+    pub rejected_value: f64,
+    pub chosen_path: Vec<usize>,
+    pub rejected_path: Vec<usize>,
+    pub n_paths: usize,
+    pub tree: Vec<Node>,
+}
+
+/// The resume key of an entry: its id as JSON text.
+fn key(id: &serde_json::Value) -> String {
+    id.to_string()
+}
+
+/// Build (or resume) the CSR preference file. See the module doc.
+pub fn csr_prefs<B: Backend>(pipe: &Pipeline<B>, clip: &ClipModel<B>, args: &CsrPrefsArgs) -> Result<CsrSummary> {
+    let text = std::fs::read_to_string(&args.data).map_err(|e| Error::io(&args.data, e))?;
+    let mut entries: Vec<Entry> = serde_json::from_str(&text).map_err(|e| Error::config(&args.data, "entries", format!("expected a list of {{id, image, input}}: {e}")))?;
+    if let Some(n) = args.limit {
+        entries.truncate(n);
+    }
+    let (mut log, done) = JsonlLog::open(&args.out)?;
+    let skipped_path = sidecar(&args.out, ".skipped");
+    let (mut skip_log, skipped) = JsonlLog::open(&skipped_path)?;
+    let ids = |v: &[serde_json::Value]| -> HashSet<String> { v.iter().filter_map(|l| l.get("id").map(key)).collect() };
+    let (done, skipped) = (ids(&done), ids(&skipped));
+    let finished = |e: &Entry| done.contains(&key(&e.id)) || skipped.contains(&key(&e.id));
+    let resumed = entries.iter().filter(|e| finished(e)).count();
+    let mut summary = CsrSummary { items: Summary { selected: entries.len(), resumed, ..Default::default() }, ..Default::default() };
+    let progress = Progress::new(entries.len(), resumed, "prompts", args.quiet);
+    let out_dir = args.out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let t0 = Instant::now();
+    for e in entries.iter().filter(|e| !finished(e)) {
+        let path = args.images.join(format!("{}{}", args.image_prefix, e.image));
+        let outcome = match one(pipe, clip, args, e, &path, out_dir, &mut summary) {
+            Ok(r) => r,
+            // An image that cannot be read skips the prompt; anything else is fatal.
+            Err(err @ (Error::Io { .. } | Error::Image { .. })) => Err(err.to_string()),
+            Err(err) => return Err(err),
+        };
+        let mut sink = Sink { log: &mut log, skip_log: &mut skip_log, skipped_path: &skipped_path, progress: &progress, summary: &mut summary.items, stop_after: args.stop_after };
+        let what = path.display().to_string();
+        let (_, stop) = sink.record(outcome, &what, |msg| serde_json::json!({"id": e.id, "image": e.image, "error": msg}))?;
+        log.sync()?;
+        if stop {
+            break;
+        }
+    }
+    progress.finish();
+    summary.items.elapsed = t0.elapsed();
+    Ok(summary)
+}
+
+/// One prompt: `Err` for an unusable image (the error), `Ok(Err(reason))` for a tree without a
+/// complete path.
+fn one<B: Backend>(
+    pipe: &Pipeline<B>,
+    clip: &ClipModel<B>,
+    args: &CsrPrefsArgs,
+    e: &Entry,
+    path: &Path,
+    out_dir: &Path,
+    summary: &mut CsrSummary,
+) -> Result<std::result::Result<CsrRecord, String>> {
+    let img = load_image(path)?;
+    let question = e.input.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "");
+    let body = pipe.format_prompt(&question, 1, false);
+    let templated = if args.system.is_empty() { body } else { format!("{} {body}", args.system) };
+    let prompt_ids = pipe.prompt_ids(&templated, 1)?;
+    let (x, _) = pipe.embed(&prompt_ids, std::slice::from_ref(&img))?;
+    let tree = search(pipe, &prompt_ids, x, &args.tree)?;
+    summary.candidates += tree.candidates;
+    summary.decoded += tree.decoded;
+    let mut nodes = tree.nodes;
+    let kept = clean(&mut nodes, args.max_newlines, args.min_chars);
+    if !kept.is_empty() {
+        let texts: Vec<String> = kept.iter().map(|&n| nodes[n].text.clone()).collect();
+        for (&n, s) in kept.iter().zip(clip.scores(&img, &texts)?) {
+            nodes[n].clip = Some(s);
+        }
+    }
+    rank(&mut nodes);
+    let ps = paths(&nodes, args.reward, args.tree.beam.length_penalty);
+    let Some((c, r)) = pick(&ps, args.reward) else {
+        return Ok(Err(format!("no complete path among {} sentences ({} kept)", nodes.len() - 1, kept.len())));
+    };
+    let answer = |i: usize| -> Result<String> {
+        let last = *ps[i].nodes.last().expect("a path has a sentence");
+        Ok(pipe.tokenizer.decode(&path_tokens(&nodes, last), true)?.trim().to_string())
+    };
+    Ok(Ok(CsrRecord {
+        id: e.id.clone(),
+        image: relative_path(out_dir, path)?,
+        prompt: question,
+        chosen: answer(c)?,
+        rejected: answer(r)?,
+        reward: match args.reward {
+            Reward::Code { .. } => "code",
+            Reward::Paper { .. } => "paper",
+        },
+        chosen_value: ps[c].value,
+        rejected_value: ps[r].value,
+        chosen_path: ps[c].nodes.clone(),
+        rejected_path: ps[r].nodes.clone(),
+        n_paths: ps.len(),
+        tree: nodes,
+    }))
+}
+
+/// `csr_prefs` as work for [`crate::generate::with_pipeline`]: the CLIP model goes on the same
+/// backend as the LVLM.
+pub struct CsrPrefsWork(pub CsrPrefsArgs);
+
+impl crate::generate::WithPipeline for CsrPrefsWork {
+    type Out = CsrSummary;
+    fn run<B: Backend>(self, pipe: Pipeline<B>) -> Result<CsrSummary> {
+        let clip = ClipModel::load_on(pipe.model.backend(), &self.0.clip)?;
+        csr_prefs(&pipe, &clip, &self.0)
+    }
+}
