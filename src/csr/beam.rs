@@ -229,15 +229,21 @@ pub fn group_beam_search<B: Backend>(dec: &Decoder<B>, prefixes: &[&Prefix<B>], 
                 }
                 let mut top: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
                 let v = logits.n_cols();
+                let mut processed = vec![0f32; v];
                 for b in 0..gs {
                     let row = logits.row(row_of[first + b].expect("a live beam has a logits row"));
                     let lse = crate::backend::cpu::logsumexp(row);
-                    for (t, &x) in row.iter().enumerate() {
-                        let mut s = (x as f64 - lse) as f32;
-                        if let Some(&(_, c)) = seen.iter().find(|(u, _)| *u as usize == t) {
-                            s -= p.diversity_penalty * c;
+                    for (o, &x) in processed.iter_mut().zip(row) {
+                        *o = (x as f64 - lse) as f32;
+                    }
+                    for &(u, c) in &seen {
+                        if let Some(o) = processed.get_mut(u as usize) {
+                            *o -= p.diversity_penalty * c;
                         }
-                        let s = s + scores[first + b];
+                    }
+                    let base = scores[first + b];
+                    for (t, &x) in processed.iter().enumerate() {
+                        let s = x + base;
                         let flat = b * v + t;
                         if top.len() < k || better((s, flat), top[top.len() - 1]) {
                             let at = top.partition_point(|&e| better(e, (s, flat)));
