@@ -62,7 +62,7 @@ impl GroupBeamParams {
 
     fn check(&self) -> Result<()> {
         let g = self.num_beam_groups;
-        if self.num_beams < 2 || g == 0 || g > self.num_beams || self.num_beams % g != 0 {
+        if self.num_beams < 2 || g == 0 || g > self.num_beams || !self.num_beams.is_multiple_of(g) {
             return Err(Error::Input(format!("group beam search: {} beams in {g} groups (need >= 2 beams, a multiple of the groups)", self.num_beams)));
         }
         if self.num_return_sequences == 0 || self.num_return_sequences > self.num_beams {

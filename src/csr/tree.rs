@@ -97,8 +97,13 @@ pub fn search<B: Backend>(pipe: &Pipeline<B>, prompt_ids: &[u32], x: B::Tensor, 
     let root_rows = x.n_rows();
     // With KV reuse the root is prefilled once; without, its embeddings are kept for the fresh
     // prefill of every expansion.
-    let (mut states, root_x): (Vec<(usize, Prefix<B>)>, Option<B::Tensor>) =
-        if p.kv_reuse { (prefill(dec, vec![x], extra)?.into_iter().map(|s| (0, s)).collect(), None) } else { (Vec::new(), Some(x)) };
+    let mut states: Vec<(usize, Prefix<B>)> = Vec::new();
+    let mut root_x = None;
+    if p.kv_reuse {
+        states = prefill(dec, vec![x], extra)?.into_iter().map(|s| (0, s)).collect();
+    } else {
+        root_x = Some(x);
+    }
     let mut active = vec![0usize];
     while !active.is_empty() {
         if !p.kv_reuse {
