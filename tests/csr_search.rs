@@ -162,7 +162,7 @@ fn csr_prefs(dir: &std::path::Path, out: &str, extra: &[&str]) -> String {
 fn csr_prefs_resumes_to_the_same_file() {
     let dir = prompt_dir("resume");
     let err = csr_prefs(&dir, "full.jsonl", &[]);
-    assert!(err.contains("3 pairs written") || err.contains("pairs written"), "{err}");
+    assert!(err.contains("3 pairs written, 0 already done, 1 skipped, of 4 prompts"), "{err}");
     let full = std::fs::read_to_string(dir.join("full.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = full.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3, "{full}");
@@ -197,7 +197,7 @@ fn csr_prefs_resumes_to_the_same_file() {
         f.write_all(b"{\"id\": 9, \"image\": \"../").unwrap();
     }
     let err = csr_prefs(&dir, "part.jsonl", &[]);
-    assert!(err.contains("already done"), "{err}");
+    assert!(err.contains("2 pairs written, 1 already done, 1 skipped"), "{err}");
     assert_eq!(std::fs::read_to_string(dir.join("part.jsonl")).unwrap(), full, "resumed file differs");
     // KV reuse does not change the result: the same trees (token ids) and pairs; scores agree to
     // rounding (a continued prefill attends over the cache, a fresh one over its own rows).
@@ -213,6 +213,15 @@ fn csr_prefs_resumes_to_the_same_file() {
             let (sx, sy) = (x["score"].as_f64().unwrap(), y["score"].as_f64().unwrap());
             assert!((sx - sy).abs() <= 1e-5 * (1.0 + sy.abs()), "{sx} vs {sy}");
         }
+    }
+    // The paper's reward: the same trees, the highest summed reward chosen.
+    csr_prefs(&dir, "paper.jsonl", &["--reward", "paper"]);
+    let paper: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("paper.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(paper.len(), lines.len());
+    for (a, b) in lines.iter().zip(&paper) {
+        assert_eq!(b["reward"], "paper");
+        assert_eq!(a["tree"].as_array().unwrap().len(), b["tree"].as_array().unwrap().len());
+        assert!(b["chosen_value"].as_f64().unwrap() >= b["rejected_value"].as_f64().unwrap());
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
