@@ -199,19 +199,22 @@ fn csr_prefs_resumes_to_the_same_file() {
     let err = csr_prefs(&dir, "part.jsonl", &[]);
     assert!(err.contains("2 pairs written, 1 already done, 1 skipped"), "{err}");
     assert_eq!(std::fs::read_to_string(dir.join("part.jsonl")).unwrap(), full, "resumed file differs");
-    // KV reuse does not change the result: the same trees (token ids) and pairs; scores agree to
-    // rounding (a continued prefill attends over the cache, a fresh one over its own rows).
-    csr_prefs(&dir, "noreuse.jsonl", &["--no-kv-reuse"]);
-    let fresh: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("noreuse.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(fresh.len(), lines.len());
-    for (a, b) in lines.iter().zip(&fresh) {
-        assert_eq!((&a["chosen"], &a["rejected"], &a["chosen_path"]), (&b["chosen"], &b["rejected"], &b["chosen_path"]));
-        let (ta, tb) = (a["tree"].as_array().unwrap(), b["tree"].as_array().unwrap());
-        assert_eq!(ta.len(), tb.len());
-        for (x, y) in ta.iter().zip(tb) {
-            assert_eq!(x["tokens"], y["tokens"]);
-            let (sx, sy) = (x["score"].as_f64().unwrap(), y["score"].as_f64().unwrap());
-            assert!((sx - sy).abs() <= 1e-5 * (1.0 + sy.abs()), "{sx} vs {sy}");
+    // KV reuse and the batch size do not change the result: the same trees (token ids) and pairs;
+    // scores agree to rounding (a continued prefill attends over the cache, a fresh one over its
+    // own rows; batches change GEMM row counts).
+    for (name, flags) in [("noreuse.jsonl", vec!["--no-kv-reuse"]), ("b1.jsonl", vec!["--batch-size", "1"])] {
+        csr_prefs(&dir, name, &flags);
+        let other: Vec<serde_json::Value> = std::fs::read_to_string(dir.join(name)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(other.len(), lines.len(), "{name}");
+        for (a, b) in lines.iter().zip(&other) {
+            assert_eq!((&a["chosen"], &a["rejected"], &a["chosen_path"]), (&b["chosen"], &b["rejected"], &b["chosen_path"]), "{name}");
+            let (ta, tb) = (a["tree"].as_array().unwrap(), b["tree"].as_array().unwrap());
+            assert_eq!(ta.len(), tb.len(), "{name}");
+            for (x, y) in ta.iter().zip(tb) {
+                assert_eq!(x["tokens"], y["tokens"], "{name}");
+                let (sx, sy) = (x["score"].as_f64().unwrap(), y["score"].as_f64().unwrap());
+                assert!((sx - sy).abs() <= 1e-5 * (1.0 + sy.abs()), "{name}: {sx} vs {sy}");
+            }
         }
     }
     // The paper's reward: the same trees, the highest summed reward chosen.

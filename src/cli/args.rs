@@ -625,6 +625,9 @@ pub struct CsrPrefsCli {
     /// Only the first N prompts of the file.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Prompts whose trees grow together (one batched beam search per level for all of them).
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
     #[arg(long)]
     pub quiet: bool,
     /// Stop after writing K lines, as a kill would (for resume tests).

@@ -125,6 +125,7 @@ pub fn csr_prefs(a: &CsrPrefsCli) -> Result<()> {
         max_newlines: a.max_newlines,
         system: a.system.clone(),
         limit: a.limit,
+        batch_size: a.batch_size,
         quiet: a.quiet,
         stop_after: a.stop_after,
     };

@@ -181,15 +181,15 @@ impl Hyps {
 }
 
 /// Diverse beam search from each prefix; returns `num_return_sequences` hypotheses per prefix,
-/// best first, and the number of decoded tokens (beam-steps) it cost.
-pub fn group_beam_search<B: Backend>(dec: &Decoder<B>, prefixes: &[&Prefix<B>], p: &GroupBeamParams) -> Result<(Vec<Vec<Hypothesis>>, usize)> {
+/// best first, and per prefix the number of tokens its beams decoded.
+pub fn group_beam_search<B: Backend>(dec: &Decoder<B>, prefixes: &[&Prefix<B>], p: &GroupBeamParams) -> Result<(Vec<Vec<Hypothesis>>, Vec<usize>)> {
     p.check()?;
     let be = dec.backend();
     let (nb, ng) = (p.num_beams, p.num_beam_groups);
     let gs = nb / ng;
     let n = prefixes.len();
     if n == 0 {
-        return Ok((Vec::new(), 0));
+        return Ok((Vec::new(), Vec::new()));
     }
     let cap = prefixes.iter().map(|x| x.len()).max().unwrap_or(0) + p.max_new_tokens;
     let mut cache = KvCache::new(be, &dec.cfg, n * nb, cap)?;
@@ -202,7 +202,7 @@ pub fn group_beam_search<B: Backend>(dec: &Decoder<B>, prefixes: &[&Prefix<B>], 
     let mut hyps: Vec<Hyps> = (0..n * ng).map(|_| Hyps::new()).collect();
     let mut done = vec![false; n * ng];
     let k = (2usize).max(1 + p.eos.len()) * gs;
-    let mut work = 0usize;
+    let mut work = vec![0usize; n];
     // Step 1 reads the prefixes' last rows: row i serves all beams of prefix i.
     let firsts = prefixes.iter().map(|x| &x.last).collect::<Vec<_>>();
     let mut hidden = if n == 1 { be.embedding(firsts[0], None, &[0])? } else { be.concat_rows(&firsts)? };
@@ -299,7 +299,9 @@ pub fn group_beam_search<B: Backend>(dec: &Decoder<B>, prefixes: &[&Prefix<B>], 
         let live: Vec<usize> = (0..n * nb).filter(|&s| !done[(s / nb) * ng + (s % nb) / gs]).collect();
         let x = dec.embed(&live.iter().map(|&s| current[s]).collect::<Vec<_>>())?;
         hidden = dec.forward(x, &live, &vec![1; live.len()], &mut cache)?;
-        work += live.len();
+        for &s in &live {
+            work[s / nb] += 1;
+        }
         row_of = vec![None; n * nb];
         for (r, &s) in live.iter().enumerate() {
             row_of[s] = Some(r);

@@ -4,7 +4,7 @@
 //! For each entry `{id, image, input}` of `--data` (CSR-Prompt-Dataset-12k.json's format): the
 //! image `--images/<prefix><image>`, the question with `<image>` removed (sample.py L108), the
 //! prompt `<system> USER: <image>\n<question> ASSISTANT:` (conv v1), the sentence tree
-//! (`tree::search`), cleaning, one CLIP score per kept sentence alone (batched per prompt), sibling
+//! (`tree::search_many`: `batch_size` prompts' trees together), cleaning, one CLIP score per kept sentence alone (batched per prompt), sibling
 //! ranks, path values and the pair. A line carries what `train-dpo` reads (`image` relative to the
 //! output's folder, `prompt` = the bare question, `chosen`, `rejected`) plus `id`, the values of
 //! both paths, the number of complete paths and the whole tree (`tree`: every node's tokens, text,
@@ -25,7 +25,7 @@ use crate::stic::jsonl::{sidecar, JsonlLog};
 use crate::stic::prefs::relative_path;
 use crate::stic::{Sink, Summary};
 
-use super::tree::{clean, path_tokens, paths, pick, rank, search, Node, Reward, TreeParams};
+use super::tree::{clean, path_tokens, paths, pick, rank, search_many, Node, Reward, TreeParams};
 
 /// The Vicuna v1 system line of CSR's prompts (utils.py conv `v1`).
 pub const V1_SYSTEM: &str =
@@ -50,6 +50,9 @@ pub struct CsrPrefsArgs {
     pub system: String,
     /// Only the first N entries of the file.
     pub limit: Option<usize>,
+    /// Prompts whose trees are searched together (fixed chunks of the file, so a resumed run
+    /// builds every tree in the same batch as an uninterrupted one).
+    pub batch_size: usize,
     pub quiet: bool,
     /// Stop after writing this many lines in this run (resume tests).
     pub stop_after: Option<usize>,
@@ -119,52 +122,117 @@ pub fn csr_prefs<B: Backend>(pipe: &Pipeline<B>, clip: &ClipModel<B>, args: &Csr
     let progress = Progress::new(entries.len(), resumed, "prompts", args.quiet);
     let out_dir = args.out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let t0 = Instant::now();
-    for e in entries.iter().filter(|e| !finished(e)) {
-        let path = args.images.join(format!("{}{}", args.image_prefix, e.image));
-        let outcome = match one(pipe, clip, args, e, &path, out_dir, &mut summary) {
-            Ok(r) => r,
-            // An image that cannot be read skips the prompt; anything else is fatal.
-            Err(err @ (Error::Io { .. } | Error::Image { .. })) => Err(err.to_string()),
-            Err(err) => return Err(err),
-        };
-        let mut sink = Sink { log: &mut log, skip_log: &mut skip_log, skipped_path: &skipped_path, progress: &progress, summary: &mut summary.items, stop_after: args.stop_after };
-        let what = path.display().to_string();
-        let (_, stop) = sink.record(outcome, &what, |msg| serde_json::json!({"id": e.id, "image": e.image, "error": msg}))?;
-        log.sync()?;
-        if stop {
-            break;
+    'chunks: for chunk in entries.chunks(args.batch_size.max(1)) {
+        if chunk.iter().all(finished) {
+            continue;
         }
+        // The whole chunk is searched (also its already written prompts, after a restart), so that
+        // every tree is built in the same batch as in an uninterrupted run.
+        let todo: Vec<&Entry> = chunk.iter().filter(|e| !skipped.contains(&key(&e.id))).collect();
+        let outcomes = run_chunk(pipe, clip, args, &todo, out_dir, &mut summary)?;
+        let mut sink = Sink { log: &mut log, skip_log: &mut skip_log, skipped_path: &skipped_path, progress: &progress, summary: &mut summary.items, stop_after: args.stop_after };
+        for (e, outcome) in todo.iter().zip(outcomes) {
+            if done.contains(&key(&e.id)) {
+                continue;
+            }
+            let what = image_path(args, e).display().to_string();
+            let (_, stop) = sink.record(outcome, &what, |msg| serde_json::json!({"id": e.id, "image": e.image, "error": msg}))?;
+            if stop {
+                break 'chunks;
+            }
+        }
+        log.sync()?;
     }
+    log.sync()?;
     progress.finish();
     summary.items.elapsed = t0.elapsed();
     Ok(summary)
 }
 
-/// One prompt: `Err` for an unusable image (the error), `Ok(Err(reason))` for a tree without a
-/// complete path.
-fn one<B: Backend>(
-    pipe: &Pipeline<B>,
-    clip: &ClipModel<B>,
-    args: &CsrPrefsArgs,
-    e: &Entry,
-    path: &Path,
-    out_dir: &Path,
-    summary: &mut CsrSummary,
-) -> Result<std::result::Result<CsrRecord, String>> {
-    let img = load_image(path)?;
+fn image_path(args: &CsrPrefsArgs, e: &Entry) -> PathBuf {
+    args.images.join(format!("{}{}", args.image_prefix, e.image))
+}
+
+/// A prompt ready to search: its image, question, prompt ids and input embeddings.
+struct Prepared<B: Backend> {
+    img: crate::image::RgbImage,
+    question: String,
+    prompt_ids: Vec<u32>,
+    x: B::Tensor,
+}
+
+/// Load and embed one prompt; an image that cannot be read is `Ok(Err(reason))`.
+fn prepare<B: Backend>(pipe: &Pipeline<B>, args: &CsrPrefsArgs, e: &Entry) -> Result<std::result::Result<Prepared<B>, String>> {
+    let img = match load_image(&image_path(args, e)) {
+        Ok(img) => img,
+        Err(err @ (Error::Io { .. } | Error::Image { .. })) => return Ok(Err(err.to_string())),
+        Err(err) => return Err(err),
+    };
     let question = e.input.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "");
     let body = pipe.format_prompt(&question, 1, false);
     let templated = if args.system.is_empty() { body } else { format!("{} {body}", args.system) };
     let prompt_ids = pipe.prompt_ids(&templated, 1)?;
     let (x, _) = pipe.embed(&prompt_ids, std::slice::from_ref(&img))?;
-    let tree = search(pipe, &prompt_ids, x, &args.tree)?;
-    summary.candidates += tree.candidates;
-    summary.decoded += tree.decoded;
-    let mut nodes = tree.nodes;
+    Ok(Ok(Prepared { img, question, prompt_ids, x }))
+}
+
+/// Search the trees of a chunk of prompts together, then score and pair each. A prompt whose
+/// image cannot be read, or whose tree has no complete path, gets `Err(reason)`.
+fn run_chunk<B: Backend>(
+    pipe: &Pipeline<B>,
+    clip: &ClipModel<B>,
+    args: &CsrPrefsArgs,
+    todo: &[&Entry],
+    out_dir: &Path,
+    summary: &mut CsrSummary,
+) -> Result<Vec<std::result::Result<CsrRecord, String>>> {
+    let mut ready = Vec::new();
+    let mut outcomes: Vec<Option<std::result::Result<CsrRecord, String>>> = Vec::new();
+    for e in todo {
+        match prepare(pipe, args, e)? {
+            Ok(p) => {
+                ready.push(p);
+                outcomes.push(None);
+            }
+            Err(msg) => outcomes.push(Some(Err(msg))),
+        }
+    }
+    let mut metas = Vec::new();
+    let mut inputs = Vec::new();
+    for p in ready {
+        metas.push((p.img, p.question, p.prompt_ids.clone()));
+        inputs.push((p.prompt_ids, p.x));
+    }
+    let trees = search_many(pipe, inputs, &args.tree)?;
+    let mut results = metas.into_iter().zip(trees);
+    for (e, slot) in todo.iter().zip(outcomes.iter_mut()) {
+        if slot.is_some() {
+            continue;
+        }
+        let ((img, question, _), tree) = results.next().expect("a tree per prepared prompt");
+        summary.candidates += tree.candidates;
+        summary.decoded += tree.decoded;
+        *slot = Some(pair(pipe, clip, args, e, &img, question, tree.nodes, out_dir)?);
+    }
+    Ok(outcomes.into_iter().map(|o| o.expect("every prompt has an outcome")).collect())
+}
+
+/// Clean, score, rank and pick one tree's pair.
+#[allow(clippy::too_many_arguments)]
+fn pair<B: Backend>(
+    pipe: &Pipeline<B>,
+    clip: &ClipModel<B>,
+    args: &CsrPrefsArgs,
+    e: &Entry,
+    img: &crate::image::RgbImage,
+    question: String,
+    mut nodes: Vec<Node>,
+    out_dir: &Path,
+) -> Result<std::result::Result<CsrRecord, String>> {
     let kept = clean(&mut nodes, args.max_newlines, args.min_chars);
     if !kept.is_empty() {
         let texts: Vec<String> = kept.iter().map(|&n| nodes[n].text.clone()).collect();
-        for (&n, s) in kept.iter().zip(clip.scores(&img, &texts)?) {
+        for (&n, s) in kept.iter().zip(clip.scores(img, &texts)?) {
             nodes[n].clip = Some(s);
         }
     }
@@ -179,7 +247,7 @@ fn one<B: Backend>(
     };
     Ok(Ok(CsrRecord {
         id: e.id.clone(),
-        image: relative_path(out_dir, path)?,
+        image: relative_path(out_dir, &image_path(args, e))?,
         prompt: question,
         chosen: answer(c)?,
         rejected: answer(r)?,

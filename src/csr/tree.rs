@@ -88,79 +88,119 @@ pub struct Tree {
 /// Build the tree for one prompt: `prompt_ids` (BOS first, one `<image>`) with the image features
 /// `x` already in (`Pipeline::embed`).
 pub fn search<B: Backend>(pipe: &Pipeline<B>, prompt_ids: &[u32], x: B::Tensor, p: &TreeParams) -> Result<Tree> {
+    Ok(search_many(pipe, vec![(prompt_ids.to_vec(), x)], p)?.pop().expect("one tree"))
+}
+
+/// One tree being built.
+struct Growing<B: Backend> {
+    prompt_ids: Vec<u32>,
+    /// The root's embeddings, kept for the fresh prefills when KV reuse is off.
+    root_x: Option<B::Tensor>,
+    nodes: Vec<Node>,
+    active: Vec<usize>,
+    /// The KV state of each active node (KV reuse: made when the node is kept).
+    states: Vec<(usize, Prefix<B>)>,
+    calls: usize,
+    decoded: usize,
+    candidates: usize,
+}
+
+/// Build the trees of several prompts at once: every level expands the active nodes of all the
+/// trees in one batched beam search (and, with KV reuse, continues their caches in one call).
+pub fn search_many<B: Backend>(pipe: &Pipeline<B>, prompts: Vec<(Vec<u32>, B::Tensor)>, p: &TreeParams) -> Result<Vec<Tree>> {
     let dec = &pipe.model.decoder;
     let be = dec.backend();
     let extra = p.beam.max_new_tokens;
-    let mut nodes = vec![Node { kept: true, ..Default::default() }];
-    let mut tree_calls = 0;
-    let (mut decoded, mut candidates) = (0, 0);
-    let root_rows = x.n_rows();
-    // With KV reuse the root is prefilled once; without, its embeddings are kept for the fresh
-    // prefill of every expansion.
-    let mut states: Vec<(usize, Prefix<B>)> = Vec::new();
-    let mut root_x = None;
-    if p.kv_reuse {
-        states = prefill(dec, vec![x], extra)?.into_iter().map(|s| (0, s)).collect();
-    } else {
-        root_x = Some(x);
+    let mut trees: Vec<Growing<B>> = Vec::with_capacity(prompts.len());
+    let mut roots = Vec::new();
+    for (prompt_ids, x) in prompts {
+        let (root_x, x) = if p.kv_reuse { (None, Some(x)) } else { (Some(x), None) };
+        roots.extend(x);
+        let nodes = vec![Node { kept: true, ..Default::default() }];
+        trees.push(Growing { prompt_ids, root_x, nodes, active: vec![0], states: Vec::new(), calls: 0, decoded: 0, candidates: 0 });
     }
-    let mut active = vec![0usize];
-    while !active.is_empty() {
+    if p.kv_reuse {
+        for (t, s) in trees.iter_mut().zip(prefill(dec, roots, extra)?) {
+            t.states = vec![(0, s)];
+        }
+    }
+    loop {
+        // (tree, node) of every expansion of this level, tree by tree.
+        let jobs: Vec<(usize, usize)> = trees.iter().enumerate().flat_map(|(ti, t)| t.active.iter().map(move |&n| (ti, n))).collect();
+        if jobs.is_empty() {
+            break;
+        }
         if !p.kv_reuse {
             // Prefill each active node's whole context (image, prompt, its path's sentences).
-            let xs = active
+            let xs = jobs
                 .iter()
-                .map(|&n| {
-                    let path = path_tokens(&nodes, n);
-                    let root = root_x.as_ref().expect("kept without reuse");
+                .map(|&(ti, n)| {
+                    let t = &trees[ti];
+                    let root = t.root_x.as_ref().expect("kept without reuse");
+                    let path = path_tokens(&t.nodes, n);
                     if path.is_empty() {
-                        return be.embedding(root, None, &(0..root_rows as u32).collect::<Vec<_>>());
+                        return be.embedding(root, None, &(0..root.n_rows() as u32).collect::<Vec<_>>());
                     }
                     be.concat_rows(&[root, &dec.embed(&path)?])
                 })
                 .collect::<Result<Vec<_>>>()?;
-            states = active.iter().copied().zip(prefill(dec, xs, extra)?).collect();
+            let mut fresh = prefill(dec, xs, extra)?.into_iter();
+            for t in trees.iter_mut() {
+                t.states = t.active.iter().map(|&n| (n, fresh.next().expect("a state per job"))).collect();
+            }
         }
-        let refs: Vec<&Prefix<B>> = active.iter().map(|n| &states.iter().find(|(m, _)| m == n).expect("a state per active node").1).collect();
+        let refs: Vec<&Prefix<B>> = jobs.iter().map(|&(ti, n)| &trees[ti].states.iter().find(|(m, _)| *m == n).expect("a state per active node").1).collect();
         let (hyps, work) = group_beam_search(dec, &refs, &p.beam)?;
-        tree_calls += 1;
-        decoded += work;
-        let mut open = Vec::new();
-        for (&a, hs) in active.iter().zip(hyps) {
+        let mut opens: Vec<Vec<usize>> = vec![Vec::new(); trees.len()];
+        for ((&(ti, a), hs), w) in jobs.iter().zip(hyps).zip(work) {
+            let t = &mut trees[ti];
+            t.decoded += w;
             for h in hs {
-                candidates += 1;
+                t.candidates += 1;
                 let mut tokens = h.tokens;
-                let has_final = tokens.iter().position(|t| p.final_ids.contains(t));
+                let has_final = tokens.iter().position(|x| p.final_ids.contains(x));
                 if let Some(i) = has_final {
                     tokens.truncate(i + 1);
                 }
-                let mut all = prompt_ids.to_vec();
-                all.extend(path_tokens(&nodes, a));
+                let mut all = t.prompt_ids.clone();
+                all.extend(path_tokens(&t.nodes, a));
                 all.extend(&tokens);
                 let chars = pipe.tokenizer.decode(&all, false)?.chars().count();
-                let depth = nodes[a].depth + 1;
+                let depth = t.nodes[a].depth + 1;
                 let is_final = has_final.is_some() || chars >= p.max_chars || p.max_depth.is_some_and(|d| depth >= d);
                 let text = clean_text(pipe.tokenizer.decode(&tokens, true)?.trim());
-                let id = nodes.len();
-                nodes.push(Node { parent: Some(a), tokens, step_score: h.score, score: nodes[a].score + h.score, depth, is_final, text, ..Default::default() });
-                nodes[a].children.push(id);
+                let id = t.nodes.len();
+                let score = t.nodes[a].score + h.score;
+                t.nodes.push(Node { parent: Some(a), tokens, step_score: h.score, score, depth, is_final, text, ..Default::default() });
+                t.nodes[a].children.push(id);
                 if !is_final {
-                    open.push(id);
+                    opens[ti].push(id);
                 }
             }
         }
-        active = prune(&nodes, open, p);
-        if p.kv_reuse && !active.is_empty() {
-            let parents: Vec<&Prefix<B>> = active
+        for (t, open) in trees.iter_mut().zip(opens) {
+            if !t.active.is_empty() {
+                t.calls += 1;
+            }
+            t.active = prune(&t.nodes, open, p);
+        }
+        if p.kv_reuse {
+            let kept: Vec<(usize, usize)> = trees.iter().enumerate().flat_map(|(ti, t)| t.active.iter().map(move |&n| (ti, n))).collect();
+            let parents: Vec<&Prefix<B>> = kept
                 .iter()
-                .map(|&n| &states.iter().find(|(m, _)| Some(*m) == nodes[n].parent).expect("the parent's state").1)
+                .map(|&(ti, n)| {
+                    let t = &trees[ti];
+                    &t.states.iter().find(|(m, _)| Some(*m) == t.nodes[n].parent).expect("the parent's state").1
+                })
                 .collect();
-            let toks: Vec<Vec<u32>> = active.iter().map(|&n| nodes[n].tokens.clone()).collect();
-            let next = extend(dec, &parents, &toks, extra)?;
-            states = active.iter().copied().zip(next).collect();
+            let toks: Vec<Vec<u32>> = kept.iter().map(|&(ti, n)| trees[ti].nodes[n].tokens.clone()).collect();
+            let mut next = extend(dec, &parents, &toks, extra)?.into_iter();
+            for t in trees.iter_mut() {
+                t.states = t.active.iter().map(|&n| (n, next.next().expect("a state per kept node"))).collect();
+            }
         }
     }
-    Ok(Tree { nodes, calls: tree_calls, decoded, candidates })
+    Ok(trees.into_iter().map(|t| Tree { nodes: t.nodes, calls: t.calls, decoded: t.decoded, candidates: t.candidates }).collect())
 }
 
 /// The tokens of the sentences from the root to `n` (root excluded).
