@@ -27,6 +27,7 @@
 pub mod adapter;
 pub mod backend;
 pub mod config;
+pub mod csr;
 pub mod error;
 pub mod eval;
 pub mod generate;

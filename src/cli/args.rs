@@ -54,6 +54,9 @@ pub enum Cmd {
     /// CLIP image-text relevance: exp(logit_scale) * cos of the projected embeddings (100 * cos
     /// for the OpenAI checkpoints), one score per --text, the texts in one batch.
     ClipScore(ClipScoreArgs),
+    /// CSR: preference pairs from a sentence-level diverse beam search, each sentence ranked by
+    /// the model's score and CLIP's (defaults: the official code's; docs/CSR.md).
+    CsrPrefs(CsrPrefsCli),
 }
 
 #[derive(Args)]
@@ -544,4 +547,95 @@ pub fn sampling(max_new_tokens: usize, temperature: f32, top_p: f32, top_k: usiz
         return Err(stic::Error::Input(format!("--temperature must be >= 0, got {temperature}")));
     }
     Ok(SamplingParams { max_new_tokens, temperature, top_k, top_p, seed })
+}
+
+/// `stic csr-prefs` (every default is the official code's; docs/CSR.md).
+#[derive(Args)]
+pub struct CsrPrefsCli {
+    /// Prompt file: a JSON list of {id, image, input} (CSR-Prompt-Dataset-12k.json).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Folder of the images.
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Prepended to each entry's image name (sample.py).
+    #[arg(long, default_value = "COCO_train2014_")]
+    pub image_prefix: String,
+    /// CLIP checkpoint directory (HF CLIPModel, e.g. openai/clip-vit-large-patch14-336).
+    #[arg(long)]
+    pub clip: PathBuf,
+    /// Output JSONL (appended to and resumed when it exists; OUT.skipped lists skipped prompts).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Checkpoint directory (HF format).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Build the model of DIR/config.json with seeded random weights.
+    #[arg(long)]
+    pub random_weights: bool,
+    #[arg(long, default_value_t = 0)]
+    pub weights_seed: u64,
+    /// The token that ends a sentence (the beam search's EOS); default: the id of "." in the
+    /// tokenizer's vocabulary (29889 for LLaMA's, as sample.py's --period_id).
+    #[arg(long)]
+    pub sentence_end: Option<u32>,
+    #[arg(long, default_value_t = 5)]
+    pub num_beams: usize,
+    #[arg(long, default_value_t = 5)]
+    pub num_beam_groups: usize,
+    #[arg(long, default_value_t = 3.0)]
+    pub diversity_penalty: f32,
+    /// Candidates per expansion (num_return_sequences).
+    #[arg(long, default_value_t = 5)]
+    pub candidates: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub length_penalty: f64,
+    /// New tokens per sentence at most.
+    #[arg(long, default_value_t = 70)]
+    pub max_new_tokens: usize,
+    /// A node is final once prompt + response decode to this many characters.
+    #[arg(long, default_value_t = 1024)]
+    pub max_chars: usize,
+    /// Pruning: expand the best N and the worst M pooled children when there are at least K.
+    #[arg(long, default_value_t = 1)]
+    pub keep_top: usize,
+    #[arg(long, default_value_t = 2)]
+    pub keep_bottom: usize,
+    #[arg(long, default_value_t = 5)]
+    pub prune_min: usize,
+    /// Stop expanding at this depth (not in the official code).
+    #[arg(long)]
+    pub max_depth: Option<usize>,
+    /// code (rank costs, construct.py) or paper (raw scores, lambda mix, clamp at 0).
+    #[arg(long, default_value = "code")]
+    pub reward: String,
+    /// The CLIP weight: alpha of the rank cost, or lambda of the paper's mix.
+    #[arg(long, default_value_t = 0.9)]
+    pub alpha: f64,
+    /// Sentences whose cleaned text is shorter are dropped.
+    #[arg(long, default_value_t = 4)]
+    pub min_chars: usize,
+    /// Sentences with more newlines are dropped.
+    #[arg(long, default_value_t = 5)]
+    pub max_newlines: usize,
+    /// The system line before " USER: ..." (conv v1); "" for none.
+    #[arg(long, default_value = stic::csr::prefs::V1_SYSTEM)]
+    pub system: String,
+    /// Re-prefill every node's whole context instead of continuing its parent's KV cache.
+    #[arg(long)]
+    pub no_kv_reuse: bool,
+    /// Only the first N prompts of the file.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Prompts whose trees grow together (one batched beam search per level for all of them).
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub quiet: bool,
+    /// Stop after writing K lines, as a kill would (for resume tests).
+    #[arg(long, hide = true)]
+    pub stop_after: Option<usize>,
+    /// cpu, or cuda / cuda:N (a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
 }

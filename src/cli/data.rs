@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use stic::Result;
 
-use super::args::{BuildDifCli, BuildPrefsCli, EvalCliArgs, RunArgs};
+use super::args::{BuildDifCli, BuildPrefsCli, CsrPrefsCli, EvalCliArgs, RunArgs};
 
 /// `stic build-prefs`: STIC stage 1, preference pairs from unlabeled images.
 pub fn build_prefs(a: &BuildPrefsCli) -> Result<()> {
@@ -96,5 +96,72 @@ pub fn run(a: RunArgs) -> Result<()> {
     let summary = stic::run::run(&cfg, &path, a.stop_after)?;
     eprint!("{}", stic::run::format_summary(&summary));
     eprintln!("summary in {}", cfg.out.join("summary.json").display());
+    Ok(())
+}
+
+/// `stic csr-prefs`: CSR's sentence-level search, CLIP-calibrated ranks and the DPO pairs.
+pub fn csr_prefs(a: &CsrPrefsCli) -> Result<()> {
+    use stic::csr::{beam::GroupBeamParams, prefs, tree};
+    let tok = stic::text::Tokenizer::from_file(&stic::config::CheckpointPaths::new(&a.model).tokenizer)?;
+    let sentence_end = match a.sentence_end {
+        Some(id) => id,
+        None => tok.token_id(".").ok_or_else(|| stic::Error::Input("the tokenizer has no \".\" token; pass --sentence-end".into()))?,
+    };
+    let cfg = stic::config::LlavaConfig::from_file(&a.model.join("config.json"))?;
+    let pad = cfg.pad_token_id.unwrap_or(0);
+    let finals = cfg.text.eos_token_ids.clone();
+    let reward = match a.reward.as_str() {
+        "code" => tree::Reward::Code { alpha: a.alpha },
+        "paper" => tree::Reward::Paper { lambda: a.alpha },
+        other => return Err(stic::Error::Input(format!("--reward must be code or paper, got `{other}`"))),
+    };
+    let args = prefs::CsrPrefsArgs {
+        data: a.data.clone(),
+        images: a.images.clone(),
+        image_prefix: a.image_prefix.clone(),
+        clip: a.clip.clone(),
+        out: a.out.clone(),
+        tree: tree::TreeParams {
+            beam: GroupBeamParams {
+                num_beams: a.num_beams,
+                num_beam_groups: a.num_beam_groups,
+                diversity_penalty: a.diversity_penalty,
+                num_return_sequences: a.candidates,
+                eos: vec![sentence_end],
+                pad,
+                length_penalty: a.length_penalty,
+                max_new_tokens: a.max_new_tokens,
+            },
+            final_ids: finals,
+            max_chars: a.max_chars,
+            keep_top: a.keep_top,
+            keep_bottom: a.keep_bottom,
+            prune_min: a.prune_min,
+            max_depth: a.max_depth,
+            kv_reuse: !a.no_kv_reuse,
+        },
+        reward,
+        min_chars: a.min_chars,
+        max_newlines: a.max_newlines,
+        system: a.system.clone(),
+        limit: a.limit,
+        batch_size: a.batch_size,
+        quiet: a.quiet,
+        stop_after: a.stop_after,
+    };
+    let s = stic::generate::with_pipeline(a.device, &a.model, a.random_weights.then_some(a.weights_seed), None, prefs::CsrPrefsWork(args))?;
+    let state = if s.items.stopped { "stopped early" } else { "done" };
+    eprintln!(
+        "csr-prefs: {state}: {} pairs written, {} already done, {} skipped, of {} prompts, in {:.1} s; {} candidates ({:.2}/s), {} beam-tokens decoded; output {}",
+        s.items.written,
+        s.items.resumed,
+        s.items.skipped,
+        s.items.selected,
+        s.items.elapsed.as_secs_f64(),
+        s.candidates,
+        s.candidates_per_sec(),
+        s.decoded,
+        a.out.display()
+    );
     Ok(())
 }

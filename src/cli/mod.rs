@@ -60,6 +60,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Eval(a) => data::eval(a)?,
         Cmd::Run(a) => data::run(a)?,
         Cmd::ClipScore(a) => clip::clip_score(&a)?,
+        Cmd::CsrPrefs(a) => data::csr_prefs(&a)?,
         Cmd::Check(a) => return Ok(check::check(&a)),
     }
     Ok(ExitCode::SUCCESS)

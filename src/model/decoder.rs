@@ -70,6 +70,62 @@ impl<B: Backend> KvCache<B> {
     pub fn clear(&mut self, slot: usize) {
         self.lens[slot] = 0;
     }
+
+    /// Copy sequences between caches of the same model: slot `dst[i]` of `self` becomes a copy of
+    /// slot `src[i]` of `from`. One row gather (`embedding`) and one `scatter_rows` per layer and
+    /// tensor.
+    pub fn copy_slots(&mut self, be: &B, from: &KvCache<B>, src: &[usize], dst: &[usize]) -> Result<()> {
+        let (gather, scatter) = self.copy_rows(from.cap, &from.lens, src, dst)?;
+        if !gather.is_empty() {
+            for li in 0..self.k.len() {
+                be.scatter_rows(&be.embedding(&from.k[li], None, &gather)?, &mut self.k[li], &scatter)?;
+                be.scatter_rows(&be.embedding(&from.v[li], None, &gather)?, &mut self.v[li], &scatter)?;
+            }
+        }
+        self.set_lens(&from.lens, src, dst);
+        Ok(())
+    }
+
+    /// `copy_slots` within this cache (beam reordering): every source row is gathered before any
+    /// is overwritten, so any mapping is safe.
+    pub fn reorder_slots(&mut self, be: &B, src: &[usize], dst: &[usize]) -> Result<()> {
+        let lens = self.lens.clone();
+        let (gather, scatter) = self.copy_rows(self.cap, &lens, src, dst)?;
+        if !gather.is_empty() {
+            for li in 0..self.k.len() {
+                let k = be.embedding(&self.k[li], None, &gather)?;
+                be.scatter_rows(&k, &mut self.k[li], &scatter)?;
+                let v = be.embedding(&self.v[li], None, &gather)?;
+                be.scatter_rows(&v, &mut self.v[li], &scatter)?;
+            }
+        }
+        self.set_lens(&lens, src, dst);
+        Ok(())
+    }
+
+    /// Source and destination cache rows of a slot copy (sources in a cache of capacity `cap`
+    /// holding `lens`).
+    fn copy_rows(&self, cap: usize, lens: &[usize], src: &[usize], dst: &[usize]) -> Result<(Vec<u32>, Vec<u32>)> {
+        if src.len() != dst.len() || src.iter().any(|&s| s >= lens.len()) {
+            return Err(Error::shape("kv copy", format!("sources {src:?} ({} slots) for destinations {dst:?}", lens.len())));
+        }
+        let (mut gather, mut scatter) = (Vec::new(), Vec::new());
+        for (&s, &d) in src.iter().zip(dst) {
+            let n = lens[s];
+            if n > self.cap || d >= self.slots() {
+                return Err(Error::Input(format!("kv copy: {n} tokens into slot {d} of a cache of {} slots x {}", self.slots(), self.cap)));
+            }
+            gather.extend((0..n).map(|p| (s * cap + p) as u32));
+            scatter.extend((0..n).map(|p| (d * self.cap + p) as u32));
+        }
+        Ok((gather, scatter))
+    }
+
+    fn set_lens(&mut self, lens: &[usize], src: &[usize], dst: &[usize]) {
+        for (&s, &d) in src.iter().zip(dst) {
+            self.lens[d] = lens[s];
+        }
+    }
 }
 
 pub struct Decoder<B: Backend = Cpu> {
