@@ -40,6 +40,7 @@ pub mod perf;
 pub mod progress;
 pub mod rng;
 pub mod run;
+pub mod run_csr;
 pub mod stic;
 pub mod tensor;
 pub mod text;

@@ -190,10 +190,13 @@ pub fn run_csr(cfg: &CsrRunConfig, config_path: &Path) -> Result<Vec<StageSummar
         summary.push(stage(&d1, &format!("iter-{t}/1-prefs"), cfg.quiet, || {
             let a = cfg.prefs_args(&model, &prefs)?;
             let s = crate::generate::with_pipeline(device, &model, None, None, CsrPrefsWork(a))?;
-            let (mut counts, tps) = data_counts(&s.items);
+            let (mut counts, _) = data_counts(&s.items);
+            // The search's tokens: every beam's decoded token (the stage's generation work).
+            counts["generated_tokens"] = s.decoded.into();
             counts["candidates"] = s.candidates.into();
             counts["candidates_per_s"] = s.candidates_per_sec().into();
-            Ok((counts, tps))
+            let secs = s.items.elapsed.as_secs_f64();
+            Ok((counts, (secs > 0.0).then(|| s.decoded as f64 / secs)))
         })?);
         summary.push(stage(&d2, &format!("iter-{t}/2-dpo"), cfg.quiet, || {
             let resume = d2.join("checkpoint").exists() || d2.join("checkpoint.old").exists();

@@ -101,54 +101,17 @@ pub fn run(a: RunArgs) -> Result<()> {
 
 /// `stic csr-prefs`: CSR's sentence-level search, CLIP-calibrated ranks and the DPO pairs.
 pub fn csr_prefs(a: &CsrPrefsCli) -> Result<()> {
-    use stic::csr::{beam::GroupBeamParams, prefs, tree};
-    let tok = stic::text::Tokenizer::from_file(&stic::config::CheckpointPaths::new(&a.model).tokenizer)?;
-    let sentence_end = match a.sentence_end {
-        Some(id) => id,
-        None => tok.token_id(".").ok_or_else(|| stic::Error::Input("the tokenizer has no \".\" token; pass --sentence-end".into()))?,
-    };
-    let cfg = stic::config::LlavaConfig::from_file(&a.model.join("config.json"))?;
-    let pad = cfg.pad_token_id.unwrap_or(0);
-    let finals = cfg.text.eos_token_ids.clone();
-    let reward = match a.reward.as_str() {
-        "code" => tree::Reward::Code { alpha: a.alpha },
-        "paper" => tree::Reward::Paper { lambda: a.alpha },
-        other => return Err(stic::Error::Input(format!("--reward must be code or paper, got `{other}`"))),
-    };
-    let args = prefs::CsrPrefsArgs {
-        data: a.data.clone(),
-        images: a.images.clone(),
-        image_prefix: a.image_prefix.clone(),
-        clip: a.clip.clone(),
-        out: a.out.clone(),
-        tree: tree::TreeParams {
-            beam: GroupBeamParams {
-                num_beams: a.num_beams,
-                num_beam_groups: a.num_beam_groups,
-                diversity_penalty: a.diversity_penalty,
-                num_return_sequences: a.candidates,
-                eos: vec![sentence_end],
-                pad,
-                length_penalty: a.length_penalty,
-                max_new_tokens: a.max_new_tokens,
-            },
-            final_ids: finals,
-            max_chars: a.max_chars,
-            keep_top: a.keep_top,
-            keep_bottom: a.keep_bottom,
-            prune_min: a.prune_min,
-            max_depth: a.max_depth,
-            kv_reuse: !a.no_kv_reuse,
-        },
-        reward,
-        min_chars: a.min_chars,
-        max_newlines: a.max_newlines,
-        system: a.system.clone(),
-        limit: a.limit,
-        batch_size: a.batch_size,
-        quiet: a.quiet,
-        stop_after: a.stop_after,
-    };
+    use stic::csr::{prefs, tree};
+    let mut args = prefs::CsrPrefsArgs::official(&a.model, &a.clip, &a.data, &a.images, &a.out, a.sentence_end)?;
+    args.reward = tree::Reward::parse(&a.reward, a.alpha).map_err(|e| stic::Error::Input(format!("--reward: {e}")))?;
+    let b = &mut args.tree.beam;
+    (b.num_beams, b.num_beam_groups, b.diversity_penalty, b.num_return_sequences) = (a.num_beams, a.num_beam_groups, a.diversity_penalty, a.candidates);
+    (b.length_penalty, b.max_new_tokens) = (a.length_penalty, a.max_new_tokens);
+    let t = &mut args.tree;
+    (t.max_chars, t.keep_top, t.keep_bottom, t.prune_min, t.max_depth, t.kv_reuse) = (a.max_chars, a.keep_top, a.keep_bottom, a.prune_min, a.max_depth, !a.no_kv_reuse);
+    args.image_prefix = a.image_prefix.clone();
+    (args.min_chars, args.max_newlines, args.system) = (a.min_chars, a.max_newlines, a.system.clone());
+    (args.limit, args.batch_size, args.quiet, args.stop_after) = (a.limit, a.batch_size, a.quiet, a.stop_after);
     let s = stic::generate::with_pipeline(a.device, &a.model, a.random_weights.then_some(a.weights_seed), None, prefs::CsrPrefsWork(args))?;
     let state = if s.items.stopped { "stopped early" } else { "done" };
     eprintln!(

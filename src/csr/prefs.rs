@@ -58,6 +58,41 @@ pub struct CsrPrefsArgs {
     pub stop_after: Option<usize>,
 }
 
+impl CsrPrefsArgs {
+    /// The official settings (sample.py, score.py, construct.py and their step scripts; docs/CSR.md)
+    /// for the LVLM in `model`: sentences end at the tokenizer's "." unless `sentence_end` is given,
+    /// the pad and final (EOS) ids come from its config; the Vicuna v1 system line; prompts batched
+    /// by 4.
+    pub fn official(model: &Path, clip: &Path, data: &Path, images: &Path, out: &Path, sentence_end: Option<u32>) -> Result<Self> {
+        let paths = crate::config::CheckpointPaths::new(model);
+        let sentence_end = match sentence_end {
+            Some(id) => id,
+            None => {
+                let tok = crate::text::Tokenizer::from_file(&paths.tokenizer)?;
+                tok.token_id(".").ok_or_else(|| Error::Input(format!("{}: the tokenizer has no \".\" token; give the sentence end's id", paths.tokenizer.display())))?
+            }
+        };
+        let cfg = crate::config::LlavaConfig::from_file(&model.join("config.json"))?;
+        let tree = TreeParams::csr(sentence_end, cfg.pad_token_id.unwrap_or(0), cfg.text.eos_token_ids.clone());
+        Ok(CsrPrefsArgs {
+            data: data.to_path_buf(),
+            images: images.to_path_buf(),
+            image_prefix: "COCO_train2014_".into(),
+            clip: clip.to_path_buf(),
+            out: out.to_path_buf(),
+            tree,
+            reward: Reward::Code { alpha: 0.9 },
+            min_chars: 4,
+            max_newlines: 5,
+            system: V1_SYSTEM.into(),
+            limit: None,
+            batch_size: 4,
+            quiet: false,
+            stop_after: None,
+        })
+    }
+}
+
 /// What a run did, with the search's work.
 #[derive(Clone, Debug, Default)]
 pub struct CsrSummary {

@@ -276,6 +276,17 @@ pub enum Reward {
     Paper { lambda: f64 },
 }
 
+impl Reward {
+    /// `code` (ranks, construct.py) or `paper` (raw scores), weighting CLIP by `alpha` (λ).
+    pub fn parse(name: &str, alpha: f64) -> std::result::Result<Self, String> {
+        match name {
+            "code" => Ok(Reward::Code { alpha }),
+            "paper" => Ok(Reward::Paper { lambda: alpha }),
+            other => Err(format!("expected code or paper, got `{other}`")),
+        }
+    }
+}
+
 /// A complete path (root excluded) and its value under the reward.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PathValue {
