@@ -21,8 +21,8 @@ use serde::Deserialize;
 use crate::adapter::{LoraSpec, MergeDtype};
 use crate::csr::prefs::{CsrPrefsArgs, CsrPrefsWork};
 use crate::error::{Error, Result};
-use crate::run::{data_counts, eval_stage, stage, train_counts, write_atomic, EvalSection, StageSummary, TrainSection};
-use crate::train::run_loop::{Schedule, TrainArgs};
+use crate::run::{data_counts, eval_stage, stage, stic_dpo_defaults, train_counts, write_atomic, EvalSection, StageSummary, TrainSection};
+use crate::train::run_loop::TrainArgs;
 
 /// `csr.toml`.
 #[derive(Clone, Debug, Deserialize)]
@@ -90,33 +90,13 @@ pub struct SearchSection {
     pub kv_reuse: Option<bool>,
 }
 
-const ALL_PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
-
-/// CSR's DPO settings (scripts/run_train.sh, train_dpo_lora.py; docs/CSR.md "Training"): LoRA r 128,
-/// alpha 256, dropout 0.05 on every projection of the language model, plain sigmoid DPO with
-/// beta 0.1 (TRL's default) and no likelihood term, lr 1e-7, projector lr 2e-5, 1 epoch, cosine
-/// with 3% warmup, no weight decay, one pair per step.
+/// CSR's DPO settings (scripts/run_train.sh, train_dpo_lora.py; docs/CSR.md "Iterations"): STIC's
+/// stage-1 settings where the two agree (LoRA r 128 / alpha 256 on every projection of the
+/// language model, beta 0.1, lr 1e-7, projector lr 2e-5, 1 epoch, cosine with 3% warmup, no weight
+/// decay), with LoRA dropout 0.05, no likelihood term (plain sigmoid DPO) and one pair per step.
 pub fn csr_dpo_defaults(seed: u64, quiet: bool) -> TrainArgs {
-    TrainArgs {
-        lora: LoraSpec { r: 128, alpha: 256.0, dropout: 0.05, targets: ALL_PROJECTIONS.iter().map(|s| s.to_string()).collect() },
-        projector_lr: Some(2e-5),
-        init_adapter: None,
-        beta: 0.1,
-        sft_weight: 0.0,
-        lr: 1e-7,
-        weight_decay: 0.0,
-        epochs: 1,
-        batch_size: 1,
-        grad_accum: 1,
-        max_steps: None,
-        warmup_ratio: 0.03,
-        schedule: Schedule::Cosine,
-        max_grad_norm: 1.0,
-        seed,
-        save_every: Some(50),
-        recompute: false,
-        quiet,
-    }
+    let base = stic_dpo_defaults(seed, quiet);
+    TrainArgs { lora: LoraSpec { dropout: 0.05, ..base.lora.clone() }, sft_weight: 0.0, grad_accum: 1, ..base }
 }
 
 impl CsrRunConfig {

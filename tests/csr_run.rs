@@ -74,3 +74,17 @@ fn csr_config_errors_name_the_field() {
     assert!(!ok && err.contains("method") && err.contains("dpo"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// CSR's DPO settings as the reference gives them (../shared/reference/csr.md §5: run_train.sh,
+/// train_dpo_lora.py, TRL's beta default).
+#[test]
+fn csr_dpo_defaults_are_the_official_ones() {
+    let a = stic::run_csr::csr_dpo_defaults(0, true);
+    assert_eq!((a.lora.r, a.lora.alpha, a.lora.dropout), (128, 256.0, 0.05));
+    let mut t = a.lora.targets.clone();
+    t.sort();
+    assert_eq!(t, ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]);
+    assert_eq!((a.beta, a.sft_weight, a.lr, a.projector_lr), (0.1, 0.0, 1e-7, Some(2e-5)));
+    assert_eq!((a.epochs, a.batch_size, a.grad_accum, a.weight_decay, a.warmup_ratio), (1, 1, 1, 0.0, 0.03));
+    assert!(matches!(a.schedule, stic::train::run_loop::Schedule::Cosine));
+}
