@@ -114,15 +114,25 @@ pub struct Record {
     pub fields: Map<String, Value>,
 }
 
-/// The lines of a predictions file, one per key (a later line replaces an earlier one with the
-/// same key, as a Python dict built from the lines would).
+/// The lines of a predictions file. In stic's own files (lines with a `key`), one per key: a later
+/// line replaces an earlier one with the same key (the resume rule; stic writes unique keys). In an
+/// answer file in LLaVA's format (its first line has no `key`: what model_vqa_loader,
+/// model_vqa_science and model_vqa_mmbench write), every line in file order, duplicates included:
+/// each benchmark's scorer then joins them to the questions as its official script does (`llava`).
 #[derive(Clone, Debug)]
 pub struct Predictions {
     pub path: PathBuf,
     pub records: Vec<Record>,
+    /// An answer file in LLaVA's format (no `key` on its first line): all lines kept.
+    pub llava: bool,
 }
 
 impl Predictions {
+    /// An error about line `r` of this file.
+    pub fn line_error(&self, r: &Record, field: &str, msg: impl Into<String>) -> Error {
+        Error::config(&self.path, format!("line {}: {field}", r.line), msg)
+    }
+
     /// The item index of each record, in item order; a key that names no item is an error.
     pub fn matched<'a>(&'a self, items: &[Item]) -> Result<Vec<(usize, &'a Record)>> {
         let index: HashMap<&str, usize> = items.iter().enumerate().map(|(i, it)| (it.key.as_str(), i)).collect();

@@ -62,11 +62,17 @@ pub fn load(bench: Bench, data: &Path, image_folder: Option<&Path>) -> Result<Bo
 
 /// Read a predictions file. With `torn_tail_ok`, a last line without its newline that does not
 /// parse (a run killed mid-write) is dropped and reported in the second value.
+///
+/// stic's own files carry a unique `key` per line, and a later line with the same key replaces an
+/// earlier one (resume). A file whose first line has no `key` is an answer file in LLaVA's format:
+/// every line is kept, in order, and the benchmark's scorer joins them to its questions exactly as
+/// the official script does (see "LLaVA answer files" at the top of each benchmark's file).
 pub fn read_predictions(path: &Path, bench: &dyn Benchmark, torn_tail_ok: bool) -> Result<(Predictions, bool)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut records: Vec<Record> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut torn = false;
+    let mut llava: Option<bool> = None;
     let n_lines = text.lines().count();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -91,16 +97,17 @@ pub fn read_predictions(path: &Path, bench: &dyn Benchmark, torn_tail_ok: bool) 
             .and_then(Value::as_str)
             .ok_or_else(|| Error::config(path, format!("line {}: text", i + 1), "missing or not a string"))?
             .to_string();
+        let is_llava = *llava.get_or_insert(!fields.contains_key("key"));
         let rec = Record { line: i + 1, key: key.clone(), text, fields };
         match seen.get(&key) {
-            Some(&j) => records[j] = rec,
-            None => {
+            Some(&j) if !is_llava => records[j] = rec,
+            _ => {
                 seen.insert(key, records.len());
                 records.push(rec);
             }
         }
     }
-    Ok((Predictions { path: path.to_path_buf(), records }, torn))
+    Ok((Predictions { path: path.to_path_buf(), records, llava: llava.unwrap_or(false) }, torn))
 }
 
 /// Score an existing predictions file (no model).

@@ -12,9 +12,26 @@
 //!
 //! Scoring: LLaVA `llava/eval/eval_pope.py`: keep the text before the first '.', drop ',', split on
 //! ' '; the answer is "no" if one of the words is "No", "not" or "no", else "yes". Labels "no" are
-//! negative, anything else positive. Metrics per category, plus their mean (`average`). (The script
-//! pairs answers and labels by position; here by key, which is the same on complete files.)
+//! negative, anything else positive. Metrics per category, plus their mean (`average`). On stic's
+//! own predictions files (lines with `key` = `category/question_id`) answers and labels are paired
+//! by key, which is what the script's pairing gives on complete files.
+//!
+//! LLaVA answer files (lines without `key`: model_vqa_loader writes `question_id`, `prompt`,
+//! `text`, no category) follow eval_pope.py (LLaVA c121f04) exactly:
+//! - the category of an answer comes from LLaVA's question file, `llava_pope_test.jsonl` (looked
+//!   for beside the `coco_pope_*.json` files and one folder up, LLaVA's `pope/` layout), as a dict
+//!   by `question_id` (lines 71-72); an answer whose `question_id` is not in it is a KeyError there
+//!   (line 78) and an error naming the answer file and line here;
+//! - per annotation file, the answers of its category are taken in file order (line 78), all of
+//!   them: an answer given twice counts twice, an unanswered question is simply absent;
+//! - they are paired with the file's labels *by position* (`zip`, line 40): a missing or repeated
+//!   answer shifts the pairs after it, and the pairs stop at the shorter list;
+//! - `yes_ratio` is over all the category's answers (line 37), the counts over the pairs;
+//!   `samples` is the number of answers (line 79), `total` the number of pairs;
+//! - answers whose category has no annotation file are not scored (the loop is over the files,
+//!   line 74); a category without answers is left out (the script would divide by zero).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
@@ -73,6 +90,28 @@ pub struct Pope {
     items: Vec<Item>,
     /// Per item: (category, label is yes).
     truth: Vec<(String, bool)>,
+    /// The category files, in load order.
+    categories: Vec<String>,
+    /// LLaVA's question file, when there is one: its path, and `question_id` (as JSON) -> category.
+    questions: Option<(PathBuf, HashMap<String, String>)>,
+}
+
+/// LLaVA's POPE question file.
+const QUESTIONS: &str = "llava_pope_test.jsonl";
+
+fn read_questions(dir: &Path) -> Result<Option<(PathBuf, HashMap<String, String>)>> {
+    let Some(path) = [dir.join(QUESTIONS), dir.join("..").join(QUESTIONS)].into_iter().find(|p| p.is_file()) else {
+        return Ok(None);
+    };
+    let mut map = HashMap::new();
+    for (line, q) in read_jsonl(&path)? {
+        let at = format!("line {line}");
+        let qid = id_field(&q, &path, &at, "question_id")?;
+        let category = str_field(&q, &path, &at, "category")?;
+        // A dict built from the lines: a later line wins.
+        map.insert(qid.to_string(), category.to_string());
+    }
+    Ok(Some((path, map)))
 }
 
 fn pope_files(dir: &Path) -> Vec<PathBuf> {
@@ -105,9 +144,11 @@ impl Pope {
         let images = image_root(&dir, image_folder, &["val2014", "../val2014", "images"]);
         let mut items = Vec::new();
         let mut truth = Vec::new();
+        let mut categories = Vec::new();
         for path in &files {
             let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let category = name.strip_prefix("coco_pope_").unwrap_or(&name).to_string();
+            categories.push(category.clone());
             for (line, q) in read_jsonl(path)? {
                 let at = format!("line {line}");
                 let qid = id_field(&q, path, &at, "question_id")?;
@@ -135,7 +176,44 @@ impl Pope {
                 return Err(Error::Input(format!("POPE data: question `{}` appears twice", it.key)));
             }
         }
-        Ok(Pope { items, truth })
+        let questions = read_questions(&dir)?;
+        Ok(Pope { items, truth, categories, questions })
+    }
+
+    /// eval_pope.py on an answer file in LLaVA's format (see the top of this file).
+    fn score_llava(&self, preds: &Predictions) -> Result<Map<String, Value>> {
+        let (qpath, questions) = self.questions.as_ref().ok_or_else(|| {
+            Error::config(
+                &preds.path,
+                "line 1: question_id",
+                format!("an answer file in LLaVA's format (no `key`) names questions of LLaVA's {QUESTIONS}, which eval_pope.py needs for the categories: put it next to coco/"),
+            )
+        })?;
+        let mut cat_of = Vec::with_capacity(preds.records.len());
+        for r in &preds.records {
+            let qid = r.fields.get("question_id").ok_or_else(|| preds.line_error(r, "question_id", "missing"))?;
+            let c = questions
+                .get(&qid.to_string())
+                .ok_or_else(|| preds.line_error(r, "question_id", format!("`{qid}` names no question of {}", qpath.display())))?;
+            cat_of.push(c.as_str());
+        }
+        let mut per = Map::new();
+        for cat in &self.categories {
+            let answers: Vec<bool> = preds.records.iter().zip(&cat_of).filter(|(_, c)| **c == cat).map(|(r, _)| says_yes(&r.text)).collect();
+            if answers.is_empty() {
+                continue;
+            }
+            let labels = self.truth.iter().filter(|(c, _)| c == cat).map(|(_, l)| *l);
+            let mut counts = Counts::default();
+            for (p, l) in answers.iter().zip(labels) {
+                counts.add(*p, l);
+            }
+            let mut m = counts.metrics();
+            m["yes_ratio"] = json!(answers.iter().filter(|&&y| y).count() as f64 / answers.len() as f64);
+            m["samples"] = json!(answers.len());
+            per.insert(cat.clone(), m);
+        }
+        Ok(per)
     }
 }
 
@@ -147,23 +225,27 @@ impl Benchmark for Pope {
         &self.items
     }
     fn score(&self, preds: &Predictions) -> Result<Value> {
-        let mut cats: Vec<(String, Counts)> = Vec::new();
-        for (i, r) in preds.matched(&self.items)? {
-            let (cat, label) = &self.truth[i];
-            let k = match cats.iter().position(|(c, _)| c == cat) {
-                Some(k) => k,
-                None => {
-                    cats.push((cat.clone(), Counts::default()));
-                    cats.len() - 1
-                }
-            };
-            cats[k].1.add(says_yes(&r.text), *label);
-        }
-        let per: Map<String, Value> = cats.iter().map(|(c, counts)| (c.clone(), counts.metrics())).collect();
+        let per = if preds.llava {
+            self.score_llava(preds)?
+        } else {
+            let mut cats: Vec<(String, Counts)> = Vec::new();
+            for (i, r) in preds.matched(&self.items)? {
+                let (cat, label) = &self.truth[i];
+                let k = match cats.iter().position(|(c, _)| c == cat) {
+                    Some(k) => k,
+                    None => {
+                        cats.push((cat.clone(), Counts::default()));
+                        cats.len() - 1
+                    }
+                };
+                cats[k].1.add(says_yes(&r.text), *label);
+            }
+            cats.iter().map(|(c, counts)| (c.clone(), counts.metrics())).collect()
+        };
         let mut avg = Map::new();
         for k in ["accuracy", "precision", "recall", "f1", "yes_ratio"] {
-            let sum: f64 = cats.iter().map(|(c, _)| per[c][k].as_f64().unwrap_or(0.0)).sum();
-            avg.insert(k.to_string(), json!(super::bench::ratio(sum, cats.len() as f64)));
+            let sum: f64 = per.values().map(|m| m[k].as_f64().unwrap_or(0.0)).sum();
+            avg.insert(k.to_string(), json!(super::bench::ratio(sum, per.len() as f64)));
         }
         Ok(json!({ "categories": per, "average": avg }))
     }

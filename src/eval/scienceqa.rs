@@ -17,6 +17,20 @@
 //! otherwise FAILED. The letter counts only if it is within the question's choices and equals the
 //! answer. `img_accuracy` is over predictions whose prompt contains `<image>` (the paper's
 //! ScienceQA-IMG number).
+//!
+//! LLaVA answer files (lines without `key`, as model_vqa_science writes them) follow
+//! eval_science_qa.py (LLaVA c121f04) exactly:
+//! - the answers become a dict by `question_id` (line 46): of a question answered twice the later
+//!   line counts; the ids are compared with the problem ids, which are strings, so a `question_id`
+//!   that is not a string is an error here (it could never match there);
+//! - the questions scored are the split's, `pid_splits.json`'s "test" list (lines 43, 47, 57; read
+//!   from the `--data` folder when it is there, else the questions of `llava_test_CQM-A.json`, which
+//!   is LLaVA's conversion of that split), each once, in that order;
+//! - an unanswered question counts as wrong (text "FAILED", prompt "Unknown", lines 58-60), and so
+//!   it is not multimodal: it is in `total` but not in `img_total` (line 85);
+//! - an answer to a problem outside the split is ignored (the loop is over the split, line 57);
+//!   an answer whose `question_id` names no problem of `problems.json` at all is an error naming
+//!   the file and line (answers for another data set; the script would silently ignore it).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -63,6 +77,10 @@ struct Truth {
 pub struct ScienceQa {
     items: Vec<Item>,
     truth: HashMap<String, Truth>,
+    /// The problems of `problems.json` outside the question file (answers to them are ignored).
+    other_problems: std::collections::HashSet<String>,
+    /// The split scored for LLaVA answer files: its path (pid_splits.json or the question file) and ids.
+    split: (std::path::PathBuf, Vec<String>),
 }
 
 impl ScienceQa {
@@ -77,6 +95,7 @@ impl ScienceQa {
         let qs = qs.as_array().ok_or_else(|| Error::config(&qfile, "<file>", "expected a list of questions"))?;
         let mut items = Vec::new();
         let mut truth = HashMap::new();
+        let mut ids = Vec::new();
         for (i, q) in qs.iter().enumerate() {
             let at = format!("entry {i}");
             let id = super::bench::id_text(&id_field(q, &qfile, &at, "id")?);
@@ -90,6 +109,7 @@ impl ScienceQa {
             let answer = prob.get("answer").and_then(Value::as_u64).ok_or_else(|| Error::config(&pfile, format!("{id}: answer"), "missing or not an index"))?;
             let n_choices = prob.get("choices").and_then(Value::as_array).map(Vec::len).ok_or_else(|| Error::config(&pfile, format!("{id}: choices"), "missing or not a list"))?;
             truth.insert(id.clone(), Truth { answer: answer as usize, n_choices });
+            ids.push(id.clone());
             let Some(image) = q.get("image").and_then(Value::as_str) else { continue };
             let qs = py::strip(&value.replace("<image>", "")).to_string();
             let prompt = format!("{qs}\n{MC_SUFFIX}");
@@ -103,7 +123,69 @@ impl ScienceQa {
                 group: items.len(),
             });
         }
-        Ok(ScienceQa { items, truth })
+        let split_path = base.join("pid_splits.json");
+        let split = if split_path.is_file() {
+            let v = read_json(&split_path)?;
+            let test = v.get("test").and_then(Value::as_array).ok_or_else(|| Error::config(&split_path, "test", "missing or not a list"))?;
+            let mut pids = Vec::with_capacity(test.len());
+            for (i, p) in test.iter().enumerate() {
+                let p = p.as_str().ok_or_else(|| Error::config(&split_path, format!("test[{i}]"), "not a string"))?;
+                if !truth.contains_key(p) {
+                    let prob = problems.get(p).ok_or_else(|| Error::config(&pfile, p, "no such problem (pid_splits.json's test split)"))?;
+                    let answer = prob.get("answer").and_then(Value::as_u64).ok_or_else(|| Error::config(&pfile, format!("{p}: answer"), "missing or not an index"))?;
+                    let n_choices = prob.get("choices").and_then(Value::as_array).map(Vec::len).ok_or_else(|| Error::config(&pfile, format!("{p}: choices"), "missing or not a list"))?;
+                    truth.insert(p.to_string(), Truth { answer: answer as usize, n_choices });
+                }
+                pids.push(p.to_string());
+            }
+            (split_path, pids)
+        } else {
+            (qfile.clone(), ids)
+        };
+        let other_problems = problems.keys().filter(|k| !truth.contains_key(*k)).cloned().collect();
+        Ok(ScienceQa { items, truth, other_problems, split })
+    }
+
+    /// eval_science_qa.py on an answer file in LLaVA's format (see the top of this file).
+    fn score_llava(&self, preds: &Predictions) -> Result<Value> {
+        let mut by_id: HashMap<&str, &super::bench::Record> = HashMap::new();
+        for r in &preds.records {
+            let id = match r.fields.get("question_id") {
+                Some(Value::String(s)) => s.as_str(),
+                other => return Err(preds.line_error(r, "question_id", format!("{} is not a string (the problem ids are)", other.map_or("missing".into(), Value::to_string)))),
+            };
+            if !self.truth.contains_key(id) && !self.other_problems.contains(id) {
+                return Err(preds.line_error(r, "question_id", format!("`{id}` names no problem of problems.json")));
+            }
+            by_id.insert(id, r);
+        }
+        let (mut correct, mut img_correct, mut img_total, mut failed) = (0usize, 0usize, 0usize, 0usize);
+        for pid in &self.split.1 {
+            let t = &self.truth[pid];
+            let (text, prompt) = match by_id.get(pid.as_str()) {
+                Some(r) => (r.text.as_str(), r.fields.get("prompt").and_then(Value::as_str).ok_or_else(|| preds.line_error(r, "prompt", "missing or not a string"))?),
+                None => ("FAILED", "Unknown"),
+            };
+            let letter = parse_letter(text);
+            failed += usize::from(letter.is_none());
+            let hit = pred_index(letter, t.n_choices) == Some(t.answer);
+            correct += usize::from(hit);
+            if prompt.contains("<image>") {
+                img_total += 1;
+                img_correct += usize::from(hit);
+            }
+        }
+        let total = self.split.1.len();
+        Ok(json!({
+            "img_accuracy": super::bench::ratio(img_correct as f64, img_total as f64),
+            "img_correct": img_correct,
+            "img_total": img_total,
+            "accuracy": super::bench::ratio(correct as f64, total as f64),
+            "correct": correct,
+            "total": total,
+            "failed_parses": failed,
+            "split": self.split.0.display().to_string(),
+        }))
     }
 }
 
@@ -115,6 +197,9 @@ impl Benchmark for ScienceQa {
         &self.items
     }
     fn score(&self, preds: &Predictions) -> Result<Value> {
+        if preds.llava {
+            return self.score_llava(preds);
+        }
         let (mut correct, mut total, mut img_correct, mut img_total, mut failed) = (0usize, 0usize, 0usize, 0usize, 0usize);
         for r in &preds.records {
             let t = self.truth.get(&r.key).ok_or_else(|| {

@@ -15,6 +15,15 @@
 //! punctuation, number words to digits, articles dropped, contractions restored), and a prediction
 //! scores the mean over the 10 leave-one-out subsets of the human answers of
 //! min(#matching answers / 3, 1).
+//!
+//! LLaVA answer files (lines without `key`, as model_vqa_loader writes them): eval_textvqa.py
+//! (LLaVA c121f04) reads every line into a list (line 40) and scores each one (lines 43-48), so a
+//! question answered twice counts twice, an unanswered question is not counted, and a line for a
+//! question outside LLaVA's question file still counts if the annotations hold it. The join is the
+//! annotations' dict by `(image_id, question.lower())` (line 39: a later annotation wins) looked up
+//! with `(question_id, prompt_processor(prompt))` (line 44); a line that names no annotation is a
+//! KeyError there and an error naming the file and line here. stic's own files (with `key`) keep
+//! one line per key (resume), which is the same on its files (unique keys).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -359,8 +368,11 @@ impl Benchmark for TextVqa {
             return Some(k.clone());
         }
         let qid = id_text(fields.get("question_id")?);
-        let q = fields.get("prompt").and_then(Value::as_str).and_then(prompt_question)?;
-        Some(format!("{qid}/{q}"))
+        // A prompt without a question is reported by `score`, with its line.
+        match fields.get("prompt").and_then(Value::as_str).and_then(prompt_question) {
+            Some(q) => Some(format!("{qid}/{q}")),
+            None => Some(qid),
+        }
     }
     fn score(&self, preds: &Predictions) -> Result<Value> {
         let mut sum = 0.0;
