@@ -20,6 +20,17 @@
 //! round's letter equals that round's answer. `vanilla_accuracy` scores round 0 alone (the options
 //! in their original order). Questions with only some rounds answered are not scored
 //! (`incomplete`).
+//!
+//! LLaVA answer files (lines without `key`, as model_vqa_mmbench writes them: `question_id` = the
+//! row's `index`, `round_id`, ...): LLaVA has no local scorer for MMBench; its
+//! scripts/convert_mmbench_for_submission.py (LLaVA c121f04, lines 23-25) writes each line's
+//! `text` into the `prediction` cell of the rows whose `index` equals `question_id`, so for an
+//! index answered twice (or in several rounds) the later line wins, an unanswered row stays empty,
+//! and a line naming no row changes nothing. stic does not write that .xlsx submission (issue #18
+//! leaves it open). The circular score here joins lines by (`question_id`, `round_id`): a later
+//! line for the same round wins (as the conversion's overwrite), an unanswered round makes its
+//! question `incomplete`, and a line that names no row and round is an error naming the file and
+//! line (answers for another TSV).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
