@@ -140,3 +140,66 @@ fn cli_scores_llava_answer_files() {
     let (ok, _, err) = stic(&["eval", "--bench", "pope", "--data", d.to_str().unwrap(), "--predictions", d.join("bad_answers.jsonl").to_str().unwrap()]);
     assert!(!ok && err.contains("bad_answers.jsonl") && err.contains("line 4"), "{err}");
 }
+
+/// MMBench's submission file (issue #18): the sheet stic writes from the TSV and an answer file in
+/// LLaVA's format equals, cell by cell (value and type), the .xlsx that LLaVA's own
+/// scripts/convert_mmbench_for_submission.py wrote from the same files
+/// (scripts/gen_mmbench_submission_fixture.py: pandas 2.3.3 + openpyxl 3.1.5). The answers include
+/// two rounds of one index, a repeated index, an unanswered row, a line naming no row and a string
+/// id; the TSV has columns pandas reads as int64, float64 with NaN, bool and strings with NA words
+/// and a leading "=". The .xlsx itself is read back with calamine.
+#[test]
+fn mmbench_submission_matches_the_official_conversion() {
+    use stic::eval::mmbench_submission::{submission_table, write_submission, Cell};
+    let d = fixtures().join("eval/llava_answers/mmbench");
+    let exp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("expected.json")).unwrap()).unwrap();
+    let sheet = submission_table(&d.join("mmbench_sub.tsv"), &d.join("answers.jsonl")).unwrap();
+    let want = exp["cells"].as_array().unwrap();
+    assert_eq!(sheet.len(), want.len(), "rows");
+    for (r, (got, want)) in sheet.iter().zip(want).enumerate() {
+        let want = want.as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "row {r}: columns");
+        for (c, (g, w)) in got.iter().zip(want).enumerate() {
+            let ok = match (g, w["type"].as_str().unwrap(), &w["value"]) {
+                (Cell::Empty, _, serde_json::Value::Null) => true,
+                (Cell::Number(x), "n", v) => v.as_f64() == Some(*x),
+                (Cell::Bool(b), "b", v) => v.as_bool() == Some(*b),
+                (Cell::Str(s), "s", v) => v.as_str() == Some(s.as_str()),
+                (Cell::Formula(f), "f", v) => v.as_str() == Some(f.as_str()),
+                _ => false,
+            };
+            assert!(ok, "row {r} column {c}: stic {g:?}, official {w}");
+        }
+    }
+    // The file: written atomically, and its cells read back as the sheet says.
+    let out = std::env::temp_dir().join(format!("stic-mmbench-sub-{}.xlsx", std::process::id()));
+    let n = write_submission(&d.join("mmbench_sub.tsv"), &d.join("answers.jsonl"), &out).unwrap();
+    assert_eq!(n, 3, "indexes 0, 1 and 3 have a prediction");
+    use calamine::{open_workbook, Data, Reader, Xlsx};
+    let mut wb: Xlsx<_> = open_workbook(&out).unwrap();
+    let range = wb.worksheet_range("Sheet1").unwrap();
+    for (r, row) in sheet.iter().enumerate() {
+        for (c, cell) in row.iter().enumerate() {
+            let got = range.get_value((r as u32, c as u32)).cloned().unwrap_or(Data::Empty);
+            let ok = match cell {
+                Cell::Empty => matches!(got, Data::Empty),
+                Cell::Number(x) => matches!(got, Data::Float(v) if v == *x) || matches!(got, Data::Int(v) if v as f64 == *x),
+                Cell::Bool(b) => got == Data::Bool(*b),
+                Cell::Str(s) => got == Data::String(s.clone()),
+                // calamine reads a formula cell's cached value (none written): the formula is checked
+                // in the sheet above.
+                Cell::Formula(_) => true,
+            };
+            assert!(ok, "xlsx row {r} column {c}: {got:?}, want {cell:?}");
+        }
+    }
+    let _ = std::fs::remove_file(&out);
+    // The CLI writes it too, and names a wrong bench.
+    let out = std::env::temp_dir().join(format!("stic-mmbench-sub-cli-{}.xlsx", std::process::id()));
+    let (tsv, ans) = (d.join("mmbench_sub.tsv"), d.join("answers.jsonl"));
+    let (ok, _, err) = stic(&["eval", "--bench", "mmbench", "--data", tsv.to_str().unwrap(), "--predictions", ans.to_str().unwrap(), "--submission", out.to_str().unwrap()]);
+    assert!(out.exists(), "the CLI wrote the submission ({ok}): {err}");
+    let _ = std::fs::remove_file(&out);
+    let (ok, _, err) = stic(&["eval", "--bench", "pope", "--data", tsv.to_str().unwrap(), "--predictions", ans.to_str().unwrap(), "--submission", out.to_str().unwrap()]);
+    assert!(!ok && err.contains("--submission"), "{err}");
+}

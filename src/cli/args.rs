@@ -266,6 +266,10 @@ pub struct EvalCliArgs {
     /// Output directory: predictions.jsonl, metrics.json (and the judge's file for llava-bench, mm-vet).
     #[arg(long, required_unless_present = "predictions")]
     pub out: Option<PathBuf>,
+    /// mmbench with --predictions: also write the submission .xlsx here, as LLaVA's
+    /// scripts/convert_mmbench_for_submission.py does from the same TSV and answer file.
+    #[arg(long, requires = "predictions")]
+    pub submission: Option<PathBuf>,
     /// Default: 128 for the short-answer benchmarks, 1024 for mathvista, llava-bench, mm-vet, chair.
     #[arg(long)]
     pub max_new_tokens: Option<usize>,

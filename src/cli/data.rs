@@ -44,6 +44,15 @@ pub fn build_dif(a: &BuildDifCli) -> Result<()> {
 
 /// `stic eval`: answer and score a benchmark (or score a predictions file); the metrics on stdout.
 pub fn eval(a: EvalCliArgs) -> Result<()> {
+    if let Some(sub) = &a.submission {
+        if a.bench != "mmbench" {
+            return Err(stic::Error::Input(format!("--submission is MMBench's submission file; --bench is {}", a.bench)));
+        }
+        let answers = a.predictions.as_ref().expect("clap: --submission requires --predictions");
+        let tsv = stic::eval::mmbench::find_tsv(&a.data)?;
+        let n = stic::eval::mmbench_submission::write_submission(&tsv, answers, sub)?;
+        eprintln!("submission: {} ({n} rows with a prediction), as convert_mmbench_for_submission.py writes it", sub.display());
+    }
     let metrics = stic::eval::eval(&stic::eval::EvalArgs {
         bench: stic::eval::Bench::from_name(&a.bench)?,
         data: a.data,

@@ -26,8 +26,8 @@
 //! scripts/convert_mmbench_for_submission.py (LLaVA c121f04, lines 23-25) writes each line's
 //! `text` into the `prediction` cell of the rows whose `index` equals `question_id`, so for an
 //! index answered twice (or in several rounds) the later line wins, an unanswered row stays empty,
-//! and a line naming no row changes nothing. stic does not write that .xlsx submission (issue #18
-//! leaves it open). The circular score here joins lines by (`question_id`, `round_id`): a later
+//! and a line naming no row changes nothing. `stic eval --submission OUT.xlsx` writes that file
+//! (`mmbench_submission.rs`, checked cell by cell against the script's own output). The circular score here joins lines by (`question_id`, `round_id`): a later
 //! line for the same round wins (as the conversion's overwrite), an unanswered round makes its
 //! question `incomplete`, and a line that names no row and round is an error naming the file and
 //! line (answers for another TSV).
@@ -229,7 +229,7 @@ pub struct MmBench {
     questions: Vec<Question>,
 }
 
-fn find_tsv(data: &Path) -> Result<PathBuf> {
+pub fn find_tsv(data: &Path) -> Result<PathBuf> {
     if data.is_file() {
         return Ok(data.to_path_buf());
     }

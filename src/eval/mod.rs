@@ -21,6 +21,7 @@ pub mod chartqa;
 pub mod llava_bench;
 pub mod mathvista;
 pub mod mmbench;
+pub mod mmbench_submission;
 pub mod mme;
 pub mod mmvet;
 pub mod pope;
