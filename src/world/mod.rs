@@ -1,0 +1,417 @@
+//! The synthetic world (docs/WORLD.md): small seeded images of 1 to 4 shapes with their ground
+//! truth, captions whose objects co-occur by a known pairs table, LLaVA instruction data, POPE-style
+//! probes and held-out questions; `make` writes a world folder (`stic world make`), `eval` scores
+//! predictions against it (`stic world eval`).
+//!
+//! - `draw`: the rasteriser (shapes, backgrounds, PNG)
+//! - `text`: vocabulary, synonyms, captions, questions, the parser of objects in free text
+//! - `eval`: the world's metrics (CHAIR_i, CHAIR_s, recall, POPE F1, counting accuracy)
+
+pub mod draw;
+pub mod eval;
+pub mod text;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// The objects of the world: one shape each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    Circle,
+    Square,
+    Triangle,
+    Star,
+    Cross,
+    Diamond,
+    Ring,
+    Hexagon,
+}
+
+impl Shape {
+    pub const ALL: [Shape; 8] = [Shape::Circle, Shape::Square, Shape::Triangle, Shape::Star, Shape::Cross, Shape::Diamond, Shape::Ring, Shape::Hexagon];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Circle => "circle",
+            Shape::Square => "square",
+            Shape::Triangle => "triangle",
+            Shape::Star => "star",
+            Shape::Cross => "cross",
+            Shape::Diamond => "diamond",
+            Shape::Ring => "ring",
+            Shape::Hexagon => "hexagon",
+        }
+    }
+
+    /// Other words for the object (the name first), as CHAIR's synonyms list has for COCO.
+    pub fn synonyms(self) -> &'static [&'static str] {
+        match self {
+            Shape::Circle => &["circle", "disc", "disk", "dot", "ball"],
+            Shape::Square => &["square", "box", "block"],
+            Shape::Triangle => &["triangle", "wedge"],
+            Shape::Star => &["star", "pentagram"],
+            Shape::Cross => &["cross", "plus", "plus sign"],
+            Shape::Diamond => &["diamond", "rhombus", "lozenge"],
+            Shape::Ring => &["ring", "donut", "doughnut", "hoop"],
+            Shape::Hexagon => &["hexagon"],
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Shape> {
+        Shape::ALL.into_iter().find(|o| o.name() == s)
+    }
+}
+
+/// Object colours (name, RGB).
+pub const COLOURS: [(&str, [u8; 3]); 8] = [
+    ("red", [220, 40, 40]),
+    ("green", [40, 170, 60]),
+    ("blue", [40, 80, 220]),
+    ("yellow", [235, 210, 40]),
+    ("purple", [140, 60, 190]),
+    ("orange", [245, 140, 30]),
+    ("white", [245, 245, 245]),
+    ("black", [20, 20, 20]),
+];
+
+/// Background colours (name, RGB); each image adds a gradient and noise.
+pub const BACKGROUNDS: [(&str, [u8; 3]); 6] =
+    [("grey", [128, 128, 128]), ("beige", [215, 200, 165]), ("sky blue", [150, 185, 215]), ("dark slate", [50, 60, 75]), ("pale green", [175, 210, 170]), ("brown", [110, 75, 50])];
+
+/// Sizes (name, radius as a fraction of a grid cell).
+pub const SIZES: [(&str, f64); 2] = [("small", 0.24), ("large", 0.4)];
+
+/// The 3x3 grid of positions, row by row.
+pub const POSITIONS: [&str; 9] = ["top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right"];
+
+/// The co-occurrence table: when one of a pair is placed, the other is added with probability p
+/// (if there is room). Circle and hexagon have no companion.
+pub const PAIRS: [(Shape, Shape, f64); 3] = [(Shape::Star, Shape::Ring, 0.8), (Shape::Square, Shape::Triangle, 0.75), (Shape::Cross, Shape::Diamond, 0.7)];
+
+/// The probability that a new object repeats the shape of one already placed (for counting).
+pub const REPEAT_P: f64 = 0.2;
+
+/// The usual companion of a shape and the pair's probability.
+pub fn companion(s: Shape) -> Option<(Shape, f64)> {
+    PAIRS.iter().find_map(|&(a, b, p)| if a == s { Some((b, p)) } else if b == s { Some((a, p)) } else { None })
+}
+
+/// One object of an image: what it is, and where it is drawn.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Object {
+    pub shape: Shape,
+    pub colour: String,
+    pub size: String,
+    /// One of [`POSITIONS`].
+    pub position: String,
+    /// Centre and radius in pixels.
+    pub x: f64,
+    pub y: f64,
+    pub r: f64,
+}
+
+/// One image's ground truth.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scene {
+    pub id: String,
+    pub image: String,
+    pub split: String,
+    pub background: String,
+    pub objects: Vec<Object>,
+}
+
+impl Scene {
+    /// The distinct shapes present, in [`Shape::ALL`] order.
+    pub fn shapes(&self) -> Vec<Shape> {
+        Shape::ALL.into_iter().filter(|s| self.objects.iter().any(|o| o.shape == *s)).collect()
+    }
+    pub fn count(&self, s: Shape) -> usize {
+        self.objects.iter().filter(|o| o.shape == s).count()
+    }
+}
+
+/// What `make` builds.
+#[derive(Clone, Debug)]
+pub struct MakeArgs {
+    pub n: usize,
+    pub seed: u64,
+    /// Image side in pixels.
+    pub size: usize,
+    /// The fraction of images held out (taken from the end).
+    pub heldout: f64,
+}
+
+impl Default for MakeArgs {
+    fn default() -> Self {
+        MakeArgs { n: 1000, seed: 0, size: 64, heldout: 0.2 }
+    }
+}
+
+/// The seed of item `i`'s own stream (SplitMix of the world seed and the index), so that an item
+/// does not depend on how many came before it.
+pub fn item_rng(seed: u64, i: usize, salt: u64) -> Rng {
+    let mut r = Rng::new(seed ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ salt.wrapping_mul(0xA076_1D64_78BD_642F));
+    Rng::new(r.next_u64())
+}
+
+/// The shapes of one image: 1 to 4 objects; each new object repeats a placed shape with
+/// [`REPEAT_P`], else is a shape not yet placed, followed by its companion with the pair's
+/// probability when there is room.
+pub fn sample_shapes(rng: &mut Rng) -> Vec<Shape> {
+    let n = 1 + rng.below(4);
+    let mut out: Vec<Shape> = Vec::new();
+    while out.len() < n {
+        if !out.is_empty() && rng.uniform() < REPEAT_P {
+            out.push(out[rng.below(out.len())]);
+            continue;
+        }
+        let unused: Vec<Shape> = Shape::ALL.into_iter().filter(|s| !out.contains(s)).collect();
+        let s = unused[rng.below(unused.len())];
+        out.push(s);
+        if let Some((c, p)) = companion(s) {
+            let draw = rng.uniform();
+            if out.len() < n && !out.contains(&c) && draw < p {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Draw scene `i`: its ground truth and its pixels.
+pub fn make_scene(a: &MakeArgs, i: usize, split: &str) -> (Scene, crate::image::RgbImage) {
+    let mut rng = item_rng(a.seed, i, 1);
+    let shapes = sample_shapes(&mut rng);
+    let (bg_name, bg) = BACKGROUNDS[rng.below(BACKGROUNDS.len())];
+    let mut img = draw::background(a.size, bg, &mut rng);
+    let mut cells: Vec<usize> = (0..9).collect();
+    let cell = a.size as f64 / 3.0;
+    let mut objects = Vec::new();
+    for shape in shapes {
+        let c = cells.remove(rng.below(cells.len()));
+        // A colour far enough from the background to be seen.
+        let visible: Vec<usize> = (0..COLOURS.len())
+            .filter(|&k| COLOURS[k].1.iter().zip(bg).map(|(&x, y)| (x as f64 - y as f64).powi(2)).sum::<f64>().sqrt() > 110.0)
+            .collect();
+        let (colour, rgb) = COLOURS[visible[rng.below(visible.len())]];
+        let (size, frac) = SIZES[rng.below(SIZES.len())];
+        let r = frac * cell;
+        let slack = (cell / 2.0 - 1.15 * r).max(0.0);
+        let x = (c % 3) as f64 * cell + cell / 2.0 + (rng.uniform() * 2.0 - 1.0) * slack;
+        let y = (c / 3) as f64 * cell + cell / 2.0 + (rng.uniform() * 2.0 - 1.0) * slack;
+        draw::draw(&mut img, shape, x, y, r, rgb);
+        let round = |v: f64| (v * 100.0).round() / 100.0;
+        objects.push(Object { shape, colour: colour.into(), size: size.into(), position: POSITIONS[c].into(), x: round(x), y: round(y), r: round(r) });
+    }
+    // Objects listed in reading order (by cell), as the captions name them.
+    objects.sort_by_key(|o| POSITIONS.iter().position(|p| *p == o.position));
+    let id = format!("{i:06}");
+    (Scene { image: format!("images/{id}.png"), id, split: split.into(), background: bg_name.into(), objects }, img)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+fn json_bytes(v: &impl Serialize) -> Vec<u8> {
+    let mut s = serde_json::to_vec_pretty(v).expect("serialisable");
+    s.push(b'\n');
+    s
+}
+
+fn jsonl_bytes(v: &[Value]) -> Vec<u8> {
+    v.iter().flat_map(|l| serde_json::to_string(l).expect("serialisable").into_bytes().into_iter().chain([b'\n'])).collect()
+}
+
+/// The number of held-out images of a world of `n`.
+pub fn heldout_count(n: usize, frac: f64) -> usize {
+    ((n as f64 * frac).round() as usize).min(n)
+}
+
+/// Statistics measured on the train split: object frequencies, P(b | a) in the captions, the
+/// number of objects per image.
+pub fn statistics(scenes: &[Scene]) -> Value {
+    let train: Vec<&Scene> = scenes.iter().filter(|s| s.split == "train").collect();
+    let mut freq: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut joint: BTreeMap<&str, BTreeMap<&str, f64>> = BTreeMap::new();
+    let mut per_image: BTreeMap<String, usize> = BTreeMap::new();
+    for s in &train {
+        let shapes = s.shapes();
+        *per_image.entry(s.objects.len().to_string()).or_default() += 1;
+        for a in &shapes {
+            *freq.entry(a.name()).or_default() += 1.0;
+            for b in &shapes {
+                if a != b {
+                    *joint.entry(a.name()).or_default().entry(b.name()).or_default() += 1.0;
+                }
+            }
+        }
+    }
+    let round = |v: f64| (v * 1e4).round() / 1e4;
+    let cond: BTreeMap<&str, BTreeMap<&str, f64>> =
+        joint.iter().map(|(a, m)| (*a, m.iter().map(|(b, c)| (*b, round(c / freq[a]))).collect())).collect();
+    let n = train.len().max(1) as f64;
+    json!({
+        "train_images": train.len(),
+        "object_frequency": freq.iter().map(|(k, v)| (*k, round(v / n))).collect::<BTreeMap<_, _>>(),
+        "p_b_given_a": cond,
+        "objects_per_image": per_image,
+    })
+}
+
+/// The description of the world (world.json): vocabulary, synonyms, plurals, the generator's
+/// parameters and the measured statistics.
+pub fn world_json(a: &MakeArgs, scenes: &[Scene]) -> Value {
+    json!({
+        "format": "stic-world-1",
+        "seed": a.seed,
+        "n": a.n,
+        "image_size": a.size,
+        "heldout": heldout_count(a.n, a.heldout),
+        "objects": Shape::ALL.iter().map(|s| json!({
+            "name": s.name(),
+            "synonyms": s.synonyms(),
+            "plurals": s.synonyms().iter().map(|w| text::plural(w)).collect::<Vec<_>>(),
+            "companion": companion(*s).map(|(c, _)| c.name()),
+        })).collect::<Vec<_>>(),
+        "colours": COLOURS.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        "backgrounds": BACKGROUNDS.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        "sizes": SIZES.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        "positions": POSITIONS,
+        "pairs": PAIRS.iter().map(|(a, b, p)| json!({"a": a.name(), "b": b.name(), "p": p})).collect::<Vec<_>>(),
+        "repeat_p": REPEAT_P,
+        "statistics": statistics(scenes),
+    })
+}
+
+/// `stic world make`: write a world of `a.n` images into `out` (see docs/WORLD.md for the files).
+/// The same arguments give byte-identical files.
+pub fn make(a: &MakeArgs, out: &Path) -> Result<Vec<Scene>> {
+    if a.n == 0 || a.size < 24 {
+        return Err(Error::Input(format!("world make: need n >= 1 and size >= 24 (got n {}, size {})", a.n, a.size)));
+    }
+    let images = out.join("images");
+    std::fs::create_dir_all(&images).map_err(|e| Error::io(&images, e))?;
+    let held = heldout_count(a.n, a.heldout);
+    let scenes: Vec<Scene> = (0..a.n)
+        .map(|i| {
+            let (scene, img) = make_scene(a, i, if i >= a.n - held { "heldout" } else { "train" });
+            write(&out.join(&scene.image), &draw::png(&img))?;
+            Ok(scene)
+        })
+        .collect::<Result<_>>()?;
+    let (train, heldout): (Vec<&Scene>, Vec<&Scene>) = scenes.iter().partition(|s| s.split == "train");
+    let list = |v: &[&Scene]| v.iter().map(|s| format!("{}\n", s.image)).collect::<String>();
+    write(&out.join("train.txt"), list(&train).as_bytes())?;
+    write(&out.join("heldout.txt"), list(&heldout).as_bytes())?;
+    write(&out.join("objects.json"), &json_bytes(&scenes))?;
+    let captions: Vec<Value> = train.iter().map(|s| text::caption_example(s, &mut item_rng(a.seed, s.id.parse().unwrap_or(0), 2))).collect();
+    write(&out.join("captions.json"), &json_bytes(&captions))?;
+    let instruct: Vec<Value> = train.iter().map(|s| text::instruct_example(s, &mut item_rng(a.seed, s.id.parse().unwrap_or(0), 3))).collect();
+    write(&out.join("instruct.json"), &json_bytes(&instruct))?;
+    let mut probes = Vec::new();
+    let mut questions = Vec::new();
+    for s in &heldout {
+        let mut rng = item_rng(a.seed, s.id.parse().unwrap_or(0), 4);
+        probes.extend(text::probes(s, &mut rng).iter().map(|p| serde_json::to_value(p).expect("serialisable")));
+        questions.extend(text::questions(s, &mut rng).iter().map(|q| serde_json::to_value(q).expect("serialisable")));
+    }
+    write(&out.join("probes.jsonl"), &jsonl_bytes(&probes))?;
+    write(&out.join("questions.jsonl"), &jsonl_bytes(&questions))?;
+    write(&out.join("world.json"), &json_bytes(&world_json(a, &scenes)))?;
+    Ok(scenes)
+}
+
+/// Read a world's ground truth (objects.json).
+pub fn read_scenes(dir: &Path) -> Result<Vec<Scene>> {
+    let p = dir.join("objects.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Json { path: p, source: e })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("stic-world-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for sub in ["", "images"] {
+            let mut v: Vec<_> = std::fs::read_dir(dir.join(sub)).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
+            v.sort();
+            out.extend(v.into_iter().map(|p| (format!("{sub}/{}", p.file_name().unwrap().to_string_lossy()), std::fs::read(&p).unwrap())));
+        }
+        out
+    }
+
+    #[test]
+    fn same_seed_same_bytes_other_seed_other_world() {
+        let a = MakeArgs { n: 10, seed: 7, size: 48, heldout: 0.3 };
+        let (d1, d2, d3) = (tmp("a"), tmp("b"), tmp("c"));
+        make(&a, &d1).unwrap();
+        make(&a, &d2).unwrap();
+        make(&MakeArgs { seed: 8, ..a.clone() }, &d3).unwrap();
+        let (f1, f2, f3) = (files(&d1), files(&d2), files(&d3));
+        let names: Vec<&str> = f1.iter().map(|(n, _)| n.as_str()).collect();
+        for want in ["/captions.json", "/instruct.json", "/probes.jsonl", "/questions.jsonl", "/objects.json", "/world.json", "/train.txt", "/heldout.txt", "images/000009.png"] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        assert_eq!(f1, f2);
+        let differ = f1.iter().zip(&f3).filter(|(a, b)| a.1 != b.1).count();
+        assert!(differ >= 10, "seed 8 changed only {differ} files");
+        let scenes = read_scenes(&d1).unwrap();
+        assert_eq!(scenes.iter().filter(|s| s.split == "heldout").count(), 3);
+        assert_eq!(std::fs::read_to_string(d1.join("heldout.txt")).unwrap().lines().count(), 3);
+        // The PNGs decode to the size asked for.
+        let img = crate::image::load_image(&d1.join("images/000000.png")).unwrap();
+        assert_eq!((img.width, img.height), (48, 48));
+        for d in [d1, d2, d3] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+
+    #[test]
+    fn companions_follow_the_pairs_table() {
+        // Over many draws, P(ring | star) is far above P(ring | circle), and no image has more than 4.
+        let (mut star, mut star_ring, mut circle, mut circle_ring) = (0.0, 0.0, 0.0, 0.0);
+        for i in 0..4000 {
+            let s = sample_shapes(&mut item_rng(3, i, 1));
+            assert!((1..=4).contains(&s.len()));
+            if s.contains(&Shape::Star) {
+                star += 1.0;
+                star_ring += s.contains(&Shape::Ring) as u8 as f64;
+            }
+            if s.contains(&Shape::Circle) {
+                circle += 1.0;
+                circle_ring += s.contains(&Shape::Ring) as u8 as f64;
+            }
+        }
+        let (p_star, p_circle) = (star_ring / star, circle_ring / circle);
+        assert!(p_star > 0.55 && p_circle < 0.35, "P(ring|star) {p_star}, P(ring|circle) {p_circle}");
+    }
+
+    #[test]
+    fn objects_are_inside_the_image_and_apart() {
+        let a = MakeArgs { n: 50, seed: 1, size: 64, heldout: 0.2 };
+        for i in 0..a.n {
+            let (s, img) = make_scene(&a, i, "train");
+            assert_eq!(img.data.len(), 64 * 64 * 3);
+            for (k, o) in s.objects.iter().enumerate() {
+                assert!(o.x - 1.1 * o.r >= 0.0 && o.x + 1.1 * o.r <= 64.0 && o.y - 1.1 * o.r >= 0.0 && o.y + 1.1 * o.r <= 64.0, "{o:?}");
+                assert!(s.objects[k + 1..].iter().all(|p| p.position != o.position));
+            }
+        }
+    }
+}
