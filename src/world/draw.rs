@@ -5,7 +5,7 @@
 use crate::image::RgbImage;
 use crate::rng::Rng;
 
-use super::Shape;
+use super::scene::Shape;
 
 /// Even-odd point-in-polygon test.
 fn in_polygon(px: f64, py: f64, pts: &[(f64, f64)]) -> bool {
@@ -47,11 +47,11 @@ pub fn inside(shape: Shape, dx: f64, dy: f64, r: f64) -> bool {
             d2 <= r * r && d2 >= (0.55 * r) * (0.55 * r)
         }
         Shape::Square => dx.abs() <= 0.8 * r && dy.abs() <= 0.8 * r,
-        Shape::Diamond => dx.abs() / (0.8 * r) + dy.abs() <= r,
+        Shape::Diamond => dx.abs() / (0.8 * r) + dy.abs() / r <= 1.0,
         Shape::Cross => (dx.abs() <= 0.3 * r && dy.abs() <= r) || (dy.abs() <= 0.3 * r && dx.abs() <= r),
         Shape::Triangle => in_polygon(dx, dy - 0.15 * r, &polygon(3, 1.1 * r, None, up)),
         Shape::Star => in_polygon(dx, dy, &polygon(5, 1.1 * r, Some(0.45 * r), up)),
-        Shape::Hexagon => in_polygon(dx, dy, &polygon(6, r, None, 0.0)),
+        Shape::Moon => dx * dx + dy * dy <= r * r && (dx - 0.6 * r).powi(2) + (dy + 0.25 * r).powi(2) > (0.6 * r) * (0.6 * r),
     }
 }
 
@@ -96,9 +96,9 @@ pub fn draw(img: &mut RgbImage, shape: Shape, cx: f64, cy: f64, r: f64, colour: 
             }
             let a = hits as f64 / (S * S) as f64;
             let i = (y as usize * img.width + x as usize) * 3;
-            for c in 0..3 {
-                let old = img.data[i + c] as f64;
-                img.data[i + c] = (old + a * (colour[c] as f64 - old)).round() as u8;
+            for (px, &c) in img.data[i..i + 3].iter_mut().zip(&colour) {
+                let old = *px as f64;
+                *px = (old + a * (c as f64 - old)).round() as u8;
             }
         }
     }
@@ -123,6 +123,11 @@ mod tests {
             // The ring is hollow; every other shape covers its centre.
             assert_eq!(inside(s, 0.0, 0.0, 10.0), s != Shape::Ring, "{s:?}");
             assert!(!inside(s, 12.0, 12.0, 10.0), "{s:?} reaches the corner");
+        }
+        // Corners: the square has them, the diamond, circle and ring do not.
+        assert!(inside(Shape::Square, 6.0, 6.0, 10.0));
+        for s in [Shape::Diamond, Shape::Circle, Shape::Ring] {
+            assert!(!inside(s, 7.5, 7.5, 10.0), "{s:?}");
         }
         // Masks on a grid: no two shapes have the same one.
         let mask = |s: Shape| (0..400).map(|k| inside(s, (k % 20) as f64 - 9.5, (k / 20) as f64 - 9.5, 9.0)).collect::<Vec<_>>();

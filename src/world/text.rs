@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{companion, Scene, Shape};
+use super::scene::{companion, Object, Scene, Shape};
 use crate::eval::SHORT_SUFFIX;
 use crate::rng::Rng;
 
@@ -102,7 +102,7 @@ fn position_phrase(p: &str) -> String {
 }
 
 /// "a large red circle" for each object.
-fn object_phrase(o: &super::Object) -> String {
+fn object_phrase(o: &Object) -> String {
     format!("a {} {} {}", o.size, o.colour, o.shape.name())
 }
 
@@ -255,7 +255,7 @@ pub fn instruct_example(s: &Scene, rng: &mut Rng) -> Value {
     let one = shapes[rng.below(shapes.len())];
     turns.push((short(&format!("How many {} are there?", plural(one.name()))), format!("{}.", capitalise(&number(s.count(one))))));
     // Colour and position of a shape that appears once.
-    let single: Vec<&super::Object> = s.objects.iter().filter(|o| s.count(o.shape) == 1).collect();
+    let single: Vec<&Object> = s.objects.iter().filter(|o| s.count(o.shape) == 1).collect();
     if !single.is_empty() {
         let o = single[rng.below(single.len())];
         turns.push((short(&format!("What color is the {}?", o.shape.name())), format!("{}.", capitalise(&o.colour))));
