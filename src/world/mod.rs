@@ -223,6 +223,16 @@ mod tests {
         let scenes = read_scenes(&d1).unwrap();
         assert_eq!(scenes.iter().filter(|s| s.split == "heldout").count(), 3);
         assert_eq!(std::fs::read_to_string(d1.join("heldout.txt")).unwrap().lines().count(), 3);
+        // captions.json and instruct.json are LLaVA JSON that train-sft reads, one example per train
+        // image, the image token in the first turn.
+        for f in ["captions.json", "instruct.json"] {
+            let ex = crate::train::data::read_llava_json(&d1.join(f), &d1).unwrap();
+            assert_eq!(ex.len(), 7, "{f}");
+            for (img, turns) in &ex {
+                assert!(img.as_ref().unwrap().is_file());
+                assert!(turns[0].0.starts_with("<image>\n") && turns.iter().skip(1).all(|t| !t.0.contains("<image>")), "{f}: {turns:?}");
+            }
+        }
         // The PNGs decode to the size asked for.
         let img = crate::image::load_image(&d1.join("images/000000.png")).unwrap();
         assert_eq!((img.width, img.height), (48, 48));
