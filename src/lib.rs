@@ -23,6 +23,9 @@
 //! - `eval`      `stic eval`: benchmark loaders, prompts, ports of the official scorers, the runner
 //! - `run`       `stic run`: the whole STIC pipeline from stic.toml, one folder per stage
 //! - `progress`  the progress bar of every long stage
+//! - `world`     the synthetic world: seeded images of shapes with ground truth, captions with
+//!   co-occurrence statistics, instruction data, probes (`stic world make`) and its scorer
+//!   (`stic world eval`)
 
 pub mod adapter;
 pub mod backend;
@@ -46,6 +49,7 @@ pub mod tensor;
 pub mod text;
 pub mod train;
 pub mod weights;
+pub mod world;
 
 pub use error::{Error, Result};
 pub use tensor::Tensor;

@@ -57,6 +57,8 @@ pub enum Cmd {
     /// CSR: preference pairs from a sentence-level diverse beam search, each sentence ranked by
     /// the model's score and CLIP's (defaults: the official code's; docs/CSR.md).
     CsrPrefs(CsrPrefsCli),
+    /// The synthetic world: `world make` writes one, `world eval` scores predictions on it.
+    World(super::world::WorldArgs),
 }
 
 #[derive(Args)]

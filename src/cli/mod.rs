@@ -27,8 +27,11 @@
 //! `--prompt` may be given several times to generate for a batch at once (with one `--image` shared
 //! by all, or one `--image` per prompt); `--json` then prints one JSON object per line.
 //!
+//! stic world make --out DIR [--n 1000 --seed 0 --size 64 --heldout 0.2]   (the synthetic world)
+//! stic world eval --predictions FILE --data DIR [--json]   (its metrics; docs/WORLD.md)
+//!
 //! `args`: the clap structs and shared option groups; one file per family of commands (`infer`,
-//! `train`, `data`, `check`, `clip`); `run` dispatches to them.
+//! `train`, `data`, `check`, `clip`, `world`); `run` dispatches to them.
 
 mod args;
 mod check;
@@ -36,6 +39,7 @@ mod clip;
 mod data;
 mod infer;
 mod train;
+mod world;
 
 use std::process::ExitCode;
 
@@ -61,6 +65,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Run(a) => data::run(a)?,
         Cmd::ClipScore(a) => clip::clip_score(&a)?,
         Cmd::CsrPrefs(a) => data::csr_prefs(&a)?,
+        Cmd::World(a) => world::world(&a)?,
         Cmd::Check(a) => return Ok(check::check(&a)),
     }
     Ok(ExitCode::SUCCESS)
