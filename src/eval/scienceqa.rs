@@ -175,18 +175,23 @@ impl ScienceQa {
                 img_correct += usize::from(hit);
             }
         }
-        let total = self.split.1.len();
-        Ok(json!({
-            "img_accuracy": super::bench::ratio(img_correct as f64, img_total as f64),
-            "img_correct": img_correct,
-            "img_total": img_total,
-            "accuracy": super::bench::ratio(correct as f64, total as f64),
-            "correct": correct,
-            "total": total,
-            "failed_parses": failed,
-            "split": self.split.0.display().to_string(),
-        }))
+        let mut m = metrics(img_correct, img_total, correct, self.split.1.len(), failed);
+        m["split"] = json!(self.split.0.display().to_string());
+        Ok(m)
     }
+}
+
+/// The scorer's numbers (eval_science_qa.py's printout, as counts and ratios).
+fn metrics(img_correct: usize, img_total: usize, correct: usize, total: usize, failed: usize) -> Value {
+    json!({
+        "img_accuracy": super::bench::ratio(img_correct as f64, img_total as f64),
+        "img_correct": img_correct,
+        "img_total": img_total,
+        "accuracy": super::bench::ratio(correct as f64, total as f64),
+        "correct": correct,
+        "total": total,
+        "failed_parses": failed,
+    })
 }
 
 impl Benchmark for ScienceQa {
@@ -216,15 +221,7 @@ impl Benchmark for ScienceQa {
                 img_correct += usize::from(hit);
             }
         }
-        Ok(json!({
-            "img_accuracy": super::bench::ratio(img_correct as f64, img_total as f64),
-            "img_correct": img_correct,
-            "img_total": img_total,
-            "accuracy": super::bench::ratio(correct as f64, total as f64),
-            "correct": correct,
-            "total": total,
-            "failed_parses": failed,
-        }))
+        Ok(metrics(img_correct, img_total, correct, total, failed))
     }
 }
 
