@@ -224,20 +224,30 @@ impl RunConfig {
 
     /// Parse config `text` (named `path` in errors), relative paths resolved against `base`.
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self> {
-        let mut c: RunConfig = toml::from_str(text).map_err(|e| {
-            let field = e.span().map(|s| format!("line {}", text[..s.start].matches('\n').count() + 1)).unwrap_or_else(|| "<file>".into());
-            Error::config(path, field, e.message().to_string())
-        })?;
+        let mut c: RunConfig = parse_toml(text, path)?;
         for p in [&mut c.model, &mut c.images, &mut c.out, &mut c.dif.sft, &mut c.dif.images] {
             *p = base.join(&*p);
         }
-        for e in &mut c.eval {
-            e.data = base.join(&e.data);
-            if let Some(f) = &mut e.image_folder {
-                *f = base.join(&*f);
-            }
-        }
+        resolve_evals(&mut c.eval, base);
         Ok(c)
+    }
+}
+
+/// A run config's TOML, an error naming `path` and the line.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
+    toml::from_str(text).map_err(|e| {
+        let field = e.span().map(|s| format!("line {}", text[..s.start].matches('\n').count() + 1)).unwrap_or_else(|| "<file>".into());
+        Error::config(path, field, e.message().to_string())
+    })
+}
+
+/// The `[[eval]]` sections' paths, resolved against the config's folder.
+pub(crate) fn resolve_evals(evals: &mut [EvalSection], base: &Path) {
+    for e in evals {
+        e.data = base.join(&e.data);
+        if let Some(f) = &mut e.image_folder {
+            *f = base.join(&*f);
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use crate::adapter::{LoraSpec, MergeDtype};
 use crate::csr::prefs::{CsrPrefsArgs, CsrPrefsWork};
 use crate::error::{Error, Result};
-use crate::run::{data_counts, eval_stage, stage, stic_dpo_defaults, train_counts, write_atomic, EvalSection, StageSummary, TrainSection};
+use crate::run::{data_counts, eval_stage, parse_toml, resolve_evals, stage, stic_dpo_defaults, train_counts, write_atomic, EvalSection, StageSummary, TrainSection};
 use crate::train::run_loop::TrainArgs;
 
 /// `csr.toml`.
@@ -102,10 +102,7 @@ pub fn csr_dpo_defaults(seed: u64, quiet: bool) -> TrainArgs {
 impl CsrRunConfig {
     /// Parse config `text` (named `path` in errors), relative paths resolved against `base`.
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self> {
-        let mut c: CsrRunConfig = toml::from_str(text).map_err(|e| {
-            let field = e.span().map(|s| format!("line {}", text[..s.start].matches('\n').count() + 1)).unwrap_or_else(|| "<file>".into());
-            Error::config(path, field, e.message().to_string())
-        })?;
+        let mut c: CsrRunConfig = parse_toml(text, path)?;
         if c.method != "csr" {
             return Err(Error::config(path, "method", format!("expected \"csr\", got \"{}\"", c.method)));
         }
@@ -115,12 +112,7 @@ impl CsrRunConfig {
         for p in [&mut c.model, &mut c.clip, &mut c.data, &mut c.images, &mut c.out] {
             *p = base.join(&*p);
         }
-        for e in &mut c.eval {
-            e.data = base.join(&e.data);
-            if let Some(f) = &mut e.image_folder {
-                *f = base.join(&*f);
-            }
-        }
+        resolve_evals(&mut c.eval, base);
         Ok(c)
     }
 
