@@ -107,12 +107,13 @@ pub fn parse_tsv(text: &str) -> Vec<Vec<String>> {
 /// Missing as the runner sees it: pandas' default NA strings, plus LLaVA's `is_none` ('nan' and
 /// 'none' in any case).
 pub fn is_missing(cell: &str) -> bool {
-    const NA: [&str; 19] = [
-        "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None",
-        "n/a", "nan", "null",
-    ];
-    NA.contains(&cell) || cell.eq_ignore_ascii_case("nan") || cell.eq_ignore_ascii_case("none")
+    PANDAS_NA.contains(&cell) || cell.eq_ignore_ascii_case("nan") || cell.eq_ignore_ascii_case("none")
 }
+
+/// pandas' default NA words (`pandas._libs.parsers.STR_NA_VALUES`): `read_table` reads them as NaN.
+pub const PANDAS_NA: [&str; 19] = [
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+];
 
 /// Python's `base64.b64decode` (non-validating: characters outside the alphabet are skipped;
 /// decoding stops at padding).

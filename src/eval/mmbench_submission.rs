@@ -22,7 +22,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::mmbench::parse_tsv;
+use super::mmbench::{parse_tsv, PANDAS_NA};
 use crate::error::{Error, Result};
 
 /// One cell of the submission sheet.
@@ -36,10 +36,6 @@ pub enum Cell {
     Formula(String),
 }
 
-/// pandas' default NA words (`pandas._libs.parsers.STR_NA_VALUES`).
-const PANDAS_NA: [&str; 19] = [
-    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
-];
 const DROPPED: [&str; 6] = ["hint", "category", "source", "image", "comment", "l2-category"];
 
 #[derive(Clone, Copy, PartialEq)]
