@@ -22,12 +22,17 @@
 //!   description-infused data (`build-dif`)
 //! - `eval`      `stic eval`: benchmark loaders, prompts, ports of the official scorers, the runner
 //! - `run`       `stic run`: the whole STIC pipeline from stic.toml, one folder per stage
+//! - `run_world` `stic run` on the synthetic world (the default): STIC from the bundled world model,
+//!   metrics before and after each stage, table, summary.json, chart.png
+//! - `chart`     PNG charts (plotters)
+//! - `stage`     what multi-stage jobs share: stage folders closed by `stage.json`, skip on re-run
 //! - `progress`  the progress bar of every long stage
 //! - `world`     the synthetic world: seeded images of shapes with ground truth, captions with
 //!   co-occurrence statistics, instruction data, probes (`stic world make`) and its scorer
 //!   (`stic world eval`)
 
 pub mod adapter;
+pub mod chart;
 pub mod backend;
 pub mod config;
 pub mod csr;
@@ -44,6 +49,8 @@ pub mod progress;
 pub mod rng;
 pub mod run;
 pub mod run_csr;
+pub mod run_world;
+pub mod stage;
 pub mod stic;
 pub mod tensor;
 pub mod text;

@@ -18,13 +18,13 @@
 //! - The end: `summary.json` and a table with counts, seconds and tokens/s per stage.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use serde::Deserialize;
 
 use crate::adapter::LoraSpec;
 use crate::error::{Error, Result};
 use crate::train::run_loop::{Schedule, TrainArgs};
+pub use crate::stage::{format_summary, stage, train_counts, write_atomic, StageSummary};
 
 /// `stic.toml`.
 #[derive(Clone, Debug, Deserialize)]
@@ -62,6 +62,10 @@ pub struct RunConfig {
     pub sft: TrainSection,
     #[serde(default)]
     pub eval: Vec<EvalSection>,
+    /// Also evaluate every `[[eval]]` on the starting model (`0-base/eval`) and after stage 1
+    /// (`2-dpo/eval`), so that each stage's effect shows.
+    #[serde(default)]
+    pub eval_each_stage: bool,
 }
 
 /// Generation settings of a data stage (`[prefs]`; `[dif]` adds its inputs).
@@ -251,61 +255,6 @@ pub(crate) fn resolve_evals(evals: &mut [EvalSection], base: &Path) {
     }
 }
 
-/// One stage's line of the summary.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct StageSummary {
-    pub stage: String,
-    /// "ran" in this invocation, or "skipped" (finished before).
-    #[serde(default)]
-    pub status: String,
-    pub seconds: f64,
-    /// What the stage counts (pairs written, steps, questions...).
-    pub counts: serde_json::Value,
-    /// Tokens per second (generated for data and eval stages, trained for training stages).
-    pub tokens_per_s: Option<f64>,
-}
-
-pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-/// Run the stage in folder `dir` unless its `stage.json` says it finished.
-pub(crate) fn stage(dir: &Path, name: &str, quiet: bool, body: impl FnOnce() -> Result<(serde_json::Value, Option<f64>)>) -> Result<StageSummary> {
-    let marker = dir.join("stage.json");
-    if let Ok(text) = std::fs::read_to_string(&marker) {
-        if let Ok(mut s) = serde_json::from_str::<StageSummary>(&text) {
-            s.status = "skipped".into();
-            if !quiet {
-                eprintln!("[{name}] done before; skipped ({})", marker.display());
-            }
-            return Ok(s);
-        }
-    }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    if !quiet {
-        eprintln!("[{name}] running in {}", dir.display());
-    }
-    let t0 = Instant::now();
-    let (counts, tokens_per_s) = body()?;
-    let s = StageSummary { stage: name.into(), status: "ran".into(), seconds: t0.elapsed().as_secs_f64(), counts, tokens_per_s };
-    write_atomic(&marker, &serde_json::to_string_pretty(&s).expect("json"))?;
-    Ok(s)
-}
-
-pub(crate) fn train_counts(log: &[crate::train::run_loop::LogLine]) -> (serde_json::Value, Option<f64>) {
-    let (tokens, secs) = log.iter().fold((0usize, 0f64), |(t, s), l| (t + l.tokens, s + l.seconds));
-    let last = log.last();
-    let counts = serde_json::json!({
-        "steps_this_run": log.len(),
-        "final_loss": last.map(|l| l.loss),
-        "final_reward_margin": last.and_then(|l| l.reward_margin),
-        "tokens": tokens,
-    });
-    (counts, (secs > 0.0).then(|| tokens as f64 / secs))
-}
-
 pub(crate) fn data_counts(s: &crate::stic::Summary) -> (serde_json::Value, Option<f64>) {
     let secs = s.elapsed.as_secs_f64();
     let counts = serde_json::json!({
@@ -340,6 +289,11 @@ pub fn run(cfg: &RunConfig, config_path: &Path, stop_prefs_after: Option<usize>)
     let prefs = d1.join("prefs.jsonl");
     let dif = d3.join("dif.json");
     let mut summary = Vec::new();
+    if cfg.eval_each_stage {
+        for e in &cfg.eval {
+            summary.push(eval_stage(e, &out.join("0-base/eval"), "0-base/eval", &cfg.model, None, device, cfg.seed, cfg.quiet)?);
+        }
+    }
 
     summary.push(stage(&d1, "1-prefs", cfg.quiet, || {
         let mut a = crate::stic::BuildPrefsArgs::new(&cfg.images, &prefs);
@@ -362,6 +316,11 @@ pub fn run(cfg: &RunConfig, config_path: &Path, stop_prefs_after: Option<usize>)
         let log = crate::train::device::train_on(device, &cfg.model, cfg.random_weights, crate::train::device::TrainJob::Dpo { prefs: &prefs }, &d2, &args, resume, None)?;
         Ok(train_counts(&log))
     })?);
+    if cfg.eval_each_stage {
+        for e in &cfg.eval {
+            summary.push(eval_stage(e, &d2.join("eval"), "2-dpo/eval", &cfg.model, Some(&d2), device, cfg.seed, cfg.quiet)?);
+        }
+    }
 
     summary.push(stage(&d3, "3-dif", cfg.quiet, || {
         let mut a = crate::stic::BuildDifArgs::new(&cfg.dif.sft, &cfg.dif.images, &dif);
@@ -423,19 +382,4 @@ pub(crate) fn eval_stage(e: &EvalSection, root: &Path, label: &str, model: &Path
         };
         Ok((metrics, tps))
     })
-}
-
-/// The summary as a table for the terminal.
-pub fn format_summary(summary: &[StageSummary]) -> String {
-    let mut s = format!("{:<22} {:>8} {:>10} {:>10}  counts\n", "stage", "status", "seconds", "tokens/s");
-    for st in summary {
-        let tps = st.tokens_per_s.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
-        // Scalars only (per-category tables stay in summary.json and metrics.json).
-        let counts: serde_json::Map<String, serde_json::Value> = match &st.counts {
-            serde_json::Value::Object(m) => m.iter().filter(|(_, v)| !v.is_object() && !v.is_array()).map(|(k, v)| (k.clone(), v.clone())).collect(),
-            _ => Default::default(),
-        };
-        s += &format!("{:<22} {:>8} {:>10.1} {:>10}  {}\n", st.stage, st.status, st.seconds, tps, serde_json::Value::Object(counts));
-    }
-    s
 }

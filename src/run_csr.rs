@@ -9,10 +9,10 @@
 //! iter-t/4-eval/<bench>         each [[eval]] on model_{t+1}
 //! ```
 //! model_1 is `model`; t = 1..=`iterations` (default 3, as CSR's README). Every stage is a
-//! `run::stage`: skipped once its `stage.json` exists, resumed where it stopped otherwise
+//! `stage::stage`: skipped once its `stage.json` exists, resumed where it stopped otherwise
 //! (csr-prefs skips the prompts already in its JSONL, training continues from its checkpoint,
 //! evaluation skips answered questions; a merge that did not finish is redone). The end:
-//! `out/summary.json` and the table of `run::format_summary`.
+//! `out/summary.json` and the table of `stage::format_summary`.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +21,8 @@ use serde::Deserialize;
 use crate::adapter::{LoraSpec, MergeDtype};
 use crate::csr::prefs::{CsrPrefsArgs, CsrPrefsWork};
 use crate::error::{Error, Result};
-use crate::run::{data_counts, eval_stage, parse_toml, resolve_evals, stage, stic_dpo_defaults, train_counts, write_atomic, EvalSection, StageSummary, TrainSection};
+use crate::run::{data_counts, eval_stage, parse_toml, resolve_evals, stic_dpo_defaults, EvalSection, TrainSection};
+use crate::stage::{stage, train_counts, write_atomic, StageSummary};
 use crate::train::run_loop::TrainArgs;
 
 /// `csr.toml`.

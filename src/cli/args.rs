@@ -159,10 +159,15 @@ pub struct DemoArgs {
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// stic.toml (see README "STIC"; paths in it are relative to its folder). Without it: the
-    /// embedded demo (examples/demo.toml: the bundled tiny checkpoint and images).
+    /// stic.toml (see README "STIC"; paths in it are relative to its folder; `method = "csr"` runs
+    /// CSR's iterations, `method = "world"` STIC on the synthetic world). Without it: STIC on the
+    /// synthetic world from the bundled world model (examples/world.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Without --config: the plumbing demo instead (examples/demo.toml: every STIC stage on the
+    /// bundled random tiny LLaVA-NeXT checkpoint, in seconds).
+    #[arg(long, conflicts_with = "config")]
+    pub demo: bool,
     /// No progress bars (overrides the config's `quiet`).
     #[arg(long)]
     pub quiet: bool,

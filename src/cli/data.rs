@@ -93,8 +93,17 @@ pub fn run(a: RunArgs) -> Result<()> {
                 eprintln!("summary in {}", cfg.out.join("summary.json").display());
                 return Ok(());
             }
-            Some(other) => return Err(stic::Error::config(p, "method", format!("expected \"stic\" or \"csr\", got \"{other}\""))),
+            Some("world") => {
+                let mut cfg = stic::run_world::WorldRunConfig::parse(&text, p, p.parent().unwrap_or(std::path::Path::new(".")))?;
+                cfg.quiet |= a.quiet;
+                return run_world(&cfg, p, &a);
+            }
+            Some(other) => return Err(stic::Error::config(p, "method", format!("expected \"stic\", \"csr\" or \"world\", got \"{other}\""))),
         }
+    } else if !a.demo {
+        let mut cfg = stic::run_world::WorldRunConfig::default_run()?;
+        cfg.quiet |= a.quiet;
+        return run_world(&cfg, &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/world.toml"), &a);
     }
     let mut cfg = match &a.config {
         Some(p) => stic::run::RunConfig::from_file(p)?,
@@ -105,6 +114,20 @@ pub fn run(a: RunArgs) -> Result<()> {
     let summary = stic::run::run(&cfg, &path, a.stop_after)?;
     eprint!("{}", stic::run::format_summary(&summary));
     eprintln!("summary in {}", cfg.out.join("summary.json").display());
+    Ok(())
+}
+
+/// A world run (`method = "world"`, or `stic run` with no --config): the stages, the before/after
+/// table and where the summary and chart are.
+fn run_world(cfg: &stic::run_world::WorldRunConfig, path: &std::path::Path, a: &RunArgs) -> Result<()> {
+    if a.stop_after.is_some() {
+        return Err(stic::Error::Input("--stop-after applies to a STIC run's stage 1 (`stic run --demo` or a config with method = \"stic\")".into()));
+    }
+    let summary = stic::run_world::run_world(cfg, path)?;
+    eprint!("{}", stic::run::format_summary(&summary));
+    let metrics = stic::run_world::collect(&cfg.out)?;
+    println!("{}", stic::run_world::table(&metrics));
+    eprintln!("summary in {}, chart in {}", cfg.out.join("summary.json").display(), cfg.out.join("chart.png").display());
     Ok(())
 }
 

@@ -22,6 +22,61 @@ pub enum WorldCmd {
     /// Score predictions on a world's held-out questions and probes: CHAIR_i, CHAIR_s, object
     /// recall, POPE F1, counting accuracy.
     Eval(WorldEvalArgs),
+    /// Write a fresh, untrained model for a world: config.json, the world's tokenizer, weights
+    /// initialised from --seed (what `world train` starts from).
+    Init(WorldInitArgs),
+}
+
+#[derive(Args)]
+pub struct WorldInitArgs {
+    /// The world folder (its texts make the vocabulary).
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+}
+
+/// The model's sizes (defaults: `world::model::ModelSpec::default()`).
+#[derive(Args, Clone)]
+pub struct SpecArgs {
+    /// Decoder width, layers, heads and MLP width.
+    #[arg(long, default_value_t = 128)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 384)]
+    pub intermediate: usize,
+    /// Vision tower width and layers.
+    #[arg(long, default_value_t = 64)]
+    pub vision_hidden: usize,
+    #[arg(long, default_value_t = 3)]
+    pub vision_layers: usize,
+    #[arg(long, default_value_t = 8)]
+    pub patch: usize,
+}
+
+impl SpecArgs {
+    /// The spec for images of `image_size` pixels.
+    pub fn spec(&self, image_size: usize) -> stic::world::model::ModelSpec {
+        stic::world::model::ModelSpec {
+            hidden: self.hidden,
+            layers: self.layers,
+            heads: self.heads,
+            intermediate: self.intermediate,
+            vision_hidden: self.vision_hidden,
+            vision_layers: self.vision_layers,
+            vision_heads: (self.vision_hidden / 16).max(1),
+            vision_intermediate: 4 * self.vision_hidden,
+            patch: self.patch,
+            image_size,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -44,15 +99,34 @@ pub struct WorldMakeArgs {
 
 #[derive(Args)]
 pub struct WorldEvalArgs {
-    /// JSON lines {"question_id", "text"} answering the world's questions.jsonl and probes.jsonl.
-    #[arg(long)]
-    pub predictions: PathBuf,
+    /// JSON lines {"question_id", "text"} answering the world's questions.jsonl and probes.jsonl
+    /// (instead of --model).
+    #[arg(long, conflicts_with = "model")]
+    pub predictions: Option<PathBuf>,
+    /// A model to answer the questions with (greedy), as `stic eval --bench world` does.
+    #[arg(long, required_unless_present = "predictions")]
+    pub model: Option<PathBuf>,
+    /// A LoRA adapter (PEFT format) on --model.
+    #[arg(long, requires = "model")]
+    pub adapter: Option<PathBuf>,
     /// The world folder (`stic world make --out`).
     #[arg(long)]
     pub data: PathBuf,
+    /// Where the predictions and metrics go with --model (default: DATA/eval/<model name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Only the first N questions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: stic::backend::Device,
     /// Print only {"chair_i", "chair_s", "recall", "pope_f1", "count_acc"} as JSON.
     #[arg(long)]
     pub json: bool,
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 pub fn world(a: &WorldArgs) -> Result<()> {
@@ -67,12 +141,41 @@ pub fn world(a: &WorldArgs) -> Result<()> {
             eprintln!("world: {} images ({} train, {held} held out) in {}", scenes.len(), scenes.len() - held, m.out.display());
         }
         WorldCmd::Eval(e) => {
-            let m = stic::world::eval::eval_predictions(&e.predictions, &e.data)?;
+            let m = match (&e.predictions, &e.model) {
+                (Some(p), _) => serde_json::to_value(stic::world::eval::eval_predictions(p, &e.data)?).expect("serialisable"),
+                (None, Some(model)) => {
+                    let out = e.out.clone().unwrap_or_else(|| e.data.join("eval").join(stic::eval::model_id(model, e.adapter.as_deref())));
+                    stic::eval::eval(&stic::eval::EvalArgs {
+                        bench: stic::eval::Bench::World,
+                        data: e.data.clone(),
+                        image_folder: None,
+                        model: Some(model.clone()),
+                        adapter: e.adapter.clone(),
+                        predictions: None,
+                        out: Some(out),
+                        max_new_tokens: None,
+                        temperature: 0.0,
+                        top_p: 1.0,
+                        seed: 0,
+                        batch_size: e.batch_size,
+                        limit: e.limit,
+                        quiet: e.quiet,
+                        device: e.device,
+                    })?
+                }
+                (None, None) => unreachable!("clap requires one"),
+            };
             if e.json {
-                println!("{}", serde_json::to_string(&m.headline()).expect("serialisable"));
+                let head: stic::world::eval::Headline = serde_json::from_value(m).map_err(|e| stic::Error::Input(format!("world metrics: {e}")))?;
+                println!("{}", serde_json::to_string(&head).expect("serialisable"));
             } else {
                 println!("{}", serde_json::to_string_pretty(&m).expect("serialisable"));
             }
+        }
+        WorldCmd::Init(a) => {
+            let size = stic::world::image_size(&a.data)?;
+            let v = stic::world::model::create(&a.data, &a.out, &a.spec.spec(size), a.seed)?;
+            eprintln!("world model: vocabulary {v}, written to {}", a.out.display());
         }
     }
     Ok(())

@@ -28,10 +28,11 @@ pub enum Bench {
     MmVet,
     Chair,
     Mme,
+    World,
 }
 
 impl Bench {
-    pub const ALL: [Bench; 10] = [
+    pub const ALL: [Bench; 11] = [
         Bench::ScienceQa,
         Bench::TextVqa,
         Bench::ChartQa,
@@ -42,10 +43,11 @@ impl Bench {
         Bench::MmVet,
         Bench::Chair,
         Bench::Mme,
+        Bench::World,
     ];
     /// The `--bench` names, in `ALL`'s order.
-    pub const NAMES: [&'static str; 10] =
-        ["scienceqa", "textvqa", "chartqa", "mmbench", "pope", "mathvista", "llava-bench", "mm-vet", "chair", "mme"];
+    pub const NAMES: [&'static str; 11] =
+        ["scienceqa", "textvqa", "chartqa", "mmbench", "pope", "mathvista", "llava-bench", "mm-vet", "chair", "mme", "world"];
 
     pub fn name(self) -> &'static str {
         Self::NAMES[Self::ALL.iter().position(|&b| b == self).expect("listed")]
@@ -63,7 +65,7 @@ impl Bench {
     /// before 128 unless the model rambles, which the scoring would reject anyway.
     pub fn default_max_new_tokens(self) -> usize {
         match self {
-            Bench::ScienceQa | Bench::TextVqa | Bench::ChartQa | Bench::MmBench | Bench::Pope | Bench::Mme => 128,
+            Bench::ScienceQa | Bench::TextVqa | Bench::ChartQa | Bench::MmBench | Bench::Pope | Bench::Mme | Bench::World => 128,
             Bench::MathVista | Bench::LlavaBench | Bench::MmVet | Bench::Chair => 1024,
         }
     }

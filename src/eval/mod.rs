@@ -15,7 +15,7 @@
 //! All rates are fractions in [0, 1]. Metrics cover the items that have a prediction (`answered`
 //! of `items`), so a `--limit` run scores what it answered.
 
-mod bench;
+pub(crate) mod bench;
 pub mod chair;
 pub mod chartqa;
 pub mod llava_bench;
@@ -28,6 +28,7 @@ pub mod pope;
 pub mod py;
 pub mod scienceqa;
 pub mod textvqa;
+pub mod world;
 
 pub use bench::{id_text, record_key, Bench, Benchmark, ImageRef, Item, Predictions, Record, MC_SUFFIX, SHORT_SUFFIX};
 
@@ -58,6 +59,7 @@ pub fn load(bench: Bench, data: &Path, image_folder: Option<&Path>) -> Result<Bo
         Bench::MmVet => Box::new(mmvet::MmVet::load(data, image_folder)?),
         Bench::Chair => Box::new(chair::Chair::load(data, image_folder)?),
         Bench::Mme => Box::new(mme::Mme::load(data, image_folder)?),
+        Bench::World => Box::new(world::World::load(data)?),
     })
 }
 

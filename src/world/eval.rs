@@ -65,8 +65,11 @@ fn ratio(n: f64, d: f64) -> f64 {
     }
 }
 
+/// The names of the five headline metrics, in [`Headline`]'s order.
+pub const HEADLINE: [&str; 5] = ["chair_i", "chair_s", "recall", "pope_f1", "count_acc"];
+
 /// The five headline metrics (`stic world eval --json`), in this order.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Headline {
     pub chair_i: f64,
     pub chair_s: f64,
@@ -181,7 +184,7 @@ pub fn read_predictions(path: &Path) -> Result<HashMap<String, String>> {
     for (k, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let at = format!("line {}", k + 1);
         let v: Value = serde_json::from_str(line).map_err(|e| Error::config(path, &at, e.to_string()))?;
-        let id = v.get("question_id").map(crate::eval::id_text).ok_or_else(|| Error::config(path, &at, "no question_id"))?;
+        let id = v.get("question_id").map(crate::eval::bench::id_text).ok_or_else(|| Error::config(path, &at, "no question_id"))?;
         let answer = v.get("text").and_then(Value::as_str).ok_or_else(|| Error::config(path, &at, "no text string"))?;
         if out.insert(id.clone(), answer.to_string()).is_some() {
             return Err(Error::config(path, &at, format!("question `{id}` answered twice")));

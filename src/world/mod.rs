@@ -7,11 +7,15 @@
 //! - `draw`: the rasteriser (shapes, backgrounds, PNG)
 //! - `text`: vocabulary, synonyms, captions, questions, the parser of objects in free text
 //! - `eval`: the world's metrics (CHAIR_i, CHAIR_s, recall, POPE F1, counting accuracy)
+//! - `tokenizer`: the world's word-level tokenizer.json, built from its texts
+//! - `model`: a fresh tiny LLaVA for the world (configs, tokenizer, initialised weights)
 
 pub mod draw;
 pub mod eval;
+pub mod model;
 pub mod scene;
 pub mod text;
+pub mod tokenizer;
 
 pub use scene::{companion, item_rng, read_scenes, sample_shapes, Object, Scene, Shape, BACKGROUNDS, COLOURS, PAIRS, POSITIONS, REPEAT_P, SIZES};
 
@@ -183,6 +187,17 @@ pub fn make(a: &MakeArgs, out: &Path) -> Result<Vec<Scene>> {
     write(&out.join("questions.jsonl"), &jsonl_bytes(&questions))?;
     write(&out.join("world.json"), &json_bytes(&world_json(a, &scenes)))?;
     Ok(scenes)
+}
+
+/// The image side of the world in `dir` (its world.json's `image_size`).
+pub fn image_size(dir: &Path) -> Result<usize> {
+    let p = dir.join("world.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| Error::Json { path: p.clone(), source: e })?;
+    v.get("image_size")
+        .and_then(Value::as_u64)
+        .map(|n| n as usize)
+        .ok_or_else(|| Error::config(&p, "image_size", "missing or not a number"))
 }
 
 #[cfg(test)]

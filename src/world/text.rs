@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::scene::{companion, Object, Scene, Shape};
-use crate::eval::SHORT_SUFFIX;
+use crate::eval::bench::SHORT_SUFFIX;
 use crate::rng::Rng;
 
 /// The prompt of the description questions (captions.json uses brief prompts, see [`BRIEF`]).
