@@ -21,7 +21,7 @@ Names are stic's (`decoder.` + the name under the language model, `lm_head.weigh
 `projector.` + the name under the projector). embed_tokens and lm_head ([32064, 32]) are stored in
 part to keep the file small: `{name}@index` (row ids, as f32) and `{name}@rows` (those rows):
 every row the gradient touches for embed_tokens (all other rows are exactly zero), and the
-targets' rows plus every 127th row for lm_head, with `{name}@colsum`, the sum over all V rows.
+targets' rows plus every 127th row for lm_head, with `{name}@colsq`, the sum of squares over all V rows (per column).
 """
 import json
 from pathlib import Path
@@ -79,7 +79,7 @@ def store(out, prefix, name, t, targets):
         return
     out[f"{prefix}{name}@index"] = rows.float()
     out[f"{prefix}{name}@rows"] = t[rows].contiguous()
-    out[f"{prefix}{name}@colsum"] = t.double().sum(0).float()
+    out[f"{prefix}{name}@colsq"] = (t.double() ** 2).sum(0).float()
 
 
 def main():
