@@ -294,3 +294,32 @@ fn bad_train_options_are_refused_clearly() {
     let (ok, err) = train_sft(&model, &out, &["--train", "decoder", "--lora-r", "8"]);
     assert!(!ok && err.contains("--lora-r") && err.contains("--train"), "{err}");
 }
+
+#[test]
+fn train_dpo_full_takes_its_reference_from_the_base_model() {
+    // The reference log-probs are cached from the base model before any weight trains: step 1
+    // (policy = base) has zero rewards, the cache equals the base model's scores, and later steps
+    // move the policy away from that fixed reference.
+    let model = fixtures().join("llava15_tiny");
+    let prefs = fixtures().join("prefs/prefs.jsonl");
+    let out = tmp("dpo");
+    let (ok, _, err) = stic(&[
+        "train-dpo", "--model", s(&model), "--data", s(&prefs), "--out", s(&out), "--train", "decoder,projector", "--max-steps", "3",
+        "--lr", "1e-3", "--warmup-ratio", "0", "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(log.len(), 3);
+    let r = |i: usize, k: &str| log[i][k].as_f64().unwrap();
+    assert!(r(0, "chosen_reward").abs() < 1e-4 && r(0, "rejected_reward").abs() < 1e-4, "{:?}", log[0]);
+    assert!(r(2, "reward_margin").abs() > 1e-3, "{:?}", log[2]);
+    let mut pipe = Pipeline::load(&model).unwrap();
+    let (pairs, _) = read_pairs(&pipe, &prefs).unwrap();
+    let cached: Vec<serde_json::Value> = std::fs::read_to_string(out.join("reference_logps.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(cached.len(), pairs.len());
+    for c in &cached {
+        let (ch, rj) = reference_logps(&mut pipe, &pairs[c["i"].as_u64().unwrap() as usize]).unwrap();
+        assert!((c["chosen"].as_f64().unwrap() - ch).abs() < 1e-9 && (c["rejected"].as_f64().unwrap() - rj).abs() < 1e-9, "{c} vs ({ch}, {rj})");
+    }
+    assert_eq!(names_shapes(&out), names_shapes(&model));
+}

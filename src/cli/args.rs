@@ -489,11 +489,12 @@ impl TrainCommon {
             let margin = l.reward_margin.map(|m| format!(", reward margin {m:.4}")).unwrap_or_default();
             let (tokens, secs) = log.iter().fold((0usize, 0f64), |(t, s), l| (t + l.tokens, s + l.seconds));
             eprintln!(
-                "step {}: loss {:.4}{margin}; {:.0} tokens/s over {} steps; adapter in {}",
+                "step {}: loss {:.4}{margin}; {:.0} tokens/s over {} steps; {} in {}",
                 l.step,
                 l.loss,
                 tokens as f64 / secs.max(1e-9),
                 log.len(),
+                if self.train.is_some() { "model" } else { "adapter" },
                 self.out.display()
             );
         }

@@ -5,6 +5,8 @@
 //! and accumulated into in place (`Decoder::backward_into`, the lm_head and embedding gradients
 //! in `train`), then zeroed after each optimiser step.
 
+use rayon::prelude::*;
+
 use crate::config::TextConfig;
 
 /// A projection's weight gradient [out, in] and its bias gradient when it has one.
@@ -101,19 +103,28 @@ impl DecoderGrads {
 
     /// Set every buffer to zero (after an optimiser step).
     pub fn zero(&mut self) {
-        self.bufs_mut().into_iter().for_each(|b| b.fill(0.0));
+        self.bufs_mut().into_iter().for_each(|b| b.par_chunks_mut(CHUNK).for_each(|c| c.fill(0.0)));
     }
 
-    /// Sum of squares of every gradient (f64).
+    /// Sum of squares of every gradient (f64). Partial sums over fixed chunks (in parallel),
+    /// added in order: the same bits on every run, whatever the thread count.
     pub fn sum_sq(&self) -> f64 {
-        self.named().iter().flat_map(|(_, b)| b.iter()).map(|&v| v as f64 * v as f64).sum()
+        let mut total = 0f64;
+        for (_, b) in self.named() {
+            let parts: Vec<f64> = b.par_chunks(CHUNK).map(|c| c.iter().map(|&v| v as f64 * v as f64).sum::<f64>()).collect();
+            total += parts.iter().sum::<f64>();
+        }
+        total
     }
 
     /// Multiply every gradient by `f`.
     pub fn scale(&mut self, f: f32) {
-        self.bufs_mut().into_iter().for_each(|b| b.iter_mut().for_each(|x| *x *= f));
+        self.bufs_mut().into_iter().for_each(|b| b.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x *= f)));
     }
 }
+
+/// Elements per parallel chunk of the whole-buffer passes.
+const CHUNK: usize = 1 << 15;
 
 /// `acc += s * g`, elementwise.
 pub fn add_scaled(acc: &mut [f32], g: &[f32], s: f32) {

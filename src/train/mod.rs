@@ -212,7 +212,8 @@ fn grads_core(
     let mut saved = Vec::new();
     for (rows, tg) in responses {
         let hr = gather(rows);
-        let (lp, lse) = crate::backend::cpu::logprob(&hr, w, tg, c);
+        // Training in full: the GEMM forward (the LoRA path keeps its reference `logprob`).
+        let (lp, lse) = if full.is_some() { crate::backend::cpu::logprob::logprob_gemm(&hr, w, tg, c) } else { crate::backend::cpu::logprob(&hr, w, tg, c) };
         logps.push(lp.iter().map(|&v| v as f64).collect::<Vec<f64>>());
         saved.push((hr, lse));
     }
