@@ -81,6 +81,22 @@ impl Linear {
         (dw, db)
     }
 
+    /// `weight_grads` accumulated in place: dw += s dy^T x, db += s sum over rows of dy (a layer
+    /// trained in full; `g` shaped as the weight and bias).
+    pub fn weight_grads_into(&self, x: &[f32], dy: &[f32], g: &mut crate::model::grads::LinearGrad, s: f32) {
+        let (k, n) = (self.in_features(), self.out_features());
+        let m = x.len() / k;
+        assert_eq!(dy.len(), m * n, "Linear::weight_grads_into: dy is not [{m}, {n}]");
+        cpu::matmul::matmul_tn_acc(dy, x, m, n, k, &mut g.w, s);
+        if let Some(db) = g.b.as_mut() {
+            let mut sum = vec![0f64; n];
+            for row in dy.chunks_exact(n) {
+                sum.iter_mut().zip(row).for_each(|(a, &b)| *a += b as f64);
+            }
+            db.iter_mut().zip(sum).for_each(|(a, b)| *a += s * b as f32);
+        }
+    }
+
     /// Training forward with LoRA dropout: the adapter path sees x * mask (mask: 0 or 1/(1-p)).
     pub fn forward_masked(&self, x: &Tensor, mask: Option<&[f32]>) -> Result<Tensor> {
         if mask.is_none() {

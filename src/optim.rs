@@ -40,12 +40,26 @@ impl AdamWState {
         let bc1 = 1.0 - cfg.beta1.powi(t);
         let bc2_sqrt = (1.0 - cfg.beta2.powi(t)).sqrt();
         let step_size = lr / bc1;
-        for i in 0..p.len() {
-            p[i] *= 1.0 - lr * cfg.weight_decay;
-            self.m[i] = self.m[i] * cfg.beta1 + g[i] * (1.0 - cfg.beta1);
-            self.v[i] = self.v[i] * cfg.beta2 + g[i] * g[i] * (1.0 - cfg.beta2);
-            let denom = self.v[i].sqrt() / bc2_sqrt + cfg.eps;
-            p[i] -= step_size * self.m[i] / denom;
+        let update = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
+            for i in 0..p.len() {
+                p[i] *= 1.0 - lr * cfg.weight_decay;
+                m[i] = m[i] * cfg.beta1 + g[i] * (1.0 - cfg.beta1);
+                v[i] = v[i] * cfg.beta2 + g[i] * g[i] * (1.0 - cfg.beta2);
+                let denom = v[i].sqrt() / bc2_sqrt + cfg.eps;
+                p[i] -= step_size * m[i] / denom;
+            }
+        };
+        // Elementwise, so splitting a large tensor across threads changes no bit.
+        const CHUNK: usize = 1 << 15;
+        if p.len() <= 2 * CHUNK {
+            update(p, &mut self.m, &mut self.v, g);
+        } else {
+            use rayon::prelude::*;
+            p.par_chunks_mut(CHUNK)
+                .zip(self.m.par_chunks_mut(CHUNK))
+                .zip(self.v.par_chunks_mut(CHUNK))
+                .zip(g.par_chunks(CHUNK))
+                .for_each(|(((p, m), v), g)| update(p, m, v, g));
         }
     }
 }

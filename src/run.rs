@@ -152,6 +152,8 @@ pub fn stic_dpo_defaults(seed: u64, quiet: bool) -> TrainArgs {
         save_every: Some(50),
         recompute: false,
         quiet,
+        train: None,
+        shard_mib: crate::train::run_loop::DEFAULT_SHARD_MIB,
     }
 }
 

@@ -63,6 +63,8 @@ fn lr_schedules_match_transformers() {
             seed: 0,
             save_every: None,
             recompute: false,
+            train: None,
+            shard_mib: 5000,
         };
         let total = c["total"].as_u64().unwrap() as usize;
         for (step, want) in floats(&c["lrs"]).iter().enumerate() {

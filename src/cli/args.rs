@@ -364,10 +364,18 @@ pub struct TrainCommon {
     /// Output directory: the adapter (PEFT format), train_log.jsonl, checkpoint/.
     #[arg(long)]
     pub out: PathBuf,
-    /// LoRA rank; 0 trains no adapters (with --projector-lr: the projector only, LLaVA's
-    /// alignment stage, saved as multi_modal_projector.safetensors).
-    #[arg(long, default_value_t = 8)]
-    pub lora_r: usize,
+    /// LoRA rank (default 8); 0 trains no adapters (with --projector-lr: the projector only,
+    /// LLaVA's alignment stage, saved as multi_modal_projector.safetensors). Not with --train.
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    /// Train these parts in full instead of LoRA adapters, comma-separated: decoder (every weight
+    /// of the language model), projector (alone: LLaVA's stage-1 alignment); vision: not yet.
+    /// OUT is then a complete HF model directory (and OUT/checkpoint one plus the optimiser).
+    #[arg(long, value_parser = parse_train_parts)]
+    pub train: Option<stic::train::full::TrainParts>,
+    /// With --train: shard the saved safetensors above this many MiB (HF's default 5 GB).
+    #[arg(long, default_value_t = stic::train::run_loop::DEFAULT_SHARD_MIB)]
+    pub shard_mib: u64,
     #[arg(long, default_value_t = 16.0)]
     pub lora_alpha: f64,
     /// LoRA dropout on the adapter's input during training.
@@ -432,6 +440,11 @@ pub struct TrainCommon {
     pub weights_seed: u64,
 }
 
+/// `--train`'s value parser (the error names the option and the accepted parts).
+fn parse_train_parts(s: &str) -> std::result::Result<stic::train::full::TrainParts, String> {
+    s.parse()
+}
+
 impl TrainCommon {
     pub fn args(&self, beta: f64, sft_weight: f64) -> Result<stic::train::run_loop::TrainArgs> {
         let schedule = match self.schedule.as_str() {
@@ -439,9 +452,17 @@ impl TrainCommon {
             "linear" => stic::train::run_loop::Schedule::Linear,
             other => return Err(stic::Error::Input(format!("--schedule must be cosine or linear, got `{other}`"))),
         };
+        if let (Some(parts), Some(r)) = (self.train, self.lora_r) {
+            if r > 0 {
+                return Err(stic::Error::Input(format!(
+                    "--lora-r {r} with --train {}: full-parameter training uses no LoRA adapters; drop --lora-r",
+                    if parts.decoder { "decoder" } else { "projector" }
+                )));
+            }
+        }
         Ok(stic::train::run_loop::TrainArgs {
             lora: stic::adapter::LoraSpec {
-                r: self.lora_r,
+                r: self.lora_r.unwrap_or(8),
                 alpha: self.lora_alpha,
                 dropout: self.lora_dropout,
                 targets: self.lora_targets.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
@@ -463,6 +484,8 @@ impl TrainCommon {
             save_every: self.save_every,
             recompute: self.recompute,
             quiet: self.quiet,
+            train: self.train,
+            shard_mib: self.shard_mib,
         })
     }
 
@@ -471,11 +494,12 @@ impl TrainCommon {
             let margin = l.reward_margin.map(|m| format!(", reward margin {m:.4}")).unwrap_or_default();
             let (tokens, secs) = log.iter().fold((0usize, 0f64), |(t, s), l| (t + l.tokens, s + l.seconds));
             eprintln!(
-                "step {}: loss {:.4}{margin}; {:.0} tokens/s over {} steps; adapter in {}",
+                "step {}: loss {:.4}{margin}; {:.0} tokens/s over {} steps; {} in {}",
                 l.step,
                 l.loss,
                 tokens as f64 / secs.max(1e-9),
                 log.len(),
+                if self.train.is_some() { "model" } else { "adapter" },
                 self.out.display()
             );
         }

@@ -19,6 +19,7 @@ use crate::backend::{cpu, AttnRow, Backend, Cpu, PackedMask, Rows};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::model::clip::add_inplace;
+use crate::model::grads::{add_scaled, DecoderGrads, PROJ_PATHS};
 use crate::nn::Linear;
 use crate::tensor::Tensor;
 use crate::weights::WeightSource;
@@ -326,6 +327,27 @@ impl Decoder {
         })
     }
 
+    /// Every weight with its name relative to the language model's prefix, in
+    /// [`DecoderGrads::named`] order (a decoder trained in full; `lm_head.weight` only when untied).
+    pub fn params_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut out = vec![("embed_tokens.weight".to_string(), &mut self.embed_tokens)];
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            out.push((format!("layers.{i}.input_layernorm.weight"), &mut l.input_layernorm.weight));
+            for (p, lin) in PROJ_PATHS.iter().zip([&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.gate, &mut l.up, &mut l.down]) {
+                out.push((format!("layers.{i}.{p}.weight"), &mut lin.weight));
+                if let Some(b) = lin.bias.as_mut() {
+                    out.push((format!("layers.{i}.{p}.bias"), b));
+                }
+            }
+            out.push((format!("layers.{i}.post_attention_layernorm.weight"), &mut l.post_attention_layernorm.weight));
+        }
+        out.push(("norm.weight".to_string(), &mut self.norm.weight));
+        if let Some(h) = self.lm_head.as_mut() {
+            out.push(("lm_head.weight".to_string(), h));
+        }
+        out
+    }
+
     /// The projection `name` (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) of
     /// layer `layer`, for attaching adapters.
     pub fn linear_mut(&mut self, layer: usize, name: &str) -> Option<&mut Linear> {
@@ -541,12 +563,34 @@ impl Decoder {
     /// Backward from d(final-normed hidden) [sum T_b, C] to the LoRA gradients of every adapted
     /// projection (frozen weights get none). Returns also d(input embeddings).
     pub fn backward(&self, tape: &Tape, dnormed: &[f32]) -> Result<(Vec<LoraGrad>, Vec<f32>)> {
+        self.backward_into(tape, dnormed, None)
+    }
+
+    /// `backward`; with `full = Some((acc, s))` (the decoder trains in full) also adds s times
+    /// the gradient of every layer weight and norm into `acc` (embed_tokens and lm_head are the
+    /// caller's: they need the token ids and the log-prob backward).
+    pub fn backward_into(&self, tape: &Tape, dnormed: &[f32], mut full: Option<(&mut DecoderGrads, f32)>) -> Result<(Vec<LoraGrad>, Vec<f32>)> {
         let cfg = &self.cfg;
         let (h, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let (qw, kw) = (h * d, hkv * d);
         let masks = tape.layouts.iter().map(|l| l.mask(cfg.sliding_window)).collect::<Result<Vec<_>>>()?;
         let eps = cfg.rms_norm_eps;
-        let (mut dx, _) = cpu::rmsnorm_backward(&tape.x_final, self.norm.weight.data(), dnormed, eps);
+        let (mut dx, dw) = cpu::rmsnorm_backward(&tape.x_final, self.norm.weight.data(), dnormed, eps);
+        if let Some((acc, s)) = full.as_mut() {
+            add_scaled(&mut acc.norm, &dw, *s);
+        }
+        // dW of projection p of layer li / a norm's dw, when the decoder trains in full.
+        fn wgrad(full: &mut Option<(&mut DecoderGrads, f32)>, li: usize, p: usize, lin: &Linear, x: &[f32], dy: &[f32]) {
+            if let Some((acc, s)) = full.as_mut() {
+                lin.weight_grads_into(x, dy, &mut acc.layers[li].proj[p], *s);
+            }
+        }
+        fn ngrad(full: &mut Option<(&mut DecoderGrads, f32)>, li: usize, post: bool, dw: &[f32]) {
+            if let Some((acc, s)) = full.as_mut() {
+                let l = &mut acc.layers[li];
+                add_scaled(if post { &mut l.post_attention_layernorm } else { &mut l.input_layernorm }, dw, *s);
+            }
+        }
         let mut grads = Vec::new();
         let mut keep = |li: usize, name: &'static str, g: Option<(Vec<f32>, Vec<f32>)>| {
             if let Some((da, db)) = g {
@@ -567,17 +611,22 @@ impl Decoder {
             let drop = |lin: &Linear, proj: usize| tape.dropout_seed.and_then(|s| lin.dropout_mask(rows, mask_seed(s, li, proj)));
             let (dact, g) = layer.down.backward(&t.act, &dx, drop(&layer.down, 6).as_deref());
             keep(li, PROJECTIONS[6], g);
+            wgrad(&mut full, li, 6, &layer.down, &t.act, &dx);
             let (dgate, dup) = cpu::swiglu_backward(&t.gate, &t.up, &dact);
             let (dh_g, g) = layer.gate.backward(&t.hn2, &dgate, drop(&layer.gate, 4).as_deref());
             keep(li, PROJECTIONS[4], g);
+            wgrad(&mut full, li, 4, &layer.gate, &t.hn2, &dgate);
             let (dh_u, g) = layer.up.backward(&t.hn2, &dup, drop(&layer.up, 5).as_deref());
             keep(li, PROJECTIONS[5], g);
+            wgrad(&mut full, li, 5, &layer.up, &t.hn2, &dup);
             let dhn2: Vec<f32> = dh_g.iter().zip(&dh_u).map(|(a, b)| a + b).collect();
-            let (dxm, _) = cpu::rmsnorm_backward(&t.x_mid, layer.post_attention_layernorm.weight.data(), &dhn2, eps);
+            let (dxm, dw) = cpu::rmsnorm_backward(&t.x_mid, layer.post_attention_layernorm.weight.data(), &dhn2, eps);
+            ngrad(&mut full, li, true, &dw);
             let dx_mid: Vec<f32> = dx.iter().zip(&dxm).map(|(a, b)| a + b).collect();
             // x_mid = x + o(attn(rope(q(hn1)), rope(k(hn1)), v(hn1)))
             let (dattn, g) = layer.o.backward(&t.attn, &dx_mid, drop(&layer.o, 3).as_deref());
             keep(li, PROJECTIONS[3], g);
+            wgrad(&mut full, li, 3, &layer.o, &t.attn, &dx_mid);
             let (mut dq, mut dk, mut dv) = (Vec::with_capacity(t.q.len()), Vec::with_capacity(t.k.len()), Vec::with_capacity(t.v.len()));
             let mut row = 0;
             for (l, &mask) in tape.layouts.iter().zip(&masks) {
@@ -605,12 +654,16 @@ impl Decoder {
             cpu::rope_backward(&mut dk, hkv, &tape.positions, &self.rope);
             let (dh_q, g) = layer.q.backward(&t.hn1, &dq, drop(&layer.q, 0).as_deref());
             keep(li, PROJECTIONS[0], g);
+            wgrad(&mut full, li, 0, &layer.q, &t.hn1, &dq);
             let (dh_k, g) = layer.k.backward(&t.hn1, &dk, drop(&layer.k, 1).as_deref());
             keep(li, PROJECTIONS[1], g);
+            wgrad(&mut full, li, 1, &layer.k, &t.hn1, &dk);
             let (dh_v, g) = layer.v.backward(&t.hn1, &dv, drop(&layer.v, 2).as_deref());
             keep(li, PROJECTIONS[2], g);
+            wgrad(&mut full, li, 2, &layer.v, &t.hn1, &dv);
             let dhn1: Vec<f32> = dh_q.iter().zip(&dh_k).zip(&dh_v).map(|((a, b), c)| a + b + c).collect();
-            let (dxi, _) = cpu::rmsnorm_backward(&t.x, layer.input_layernorm.weight.data(), &dhn1, eps);
+            let (dxi, dw) = cpu::rmsnorm_backward(&t.x, layer.input_layernorm.weight.data(), &dhn1, eps);
+            ngrad(&mut full, li, false, &dw);
             dx = dx_mid.iter().zip(&dxi).map(|(a, b)| a + b).collect();
         }
         grads.reverse();

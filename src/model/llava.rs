@@ -44,6 +44,11 @@ pub fn locate_lm(ws: &dyn WeightSource) -> Result<&'static str> {
     locate(ws, &LM, ".embed_tokens.weight", "language-model embedding")
 }
 
+/// The name of the lm_head weight in the checkpoint, when it has one (a tied one may not).
+pub fn locate_lm_head(ws: &dyn WeightSource) -> Option<&'static str> {
+    locate(ws, &LM_HEAD, "", "lm_head").ok()
+}
+
 /// The first prefix `p` for which `{p}{probe}` is in the checkpoint.
 fn locate<'a>(ws: &dyn WeightSource, candidates: &[&'a str], probe: &str, what: &str) -> Result<&'a str> {
     candidates.iter().copied().find(|p| ws.contains(&format!("{p}{probe}"))).ok_or_else(|| {

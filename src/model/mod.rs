@@ -6,6 +6,7 @@ pub mod clip;
 pub mod clip_model;
 pub mod clip_text;
 pub mod decoder;
+pub mod grads;
 pub mod llava;
 pub mod projector;
 

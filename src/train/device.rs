@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use crate::backend::Device;
-#[cfg(not(feature = "cuda"))]
 use crate::error::Error;
 use crate::error::Result;
 use crate::generate::Pipeline;
@@ -35,14 +34,22 @@ pub fn train_on(
 ) -> Result<Vec<LogLine>> {
     match device {
         Device::Cpu => {
+            if args.train.is_some() && random_weights.is_some() {
+                return Err(Error::Input(
+                    "--train writes a complete model directory from the checkpoint's safetensors: it needs real weights (not --random-weights)".into(),
+                ));
+            }
             let mut pipe = Pipeline::load_with(model, random_weights, None)?;
             match job {
-                TrainJob::Dpo { prefs } => train_dpo(&mut pipe, prefs, out, args, resume, stop_after),
-                TrainJob::Sft { data, image_folder } => train_sft(&mut pipe, data, image_folder, out, args, resume, stop_after),
+                TrainJob::Dpo { prefs } => train_dpo(&mut pipe, model, prefs, out, args, resume, stop_after),
+                TrainJob::Sft { data, image_folder } => train_sft(&mut pipe, model, data, image_folder, out, args, resume, stop_after),
             }
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(n) => {
+            if args.train.is_some() {
+                return Err(Error::Input("--train (full-parameter training) runs on the CPU learner only for now (--device cpu)".into()));
+            }
             let pipe = Pipeline::load_on(&crate::backend::cuda::Cuda::new(n)?, model, random_weights, None)?;
             match job {
                 TrainJob::Dpo { prefs } => super::cuda::train_dpo(pipe, prefs, out, args, resume, stop_after),

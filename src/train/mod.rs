@@ -19,6 +19,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod data;
 pub mod device;
+pub mod full;
 pub mod run_loop;
 
 use crate::error::{Error, Result};
@@ -26,6 +27,7 @@ use crate::generate::Pipeline;
 use crate::image::RgbImage;
 use crate::loss::{dpo, DpoOut};
 use crate::model::decoder::{LoraGrad, SeqLayout, StepOpts};
+use crate::model::grads::{add_scaled, DecoderGrads};
 use crate::model::llava::ImageTape;
 use crate::optim::{AdamWConfig, AdamWState};
 use crate::tensor::Tensor;
@@ -64,11 +66,20 @@ impl Grads {
 }
 
 /// Input embeddings [T, C] and, when the projector trains, where each image's rows start and the
-/// tape to back-propagate into the projector.
+/// tape to back-propagate into the projector; `ids`: the token id of every row (`IMAGE_ROW` for an
+/// image feature row), where a decoder trained in full adds the rows' gradients into embed_tokens.
 pub struct Embedded {
     pub x: Tensor,
     tapes: Vec<(usize, ImageTape)>,
+    ids: Vec<u32>,
 }
+
+/// The row id of an image feature row in [`Embedded`].
+const IMAGE_ROW: u32 = u32::MAX;
+
+/// Where a decoder trained in full accumulates an example's gradients: the buffers and the
+/// example's weight in the step.
+pub type FullAcc<'a> = Option<(&'a mut DecoderGrads, f32)>;
 
 /// One sequence to score: input embeddings (prompt with images, then the response) and the
 /// response ids (the last R positions' targets).
@@ -81,31 +92,33 @@ impl Pipeline {
     /// `embed`, keeping the projector's tape when `projector` is set; also the number of image
     /// feature rows.
     pub fn embed_train(&self, ids: &[u32], images: &[RgbImage], projector: bool) -> Result<(Embedded, usize)> {
-        if !projector {
-            let (x, k) = self.embed(ids, images)?;
-            return Ok((Embedded { x, tapes: Vec::new() }, k));
-        }
         let mut feats = Vec::new();
         let mut tapes = Vec::new();
         for img in images {
-            let (f, t) = self.model.image_features_train(&crate::image::preprocess(img, &self.processor)?)?;
-            feats.push(f);
-            tapes.push(t);
+            let image = crate::image::preprocess(img, &self.processor)?;
+            if projector {
+                let (f, t) = self.model.image_features_train(&image)?;
+                feats.push(f);
+                tapes.push(t);
+            } else {
+                feats.push(self.model.image_features(&image)?);
+            }
         }
         let x = self.model.embed_with_images(ids, &feats)?;
         // Image j's rows start after the tokens before its <image> and the earlier images' rows.
         let mut starts = Vec::new();
-        let mut row = 0;
+        let mut rows = Vec::with_capacity(x.dim(0));
         for &t in ids {
-            if t == self.model.cfg.image_token_index {
-                starts.push(row);
-                row += feats[starts.len() - 1].dim(0);
+            if t == self.model.cfg.image_token_index && starts.len() < feats.len() {
+                starts.push(rows.len());
+                rows.extend(std::iter::repeat_n(IMAGE_ROW, feats[starts.len() - 1].dim(0)));
             } else {
-                row += 1;
+                rows.push(t);
             }
         }
         let k = feats.iter().map(|f| f.dim(0)).sum();
-        Ok((Embedded { x, tapes: starts.into_iter().zip(tapes).collect() }, k))
+        let tapes = if projector { starts.into_iter().zip(tapes).collect() } else { Vec::new() };
+        Ok((Embedded { x, tapes, ids: rows }, k))
     }
 
     /// Projector gradients from d loss / d embeddings [T, C] (empty when it does not train).
@@ -147,30 +160,47 @@ pub fn logprob_grads(
     opts: StepOpts,
     weights: impl FnOnce(&[Vec<f64>]) -> Vec<Vec<f64>>,
 ) -> Result<(Vec<Vec<f64>>, Grads)> {
+    logprob_grads_full(pipe, seqs, opts, None, weights)
+}
+
+/// `logprob_grads`, accumulating a decoder trained in full into `full`.
+pub fn logprob_grads_full(
+    pipe: &Pipeline,
+    seqs: Vec<Scored>,
+    opts: StepOpts,
+    full: FullAcc,
+    weights: impl FnOnce(&[Vec<f64>]) -> Vec<Vec<f64>>,
+) -> Result<(Vec<Vec<f64>>, Grads)> {
     let layouts: Vec<SeqLayout> = seqs.iter().map(|s| SeqLayout::plain(s.x.x.dim(0))).collect();
     // Rows end - r - 1 .. end - 2 of each sequence predict its r response tokens.
     let mut responses = Vec::new();
     let mut tapes = Vec::new();
+    let mut ids = Vec::new();
     let mut end = 0;
     let xs: Vec<&Tensor> = seqs.iter().map(|s| &s.x.x).collect();
     let x = Tensor::cat_rows(&xs)?;
     for s in seqs {
         tapes.extend(s.x.tapes.into_iter().map(|(start, t)| (start + end, t)));
+        ids.extend(s.x.ids);
         end += s.x.x.dim(0);
         let r = s.response_ids.len();
         responses.push(((end - r - 1..end - 1).collect(), s.response_ids));
     }
-    grads_core(pipe, Embedded { x, tapes }, &layouts, &responses, opts, weights)
+    grads_core(pipe, Embedded { x, tapes, ids }, &layouts, &responses, opts, full, weights)
 }
 
 /// The common core: forward over `layouts`, log-probs of each response (its target rows and
 /// ids), the loss weights, and the backward (rows shared by two responses add their gradients).
+/// With `full`, every decoder weight's gradient (lm_head's from the chunked log-prob backward,
+/// embed_tokens' from d(embeddings) at the text rows) is added, times the weight, into the buffers.
+#[allow(clippy::too_many_arguments)]
 fn grads_core(
     pipe: &Pipeline,
     input: Embedded,
     layouts: &[SeqLayout],
     responses: &[(Vec<usize>, Vec<u32>)],
     opts: StepOpts,
+    mut full: FullAcc,
     weights: impl FnOnce(&[Vec<f64>]) -> Vec<Vec<f64>>,
 ) -> Result<(Vec<Vec<f64>>, Grads)> {
     let dec = &pipe.model.decoder;
@@ -182,7 +212,8 @@ fn grads_core(
     let mut saved = Vec::new();
     for (rows, tg) in responses {
         let hr = gather(rows);
-        let (lp, lse) = crate::backend::cpu::logprob(&hr, w, tg, c);
+        // Training in full: the GEMM forward (the LoRA path keeps its reference `logprob`).
+        let (lp, lse) = if full.is_some() { crate::backend::cpu::logprob::logprob_gemm(&hr, w, tg, c) } else { crate::backend::cpu::logprob(&hr, w, tg, c) };
         logps.push(lp.iter().map(|&v| v as f64).collect::<Vec<f64>>());
         saved.push((hr, lse));
     }
@@ -193,12 +224,30 @@ fn grads_core(
             return Err(Error::shape("logprob_grads", format!("{} loss weights for {} response tokens", ws[s].len(), tg.len())));
         }
         let dl: Vec<f32> = ws[s].iter().map(|&v| v as f32).collect();
-        let dhr = crate::backend::cpu::logprob_backward(hr, w, tg, lse, &dl, c);
+        let dhr = match full.as_mut() {
+            // lm_head's own buffer, or the embedding's when tied.
+            Some((acc, sc)) => {
+                let dw = match acc.lm_head.as_mut() {
+                    Some(b) => b,
+                    None => &mut acc.embed_tokens,
+                };
+                crate::backend::cpu::logprob::logprob_backward_full(hr, w, tg, lse, &dl, c, dw, *sc)
+            }
+            None => crate::backend::cpu::logprob_backward(hr, w, tg, lse, &dl, c),
+        };
         for (i, &r) in rows.iter().enumerate() {
             dh[r * c..(r + 1) * c].iter_mut().zip(&dhr[i * c..(i + 1) * c]).for_each(|(a, b)| *a += b);
         }
     }
-    let (lora, dx) = dec.backward(&tape, &dh)?;
+    let (lora, dx) = dec.backward_into(&tape, &dh, full.as_mut().map(|(a, s)| (&mut **a, *s)))?;
+    if let Some((acc, s)) = full {
+        for (row, &id) in input.ids.iter().enumerate() {
+            if id != IMAGE_ROW {
+                let id = id as usize;
+                add_scaled(&mut acc.embed_tokens[id * c..(id + 1) * c], &dx[row * c..(row + 1) * c], s);
+            }
+        }
+    }
     let projector = pipe.embed_backward(&input, &dx);
     Ok((logps, Grads { lora, projector }))
 }
@@ -244,13 +293,18 @@ pub fn reference_logps(pipe: &mut Pipeline, pair: &Pair) -> Result<(f64, f64)> {
 /// The DPO loss of one pair (chosen and rejected run together in one forward/backward) and its
 /// gradients, and the tokens run. `alpha` = 0 is plain DPO, 1/1024 STIC's.
 pub fn dpo_pair_grads(pipe: &Pipeline, pair: &Pair, reference: (f64, f64), beta: f64, alpha: f64, opts: StepOpts) -> Result<(DpoOut, Grads, usize)> {
+    dpo_pair_grads_full(pipe, pair, reference, beta, alpha, opts, None)
+}
+
+/// `dpo_pair_grads`, accumulating a decoder trained in full into `full`.
+pub fn dpo_pair_grads_full(pipe: &Pipeline, pair: &Pair, reference: (f64, f64), beta: f64, alpha: f64, opts: StepOpts, full: FullAcc) -> Result<(DpoOut, Grads, usize)> {
     let seqs = vec![
         pipe.scored(&pair.prompt, &pair.images, &pair.chosen, opts.projector)?,
         pipe.scored(&pair.prompt, &pair.images, &pair.rejected, opts.projector)?,
     ];
     let tokens = seqs.iter().map(|s| s.x.x.dim(0)).sum();
     let mut out = None;
-    let (_, grads) = logprob_grads(pipe, seqs, opts, |l| {
+    let (_, grads) = logprob_grads_full(pipe, seqs, opts, full, |l| {
         let (pc, pr) = (l[0].iter().sum(), l[1].iter().sum());
         let o = dpo(pc, pr, reference.0, reference.1, beta, alpha);
         let w = vec![vec![o.d_chosen; l[0].len()], vec![o.d_rejected; l[1].len()]];
@@ -271,6 +325,19 @@ pub fn dpo_pair_grads_packed(
     alpha: f64,
     opts: StepOpts,
 ) -> Result<(DpoOut, Grads, usize)> {
+    dpo_pair_grads_packed_full(pipe, pair, reference, beta, alpha, opts, None)
+}
+
+/// `dpo_pair_grads_packed`, accumulating a decoder trained in full into `full`.
+pub fn dpo_pair_grads_packed_full(
+    pipe: &Pipeline,
+    pair: &Pair,
+    reference: (f64, f64),
+    beta: f64,
+    alpha: f64,
+    opts: StepOpts,
+    full: FullAcc,
+) -> Result<(DpoOut, Grads, usize)> {
     let prompt_ids = pipe.prompt_ids(&pair.prompt, pair.images.len())?;
     let chosen = pipe.tokenizer.encode(&pair.chosen, false)?;
     let rejected = pipe.tokenizer.encode(&pair.rejected, false)?;
@@ -287,7 +354,7 @@ pub fn dpo_pair_grads_packed(
     let chosen_rows: Vec<usize> = (p - 1..p + c - 1).collect();
     let rejected_rows: Vec<usize> = std::iter::once(p - 1).chain(p + c..p + c + r - 1).collect();
     let mut out = None;
-    let (_, grads) = grads_core(pipe, x, &[layout], &[(chosen_rows, chosen), (rejected_rows, rejected)], opts, |l| {
+    let (_, grads) = grads_core(pipe, x, &[layout], &[(chosen_rows, chosen), (rejected_rows, rejected)], opts, full, |l| {
         let o = dpo(l[0].iter().sum(), l[1].iter().sum(), reference.0, reference.1, beta, alpha);
         let w = vec![vec![o.d_chosen; l[0].len()], vec![o.d_rejected; l[1].len()]];
         out = Some(o);
@@ -339,6 +406,26 @@ impl TrainAdamW {
                     .ok_or_else(|| Error::Input(format!("no projector parameter `{name}`")))?;
                 update(format!("projector.{name}"), p.data_mut(), g, projector_lr, !name.ends_with("bias"));
             }
+        }
+        Ok(())
+    }
+
+    /// One update of a decoder trained in full from its gradients `g` at `lr`, with HF's decay
+    /// grouping ([`full::hf_decays`]); state keys `decoder.{name}` (`decoder.embed_tokens.weight`,
+    /// ...). Updates the weights in place.
+    pub fn step_decoder(&mut self, pipe: &mut Pipeline, g: &DecoderGrads, lr: f32) -> Result<()> {
+        let cfg = self.cfg;
+        let params = pipe.model.decoder.params_mut();
+        let grads = g.named();
+        if params.len() != grads.len() {
+            return Err(Error::shape("step_decoder", format!("{} gradients for {} weights", grads.len(), params.len())));
+        }
+        for ((name, p), (gname, gv)) in params.into_iter().zip(grads) {
+            debug_assert_eq!(name, gname);
+            let decay = full::hf_decays(&format!("model.language_model.{name}"));
+            let st = self.states.entry(format!("decoder.{name}")).or_insert_with(|| AdamWState::new(gv.len()));
+            let c = AdamWConfig { weight_decay: if decay { cfg.weight_decay } else { 0.0 }, ..cfg };
+            st.step(&c, lr, p.data_mut(), gv);
         }
         Ok(())
     }
@@ -413,6 +500,11 @@ pub fn sft_ids<B: crate::backend::Backend>(pipe: &Pipeline<B>, turns: &[(String,
 /// SFT loss (mean cross-entropy over the answer tokens, as HF's loss with labels -100 elsewhere)
 /// of a conversation about `images`, its gradients, and the sequence length after image expansion.
 pub fn sft_grads(pipe: &Pipeline, turns: &[(String, String)], images: &[RgbImage], opts: StepOpts) -> Result<(f64, Grads, usize)> {
+    sft_grads_full(pipe, turns, images, opts, None)
+}
+
+/// `sft_grads`, accumulating a decoder trained in full into `full`.
+pub fn sft_grads_full(pipe: &Pipeline, turns: &[(String, String)], images: &[RgbImage], opts: StepOpts, full: FullAcc) -> Result<(f64, Grads, usize)> {
     let (ids, mask) = sft_ids(pipe, turns, images.len())?;
     let n_img = ids.iter().filter(|&&t| t == pipe.model.cfg.image_token_index).count();
     if n_img != images.len() {
@@ -435,7 +527,7 @@ pub fn sft_grads(pipe: &Pipeline, turns: &[(String, String)], images: &[RgbImage
     let n = targets.len() as f64;
     let t = x.x.dim(0);
     let mut loss = 0.0;
-    let (_, grads) = grads_core(pipe, x, &[SeqLayout::plain(t)], &[(rows, targets)], opts, |l| {
+    let (_, grads) = grads_core(pipe, x, &[SeqLayout::plain(t)], &[(rows, targets)], opts, full, |l| {
         loss = -l[0].iter().sum::<f64>() / n;
         vec![vec![-1.0 / n; l[0].len()]]
     })?;

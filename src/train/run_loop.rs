@@ -20,6 +20,7 @@ use crate::adapter::LoraSpec;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::model::decoder::StepOpts;
+use super::full::TrainParts;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Schedule {
@@ -55,7 +56,15 @@ pub struct TrainArgs {
     pub recompute: bool,
     /// No progress bar (logs).
     pub quiet: bool,
+    /// `--train`: train these parts in full (no LoRA); `out/` is then a complete HF model
+    /// directory (`train::full::save_model`).
+    pub train: Option<TrainParts>,
+    /// Shard the saved model above this many MiB (`--shard-mib`; HF's default is 5 GB).
+    pub shard_mib: u64,
 }
+
+/// HF's `max_shard_size` default (5 GB) in MiB.
+pub const DEFAULT_SHARD_MIB: u64 = 5000 * 1000 * 1000 / (1 << 20);
 
 /// The learning rate of optimiser step `step` (0-based) out of `total`, as HF's
 /// `get_cosine_schedule_with_warmup` / `get_linear_schedule_with_warmup` give it (the first
@@ -143,6 +152,14 @@ pub trait Learner {
     /// One AdamW step on the accumulated gradient times `gscale` (torch's clip_grad_norm_
     /// factor, or 1): adapters at `lr`, the projector at `projector_lr`. Clears the gradient.
     fn step(&mut self, gscale: f32, lr: f32, projector_lr: f32) -> Result<()>;
+    /// `--train`: write the model as an HF model directory in `dir`.
+    fn save_model(&mut self, _dir: &Path) -> Result<()> {
+        Err(Error::Input("--train (full-parameter training) runs on the CPU learner only (--device cpu)".into()))
+    }
+    /// `--train`: read the trained weights back from the model directory `dir` (resume).
+    fn load_model(&mut self, _dir: &Path) -> Result<()> {
+        Err(Error::Input("--train (full-parameter training) runs on the CPU learner only (--device cpu)".into()))
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -213,7 +230,17 @@ pub fn train_loop<L: Learner>(
     let mut start = 0;
     let mut args = args.clone();
     let args = &mut args;
-    if args.lora.r == 0 && args.projector_lr.is_none() && args.init_adapter.is_none() {
+    if let Some(parts) = args.train {
+        if args.init_adapter.is_some() {
+            return Err(Error::Input("--train trains weights in full: it cannot continue a LoRA adapter (--init-adapter)".into()));
+        }
+        if !parts.decoder && !parts.projector {
+            return Err(Error::Input("--train: nothing to train".into()));
+        }
+        // LoRA is off; the projector trains at --projector-lr, else --lr.
+        args.lora.r = 0;
+        args.projector_lr = parts.projector.then_some(args.projector_lr.unwrap_or(args.lr));
+    } else if args.lora.r == 0 && args.projector_lr.is_none() && args.init_adapter.is_none() {
         return Err(Error::Input("nothing to train: LoRA rank 0 and no projector learning rate".into()));
     }
     // A crash between the two renames of `save_checkpoint` leaves only checkpoint.old.
@@ -222,7 +249,11 @@ pub fn train_loop<L: Learner>(
         std::fs::rename(&old, &ckpt).map_err(|e| Error::io(&old, e))?;
     }
     if resume && ckpt.join("trainer_state.json").exists() {
-        learner.load_adapter(&ckpt)?;
+        if args.train.is_some() {
+            learner.load_model(&ckpt)?;
+        } else {
+            learner.load_adapter(&ckpt)?;
+        }
         learner.load_optimizer(&ckpt.join("optimizer.safetensors"))?;
         let st: TrainerState = serde_json::from_str(&std::fs::read_to_string(ckpt.join("trainer_state.json")).map_err(|e| Error::io(&ckpt, e))?)
             .map_err(|e| Error::Json { path: ckpt.join("trainer_state.json"), source: e })?;
@@ -290,7 +321,11 @@ pub fn train_loop<L: Learner>(
             return Ok(log);
         }
     }
-    learner.save_adapter(out, &args.lora, projector)?;
+    if args.train.is_some() {
+        learner.save_model(out)?;
+    } else {
+        learner.save_adapter(out, &args.lora, projector)?;
+    }
     pb.finish();
     Ok(log)
 }
@@ -318,7 +353,11 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
 fn save_checkpoint<L: Learner>(learner: &mut L, out: &Path, args: &TrainArgs, st: TrainerState) -> Result<()> {
     let tmp = out.join("checkpoint.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    learner.save_adapter(&tmp, &args.lora, args.projector_lr.is_some())?;
+    if args.train.is_some() {
+        learner.save_model(&tmp)?;
+    } else {
+        learner.save_adapter(&tmp, &args.lora, args.projector_lr.is_some())?;
+    }
     learner.save_optimizer(&tmp.join("optimizer.safetensors"))?;
     let sp = tmp.join("trainer_state.json");
     std::fs::write(&sp, serde_json::to_string_pretty(&st).expect("json")).map_err(|e| Error::io(&sp, e))?;

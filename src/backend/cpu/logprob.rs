@@ -116,6 +116,64 @@ pub fn logprob_backward_host(h: &[f64], w: &[u16], targets: &[u32], lse: &[f64],
     dh
 }
 
+/// `logprob` (f32) with the scores of each vocabulary chunk from one GEMM [T, C] x [C, CHUNK]
+/// instead of T x CHUNK dot products: the forward of [`logprob_backward_full`]'s training path.
+/// The same online log-sum-exp per row; only the dot products' summation order differs.
+pub fn logprob_gemm(h: &[f32], w: &[f32], targets: &[u32], c: usize) -> (Vec<f32>, Vec<f32>) {
+    let t = targets.len();
+    let v = w.len() / c;
+    assert_eq!(h.len(), t * c, "logprob_gemm: h is not [T={t}, C={c}]");
+    let mut state = vec![(f32::NEG_INFINITY, 0f32, 0f32); t]; // (running max, rescaled sum, z at the target)
+    for v0 in (0..v).step_by(CHUNK) {
+        let n = CHUNK.min(v - v0);
+        let z = super::matmul::matmul_t(h, &w[v0 * c..(v0 + n) * c], t, c, n);
+        state.par_iter_mut().zip(z.par_chunks(n)).enumerate().for_each(|(i, ((m, s, zy), row))| {
+            let y = targets[i] as usize;
+            assert!(y < v, "logprob_gemm: target {y} outside the vocabulary ({v})");
+            if (v0..v0 + n).contains(&y) {
+                *zy = row[y - v0];
+            }
+            let cm = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let nm = m.max(cm);
+            *s = *s * (*m - nm).exp() + row.iter().fold(0f32, |a, &x| a + (x - nm).exp());
+            *m = nm;
+        });
+    }
+    state.iter().map(|&(m, s, zy)| (zy - (m + s.ln()), m + s.ln())).unzip()
+}
+
+/// `logprob_backward` when the lm_head trains too (f32): returns dh[T, C] and adds
+/// s * dW[V, C] into `dw`. Chunked over the vocabulary: per CHUNK rows of w, the scores
+/// z = h w_c^T [T, CHUNK] are recomputed, turned into d loss / d z = dlogp_t (1[v = y_t] -
+/// softmax_v) with the saved lse, and two GEMMs give dh += dz w_c and dw_c += s dz^T h. Never
+/// [T, V].
+pub fn logprob_backward_full(h: &[f32], w: &[f32], targets: &[u32], lse: &[f32], dlogp: &[f32], c: usize, dw: &mut [f32], s: f32) -> Vec<f32> {
+    use super::matmul::{gemm_strided, matmul_t, matmul_tn_acc};
+    let t = targets.len();
+    let v = w.len() / c;
+    assert_eq!(h.len(), t * c, "logprob_backward_full: h is not [T={t}, C={c}]");
+    assert_eq!(dw.len(), w.len(), "logprob_backward_full: dw is not [V, C]");
+    let mut dh = vec![0f32; t * c];
+    for v0 in (0..v).step_by(CHUNK) {
+        let n = CHUNK.min(v - v0);
+        let wc = &w[v0 * c..(v0 + n) * c];
+        let mut dz = matmul_t(h, wc, t, c, n);
+        dz.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+            let y = targets[i] as usize;
+            for (j, z) in row.iter_mut().enumerate() {
+                let p = (*z - lse[i]).exp();
+                *z = dlogp[i] * (if v0 + j == y { 1.0 } else { 0.0 } - p);
+            }
+        });
+        // dh[T, C] += dz[T, n] @ wc[n, C]: accumulate through a temporary product.
+        let mut prod = vec![0f32; t * c];
+        gemm_strided(t, c, n, &mut prod, c, &dz, n, 1, wc, c, 1);
+        dh.iter_mut().zip(&prod).for_each(|(a, b)| *a += b);
+        matmul_tn_acc(&dz, h, t, n, c, &mut dw[v0 * c..(v0 + n) * c], s);
+    }
+    dh
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,13 @@ pub fn gemm_strided<T: Scalar>(
     b_rs: usize,
     b_cs: usize,
 ) {
+    gemm_acc(m, n, k, out, out_rs, a, (a_rs, a_cs), b, (b_rs, b_cs), None)
+}
+
+/// `gemm_strided`, or with `acc = Some(s)`: out += s * a b (weight gradients accumulated in
+/// place).
+#[allow(clippy::too_many_arguments)]
+fn gemm_acc<T: Scalar>(m: usize, n: usize, k: usize, out: &mut [T], out_rs: usize, a: &[T], (a_rs, a_cs): (usize, usize), b: &[T], (b_rs, b_cs): (usize, usize), acc: Option<T>) {
     if m == 0 || n == 0 {
         return;
     }
@@ -59,15 +66,15 @@ pub fn gemm_strided<T: Scalar>(
             out.as_mut_ptr(),
             1,
             out_rs as isize,
-            false,
+            acc.is_some(),
             a.as_ptr(),
             a_cs as isize,
             a_rs as isize,
             b.as_ptr(),
             b_cs as isize,
             b_rs as isize,
-            T::zero(),
-            T::one(),
+            if acc.is_some() { T::one() } else { T::zero() },
+            acc.unwrap_or(T::one()),
             false,
             false,
             false,
@@ -101,6 +108,14 @@ pub fn matmul_tn<T: Scalar>(a: &[T], b: &[T], k: usize, m: usize, n: usize) -> V
     let mut y = vec![T::zero(); m * n];
     gemm_strided(m, n, k, &mut y, n, a, 1, m, b, n, 1);
     y
+}
+
+/// out[M, N] += s * a[K, M]^T @ b[K, N] (dW += s dy^T x, in place).
+pub fn matmul_tn_acc(a: &[f32], b: &[f32], k: usize, m: usize, n: usize, out: &mut [f32], s: f32) {
+    assert_eq!(a.len(), k * m, "matmul_tn_acc: a is not [{k}, {m}]");
+    assert_eq!(b.len(), k * n, "matmul_tn_acc: b is not [{k}, {n}]");
+    assert_eq!(out.len(), m * n, "matmul_tn_acc: out is not [{m}, {n}]");
+    gemm_acc(m, n, k, out, n, a, (1, m), b, (n, 1), Some(s));
 }
 
 /// x[M, K] @ w[N, K]^T in f64 (exact products of the bf16 inputs, f64 sums) through the gemm
