@@ -180,15 +180,6 @@ pub fn table(metrics: &Value) -> String {
     s
 }
 
-/// The losses of a train_log.jsonl as (step, loss).
-fn losses(path: &Path) -> Vec<(f64, f64)> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| Some((v["step"].as_f64()?, v["loss"].as_f64()?)))
-        .collect()
-}
-
 /// chart.png: the metrics per model, the DPO and SFT losses.
 fn chart(out: &Path, metrics: &Value) -> Result<()> {
     use crate::chart::{draw, Bars, Curves};
@@ -202,7 +193,7 @@ fn chart(out: &Path, metrics: &Value) -> Result<()> {
         title: title.into(),
         x_label: "step".into(),
         y_label: "loss".into(),
-        curves: vec![("loss".into(), losses(&out.join(file)))],
+        curves: vec![("loss".into(), crate::world::train::losses(&out.join(file)))],
     };
     draw(&out.join("chart.png"), 1200, 800, &bars, &[panel("STIC stage 1: DPO loss", "2-dpo/train_log.jsonl"), panel("STIC stage 2: SFT loss", "4-sft/train_log.jsonl")])
 }

@@ -25,6 +25,40 @@ pub enum WorldCmd {
     /// Write a fresh, untrained model for a world: config.json, the world's tokenizer, weights
     /// initialised from --seed (what `world train` starts from).
     Init(WorldInitArgs),
+    /// Train a tiny LLaVA for a world from scratch (CPU): `init`, then LLaVA's stage 1 on
+    /// captions.json and stage 2 on instruct.json; OUT becomes an HF checkpoint folder with
+    /// world_train.json (settings and loss curves). Resumes; the same seed gives the same model.
+    Train(WorldTrainCli),
+}
+
+#[derive(Args)]
+pub struct WorldTrainCli {
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// What stage 1 trains (LLaVA: the projector; a decoder from scratch needs its pretraining too).
+    #[arg(long, default_value = "decoder,projector")]
+    pub align_train: String,
+    #[arg(long, default_value_t = 1)]
+    pub align_epochs: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub align_lr: f32,
+    #[arg(long, default_value_t = 2)]
+    pub instruct_epochs: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub instruct_lr: f32,
+    /// Examples per optimiser step (both stages).
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Args)]
@@ -171,6 +205,23 @@ pub fn world(a: &WorldArgs) -> Result<()> {
             } else {
                 println!("{}", serde_json::to_string_pretty(&m).expect("serialisable"));
             }
+        }
+        WorldCmd::Train(a) => {
+            let size = stic::world::image_size(&a.data)?;
+            let parts = |s: &str, what: &str| s.parse::<stic::train::full::TrainParts>().map_err(|e| stic::Error::Input(format!("--{what}: {e}")));
+            let stage = |p, epochs, lr| stic::world::train::StageArgs { parts: p, epochs, lr, batch_size: a.batch_size, warmup_ratio: 0.03, weight_decay: a.weight_decay };
+            let args = stic::world::train::WorldTrainArgs {
+                data: a.data.clone(),
+                out: a.out.clone(),
+                seed: a.seed,
+                spec: a.spec.spec(size),
+                align: stage(parts(&a.align_train, "align-train")?, a.align_epochs, a.align_lr),
+                instruct: stage(parts("decoder,projector", "train")?, a.instruct_epochs, a.instruct_lr),
+                quiet: a.quiet,
+            };
+            let summary = stic::world::train::train(&args)?;
+            eprint!("{}", stic::stage::format_summary(&summary));
+            eprintln!("model in {} (curves in world_train.json)", a.out.display());
         }
         WorldCmd::Init(a) => {
             let size = stic::world::image_size(&a.data)?;

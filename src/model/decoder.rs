@@ -632,7 +632,7 @@ impl Decoder {
             for (l, &mask) in tape.layouts.iter().zip(&masks) {
                 let n = l.len;
                 let (qs, ks) = (row * qw..(row + n) * qw, row * kw..(row + n) * kw);
-                let (a, b, c) = cpu::attention_backward(
+                let (a, b, c) = cpu::attention_backward_gemm(
                     &t.q[qs.clone()],
                     &t.k[ks.clone()],
                     &t.v[ks.clone()],

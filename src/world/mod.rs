@@ -9,6 +9,7 @@
 //! - `eval`: the world's metrics (CHAIR_i, CHAIR_s, recall, POPE F1, counting accuracy)
 //! - `tokenizer`: the world's word-level tokenizer.json, built from its texts
 //! - `model`: a fresh tiny LLaVA for the world (configs, tokenizer, initialised weights)
+//! - `train`: `stic world train`, the model trained from scratch in LLaVA's two stages
 
 pub mod draw;
 pub mod eval;
@@ -16,6 +17,7 @@ pub mod model;
 pub mod scene;
 pub mod text;
 pub mod tokenizer;
+pub mod train;
 
 pub use scene::{companion, item_rng, read_scenes, sample_shapes, Object, Scene, Shape, BACKGROUNDS, COLOURS, PAIRS, POSITIONS, REPEAT_P, SIZES};
 

@@ -74,36 +74,12 @@ pub fn attention(
     assert_eq!(v.len(), tk * kw, "attention: v is not [Tk={tk}, Hkv*D={kw}]");
     assert!(n_kv > 0 && n_heads.is_multiple_of(n_kv), "attention: H={n_heads} is not a multiple of Hkv={n_kv}");
     let group = n_heads / n_kv;
-    let scale = 1.0 / (d as f32).sqrt();
 
     let heads: Vec<Vec<f32>> = (0..n_heads)
         .into_par_iter()
         .map(|h| {
             let g = h / group;
-            let mut s = vec![0f32; tq * tk];
-            // S[Tq, Tk] = q_h[Tq, D] @ k_g[Tk, D]^T
-            gemm_strided(tq, tk, d, &mut s, tk, &q[h * d..], qw, 1, &k[g * d..], 1, kw);
-            for (i, row) in s.chunks_mut(tk).enumerate() {
-                let qi = q_start + i;
-                let (lo, hi) = mask.range(qi, tk);
-                let mut m = f32::NEG_INFINITY;
-                for (j, x) in row.iter().enumerate().take(hi).skip(lo) {
-                    if mask.visible(qi, j) {
-                        m = m.max(*x * scale);
-                    }
-                }
-                let mut sum = 0f64;
-                for (j, x) in row.iter_mut().enumerate() {
-                    if j < lo || j >= hi || !mask.visible(qi, j) {
-                        *x = 0.0;
-                    } else {
-                        *x = (*x * scale - m).exp();
-                        sum += *x as f64;
-                    }
-                }
-                let inv = (1.0 / sum) as f32;
-                row[lo..hi].iter_mut().for_each(|x| *x *= inv);
-            }
+            let s = head_probs(q, k, h, g, tq, tk, d, q_start, mask);
             // O_h[Tq, D] = P[Tq, Tk] @ v_g[Tk, D]
             let mut o = vec![0f32; tq * d];
             gemm_strided(tq, d, tk, &mut o, d, &s, tk, 1, &v[g * d..], kw, 1);
@@ -118,6 +94,85 @@ pub fn attention(
         }
     }
     out
+}
+
+/// P[Tq, Tk] of head `h` (kv head `g`): softmax over the visible keys of scale * q_h k_g^T,
+/// masked entries exactly 0 (the probabilities `attention` and `attention_backward_gemm` share).
+#[allow(clippy::too_many_arguments)]
+fn head_probs(q: &[f32], k: &[f32], h: usize, g: usize, tq: usize, tk: usize, d: usize, q_start: usize, mask: AttnMask) -> Vec<f32> {
+    let n_heads_d = q.len() / tq.max(1);
+    let kw = k.len() / tk.max(1);
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut s = vec![0f32; tq * tk];
+    // S[Tq, Tk] = q_h[Tq, D] @ k_g[Tk, D]^T
+    gemm_strided(tq, tk, d, &mut s, tk, &q[h * d..], n_heads_d, 1, &k[g * d..], 1, kw);
+    for (i, row) in s.chunks_mut(tk).enumerate() {
+        let qi = q_start + i;
+        let (lo, hi) = mask.range(qi, tk);
+        let mut m = f32::NEG_INFINITY;
+        for (j, x) in row.iter().enumerate().take(hi).skip(lo) {
+            if mask.visible(qi, j) {
+                m = m.max(*x * scale);
+            }
+        }
+        let mut sum = 0f64;
+        for (j, x) in row.iter_mut().enumerate() {
+            if j < lo || j >= hi || !mask.visible(qi, j) {
+                *x = 0.0;
+            } else {
+                *x = (*x * scale - m).exp();
+                sum += *x as f64;
+            }
+        }
+        let inv = (1.0 / sum) as f32;
+        row[lo..hi].iter_mut().for_each(|x| *x *= inv);
+    }
+    s
+}
+
+/// `attention_backward` in f32 with GEMMs, one head per task (the training backward of the CPU
+/// learner; `attention_backward` stays the plain reference it is tested against):
+/// dP = dout_h v_g^T, dS = P * (dP - rowsum(P * dP)) * scale, dq_h = dS k_g, dk_g += dS^T q_h,
+/// dv_g += P^T dout_h.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_gemm(
+    q: &[f32], k: &[f32], v: &[f32], dout: &[f32], tq: usize, tk: usize, n_heads: usize, n_kv: usize, d: usize, q_start: usize, mask: AttnMask,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (qw, kw, group) = (n_heads * d, n_kv * d, n_heads / n_kv);
+    assert_eq!(dout.len(), tq * qw, "attention_backward: dout is not [Tq={tq}, H*D={qw}]");
+    assert!(q.len() == tq * qw && k.len() == tk * kw && v.len() == tk * kw, "attention_backward: q, k, v are not [Tq, H*D], [Tk, Hkv*D]");
+    let scale = 1.0 / (d as f32).sqrt();
+    let heads: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..n_heads)
+        .into_par_iter()
+        .map(|h| {
+            let g = h / group;
+            let p = head_probs(q, k, h, g, tq, tk, d, q_start, mask);
+            let mut ds = vec![0f32; tq * tk];
+            gemm_strided(tq, tk, d, &mut ds, tk, &dout[h * d..], qw, 1, &v[g * d..], 1, kw);
+            for (prow, drow) in p.chunks(tk).zip(ds.chunks_mut(tk)) {
+                let delta = prow.iter().zip(drow.iter()).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() as f32;
+                prow.iter().zip(drow.iter_mut()).for_each(|(&pj, x)| *x = pj * (*x - delta) * scale);
+            }
+            let (mut dq, mut dk, mut dv) = (vec![0f32; tq * d], vec![0f32; tk * d], vec![0f32; tk * d]);
+            gemm_strided(tq, d, tk, &mut dq, d, &ds, tk, 1, &k[g * d..], kw, 1);
+            gemm_strided(tk, d, tq, &mut dk, d, &ds, 1, tk, &q[h * d..], qw, 1);
+            gemm_strided(tk, d, tq, &mut dv, d, &p, 1, tk, &dout[h * d..], qw, 1);
+            (dq, dk, dv)
+        })
+        .collect();
+    let (mut dq, mut dk, mut dv) = (vec![0f32; tq * qw], vec![0f32; tk * kw], vec![0f32; tk * kw]);
+    for (h, (hq, hk, hv)) in heads.iter().enumerate() {
+        let g = h / group;
+        for i in 0..tq {
+            dq[i * qw + h * d..i * qw + (h + 1) * d].copy_from_slice(&hq[i * d..(i + 1) * d]);
+        }
+        for j in 0..tk {
+            let (o, r) = (j * kw + g * d, j * d);
+            dk[o..o + d].iter_mut().zip(&hk[r..r + d]).for_each(|(a, b)| *a += b);
+            dv[o..o + d].iter_mut().zip(&hv[r..r + d]).for_each(|(a, b)| *a += b);
+        }
+    }
+    (dq, dk, dv)
 }
 
 /// One query row of a batched attention call over a KV cache laid out as S slots of `cap` rows:
@@ -393,6 +448,25 @@ mod tests {
             let r = attention_reference(&f64s(&q), &f64s(&k), &f64s(&v), tq, tk, h, hkv, d, q0, mask);
             for (a, b) in o.iter().zip(&r) {
                 assert!((*a as f64 - b).abs() < 1e-5, "{mask:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_backward_matches_the_plain_backward_in_f64() {
+        let (h, hkv, d) = (6, 2, 8);
+        for &(tq, tk, q0, mask) in &MASKS {
+            let q = rand_vec(tq * h * d, 11);
+            let k = rand_vec(tk * hkv * d, 12);
+            let v = rand_vec(tk * hkv * d, 13);
+            let dout = rand_vec(tq * h * d, 14);
+            let fast = attention_backward_gemm(&q, &k, &v, &dout, tq, tk, h, hkv, d, q0, mask);
+            let r = attention_backward(&f64s(&q), &f64s(&k), &f64s(&v), &f64s(&dout), tq, tk, h, hkv, d, q0, mask);
+            for (what, a, b) in [("dq", &fast.0, &r.0), ("dk", &fast.1, &r.1), ("dv", &fast.2, &r.2)] {
+                assert_eq!(a.len(), b.len());
+                for (x, y) in a.iter().zip(b.iter()) {
+                    assert!((*x as f64 - y).abs() < 2e-5, "{mask:?} {what}: {x} vs {y}");
+                }
             }
         }
     }

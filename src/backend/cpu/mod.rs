@@ -18,7 +18,7 @@ pub mod softmax;
 
 pub use activation::{gelu, quick_gelu, silu, swiglu, swiglu_backward, swiglu_fused};
 pub use copy::{add, concat_cols, scatter_rows};
-pub use attention::{attention, attention_backward, attention_packed, attention_rows, cu_seqlens, packed_rows, AttnMask, AttnRow, PackedMask};
+pub use attention::{attention, attention_backward, attention_backward_gemm, attention_packed, attention_rows, cu_seqlens, packed_rows, AttnMask, AttnRow, PackedMask};
 pub use bf16::Bf16Cpu;
 pub use attention_ref::{attention_rows_f64, attention_train_bwd_emulated, attention_train_fwd_host, VarlenBatch};
 pub use embedding::{embedding, embedding_sources};
