@@ -7,7 +7,9 @@
 //! - `draw`: the rasteriser (shapes, backgrounds, PNG)
 //! - `text`: vocabulary, synonyms, captions, questions, the parser of objects in free text
 //! - `eval`: the world's metrics (CHAIR_i, CHAIR_s, recall, POPE F1, counting accuracy)
+//! - `clip`: `train-clip`, a tiny CLIP trained contrastively on the captions; held-out retrieval
 
+pub mod clip;
 pub mod draw;
 pub mod eval;
 pub mod scene;
