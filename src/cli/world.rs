@@ -37,7 +37,7 @@ pub struct WorldTrainClipArgs {
     pub out: PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 20)]
     pub epochs: usize,
     #[arg(long, default_value_t = 64)]
     pub batch: usize,

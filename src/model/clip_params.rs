@@ -115,7 +115,7 @@ fn init_std(cfg: &ClipConfig, name: &str, range: f64, f: f64) -> Option<f64> {
     let text = name.starts_with("text_model.");
     let (c, l) = if text { (cfg.text.hidden_size, cfg.text.num_hidden_layers) } else { (cfg.vision.hidden_size, cfg.vision.num_hidden_layers) };
     let (c, l) = (c as f64, l as f64);
-    if name.ends_with(".bias") || name.contains("layer_norm") || name.contains("layrnorm") || name == "logit_scale" {
+    if name.ends_with(".bias") || name.contains("layer_norm") || name.contains("layrnorm") || name.contains("layernorm") || name == "logit_scale" {
         return None;
     }
     Some(match name {
