@@ -149,7 +149,7 @@ fn epoch_batches(n: usize, batch: usize, seed: u64, epoch: usize) -> Vec<Vec<usi
     order.chunks_exact(batch).map(<[usize]>::to_vec).collect()
 }
 
-fn save_checkpoint(out: &Path, params: &ClipParams, opt: &BTreeMap<String, AdamWState>, state: &State) -> Result<()> {
+fn save_checkpoint(out: &Path, params: &ClipParams, opt: &Optim, state: &State) -> Result<()> {
     let new = out.join(CKPT_NEW);
     let _ = std::fs::remove_dir_all(&new);
     params.save(&new)?;
@@ -171,7 +171,10 @@ fn save_checkpoint(out: &Path, params: &ClipParams, opt: &BTreeMap<String, AdamW
 
 /// The last complete checkpoint: `checkpoint/`, or `checkpoint.new/` when a kill fell between
 /// removing the old one and renaming the new one.
-fn load_checkpoint(out: &Path) -> Result<Option<(ClipParams, BTreeMap<String, AdamWState>, State)>> {
+/// AdamW's state per parameter name.
+type Optim = BTreeMap<String, AdamWState>;
+
+fn load_checkpoint(out: &Path) -> Result<Option<(ClipParams, Optim, State)>> {
     let dir = [CKPT, CKPT_NEW].iter().map(|d| out.join(d)).find(|d| d.join("state.json").is_file());
     let Some(dir) = dir else { return Ok(None) };
     let state: State = serde_json::from_value(read_json(&dir.join("state.json"))?).map_err(|e| Error::config(dir.join("state.json"), "", e.to_string()))?;
