@@ -96,41 +96,13 @@ impl<B: Backend> ClipVision<B> {
         Ok(ClipVision { cfg: cfg.clone(), be: be.clone(), patch, class_embedding, position_embedding, pre_ln, layers })
     }
 
-    /// The patch rows of every tile, im2col on the host: [N*G*G, 3*P*P] in the conv weight's
-    /// (channel, ky, kx) order.
-    fn im2col(&self, pixels: &Tensor) -> Result<Tensor> {
-        let (s, p) = (self.cfg.image_size, self.cfg.patch_size);
-        let sh = pixels.shape();
-        if sh.len() != 4 || sh[1] != 3 || sh[2] != s || sh[3] != s {
-            return Err(Error::shape("clip_embed", format!("pixels {sh:?}, expected [N, 3, {s}, {s}]")));
-        }
-        let (n, g) = (sh[0], s / p);
-        let kdim = 3 * p * p;
-        let mut cols = vec![0f32; n * g * g * kdim];
-        let px = pixels.data();
-        for t in 0..n {
-            for gy in 0..g {
-                for gx in 0..g {
-                    let row = &mut cols[((t * g + gy) * g + gx) * kdim..][..kdim];
-                    for ch in 0..3 {
-                        for ky in 0..p {
-                            let src = ((t * 3 + ch) * s + gy * p + ky) * s + gx * p;
-                            row[(ch * p + ky) * p..][..p].copy_from_slice(&px[src..src + p]);
-                        }
-                    }
-                }
-            }
-        }
-        Tensor::new(cols, &[n * g * g, kdim])
-    }
-
     /// Embeddings [N*(G*G+1), C]: per tile the class embedding, then the patches, plus the
     /// position embeddings.
     fn embed(&self, pixels: &Tensor) -> Result<B::Tensor> {
         let be = &self.be;
         let n = pixels.dim(0);
         let gg = self.cfg.num_patches();
-        let patches = be.matmul(&be.upload(&self.im2col(pixels)?)?, &self.patch)?;
+        let patches = be.matmul(&be.upload(&im2col(pixels, self.cfg.image_size, self.cfg.patch_size)?)?, &self.patch)?;
         // Sources: patch rows are table rows 0..N*G*G, the class embedding is "feature" row 0.
         let v = (n * gg) as u32;
         let sources: Vec<u32> = (0..n).flat_map(|t| std::iter::once(v).chain((0..gg).map(move |j| (t * gg + j) as u32))).collect();
@@ -169,6 +141,34 @@ impl<B: Backend> ClipVision<B> {
             })
             .collect()
     }
+}
+
+/// The patch rows of every tile, im2col on the host: pixels [N, 3, S, S] -> [N*G*G, 3*P*P] in the
+/// conv weight's (channel, ky, kx) order (G = S / P). Shared by the inference tower and
+/// `model::clip_grad`.
+pub(crate) fn im2col(pixels: &Tensor, s: usize, p: usize) -> Result<Tensor> {
+    let sh = pixels.shape();
+    if sh.len() != 4 || sh[1] != 3 || sh[2] != s || sh[3] != s {
+        return Err(Error::shape("clip_embed", format!("pixels {sh:?}, expected [N, 3, {s}, {s}]")));
+    }
+    let (n, g) = (sh[0], s / p);
+    let kdim = 3 * p * p;
+    let mut cols = vec![0f32; n * g * g * kdim];
+    let px = pixels.data();
+    for t in 0..n {
+        for gy in 0..g {
+            for gx in 0..g {
+                let row = &mut cols[((t * g + gy) * g + gx) * kdim..][..kdim];
+                for ch in 0..3 {
+                    for ky in 0..p {
+                        let src = ((t * 3 + ch) * s + gy * p + ky) * s + gx * p;
+                        row[(ch * p + ky) * p..][..p].copy_from_slice(&px[src..src + p]);
+                    }
+                }
+            }
+        }
+    }
+    Tensor::new(cols, &[n * g * g, kdim])
 }
 
 pub(crate) fn add_inplace(x: &mut Tensor, y: &Tensor) {

@@ -10,7 +10,9 @@
 //! - `tokenizer`: the world's word-level tokenizer.json, built from its texts
 //! - `model`: a fresh tiny LLaVA for the world (configs, tokenizer, initialised weights)
 //! - `train`: `stic world train`, the model trained from scratch in LLaVA's two stages
+//! - `clip`: `train-clip`, a tiny CLIP trained contrastively on the captions; held-out retrieval
 
+pub mod clip;
 pub mod draw;
 pub mod eval;
 pub mod model;

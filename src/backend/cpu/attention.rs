@@ -328,6 +328,37 @@ pub fn attention_packed(q: &[f32], k: &[f32], v: &[f32], lens: &[usize], n_heads
     out
 }
 
+/// Gradients of [`attention_packed`] given dout[Ttot, H*D]: (dq, dk, dv), each sequence by
+/// [`attention_backward`] (the sequences in parallel).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_packed_backward(
+    q: &[f32], k: &[f32], v: &[f32], dout: &[f32], lens: &[usize], n_heads: usize, n_kv: usize, d: usize, mask: PackedMask,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (qw, kw) = (n_heads * d, n_kv * d);
+    let total: usize = lens.iter().sum();
+    assert!(q.len() == total * qw && dout.len() == total * qw, "attention_packed_backward: q or dout is not [Ttot={total}, H*D={qw}]");
+    let starts: Vec<usize> = lens.iter().scan(0, |s, &n| {
+        let r = *s;
+        *s += n;
+        Some(r)
+    }).collect();
+    let parts: Vec<_> = starts
+        .par_iter()
+        .zip(lens.par_iter())
+        .map(|(&r, &n)| {
+            let (qs, ks) = (r * qw..(r + n) * qw, r * kw..(r + n) * kw);
+            attention_backward(&q[qs.clone()], &k[ks.clone()], &v[ks], &dout[qs], n, n, n_heads, n_kv, d, 0, mask.attn_mask())
+        })
+        .collect();
+    let (mut dq, mut dk, mut dv) = (Vec::with_capacity(q.len()), Vec::with_capacity(k.len()), Vec::with_capacity(v.len()));
+    for (a, b, c) in parts {
+        dq.extend(a);
+        dk.extend(b);
+        dv.extend(c);
+    }
+    (dq, dk, dv)
+}
+
 /// Plain-loop forward over any float type: the f64 reference of the tests and of the backward.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_reference<F: Float>(

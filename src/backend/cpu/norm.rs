@@ -8,7 +8,8 @@
 //!
 //! rmsnorm_backward: saves nothing but x; with g = w * dy and r = 1/sqrt(mean(x^2) + eps),
 //! dx = r g - x r^3 mean(g x), dw = sum over rows of dy x r.
-//! rmsnorm and its backward are generic over the float type (f32 in the engine, f64 for the
+//! layernorm_backward: saves nothing but x (see the function).
+//! rmsnorm, layernorm and their backward passes are generic over the float type (f32 in the engine, f64 for the
 //! finite-difference tests). `rmsnorm_f64`: the f64 reference of the CUDA parity checks.
 
 use num_traits::Float;
@@ -60,20 +61,60 @@ pub fn rmsnorm_residual(x: &[f32], residual: &mut [f32], w: &[f32], eps: f64) ->
     rmsnorm(residual, w, eps)
 }
 
-pub fn layernorm(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
+/// Generic over the float type (f32 in the engine, f64 for the finite-difference tests); the
+/// statistics are f64 either way.
+pub fn layernorm<F: Float + Send + Sync>(x: &[F], w: &[F], b: &[F], eps: f64) -> Vec<F> {
     let c = w.len();
     assert_eq!(b.len(), c, "layernorm: bias length {} != C={c}", b.len());
     assert_eq!(x.len() % c, 0, "layernorm: x length {} is not a multiple of C={c}", x.len());
-    let mut y = vec![0f32; x.len()];
+    let mut y = vec![F::zero(); x.len()];
     y.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(yr, xr)| {
-        let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
-        let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
-        let inv = 1.0 / (var + eps).sqrt();
+        let (mean, inv) = ln_stats(xr, eps);
         for i in 0..c {
-            yr[i] = (((xr[i] as f64 - mean) * inv) as f32) * w[i] + b[i];
+            yr[i] = F::from((xr[i].to_f64().unwrap() - mean) * inv).unwrap() * w[i] + b[i];
         }
     });
     y
+}
+
+/// (mean, 1 / sqrt(biased var + eps)) of a row, in f64.
+fn ln_stats<F: Float>(xr: &[F], eps: f64) -> (f64, f64) {
+    let c = xr.len() as f64;
+    let mean = xr.iter().map(|v| v.to_f64().unwrap()).sum::<f64>() / c;
+    let var = xr.iter().map(|v| (v.to_f64().unwrap() - mean).powi(2)).sum::<f64>() / c;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// (dx[T, C], dw[C], db[C]) of `layernorm` given dy[T, C]; saves nothing but x. With
+/// xh = (x - mean) r and g = w dy: dx = r (g - mean(g) - xh mean(g xh)), dw = sum dy xh, db = sum dy
+/// (row sums in f64).
+pub fn layernorm_backward<F: Float + Send + Sync>(x: &[F], w: &[F], dy: &[F], eps: f64) -> (Vec<F>, Vec<F>, Vec<F>) {
+    let c = w.len();
+    assert_eq!(dy.len(), x.len(), "layernorm_backward: dy and x differ in length");
+    assert_eq!(x.len() % c, 0, "layernorm_backward: x length {} is not a multiple of C={c}", x.len());
+    let mut dx = vec![F::zero(); x.len()];
+    let (mut dw, mut db) = (vec![0f64; c], vec![0f64; c]);
+    let mut xh = vec![0f64; c];
+    for ((dxr, xr), dyr) in dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c)) {
+        let (mean, r) = ln_stats(xr, eps);
+        let (mut mg, mut mgx) = (0f64, 0f64);
+        for i in 0..c {
+            xh[i] = (xr[i].to_f64().unwrap() - mean) * r;
+            let d = dyr[i].to_f64().unwrap();
+            let g = w[i].to_f64().unwrap() * d;
+            mg += g;
+            mgx += g * xh[i];
+            dw[i] += d * xh[i];
+            db[i] += d;
+        }
+        let (mg, mgx) = (mg / c as f64, mgx / c as f64);
+        for i in 0..c {
+            let g = w[i].to_f64().unwrap() * dyr[i].to_f64().unwrap();
+            dxr[i] = F::from(r * (g - mg - xh[i] * mgx)).unwrap();
+        }
+    }
+    let cast = |v: Vec<f64>| v.into_iter().map(|a| F::from(a).unwrap()).collect();
+    (dx, cast(dw), cast(db))
 }
 
 /// `rmsnorm` in f64 on f32 inputs (bf16 values widened): the reference of kernels/rmsnorm.cu
@@ -116,6 +157,43 @@ mod tests {
             m[i] -= h;
             let fd = (loss(&x, &p) - loss(&x, &m)) / (2.0 * h);
             assert!((fd - dw[i]).abs() < 1e-7 * (1.0 + fd.abs()), "dw[{i}]: {fd} vs {}", dw[i]);
+        }
+    }
+
+    #[test]
+    fn layernorm_backward_matches_finite_differences() {
+        let (t, c) = (3, 7);
+        let x: Vec<f64> = (0..t * c).map(|i| ((i * 37 % 23) as f64 - 11.0) / 7.0).collect();
+        let w: Vec<f64> = (0..c).map(|i| 0.5 + i as f64 / 9.0).collect();
+        let b: Vec<f64> = (0..c).map(|i| i as f64 / 5.0 - 0.6).collect();
+        let g: Vec<f64> = (0..t * c).map(|i| ((i * 13 % 17) as f64 - 8.0) / 5.0).collect();
+        let eps = 1e-5;
+        let loss = |x: &[f64], w: &[f64], b: &[f64]| layernorm(x, w, b, eps).iter().zip(&g).map(|(a, b)| a * b).sum::<f64>();
+        let (dx, dw, db) = layernorm_backward(&x, &w, &g, eps);
+        let h = 1e-6;
+        let fd = |f: &dyn Fn(f64) -> f64| (f(h) - f(-h)) / (2.0 * h);
+        let close = |fd: f64, an: f64, what: &str| assert!((fd - an).abs() < 1e-7 * (1.0 + fd.abs()), "{what}: {fd} vs {an}");
+        for i in 0..x.len() {
+            let d = fd(&|e| {
+                let mut p = x.clone();
+                p[i] += e;
+                loss(&p, &w, &b)
+            });
+            close(d, dx[i], &format!("dx[{i}]"));
+        }
+        for i in 0..c {
+            let d = fd(&|e| {
+                let mut p = w.clone();
+                p[i] += e;
+                loss(&x, &p, &b)
+            });
+            close(d, dw[i], &format!("dw[{i}]"));
+            let d = fd(&|e| {
+                let mut p = b.clone();
+                p[i] += e;
+                loss(&x, &w, &p)
+            });
+            close(d, db[i], &format!("db[{i}]"));
         }
     }
 
