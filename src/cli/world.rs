@@ -55,6 +55,10 @@ pub struct WorldTrainCli {
     pub instruct_epochs: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub instruct_lr: f32,
+    /// A CLIP folder (`stic world train-clip`) whose vision tower the model starts from (its sizes
+    /// replace --vision-*).
+    #[arg(long)]
+    pub vision_from: Option<PathBuf>,
     /// Examples per optimiser step (both stages).
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
@@ -258,6 +262,7 @@ pub fn world(a: &WorldArgs) -> Result<()> {
                 spec: a.spec.spec(size),
                 align: stage(parts(&a.align_train, "align-train")?, a.align_epochs, a.align_lr),
                 instruct: stage(parts("decoder,projector", "train")?, a.instruct_epochs, a.instruct_lr),
+                vision_from: a.vision_from.clone(),
                 quiet: a.quiet,
             };
             let summary = stic::world::train::train(&args)?;
@@ -266,7 +271,7 @@ pub fn world(a: &WorldArgs) -> Result<()> {
         }
         WorldCmd::Init(a) => {
             let size = stic::world::image_size(&a.data)?;
-            let v = stic::world::model::create(&a.data, &a.out, &a.spec.spec(size), a.seed)?;
+            let v = stic::world::model::create(&a.data, &a.out, &a.spec.spec(size), a.seed, None)?;
             eprintln!("world model: vocabulary {v}, written to {}", a.out.display());
         }
     }

@@ -206,6 +206,46 @@ pub fn init_weights(s: &ModelSpec, vocab: usize, seed: u64) -> Vec<Named> {
     out
 }
 
+/// The vision sizes of a CLIP folder (`stic world train-clip`): `spec` with its vision tower's
+/// width, depth, heads, MLP width and patch, checked against the world's image size.
+pub fn spec_with_vision_of(spec: &ModelSpec, clip: &Path) -> Result<ModelSpec> {
+    let p = clip.join("config.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| Error::Json { path: p.clone(), source: e })?;
+    let field = |k: &str| -> Result<usize> {
+        v["vision_config"][k].as_u64().map(|n| n as usize).ok_or_else(|| Error::config(&p, format!("vision_config.{k}"), "missing or not a number"))
+    };
+    let image = field("image_size")?;
+    if image != spec.image_size {
+        return Err(Error::config(&p, "vision_config.image_size", format!("{image}, but the world's images are {} pixels", spec.image_size)));
+    }
+    if v["vision_config"]["hidden_act"].as_str().unwrap_or("quick_gelu") != "quick_gelu" {
+        return Err(Error::config(&p, "vision_config.hidden_act", "the world model's vision tower uses quick_gelu"));
+    }
+    Ok(ModelSpec {
+        vision_hidden: field("hidden_size")?,
+        vision_layers: field("num_hidden_layers")?,
+        vision_heads: field("num_attention_heads")?,
+        vision_intermediate: field("intermediate_size")?,
+        patch: field("patch_size")?,
+        ..spec.clone()
+    })
+}
+
+/// Replace the vision tower's initial weights with the CLIP's (`vision_model.*`, as LLaVA starts
+/// from a pretrained CLIP); every tensor must be there with the same shape.
+pub fn take_vision(tensors: &mut [Named], clip: &Path) -> Result<usize> {
+    let ws = crate::weights::WeightStore::open(clip)?;
+    let mut n = 0;
+    for (name, shape, data) in tensors.iter_mut() {
+        if let Some(rest) = name.strip_prefix("vision_tower.") {
+            *data = ws.get(&format!("vision_model.{rest}"), shape)?.into_data();
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// `tensors` as one f32 safetensors file (HF's `format: pt` metadata), written atomically.
 pub fn write_safetensors(path: &Path, tensors: &[Named]) -> Result<()> {
     let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
@@ -225,14 +265,19 @@ fn put_json(dir: &Path, name: &str, v: &Value) -> Result<()> {
 }
 
 /// Write a fresh model for the world in `data` into `out`: tokenizer, configs and weights from
-/// `seed`. Returns the vocabulary size.
-pub fn create(data: &Path, out: &Path, s: &ModelSpec, seed: u64) -> Result<usize> {
+/// `seed`, the vision tower from the CLIP folder `vision` when given (its sizes must be `s`'s, see
+/// [`spec_with_vision_of`]). Returns the vocabulary size.
+pub fn create(data: &Path, out: &Path, s: &ModelSpec, seed: u64, vision: Option<&Path>) -> Result<usize> {
     s.check()?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let vocab = super::tokenizer::write(data, out)?;
     put_json(out, "config.json", &config_json(s, vocab))?;
     put_json(out, "preprocessor_config.json", &preprocessor_json(s))?;
     put_json(out, "generation_config.json", &json!({"bos_token_id": super::tokenizer::BOS, "eos_token_id": super::tokenizer::EOS, "pad_token_id": super::tokenizer::PAD}))?;
-    write_safetensors(&out.join("model.safetensors"), &init_weights(s, vocab, seed))?;
+    let mut tensors = init_weights(s, vocab, seed);
+    if let Some(clip) = vision {
+        take_vision(&mut tensors, clip)?;
+    }
+    write_safetensors(&out.join("model.safetensors"), &tensors)?;
     Ok(vocab)
 }

@@ -10,8 +10,9 @@
 //! ```
 //! LLaVA's stage 1 trains the projector alone because its decoder is a pretrained LLM; this decoder
 //! starts from random weights, so by default stage 1 trains it too (`--align-train`): the captions
-//! are its language pretraining. The vision tower stays frozen at its initialisation (or the
-//! world's CLIP, `--vision-from`).
+//! are its language pretraining. The vision tower stays frozen: the world's CLIP
+//! (`stic world train-clip`, `--vision-from`), as LLaVA's is OpenAI's CLIP, or its random
+//! initialisation without one.
 //!
 //! Each stage is skipped once done and resumes from its checkpoint; the same seed and data give
 //! the same model (the CPU learner is deterministic).
@@ -55,6 +56,8 @@ pub struct WorldTrainArgs {
     pub spec: ModelSpec,
     pub align: StageArgs,
     pub instruct: StageArgs,
+    /// The CLIP folder whose vision tower the model starts from (`stic world train-clip`).
+    pub vision_from: Option<PathBuf>,
     #[serde(skip)]
     pub quiet: bool,
 }
@@ -101,16 +104,20 @@ pub fn losses(path: &Path) -> Vec<(f64, f64)> {
 
 /// Train; returns the stages' summaries. OUT ends up a checkpoint folder.
 pub fn train(a: &WorldTrainArgs) -> Result<Vec<StageSummary>> {
-    a.spec.check()?;
+    let spec = match &a.vision_from {
+        Some(clip) => super::model::spec_with_vision_of(&a.spec, clip)?,
+        None => a.spec.clone(),
+    };
+    spec.check()?;
     let size = super::image_size(&a.data)?;
-    if size != a.spec.image_size {
-        return Err(Error::Input(format!("world train: the world's images are {size} pixels, the model's processor {}", a.spec.image_size)));
+    if size != spec.image_size {
+        return Err(Error::Input(format!("world train: the world's images are {size} pixels, the model's processor {}", spec.image_size)));
     }
     let st = a.out.join("stages");
     let (d0, d1, d2) = (st.join("0-init"), st.join("1-align"), st.join("2-instruct"));
     let mut summary = Vec::new();
     summary.push(stage(&d0, "0-init", a.quiet, || {
-        let vocab = super::model::create(&a.data, &d0, &a.spec, a.seed)?;
+        let vocab = super::model::create(&a.data, &d0, &spec, a.seed, a.vision_from.as_deref())?;
         Ok((json!({"vocab": vocab}), None))
     })?);
     for (dir, from, name, file, s) in [(&d1, &d0, "1-align", "captions.json", &a.align), (&d2, &d1, "2-instruct", "instruct.json", &a.instruct)] {
@@ -128,6 +135,7 @@ pub fn train(a: &WorldTrainArgs) -> Result<Vec<StageSummary>> {
     let world = std::fs::read_to_string(a.data.join("world.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
     let report = json!({
         "settings": a,
+        "model": spec,
         "world": world.map(|w| json!({"seed": w["seed"], "n": w["n"], "image_size": w["image_size"], "heldout": w["heldout"]})),
         "curves": {"align": losses(&d1.join("train_log.jsonl")), "instruct": losses(&d2.join("train_log.jsonl"))},
         "stages": summary,
