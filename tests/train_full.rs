@@ -323,3 +323,65 @@ fn train_dpo_full_takes_its_reference_from_the_base_model() {
     }
     assert_eq!(names_shapes(&out), names_shapes(&model));
 }
+
+/// A scratch copy of llava15_tiny whose lm_head holds the embedding's values; `tied`: the config
+/// ties them (tie_word_embeddings, top level and text_config).
+fn head_is_embedding(tag: &str, tied: bool) -> PathBuf {
+    let dir = scratch_copy("llava15_tiny", tag);
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let embed = st.tensor("language_model.model.embed_tokens.weight").unwrap().data().to_vec();
+    let tensors: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let data: &[u8] = if n == "language_model.lm_head.weight" { &embed } else { v.data() };
+            let view = safetensors::tensor::TensorView::new(v.dtype(), v.shape().to_vec(), data).unwrap();
+            (n, view)
+        })
+        .collect();
+    std::fs::write(&path, safetensors::serialize(tensors, None::<HashMap<String, String>>).unwrap()).unwrap();
+    if tied {
+        edit_config(&dir, |c| {
+            c["tie_word_embeddings"] = true.into();
+            c["text_config"]["tie_word_embeddings"] = true.into();
+        });
+    }
+    dir
+}
+
+#[test]
+fn tied_embeddings_add_the_gradients_of_both_uses() {
+    // With lm_head = embed_tokens in value, the tied model's embedding gradient is the untied
+    // one's embedding plus lm_head gradients, and every other gradient is the same.
+    let (untied, tied) = (head_is_embedding("untied", false), head_is_embedding("tied", true));
+    let img = load_image(&fixtures().join("images/wide.jpg")).unwrap();
+    let grads = |dir: &Path| {
+        let pipe = Pipeline::load(dir).unwrap();
+        let mut g = DecoderGrads::zeros(&pipe.model.decoder.cfg);
+        let (_, p, _) = sft_grads_full(&pipe, &turns(), std::slice::from_ref(&img), StepOpts { projector: true, ..Default::default() }, Some((&mut g, 1.0))).unwrap();
+        (g, p.projector)
+    };
+    let ((gu, pu), (gt, pt)) = (grads(&untied), grads(&tied));
+    assert!(gt.lm_head.is_none() && gu.lm_head.is_some());
+    let sum: Vec<f32> = gu.embed_tokens.iter().zip(gu.lm_head.as_ref().unwrap()).map(|(a, b)| a + b).collect();
+    assert!(grad_err(&gt.embed_tokens, &sum) < 1e-5, "tied embedding gradient: {}", grad_err(&gt.embed_tokens, &sum));
+    for ((n, a), (_, b)) in gt.named().into_iter().zip(gu.named()).skip(1) {
+        assert!(grad_err(a, b) < 1e-5, "{n}");
+    }
+    for ((n, a), (_, b)) in pt.iter().zip(&pu) {
+        assert!(grad_err(a, b) < 1e-5, "projector {n}");
+    }
+    // The saved model keeps the file's lm_head tensor, holding the trained embedding.
+    let out = tmp("tied");
+    let (ok, err) = train_sft(&tied, &out, &["--train", "decoder", "--max-steps", "1", "--lr", "1e-2"]);
+    assert!(ok, "{err}");
+    assert_eq!(names_shapes(&out), names_shapes(&tied));
+    let ws = stic::weights::WeightStore::open(&out).unwrap();
+    let shape = ws.shape_of("language_model.lm_head.weight").unwrap();
+    let (head, emb) = (ws.get("language_model.lm_head.weight", &shape).unwrap(), ws.get("language_model.model.embed_tokens.weight", &shape).unwrap());
+    assert_eq!(head.data(), emb.data());
+    let base = stic::weights::WeightStore::open(&tied).unwrap().get("language_model.model.embed_tokens.weight", &shape).unwrap();
+    assert_ne!(emb.data(), base.data());
+}
