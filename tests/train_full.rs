@@ -126,6 +126,11 @@ fn full_gradients_and_adamw_match_torch(fixture: &str) {
         let n = format!("decoder.{name}");
         assert_eq!(!stic::train::full::hf_decays(&format!("model.language_model.{name}")), no_decay.contains(&n), "{n}: decay group differs from HF's");
     }
+    for (name, _) in &sft_proj.projector {
+        // TrainAdamW::step decays projector weights, not biases.
+        assert_eq!(name.ends_with("bias"), no_decay.contains(&format!("projector.{name}")), "projector.{name}");
+        assert_eq!(!stic::train::full::hf_decays(&format!("model.multi_modal_projector.{name}")), name.ends_with("bias"));
+    }
     let mut opt = TrainAdamW::new(AdamWConfig { lr: 1e-3, weight_decay: 0.1, ..Default::default() });
     opt.step(&mut pipe, &sft_proj, 1e-3, 1e-3).unwrap();
     opt.step_decoder(&mut pipe, &sft, 1e-3).unwrap();
@@ -384,4 +389,32 @@ fn tied_embeddings_add_the_gradients_of_both_uses() {
     assert_eq!(head.data(), emb.data());
     let base = stic::weights::WeightStore::open(&tied).unwrap().get("language_model.model.embed_tokens.weight", &shape).unwrap();
     assert_ne!(emb.data(), base.data());
+}
+
+#[test]
+fn full_gradients_accumulate_in_place_and_survive_recomputation() {
+    // Two examples accumulated into one set of buffers with weights 0.5 and 0.25 equal the sum of
+    // their separate gradients so weighted; per-layer recomputation gives the same bits.
+    let pipe = Pipeline::load(&fixtures().join("llava15_tiny")).unwrap();
+    let (pairs, _) = read_pairs(&pipe, &fixtures().join("prefs/prefs.jsonl")).unwrap();
+    let img = load_image(&fixtures().join("images/wide.jpg")).unwrap();
+    let cfg = &pipe.model.decoder.cfg;
+    let opts = StepOpts { projector: true, ..Default::default() };
+    let sft = |g: &mut DecoderGrads, w: f32, opts: StepOpts| {
+        sft_grads_full(&pipe, &turns(), std::slice::from_ref(&img), opts, Some((g, w))).unwrap();
+    };
+    let dpo = |g: &mut DecoderGrads, w: f32| {
+        dpo_pair_grads_packed_full(&pipe, &pairs[1], (-40.0, -60.0), 0.1, 0.0, opts, Some((g, w))).unwrap();
+    };
+    let (mut both, mut a, mut b, mut r) = (DecoderGrads::zeros(cfg), DecoderGrads::zeros(cfg), DecoderGrads::zeros(cfg), DecoderGrads::zeros(cfg));
+    sft(&mut both, 0.5, opts);
+    dpo(&mut both, 0.25);
+    sft(&mut a, 1.0, opts);
+    dpo(&mut b, 1.0);
+    for (((n, s), (_, x)), (_, y)) in both.named().into_iter().zip(a.named()).zip(b.named()) {
+        let want: Vec<f32> = x.iter().zip(y).map(|(x, y)| 0.5 * x + 0.25 * y).collect();
+        assert!(grad_err(s, &want) < 1e-6, "{n}: {}", grad_err(s, &want));
+    }
+    sft(&mut r, 1.0, StepOpts { recompute: true, ..opts });
+    assert!(r == a, "recomputation changed the gradients");
 }
