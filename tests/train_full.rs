@@ -126,6 +126,11 @@ fn full_gradients_and_adamw_match_torch(fixture: &str) {
         let n = format!("decoder.{name}");
         assert_eq!(!stic::train::full::hf_decays(&format!("model.language_model.{name}")), no_decay.contains(&n), "{n}: decay group differs from HF's");
     }
+    for (name, _) in &sft_proj.projector {
+        // TrainAdamW::step decays projector weights, not biases.
+        assert_eq!(name.ends_with("bias"), no_decay.contains(&format!("projector.{name}")), "projector.{name}");
+        assert_eq!(!stic::train::full::hf_decays(&format!("model.multi_modal_projector.{name}")), name.ends_with("bias"));
+    }
     let mut opt = TrainAdamW::new(AdamWConfig { lr: 1e-3, weight_decay: 0.1, ..Default::default() });
     opt.step(&mut pipe, &sft_proj, 1e-3, 1e-3).unwrap();
     opt.step_decoder(&mut pipe, &sft, 1e-3).unwrap();
@@ -322,4 +327,94 @@ fn train_dpo_full_takes_its_reference_from_the_base_model() {
         assert!((c["chosen"].as_f64().unwrap() - ch).abs() < 1e-9 && (c["rejected"].as_f64().unwrap() - rj).abs() < 1e-9, "{c} vs ({ch}, {rj})");
     }
     assert_eq!(names_shapes(&out), names_shapes(&model));
+}
+
+/// A scratch copy of llava15_tiny whose lm_head holds the embedding's values; `tied`: the config
+/// ties them (tie_word_embeddings, top level and text_config).
+fn head_is_embedding(tag: &str, tied: bool) -> PathBuf {
+    let dir = scratch_copy("llava15_tiny", tag);
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let embed = st.tensor("language_model.model.embed_tokens.weight").unwrap().data().to_vec();
+    let tensors: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let data: &[u8] = if n == "language_model.lm_head.weight" { &embed } else { v.data() };
+            let view = safetensors::tensor::TensorView::new(v.dtype(), v.shape().to_vec(), data).unwrap();
+            (n, view)
+        })
+        .collect();
+    std::fs::write(&path, safetensors::serialize(tensors, None::<HashMap<String, String>>).unwrap()).unwrap();
+    if tied {
+        edit_config(&dir, |c| {
+            c["tie_word_embeddings"] = true.into();
+            c["text_config"]["tie_word_embeddings"] = true.into();
+        });
+    }
+    dir
+}
+
+#[test]
+fn tied_embeddings_add_the_gradients_of_both_uses() {
+    // With lm_head = embed_tokens in value, the tied model's embedding gradient is the untied
+    // one's embedding plus lm_head gradients, and every other gradient is the same.
+    let (untied, tied) = (head_is_embedding("untied", false), head_is_embedding("tied", true));
+    let img = load_image(&fixtures().join("images/wide.jpg")).unwrap();
+    let grads = |dir: &Path| {
+        let pipe = Pipeline::load(dir).unwrap();
+        let mut g = DecoderGrads::zeros(&pipe.model.decoder.cfg);
+        let (_, p, _) = sft_grads_full(&pipe, &turns(), std::slice::from_ref(&img), StepOpts { projector: true, ..Default::default() }, Some((&mut g, 1.0))).unwrap();
+        (g, p.projector)
+    };
+    let ((gu, pu), (gt, pt)) = (grads(&untied), grads(&tied));
+    assert!(gt.lm_head.is_none() && gu.lm_head.is_some());
+    let sum: Vec<f32> = gu.embed_tokens.iter().zip(gu.lm_head.as_ref().unwrap()).map(|(a, b)| a + b).collect();
+    assert!(grad_err(&gt.embed_tokens, &sum) < 1e-5, "tied embedding gradient: {}", grad_err(&gt.embed_tokens, &sum));
+    for ((n, a), (_, b)) in gt.named().into_iter().zip(gu.named()).skip(1) {
+        assert!(grad_err(a, b) < 1e-5, "{n}");
+    }
+    for ((n, a), (_, b)) in pt.iter().zip(&pu) {
+        assert!(grad_err(a, b) < 1e-5, "projector {n}");
+    }
+    // The saved model keeps the file's lm_head tensor, holding the trained embedding.
+    let out = tmp("tied");
+    let (ok, err) = train_sft(&tied, &out, &["--train", "decoder", "--max-steps", "1", "--lr", "1e-2"]);
+    assert!(ok, "{err}");
+    assert_eq!(names_shapes(&out), names_shapes(&tied));
+    let ws = stic::weights::WeightStore::open(&out).unwrap();
+    let shape = ws.shape_of("language_model.lm_head.weight").unwrap();
+    let (head, emb) = (ws.get("language_model.lm_head.weight", &shape).unwrap(), ws.get("language_model.model.embed_tokens.weight", &shape).unwrap());
+    assert_eq!(head.data(), emb.data());
+    let base = stic::weights::WeightStore::open(&tied).unwrap().get("language_model.model.embed_tokens.weight", &shape).unwrap();
+    assert_ne!(emb.data(), base.data());
+}
+
+#[test]
+fn full_gradients_accumulate_in_place_and_survive_recomputation() {
+    // Two examples accumulated into one set of buffers with weights 0.5 and 0.25 equal the sum of
+    // their separate gradients so weighted; per-layer recomputation gives the same bits.
+    let pipe = Pipeline::load(&fixtures().join("llava15_tiny")).unwrap();
+    let (pairs, _) = read_pairs(&pipe, &fixtures().join("prefs/prefs.jsonl")).unwrap();
+    let img = load_image(&fixtures().join("images/wide.jpg")).unwrap();
+    let cfg = &pipe.model.decoder.cfg;
+    let opts = StepOpts { projector: true, ..Default::default() };
+    let sft = |g: &mut DecoderGrads, w: f32, opts: StepOpts| {
+        sft_grads_full(&pipe, &turns(), std::slice::from_ref(&img), opts, Some((g, w))).unwrap();
+    };
+    let dpo = |g: &mut DecoderGrads, w: f32| {
+        dpo_pair_grads_packed_full(&pipe, &pairs[1], (-40.0, -60.0), 0.1, 0.0, opts, Some((g, w))).unwrap();
+    };
+    let (mut both, mut a, mut b, mut r) = (DecoderGrads::zeros(cfg), DecoderGrads::zeros(cfg), DecoderGrads::zeros(cfg), DecoderGrads::zeros(cfg));
+    sft(&mut both, 0.5, opts);
+    dpo(&mut both, 0.25);
+    sft(&mut a, 1.0, opts);
+    dpo(&mut b, 1.0);
+    for (((n, s), (_, x)), (_, y)) in both.named().into_iter().zip(a.named()).zip(b.named()) {
+        let want: Vec<f32> = x.iter().zip(y).map(|(x, y)| 0.5 * x + 0.25 * y).collect();
+        assert!(grad_err(s, &want) < 1e-6, "{n}: {}", grad_err(s, &want));
+    }
+    sft(&mut r, 1.0, StepOpts { recompute: true, ..opts });
+    assert!(r == a, "recomputation changed the gradients");
 }

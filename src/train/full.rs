@@ -161,11 +161,34 @@ pub fn save_model(model: &mut Llava, base: &Path, dir: &Path, parts: TrainParts,
         let p = e.map_err(|e| Error::io(base, e))?.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if p.is_file() && !name.ends_with(".safetensors") && name != "model.safetensors.index.json" {
-            let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            let mut bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            if name == "config.json" {
+                bytes = f32_config(&bytes).map_err(|e| Error::Json { path: p.clone(), source: e })?;
+            }
             write_atomic(&dir.join(name), &bytes)?;
         }
     }
     Ok(())
+}
+
+/// The base's config.json with its dtype fields (`dtype`, `torch_dtype`, at the top level and in
+/// the sub-configs) saying float32, as the weights are now stored.
+fn f32_config(bytes: &[u8]) -> std::result::Result<Vec<u8>, serde_json::Error> {
+    let mut v: serde_json::Value = serde_json::from_slice(bytes)?;
+    let set = |o: &mut serde_json::Value| {
+        for k in ["dtype", "torch_dtype"] {
+            if let Some(d) = o.get_mut(k) {
+                *d = "float32".into();
+            }
+        }
+    };
+    set(&mut v);
+    for sub in ["text_config", "vision_config"] {
+        if let Some(o) = v.get_mut(sub) {
+            set(o);
+        }
+    }
+    Ok(serde_json::to_vec_pretty(&v)?.into_iter().chain(*b"\n").collect())
 }
 
 /// Read the trained tensors (`parts`) of `model` back from the model directory `dir` that

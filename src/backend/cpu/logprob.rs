@@ -147,6 +147,7 @@ pub fn logprob_gemm(h: &[f32], w: &[f32], targets: &[u32], c: usize) -> (Vec<f32
 /// z = h w_c^T [T, CHUNK] are recomputed, turned into d loss / d z = dlogp_t (1[v = y_t] -
 /// softmax_v) with the saved lse, and two GEMMs give dh += dz w_c and dw_c += s dz^T h. Never
 /// [T, V].
+#[allow(clippy::too_many_arguments)]
 pub fn logprob_backward_full(h: &[f32], w: &[f32], targets: &[u32], lse: &[f32], dlogp: &[f32], c: usize, dw: &mut [f32], s: f32) -> Vec<f32> {
     use super::matmul::{gemm_strided, matmul_t, matmul_tn_acc};
     let t = targets.len();
