@@ -247,7 +247,7 @@ pub fn questions(s: &Scene, rng: &mut Rng) -> Vec<Question> {
 
 /// instruct.json's example for a scene: a multi-turn conversation (LLaVA's stage-2 format) with a
 /// description, counting, colour and position questions and two yes/no probes (one present, one
-/// absent: the usual companion when it is absent), in a random order.
+/// absent: the usual companion when it is absent), all in a random order.
 pub fn instruct_example(s: &Scene, rng: &mut Rng) -> Value {
     let shapes = s.shapes();
     let mut turns: Vec<(String, String)> = vec![(DESCRIBE.into(), description(s))];
@@ -270,9 +270,10 @@ pub fn instruct_example(s: &Scene, rng: &mut Rng) -> Value {
     if let Some(p) = no.first() {
         turns.push((p.prompt.clone(), "No.".into()));
     }
-    // Keep the description first (it opens with the image); shuffle the rest (Fisher-Yates).
-    for k in (2..turns.len()).rev() {
-        let j = 1 + rng.below(k);
+    // Every turn in a random order (Fisher-Yates): the image comes with the first turn, whichever
+    // it is, so that a question asked first (as at evaluation) is in the training distribution.
+    for k in (1..turns.len()).rev() {
+        let j = rng.below(k + 1);
         turns.swap(k, j);
     }
     conversation(&s.id, &s.image, &turns)
