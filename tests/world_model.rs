@@ -27,7 +27,7 @@ fn make(out: &Path) {
 fn train(data: &Path, out: &Path) -> (bool, String) {
     let (ok, _, err) = stic(&[
         "world", "train", "--data", s(data), "--out", s(out), "--seed", "7", "--hidden", "32", "--layers", "2", "--heads", "2", "--intermediate", "64",
-        "--vision-hidden", "32", "--vision-layers", "2", "--patch", "8", "--batch-size", "4", "--instruct-epochs", "1", "--quiet",
+        "--vision-hidden", "32", "--vision-layers", "2", "--patch", "8", "--batch-size", "4", "--instruct-epochs", "1", "--clip-epochs", "2", "--quiet",
     ]);
     (ok, err)
 }
@@ -53,7 +53,7 @@ fn world_train_is_deterministic_and_its_model_answers_the_world() {
     assert!(instruct.first().unwrap() > instruct.last().unwrap(), "{instruct:?}");
     // A re-run skips every stage.
     let (ok, err) = train(&data, &a);
-    assert!(ok && err.matches("skipped").count() == 3, "{err}");
+    assert!(ok && err.matches("skipped").count() == 4, "{err}");
     // `world eval --model` answers the held-out questions and prints the five metrics.
     let (ok, out, err) = stic(&["world", "eval", "--model", s(&a), "--data", s(&data), "--out", s(&root.join("eval")), "--json", "--quiet", "--limit", "3"]);
     assert!(ok, "{err}");

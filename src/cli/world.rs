@@ -56,9 +56,13 @@ pub struct WorldTrainCli {
     #[arg(long, default_value_t = 1e-3)]
     pub instruct_lr: f32,
     /// A CLIP folder (`stic world train-clip`) whose vision tower the model starts from (its sizes
-    /// replace --vision-*).
+    /// replace --vision-*); without it, stage 0-clip trains one (--clip-epochs).
     #[arg(long)]
     pub vision_from: Option<PathBuf>,
+    /// Epochs of the world CLIP trained first (its vision tower becomes the model's; width
+    /// --vision-hidden, depth --vision-layers); 0: a random frozen vision tower.
+    #[arg(long, default_value_t = 10)]
+    pub clip_epochs: usize,
     /// Examples per optimiser step (both stages).
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
@@ -263,6 +267,7 @@ pub fn world(a: &WorldArgs) -> Result<()> {
                 align: stage(parts(&a.align_train, "align-train")?, a.align_epochs, a.align_lr),
                 instruct: stage(parts("decoder,projector", "train")?, a.instruct_epochs, a.instruct_lr),
                 vision_from: a.vision_from.clone(),
+                clip: (a.clip_epochs > 0).then(|| clip_args(&a.data, &a.out, None, a.seed, a.clip_epochs, a.spec.vision_hidden, a.spec.vision_layers, a.spec.patch)),
                 quiet: a.quiet,
             };
             let summary = stic::world::train::train(&args)?;
@@ -278,22 +283,36 @@ pub fn world(a: &WorldArgs) -> Result<()> {
     Ok(())
 }
 
-fn train_clip(t: &WorldTrainClipArgs) -> Result<()> {
+/// `train-clip`'s settings with its defaults (batch 64, lr 1e-3, weight decay 0.1), the
+/// repository's CLIP BPE tokenizer unless `tokenizer` names another.
+#[allow(clippy::too_many_arguments)]
+fn clip_args(data: &std::path::Path, out: &std::path::Path, tokenizer: Option<PathBuf>, seed: u64, epochs: usize, width: usize, layers: usize, patch: usize) -> stic::world::clip::TrainClipArgs {
     let default_tok = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clip_tokenizer/tokenizer.json"));
+    stic::world::clip::TrainClipArgs {
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        tokenizer: tokenizer.unwrap_or(default_tok),
+        seed,
+        epochs,
+        batch: 64,
+        lr: 1e-3,
+        weight_decay: 0.1,
+        width,
+        layers,
+        patch,
+        quiet: false,
+        stop_after: None,
+    }
+}
+
+fn train_clip(t: &WorldTrainClipArgs) -> Result<()> {
     let args = stic::world::clip::TrainClipArgs {
-        data: t.data.clone(),
-        out: t.out.clone(),
-        tokenizer: t.tokenizer.clone().unwrap_or(default_tok),
-        seed: t.seed,
-        epochs: t.epochs,
         batch: t.batch,
         lr: t.lr,
         weight_decay: t.weight_decay,
-        width: t.width,
-        layers: t.layers,
-        patch: 8,
         quiet: t.quiet,
         stop_after: t.stop_after_epoch,
+        ..clip_args(&t.data, &t.out, t.tokenizer.clone(), t.seed, t.epochs, t.width, t.layers, 8)
     };
     let s = stic::world::clip::train_clip(&args)?;
     eprintln!("train-clip: {} steps in {:.1}s, loss {:.4} -> {:.4} (last epoch mean); model in {}", s.steps, s.seconds, s.first_loss, s.last_epoch_loss, t.out.display());

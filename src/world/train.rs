@@ -1,6 +1,8 @@
 //! `stic world train`: a tiny LLaVA for the world, from scratch, in LLaVA's two stages, on the CPU.
 //!
 //! ```text
+//! OUT/stages/0-clip      the world's CLIP (`world::clip::train_clip` on captions.json; unless
+//!                        --vision-from names one, or --clip-epochs is 0)
 //! OUT/stages/0-init      world::model::create: tokenizer from the world's texts, config, weights from --seed
 //! OUT/stages/1-align     stage 1 on captions.json (LLaVA's feature alignment: one brief caption per image)
 //! OUT/stages/2-instruct  stage 2 on instruct.json (LLaVA's visual instruction tuning, every weight of
@@ -56,8 +58,13 @@ pub struct WorldTrainArgs {
     pub spec: ModelSpec,
     pub align: StageArgs,
     pub instruct: StageArgs,
-    /// The CLIP folder whose vision tower the model starts from (`stic world train-clip`).
+    /// The CLIP folder whose vision tower the model starts from (`stic world train-clip`); when
+    /// absent and `clip` is set, stage `0-clip` trains one first.
     pub vision_from: Option<PathBuf>,
+    /// The world CLIP to train in stage `0-clip` (`world::clip::train_clip`'s settings; its
+    /// `data` and `out` are set here). None with no `vision_from`: a random frozen vision tower.
+    #[serde(skip)]
+    pub clip: Option<super::clip::TrainClipArgs>,
     #[serde(skip)]
     pub quiet: bool,
 }
@@ -104,7 +111,21 @@ pub fn losses(path: &Path) -> Vec<(f64, f64)> {
 
 /// Train; returns the stages' summaries. OUT ends up a checkpoint folder.
 pub fn train(a: &WorldTrainArgs) -> Result<Vec<StageSummary>> {
-    let spec = match &a.vision_from {
+    a.spec.check()?;
+    let st = a.out.join("stages");
+    let mut summary = Vec::new();
+    let mut vision = a.vision_from.clone();
+    if let (None, Some(c)) = (&vision, &a.clip) {
+        let dir = st.join("0-clip");
+        summary.push(stage(&dir, "0-clip", a.quiet, || {
+            let args = super::clip::TrainClipArgs { data: a.data.clone(), out: dir.join("model"), quiet: a.quiet, ..c.clone() };
+            let s = super::clip::train_clip(&args)?;
+            let r = super::clip::heldout_retrieval(&args.out, &a.data)?;
+            Ok((json!({"steps": s.steps, "last_epoch_loss": s.last_epoch_loss, "heldout_retrieval": r}), None))
+        })?);
+        vision = Some(dir.join("model"));
+    }
+    let spec = match &vision {
         Some(clip) => super::model::spec_with_vision_of(&a.spec, clip)?,
         None => a.spec.clone(),
     };
@@ -113,11 +134,9 @@ pub fn train(a: &WorldTrainArgs) -> Result<Vec<StageSummary>> {
     if size != spec.image_size {
         return Err(Error::Input(format!("world train: the world's images are {size} pixels, the model's processor {}", spec.image_size)));
     }
-    let st = a.out.join("stages");
     let (d0, d1, d2) = (st.join("0-init"), st.join("1-align"), st.join("2-instruct"));
-    let mut summary = Vec::new();
     summary.push(stage(&d0, "0-init", a.quiet, || {
-        let vocab = super::model::create(&a.data, &d0, &spec, a.seed, a.vision_from.as_deref())?;
+        let vocab = super::model::create(&a.data, &d0, &spec, a.seed, vision.as_deref())?;
         Ok((json!({"vocab": vocab}), None))
     })?);
     for (dir, from, name, file, s) in [(&d1, &d0, "1-align", "captions.json", &a.align), (&d2, &d1, "2-instruct", "instruct.json", &a.instruct)] {
