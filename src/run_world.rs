@@ -103,6 +103,9 @@ impl WorldRunConfig {
     }
 }
 
+/// Mixed into the world's seed for the unlabeled images' world (another stream of scenes).
+const UNLABELED_SEED: u64 = 0x5eed_5eed;
+
 /// The rows of the table: (label, the stage folder whose `eval/world` or `world` holds the metrics).
 const MODELS: [(&str, &str, &str); 3] = [("base", "base model", "0-base/eval/world"), ("stic_stage1", "after STIC DPO", "2-dpo/eval/world"), ("stic_stage2", "after STIC SFT", "5-eval/world")];
 
@@ -115,7 +118,7 @@ pub fn run_world(cfg: &WorldRunConfig, config_path: &Path) -> Result<Vec<StageSu
     let mut summary = vec![stage(&out.join("0-world"), "0-world", cfg.quiet, || {
         let a = crate::world::MakeArgs { n: w.n, seed: w.seed, size: w.size, heldout: w.heldout };
         let scenes = crate::world::make(&a, &world)?;
-        let u = crate::world::MakeArgs { n: w.unlabeled, seed: w.seed ^ 0x5eed_0f_u64, size: w.size, heldout: 0.0 };
+        let u = crate::world::MakeArgs { n: w.unlabeled, seed: w.seed ^ UNLABELED_SEED, size: w.size, heldout: 0.0 };
         crate::world::make(&u, &unlabeled)?;
         let held = scenes.iter().filter(|s| s.split == "heldout").count();
         Ok((json!({"images": scenes.len(), "heldout": held, "unlabeled": w.unlabeled}), None))

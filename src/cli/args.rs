@@ -168,6 +168,13 @@ pub struct RunArgs {
     /// bundled random tiny LLaVA-NeXT checkpoint, in seconds).
     #[arg(long, conflicts_with = "config")]
     pub demo: bool,
+    /// A world run (`method = "world"`, the default): this seed instead of the config's (STIC's
+    /// sampling, corruptions and data order; one run per seed for the spread).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// A world run: this output folder instead of the config's.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// No progress bars (overrides the config's `quiet`).
     #[arg(long)]
     pub quiet: bool,

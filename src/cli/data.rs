@@ -105,6 +105,9 @@ pub fn run(a: RunArgs) -> Result<()> {
         cfg.quiet |= a.quiet;
         return run_world(&cfg, &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/world.toml"), &a);
     }
+    if a.seed.is_some() || a.out.is_some() {
+        return Err(stic::Error::Input("--seed and --out apply to world runs (method = \"world\"); set `seed` and `out` in a STIC config".into()));
+    }
     let mut cfg = match &a.config {
         Some(p) => stic::run::RunConfig::from_file(p)?,
         None => stic::run::RunConfig::demo()?,
@@ -120,6 +123,14 @@ pub fn run(a: RunArgs) -> Result<()> {
 /// A world run (`method = "world"`, or `stic run` with no --config): the stages, the before/after
 /// table and where the summary and chart are.
 fn run_world(cfg: &stic::run_world::WorldRunConfig, path: &std::path::Path, a: &RunArgs) -> Result<()> {
+    let mut cfg = cfg.clone();
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
+    if let Some(o) = &a.out {
+        cfg.out = o.clone();
+    }
+    let cfg = &cfg;
     if a.stop_after.is_some() {
         return Err(stic::Error::Input("--stop-after applies to a STIC run's stage 1 (`stic run --demo` or a config with method = \"stic\")".into()));
     }

@@ -34,7 +34,7 @@ use crate::tensor::Tensor;
 use crate::world::{item_rng, read_scenes, text};
 
 /// What `train-clip` does.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct TrainClipArgs {
     pub data: PathBuf,
     pub out: PathBuf,

@@ -63,7 +63,6 @@ pub struct WorldTrainArgs {
     pub vision_from: Option<PathBuf>,
     /// The world CLIP to train in stage `0-clip` (`world::clip::train_clip`'s settings; its
     /// `data` and `out` are set here). None with no `vision_from`: a random frozen vision tower.
-    #[serde(skip)]
     pub clip: Option<super::clip::TrainClipArgs>,
     #[serde(skip)]
     pub quiet: bool,
