@@ -115,7 +115,7 @@ pub fn run_world(cfg: &WorldRunConfig, config_path: &Path) -> Result<Vec<StageSu
     let mut summary = vec![stage(&out.join("0-world"), "0-world", cfg.quiet, || {
         let a = crate::world::MakeArgs { n: w.n, seed: w.seed, size: w.size, heldout: w.heldout };
         let scenes = crate::world::make(&a, &world)?;
-        let u = crate::world::MakeArgs { n: w.unlabeled, seed: w.seed ^ 0x5eed_0f_u64, size: w.size, heldout: 0.0 };
+        let u = crate::world::MakeArgs { n: w.unlabeled, seed: w.seed ^ 0x005e_ed0f_u64, size: w.size, heldout: 0.0 };
         crate::world::make(&u, &unlabeled)?;
         let held = scenes.iter().filter(|s| s.split == "heldout").count();
         Ok((json!({"images": scenes.len(), "heldout": held, "unlabeled": w.unlabeled}), None))

@@ -39,10 +39,10 @@ impl Default for ModelSpec {
 impl ModelSpec {
     pub fn check(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Input(format!("world model: {m}")));
-        if self.hidden % self.heads != 0 || self.vision_hidden % self.vision_heads != 0 {
+        if !self.hidden.is_multiple_of(self.heads) || !self.vision_hidden.is_multiple_of(self.vision_heads) {
             return bad(format!("hidden {} / heads {} and vision {} / {} must divide", self.hidden, self.heads, self.vision_hidden, self.vision_heads));
         }
-        if self.image_size % self.patch != 0 {
+        if !self.image_size.is_multiple_of(self.patch) {
             return bad(format!("image size {} is not a multiple of the patch {}", self.image_size, self.patch));
         }
         if self.vision_layers < 2 {
@@ -149,10 +149,12 @@ pub fn init_weights(s: &ModelSpec, vocab: usize, seed: u64) -> Vec<Named> {
         let n = shape.iter().product();
         let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
         let mut rng = Rng::new(seed ^ h);
-        let data = match std {
-            s if s == -1.0 => vec![1.0; n],
-            s if s == 0.0 => vec![0.0; n],
-            s => (0..n).map(|_| s * normal(&mut rng)).collect(),
+        let data = if std == -1.0 {
+            vec![1.0; n]
+        } else if std == 0.0 {
+            vec![0.0; n]
+        } else {
+            (0..n).map(|_| std * normal(&mut rng)).collect()
         };
         out.push((name, shape, data));
     };
