@@ -105,7 +105,42 @@ fn world_train_refuses_a_model_that_does_not_fit_the_world() {
     make(&data);
     let (ok, _, err) = stic(&["world", "train", "--data", s(&data), "--out", s(&root.join("m")), "--patch", "7", "--quiet"]);
     assert!(!ok && err.contains("not a multiple of the patch"), "{err}");
-    let (ok, _, err) = stic(&["world", "train", "--data", s(&data), "--out", s(&root.join("m")), "--align-train", "vision", "--quiet"]);
-    assert!(!ok && err.contains("--align-train"), "{err}");
+    let (ok, _, err) = stic(&["world", "train", "--data", s(&data), "--out", s(&root.join("m")), "--align-train", "decoder,lm", "--quiet"]);
+    assert!(!ok && err.contains("--align-train") && err.contains("`lm`"), "{err}");
+    let (ok, _, err) = stic(&["world", "train", "--data", s(&data), "--out", s(&root.join("m")), "--instruct-train", "visio", "--quiet"]);
+    assert!(!ok && err.contains("--instruct-train"), "{err}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn world_train_instruct_can_train_the_vision_tower() {
+    // `--instruct-train decoder,projector,vision`: stage 2 moves the tower's weights up to the
+    // feature layer; the model loads and answers (`world eval`), and the report names the parts.
+    let root = tmp("vision");
+    let data = root.join("world");
+    make(&data);
+    let out = root.join("m");
+    let (ok, _, err) = stic(&[
+        "world", "train", "--data", s(&data), "--out", s(&out), "--seed", "7", "--hidden", "32", "--layers", "2", "--heads", "2", "--intermediate", "64",
+        "--vision-hidden", "32", "--vision-layers", "2", "--patch", "8", "--batch-size", "4", "--instruct-epochs", "1", "--instruct-train",
+        "decoder,projector,vision", "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("world_train.json")).unwrap()).unwrap();
+    assert_eq!(report["settings"]["instruct"]["parts"], "decoder,projector,vision", "{report}");
+    // Stage 2's own curve (saving a model once copied stage 1's train_log.jsonl and stage.json).
+    assert_ne!(report["curves"]["instruct"], report["curves"]["align"], "{report}");
+    let marker: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("stages/2-instruct/stage.json")).unwrap()).unwrap();
+    assert_eq!(marker["stage"], "2-instruct");
+    assert!(!out.join("stages/2-instruct/checkpoint/stage.json").exists() && !out.join("stages/2-instruct/checkpoint/train_log.jsonl").exists());
+    let (before, after) = (stic::weights::WeightStore::open(&out.join("stages/1-align")).unwrap(), stic::weights::WeightStore::open(&out).unwrap());
+    let mut moved = 0;
+    for name in before.names().filter(|n| n.contains("vision_tower") && n.contains("embeddings")) {
+        let shape = before.shape_of(name).unwrap();
+        moved += (before.get(name, &shape).unwrap().data() != after.get(name, &shape).unwrap().data()) as usize;
+    }
+    assert!(moved >= 3, "the tower's embeddings did not move in stage 2 ({moved})");
+    let (ok, _, err) = stic(&["world", "eval", "--model", s(&out), "--data", s(&data), "--out", s(&root.join("eval")), "--json", "--quiet", "--limit", "2"]);
+    assert!(ok, "{err}");
     std::fs::remove_dir_all(&root).ok();
 }

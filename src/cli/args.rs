@@ -376,7 +376,8 @@ pub struct TrainCommon {
     #[arg(long)]
     pub lora_r: Option<usize>,
     /// Train these parts in full instead of LoRA adapters, comma-separated: decoder (every weight
-    /// of the language model), projector (alone: LLaVA's stage-1 alignment); vision: not yet.
+    /// of the language model), projector (alone: LLaVA's stage-1 alignment), vision (the CLIP
+    /// tower up to the feature layer, at --lr; CPU learner).
     /// OUT is then a complete HF model directory (and OUT/checkpoint one plus the optimiser).
     #[arg(long, value_parser = parse_train_parts)]
     pub train: Option<stic::train::full::TrainParts>,

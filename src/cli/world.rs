@@ -51,6 +51,9 @@ pub struct WorldTrainCli {
     pub align_epochs: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub align_lr: f32,
+    /// What stage 2 trains (LLaVA: decoder,projector; add vision to fine-tune the tower too).
+    #[arg(long, default_value = "decoder,projector")]
+    pub instruct_train: String,
     #[arg(long, default_value_t = 2)]
     pub instruct_epochs: usize,
     #[arg(long, default_value_t = 1e-3)]
@@ -265,7 +268,7 @@ pub fn world(a: &WorldArgs) -> Result<()> {
                 seed: a.seed,
                 spec: a.spec.spec(size),
                 align: stage(parts(&a.align_train, "align-train")?, a.align_epochs, a.align_lr),
-                instruct: stage(parts("decoder,projector", "train")?, a.instruct_epochs, a.instruct_lr),
+                instruct: stage(parts(&a.instruct_train, "instruct-train")?, a.instruct_epochs, a.instruct_lr),
                 vision_from: a.vision_from.clone(),
                 clip: (a.clip_epochs > 0).then(|| clip_args(&a.data, &a.out, None, a.seed, a.clip_epochs, a.spec.vision_hidden, a.spec.vision_layers, a.spec.patch)),
                 quiet: a.quiet,

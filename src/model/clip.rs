@@ -143,6 +143,44 @@ impl<B: Backend> ClipVision<B> {
     }
 }
 
+impl ClipVision<Cpu> {
+    /// Every loaded weight (embeddings, pre_layrnorm, the layers that run) under its
+    /// `vision_model.*` name in the checkpoint's shape: the parameters `model::clip_grad` trains.
+    pub fn export(&self) -> Result<std::collections::BTreeMap<String, Tensor>> {
+        let (c, p, ch) = (self.cfg.hidden_size, self.cfg.patch_size, self.cfg.num_channels);
+        let mut out = std::collections::BTreeMap::new();
+        let e = "vision_model.embeddings";
+        out.insert(format!("{e}.patch_embedding.weight"), self.patch.weight.clone().reshape(&[c, ch, p, p])?);
+        out.insert(format!("{e}.class_embedding"), self.class_embedding.clone().reshape(&[c])?);
+        out.insert(format!("{e}.position_embedding.weight"), self.position_embedding.clone());
+        let mut ln = |name: String, l: &crate::nn::LayerNorm| {
+            out.insert(format!("{name}.weight"), l.weight.clone());
+            out.insert(format!("{name}.bias"), l.bias.clone());
+        };
+        ln("vision_model.pre_layrnorm".into(), &self.pre_ln);
+        for (i, l) in self.layers.iter().enumerate() {
+            let lp = format!("vision_model.encoder.layers.{i}");
+            ln(format!("{lp}.layer_norm1"), &l.ln1);
+            ln(format!("{lp}.layer_norm2"), &l.ln2);
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let lp = format!("vision_model.encoder.layers.{i}");
+            for (name, lin) in [("self_attn.q_proj", &l.q), ("self_attn.k_proj", &l.k), ("self_attn.v_proj", &l.v), ("self_attn.out_proj", &l.o), ("mlp.fc1", &l.fc1), ("mlp.fc2", &l.fc2)] {
+                out.insert(format!("{lp}.{name}.weight"), lin.weight.clone());
+                if let Some(b) = &lin.bias {
+                    out.insert(format!("{lp}.{name}.bias"), b.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The number of encoder layers loaded (those up to the deepest feature layer).
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+}
+
 /// The patch rows of every tile, im2col on the host: pixels [N, 3, S, S] -> [N*G*G, 3*P*P] in the
 /// conv weight's (channel, ky, kx) order (G = S / P). Shared by the inference tower and
 /// `model::clip_grad`.

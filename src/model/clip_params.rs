@@ -222,6 +222,34 @@ impl ClipParams {
     }
 }
 
+impl ClipParams {
+    /// A vision tower's parameters alone (`vision_model.*`; LLaVA's `--train vision`): the
+    /// text config is the default and unused.
+    pub fn vision_only(vision: VisionConfig, tensors: BTreeMap<String, Tensor>) -> Self {
+        let cfg = ClipConfig { text: Default::default(), vision, projection_dim: 0, logit_scale_init_value: 0.0 };
+        ClipParams { cfg, bos_token_id: 0, tensors }
+    }
+}
+
+/// The parameters as a weight source (HF names, checkpoint shapes): `model::clip::ClipVision`
+/// is rebuilt from them after a training step.
+impl crate::weights::WeightSource for ClipParams {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.tensors.get(name).ok_or_else(|| Error::weights(Path::new("<clip params>"), format!("no tensor `{name}`")))?;
+        if t.shape() != shape {
+            return Err(Error::weights(Path::new("<clip params>"), format!("`{name}` is {:?}, expected {shape:?}", t.shape())));
+        }
+        Ok(t.clone())
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+    fn skip(&self, _: &str) {}
+    fn dir(&self) -> &Path {
+        Path::new("<clip params>")
+    }
+}
+
 fn vision_json(v: &VisionConfig, projection_dim: usize) -> serde_json::Value {
     json!({
         "model_type": "clip_vision_model",

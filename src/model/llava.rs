@@ -21,6 +21,8 @@ use crate::config::{FeatureSelect, LlavaConfig, LlavaKind};
 use crate::error::{Error, Result};
 use crate::image::{anyres_grid_shape, ProcessedImage};
 use crate::model::clip::ClipVision;
+use crate::model::clip_grad::{self, VisionTape};
+use crate::model::clip_params::ClipParams;
 use crate::model::decoder::Decoder;
 use crate::model::projector::{Projector, ProjectorTape};
 use crate::tensor::Tensor;
@@ -38,6 +40,11 @@ pub fn locate_projector(ws: &dyn WeightSource) -> Result<&'static str> {
 const LM: [&str; 2] = ["model.language_model", "language_model.model"];
 const LM_HEAD: [&str; 2] = ["lm_head.weight", "language_model.lm_head.weight"];
 const NEWLINE: [&str; 2] = ["model.image_newline", "image_newline"];
+
+/// The prefix of the vision tower's tensors (`vision_tower.vision_model`, `vision_tower`, ...).
+pub fn locate_vision(ws: &dyn WeightSource) -> Result<&'static str> {
+    locate(ws, &VISION, ".embeddings.class_embedding", "vision tower")
+}
 
 /// The prefix of the language model's tensors (`model.language_model` or `language_model.model`).
 pub fn locate_lm(ws: &dyn WeightSource) -> Result<&'static str> {
@@ -65,6 +72,9 @@ pub struct Llava<B: Backend = Cpu> {
     pub decoder: Decoder<B>,
     image_newline: Option<B::Tensor>, // [1, C]
     feature_states: Vec<usize>,
+    /// The vision tower's parameters while it trains (`--train vision`, `train_vision`): the
+    /// master copy that the optimiser updates; `vision` is rebuilt from it (`sync_vision`).
+    pub(crate) vision_train: Option<ClipParams>,
 }
 
 impl Llava {
@@ -101,7 +111,7 @@ impl<B: Backend> Llava<B> {
 
     pub fn from_weights_on(be: &B, cfg: LlavaConfig, ws: &dyn WeightSource) -> Result<Self> {
         let lm = locate(ws, &LM, ".embed_tokens.weight", "language-model embedding")?;
-        let vision_prefix = locate(ws, &VISION, ".embeddings.class_embedding", "vision tower")?;
+        let vision_prefix = locate_vision(ws)?;
         let projector_prefix = locate_projector(ws)?;
         // A tied lm_head may be absent; the decoder then uses the embedding.
         let lm_head = locate(ws, &LM_HEAD, "", "lm_head").unwrap_or(LM_HEAD[0]);
@@ -125,7 +135,7 @@ impl<B: Backend> Llava<B> {
         } else {
             None
         };
-        Ok(Llava { cfg, be: be.clone(), vision, projector, decoder, image_newline, feature_states })
+        Ok(Llava { cfg, be: be.clone(), vision, projector, decoder, image_newline, feature_states, vision_train: None })
     }
 
     pub fn backend(&self) -> &B {
@@ -140,16 +150,21 @@ impl<B: Backend> Llava<B> {
         let states = self.vision.forward(pixels, &self.feature_states)?;
         let n = pixels.dim(0);
         let tokens = self.cfg.vision.num_patches() + 1;
-        let skip = match self.cfg.vision_feature_select_strategy {
-            FeatureSelect::Default => 1,
-            FeatureSelect::Full => 0,
-        };
+        let skip = self.feature_skip();
         let sources: Vec<u32> = (0..n).flat_map(|t| (skip..tokens).map(move |j| (t * tokens + j) as u32)).collect();
         let picked = states.iter().map(|s| be.embedding(s, None, &sources)).collect::<Result<Vec<_>>>()?;
         if picked.len() == 1 {
             return Ok(picked.into_iter().next().unwrap());
         }
         be.concat_cols(&picked.iter().collect::<Vec<_>>())
+    }
+
+    /// The class rows dropped from each tile's hidden states (1 for "default", 0 for "full").
+    fn feature_skip(&self) -> usize {
+        match self.cfg.vision_feature_select_strategy {
+            FeatureSelect::Default => 1,
+            FeatureSelect::Full => 0,
+        }
     }
 
     /// Projected features of every tile: [N*P, C] (tile-major).
@@ -247,18 +262,76 @@ impl<B: Backend> Llava<B> {
 }
 
 impl Llava {
-    /// `image_features` saving what `image_features_backward` needs (the projector trains).
+    /// Train the vision tower from now on (`--train vision`): its weights become host
+    /// parameters (`model::clip_params::ClipParams`, `vision_model.*` names) that
+    /// `image_features_train` runs through `model::clip_grad`. LLaVA reads one hidden state;
+    /// several feature layers are refused.
+    pub fn train_vision(&mut self) -> Result<()> {
+        if self.vision_train.is_some() {
+            return Ok(());
+        }
+        if self.feature_states.len() != 1 {
+            return Err(Error::Input(format!(
+                "--train vision: the model reads {} vision feature layers; training the tower supports one (vision_feature_layer an integer)",
+                self.feature_states.len()
+            )));
+        }
+        self.vision_train = Some(ClipParams::vision_only(self.cfg.vision.clone(), self.vision.export()?));
+        Ok(())
+    }
+
+    /// Whether the vision tower trains (`train_vision`).
+    pub fn vision_trains(&self) -> bool {
+        self.vision_train.is_some()
+    }
+
+    /// The trained vision parameters (`vision_model.*` names), when the tower trains.
+    pub fn vision_params(&self) -> Option<&ClipParams> {
+        self.vision_train.as_ref()
+    }
+
+    /// The trained vision parameters with their names relative to the tower's prefix
+    /// (`embeddings.class_embedding`, `encoder.layers.0.mlp.fc1.weight`, ...), in the checkpoint's
+    /// shapes; starts training the tower (`train_vision`). Call `sync_vision` after changing them.
+    pub fn vision_params_mut(&mut self) -> Result<Vec<(String, &mut Tensor)>> {
+        self.train_vision()?;
+        Ok(vision_named(self.vision_train.as_mut().expect("train_vision set it")))
+    }
+
+    /// Rebuild the inference tower from the trained parameters (after an optimiser step or a
+    /// load), so that generation sees them.
+    pub fn sync_vision(&mut self) -> Result<()> {
+        if let Some(p) = &self.vision_train {
+            self.vision = ClipVision::load(&self.be, p, "vision_model", &self.cfg.vision, self.vision.n_layers())?;
+        }
+        Ok(())
+    }
+
+    /// `image_features` saving what `image_features_backward` needs (the projector and, when it
+    /// trains, the vision tower).
     pub fn image_features_train(&self, image: &ProcessedImage) -> Result<(Tensor, ImageTape)> {
-        let v = self.vision_features(&image.pixel_values)?;
         let n = image.pixel_values.dim(0);
+        let (v, vision) = match &self.vision_train {
+            Some(p) => {
+                let (hidden, tape) = clip_grad::vision_hidden(p, &image.pixel_values, self.feature_states[0])?;
+                let (c, tokens) = (self.cfg.vision.hidden_size, self.cfg.vision.num_patches() + 1);
+                let skip = self.feature_skip();
+                let rows: Vec<f32> = hidden.chunks_exact(c).enumerate().filter(|(r, _)| r % tokens >= skip).flat_map(|(_, row)| row.iter().copied()).collect();
+                (Tensor::new(rows, &[n * (tokens - skip), c])?, Some(tape))
+            }
+            None => (self.vision_features(&image.pixel_values)?, None),
+        };
         let np = v.n_rows();
         let (y, proj) = self.projector.forward_train(v)?;
         let rows = self.feature_rows(image, n, np / n.max(1))?;
-        Ok((self.gather_features(&y, &rows)?, ImageTape { proj, rows, projected: np }))
+        Ok((self.gather_features(&y, &rows)?, ImageTape { proj, rows, projected: np, vision }))
     }
 
-    /// Projector parameter gradients from d loss / d features [K, C].
-    pub fn image_features_backward(&self, tape: &ImageTape, dk: &[f32]) -> Vec<(String, Vec<f32>)> {
+    /// From d loss / d features [K, C]: the projector's parameter gradients (when `projector`)
+    /// and, when the tower trains (the tape has its part), the vision gradients added into
+    /// `vision` (`vision_model.*` names): d(hidden_states[k]) is the projector input's gradient
+    /// at the kept rows, 0 at the dropped class rows.
+    pub fn image_features_backward(&self, tape: &ImageTape, dk: &[f32], projector: bool, vision: &mut clip_grad::Grads) -> Vec<(String, Vec<f32>)> {
         let c = self.cfg.text.hidden_size;
         let mut dy = vec![0f32; tape.projected * c];
         for (r, g) in tape.rows.iter().zip(dk.chunks_exact(c)) {
@@ -266,8 +339,28 @@ impl Llava {
                 dy[i * c..(i + 1) * c].iter_mut().zip(g).for_each(|(a, b)| *a += b);
             }
         }
-        self.projector.backward(&tape.proj, &dy)
+        let (p, vt) = match (&self.vision_train, &tape.vision) {
+            (Some(p), Some(vt)) => (p, vt),
+            _ => return if projector { self.projector.backward(&tape.proj, &dy) } else { Vec::new() },
+        };
+        let (grads, dx) = self.projector.backward_opts(&tape.proj, &dy, projector, true);
+        let dx = dx.expect("asked for d(input)");
+        let (cv, tokens, skip) = (self.cfg.vision.hidden_size, self.cfg.vision.num_patches() + 1, self.feature_skip());
+        let kept = tokens - skip;
+        let n = tape.projected / kept;
+        let mut dh = vec![0f32; n * tokens * cv];
+        for (i, row) in dx.chunks_exact(cv).enumerate() {
+            let r = (i / kept) * tokens + skip + i % kept;
+            dh[r * cv..][..cv].copy_from_slice(row);
+        }
+        clip_grad::vision_backward_hidden(p, vt, dh, vision);
+        grads
     }
+}
+
+/// The tensors of `p` with their names relative to the tower (`vision_model.` cut off).
+pub(crate) fn vision_named(p: &mut ClipParams) -> Vec<(String, &mut Tensor)> {
+    p.tensors.iter_mut().map(|(n, t)| (n.strip_prefix("vision_model.").unwrap_or(n).to_string(), t)).collect()
 }
 
 /// The source of one image feature row (see `Llava::feature_rows`).
@@ -277,11 +370,13 @@ pub(crate) enum FeatureRow {
     Newline,
 }
 
-/// What `Llava::image_features_backward` needs: the projector's tape and the row map.
+/// What `Llava::image_features_backward` needs: the projector's tape, the row map and, when the
+/// tower trains, its tape.
 pub struct ImageTape {
     proj: ProjectorTape,
     rows: Vec<FeatureRow>,
     projected: usize,
+    vision: Option<VisionTape>,
 }
 
 impl ImageTape {

@@ -78,15 +78,24 @@ impl Projector {
 
     /// Parameter gradients for dy [T, C] (named as `params_mut` names them).
     pub fn backward(&self, tape: &ProjectorTape, dy: &[f32]) -> Vec<(String, Vec<f32>)> {
+        self.backward_opts(tape, dy, true, false).0
+    }
+
+    /// The parameter gradients (when `params`; else none) and d(input) [T, Cv] (when `need_dx`:
+    /// the vision tower trains).
+    pub fn backward_opts(&self, tape: &ProjectorTape, dy: &[f32], params: bool, need_dx: bool) -> (ParamGrads, Option<Vec<f32>>) {
         let mut out = Vec::new();
         let mut push = |name: &str, l: &Linear, x: &[f32], dy: &[f32]| {
+            if !params {
+                return;
+            }
             let (dw, db) = l.weight_grads(x, dy);
             out.push((format!("{name}weight"), dw));
             if let Some(db) = db {
                 out.push((format!("{name}bias"), db));
             }
         };
-        match self {
+        let dx = match self {
             Projector::Mlp { linear_1, act, linear_2 } => {
                 let h = tape.h.as_ref().expect("the MLP's tape holds linear_1's output");
                 let mut a = h.data().to_vec();
@@ -95,10 +104,14 @@ impl Projector {
                 cpu::activation::backward_by_name(act, h.data(), &mut da);
                 push("linear_1.", linear_1, tape.x.data(), &da);
                 push("linear_2.", linear_2, &a, dy);
+                need_dx.then(|| linear_1.backward(tape.x.data(), &da, None).0)
             }
-            Projector::Linear(l) => push("", l, tape.x.data(), dy),
-        }
-        out
+            Projector::Linear(l) => {
+                push("", l, tape.x.data(), dy);
+                need_dx.then(|| l.backward(tape.x.data(), dy, None).0)
+            }
+        };
+        (out, dx)
     }
 
     /// Every parameter with its checkpoint name relative to the projector's prefix.
@@ -114,6 +127,9 @@ impl Projector {
     }
 
 }
+
+/// Parameter gradients by name.
+pub type ParamGrads = Vec<(String, Vec<f32>)>;
 
 /// What the projector's backward needs: its input and linear_1's pre-activation (MLP only).
 pub struct ProjectorTape {

@@ -34,10 +34,14 @@ pub struct CpuLearner<'a> {
 }
 
 impl<'a> CpuLearner<'a> {
-    /// A learner for `pipe`, loaded from the checkpoint in `base`.
-    pub fn new(pipe: &'a mut Pipeline, args: &TrainArgs, base: &Path) -> Self {
+    /// A learner for `pipe`, loaded from the checkpoint in `base` (with `--train vision`, the
+    /// tower trains from now on: `Llava::train_vision`).
+    pub fn new(pipe: &'a mut Pipeline, args: &TrainArgs, base: &Path) -> Result<Self> {
         let full = args.train.filter(|p| p.decoder).map(|_| DecoderGrads::zeros(&pipe.model.decoder.cfg));
-        CpuLearner {
+        if args.train.is_some_and(|p| p.vision) {
+            pipe.model.train_vision()?;
+        }
+        Ok(CpuLearner {
             pipe,
             opt: TrainAdamW::new(AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() }),
             acc: None,
@@ -45,7 +49,7 @@ impl<'a> CpuLearner<'a> {
             parts: args.train,
             base: base.to_path_buf(),
             shard_bytes: args.shard_mib.max(1) << 20,
-        }
+        })
     }
 
     /// The pipeline and, when the decoder trains in full, its gradient buffers with an example's
@@ -131,7 +135,7 @@ pub fn train_dpo(pipe: &mut Pipeline, base: &Path, data: &Path, out: &Path, args
     // Reference log-probs: the base model (no adapters yet, no weight trained yet), computed once
     // per pair before training starts.
     let refs = reference_cache(&keys, out, resume, |i| reference_logps(pipe, &pairs[i]))?;
-    let mut learner = CpuLearner::new(pipe, args, base);
+    let mut learner = CpuLearner::new(pipe, args, base)?;
     train_loop(&mut learner, pairs.len(), out, args, resume, stop_after, |l, i, opts, w| {
         // Encode image + prompt once per pair (shared-prefix packing) unless a sliding window
         // forbids it.
@@ -150,7 +154,7 @@ pub fn train_dpo(pipe: &mut Pipeline, base: &Path, data: &Path, out: &Path, args
 #[allow(clippy::too_many_arguments)]
 pub fn train_sft(pipe: &mut Pipeline, base: &Path, data: &Path, image_folder: &Path, out: &Path, args: &TrainArgs, resume: bool, stop_after: Option<usize>) -> Result<Vec<LogLine>> {
     let (examples, images) = read_sft_data(data, image_folder)?;
-    let mut learner = CpuLearner::new(pipe, args, base);
+    let mut learner = CpuLearner::new(pipe, args, base)?;
     train_loop(&mut learner, examples.len(), out, args, resume, stop_after, |l, i, opts, w| {
         let (pipe, full) = l.split(w);
         let (loss, grads, tokens) = sft_grads_full(pipe, &examples[i].1, &images[i], opts, full)?;

@@ -3,7 +3,8 @@
 //!
 //! - [`TrainParts`] parses `--train`: `decoder` (every weight of the language model: embeddings,
 //!   norms, every projection and lm_head), `projector` (in full; alone it is LLaVA's stage-1
-//!   alignment). `vision` is refused for now.
+//!   alignment), `vision` (the vision tower's weights up to the feature layer, through
+//!   `model::clip_grad`: `Llava::train_vision`; later layers and post_layernorm get no gradient).
 //! - [`hf_decays`]: which parameters get weight decay, as transformers 5.23's
 //!   `Trainer.get_decay_parameter_names` decides (no decay for biases, norms and nn.LayerNorm).
 //! - [`save_model`]: `out/` (and `out/checkpoint/`) as a complete HF model directory: every tensor
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::model::llava::{locate_lm, locate_lm_head, locate_projector};
+use crate::model::llava::{locate_lm, locate_lm_head, locate_projector, locate_vision, vision_named};
 use crate::model::Llava;
 use crate::tensor::Tensor;
 use crate::weights::WeightStore;
@@ -25,6 +26,7 @@ use crate::weights::WeightStore;
 pub struct TrainParts {
     pub decoder: bool,
     pub projector: bool,
+    pub vision: bool,
 }
 
 /// What `--train` accepts.
@@ -38,7 +40,7 @@ impl std::str::FromStr for TrainParts {
             match part {
                 "decoder" => p.decoder = true,
                 "projector" => p.projector = true,
-                "vision" => return Err("--train vision: vision tower training: not yet (train decoder and/or projector)".into()),
+                "vision" => p.vision = true,
                 other => return Err(format!("--train: unknown part `{other}`; accepted parts: {TRAIN_PARTS} (comma-separated)")),
             }
         }
@@ -66,12 +68,16 @@ pub fn hf_decays(name: &str) -> bool {
 
 /// Every trained tensor of `model` under its name in the checkpoint of `ws`: the decoder's
 /// (when `parts.decoder`; a tied lm_head is written under the checkpoint's lm_head name when the
-/// file has one) and the projector's (when `parts.projector`).
+/// file has one), the projector's (when `parts.projector`) and the vision tower's (when
+/// `parts.vision`: those that train, under the checkpoint's tower prefix).
 fn trained_names<'a>(model: &'a mut Llava, ws: &WeightStore, parts: TrainParts) -> Result<Vec<(String, &'a mut Tensor)>> {
     let lm = locate_lm(ws)?;
     let proj = locate_projector(ws)?;
     let head = locate_lm_head(ws).unwrap_or("lm_head.weight");
     let mut out = Vec::new();
+    if parts.vision {
+        model.train_vision()?;
+    }
     if parts.decoder {
         for (n, t) in model.decoder.params_mut() {
             out.push((if n == "lm_head.weight" { head.to_string() } else { format!("{lm}.{n}") }, t));
@@ -82,13 +88,20 @@ fn trained_names<'a>(model: &'a mut Llava, ws: &WeightStore, parts: TrainParts) 
             out.push((format!("{proj}.{n}"), t));
         }
     }
+    if parts.vision {
+        let tower = locate_vision(ws)?;
+        for (n, t) in vision_named(model.vision_train.as_mut().expect("train_vision set it")) {
+            out.push((format!("{tower}.{n}"), t));
+        }
+    }
     Ok(out)
 }
 
 /// Write `model` as an HF model directory in `dir` (created): the tensors of the base checkpoint
 /// in `base` under their names and shapes, in f32, the trained ones (`parts`) from `model`; one
 /// `model.safetensors`, or `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`
-/// when the whole is above `shard_bytes`; every other file of `base` copied. Each file is written
+/// when the whole is above `shard_bytes`; every other file of `base` copied except a run's own
+/// (`*.jsonl` logs, `stage.json`, `trainer_state.json`, ...). Each file is written
 /// to a temporary name and renamed; weight files of an earlier save that this one does not
 /// write are removed.
 pub fn save_model(model: &mut Llava, base: &Path, dir: &Path, parts: TrainParts, shard_bytes: u64) -> Result<()> {
@@ -160,7 +173,7 @@ pub fn save_model(model: &mut Llava, base: &Path, dir: &Path, parts: TrainParts,
     for e in std::fs::read_dir(base).map_err(|e| Error::io(base, e))? {
         let p = e.map_err(|e| Error::io(base, e))?.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if p.is_file() && !name.ends_with(".safetensors") && name != "model.safetensors.index.json" {
+        if p.is_file() && !name.ends_with(".safetensors") && name != "model.safetensors.index.json" && !RUN_FILES.contains(&name) && !name.ends_with(".jsonl") {
             let mut bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
             if name == "config.json" {
                 bytes = f32_config(&bytes).map_err(|e| Error::Json { path: p.clone(), source: e })?;
@@ -170,6 +183,10 @@ pub fn save_model(model: &mut Llava, base: &Path, dir: &Path, parts: TrainParts,
     }
     Ok(())
 }
+
+/// Files a training run or a pipeline stage writes next to a model (the base may be an earlier
+/// run's output): never copied, or the earlier run's log and `stage.json` would pass for this one's.
+const RUN_FILES: [&str; 4] = ["stage.json", "trainer_state.json", "world_train.json", "summary.json"];
 
 /// The base's config.json with its dtype fields (`dtype`, `torch_dtype`, at the top level and in
 /// the sub-configs) saying float32, as the weights are now stored.
@@ -199,7 +216,7 @@ pub fn load_trained(model: &mut Llava, dir: &Path, parts: TrainParts) -> Result<
         let v = ws.get(&n, t.shape())?;
         t.data_mut().copy_from_slice(v.data());
     }
-    Ok(())
+    model.sync_vision()
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -237,10 +254,9 @@ mod tests {
 
     #[test]
     fn train_parts_parse_and_refuse() {
-        assert_eq!("decoder,projector".parse::<TrainParts>().unwrap(), TrainParts { decoder: true, projector: true });
-        assert_eq!("projector".parse::<TrainParts>().unwrap(), TrainParts { decoder: false, projector: true });
-        let e = "decoder,vision".parse::<TrainParts>().unwrap_err();
-        assert!(e.contains("not yet"), "{e}");
+        assert_eq!("decoder,projector".parse::<TrainParts>().unwrap(), TrainParts { decoder: true, projector: true, vision: false });
+        assert_eq!("projector".parse::<TrainParts>().unwrap(), TrainParts { decoder: false, projector: true, vision: false });
+        assert_eq!("decoder, vision".parse::<TrainParts>().unwrap(), TrainParts { decoder: true, projector: false, vision: true });
         let e = "decodr".parse::<TrainParts>().unwrap_err();
         assert!(e.contains("--train") && e.contains("decodr") && e.contains(TRAIN_PARTS), "{e}");
     }

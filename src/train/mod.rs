@@ -28,29 +28,41 @@ use crate::image::RgbImage;
 use crate::loss::{dpo, DpoOut};
 use crate::model::decoder::{LoraGrad, SeqLayout, StepOpts};
 use crate::model::grads::{add_scaled, DecoderGrads};
+use crate::model::clip_grad::Grads as ClipGrads;
 use crate::model::llava::ImageTape;
 use crate::optim::{AdamWConfig, AdamWState};
 use crate::tensor::Tensor;
 use std::path::Path;
 
-/// The gradients of an example or a step: every adapter's (dA, dB) and, when the projector
-/// trains, each projector parameter's gradient named as in the checkpoint (`linear_1.weight`, ...).
+/// The gradients of an example or a step: every adapter's (dA, dB), when the projector trains
+/// each projector parameter's gradient named as in the checkpoint (`linear_1.weight`, ...), and
+/// when the vision tower trains its parameters' gradients by `vision_model.*` name.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Grads {
     pub lora: Vec<LoraGrad>,
     pub projector: Vec<(String, Vec<f32>)>,
+    pub vision: ClipGrads,
 }
 
 impl Grads {
     fn all_mut(&mut self) -> impl Iterator<Item = &mut Vec<f32>> {
-        self.lora.iter_mut().flat_map(|g| [&mut g.2, &mut g.3]).chain(self.projector.iter_mut().map(|g| &mut g.1))
+        self.lora.iter_mut().flat_map(|g| [&mut g.2, &mut g.3]).chain(self.projector.iter_mut().map(|g| &mut g.1)).chain(self.vision.values_mut())
     }
 
-    /// self += w * g (same adapters and parameters in the same order).
+    /// self += w * g (same adapters and parameters in the same order; vision gradients by name).
     pub fn add_scaled(&mut self, g: &Grads, w: f32) {
         let others = g.lora.iter().flat_map(|g| [&g.2, &g.3]).chain(g.projector.iter().map(|g| &g.1));
-        for (a, b) in self.all_mut().zip(others) {
+        let mine = self.lora.iter_mut().flat_map(|g| [&mut g.2, &mut g.3]).chain(self.projector.iter_mut().map(|g| &mut g.1));
+        for (a, b) in mine.zip(others) {
             a.iter_mut().zip(b).for_each(|(p, q)| *p += q * w);
+        }
+        for (name, v) in &g.vision {
+            match self.vision.get_mut(name) {
+                Some(a) => a.iter_mut().zip(v).for_each(|(p, q)| *p += q * w),
+                None => {
+                    self.vision.insert(name.clone(), v.iter().map(|q| q * w).collect());
+                }
+            }
         }
     }
 
@@ -60,18 +72,20 @@ impl Grads {
 
     /// Global L2 norm over every gradient.
     pub fn norm(&self) -> f64 {
-        let all = self.lora.iter().flat_map(|g| g.2.iter().chain(&g.3)).chain(self.projector.iter().flat_map(|g| &g.1));
+        let all = self.lora.iter().flat_map(|g| g.2.iter().chain(&g.3)).chain(self.projector.iter().flat_map(|g| &g.1)).chain(self.vision.values().flatten());
         all.map(|&v| v as f64 * v as f64).sum::<f64>().sqrt()
     }
 }
 
-/// Input embeddings [T, C] and, when the projector trains, where each image's rows start and the
-/// tape to back-propagate into the projector; `ids`: the token id of every row (`IMAGE_ROW` for an
-/// image feature row), where a decoder trained in full adds the rows' gradients into embed_tokens.
+/// Input embeddings [T, C] and, when the projector or the vision tower trains, where each
+/// image's rows start and the tape to back-propagate into them (`projector`: its gradients are
+/// wanted); `ids`: the token id of every row (`IMAGE_ROW` for an image feature row), where a
+/// decoder trained in full adds the rows' gradients into embed_tokens.
 pub struct Embedded {
     pub x: Tensor,
     tapes: Vec<(usize, ImageTape)>,
     ids: Vec<u32>,
+    projector: bool,
 }
 
 /// The row id of an image feature row in [`Embedded`].
@@ -89,14 +103,15 @@ pub struct Scored {
 }
 
 impl Pipeline {
-    /// `embed`, keeping the projector's tape when `projector` is set; also the number of image
-    /// feature rows.
+    /// `embed`, keeping the tape when `projector` is set or the vision tower trains
+    /// (`Llava::train_vision`); also the number of image feature rows.
     pub fn embed_train(&self, ids: &[u32], images: &[RgbImage], projector: bool) -> Result<(Embedded, usize)> {
         let mut feats = Vec::new();
         let mut tapes = Vec::new();
+        let taped = projector || self.model.vision_trains();
         for img in images {
             let image = crate::image::preprocess(img, &self.processor)?;
-            if projector {
+            if taped {
                 let (f, t) = self.model.image_features_train(&image)?;
                 feats.push(f);
                 tapes.push(t);
@@ -117,17 +132,19 @@ impl Pipeline {
             }
         }
         let k = feats.iter().map(|f| f.dim(0)).sum();
-        let tapes = if projector { starts.into_iter().zip(tapes).collect() } else { Vec::new() };
-        Ok((Embedded { x, tapes, ids: rows }, k))
+        let tapes = if taped { starts.into_iter().zip(tapes).collect() } else { Vec::new() };
+        Ok((Embedded { x, tapes, ids: rows, projector }, k))
     }
 
-    /// Projector gradients from d loss / d embeddings [T, C] (empty when it does not train).
-    fn embed_backward(&self, e: &Embedded, dx: &[f32]) -> Vec<(String, Vec<f32>)> {
+    /// Projector gradients from d loss / d embeddings [T, C] (empty when it does not train) and
+    /// the vision tower's (empty when it does not train).
+    fn embed_backward(&self, e: &Embedded, dx: &[f32]) -> (Vec<(String, Vec<f32>)>, ClipGrads) {
         let c = self.model.decoder.hidden_size();
         let mut out: Vec<(String, Vec<f32>)> = Vec::new();
+        let mut vision = ClipGrads::new();
         for (start, tape) in &e.tapes {
             let k = tape.rows();
-            let g = self.model.image_features_backward(tape, &dx[start * c..(start + k) * c]);
+            let g = self.model.image_features_backward(tape, &dx[start * c..(start + k) * c], e.projector, &mut vision);
             if out.is_empty() {
                 out = g;
             } else {
@@ -136,7 +153,7 @@ impl Pipeline {
                 }
             }
         }
-        out
+        (out, vision)
     }
 
     /// Embeddings of a formatted prompt with its images followed by `response` (tokenized without
@@ -177,6 +194,7 @@ pub fn logprob_grads_full(
     let mut tapes = Vec::new();
     let mut ids = Vec::new();
     let mut end = 0;
+    let projector = seqs.iter().any(|s| s.x.projector);
     let xs: Vec<&Tensor> = seqs.iter().map(|s| &s.x.x).collect();
     let x = Tensor::cat_rows(&xs)?;
     for s in seqs {
@@ -186,7 +204,7 @@ pub fn logprob_grads_full(
         let r = s.response_ids.len();
         responses.push(((end - r - 1..end - 1).collect(), s.response_ids));
     }
-    grads_core(pipe, Embedded { x, tapes, ids }, &layouts, &responses, opts, full, weights)
+    grads_core(pipe, Embedded { x, tapes, ids, projector }, &layouts, &responses, opts, full, weights)
 }
 
 /// The common core: forward over `layouts`, log-probs of each response (its target rows and
@@ -248,8 +266,8 @@ fn grads_core(
             }
         }
     }
-    let projector = pipe.embed_backward(&input, &dx);
-    Ok((logps, Grads { lora, projector }))
+    let (projector, vision) = pipe.embed_backward(&input, &dx);
+    Ok((logps, Grads { lora, projector, vision }))
 }
 
 /// Per-token log-probs of `response` and the LoRA gradients of sum_i w_i logp_i.
@@ -406,6 +424,17 @@ impl TrainAdamW {
                     .ok_or_else(|| Error::Input(format!("no projector parameter `{name}`")))?;
                 update(format!("projector.{name}"), p.data_mut(), g, projector_lr, !name.ends_with("bias"));
             }
+        }
+        if !grads.vision.is_empty() {
+            // The vision tower at `lr`, HF's decay grouping on its LLaVA names; state keys
+            // `vision.{name}` (`vision.vision_model.embeddings.class_embedding`, ...).
+            let params = pipe.model.vision_params_mut()?;
+            let mut by_name: std::collections::HashMap<String, &mut Tensor> = params.into_iter().map(|(n, t)| (format!("vision_model.{n}"), t)).collect();
+            for (name, g) in &grads.vision {
+                let p = by_name.get_mut(name).ok_or_else(|| Error::Input(format!("no vision parameter `{name}`")))?;
+                update(format!("vision.{name}"), p.data_mut(), g, lr, full::hf_decays(&format!("model.vision_tower.{name}")));
+            }
+            pipe.model.sync_vision()?;
         }
         Ok(())
     }

@@ -234,7 +234,7 @@ pub fn train_loop<L: Learner>(
         if args.init_adapter.is_some() {
             return Err(Error::Input("--train trains weights in full: it cannot continue a LoRA adapter (--init-adapter)".into()));
         }
-        if !parts.decoder && !parts.projector {
+        if !parts.decoder && !parts.projector && !parts.vision {
             return Err(Error::Input("--train: nothing to train".into()));
         }
         // LoRA is off; the projector trains at --projector-lr, else --lr.

@@ -6,15 +6,16 @@
 //! OUT/stages/0-init      world::model::create: tokenizer from the world's texts, config, weights from --seed
 //! OUT/stages/1-align     stage 1 on captions.json (LLaVA's feature alignment: one brief caption per image)
 //! OUT/stages/2-instruct  stage 2 on instruct.json (LLaVA's visual instruction tuning, every weight of
-//!                        the decoder and the projector)
+//!                        the decoder and the projector; `--instruct-train` adds the vision tower)
 //! OUT/                   the result: an HF checkpoint folder (config.json, model.safetensors, the
 //!                        tokenizer, ...) and world_train.json (settings, data, loss curves)
 //! ```
 //! LLaVA's stage 1 trains the projector alone because its decoder is a pretrained LLM; this decoder
 //! starts from random weights, so by default stage 1 trains it too (`--align-train`): the captions
-//! are its language pretraining. The vision tower stays frozen: the world's CLIP
+//! are its language pretraining. The vision tower stays frozen by default: the world's CLIP
 //! (`stic world train-clip`, `--vision-from`), as LLaVA's is OpenAI's CLIP, or its random
-//! initialisation without one.
+//! initialisation without one; `--instruct-train decoder,projector,vision` (or `--align-train`
+//! with vision) fine-tunes it too.
 //!
 //! Each stage is skipped once done and resumes from its checkpoint; the same seed and data give
 //! the same model (the CPU learner is deterministic).
@@ -45,7 +46,7 @@ pub struct StageArgs {
 }
 
 fn parts_text<S: serde::Serializer>(p: &TrainParts, s: S) -> std::result::Result<S::Ok, S::Error> {
-    let names: Vec<&str> = [(p.decoder, "decoder"), (p.projector, "projector")].iter().filter(|x| x.0).map(|x| x.1).collect();
+    let names: Vec<&str> = [(p.decoder, "decoder"), (p.projector, "projector"), (p.vision, "vision")].iter().filter(|x| x.0).map(|x| x.1).collect();
     s.serialize_str(&names.join(","))
 }
 
