@@ -13,7 +13,8 @@ BUILD="${BUILD:-target/world-model-build}"
 # The settings of the bundled model (also in its world_train.json).
 WORLD=(--n 2000 --seed 0)
 TRAIN=(--seed 0 --hidden 96 --layers 3 --heads 4 --intermediate 256 --vision-hidden 64 --vision-layers 3
-       --clip-epochs 10 --align-epochs 1 --instruct-epochs 3 --batch-size 8)
+       --clip-epochs 10 --align-epochs 1 --instruct-epochs 3 --batch-size 8
+       --align-train decoder,projector,vision --instruct-train decoder,projector,vision)
 rm -rf "$BUILD"
 "$STIC" world make --out "$BUILD/world" "${WORLD[@]}"
 "$STIC" world train --data "$BUILD/world" --out "$BUILD/model" "${TRAIN[@]}" --quiet

@@ -76,7 +76,11 @@ fn stic_on_the_world_moves_the_metrics_as_measured_over_seeds() {
         deltas.push(serde_json::Value::Object(d));
     }
     let mean = |k: &str| deltas.iter().map(|d| d[k].as_f64().unwrap()).sum::<f64>() / deltas.len() as f64;
-    // EFFECT: the direction measured over seeds (docs/WORLD.md, "STIC in the world").
-    let _ = mean;
+    // The direction measured over seeds 0-2 (docs/WORLD.md, "STIC in the world", 2026-12-07):
+    // STIC made this model hallucinate more (CHAIR_i 0.618 -> 0.654 ± 0.027, up for every seed) and
+    // answer "no" to almost every probe (POPE F1 0.267 -> 0.026 ± 0.016). A change that makes STIC
+    // help here is welcome; it should update the document and this test with the new measurement.
+    assert!(mean("chair_i") > 0.0, "CHAIR_i no longer rises under STIC: {deltas:?}");
+    assert!(mean("pope_f1") < -0.1, "POPE F1 no longer collapses under STIC: {deltas:?}");
     std::fs::remove_dir_all(&base).ok();
 }

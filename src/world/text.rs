@@ -13,6 +13,26 @@ use crate::rng::Rng;
 
 /// The prompt of the description questions (captions.json uses brief prompts, see [`BRIEF`]).
 pub const DESCRIBE: &str = "Describe this image in detail.";
+/// The prompts of the descriptions in instruct.json, one drawn per image: the held-out question's
+/// and paraphrases, as LLaVA's detailed-description data draws from a list of prompts, among them
+/// STIC's description prompts and its step-by-step prompt (`stic::prompts`), so that STIC's
+/// prompts ask this tiny model for a description as they ask LLaVA-1.5 (which generalises from its
+/// many paraphrases; a model this small does not: without them it answers the step-by-step
+/// prompt's "Is it indoors or outdoors?" with "Yes.").
+pub fn describe_prompts() -> Vec<&'static str> {
+    let mut v = vec![
+        DESCRIBE,
+        "Describe the image.",
+        "What do you see in this picture?",
+        "Give a detailed description of the picture.",
+        "Explain what the image shows.",
+        "Tell me about the objects in the image.",
+    ];
+    v.extend(crate::stic::prompts::DESCRIPTION_PROMPTS);
+    v.push(crate::stic::prompts::GOOD_PROMPT);
+    v
+}
+
 /// The prompts of captions.json (LLaVA's stage-1 data asks for a brief description).
 pub const BRIEF: [&str; 3] = ["Describe the image briefly.", "What is in this picture?", "Give a short caption of the image."];
 
@@ -250,7 +270,8 @@ pub fn questions(s: &Scene, rng: &mut Rng) -> Vec<Question> {
 /// absent: the usual companion when it is absent), all in a random order.
 pub fn instruct_example(s: &Scene, rng: &mut Rng) -> Value {
     let shapes = s.shapes();
-    let mut turns: Vec<(String, String)> = vec![(DESCRIBE.into(), description(s))];
+    let prompts = describe_prompts();
+    let mut turns: Vec<(String, String)> = vec![(prompts[rng.below(prompts.len())].into(), description(s))];
     turns.push((short("How many objects are there in the image?"), format!("{}.", capitalise(&number(s.objects.len())))));
     let one = shapes[rng.below(shapes.len())];
     turns.push((short(&format!("How many {} are there?", plural(one.name()))), format!("{}.", capitalise(&number(s.count(one))))));
