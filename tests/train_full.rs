@@ -168,15 +168,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// `stic train-sft` on the SFT fixture with `extra` options into `out`.
-fn train_sft(model: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
-    let data = fixtures().join("sft/llava.json");
-    let mut a = vec!["train-sft", "--model", s(model), "--data", s(&data), "--out", s(out), "--warmup-ratio", "0", "--seed", "3", "--quiet"];
-    a.extend_from_slice(extra);
-    let (ok, _, err) = stic(&a);
-    (ok, err)
-}
-
 fn losses(out: &Path) -> Vec<f64> {
     std::fs::read_to_string(out.join("train_log.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
 }
@@ -191,7 +182,7 @@ fn names_shapes(dir: &Path) -> Vec<(String, Vec<usize>)> {
 fn train_sft_full_writes_a_model_that_generate_loads() {
     let model = fixtures().join("llava15_tiny");
     let out = tmp("sft");
-    let (ok, err) = train_sft(&model, &out, &["--train", "decoder,projector", "--epochs", "4", "--lr", "3e-3"]);
+    let (ok, err) = train_sft_fixture(&model, &out, &["--train", "decoder,projector", "--epochs", "4", "--lr", "3e-3"]);
     assert!(ok, "{err}");
     let l = losses(&out);
     assert_eq!(l.len(), 8);
@@ -224,7 +215,7 @@ fn train_sft_full_writes_a_model_that_generate_loads() {
 fn train_projector_alone_keeps_the_decoder() {
     let model = fixtures().join("llava_next_tiny");
     let out = tmp("proj");
-    let (ok, err) = train_sft(&model, &out, &["--train", "projector", "--max-steps", "2", "--projector-lr", "1e-2", "--lr", "1e-3"]);
+    let (ok, err) = train_sft_fixture(&model, &out, &["--train", "projector", "--max-steps", "2", "--projector-lr", "1e-2", "--lr", "1e-3"]);
     assert!(ok, "{err}");
     assert!(out.join("model.safetensors.index.json").exists() || out.join("model.safetensors").exists());
     assert_eq!(names_shapes(&out), names_shapes(&model));
@@ -242,16 +233,16 @@ fn full_training_resumes_bit_identically() {
     let model = fixtures().join("llava15_tiny");
     let (a, b) = (tmp("resume-a"), tmp("resume-b"));
     let common = ["--train", "decoder,projector", "--max-steps", "4", "--save-every", "2", "--weight-decay", "0.1", "--grad-accum", "2", "--lr", "1e-3"];
-    let (ok, err) = train_sft(&model, &a, &common);
+    let (ok, err) = train_sft_fixture(&model, &a, &common);
     assert!(ok, "{err}");
     let mut first: Vec<&str> = common.to_vec();
     first.extend(["--stop-after", "2"]);
-    let (ok, err) = train_sft(&model, &b, &first);
+    let (ok, err) = train_sft_fixture(&model, &b, &first);
     assert!(ok, "{err}");
     assert_eq!(losses(&b).len(), 2);
     let mut again: Vec<&str> = common.to_vec();
     again.push("--resume");
-    let (ok, err) = train_sft(&model, &b, &again);
+    let (ok, err) = train_sft_fixture(&model, &b, &again);
     assert!(ok, "{err}");
     assert_eq!(losses(&a), losses(&b));
     for f in ["model.safetensors", "checkpoint/model.safetensors", "checkpoint/optimizer.safetensors"] {
@@ -263,7 +254,7 @@ fn full_training_resumes_bit_identically() {
 fn full_training_shards_above_shard_mib() {
     let model = fixtures().join("llava15_tiny");
     let out = tmp("shard");
-    let (ok, err) = train_sft(&model, &out, &["--train", "decoder", "--max-steps", "1", "--shard-mib", "3", "--lr", "1e-3"]);
+    let (ok, err) = train_sft_fixture(&model, &out, &["--train", "decoder", "--max-steps", "1", "--shard-mib", "3", "--lr", "1e-3"]);
     assert!(ok, "{err}");
     assert!(out.join("model.safetensors.index.json").exists() && !out.join("model.safetensors").exists());
     let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap()).unwrap();
@@ -292,9 +283,9 @@ fn names_in(index: &serde_json::Value, file: &str) -> usize {
 fn bad_train_options_are_refused_clearly() {
     let model = fixtures().join("llava15_tiny");
     let out = tmp("bad");
-    let (ok, err) = train_sft(&model, &out, &["--train", "decoder,lm"]);
+    let (ok, err) = train_sft_fixture(&model, &out, &["--train", "decoder,lm"]);
     assert!(!ok && err.contains("--train") && err.contains("`lm`") && err.contains("decoder, projector, vision"), "{err}");
-    let (ok, err) = train_sft(&model, &out, &["--train", "decoder", "--lora-r", "8"]);
+    let (ok, err) = train_sft_fixture(&model, &out, &["--train", "decoder", "--lora-r", "8"]);
     assert!(!ok && err.contains("--lora-r") && err.contains("--train"), "{err}");
 }
 
@@ -378,7 +369,7 @@ fn tied_embeddings_add_the_gradients_of_both_uses() {
     }
     // The saved model keeps the file's lm_head tensor, holding the trained embedding.
     let out = tmp("tied");
-    let (ok, err) = train_sft(&tied, &out, &["--train", "decoder", "--max-steps", "1", "--lr", "1e-2"]);
+    let (ok, err) = train_sft_fixture(&tied, &out, &["--train", "decoder", "--max-steps", "1", "--lr", "1e-2"]);
     assert!(ok, "{err}");
     assert_eq!(names_shapes(&out), names_shapes(&tied));
     let ws = stic::weights::WeightStore::open(&out).unwrap();

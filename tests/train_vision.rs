@@ -126,14 +126,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn train_sft(model: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
-    let data = fixtures().join("sft/llava.json");
-    let mut a = vec!["train-sft", "--model", s(model), "--data", s(&data), "--out", s(out), "--warmup-ratio", "0", "--seed", "3", "--quiet"];
-    a.extend_from_slice(extra);
-    let (ok, _, err) = stic(&a);
-    (ok, err)
-}
-
 fn names_shapes(dir: &Path) -> Vec<(String, Vec<usize>)> {
     let ws = stic::weights::WeightStore::open(dir).unwrap();
     ws.names().map(|n| (n.to_string(), ws.shape_of(n).unwrap())).collect()
@@ -144,7 +136,7 @@ fn train_sft_vision_moves_the_tower_and_resumes_bit_identically() {
     let model = fixtures().join("llava15_tiny");
     let (a, b) = (tmp("a"), tmp("b"));
     let common = ["--train", "decoder,projector,vision", "--max-steps", "4", "--save-every", "2", "--weight-decay", "0.1", "--grad-accum", "2", "--lr", "1e-3"];
-    let (ok, err) = train_sft(&model, &a, &common);
+    let (ok, err) = train_sft_fixture(&model, &a, &common);
     assert!(ok, "{err}");
     assert_eq!(names_shapes(&a), names_shapes(&model));
     // Every weight moved except the vision layers after the feature layer (-2: layer 2 of 3)
@@ -166,11 +158,11 @@ fn train_sft_vision_moves_the_tower_and_resumes_bit_identically() {
     // Crash after step 2, resume: the same losses and bits.
     let mut first: Vec<&str> = common.to_vec();
     first.extend(["--stop-after", "2"]);
-    let (ok, err) = train_sft(&model, &b, &first);
+    let (ok, err) = train_sft_fixture(&model, &b, &first);
     assert!(ok, "{err}");
     let mut again: Vec<&str> = common.to_vec();
     again.push("--resume");
-    let (ok, err) = train_sft(&model, &b, &again);
+    let (ok, err) = train_sft_fixture(&model, &b, &again);
     assert!(ok, "{err}");
     let log = |d: &Path| std::fs::read_to_string(d.join("train_log.jsonl")).unwrap();
     assert_eq!(log(&a).lines().count(), 4);
@@ -183,7 +175,7 @@ fn train_sft_vision_moves_the_tower_and_resumes_bit_identically() {
 fn train_vision_alone_keeps_decoder_and_projector() {
     let model = fixtures().join("llava15_tiny");
     let out = tmp("alone");
-    let (ok, err) = train_sft(&model, &out, &["--train", "vision", "--max-steps", "1", "--lr", "1e-3"]);
+    let (ok, err) = train_sft_fixture(&model, &out, &["--train", "vision", "--max-steps", "1", "--lr", "1e-3"]);
     assert!(ok, "{err}");
     let (base, got) = (stic::weights::WeightStore::open(&model).unwrap(), stic::weights::WeightStore::open(&out).unwrap());
     for name in base.names() {

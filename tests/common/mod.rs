@@ -78,6 +78,17 @@ pub fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0.0, f32::max)
 }
 
+/// `stic train-sft` on the SFT fixture (tests/fixtures/sft/llava.json: no warmup, seed 3, quiet)
+/// from `model` into `out` with `extra` options; (success, stderr).
+pub fn train_sft_fixture(model: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> (bool, String) {
+    let data = fixtures().join("sft/llava.json");
+    let mut a = vec!["train-sft", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    a.extend_from_slice(&["--warmup-ratio", "0", "--seed", "3", "--quiet"]);
+    a.extend_from_slice(extra);
+    let (ok, _, err) = stic(&a);
+    (ok, err)
+}
+
 /// A scratch copy of a fixture directory, for tests that damage files.
 pub fn scratch_copy(rel: &str, tag: &str) -> PathBuf {
     let src = fixtures().join(rel);
