@@ -96,3 +96,24 @@ fn trained_clip_retrieves_heldout_captions_above_chance() {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+#[test]
+fn hard_negatives_make_the_loss_harder_and_train() {
+    let world = tmp("hard");
+    make_world(&world, 64, 2);
+    let small = ["--epochs", "2", "--batch", "8", "--seed", "0"];
+    let (plain, hard) = (tmp("plain"), tmp("hardneg"));
+    assert!(train(&world, &plain, &small).0);
+    let (ok, _, err) = train(&world, &hard, &[&small[..], &["--hard-negatives"]].concat());
+    assert!(ok, "{err}");
+    let (p, h) = (losses(&plain), losses(&hard));
+    assert_eq!(p.len(), h.len());
+    // The first step (same initial weights and batch): 8 more negative texts per image raise the loss.
+    assert!(h[0].1 > p[0].1 + 0.1, "first loss: plain {} hard {}", p[0].1, h[0].1);
+    let mean = |l: &[(usize, f64)], e: usize| l.iter().filter(|x| x.0 == e).map(|x| x.1).sum::<f64>() / 6.0;
+    assert!(mean(&h, 1) < mean(&h, 0), "with hard negatives the loss falls: {:?}", h);
+    std::fs::remove_dir_all(&world).ok();
+    for d in [plain, hard] {
+        std::fs::remove_dir_all(&d).ok();
+    }
+}

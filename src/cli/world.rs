@@ -66,6 +66,10 @@ pub struct WorldTrainCli {
     /// --vision-hidden, depth --vision-layers); 0: a random frozen vision tower.
     #[arg(long, default_value_t = 10)]
     pub clip_epochs: usize,
+    /// Train the world CLIP with shape-swapped hard-negative captions (`train-clip
+    /// --hard-negatives`).
+    #[arg(long)]
+    pub clip_hard_negatives: bool,
     /// Examples per optimiser step (both stages).
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
@@ -154,6 +158,10 @@ pub struct WorldTrainClipArgs {
     /// CLIP BPE tokenizer (tests/fixtures/clip_tokenizer).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Add, for each caption of a batch, the caption with one shape swapped for one the image does
+    /// not have, as an extra negative (otherwise colour and background alone meet the loss).
+    #[arg(long)]
+    pub hard_negatives: bool,
     /// Then print the caption retrieval on the held-out images as JSON.
     #[arg(long)]
     pub eval: bool,
@@ -270,7 +278,7 @@ pub fn world(a: &WorldArgs) -> Result<()> {
                 align: stage(parts(&a.align_train, "align-train")?, a.align_epochs, a.align_lr),
                 instruct: stage(parts(&a.instruct_train, "instruct-train")?, a.instruct_epochs, a.instruct_lr),
                 vision_from: a.vision_from.clone(),
-                clip: (a.clip_epochs > 0).then(|| clip_args(&a.data, &a.out, None, a.seed, a.clip_epochs, a.spec.vision_hidden, a.spec.vision_layers, a.spec.patch)),
+                clip: (a.clip_epochs > 0).then(|| clip_args(&a.data, &a.out, None, a.seed, a.clip_epochs, a.spec.vision_hidden, a.spec.vision_layers, a.spec.patch, a.clip_hard_negatives)),
                 quiet: a.quiet,
             };
             let summary = stic::world::train::train(&args)?;
@@ -289,7 +297,7 @@ pub fn world(a: &WorldArgs) -> Result<()> {
 /// `train-clip`'s settings with its defaults (batch 64, lr 1e-3, weight decay 0.1), the
 /// repository's CLIP BPE tokenizer unless `tokenizer` names another.
 #[allow(clippy::too_many_arguments)]
-fn clip_args(data: &std::path::Path, out: &std::path::Path, tokenizer: Option<PathBuf>, seed: u64, epochs: usize, width: usize, layers: usize, patch: usize) -> stic::world::clip::TrainClipArgs {
+fn clip_args(data: &std::path::Path, out: &std::path::Path, tokenizer: Option<PathBuf>, seed: u64, epochs: usize, width: usize, layers: usize, patch: usize, hard_negatives: bool) -> stic::world::clip::TrainClipArgs {
     let default_tok = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clip_tokenizer/tokenizer.json"));
     stic::world::clip::TrainClipArgs {
         data: data.to_path_buf(),
@@ -304,6 +312,7 @@ fn clip_args(data: &std::path::Path, out: &std::path::Path, tokenizer: Option<Pa
         layers,
         patch,
         quiet: false,
+        hard_negatives,
         stop_after: None,
     }
 }
@@ -315,7 +324,7 @@ fn train_clip(t: &WorldTrainClipArgs) -> Result<()> {
         weight_decay: t.weight_decay,
         quiet: t.quiet,
         stop_after: t.stop_after_epoch,
-        ..clip_args(&t.data, &t.out, t.tokenizer.clone(), t.seed, t.epochs, t.width, t.layers, 8)
+        ..clip_args(&t.data, &t.out, t.tokenizer.clone(), t.seed, t.epochs, t.width, t.layers, 8, t.hard_negatives)
     };
     let s = stic::world::clip::train_clip(&args)?;
     eprintln!("train-clip: {} steps in {:.1}s, loss {:.4} -> {:.4} (last epoch mean); model in {}", s.steps, s.seconds, s.first_loss, s.last_epoch_loss, t.out.display());

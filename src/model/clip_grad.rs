@@ -351,14 +351,17 @@ pub fn text_backward(p: &ClipParams, t: &TextTape, d_embeds: &[f32], gr: &mut Gr
     accumulate(gr, "text_model.embeddings.position_embedding.weight", dpos);
 }
 
-/// CLIP's loss over B matched pairs (row b of `image` [B, P] with row b of `text` [B, P]):
-/// (loss, d image, d text, d logit_scale), in f64 inside.
+/// CLIP's loss over B matched pairs (row b of `image` [B, P] with row b of `text` [T, P], T >= B):
+/// (loss, d image, d text, d logit_scale), in f64 inside. Text rows past B are extra negatives
+/// (hard negatives): they enter each image's softmax over texts, and have no image of their own.
+/// With T = B this is CLIP's symmetric loss.
 pub fn contrastive_loss(image: &[f32], text: &[f32], p: usize, logit_scale: f32) -> (f64, Vec<f32>, Vec<f32>, f32) {
     let b = image.len() / p;
-    assert_eq!(text.len(), b * p, "contrastive_loss: image and text batches differ");
+    let n_text = text.len() / p;
+    assert!(n_text >= b && text.len() == n_text * p, "contrastive_loss: {} text rows for {b} images", text.len() / p);
     let unit = |x: &[f32]| -> (Vec<f64>, Vec<f64>) {
         let mut u = Vec::with_capacity(x.len());
-        let mut norms = Vec::with_capacity(b);
+        let mut norms = Vec::with_capacity(x.len() / p);
         for r in x.chunks(p) {
             let nr = r.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
             norms.push(nr);
@@ -368,24 +371,26 @@ pub fn contrastive_loss(image: &[f32], text: &[f32], p: usize, logit_scale: f32)
     };
     let ((ui, ni), (ut, nt)) = (unit(image), unit(text));
     let s = (logit_scale as f64).exp();
-    // logits[t][i] = s cos(text t, image i)
-    let mut cos = vec![0f64; b * b];
-    for t in 0..b {
+    // logits[t][i] = s cos(text t, image i), t < T, i < B
+    let mut cos = vec![0f64; n_text * b];
+    for t in 0..n_text {
         for i in 0..b {
             cos[t * b + i] = (0..p).map(|k| ut[t * p + k] * ui[i * p + k]).sum();
         }
     }
     let logits: Vec<f64> = cos.iter().map(|c| s * c).collect();
-    // dlogits of both cross-entropies (each a mean over its B rows, then halved).
-    let mut dl = vec![0f64; b * b];
+    // dlogits of both cross-entropies (each a mean over its B rows, then halved): text t -> the B
+    // images (t < B), image i -> the T texts.
+    let mut dl = vec![0f64; n_text * b];
     let mut loss = 0.0;
     for transpose in [false, true] {
+        let width = if transpose { n_text } else { b };
         let at = |r: usize, j: usize| if transpose { logits[j * b + r] } else { logits[r * b + j] };
         for r in 0..b {
-            let m = (0..b).map(|j| at(r, j)).fold(f64::NEG_INFINITY, f64::max);
-            let z: f64 = (0..b).map(|j| (at(r, j) - m).exp()).sum();
+            let m = (0..width).map(|j| at(r, j)).fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = (0..width).map(|j| (at(r, j) - m).exp()).sum();
             loss += (m + z.ln() - at(r, r)) / (2.0 * b as f64);
-            for j in 0..b {
+            for j in 0..width {
                 let g = ((at(r, j) - m).exp() / z - if r == j { 1.0 } else { 0.0 }) / (2.0 * b as f64);
                 if transpose {
                     dl[j * b + r] += g;
@@ -397,8 +402,8 @@ pub fn contrastive_loss(image: &[f32], text: &[f32], p: usize, logit_scale: f32)
     }
     let dscale: f64 = dl.iter().zip(&logits).map(|(d, l)| d * l).sum();
     // d unit vectors, then through the normalisation: dx = (du - u (u . du)) / |x|.
-    let (mut dut, mut dui) = (vec![0f64; b * p], vec![0f64; b * p]);
-    for t in 0..b {
+    let (mut dut, mut dui) = (vec![0f64; n_text * p], vec![0f64; b * p]);
+    for t in 0..n_text {
         for i in 0..b {
             let g = s * dl[t * b + i];
             for k in 0..p {
@@ -419,10 +424,11 @@ pub fn contrastive_loss(image: &[f32], text: &[f32], p: usize, logit_scale: f32)
     (loss, back(&ui, &dui, &ni), back(&ut, &dut, &nt), dscale as f32)
 }
 
-/// The loss of a batch of matched (image, text) pairs and the gradient of every parameter.
+/// The loss of a batch of matched (image, text) pairs and the gradient of every parameter; texts
+/// past the images' count are extra negatives (`contrastive_loss`).
 pub fn clip_loss_grads(p: &ClipParams, pixels: &Tensor, ids: &[Vec<u32>]) -> Result<(f64, Grads)> {
-    if pixels.dim(0) != ids.len() || ids.len() < 2 {
-        return Err(Error::Input(format!("clip loss: {} images and {} texts (need equal batches of at least 2)", pixels.dim(0), ids.len())));
+    if pixels.dim(0) > ids.len() || pixels.dim(0) < 2 {
+        return Err(Error::Input(format!("clip loss: {} images and {} texts (need at least 2 images and a text for each)", pixels.dim(0), ids.len())));
     }
     let (ie, itape) = image_forward(p, pixels)?;
     let (te, ttape) = text_forward(p, ids)?;
@@ -440,26 +446,33 @@ mod tests {
 
     #[test]
     fn contrastive_loss_gradient_matches_finite_differences() {
-        let (b, p) = (3, 4);
-        let img: Vec<f32> = (0..b * p).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
-        let txt: Vec<f32> = (0..b * p).map(|i| ((i * 5 % 13) as f32 - 6.0) / 4.0).collect();
-        let ls = 1.3f32;
-        let (_, di, dt, ds) = contrastive_loss(&img, &txt, p, ls);
-        let h = 1e-3f32;
-        let f = |i: &[f32], t: &[f32], s: f32| contrastive_loss(i, t, p, s).0;
-        for k in 0..b * p {
-            let (mut a, mut m) = (img.clone(), img.clone());
-            a[k] += h;
-            m[k] -= h;
-            let fd = (f(&a, &txt, ls) - f(&m, &txt, ls)) / (2.0 * h as f64);
-            assert!((fd - di[k] as f64).abs() < 1e-3 * (1.0 + fd.abs()), "d image[{k}]: {fd} vs {}", di[k]);
-            let (mut a, mut m) = (txt.clone(), txt.clone());
-            a[k] += h;
-            m[k] -= h;
-            let fd = (f(&img, &a, ls) - f(&img, &m, ls)) / (2.0 * h as f64);
-            assert!((fd - dt[k] as f64).abs() < 1e-3 * (1.0 + fd.abs()), "d text[{k}]: {fd} vs {}", dt[k]);
+        // 3 pairs; then the same with 2 extra negative texts (hard negatives).
+        for extra in [0usize, 2] {
+            let (b, p) = (3, 4);
+            let nt = b + extra;
+            let img: Vec<f32> = (0..b * p).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
+            let txt: Vec<f32> = (0..nt * p).map(|i| ((i * 5 % 13) as f32 - 6.0) / 4.0).collect();
+            let ls = 1.3f32;
+            let (_, di, dt, ds) = contrastive_loss(&img, &txt, p, ls);
+            assert_eq!((di.len(), dt.len()), (b * p, nt * p));
+            let h = 1e-3f32;
+            let f = |i: &[f32], t: &[f32], s: f32| contrastive_loss(i, t, p, s).0;
+            for k in 0..b * p {
+                let (mut a, mut m) = (img.clone(), img.clone());
+                a[k] += h;
+                m[k] -= h;
+                let fd = (f(&a, &txt, ls) - f(&m, &txt, ls)) / (2.0 * h as f64);
+                assert!((fd - di[k] as f64).abs() < 1e-3 * (1.0 + fd.abs()), "extra {extra}: d image[{k}]: {fd} vs {}", di[k]);
+            }
+            for k in 0..nt * p {
+                let (mut a, mut m) = (txt.clone(), txt.clone());
+                a[k] += h;
+                m[k] -= h;
+                let fd = (f(&img, &a, ls) - f(&img, &m, ls)) / (2.0 * h as f64);
+                assert!((fd - dt[k] as f64).abs() < 1e-3 * (1.0 + fd.abs()), "extra {extra}: d text[{k}]: {fd} vs {}", dt[k]);
+            }
+            let fd = (f(&img, &txt, ls + h) - f(&img, &txt, ls - h)) / (2.0 * h as f64);
+            assert!((fd - ds as f64).abs() < 1e-3 * (1.0 + fd.abs()), "extra {extra}: d logit_scale: {fd} vs {ds}");
         }
-        let fd = (f(&img, &txt, ls + h) - f(&img, &txt, ls - h)) / (2.0 * h as f64);
-        assert!((fd - ds as f64).abs() < 1e-3 * (1.0 + fd.abs()), "d logit_scale: {fd} vs {ds}");
     }
 }

@@ -50,6 +50,10 @@ pub struct TrainClipArgs {
     pub layers: usize,
     pub patch: usize,
     pub quiet: bool,
+    /// Add to every batch, for each caption, the caption with one of its shapes swapped for a shape
+    /// the image does not have, as an extra negative (`swap_shape`): without them the contrastive
+    /// loss is met by colour and background alone and the CLIP ignores shape.
+    pub hard_negatives: bool,
     /// Return after this many epochs (checkpoint written, no final model): what a kill right after
     /// a checkpoint leaves, for the resume tests.
     pub stop_after: Option<usize>,
@@ -274,7 +278,12 @@ pub fn train_clip(a: &TrainClipArgs) -> Result<TrainClipSummary> {
         for batch in &batches {
             let px: Vec<f32> = batch.iter().flat_map(|&i| pixels[i * plane..][..plane].iter().copied()).collect();
             let px = Tensor::new(px, &[batch.len(), 3, size, size])?;
-            let bids: Vec<Vec<u32>> = batch.iter().map(|&i| ids[i].clone()).collect();
+            let mut bids: Vec<Vec<u32>> = batch.iter().map(|&i| ids[i].clone()).collect();
+            if a.hard_negatives {
+                let mut rng = crate::rng::Rng::new(a.seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let swapped: Vec<String> = batch.iter().filter_map(|&i| swap_shape(&pairs[i].1, &mut rng)).collect();
+                bids.extend(tok.encode(&swapped)?);
+            }
             let (loss, grads) = clip_loss_grads(&params, &px, &bids)?;
             let lr = lr_at(a.lr, step, total);
             for (name, t) in params.tensors.iter_mut() {
@@ -305,6 +314,27 @@ pub fn train_clip(a: &TrainClipArgs) -> Result<TrainClipSummary> {
     let summary = TrainClipSummary { pairs: pairs.len(), params: params.n_params(), steps: step, first_loss, last_epoch_loss, seconds: t0.elapsed().as_secs_f64() };
     write_atomic(&a.out.join("train_summary.json"), serde_json::to_string_pretty(&summary).expect("json").as_bytes())?;
     Ok(summary)
+}
+
+/// `caption` with one of the shapes it names (a whole word, singular) replaced by a shape it does
+/// not name, both drawn from `rng`; None when it names no shape.
+pub fn swap_shape(caption: &str, rng: &mut crate::rng::Rng) -> Option<String> {
+    use super::scene::Shape;
+    let words: Vec<&str> = caption.split(|c: char| !c.is_alphanumeric()).collect();
+    let named: Vec<Shape> = Shape::ALL.into_iter().filter(|s| words.contains(&s.name())).collect();
+    let others: Vec<Shape> = Shape::ALL.into_iter().filter(|s| !named.contains(s)).collect();
+    if named.is_empty() || others.is_empty() {
+        return None;
+    }
+    let (from, to) = (named[rng.below(named.len())].name(), others[rng.below(others.len())].name());
+    // The first whole-word occurrence of `from`.
+    let bytes = caption.as_bytes();
+    let at = caption.match_indices(from).map(|(k, _)| k).find(|&k| {
+        let before = k == 0 || !bytes[k - 1].is_ascii_alphanumeric();
+        let after = k + from.len() == bytes.len() || !bytes[k + from.len()].is_ascii_alphanumeric();
+        before && after
+    })?;
+    Some(format!("{}{to}{}", &caption[..at], &caption[at + from.len()..]))
 }
 
 /// Caption retrieval on the held-out images of a world: every held-out image against the captions
@@ -344,6 +374,19 @@ pub fn heldout_retrieval(model: &Path, world: &Path) -> Result<Retrieval> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn swap_shape_replaces_one_named_shape_by_an_absent_one() {
+        let c = "A large red star, a small blue starfish and a ring on a grey background.";
+        for seed in 0..20 {
+            let out = swap_shape(c, &mut crate::rng::Rng::new(seed)).unwrap();
+            let diff: Vec<(&str, &str)> = c.split(' ').zip(out.split(' ')).filter(|(a, b)| a != b).collect();
+            assert_eq!(diff.len(), 1, "{out}");
+            let (from, to) = (diff[0].0.trim_end_matches(','), diff[0].1.trim_end_matches(','));
+            assert!(["star", "ring"].contains(&from) && !["star", "ring"].contains(&to), "{out}");
+        }
+        assert_eq!(swap_shape("a grey background", &mut crate::rng::Rng::new(0)), None);
+    }
+
     use super::*;
 
     #[test]
