@@ -21,6 +21,7 @@ use std::sync::Mutex;
 
 use crate::config::read_json;
 use crate::error::{Error, Result};
+use crate::weights::write_atomic;
 use crate::model::Llava;
 use crate::nn::Lora;
 use crate::tensor::Tensor;
@@ -342,12 +343,6 @@ pub fn save_loras(dir: &Path, spec: &LoraSpec, loras: &[(usize, &'static str, Lo
     });
     write_atomic(&dir.join("adapter_model.safetensors"), &bytes)?;
     write_atomic(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&config).expect("json").as_bytes())
-}
-
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// How to store merged weights.

@@ -60,7 +60,7 @@ pub fn draw(path: &Path, width: u32, height: u32, bars: &Bars, panels: &[Curves]
     let img = image::RgbImage::from_raw(width, height, buf).expect("the buffer has width x height pixels");
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| err(path, e))?;
-    crate::adapter::write_atomic(path, &png)
+    crate::weights::write_atomic(path, &png)
 }
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;

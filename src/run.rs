@@ -349,7 +349,7 @@ pub fn run(cfg: &RunConfig, config_path: &Path, stop_prefs_after: Option<usize>)
         summary.push(eval_stage(e, &d5, "5-eval", &cfg.model, Some(&d4), device, cfg.seed, cfg.quiet)?);
     }
 
-    write_atomic(&out.join("summary.json"), &serde_json::to_string_pretty(&summary).expect("json"))?;
+    write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary).expect("json"))?;
     Ok(summary)
 }
 

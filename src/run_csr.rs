@@ -185,6 +185,6 @@ pub fn run_csr(cfg: &CsrRunConfig, config_path: &Path) -> Result<Vec<StageSummar
             summary.push(eval_stage(e, &d4, &format!("iter-{t}/4-eval"), &model, None, device, cfg.seed, cfg.quiet)?);
         }
     }
-    write_atomic(&out.join("summary.json"), &serde_json::to_string_pretty(&summary).expect("json"))?;
+    write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary).expect("json"))?;
     Ok(summary)
 }

@@ -38,17 +38,17 @@ pub struct WorldSection {
 }
 
 fn default_size() -> usize {
-    64
+    crate::world::MakeArgs::default().size
 }
 fn default_heldout() -> f64 {
-    0.2
+    crate::world::MakeArgs::default().heldout
 }
 
 /// `[eval]` of a world run.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorldEvalSection {
-    /// Only the first N questions and probes of the held-out split.
+    /// Only the first N held-out images (with all their questions and probes).
     pub limit: Option<usize>,
     pub batch_size: Option<usize>,
     pub max_new_tokens: Option<usize>,
@@ -109,8 +109,8 @@ const UNLABELED_SEED: u64 = 0x5eed_5eed;
 /// The rows of the table: (label, the stage folder whose `eval/world` or `world` holds the metrics).
 const MODELS: [(&str, &str, &str); 3] = [("base", "base model", "0-base/eval/world"), ("stic_stage1", "after STIC DPO", "2-dpo/eval/world"), ("stic_stage2", "after STIC SFT", "5-eval/world")];
 
-/// Run it; returns the stages' summaries.
-pub fn run_world(cfg: &WorldRunConfig, config_path: &Path) -> Result<Vec<StageSummary>> {
+/// Run it; returns the stages' summaries and each model's metrics (`collect`).
+pub fn run_world(cfg: &WorldRunConfig, config_path: &Path) -> Result<(Vec<StageSummary>, Value)> {
     let out = &cfg.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let w = &cfg.world;
@@ -150,13 +150,13 @@ pub fn run_world(cfg: &WorldRunConfig, config_path: &Path) -> Result<Vec<StageSu
     summary.extend(crate::run::run(&rc, config_path, None)?);
     let metrics = collect(out)?;
     let table = table(&metrics);
-    write_atomic(&out.join("summary.json"), &serde_json::to_string_pretty(&json!({"stages": summary, "metrics": metrics, "table": table})).expect("json"))?;
+    write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&json!({"stages": summary, "metrics": metrics, "table": table})).expect("json"))?;
     chart(out, &metrics)?;
-    Ok(summary)
+    Ok((summary, metrics))
 }
 
 /// Each model's world metrics (from its evaluation's metrics.json).
-pub fn collect(out: &Path) -> Result<Value> {
+fn collect(out: &Path) -> Result<Value> {
     let mut m = serde_json::Map::new();
     for (key, _, dir) in MODELS {
         let p = out.join(dir).join("metrics.json");

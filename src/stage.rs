@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
+pub use crate::weights::write_atomic;
 
 /// One stage's line of the summary.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -21,11 +22,6 @@ pub struct StageSummary {
     pub tokens_per_s: Option<f64>,
 }
 
-pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
 
 /// Run the stage in folder `dir` unless its `stage.json` says it finished.
 pub fn stage(dir: &Path, name: &str, quiet: bool, body: impl FnOnce() -> Result<(serde_json::Value, Option<f64>)>) -> Result<StageSummary> {
@@ -46,7 +42,7 @@ pub fn stage(dir: &Path, name: &str, quiet: bool, body: impl FnOnce() -> Result<
     let t0 = Instant::now();
     let (counts, tokens_per_s) = body()?;
     let s = StageSummary { stage: name.into(), status: "ran".into(), seconds: t0.elapsed().as_secs_f64(), counts, tokens_per_s };
-    write_atomic(&marker, &serde_json::to_string_pretty(&s).expect("json"))?;
+    write_atomic(&marker, serde_json::to_string_pretty(&s).expect("json"))?;
     Ok(s)
 }
 

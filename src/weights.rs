@@ -336,3 +336,30 @@ pub fn widen(bytes: &[u8], dtype: Dtype) -> std::result::Result<Vec<f32>, String
         other => Err(format!("unsupported dtype {other:?} (expected F32, F16 or BF16)")),
     }
 }
+
+/// A safetensors file of f32 tensors (name, shape, data), with HF's `format: pt` metadata; `path`
+/// names the file in errors. The one f32 writer of models trained here (the world's init, CLIP,
+/// optimiser states).
+pub fn f32_safetensors<'a>(tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [f32])>, path: &Path) -> Result<Vec<u8>> {
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.map(|(n, s, d)| (n.to_string(), s.to_vec(), d.iter().flat_map(|v| v.to_le_bytes()).collect())).collect();
+    let views = owned
+        .iter()
+        .map(|(n, s, b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map_err(|e| Error::weights(path, format!("`{n}`: {e}")))?;
+            Ok((n.clone(), v))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta: std::collections::HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    safetensors::serialize(views, Some(meta)).map_err(|e| Error::weights(path, e.to_string()))
+}
+
+/// Write `bytes` to `path` through `path.tmp` and a rename, so that a crash never leaves a torn
+/// file (the one atomic write of every writer: stage markers, summaries, checkpoints, models).
+pub fn write_atomic(path: &Path, bytes: impl AsRef<[u8]>) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

@@ -134,9 +134,8 @@ fn run_world(cfg: &stic::run_world::WorldRunConfig, path: &std::path::Path, a: &
     if a.stop_after.is_some() {
         return Err(stic::Error::Input("--stop-after applies to a STIC run's stage 1 (`stic run --demo` or a config with method = \"stic\")".into()));
     }
-    let summary = stic::run_world::run_world(cfg, path)?;
+    let (summary, metrics) = stic::run_world::run_world(cfg, path)?;
     eprint!("{}", stic::run::format_summary(&summary));
-    let metrics = stic::run_world::collect(&cfg.out)?;
     println!("{}", stic::run_world::table(&metrics));
     eprintln!("summary in {}, chart in {}", cfg.out.join("summary.json").display(), cfg.out.join("chart.png").display());
     Ok(())

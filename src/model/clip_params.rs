@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::config::{read_json, VisionConfig};
 use crate::error::{Error, Result};
+use crate::weights::write_atomic;
 use crate::model::clip_model::ClipConfig;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -216,7 +217,7 @@ impl ClipParams {
     /// name first and renamed, so an interrupted save never leaves a half-written file.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let bytes = tensors_bytes(self.tensors.iter().map(|(n, t)| (n.as_str(), t.shape(), t.data())), dir)?;
+        let bytes = crate::weights::f32_safetensors(self.tensors.iter().map(|(n, t)| (n.as_str(), t.shape(), t.data())), dir)?;
         write_atomic(&dir.join(MODEL_FILE), &bytes)?;
         write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&self.config_json()).expect("json").as_bytes())
     }
@@ -265,29 +266,6 @@ fn vision_json(v: &VisionConfig, projection_dim: usize) -> serde_json::Value {
         "projection_dim": projection_dim,
         "attention_dropout": 0.0,
     })
-}
-
-/// A safetensors file of f32 tensors (name, shape, data).
-pub fn tensors_bytes<'a>(tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [f32])>, dir: &Path) -> Result<Vec<u8>> {
-    let owned: Vec<(String, Vec<usize>, Vec<u8>)> =
-        tensors.map(|(n, s, d)| (n.to_string(), s.to_vec(), d.iter().flat_map(|v| v.to_le_bytes()).collect())).collect();
-    let views = owned
-        .iter()
-        .map(|(n, s, b)| {
-            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map_err(|e| Error::weights(dir, e.to_string()))?;
-            Ok((n.clone(), v))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, None::<std::collections::HashMap<String, String>>).map_err(|e| Error::weights(dir, e.to_string()))
-}
-
-/// Write `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::weights::write_atomic;
 use crate::model::llava::{locate_lm, locate_lm_head, locate_projector, locate_vision, vision_named};
 use crate::model::Llava;
 use crate::tensor::Tensor;
@@ -217,12 +218,6 @@ pub fn load_trained(model: &mut Llava, dir: &Path, parts: TrainParts) -> Result<
         t.data_mut().copy_from_slice(v.data());
     }
     model.sync_vision()
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]

@@ -26,7 +26,8 @@ use crate::error::{Error, Result};
 use crate::image::{load_image, preprocess_clip, ImageProcessorConfig};
 use crate::model::clip_grad::clip_loss_grads;
 use crate::model::clip_model::{ClipConfig, ClipModel, ClipTokenizer};
-use crate::model::clip_params::{tensors_bytes, write_atomic, ClipParams};
+use crate::model::clip_params::ClipParams;
+use crate::weights::{f32_safetensors, write_atomic};
 use crate::model::clip_text::ClipTextConfig;
 use crate::optim::{AdamWConfig, AdamWState};
 use crate::rng::Rng;
@@ -163,7 +164,7 @@ fn save_checkpoint(out: &Path, params: &ClipParams, opt: &Optim, state: &State) 
         t.push((format!("v.{name}"), vec![s.v.len()], s.v.clone()));
         t.push((format!("step.{name}"), vec![1], vec![s.step as f32]));
     }
-    let bytes = tensors_bytes(t.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())), &new)?;
+    let bytes = f32_safetensors(t.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())), &new)?;
     write_atomic(&new.join("optimizer.safetensors"), &bytes)?;
     write_atomic(&new.join("state.json"), serde_json::to_string_pretty(state).expect("json").as_bytes())?;
     let old = out.join(CKPT);

@@ -249,19 +249,6 @@ pub fn take_vision(tensors: &mut [Named], clip: &Path) -> Result<usize> {
     Ok(n)
 }
 
-/// `tensors` as one f32 safetensors file (HF's `format: pt` metadata), written atomically.
-pub fn write_safetensors(path: &Path, tensors: &[Named]) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((n, s, _), b)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map_err(|e| Error::weights(path, e.to_string()))?)))
-        .collect::<Result<Vec<_>>>()?;
-    let meta: std::collections::HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let data = safetensors::serialize(views, Some(meta)).map_err(|e| Error::weights(path, e.to_string()))?;
-    crate::adapter::write_atomic(path, &data)
-}
-
 fn put_json(dir: &Path, name: &str, v: &Value) -> Result<()> {
     let p = dir.join(name);
     std::fs::write(&p, serde_json::to_string_pretty(v).expect("json") + "\n").map_err(|e| Error::io(&p, e))
@@ -281,6 +268,8 @@ pub fn create(data: &Path, out: &Path, s: &ModelSpec, seed: u64, vision: Option<
     if let Some(clip) = vision {
         take_vision(&mut tensors, clip)?;
     }
-    write_safetensors(&out.join("model.safetensors"), &tensors)?;
+    let path = out.join("model.safetensors");
+    let bytes = crate::weights::f32_safetensors(tensors.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())), &path)?;
+    crate::weights::write_atomic(&path, bytes)?;
     Ok(vocab)
 }

@@ -159,6 +159,6 @@ pub fn train(a: &WorldTrainArgs) -> Result<Vec<StageSummary>> {
         "curves": {"align": losses(&d1.join("train_log.jsonl")), "instruct": losses(&d2.join("train_log.jsonl"))},
         "stages": summary,
     });
-    write_atomic(&a.out.join("world_train.json"), &serde_json::to_string_pretty(&report).expect("json"))?;
+    write_atomic(&a.out.join("world_train.json"), serde_json::to_string_pretty(&report).expect("json"))?;
     Ok(summary)
 }
