@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import transformers
 from PIL import Image
-from safetensors.torch import save_file
+from st_canonical import save_sorted
 from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, Trainer
 
 FIX = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
@@ -157,7 +157,7 @@ def main():
         meta.update({"lr": repr(LR), "weight_decay": repr(WD), "beta": repr(BETA),
                      "source": f"scripts/gen_full_grads.py; transformers {transformers.__version__}, torch {torch.__version__}"})
         path = FIX / "expected" / f"full_{fixture}.safetensors"
-        save_file(out, path, metadata=meta)
+        save_sorted(out, path, meta)
         print(fixture, "sft loss", meta["sft_loss"], "dpo loss", meta["dpo_loss"], len(out), "tensors,", path.stat().st_size, "bytes")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from safetensors.torch import save_file
+from st_canonical import save_sorted
 from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, Trainer
 
 from gen_full_grads import FIX, LR, TURNS, WD, expand, image_inputs, template
@@ -65,7 +65,7 @@ def main():
                 "unreached": json.dumps(sorted("vision." + n[len(TOWER):] for n in tower if n not in reached)),
                 "source": f"scripts/gen_vision_grads.py; transformers {transformers.__version__}, torch {torch.__version__}"}
         path = FIX / "expected" / f"vision_{fixture}.safetensors"
-        save_file(out, path, metadata=meta)
+        save_sorted(out, path, meta)
         print(fixture, "sft loss", meta["sft_loss"], len(reached), "parameters reached,", len(tower) - len(reached), "not;", path.stat().st_size, "bytes")
 
 

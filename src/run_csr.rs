@@ -89,6 +89,8 @@ pub struct SearchSection {
     pub batch_size: Option<usize>,
     /// Reuse the parent node's KV cache (default true).
     pub kv_reuse: Option<bool>,
+    /// The system line before `USER:` (default: Vicuna v1's, as CSR; "" for none).
+    pub system: Option<String>,
 }
 
 /// CSR's DPO settings (scripts/run_train.sh, train_dpo_lora.py; docs/CSR.md "Iterations"): STIC's
@@ -126,7 +128,7 @@ impl CsrRunConfig {
         }
         set!(image_prefix => image_prefix, num_beams => tree.beam.num_beams, num_beam_groups => tree.beam.num_beam_groups,
              diversity_penalty => tree.beam.diversity_penalty, candidates => tree.beam.num_return_sequences,
-             max_new_tokens => tree.beam.max_new_tokens, max_chars => tree.max_chars, batch_size => batch_size);
+             max_new_tokens => tree.beam.max_new_tokens, max_chars => tree.max_chars, batch_size => batch_size, system => system);
         if let Some(r) = &s.reward {
             a.reward = crate::csr::tree::Reward::parse(r, s.alpha.unwrap_or(0.9)).map_err(|e| Error::config(&self.out, "search.reward", e))?;
         } else if let Some(alpha) = s.alpha {

@@ -95,6 +95,34 @@ fn world_train_is_deterministic_and_its_model_answers_the_world() {
     let (ok, _, err) = stic(&["run", "--config", s(&cfg)]);
     assert!(ok, "{err}");
     assert_eq!(err.matches("done before; skipped").count(), 8, "every stage is skipped on a re-run: {err}");
+
+    // CSR instead of STIC (`[csr]`): the prompts, the world CLIP on a world of its own, an iteration.
+    let csr = root.join("csr.toml");
+    let head = format!("method = \"world\"\nmodel = \"{}\"\nout = \"{}\"\n[world]\nseed = 3\nn = 24\nsize = 32\nheldout = 0.25\nunlabeled = 4\n", s(&a), s(&root.join("csr")));
+    let body = "[csr]\niterations = 1\nprompts = 3\n[csr.clip_train]\nimages = 20\nepochs = 1\nlayers = 1\nbatch = 8\n\
+                [csr.search]\nmax_new_tokens = 8\nmax_chars = 60\nbatch_size = 3\n[dpo]\nlora_r = 4\nlr = 1e-3\n[eval]\nlimit = 2\nmax_new_tokens = 16\n";
+    std::fs::write(&csr, format!("{head}{body}")).unwrap();
+    let (ok, table, err) = stic(&["run", "--config", s(&csr), "--quiet"]);
+    assert!(ok, "{err}");
+    for row in ["base model", "after CSR iter 1"] {
+        assert!(table.contains(row), "{table}");
+    }
+    assert!(!table.contains("STIC"), "{table}");
+    let prompts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("csr/0-world/prompts.json")).unwrap()).unwrap();
+    assert_eq!(prompts.as_array().unwrap().len(), 3, "{prompts}");
+    assert!(prompts[0]["input"].as_str().unwrap().starts_with("<image>\n"), "{prompts}");
+    let clip: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("csr/0-clip/stage.json")).unwrap()).unwrap();
+    assert_eq!(clip["counts"]["images"], 20, "the CLIP's own world: {clip}");
+    assert!(root.join("csr/iter-1/3-merge/model.safetensors").exists());
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("csr/summary.json")).unwrap()).unwrap();
+    for k in ["base", "csr_iter1"] {
+        assert!(summary["metrics"][k]["chair_i"].is_number(), "{k}: {summary}");
+    }
+    assert!(image::open(root.join("csr/chart.png")).is_ok());
+    // STIC's sections do not go with [csr].
+    std::fs::write(&csr, format!("{head}[sft]\nlr = 1e-3\n{body}")).unwrap();
+    let (ok, _, err) = stic(&["run", "--config", s(&csr), "--quiet"]);
+    assert!(!ok && err.contains("sft") && err.contains("[csr]"), "{err}");
     std::fs::remove_dir_all(&root).ok();
 }
 

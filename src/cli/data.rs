@@ -136,7 +136,7 @@ fn run_world(cfg: &stic::run_world::WorldRunConfig, path: &std::path::Path, a: &
     }
     let (summary, metrics) = stic::run_world::run_world(cfg, path)?;
     eprint!("{}", stic::run::format_summary(&summary));
-    println!("{}", stic::run_world::table(&metrics));
+    println!("{}", stic::run_world::table(&cfg.rows(), &metrics));
     eprintln!("summary in {}, chart in {}", cfg.out.join("summary.json").display(), cfg.out.join("chart.png").display());
     Ok(())
 }

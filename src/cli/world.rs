@@ -32,6 +32,19 @@ pub enum WorldCmd {
     /// Train a tiny CLIP contrastively on the world's captions (an HF CLIPModel folder that
     /// `clip-score` loads); resumes after a kill at the last finished epoch.
     TrainClip(WorldTrainClipArgs),
+    /// A CLIP's held-out caption retrieval on a world, and whether it sees shape and colour: its
+    /// own caption against the caption with one object's shape (colour) swapped (JSON).
+    EvalClip(WorldEvalClipArgs),
+}
+
+#[derive(Args)]
+pub struct WorldEvalClipArgs {
+    /// An HF CLIPModel folder (`world train-clip --out`).
+    #[arg(long)]
+    pub clip: PathBuf,
+    /// The world folder.
+    #[arg(long)]
+    pub data: PathBuf,
 }
 
 #[derive(Args)]
@@ -234,6 +247,7 @@ pub fn world(a: &WorldArgs) -> Result<()> {
             eprintln!("world: {} images ({} train, {held} held out) in {}", scenes.len(), scenes.len() - held, m.out.display());
         }
         WorldCmd::TrainClip(t) => train_clip(t)?,
+        WorldCmd::EvalClip(e) => println!("{}", serde_json::to_string(&stic::world::clip::heldout_retrieval(&e.clip, &e.data)?).expect("serialisable")),
         WorldCmd::Eval(e) => {
             let m = match (&e.predictions, &e.model) {
                 (Some(p), _) => serde_json::to_value(stic::world::eval::eval_predictions(p, &e.data)?).expect("serialisable"),
@@ -298,23 +312,8 @@ pub fn world(a: &WorldArgs) -> Result<()> {
 /// repository's CLIP BPE tokenizer unless `tokenizer` names another.
 #[allow(clippy::too_many_arguments)]
 fn clip_args(data: &std::path::Path, out: &std::path::Path, tokenizer: Option<PathBuf>, seed: u64, epochs: usize, width: usize, layers: usize, patch: usize, hard_negatives: bool) -> stic::world::clip::TrainClipArgs {
-    let default_tok = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clip_tokenizer/tokenizer.json"));
-    stic::world::clip::TrainClipArgs {
-        data: data.to_path_buf(),
-        out: out.to_path_buf(),
-        tokenizer: tokenizer.unwrap_or(default_tok),
-        seed,
-        epochs,
-        batch: 64,
-        lr: 1e-3,
-        weight_decay: 0.1,
-        width,
-        layers,
-        patch,
-        quiet: false,
-        hard_negatives,
-        stop_after: None,
-    }
+    let d = stic::world::clip::TrainClipArgs::defaults(data, out);
+    stic::world::clip::TrainClipArgs { tokenizer: tokenizer.unwrap_or(d.tokenizer.clone()), seed, epochs, width, layers, patch, hard_negatives, ..d }
 }
 
 fn train_clip(t: &WorldTrainClipArgs) -> Result<()> {

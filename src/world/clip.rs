@@ -32,6 +32,7 @@ use crate::model::clip_text::ClipTextConfig;
 use crate::optim::{AdamWConfig, AdamWState};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
+use crate::world::scene::{Scene, Shape, COLOURS};
 use crate::world::{item_rng, read_scenes, text};
 
 /// What `train-clip` does.
@@ -58,6 +59,29 @@ pub struct TrainClipArgs {
     /// Return after this many epochs (checkpoint written, no final model): what a kill right after
     /// a checkpoint leaves, for the resume tests.
     pub stop_after: Option<usize>,
+}
+
+impl TrainClipArgs {
+    /// `train-clip`'s defaults (the CLI's): the repository's CLIP BPE tokenizer, seed 0, 20 epochs,
+    /// batches of 64, lr 1e-3, weight decay 0.1, 64 wide, 2 layers, patch 8, no hard negatives.
+    pub fn defaults(data: &Path, out: &Path) -> Self {
+        TrainClipArgs {
+            data: data.to_path_buf(),
+            out: out.to_path_buf(),
+            tokenizer: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clip_tokenizer/tokenizer.json")),
+            seed: 0,
+            epochs: 20,
+            batch: 64,
+            lr: 1e-3,
+            weight_decay: 0.1,
+            width: 64,
+            layers: 2,
+            patch: 8,
+            quiet: false,
+            hard_negatives: false,
+            stop_after: None,
+        }
+    }
 }
 
 /// A checkpoint's position and the arguments it was made with.
@@ -349,6 +373,27 @@ pub struct Retrieval {
     /// 1 / images and 5 / images.
     pub chance_top1: f64,
     pub chance_top5: f64,
+    /// Fraction of images whose own caption outscores the same caption with one object's shape
+    /// replaced by a shape the image does not have (chance 0.5): does the CLIP see shape?
+    pub shape_swap: f64,
+    /// The same with one object's colour replaced by another colour: does it see colour?
+    pub colour_swap: f64,
+}
+
+/// `s` with one object's shape (`colour` false) or colour changed to one the image does not have,
+/// drawn from `rng`.
+pub fn swapped_scene(s: &Scene, colour: bool, rng: &mut Rng) -> Scene {
+    let mut t = s.clone();
+    let k = rng.below(t.objects.len());
+    if colour {
+        let others: Vec<&str> = COLOURS.iter().map(|c| c.0).filter(|c| *c != t.objects[k].colour).collect();
+        t.objects[k].colour = others[rng.below(others.len())].to_string();
+    } else {
+        let present = s.shapes();
+        let others: Vec<Shape> = Shape::ALL.into_iter().filter(|x| !present.contains(x)).collect();
+        t.objects[k].shape = others[rng.below(others.len())];
+    }
+    t
 }
 
 /// Image -> caption retrieval of the CLIP in `model` on the held-out split of `world`.
@@ -359,18 +404,35 @@ pub fn heldout_retrieval(model: &Path, world: &Path) -> Result<Retrieval> {
     if scenes.len() < 2 {
         return Err(Error::Input(format!("{}: fewer than 2 held-out images", world.display())));
     }
-    let captions: Vec<String> = scenes.iter().map(|s| text::caption(s, &mut item_rng(seed, s.id.parse().unwrap_or(0), 2))).collect();
+    // Each caption with the same template draw (the stream cloned) for the scene and its swaps.
+    let caption_of = |s: &Scene, t: &Scene| text::caption(t, &mut item_rng(seed, s.id.parse().unwrap_or(0), 2));
+    let captions: Vec<String> = scenes.iter().map(|s| caption_of(s, s)).collect();
+    let swaps = |colour: bool| -> Vec<String> {
+        scenes.iter().map(|s| caption_of(s, &swapped_scene(s, colour, &mut item_rng(seed, s.id.parse().unwrap_or(0), 7 + colour as u64)))).collect()
+    };
     let texts = m.text_embeds(&captions)?;
-    let (mut top1, mut top5) = (0usize, 0usize);
+    let (shape_texts, colour_texts) = (m.text_embeds(&swaps(false))?, m.text_embeds(&swaps(true))?);
+    let (mut top1, mut top5, mut shape_ok, mut colour_ok) = (0usize, 0usize, 0usize, 0usize);
     for (i, s) in scenes.iter().enumerate() {
         let img = m.image_embeds(&load_image(&world.join(&s.image))?)?;
         let scores = crate::model::clip_model::scores_from_embeds(img.data(), &texts, m.logit_scale);
         let better = scores.iter().filter(|&&x| x > scores[i]).count();
         top1 += (better == 0) as usize;
         top5 += (better < 5) as usize;
+        let one = |t: &Tensor| crate::model::clip_model::scores_from_embeds(img.data(), t, m.logit_scale)[i];
+        shape_ok += (scores[i] > one(&shape_texts)) as usize;
+        colour_ok += (scores[i] > one(&colour_texts)) as usize;
     }
     let n = scenes.len() as f64;
-    Ok(Retrieval { images: scenes.len(), top1: top1 as f64 / n, top5: top5 as f64 / n, chance_top1: 1.0 / n, chance_top5: (5.0 / n).min(1.0) })
+    Ok(Retrieval {
+        images: scenes.len(),
+        top1: top1 as f64 / n,
+        top5: top5 as f64 / n,
+        chance_top1: 1.0 / n,
+        chance_top5: (5.0 / n).min(1.0),
+        shape_swap: shape_ok as f64 / n,
+        colour_swap: colour_ok as f64 / n,
+    })
 }
 
 #[cfg(test)]
