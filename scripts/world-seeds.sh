@@ -17,14 +17,15 @@ for ((s = 0; s < N; s++)); do
   if [[ -n "$CONFIG" && $s -gt 0 && -f "target/$tag-s0/0-clip/stage.json" && ! -e "$out/0-clip" ]]; then
     mkdir -p "$out" && cp -r "target/$tag-s0/0-clip" "$out/0-clip"
   fi
-  "$STIC" run ${CONFIG:+--config "$CONFIG"} --quiet --seed "$s" --out "$out" > /dev/null
+  mkdir -p "$out"
+  "$STIC" run ${CONFIG:+--config "$CONFIG"} --quiet --seed "$s" --out "$out" > /dev/null 2> "$out/run.log"
 done
 python3 - "$N" "$tag" <<'PY'
 import json, statistics, sys
 n, tag = int(sys.argv[1]), sys.argv[2]
 runs = [json.load(open(f"target/{tag}-s{s}/summary.json"))["metrics"] for s in range(n)]
 stages = [k for k in runs[0] if k != "base"]
-keys = ["chair_i", "chair_s", "recall", "pope_f1", "count_acc", "hallucinated_companions", "adversarial_yes_rate", "random_yes_rate"]
+keys = ["chair_i", "chair_s", "recall", "pope_f1", "count_acc", "mentions", "hallucinated_companions", "pope_precision", "adversarial_yes_rate", "random_yes_rate"]
 print(f"{'metric':<24}{'base':>10}" + "".join(f"{m:>22}" for m in stages) + f"   (mean ± sd over {n} seeds)")
 for k in keys:
     row = f"{k:<24}{runs[0]['base'][k]:>10.4f}"
