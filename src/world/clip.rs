@@ -453,6 +453,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn swapped_scene_changes_one_object_to_a_shape_or_colour_the_image_lacks() {
+        let a = crate::world::MakeArgs { n: 40, seed: 9, size: 32, heldout: 0.0 };
+        for i in 0..40 {
+            let (s, _) = crate::world::make_scene(&a, i, "train");
+            for colour in [false, true] {
+                let t = swapped_scene(&s, colour, &mut Rng::new(i as u64));
+                let changed: Vec<(&crate::world::Object, &crate::world::Object)> = s.objects.iter().zip(&t.objects).filter(|(x, y)| x != y).collect();
+                assert_eq!(changed.len(), 1, "{s:?} -> {t:?}");
+                let (x, y) = changed[0];
+                if colour {
+                    assert!(x.colour != y.colour && x.shape == y.shape, "{x:?} -> {y:?}");
+                } else {
+                    assert!(x.colour == y.colour && !s.shapes().contains(&y.shape), "{x:?} -> {y:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn schedule_and_batches() {
         assert!((lr_at(1.0, 0, 100) - 0.1).abs() < 1e-6);
         assert!((lr_at(1.0, 9, 100) - 1.0).abs() < 1e-6);
