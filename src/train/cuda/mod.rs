@@ -57,7 +57,8 @@
 //! with `rmsnorm_dw`), lm_head's dW from the log-prob backward's per-chunk hi / lo logit gradients
 //! (`logprob_backward_dw`; into embed_tokens' when tied), and embed_tokens' by a scatter-add of
 //! d(input embeddings) at the text rows (`embedding_backward`, rows grouped by id on the host: no
-//! atomics, so a resumed run is bit-identical). Checkpoints and outputs are the CPU learner's HF
+//! atomics in the new weight-gradient kernels; a resumed run is bit-identical on the emulated
+//! device, while on hardware the attention backward's dq atomics, as under LoRA, are not ordered). Checkpoints and outputs are the CPU learner's HF
 //! model directories (`train::full::save_tensors`), resumed as `load_trained` does; the AdamW
 //! state keys are `decoder.{name}`, as `TrainAdamW::step_decoder`'s. The f32 state needs 16 bytes
 //! per weight: a clear error when it does not fit the device's free memory. `--train vision` is
