@@ -454,12 +454,17 @@ fn tiny64_with_weights(tag: &str, seed: u64) -> std::path::PathBuf {
 /// `cmd` (train-sft or train-dpo) `--train decoder,projector` on `device` from `model`: the
 /// output folder.
 fn train_full(cmd: &str, model: &std::path::Path, device: &str, tag: &str, extra: &[&str]) -> std::path::PathBuf {
+    train_parts(cmd, model, "decoder,projector", device, tag, extra)
+}
+
+/// `cmd` with `--train parts`.
+fn train_parts(cmd: &str, model: &std::path::Path, parts: &str, device: &str, tag: &str, extra: &[&str]) -> std::path::PathBuf {
     let out = model.join(format!("out-{tag}-{device}"));
     let (sft, images, prefs) = (fixtures().join("sft/llava.json"), fixtures().join("sft"), fixtures().join("prefs/prefs.jsonl"));
     let data: Vec<&str> = if cmd == "train-sft" { vec!["--data", sft.to_str().unwrap(), "--image-folder", images.to_str().unwrap()] } else { vec!["--data", prefs.to_str().unwrap()] };
     let mut args = vec![cmd, "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap()];
     args.extend(data);
-    args.extend(["--train", "decoder,projector", "--lr", "1e-3", "--weight-decay", "0.1", "--warmup-ratio", "0", "--seed", "3", "--quiet", "--device", device]);
+    args.extend(["--train", parts, "--lr", "1e-3", "--weight-decay", "0.1", "--warmup-ratio", "0", "--seed", "3", "--quiet", "--device", device]);
     args.extend_from_slice(extra);
     let (ok, _, err) = stic(&args);
     assert!(ok, "{cmd} --train --device {device}: {err}");
@@ -524,4 +529,31 @@ fn train_vision_on_cuda_is_refused_clearly() {
         "--train", "decoder,vision", "--device", "cuda", "--quiet",
     ]);
     assert!(!ok && err.contains("--train vision") && err.contains("--device cpu"), "{err}");
+}
+
+/// `--train decoder` and `--train projector` alone on the GPU: the losses and gradients as the
+/// CPU's, and the part that does not train written as the base's, bit for bit.
+#[test]
+fn train_one_part_cuda_matches_cpu() {
+    if cuda(Cuda::new).is_none() {
+        return;
+    }
+    let model = tiny64_with_weights("cuda-full-parts", 17);
+    let base = stic::weights::WeightStore::open(&model).unwrap();
+    for part in ["decoder", "projector"] {
+        let steps = ["--max-steps", "2", "--max-grad-norm", "1e30"];
+        let (cpu, gpu) = (train_parts("train-sft", &model, part, "cpu", part, &steps), train_parts("train-sft", &model, part, "cuda", part, &steps));
+        compare_outputs(&cpu, &gpu, None, &format!("train-sft --train {part}"));
+        let out = stic::weights::WeightStore::open(&gpu).unwrap();
+        let (mut moved, mut kept) = (0, 0);
+        for name in base.names() {
+            let s = base.shape_of(name).unwrap();
+            let same = base.get(name, &s).unwrap().data() == out.get(name, &s).unwrap().data();
+            let trains = if part == "projector" { name.contains("multi_modal_projector") } else { name.contains("language_model") || name.starts_with("lm_head") };
+            assert!(same != trains, "--train {part}: {name} {}", if same { "did not move" } else { "moved" });
+            if same { kept += 1 } else { moved += 1 }
+        }
+        println!("--train {part} on cuda: {moved} tensors moved, {kept} kept");
+    }
+    let _ = std::fs::remove_dir_all(&model);
 }
