@@ -414,15 +414,7 @@ fn full_step_gradients_with_tied_embeddings_cuda_match_cpu() {
 /// directories from the checkpoint's safetensors, so it refuses `--random-weights`): the language
 /// model and projector drawn from `seed`, the fixture's vision tower.
 fn tiny64_with_weights(tag: &str, seed: u64) -> std::path::PathBuf {
-    let dir = scratch_copy("llava15_tiny", tag);
-    edit_config(&dir, |c| {
-        let t = &mut c["text_config"];
-        t["hidden_size"] = 128.into();
-        t["num_attention_heads"] = 2.into();
-        t["num_key_value_heads"] = 1.into();
-        t["head_dim"] = 64.into();
-        t["intermediate_size"] = 256.into();
-    });
+    let dir = tiny64_of("llava15_tiny", tag);
     let mut cpu = Pipeline::load_with(&dir, Some(seed), None).unwrap();
     let file = dir.join("model.safetensors");
     let ws = stic::weights::WeightStore::open(&dir).unwrap();

@@ -79,12 +79,16 @@ impl CudaLearner {
         }
     }
 
-    /// The token id of every row of a sequence of `t` rows embedded from `ids` (each image token
-    /// became an equal share of the image rows; those rows get `u32::MAX`).
+    /// The rows each image token of `ids` became in a sequence of `t` rows (all images alike).
+    fn rows_per_image(&self, ids: &[u32], t: usize) -> usize {
+        let n_img = ids.iter().filter(|&&i| i == self.pipe.model.cfg.image_token_index).count();
+        (t - (ids.len() - n_img)).checked_div(n_img).unwrap_or(0)
+    }
+
+    /// The token id of every row of a sequence of `t` rows embedded from `ids` (`u32::MAX` at the
+    /// image rows).
     fn row_ids(&self, ids: &[u32], t: usize) -> Vec<u32> {
-        let image_token = self.pipe.model.cfg.image_token_index;
-        let n_img = ids.iter().filter(|&&i| i == image_token).count();
-        let per_image = (t - (ids.len() - n_img)).checked_div(n_img).unwrap_or(0);
+        let (image_token, per_image) = (self.pipe.model.cfg.image_token_index, self.rows_per_image(ids, t));
         ids.iter().flat_map(|&i| if i == image_token { vec![u32::MAX; per_image] } else { vec![i] }).collect()
     }
 
@@ -235,7 +239,7 @@ impl CudaLearner {
         let (x, tapes) = self.embed(&ids, images, 0)?;
         let t = x.rows;
         // Rows after <image> expansion (each image token became its feature rows).
-        let per_image = (t - (ids.len() - n_img)).checked_div(n_img).unwrap_or(0);
+        let per_image = self.rows_per_image(&ids, t);
         let (mut rows, mut targets) = (Vec::new(), Vec::new());
         let mut pos = 0usize;
         for (&tok, &is_answer) in ids.iter().zip(&mask) {
