@@ -42,3 +42,26 @@ extern "C" __global__ void embedding(const u16* __restrict__ table, u64 V,
         for (u32 i = threadIdx.x; i < C; i += blockDim.x) to[i] = from[i];
     }
 }
+
+// embedding_backward(dx: u16[T, C], rows: u32[R], starts: u32[U + 1], ids: u32[U], dw: f32[V, C],
+//                    C: u32)
+//   for each u < U: dw[ids[u]] += sum_{j in [starts[u], starts[u+1])} dx[rows[j]]
+// The embedding table's gradient (full-parameter training): d(input embeddings) scatter-added at
+// the text rows. The host groups the rows by token id (ids distinct, each group's rows in
+// ascending order), so each block owns one table row: no atomics, and the sum runs in the same
+// order on every run (bit-identical resume). Reference: cpu::embedding_backward.
+// Launch: grid (U, 1, 1), block (B, 1, 1), any B. dw must not overlap the inputs.
+extern "C" __global__ void embedding_backward(const u16* __restrict__ dx,
+                                              const u32* __restrict__ rows,
+                                              const u32* __restrict__ starts,
+                                              const u32* __restrict__ ids, float* __restrict__ dw,
+                                              u32 C) {
+    const u32 u = blockIdx.x;
+    const u32 j0 = starts[u], j1 = starts[u + 1];
+    float* to = dw + (u64)ids[u] * C;
+    for (u32 i = threadIdx.x; i < C; i += blockDim.x) {
+        float acc = 0.0f;
+        for (u32 j = j0; j < j1; ++j) acc += bf16_bits_to_f32(dx[(u64)rows[j] * C + i]);
+        to[i] += acc;
+    }
+}

@@ -120,12 +120,13 @@ extern "C" __global__ void rmsnorm_residual(const u16* __restrict__ x, u16* __re
 // rmsnorm_backward(x: u16[T, C], w: u16[C], dy: u16[T, C], dx: u16[T, C], C: u32, eps: f32)
 //   inv = 1 / sqrt(sum(x^2) / C + eps);  gx = sum(w * dy * x) / C
 //   dx = bf16(inv * w * dy - x * inv^3 * gx)
-// The gradient of the input only: the norm weights are frozen under LoRA (dw is not computed).
+// inv_out (f32[T], or null): each row's inv, for rmsnorm_dw (the norm weight's gradient when it
+// trains in full; under LoRA it is frozen and inv_out is null).
 // Reference: cpu::rmsnorm_backward (its dx). One block per row, as rmsnorm; scalar loads; the two
 // sums reduced in f32 like rmsnorm's. dx must not overlap x, w or dy.
 extern "C" __global__ void rmsnorm_backward(const u16* __restrict__ x, const u16* __restrict__ w,
                                             const u16* __restrict__ dy, u16* __restrict__ dx,
-                                            u32 C, float eps) {
+                                            u32 C, float eps, float* __restrict__ inv_out) {
     const u64 row = (u64)blockIdx.x * C;
     const u16* xr = x + row;
     const u16* dyr = dy + row;
@@ -138,8 +139,27 @@ extern "C" __global__ void rmsnorm_backward(const u16* __restrict__ x, const u16
     const float inv = 1.0f / sqrtf(block_sum(ss) / (float)C + eps);
     const float gx = block_sum(sg) / (float)C;
     const float k = inv * inv * inv * gx;
+    if (inv_out != nullptr && threadIdx.x == 0) inv_out[blockIdx.x] = inv;
     for (u32 i = threadIdx.x; i < C; i += blockDim.x) {
         const float v = bf16_bits_to_f32(xr[i]);
         dx[row + i] = f32_to_bf16_bits_rne(inv * bf16_bits_to_f32(w[i]) * bf16_bits_to_f32(dyr[i]) - v * k);
     }
+}
+
+// rmsnorm_dw(x: u16[T, C], dy: u16[T, C], inv: f32[T], dw: f32[C], T: u32, C: u32)
+//   dw[c] += sum_t dy[t, c] * x[t, c] * inv[t]     (inv: rmsnorm_backward's inv_out)
+// The norm weight's gradient (full-parameter training). One thread per column, the rows summed in
+// order in f32 (no atomics: the same bits on every run); threads of a warp read adjacent columns.
+// Reference: cpu::rmsnorm_backward (its dw). dw must not overlap the inputs.
+extern "C" __global__ void rmsnorm_dw(const u16* __restrict__ x, const u16* __restrict__ dy,
+                                      const float* __restrict__ inv, float* __restrict__ dw, u32 T,
+                                      u32 C) {
+    const u32 c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float acc = 0.0f;
+    for (u32 t = 0; t < T; ++t) {
+        const u64 i = (u64)t * C + c;
+        acc += bf16_bits_to_f32(dy[i]) * bf16_bits_to_f32(x[i]) * inv[t];
+    }
+    dw[c] += acc;
 }

@@ -190,6 +190,19 @@ impl<B: Backend> Decoder<B> {
         (&l.input_layernorm, [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down], &l.post_attention_layernorm)
     }
 
+    /// Every weight, mutable, for a backend's own training code (`train::cuda` writes its bf16
+    /// weights from f32 masters): the embedding, each layer's (input norm, projections in
+    /// [`PROJECTIONS`] order, post-attention norm), the final norm, and lm_head (None: tied).
+    #[allow(clippy::type_complexity)]
+    pub fn weights_mut(&mut self) -> (&mut B::Tensor, Vec<(&mut B::RmsNorm, [&mut B::Linear; 7], &mut B::RmsNorm)>, &mut B::RmsNorm, Option<&mut B::Tensor>) {
+        let layers = self
+            .layers
+            .iter_mut()
+            .map(|l| (&mut l.input_layernorm, [&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.gate, &mut l.up, &mut l.down], &mut l.post_attention_layernorm))
+            .collect();
+        (&mut self.embed_tokens, layers, &mut self.norm, self.lm_head.as_mut())
+    }
+
     /// The final norm.
     pub fn final_norm(&self) -> &B::RmsNorm {
         &self.norm

@@ -32,13 +32,11 @@ pub fn train_on(
     resume: bool,
     stop_after: Option<usize>,
 ) -> Result<Vec<LogLine>> {
+    if args.train.is_some() && random_weights.is_some() {
+        return Err(Error::Input("--train writes a complete model directory from the checkpoint's safetensors: it needs real weights (not --random-weights)".into()));
+    }
     match device {
         Device::Cpu => {
-            if args.train.is_some() && random_weights.is_some() {
-                return Err(Error::Input(
-                    "--train writes a complete model directory from the checkpoint's safetensors: it needs real weights (not --random-weights)".into(),
-                ));
-            }
             let mut pipe = Pipeline::load_with(model, random_weights, None)?;
             match job {
                 TrainJob::Dpo { prefs } => train_dpo(&mut pipe, model, prefs, out, args, resume, stop_after),
@@ -47,13 +45,13 @@ pub fn train_on(
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(n) => {
-            if args.train.is_some() {
-                return Err(Error::Input("--train (full-parameter training) runs on the CPU learner only for now (--device cpu)".into()));
+            if args.train.is_some_and(|p| p.vision) {
+                return Err(Error::Input("--train vision: the vision tower trains on the CPU learner only (--device cpu); on --device cuda use --train decoder,projector".into()));
             }
             let pipe = Pipeline::load_on(&crate::backend::cuda::Cuda::new(n)?, model, random_weights, None)?;
             match job {
-                TrainJob::Dpo { prefs } => super::cuda::train_dpo(pipe, prefs, out, args, resume, stop_after),
-                TrainJob::Sft { data, image_folder } => super::cuda::train_sft(pipe, data, image_folder, out, args, resume, stop_after),
+                TrainJob::Dpo { prefs } => super::cuda::train_dpo(pipe, model, prefs, out, args, resume, stop_after),
+                TrainJob::Sft { data, image_folder } => super::cuda::train_sft(pipe, model, data, image_folder, out, args, resume, stop_after),
             }
         }
         #[cfg(not(feature = "cuda"))]

@@ -67,26 +67,48 @@ pub fn hf_decays(name: &str) -> bool {
     !parts.iter().any(|p| p.starts_with("layer_norm") || *p == "pre_layrnorm")
 }
 
+/// Where the trained parts live in a checkpoint: the language model's prefix, lm_head's name
+/// (HF's default when the file has none: a tied head) and the projector's prefix.
+pub struct CheckpointNames {
+    lm: &'static str,
+    head: &'static str,
+    projector: &'static str,
+}
+
+impl CheckpointNames {
+    pub fn of(ws: &WeightStore) -> Result<Self> {
+        Ok(CheckpointNames { lm: locate_lm(ws)?, head: locate_lm_head(ws).unwrap_or("lm_head.weight"), projector: locate_projector(ws)? })
+    }
+
+    /// The checkpoint name of a decoder weight named as in `Decoder::params_mut`.
+    pub fn decoder(&self, rel: &str) -> String {
+        if rel == "lm_head.weight" { self.head.to_string() } else { format!("{}.{rel}", self.lm) }
+    }
+
+    /// The checkpoint name of a projector parameter (`linear_1.weight`, ...).
+    pub fn projector(&self, rel: &str) -> String {
+        format!("{}.{rel}", self.projector)
+    }
+}
+
 /// Every trained tensor of `model` under its name in the checkpoint of `ws`: the decoder's
 /// (when `parts.decoder`; a tied lm_head is written under the checkpoint's lm_head name when the
 /// file has one), the projector's (when `parts.projector`) and the vision tower's (when
 /// `parts.vision`: those that train, under the checkpoint's tower prefix).
 fn trained_names<'a>(model: &'a mut Llava, ws: &WeightStore, parts: TrainParts) -> Result<Vec<(String, &'a mut Tensor)>> {
-    let lm = locate_lm(ws)?;
-    let proj = locate_projector(ws)?;
-    let head = locate_lm_head(ws).unwrap_or("lm_head.weight");
+    let names = CheckpointNames::of(ws)?;
     let mut out = Vec::new();
     if parts.vision {
         model.train_vision()?;
     }
     if parts.decoder {
         for (n, t) in model.decoder.params_mut() {
-            out.push((if n == "lm_head.weight" { head.to_string() } else { format!("{lm}.{n}") }, t));
+            out.push((names.decoder(&n), t));
         }
     }
     if parts.projector {
         for (n, t) in model.projector.params_mut() {
-            out.push((format!("{proj}.{n}"), t));
+            out.push((names.projector(&n), t));
         }
     }
     if parts.vision {
@@ -108,11 +130,17 @@ fn trained_names<'a>(model: &'a mut Llava, ws: &WeightStore, parts: TrainParts) 
 pub fn save_model(model: &mut Llava, base: &Path, dir: &Path, parts: TrainParts, shard_bytes: u64) -> Result<()> {
     let ws = WeightStore::open(base)?;
     let tied = model.cfg.text.tie_word_embeddings;
-    let head = locate_lm_head(&ws);
-    let lm = locate_lm(&ws)?;
-    let mut trained: HashMap<String, &Tensor> = trained_names(model, &ws, parts)?.into_iter().map(|(n, t)| (n, &*t)).collect();
-    // A tied lm_head stored in the file takes the embedding's value.
-    let embed_name = format!("{lm}.embed_tokens.weight");
+    let trained: HashMap<String, &[f32]> = trained_names(model, &ws, parts)?.into_iter().map(|(n, t)| (n, t.data())).collect();
+    save_tensors(&ws, base, dir, trained, tied, shard_bytes)
+}
+
+/// [`save_model`] from the trained tensors by checkpoint name (`trained`; any learner's: the GPU
+/// learner downloads its f32 masters): the base checkpoint `ws` (opened from `base`) gives every
+/// other tensor, the names, shapes and order. `tied`: a tied lm_head stored in the file takes the
+/// embedding's value.
+pub fn save_tensors(ws: &WeightStore, base: &Path, dir: &Path, mut trained: HashMap<String, &[f32]>, tied: bool, shard_bytes: u64) -> Result<()> {
+    let head = locate_lm_head(ws);
+    let embed_name = CheckpointNames::of(ws)?.decoder("embed_tokens.weight");
     if let (true, Some(h), Some(e)) = (tied, head, trained.get(&embed_name).copied()) {
         trained.insert(h.to_string(), e);
     }
@@ -140,7 +168,7 @@ pub fn save_model(model: &mut Llava, base: &Path, dir: &Path, parts: TrainParts,
         for n in shard {
             let (dt, shape, raw) = ws.raw(n)?;
             let bytes = match trained.get(n) {
-                Some(t) => t.data().iter().flat_map(|v| v.to_le_bytes()).collect(),
+                Some(t) => t.iter().flat_map(|v| v.to_le_bytes()).collect(),
                 None => crate::weights::narrow(&crate::weights::widen(raw, dt).map_err(|e| Error::weights(ws.file_of(n), format!("`{n}`: {e}")))?, safetensors::Dtype::F32)
                     .map_err(|e| Error::weights(dir, e))?,
             };

@@ -27,7 +27,7 @@ use crate::generate::Pipeline;
 use crate::image::RgbImage;
 use crate::loss::{dpo, DpoOut};
 use crate::model::decoder::{LoraGrad, SeqLayout, StepOpts};
-use crate::model::grads::{add_scaled, DecoderGrads};
+use crate::model::grads::DecoderGrads;
 use crate::model::clip_grad::Grads as ClipGrads;
 use crate::model::llava::ImageTape;
 use crate::optim::{AdamWConfig, AdamWState};
@@ -259,12 +259,8 @@ fn grads_core(
     }
     let (lora, dx) = dec.backward_into(&tape, &dh, full.as_mut().map(|(a, s)| (&mut **a, *s)))?;
     if let Some((acc, s)) = full {
-        for (row, &id) in input.ids.iter().enumerate() {
-            if id != IMAGE_ROW {
-                let id = id as usize;
-                add_scaled(&mut acc.embed_tokens[id * c..(id + 1) * c], &dx[row * c..(row + 1) * c], s);
-            }
-        }
+        // Image rows carry IMAGE_ROW (>= V): skipped.
+        crate::backend::cpu::embedding_backward(&dx, &input.ids, c, &mut acc.embed_tokens, s);
     }
     let (projector, vision) = pipe.embed_backward(&input, &dx);
     Ok((logps, Grads { lora, projector, vision }))

@@ -154,11 +154,11 @@ pub trait Learner {
     fn step(&mut self, gscale: f32, lr: f32, projector_lr: f32) -> Result<()>;
     /// `--train`: write the model as an HF model directory in `dir`.
     fn save_model(&mut self, _dir: &Path) -> Result<()> {
-        Err(Error::Input("--train (full-parameter training) runs on the CPU learner only (--device cpu)".into()))
+        Err(Error::Input("--train (full-parameter training): this learner does not train weights in full".into()))
     }
     /// `--train`: read the trained weights back from the model directory `dir` (resume).
     fn load_model(&mut self, _dir: &Path) -> Result<()> {
-        Err(Error::Input("--train (full-parameter training) runs on the CPU learner only (--device cpu)".into()))
+        Err(Error::Input("--train (full-parameter training): this learner does not train weights in full".into()))
     }
 }
 

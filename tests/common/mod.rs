@@ -125,7 +125,12 @@ pub fn case_requests(cases: &[serde_json::Value]) -> Vec<stic::generate::Request
 /// head; the training attention kernels take head dims 64 and 128, the fixture's is 8), for
 /// `--random-weights` runs (tests/cuda_train.rs, tests/cuda_cli.rs).
 pub fn tiny64(tag: &str) -> std::path::PathBuf {
-    let dir = scratch_copy("llava_next_tiny", tag);
+    tiny64_of("llava_next_tiny", tag)
+}
+
+/// [`tiny64`] of the fixture `rel` (`llava15_tiny`: no image_newline, whose size is the text's).
+pub fn tiny64_of(rel: &str, tag: &str) -> std::path::PathBuf {
+    let dir = scratch_copy(rel, tag);
     edit_config(&dir, |c| {
         let t = &mut c["text_config"];
         t["hidden_size"] = 128.into();

@@ -65,6 +65,20 @@ pub fn embedding<E: Copy + Send + Sync>(table: &[E], features: &[E], c: usize, s
     out
 }
 
+/// The embedding table's gradient: `dw[ids[t]] += scale * dx[t]` for every row t whose id is below
+/// V (`dw` [V, C]; rows with id >= V, image feature rows, get nothing), rows added in order.
+/// The CPU learner's scatter-add and the reference of the CUDA `embedding_backward`.
+pub fn embedding_backward(dx: &[f32], ids: &[u32], c: usize, dw: &mut [f32], scale: f32) {
+    assert_eq!(dx.len(), ids.len() * c, "embedding_backward: dx has {} elements for {} rows of C={c}", dx.len(), ids.len());
+    let v = dw.len() / c;
+    for (row, &id) in ids.iter().enumerate() {
+        if (id as usize) < v {
+            let id = id as usize;
+            dw[id * c..(id + 1) * c].iter_mut().zip(&dx[row * c..(row + 1) * c]).for_each(|(a, &b)| *a += scale * b);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,3 +98,4 @@ mod tests {
         assert_eq!(embedding_sources(&[3, 2], 4, None, 0).unwrap(), vec![3, 2]);
     }
 }
+

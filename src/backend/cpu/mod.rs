@@ -21,7 +21,7 @@ pub use copy::{add, concat_cols, scatter_rows};
 pub use attention::{attention, attention_backward, attention_backward_gemm, attention_packed, attention_packed_backward, attention_rows, cu_seqlens, packed_rows, AttnMask, AttnRow, PackedMask};
 pub use bf16::Bf16Cpu;
 pub use attention_ref::{attention_rows_f64, attention_train_bwd_emulated, attention_train_fwd_host, VarlenBatch};
-pub use embedding::{embedding, embedding_sources};
+pub use embedding::{embedding, embedding_backward, embedding_sources};
 pub use logprob::{logprob, logprob_backward, logprob_backward_host, logprob_f64};
 pub use lora::{lora_bwd, lora_fwd};
 pub use matmul::{matmul, matmul_t, matmul_t_f64, matmul_tn};

@@ -63,4 +63,46 @@ impl CudaDevice {
         self.launched(op, format!("table [{v}, {c}], features [{k}, {c}], {t} sources"), unsafe { launch.launch(cfg) })?;
         Ok(())
     }
+
+    /// The embedding table's gradient: dw[ids[t]] += dx[t] (dw f32 [V, C], dx bf16 [T, C]) for every
+    /// row t whose id is below V; rows with an id >= V (image feature rows) get nothing. The rows
+    /// are grouped by id on the host (`ids` is the host's), so that each table row is summed by
+    /// one block in row order: no atomics, the same bits on every run.
+    /// Reference: [`crate::backend::cpu::embedding_backward`].
+    pub fn embedding_backward(&self, dx: &CudaView<'_, u16>, ids: &[u32], dw: &mut CudaViewMut<'_, f32>, hidden: usize) -> Result<()> {
+        let op = "embedding_backward";
+        let c = hidden;
+        let t = rows_of(op, "dx", dx.len(), c)?;
+        let v = rows_of(op, "dw", dw.len(), c)?;
+        if ids.len() != t {
+            return Err(Error::shape(op, format!("dx [{t}, {c}] but {} ids", ids.len())));
+        }
+        let mut by_id: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+        for (row, &id) in ids.iter().enumerate() {
+            if (id as usize) < v {
+                by_id.entry(id).or_default().push(row as u32);
+            }
+        }
+        if by_id.is_empty() {
+            return Ok(());
+        }
+        let (mut rows, mut starts, mut uniq) = (Vec::with_capacity(t), vec![0u32], Vec::with_capacity(by_id.len()));
+        for (id, r) in by_id {
+            uniq.push(id);
+            rows.extend(r);
+            starts.push(rows.len() as u32);
+        }
+        let (rows_d, starts_d, ids_d) = (self.htod(&rows)?, self.htod(&starts)?, self.htod(&uniq)?);
+        let f = self.function("embedding", op)?;
+        let cfg = LaunchConfig { grid_dim: (uniq.len() as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        let c32 = c as u32;
+        let mut launch = self.stream().launch_builder(&f);
+        launch.arg(dx).arg(&*rows_d).arg(&*starts_d).arg(&*ids_d).arg(dw).arg(&c32);
+        // SAFETY: embedding_backward(const u16* dx, const u32* rows, const u32* starts, const u32*
+        // ids, float* dw, u32 C): block u < U (grid size) reads starts[u], starts[u + 1] (U + 1
+        // uploaded), rows[starts[u], starts[u + 1]) (< T, rows of dx [T, C]), ids[u] (< V, rows
+        // of dw [V, C]), and adds to dw's row ids[u] (distinct per block); dw is a &mut view.
+        self.launched(op, format!("dx [{t}, {c}] -> dw [{v}, {c}] f32, {} ids", uniq.len()), unsafe { launch.launch(cfg) })?;
+        Ok(())
+    }
 }

@@ -15,7 +15,8 @@
 //! cuBLASLt's tensor-core GEMM takes bf16 operands, and g rounded to bf16 alone (2^-9 relative)
 //! costs dh up to ~10% relative error at elements where the target row and the softmax average
 //! of w cancel; hi + lo keeps ~16 bits (2^-17), for twice the (tensor-core) GEMM work. dh is f32
-//! so that the chunks accumulate without a rounding each. The lm_head is frozen: no dw.
+//! so that the chunks accumulate without a rounding each. Under LoRA the lm_head is frozen (no dw);
+//! trained in full, `logprob_backward_dw` also adds dw [V, C] += hi^T h + lo^T h per chunk (`matmul_tn`).
 //!
 //! A target >= V gives logp = NaN (forward) and no one-hot term (backward); the caller owns the
 //! targets. Reference: [`crate::backend::cpu::logprob`], [`crate::backend::cpu::logprob_backward`].
@@ -132,10 +133,31 @@ impl CudaDevice {
         v: usize,
         accumulate: bool,
     ) -> Result<()> {
-        self.logprob_backward_chunked(h, w, targets, lse, dlogp, dh, t, c, v, accumulate, LOGPROB_CHUNK)
+        self.logprob_backward_chunked(h, w, targets, lse, dlogp, dh, None, t, c, v, accumulate, LOGPROB_CHUNK)
     }
 
-    /// [`Self::logprob_backward`] with `chunk` vocabulary rows per GEMM.
+    /// [`Self::logprob_backward`] of an lm_head that trains in full: also dw [V, C] (f32) += the
+    /// weight's gradient g^T h, chunk by chunk from the same hi / lo logit gradients
+    /// (`matmul_tn`, f32 accumulation). Reference: `cpu::logprob::logprob_backward_full`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn logprob_backward_dw(
+        &self,
+        h: &CudaView<'_, u16>,
+        w: &CudaView<'_, u16>,
+        targets: &CudaView<'_, u32>,
+        lse: &CudaView<'_, f32>,
+        dlogp: &CudaView<'_, f32>,
+        dh: &mut CudaViewMut<'_, f32>,
+        dw: &mut CudaViewMut<'_, f32>,
+        t: usize,
+        c: usize,
+        v: usize,
+    ) -> Result<()> {
+        self.logprob_backward_chunked(h, w, targets, lse, dlogp, dh, Some(dw), t, c, v, false, LOGPROB_CHUNK)
+    }
+
+    /// [`Self::logprob_backward`] with `chunk` vocabulary rows per GEMM, and the lm_head's own
+    /// gradient added to `dw` when given ([`Self::logprob_backward_dw`]).
     #[allow(clippy::too_many_arguments)]
     pub fn logprob_backward_chunked(
         &self,
@@ -145,6 +167,7 @@ impl CudaDevice {
         lse: &CudaView<'_, f32>,
         dlogp: &CudaView<'_, f32>,
         dh: &mut CudaViewMut<'_, f32>,
+        mut dw: Option<&mut CudaViewMut<'_, f32>>,
         t: usize,
         c: usize,
         v: usize,
@@ -162,6 +185,9 @@ impl CudaDevice {
             chunk,
             &[("h", h.len(), t * c), ("w", w.len(), v * c), ("targets", targets.len(), t), ("lse", lse.len(), t), ("dlogp", dlogp.len(), t), ("dh", dh.len(), t * c)],
         )?;
+        if let Some(dw) = dw.as_ref().filter(|d| d.len() != v * c) {
+            return Err(Error::shape(op, format!("{}: but dw has {} elements, not {}", shapes(), dw.len(), v * c)));
+        }
         if t == 0 {
             return Ok(());
         }
@@ -188,6 +214,12 @@ impl CudaDevice {
             // dh [T, C] (+)= hi [T, n] @ w_chunk [n, C] + lo [T, n] @ w_chunk.
             self.matmul_nn(&hi.slice(0..t * n), &wc, dh, t, c, n, accumulate || c0 > 0)?;
             self.matmul_nn(&lo.slice(0..t * n), &wc, dh, t, c, n, true)?;
+            if let Some(dw) = dw.as_mut() {
+                // dw_chunk [n, C] += hi^T h + lo^T h.
+                let mut dwc = dw.slice_mut(c0 * c..(c0 + n) * c);
+                self.matmul_tn(&hi.slice(0..t * n), h, &mut dwc, n, c, t, true)?;
+                self.matmul_tn(&lo.slice(0..t * n), h, &mut dwc, n, c, t, true)?;
+            }
             c0 += n;
         }
         Ok(())

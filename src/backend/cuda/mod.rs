@@ -14,18 +14,18 @@
 //! | file | methods | kernel file |
 //! |---|---|---|
 //! | `cast.rs` | `cast_bf16_to_f32(_into)`, `cast_f32_to_bf16(_into)` | `kernels/cast.cu` |
-//! | `rmsnorm.rs` | `rmsnorm`, `rmsnorm_residual` | `kernels/rmsnorm.cu` |
+//! | `rmsnorm.rs` | `rmsnorm`, `rmsnorm_residual`, `rmsnorm_backward` (dx; + dw by `rmsnorm_dw` when the norm trains) | `kernels/rmsnorm.cu` |
 //! | `layernorm.rs` | `layernorm` | `kernels/layernorm.cu` |
 //! | `rope.rs` | `rope_inv_freq`, `rope`, `rope_qk` | `kernels/rope.cu` |
 //! | `activation.rs` | `silu`, `gelu`, `quick_gelu`, `activation`, `swiglu`, `swiglu_fused` | `kernels/activation.cu` |
-//! | `embedding.rs` | `embedding` | `kernels/embedding.cu` |
+//! | `embedding.rs` | `embedding`, `embedding_backward` (the table's gradient, rows grouped by id on the host) | `kernels/embedding.cu` |
 //! | `sample.rs` | `argmax_f32`, `argmax_bf16`, `sample` (kernel `sample_f32`: temperature, top-k, top-p) | `kernels/sample.cu` |
 //! | `attention.rs` | `attention`, `attention_with_max_len` (fused forward over a slotted KV cache, GQA, a key range per row; split-KV flash-decoding `attention_split` + `attention_combine` when few rows have long ranges) | `kernels/attention.cu` |
 //! | `attention_train.rs` | `attention_fwd`, `attention_bwd` (tensor-core FlashAttention-2 over a packed varlen batch: causal / window / DPO shared-prefix masks, GQA, D 64 and 128, lse) | `kernels/attention_train.cu` |
 //! | `attention_hopper.rs` | `attention_fwd_kernel` (picks the forward kernel: `STIC_ATTENTION=mma\|hopper\|auto`), `attention_hopper_available`; the Hopper forward (wgmma + TMA, warp-specialised, sm_90a) | `kernels/attention_hopper.cu` |
 //! | `matmul.rs` | `matmul` (bf16 x bf16 -> bf16 or f32, + bias, + y), `matmul_nn` (w [K, N], no transpose), `matmul_tn` (x [K, M] transposed: weight gradients) | cuBLASLt (`libcublasLt`, loaded on first use) |
 //! | `lora.rs` | `lora_fwd`, `lora_bwd` (LoRA linear layer, optionally under LoRA dropout: strided f32 GEMMs `lora_gemm_*`, the rounding epilogue, split-K reduce; the base GEMM is cuBLASLt's) | `kernels/lora.cu` |
-//! | `logprob.rs` | `logprob(_chunked)`, `logprob_backward(_chunked)` (lm_head + log-softmax + target gather over vocabulary chunks: `logprob_fold`, `logprob_dlogits`, GEMMs by cuBLASLt) | `kernels/logprob.cu` |
+//! | `logprob.rs` | `logprob(_chunked)`, `logprob_backward(_chunked)`, `logprob_backward_dw` (+ lm_head's dW) (lm_head + log-softmax + target gather over vocabulary chunks: `logprob_fold`, `logprob_dlogits`, GEMMs by cuBLASLt) | `kernels/logprob.cu` |
 //! | `copy.rs` | `scatter_rows`, `concat_cols` | `kernels/copy.cu` |
 //! | `add.rs` | `add` | `kernels/add.cu` |
 //! | `adamw.rs` | `adamw` (one fused step over every trainable tensor, with a gradient scale), `grad_sumsq` (the clipping norm) | `kernels/adamw.cu` |

@@ -62,26 +62,61 @@ impl CudaDevice {
         Ok(())
     }
 
-    /// dx [T, C] of `rmsnorm` given x, w and dy (the norm weight is frozen under LoRA, so no dw).
-    /// Reference: [`crate::backend::cpu::rmsnorm_backward`] (its dx).
-    pub fn rmsnorm_backward(&self, x: &CudaView<'_, u16>, w: &CudaView<'_, u16>, dy: &CudaView<'_, u16>, eps: f32, dx: &mut CudaViewMut<'_, u16>) -> Result<()> {
+    /// dx [T, C] of `rmsnorm` given x, w and dy; with `dw` (f32 [C], a norm weight that trains in
+    /// full) also dw += the weight's gradient (`rmsnorm_dw`: one thread per column, the rows summed
+    /// in order, no atomics). Under LoRA the norm is frozen: `dw` None.
+    /// Reference: [`crate::backend::cpu::rmsnorm_backward`].
+    pub fn rmsnorm_backward(
+        &self,
+        x: &CudaView<'_, u16>,
+        w: &CudaView<'_, u16>,
+        dy: &CudaView<'_, u16>,
+        eps: f32,
+        dx: &mut CudaViewMut<'_, u16>,
+        dw: Option<&mut CudaViewMut<'_, f32>>,
+    ) -> Result<()> {
         let op = "rmsnorm_backward";
         let c = w.len();
         let rows = rows_of(op, "x", x.len(), c)?;
         if dy.len() != x.len() || dx.len() != x.len() {
             return Err(Error::shape(op, format!("x [{rows}, {c}] but dy has {} and dx {} elements", dy.len(), dx.len())));
         }
+        if let Some(dw) = dw.as_ref().filter(|d| d.len() != c) {
+            return Err(Error::shape(op, format!("x [{rows}, {c}] but dw has {} elements", dw.len())));
+        }
         if rows == 0 {
             return Ok(());
         }
         let f = self.function("rmsnorm", op)?;
         let c32 = c as u32;
+        // SAFETY: rmsnorm_backward writes inv[0, T) (one per block) before rmsnorm_dw reads it.
+        let mut inv = match dw {
+            Some(_) => Some(unsafe { self.scratch::<f32>("rmsnorm_backward.inv", rows) }?),
+            None => None,
+        };
+        let null = 0u64;
         let mut launch = self.stream().launch_builder(&f);
-        launch.arg(x).arg(w).arg(dy).arg(dx).arg(&c32).arg(&eps);
+        launch.arg(x).arg(w).arg(dy).arg(&mut *dx).arg(&c32).arg(&eps);
+        match inv.as_mut() {
+            Some(i) => launch.arg(&mut **i),
+            None => launch.arg(&null),
+        };
         // SAFETY: rmsnorm_backward(const u16* x, const u16* w, const u16* dy, u16* dx, u32 C,
-        // float eps) reads x and dy and writes dx in rows [0, T) of C (T = grid size), reads
-        // w[0, C): in bounds (checked above); dx is a distinct &mut view.
+        // float eps, float* inv) reads x and dy and writes dx in rows [0, T) of C (T = grid size),
+        // reads w[0, C), writes inv[0, T) when not null (a scratch of T): in bounds (checked
+        // above); dx and inv are distinct &mut views.
         self.launched(op, format!("x [{rows}, {c}]"), unsafe { launch.launch(row_config(rows, c)) })?;
+        if let (Some(dw), Some(inv)) = (dw, inv.as_ref()) {
+            let f = self.function("rmsnorm", "rmsnorm_dw")?;
+            let t32 = rows as u32;
+            let cfg = cudarc::driver::LaunchConfig { grid_dim: (c.div_ceil(128) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+            let mut launch = self.stream().launch_builder(&f);
+            launch.arg(x).arg(dy).arg(&**inv).arg(dw).arg(&t32).arg(&c32);
+            // SAFETY: rmsnorm_dw(const u16* x, const u16* dy, const float* inv, float* dw, u32 T,
+            // u32 C) reads x and dy [0, T*C), inv [0, T), and adds to dw[0, C) (threads c >= C
+            // return): the checked lengths; dw is a distinct &mut view.
+            self.launched("rmsnorm_dw", format!("x [{rows}, {c}] -> dw [{c}] f32"), unsafe { launch.launch(cfg) })?;
+        }
         Ok(())
     }
 }

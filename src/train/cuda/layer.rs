@@ -2,6 +2,7 @@
 //! on every adapted projection, and the forward of all layers.
 
 use crate::backend::cuda::DevBuf;
+use cudarc::driver::CudaViewMut;
 
 use crate::backend::cuda::{CudaDevice, CudaLinear, CudaTensor, Dropout};
 use crate::backend::Backend;
@@ -9,7 +10,7 @@ use crate::error::Result;
 use crate::model::decoder::mask_seed;
 
 use super::batch::{varlen, Batch};
-use super::state::{CudaLearner, DeviceLoras};
+use super::state::{grad_of, layer_param, CudaLearner, DeviceLoras};
 
 /// What one layer's forward produced (all kept only while that layer's backward runs).
 struct LayerActs {
@@ -73,7 +74,8 @@ impl CudaLearner {
         Ok((CudaTensor { data: y, rows: t, cols: n }, u, xd))
     }
 
-    /// dx [T, K] = dy W (+ s (dy B) A), and the adapter's dA, dB accumulated.
+    /// dx [T, K] = dy W (+ s (dy B) A), and the adapter's dA, dB accumulated; with `dw` (the
+    /// weight trains in full) also dW [N, K] += dy^T x.
     #[allow(clippy::too_many_arguments)]
     fn linear_bwd(
         dev: &CudaDevice,
@@ -85,9 +87,13 @@ impl CudaLearner {
         proj: usize,
         u: Option<&DevBuf<f32>>,
         dropout: Option<(&CudaTensor, Dropout)>,
+        dw: Option<CudaViewMut<'_, f32>>,
     ) -> Result<CudaTensor> {
         let t = x.rows;
         let (n, k) = (w.n, w.k);
+        if let Some(mut dw) = dw {
+            dev.matmul_tn(&dy.data.as_view(), &x.data.as_view(), &mut dw, n, k, t, true)?;
+        }
         // SAFETY: the GEMMs below write every element of dx.
         let mut dx = unsafe { dev.alloc_uninit::<u16>(t * k) }?;
         match (loras.and_then(|l| l.lookup[layer][proj].map(|i| (l.adapters[i], l))), u) {
@@ -145,7 +151,9 @@ impl CudaLearner {
         let (_, a) = self.layer_fwd(li, x, b, true)?;
         let drops: [Option<Dropout>; 7] = std::array::from_fn(|p| self.dropout_of(li, p));
         let drop = |p: usize| a.xd[p].as_ref().zip(drops[p]);
-        let CudaLearner { pipe, dev, loras, neg_inv_freq, .. } = self;
+        let CudaLearner { pipe, dev, loras, neg_inv_freq, full, .. } = self;
+        // The layer's weight gradients when the decoder trains in full (`layer_param`).
+        let base = layer_param(li);
         let dev: &CudaDevice = dev;
         let dec = &pipe.model.decoder;
         let be = dec.backend();
@@ -158,17 +166,17 @@ impl CudaLearner {
             Ok(CudaTensor { data: unsafe { dev.alloc_uninit::<u16>(r.rows * r.cols) }?, rows: r.rows, cols: r.cols })
         };
         // out = x_mid + down(silu(gate) * up)
-        let dact = Self::linear_bwd(dev, loras.as_mut(), &a.act, dx, w[6], li, 6, a.u[6].as_ref(), drop(6))?;
+        let dact = Self::linear_bwd(dev, loras.as_mut(), &a.act, dx, w[6], li, 6, a.u[6].as_ref(), drop(6), grad_of(full, base + 7))?;
         let (mut dgate, mut dup) = (uninit_like(&a.gate)?, uninit_like(&a.up)?);
         dev.swiglu_backward(&a.gate.data.as_view(), &a.up.data.as_view(), &dact.data.as_view(), &mut dgate.data.as_view_mut(), &mut dup.data.as_view_mut())?;
-        let mut dhn2 = Self::linear_bwd(dev, loras.as_mut(), &a.hn2, &dgate, w[4], li, 4, a.u[4].as_ref(), drop(4))?;
-        let dh_u = Self::linear_bwd(dev, loras.as_mut(), &a.hn2, &dup, w[5], li, 5, a.u[5].as_ref(), drop(5))?;
+        let mut dhn2 = Self::linear_bwd(dev, loras.as_mut(), &a.hn2, &dgate, w[4], li, 4, a.u[4].as_ref(), drop(4), grad_of(full, base + 5))?;
+        let dh_u = Self::linear_bwd(dev, loras.as_mut(), &a.hn2, &dup, w[5], li, 5, a.u[5].as_ref(), drop(5), grad_of(full, base + 6))?;
         be.add(&mut dhn2, &dh_u)?;
         let mut dxm = uninit_like(&a.x_mid)?;
-        dev.rmsnorm_backward(&a.x_mid.data.as_view(), &n2.weight.as_view(), &dhn2.data.as_view(), eps, &mut dxm.data.as_view_mut())?;
+        dev.rmsnorm_backward(&a.x_mid.data.as_view(), &n2.weight.as_view(), &dhn2.data.as_view(), eps, &mut dxm.data.as_view_mut(), grad_of(full, base + 8).as_mut())?;
         be.add(dx, &dxm)?; // dx is now d(x_mid)
         // x_mid = x + o(attention(rope(q(hn1)), rope(k(hn1)), v(hn1)))
-        let dattn = Self::linear_bwd(dev, loras.as_mut(), &a.attn, dx, w[3], li, 3, a.u[3].as_ref(), drop(3))?;
+        let dattn = Self::linear_bwd(dev, loras.as_mut(), &a.attn, dx, w[3], li, 3, a.u[3].as_ref(), drop(3), grad_of(full, base + 4))?;
         let (mut dq, mut dk, mut dv) = (uninit_like(&a.q)?, uninit_like(&a.k)?, uninit_like(&a.v)?);
         {
             let cu = b.cu_seqlens.as_view();
@@ -188,13 +196,13 @@ impl CudaLearner {
             )?;
         }
         dev.rope_backward_qk(&mut dq.data.as_view_mut(), h, &mut dk.data.as_view_mut(), hkv, &b.positions.as_view(), &neg_inv_freq.as_view())?;
-        let mut dhn1 = Self::linear_bwd(dev, loras.as_mut(), &a.hn1, &dq, w[0], li, 0, a.u[0].as_ref(), drop(0))?;
-        let dh_k = Self::linear_bwd(dev, loras.as_mut(), &a.hn1, &dk, w[1], li, 1, a.u[1].as_ref(), drop(1))?;
+        let mut dhn1 = Self::linear_bwd(dev, loras.as_mut(), &a.hn1, &dq, w[0], li, 0, a.u[0].as_ref(), drop(0), grad_of(full, base + 1))?;
+        let dh_k = Self::linear_bwd(dev, loras.as_mut(), &a.hn1, &dk, w[1], li, 1, a.u[1].as_ref(), drop(1), grad_of(full, base + 2))?;
         be.add(&mut dhn1, &dh_k)?;
-        let dh_v = Self::linear_bwd(dev, loras.as_mut(), &a.hn1, &dv, w[2], li, 2, a.u[2].as_ref(), drop(2))?;
+        let dh_v = Self::linear_bwd(dev, loras.as_mut(), &a.hn1, &dv, w[2], li, 2, a.u[2].as_ref(), drop(2), grad_of(full, base + 3))?;
         be.add(&mut dhn1, &dh_v)?;
         let mut dxi = uninit_like(x)?;
-        dev.rmsnorm_backward(&x.data.as_view(), &n1.weight.as_view(), &dhn1.data.as_view(), eps, &mut dxi.data.as_view_mut())?;
+        dev.rmsnorm_backward(&x.data.as_view(), &n1.weight.as_view(), &dhn1.data.as_view(), eps, &mut dxi.data.as_view_mut(), grad_of(full, base).as_mut())?;
         be.add(dx, &dxi)?;
         Ok(())
     }

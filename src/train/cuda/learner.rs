@@ -16,7 +16,7 @@ use crate::train::data::{read_pairs, read_sft_data};
 use crate::train::run_loop::{reference_cache, train_loop, ExampleOut, Learner, LogLine, TrainArgs};
 use crate::train::TrainAdamW;
 
-use super::state::{Adapter, CudaLearner, DeviceLoras};
+use super::state::{Adapter, CudaLearner, DeviceDecoder, DeviceLoras, DeviceProjector};
 
 impl CudaLearner {
     pub fn new(pipe: Pipeline<Cuda>, args: &TrainArgs) -> Result<Self> {
@@ -27,6 +27,9 @@ impl CudaLearner {
             if let Some(p) = projs.iter().position(|l| l.bias.is_some()) {
                 return Err(Error::Input(format!("layer {li} {} has a bias: LoRA training on --device cuda supports bias-free projections only", PROJECTIONS[p])));
             }
+        }
+        if args.train.is_some_and(|p| p.vision) {
+            return Err(Error::Input("--train vision: the vision tower trains on the CPU learner only (--device cpu); on --device cuda use --train decoder,projector".into()));
         }
         let inv_freq = dev.rope_inv_freq(tc.head_dim, tc.rope_theta)?;
         let neg_inv_freq = dev.rope_inv_freq_backward(tc.head_dim, tc.rope_theta)?;
@@ -41,9 +44,21 @@ impl CudaLearner {
             inv_freq,
             neg_inv_freq,
             pipe,
+            full: None,
+            parts: args.train,
+            base: None,
+            shard_bytes: args.shard_mib.max(1) << 20,
         };
-        if args.projector_lr.is_some() {
+        // `--train` trains the projector in full when it names it (LoRA is off then).
+        let projector = match args.train {
+            Some(p) => p.projector,
+            None => args.projector_lr.is_some(),
+        };
+        if projector {
             learner.projector = Some(learner.projector_state()?);
+        }
+        if args.train.is_some_and(|p| p.decoder) {
+            learner.full = Some(learner.decoder_state()?);
         }
         Ok(learner)
     }
@@ -174,21 +189,26 @@ impl Learner for CudaLearner {
         save_loras(dir, spec, &self.download()?, params.as_deref())
     }
 
-    /// The same file as [`TrainAdamW::save`]: `{layer}.{proj}.{A,B}.{m,v,step}`.
+    /// The same file as [`TrainAdamW::save`]: `{layer}.{proj}.{A,B}.{m,v,step}`,
+    /// `projector.{name}.*`, `decoder.{name}.*` (`--train decoder`).
     fn save_optimizer(&mut self, path: &Path) -> Result<()> {
         let mut opt = TrainAdamW::new(self.cfg);
-        if let Some(l) = &self.loras {
-            let (m, v) = (self.dev.dtoh(&l.m)?, self.dev.dtoh(&l.v)?);
-            for (key, off, len) in Self::adam_keys(l) {
-                opt.set_state(key, AdamWState { step: l.step, m: m[off..off + len].to_vec(), v: v[off..off + len].to_vec() });
+        let dev = &self.dev;
+        let mut put = |keys: Vec<(String, usize, usize)>, m: &DevBufF32, v: &DevBufF32, step: u64| -> Result<()> {
+            let (m, v) = (dev.dtoh(m)?, dev.dtoh(v)?);
+            for (key, off, len) in keys {
+                opt.set_state(key, AdamWState { step, m: m[off..off + len].to_vec(), v: v[off..off + len].to_vec() });
             }
+            Ok(())
+        };
+        if let Some(l) = &self.loras {
+            put(Self::adam_keys(l), &l.m, &l.v, l.step)?;
         }
         if let Some(pr) = &self.projector {
-            let (m, v) = (self.dev.dtoh(&pr.m)?, self.dev.dtoh(&pr.v)?);
-            for (name, shape, off) in &pr.params {
-                let len: usize = shape.iter().product();
-                opt.set_state(format!("projector.{name}"), AdamWState { step: pr.step, m: m[*off..off + len].to_vec(), v: v[*off..off + len].to_vec() });
-            }
+            put(projector_keys(pr), &pr.m, &pr.v, pr.step)?;
+        }
+        if let Some(f) = &self.full {
+            put(decoder_keys(f), &f.m, &f.v, f.step)?;
         }
         opt.save(path)
     }
@@ -196,11 +216,12 @@ impl Learner for CudaLearner {
     fn load_optimizer(&mut self, path: &Path) -> Result<()> {
         let mut opt = TrainAdamW::new(self.cfg);
         opt.load(path)?;
-        if let Some(l) = self.loras.as_mut() {
-            let n = l.p.len();
+        let dev = self.dev.clone();
+        // The moments of `keys` (a buffer of n) and their common step.
+        let take = |keys: Vec<(String, usize, usize)>, n: usize| -> Result<(DevBufF32, DevBufF32, u64)> {
             let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
             let mut step = None;
-            for (key, off, len) in Self::adam_keys(l) {
+            for (key, off, len) in keys {
                 let st = opt.state(&key).ok_or_else(|| Error::weights(path, format!("no optimiser state for `{key}`")))?;
                 if st.m.len() != len || st.v.len() != len {
                     return Err(Error::weights(path, format!("`{key}`: {} moments for a tensor of {len}", st.m.len())));
@@ -212,26 +233,16 @@ impl Learner for CudaLearner {
                 m[off..off + len].copy_from_slice(&st.m);
                 v[off..off + len].copy_from_slice(&st.v);
             }
-            l.m = self.dev.htod(&m)?;
-            l.v = self.dev.htod(&v)?;
-            l.step = step.unwrap_or(0);
+            Ok((dev.htod(&m)?, dev.htod(&v)?, step.unwrap_or(0)))
+        };
+        if let Some(l) = self.loras.as_mut() {
+            (l.m, l.v, l.step) = take(Self::adam_keys(l), l.p.len())?;
         }
         if let Some(pr) = self.projector.as_mut() {
-            let n = pr.p.len();
-            let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
-            for (name, shape, off) in &pr.params {
-                let key = format!("projector.{name}");
-                let len: usize = shape.iter().product();
-                let st = opt.state(&key).ok_or_else(|| Error::weights(path, format!("no optimiser state for `{key}`")))?;
-                if st.m.len() != len || st.v.len() != len {
-                    return Err(Error::weights(path, format!("`{key}`: {} moments for a tensor of {len}", st.m.len())));
-                }
-                m[*off..off + len].copy_from_slice(&st.m);
-                v[*off..off + len].copy_from_slice(&st.v);
-                pr.step = st.step;
-            }
-            pr.m = self.dev.htod(&m)?;
-            pr.v = self.dev.htod(&v)?;
+            (pr.m, pr.v, pr.step) = take(projector_keys(pr), pr.p.len())?;
+        }
+        if let Some(f) = self.full.as_mut() {
+            (f.m, f.v, f.step) = take(decoder_keys(f), f.p.len())?;
         }
         Ok(())
     }
@@ -244,6 +255,9 @@ impl Learner for CudaLearner {
         };
         if let Some(pr) = &self.projector {
             sumsq += self.dev.grad_sumsq(&pr.g.as_view())?;
+        }
+        if let Some(f) = &self.full {
+            sumsq += self.dev.grad_sumsq(&f.g.as_view())?;
         }
         Ok(self.pending_w.unwrap_or(1.0) as f64 * sumsq.sqrt())
     }
@@ -272,15 +286,48 @@ impl Learner for CudaLearner {
             dev.stream().memset_zeros(&mut pr.g).map_err(|e| crate::backend::cuda::cuda_err("memset_zeros", "projector gradients", e))?;
             self.refresh_projector()?;
         }
-        Ok(())
+        self.step_decoder(lr, w * gscale)
     }
+
+    fn save_model(&mut self, dir: &Path) -> Result<()> {
+        self.save_full(dir)
+    }
+
+    fn load_model(&mut self, dir: &Path) -> Result<()> {
+        self.load_full(dir)
+    }
+}
+
+type DevBufF32 = crate::backend::cuda::DevBuf<f32>;
+
+/// The projector's AdamW state keys (`projector.{name}`, as `TrainAdamW`'s) with their offsets
+/// and lengths.
+fn projector_keys(pr: &DeviceProjector) -> Vec<(String, usize, usize)> {
+    pr.params.iter().map(|(name, shape, off)| (format!("projector.{name}"), *off, shape.iter().product())).collect()
+}
+
+/// The decoder's AdamW state keys (`decoder.{name}`, as `TrainAdamW::step_decoder`'s).
+fn decoder_keys(f: &DeviceDecoder) -> Vec<(String, usize, usize)> {
+    f.params.iter().map(|(name, len, off)| (format!("decoder.{name}"), *off, *len)).collect()
+}
+
+/// A learner for `pipe` (loaded from `base`): with `--train`, the trained parts' f32 masters are
+/// read from the base checkpoint (as the CPU learner trains from its f32 weights).
+fn learner_for(pipe: Pipeline<Cuda>, base: &Path, args: &TrainArgs) -> Result<CudaLearner> {
+    let mut learner = CudaLearner::new(pipe, args)?;
+    if args.train.is_some() {
+        learner.base = Some(base.to_path_buf());
+        learner.load_full(base)?;
+    }
+    Ok(learner)
 }
 
 /// `stic train-dpo --device cuda`: DPO with the adapters trained on the GPU (see the module
 /// docs); the same data, order, schedule, logs and checkpoints as [`crate::train::cpu::train_dpo`].
-pub fn train_dpo(pipe: Pipeline<Cuda>, data: &Path, out: &Path, args: &TrainArgs, resume: bool, stop_after: Option<usize>) -> Result<Vec<LogLine>> {
+/// `base`: the checkpoint `pipe` was loaded from (`--train` writes model directories from it).
+pub fn train_dpo(pipe: Pipeline<Cuda>, base: &Path, data: &Path, out: &Path, args: &TrainArgs, resume: bool, stop_after: Option<usize>) -> Result<Vec<LogLine>> {
     let (pairs, keys) = read_pairs(&pipe, data)?;
-    let mut learner = CudaLearner::new(pipe, args)?;
+    let mut learner = learner_for(pipe, base, args)?;
     let refs = reference_cache(&keys, out, resume, |i| learner.reference_logps(&pairs[i]))?;
     train_loop(&mut learner, pairs.len(), out, args, resume, stop_after, |l, i, opts, w| {
         let (o, tokens) = l.dpo_pair(&pairs[i], refs[i], args.beta, args.sft_weight, w, opts.dropout_seed)?;
@@ -290,8 +337,10 @@ pub fn train_dpo(pipe: Pipeline<Cuda>, data: &Path, out: &Path, args: &TrainArgs
 
 /// `stic train-sft --device cuda`: SFT with the adapters (and the projector) trained on the GPU;
 /// the same data, order, schedule, logs and checkpoints as [`crate::train::cpu::train_sft`].
+#[allow(clippy::too_many_arguments)]
 pub fn train_sft(
     pipe: Pipeline<Cuda>,
+    base: &Path,
     data: &Path,
     image_folder: &Path,
     out: &Path,
@@ -300,7 +349,7 @@ pub fn train_sft(
     stop_after: Option<usize>,
 ) -> Result<Vec<LogLine>> {
     let (examples, images) = read_sft_data(data, image_folder)?;
-    let mut learner = CudaLearner::new(pipe, args)?;
+    let mut learner = learner_for(pipe, base, args)?;
     train_loop(&mut learner, examples.len(), out, args, resume, stop_after, |l, i, opts, w| {
         let (loss, tokens) = l.sft_example(&examples[i].1, &images[i], w, opts.dropout_seed)?;
         Ok(ExampleOut { loss, rewards: None, tokens })

@@ -1,4 +1,4 @@
-//! LoRA DPO on one GPU (feature `cuda`): the step of [`crate::train::dpo_pair_grads_packed`] with every
+//! LoRA (and full-parameter) DPO and SFT on one GPU (feature `cuda`): the step of [`crate::train::dpo_pair_grads_packed`] with every
 //! op on the device, and the adapters' parameters, gradients and AdamW state kept there (f32).
 //!
 //! One pair, packed as [prefix | chosen | rejected] under the shared-prefix mask (the image and
@@ -46,16 +46,36 @@
 //! Projector-only runs (`--lora-r 0 --projector-lr LR`, LLaVA's alignment stage) train the
 //! projector alone and save `multi_modal_projector.safetensors`, as on the CPU.
 //!
+//! Full-parameter training (`--train decoder,projector`, or either alone; LoRA off, as on the
+//! CPU): every weight of the language model (embed_tokens, each layer's two norms and seven
+//! projections, the final norm, lm_head, tied or not) has its f32 master, gradient and AdamW
+//! moments on the device in one flat buffer set (`DeviceDecoder`, `Decoder::params_mut` order),
+//! stepped by the same fused `adamw` with HF's decay grouping (`hf_decays`); after each step the
+//! bf16 weights the model runs with are written from the masters. The masters start from the base
+//! checkpoint's f32 values. The weight gradients come from what the recomputed layer already has:
+//! each projection dW += dy^T x (`matmul_tn`, f32 accumulation), each norm's dw (`rmsnorm_backward`
+//! with `rmsnorm_dw`), lm_head's dW from the log-prob backward's per-chunk hi / lo logit gradients
+//! (`logprob_backward_dw`; into embed_tokens' when tied), and embed_tokens' by a scatter-add of
+//! d(input embeddings) at the text rows (`embedding_backward`, rows grouped by id on the host: no
+//! atomics in the new weight-gradient kernels; a resumed run is bit-identical on the emulated
+//! device, while on hardware the attention backward's dq atomics, as under LoRA, are not ordered). Checkpoints and outputs are the CPU learner's HF
+//! model directories (`train::full::save_tensors`), resumed as `load_trained` does; the AdamW
+//! state keys are `decoder.{name}`, as `TrainAdamW::step_decoder`'s. The f32 state needs 16 bytes
+//! per weight: a clear error when it does not fit the device's free memory. `--train vision` is
+//! refused here (the vision tower trains on the CPU learner).
+//!
 //! Not supported here (a clear error): biases on the decoder's projections (LLaMA, Vicuna and
 //! Mistral have none).
 //!
-//! Files: `state` the learner's struct and device state (shared by the others); `batch` a
+//! Files: `state` the learner's struct and device state (shared by the others); `full` the
+//! decoder trained in full (state, step, model directories); `batch` a
 //! step's attention description (cu_seqlens, positions, shared-prefix pairs); `projector` the
 //! projector's training state, tapes and backward; `layer` one layer's forward and backward;
 //! `objective` the DPO and SFT examples (forward, loss, backward); `learner` new, checkpoints,
 //! the [`Learner`](crate::train::run_loop::Learner) impl and the `train_dpo` / `train_sft` runs.
 
 mod batch;
+mod full;
 mod layer;
 mod learner;
 mod objective;

@@ -12,7 +12,7 @@ use crate::train::{sft_ids, Pair};
 
 use super::batch::Batch;
 use super::projector::ImageTape;
-use super::state::CudaLearner;
+use super::state::{grad_of, layer_param, CudaLearner};
 
 /// One pair, ready for the decoder.
 struct Prepared {
@@ -24,6 +24,8 @@ struct Prepared {
     /// |chosen|.
     chosen: usize,
     tapes: Vec<ImageTape>,
+    /// The token id of every row (`u32::MAX` at image feature rows): the embedding's gradient.
+    ids: Vec<u32>,
 }
 
 /// The scored rows of a forward: their hidden states [R, C], log-sum-exps and targets, the rows
@@ -61,7 +63,8 @@ impl CudaLearner {
             let p = t - c - r;
             // The last prefix row predicts the first token of both responses.
             let rows: Vec<u32> = (p - 1..p + c - 1).chain(std::iter::once(p - 1)).chain(p + c..p + c + r - 1).map(|i| i as u32).collect();
-            Ok(Prepared { x, layouts: vec![SeqLayout { len: t, shared_prefix: Some((p, c)) }], rows, targets, chosen: c, tapes })
+            let ids = self.row_ids(&all, t);
+            Ok(Prepared { x, layouts: vec![SeqLayout { len: t, shared_prefix: Some((p, c)) }], rows, targets, chosen: c, tapes, ids })
         } else {
             let a: Vec<u32> = prompt_ids.iter().chain(&chosen).copied().collect();
             let bq: Vec<u32> = prompt_ids.iter().chain(&rejected).copied().collect();
@@ -71,8 +74,22 @@ impl CudaLearner {
             let (ta, tb) = (xa.n_rows(), xb.n_rows());
             let x = self.decoder().backend().concat_rows(&[&xa, &xb])?;
             let rows: Vec<u32> = (ta - c - 1..ta - 1).chain(ta + tb - r - 1..ta + tb - 1).map(|i| i as u32).collect();
-            Ok(Prepared { x, layouts: vec![SeqLayout::plain(ta), SeqLayout::plain(tb)], rows, targets, chosen: c, tapes })
+            let ids = [self.row_ids(&a, ta), self.row_ids(&bq, tb)].concat();
+            Ok(Prepared { x, layouts: vec![SeqLayout::plain(ta), SeqLayout::plain(tb)], rows, targets, chosen: c, tapes, ids })
         }
+    }
+
+    /// The rows each image token of `ids` became in a sequence of `t` rows (all images alike).
+    fn rows_per_image(&self, ids: &[u32], t: usize) -> usize {
+        let n_img = ids.iter().filter(|&&i| i == self.pipe.model.cfg.image_token_index).count();
+        (t - (ids.len() - n_img)).checked_div(n_img).unwrap_or(0)
+    }
+
+    /// The token id of every row of a sequence of `t` rows embedded from `ids` (`u32::MAX` at the
+    /// image rows).
+    fn row_ids(&self, ids: &[u32], t: usize) -> Vec<u32> {
+        let (image_token, per_image) = (self.pipe.model.cfg.image_token_index, self.rows_per_image(ids, t));
+        ids.iter().flat_map(|&i| if i == image_token { vec![u32::MAX; per_image] } else { vec![i] }).collect()
     }
 
     /// Per-token log-probs of the response rows of h, and what their backward needs.
@@ -127,7 +144,7 @@ impl CudaLearner {
         self.begin_example(weight, dropout_seed)?;
         let be = self.decoder().backend().clone();
         be.range_push("dpo pair");
-        let Prepared { x, layouts, rows, targets, chosen: c, tapes } = self.prepare(pair)?;
+        let Prepared { x, layouts, rows, targets, chosen: c, tapes, ids } = self.prepare(pair)?;
         let t = x.rows;
         let b = self.batch(&layouts)?;
         let (h, x_last, inputs) = self.forward(x, &b, true, true)?;
@@ -141,7 +158,7 @@ impl CudaLearner {
         let mut out = self.dev.zeros::<f64>(7)?;
         let mut dlogp = self.dev.zeros::<f32>(rn)?;
         self.dev.dpo(&logp.as_view(), &spans.as_view(), &refs.as_view(), beta, alpha, &mut out.as_view_mut(), &mut dlogp.as_view_mut())?;
-        self.backprop(Scored { hs, lse, targets: td, rows, t }, &dlogp, x_last, &inputs, &b, &tapes)?;
+        self.backprop(Scored { hs, lse, targets: td, rows, t }, &dlogp, x_last, &inputs, &b, &tapes, &ids)?;
         let o = self.dev.dtoh(&out)?;
         be.range_pop();
         Ok((DpoOut { loss: o[0], d_chosen: o[1], d_rejected: o[2], chosen_reward: o[3], rejected_reward: o[4] }, t))
@@ -151,13 +168,28 @@ impl CudaLearner {
     /// back to their rows (a row scored twice, the packed pair's last prefix row, adds both),
     /// the final norm, every layer from the last (recomputed from its kept input), and the
     /// projector when it trains. Gradients are added to the step's.
-    fn backprop(&mut self, sc: Scored, dlogp: &DevBuf<f32>, x_last: CudaTensor, inputs: &[CudaTensor], b: &Batch, tapes: &[ImageTape]) -> Result<()> {
+    /// When the decoder trains in full, its weights' gradients are added too: lm_head's (the
+    /// embedding's when tied) by the log-prob backward, the final norm's, every layer's, and the
+    /// embedding's at the text rows (`ids`, one per row).
+    #[allow(clippy::too_many_arguments)]
+    fn backprop(&mut self, sc: Scored, dlogp: &DevBuf<f32>, x_last: CudaTensor, inputs: &[CudaTensor], b: &Batch, tapes: &[ImageTape], ids: &[u32]) -> Result<()> {
         let be = self.decoder().backend().clone();
+        let dev = self.dev.clone();
         let Scored { hs, lse, targets, rows, t } = sc;
         let (rn, cdim) = (hs.rows, hs.cols);
-        let w = self.decoder().lm_head_weight();
-        let mut dhs = self.dev.zeros::<f32>(rn * cdim)?;
-        self.dev.logprob_backward(&hs.data.as_view(), &w.data.as_view(), &targets.as_view(), &lse.as_view(), &dlogp.as_view(), &mut dhs.as_view_mut(), rn, cdim, w.rows, false)?;
+        let n_layers = inputs.len();
+        let tied = self.pipe.model.cfg.text.tie_word_embeddings;
+        let w = self.pipe.model.decoder.lm_head_weight();
+        let mut dhs = dev.zeros::<f32>(rn * cdim)?;
+        {
+            let (hv, wv, tv, lv, gv) = (hs.data.as_view(), w.data.as_view(), targets.as_view(), lse.as_view(), dlogp.as_view());
+            // lm_head is the last weight when untied, else the embedding (weight 0).
+            let head = if tied { 0 } else { layer_param(n_layers) + 1 };
+            match grad_of(&mut self.full, head) {
+                Some(mut dw) => dev.logprob_backward_dw(&hv, &wv, &tv, &lv, &gv, &mut dhs.as_view_mut(), &mut dw, rn, cdim, w.rows)?,
+                None => dev.logprob_backward(&hv, &wv, &tv, &lv, &gv, &mut dhs.as_view_mut(), rn, cdim, w.rows, false)?,
+            }
+        }
         let dhs16 = CudaTensor { data: self.dev.cast_f32_to_bf16(&dhs)?, rows: rn, cols: cdim };
         drop((hs, dhs));
         let mut dh = be.zeros(t, cdim)?;
@@ -174,15 +206,19 @@ impl CudaLearner {
         }
         // SAFETY: rmsnorm_backward writes every element of dx.
         let mut dx = CudaTensor { data: unsafe { self.dev.alloc_uninit::<u16>(t * cdim) }?, rows: t, cols: cdim };
-        let fnorm = self.decoder().final_norm();
-        self.dev.rmsnorm_backward(&x_last.data.as_view(), &fnorm.weight.as_view(), &dh.data.as_view(), fnorm.eps, &mut dx.data.as_view_mut())?;
+        let fnorm = self.pipe.model.decoder.final_norm();
+        dev.rmsnorm_backward(&x_last.data.as_view(), &fnorm.weight.as_view(), &dh.data.as_view(), fnorm.eps, &mut dx.data.as_view_mut(), grad_of(&mut self.full, layer_param(n_layers)).as_mut())?;
         drop((x_last, dh));
         for li in (0..inputs.len()).rev() {
             be.range_push(&format!("train layer {li} backward"));
             self.layer_bwd(li, &inputs[li], b, &mut dx)?;
             be.range_pop();
         }
-        // dx is now d(input embeddings): into the projector when it trains.
+        // dx is now d(input embeddings): into the embedding at the text rows and the projector,
+        // when they train.
+        if let Some(mut dw) = grad_of(&mut self.full, 0) {
+            dev.embedding_backward(&dx.data.as_view(), ids, &mut dw, cdim)?;
+        }
         for tape in tapes {
             self.projector_bwd(tape, &dx)?;
         }
@@ -203,7 +239,7 @@ impl CudaLearner {
         let (x, tapes) = self.embed(&ids, images, 0)?;
         let t = x.rows;
         // Rows after <image> expansion (each image token became its feature rows).
-        let per_image = (t - (ids.len() - n_img)).checked_div(n_img).unwrap_or(0);
+        let per_image = self.rows_per_image(&ids, t);
         let (mut rows, mut targets) = (Vec::new(), Vec::new());
         let mut pos = 0usize;
         for (&tok, &is_answer) in ids.iter().zip(&mask) {
@@ -224,7 +260,8 @@ impl CudaLearner {
         let n = rows.len() as f64;
         let loss = -self.dev.dtoh(&logp)?.iter().map(|&v| v as f64).sum::<f64>() / n;
         let dlogp = self.dev.htod(&vec![(-1.0 / n) as f32; rows.len()])?;
-        self.backprop(Scored { hs, lse, targets: td, rows, t }, &dlogp, x_last, &inputs, &b, &tapes)?;
+        let row_ids = self.row_ids(&ids, t);
+        self.backprop(Scored { hs, lse, targets: td, rows, t }, &dlogp, x_last, &inputs, &b, &tapes, &row_ids)?;
         Ok((loss, t))
     }
 }

@@ -2,6 +2,7 @@
 //! by the other files of `train::cuda`.
 
 use crate::backend::cuda::DevBuf;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 
@@ -10,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::generate::Pipeline;
 use crate::model::decoder::Decoder;
 use crate::optim::AdamWConfig;
+use crate::train::full::TrainParts;
 
 /// One adapted projection: where its A [r, K] and B [N, r] live in the flat parameter buffers.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +59,40 @@ pub(super) struct DeviceProjector {
     pub(super) step: u64,
 }
 
+/// The language model trained in full (`--train decoder`) on the device: every weight's f32
+/// master, gradient and AdamW moments, weight after weight in `Decoder::params_mut` order
+/// (`embed_tokens`, per layer the input norm, the 7 projections, the post-attention norm, the
+/// final norm, lm_head unless tied), as [`DeviceLoras`] and [`DeviceProjector`] keep theirs.
+pub(super) struct DeviceDecoder {
+    /// (name relative to the language model, elements, offset) of every weight.
+    pub(super) params: Vec<(String, usize, usize)>,
+    pub(super) p: DevBuf<f32>,
+    pub(super) g: DevBuf<f32>,
+    pub(super) m: DevBuf<f32>,
+    pub(super) v: DevBuf<f32>,
+    pub(super) step: u64,
+}
+
+/// The index in [`DeviceDecoder::params`] of a layer's weights: its input norm (+ 1 + p: its
+/// projection p, [`PROJECTIONS`](crate::model::decoder::PROJECTIONS) order; + 8: its
+/// post-attention norm).
+pub(super) fn layer_param(li: usize) -> usize {
+    1 + 9 * li
+}
+
+impl DeviceDecoder {
+    /// Weight i's gradient.
+    pub(super) fn grad(&mut self, i: usize) -> cudarc::driver::CudaViewMut<'_, f32> {
+        let (_, len, off) = self.params[i];
+        self.g.slice_mut(off..off + len)
+    }
+}
+
+/// Weight i's gradient when the decoder trains in full.
+pub(super) fn grad_of(full: &mut Option<DeviceDecoder>, i: usize) -> Option<cudarc::driver::CudaViewMut<'_, f32>> {
+    full.as_mut().map(|f| f.grad(i))
+}
+
 /// The GPU [`Learner`](crate::train::run_loop::Learner): a frozen bf16 model and the adapters' training state on one device.
 pub struct CudaLearner {
     pub pipe: Pipeline<Cuda>,
@@ -73,6 +109,13 @@ pub struct CudaLearner {
     pub(super) dropout_seed: Option<u64>,
     pub(super) inv_freq: DevBuf<f32>,
     pub(super) neg_inv_freq: DevBuf<f32>,
+    /// `--train decoder`: the language model's training state.
+    pub(super) full: Option<DeviceDecoder>,
+    /// `--train`: the parts that train in full, the base checkpoint (the model directories it
+    /// writes take every other tensor from it) and the shard size of those directories.
+    pub(super) parts: Option<TrainParts>,
+    pub(super) base: Option<PathBuf>,
+    pub(super) shard_bytes: u64,
 }
 
 impl CudaLearner {
@@ -87,8 +130,8 @@ impl CudaLearner {
     /// Something trains: adapters, the projector, or both (projector only: LLaVA's alignment
     /// stage, `--lora-r 0 --projector-lr LR`).
     pub(super) fn check_trainable(&self) -> Result<()> {
-        if self.loras.is_none() && self.projector.is_none() {
-            return Err(Error::Input("nothing to train: no adapters attached and the projector does not train".into()));
+        if self.loras.is_none() && self.projector.is_none() && self.full.is_none() {
+            return Err(Error::Input("nothing to train: no adapters attached, and neither the projector nor the decoder trains".into()));
         }
         Ok(())
     }

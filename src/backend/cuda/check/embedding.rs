@@ -1,5 +1,5 @@
 //! The embedding check (kernels/embedding.cu): token rows and image feature rows gathered into
-//! one output, with the out-of-range flag.
+//! one output, with the out-of-range flag; and `embedding_backward` (the table's gradient).
 
 use super::io::{download_bf16, download_u32, poisoned, upload, Inputs};
 use super::metric::{Case, Expected, GUARD, POISON_BF16, POISON_U32};
@@ -49,6 +49,34 @@ pub(super) fn embedding_case(v: usize, c: usize, t: usize, span: usize, k: usize
                 Some(&mut doob.slice_mut(GUARD..GUARD + 1)),
             )?;
             Ok(vec![download_bf16(dev, &dout, off, t * c)?, download_u32(dev, &doob, GUARD, 1)?])
+        }),
+    }
+}
+
+/// `embedding_backward`: dw [V, C] (f32, accumulated onto an earlier gradient) += the rows of dx
+/// [T, C] at their token ids; ids repeat (several rows into one table row) and some are >= V
+/// (image rows: skipped).
+pub(super) fn embedding_backward_case(v: usize, c: usize, t: usize, off: usize, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let dx = rng.bf16s(t * c, 1.0 / 64.0, 2.0);
+    let ids: Vec<u32> = (0..t).map(|i| if i % 5 == 3 { u32::MAX } else { rng.below(v.min(1 + t / 3)) as u32 }).collect();
+    let dw0: Vec<f32> = super::io::widen(&rng.bf16s(v * c, 1.0 / 64.0, 1.0));
+    let dxf = super::io::widen(&dx);
+    let mut reference: Vec<f64> = dw0.iter().map(|&a| a as f64).collect();
+    for (r, &id) in ids.iter().enumerate() {
+        if (id as usize) < v {
+            (0..c).for_each(|i| reference[id as usize * c + i] += dxf[r * c + i] as f64);
+        }
+    }
+    let mut cpu_dw = dw0.clone();
+    cpu::embedding_backward(&dxf, &ids, c, &mut cpu_dw, 1.0);
+    Case {
+        expect: vec![Expected::CloseF32 { name: "dw", reference, cpu: cpu_dw }],
+        device: Box::new(move |dev| {
+            let ddx = upload(dev, &dx, off, POISON_BF16)?;
+            let mut dw = upload(dev, &dw0, off, f32::from_bits(POISON_U32))?;
+            dev.embedding_backward(&ddx.slice(off..off + t * c), &ids, &mut dw.slice_mut(off..off + v * c), c)?;
+            Ok(vec![super::io::download_f32(dev, &dw, off, v * c)?])
         }),
     }
 }

@@ -90,9 +90,9 @@ use attention::{attention_case, attention_shapes, attention_split_shapes};
 use attention_train::{attention_hopper_shapes, attention_train_case, attention_train_case_with, attention_train_shapes};
 use copy::{add_case, cast_bf16_to_f32_case, cast_f32_to_bf16_case, concat_cols_case, scatter_rows_case};
 use dpo::dpo_case;
-use embedding::embedding_case;
+use embedding::{embedding_backward_case, embedding_case};
 use io::{shape1, shape2, sized};
-use logprob::{logprob_case, logprob_shapes};
+use logprob::{logprob_case, logprob_dw_case, logprob_shapes};
 use lora::{dropout_case, lora_case, lora_dropout_case, LORA_SHAPES, LORA_SHAPES_EMU};
 use matmul::{matmul_case, matmul_nn_case, matmul_tn_case, MATMUL_SHAPES, MATMUL_SHAPES_EMU};
 use metric::{evaluate, Case, Corruption, Expected, Output, MEAN_RULE_MIN};
@@ -293,6 +293,9 @@ pub fn checks() -> Vec<Check> {
     for g in logprob_shapes() {
         add("logprob", "logprob_fwd_bwd", g.shape(), Box::new(move |s| logprob_case(&g, s)));
     }
+    for &(t, c, v, chunk, off) in &[(5, 64, 300, 128, 8), (3, 33, 17, 5, 1)] {
+        add("logprob", "logprob_backward_dw", format!("T={t} C={c} V={v} chunk {chunk} at +{off}: lm_head dw"), Box::new(move |s| logprob_dw_case(t, c, v, chunk, off, s)));
+    }
 
     // Row moves and the broadcast add: exact (copies; one f32 add of two bf16 values, rounded once).
     for &(n, r, w, off) in sized(&[(1, 2 * 4096, 1024, 8), (64, 64 * 64, 1024, 8), (5, 9, 33, 8), (7, 20, 96, 3)], &[(1, 2 * 4096, 256, 8), (64, 16 * 64, 1024, 8), (5, 9, 33, 8), (7, 20, 96, 3)]) {
@@ -305,9 +308,12 @@ pub fn checks() -> Vec<Check> {
         add("add", "add", format!("[{rows}, {c}] += [{period}, {c}] at +{off}"), Box::new(move |s| add_case(rows, period, c, off, s)));
     }
 
-    // Backward kernels of training (LoRA: no weight gradients for the frozen norms).
+    // Backward kernels of training (the norm weight's dw for full-parameter training).
     for &(t, c, off) in &[(1, 4096, 8), (7, 4096, 8), (5, 33, 3)] {
-        add("rmsnorm", "rmsnorm_backward", shape2(t, c, off, "eps 1e-5"), Box::new(move |s| rmsnorm_backward_case(t, c, 1e-5, off, s)));
+        add("rmsnorm", "rmsnorm_backward", shape2(t, c, off, "eps 1e-5, dx and dw"), Box::new(move |s| rmsnorm_backward_case(t, c, 1e-5, off, s)));
+    }
+    for &(v, c, t, off) in &[(100, 64, 12, 8), (17, 33, 9, 1)] {
+        add("embedding", "embedding_backward", format!("V={v} C={c} T={t} at +{off}, repeated ids, image rows skipped"), Box::new(move |s| embedding_backward_case(v, c, t, off, s)));
     }
     for &(t, p0) in sized(&[(17usize, 1000u32), (300, 0)], &[(17, 1000), (65, 0)]) {
         let shape = format!("T={t} H=32 Hkv=8 D=128 pos {p0}.. theta 1e6");

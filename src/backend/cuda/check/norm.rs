@@ -1,10 +1,10 @@
 //! The norm checks: `rmsnorm`, `rmsnorm_residual` (kernels/rmsnorm.cu), `layernorm`
-//! (kernels/layernorm.cu) and `rmsnorm_backward` (kernels/rmsnorm.cu).
+//! (kernels/layernorm.cu) and `rmsnorm_backward` (kernels/rmsnorm.cu: dx, and dw += by `rmsnorm_dw`).
 
 use half::bf16;
 
-use super::io::{download_bf16, poisoned, upload, widen, Inputs};
-use super::metric::{bf16_bits, Case, Expected, POISON_BF16};
+use super::io::{download_bf16, download_f32, poisoned, upload, widen, Inputs};
+use super::metric::{bf16_bits, Case, Expected, POISON_BF16, POISON_U32};
 use crate::backend::cpu;
 use crate::rng::Rng;
 
@@ -105,17 +105,29 @@ pub(super) fn rmsnorm_backward_case(t: usize, c: usize, eps: f64, off: usize, se
     let x = norm_input(&mut rng, t, c, 0.0);
     let w = rng.bf16s(c, 0.5, 1.5);
     let dy = rng.bf16s(t * c, 1.0 / 64.0, 1.0);
+    // dw accumulates (+=) onto an earlier gradient (full-parameter training).
+    let dw0: Vec<f32> = widen(&rng.bf16s(c, 1.0 / 64.0, 1.0));
     let (xf, wf, dyf) = (widen(&x), widen(&w), widen(&dy));
     let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
-    let (reference, _) = cpu::rmsnorm_backward(&f64s(&xf), &f64s(&wf), &f64s(&dyf), eps);
-    let (cpu_dx, _) = cpu::rmsnorm_backward(&xf, &wf, &dyf, eps);
+    let (reference, ref_dw) = cpu::rmsnorm_backward(&f64s(&xf), &f64s(&wf), &f64s(&dyf), eps);
+    let (cpu_dx, cpu_dw) = cpu::rmsnorm_backward(&xf, &wf, &dyf, eps);
+    let ref_dw: Vec<f64> = ref_dw.iter().zip(&dw0).map(|(a, &b)| a + b as f64).collect();
+    let cpu_dw: Vec<f32> = cpu_dw.iter().zip(&dw0).map(|(a, b)| a + b).collect();
     Case {
-        expect: vec![Expected::Close { name: "dx", reference, cpu: cpu_dx }],
+        expect: vec![Expected::Close { name: "dx", reference, cpu: cpu_dx }, Expected::CloseF32 { name: "dw", reference: ref_dw, cpu: cpu_dw }],
         device: Box::new(move |dev| {
             let (dxx, dw, ddy) = (upload(dev, &x, off, POISON_BF16)?, upload(dev, &w, off, POISON_BF16)?, upload(dev, &dy, off, POISON_BF16)?);
             let mut ddx = poisoned(dev, t * c, off, POISON_BF16)?;
-            dev.rmsnorm_backward(&dxx.slice(off..off + t * c), &dw.slice(off..off + c), &ddy.slice(off..off + t * c), eps as f32, &mut ddx.slice_mut(off..off + t * c))?;
-            Ok(vec![download_bf16(dev, &ddx, off, t * c)?])
+            let mut gw = upload(dev, &dw0, off, f32::from_bits(POISON_U32))?;
+            dev.rmsnorm_backward(
+                &dxx.slice(off..off + t * c),
+                &dw.slice(off..off + c),
+                &ddy.slice(off..off + t * c),
+                eps as f32,
+                &mut ddx.slice_mut(off..off + t * c),
+                Some(&mut gw.slice_mut(off..off + c)),
+            )?;
+            Ok(vec![download_bf16(dev, &ddx, off, t * c)?, download_f32(dev, &gw, off, c)?])
         }),
     }
 }
