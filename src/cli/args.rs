@@ -160,8 +160,9 @@ pub struct DemoArgs {
 #[derive(Args)]
 pub struct RunArgs {
     /// stic.toml (see README "STIC"; paths in it are relative to its folder; `method = "csr"` runs
-    /// CSR's iterations, `method = "world"` STIC on the synthetic world). Without it: STIC on the
-    /// synthetic world from the bundled world model (examples/world.toml).
+    /// CSR's iterations, `method = "world"` STIC on the synthetic world, or CSR there with a
+    /// `[csr]` section: examples/world-csr.toml). Without it: STIC on the synthetic world from the
+    /// bundled world model (examples/world.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Without --config: the plumbing demo instead (examples/demo.toml: every STIC stage on the
@@ -169,7 +170,8 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "config")]
     pub demo: bool,
     /// A world run (`method = "world"`, the default): this seed instead of the config's (STIC's
-    /// sampling, corruptions and data order; one run per seed for the spread).
+    /// sampling, corruptions and data order, or CSR's DPO order and dropout; one run per seed for
+    /// the spread).
     #[arg(long)]
     pub seed: Option<u64>,
     /// A world run: this output folder instead of the config's.
