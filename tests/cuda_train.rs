@@ -439,16 +439,17 @@ fn tiny64_with_weights(tag: &str, seed: u64) -> std::path::PathBuf {
     with_weights(tiny64_of("llava15_tiny", tag), seed, false)
 }
 
-/// [`tiny64_with_weights`] whose vision tower also has head dim 64 ([`tiny64_vision`]), its
+/// [`tiny64_with_weights`] whose vision tower also has head dim 64 ([`tiny64_vision_of`]), its
 /// trained tensors (up to the feature layer) drawn from `seed` too.
 fn tiny64_vision_with_weights(tag: &str, seed: u64) -> std::path::PathBuf {
-    with_weights(tiny64_vision(tag), seed, true)
+    with_weights(tiny64_vision_of("llava15_tiny", tag), seed, true)
 }
 
-/// The tiny LLaVA-1.5 with head dim 64 in the decoder and the vision tower (hidden 128, 2 heads,
-/// MLP 256: the attention backward takes head dims 64 and 128), for `--train vision` on the GPU.
-fn tiny64_vision(tag: &str) -> std::path::PathBuf {
-    let dir = tiny64_of("llava15_tiny", tag);
+/// The tiny fixture `rel` with head dim 64 in the decoder and the vision tower (hidden 128, 2
+/// heads, MLP 256: the attention backward takes head dims 64 and 128), for `--train vision` on
+/// the GPU.
+fn tiny64_vision_of(rel: &str, tag: &str) -> std::path::PathBuf {
+    let dir = tiny64_of(rel, tag);
     edit_config(&dir, |c| {
         let v = &mut c["vision_config"];
         v["hidden_size"] = 128.into();
@@ -562,11 +563,16 @@ fn train_full_cuda_matches_cpu_and_resumes_bit_identically() {
 
 /// `--train decoder,projector,vision`: one SFT example's gradients of every trained tensor (the
 /// vision tower's up to the feature layer included) against the CPU learner's, each within 5e-2
-/// relative L2 (docs/TOLERANCES.md).
+/// relative L2 (docs/TOLERANCES.md); LLaVA-1.5 and LLaVA-NeXT (AnyRes tiles, the row map).
 #[test]
 fn vision_step_gradients_cuda_match_cpu() {
+    vision_step_case("llava15_tiny", "cuda-vision-step");
+    vision_step_case("llava_next_tiny", "cuda-vision-step-next");
+}
+
+fn vision_step_case(rel: &str, tag: &str) {
     let Some(be) = cuda(Cuda::new) else { return };
-    let dir = tiny64_vision("cuda-vision-step");
+    let dir = tiny64_vision_of(rel, tag);
     let mut cpu = Pipeline::load_with(&dir, Some(19), None).unwrap();
     cpu.model.train_vision().unwrap();
     let images = vec![load_image(&fixtures().join("images/wide.jpg")).unwrap()];
@@ -589,12 +595,12 @@ fn vision_step_gradients_cuda_match_cpu() {
     errs.sort_by(|a, b| b.0.total_cmp(&a.0));
     println!("vision sft: worst vision tensors {:?}", &errs[..3.min(errs.len())]);
     let wv = compare_grads("vision sft tower", &gpu_vision, &cpu_vision);
-    println!("vision step: sft loss gpu {loss_gpu:.6} cpu {loss_cpu:.6}, worst rel-L2 decoder/projector {worst:.3e}, vision {wv:.3e}");
+    println!("{rel} vision step: sft loss gpu {loss_gpu:.6} cpu {loss_cpu:.6}, worst rel-L2 decoder/projector {worst:.3e}, vision {wv:.3e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `train-sft --train decoder,projector,vision` on the GPU: the step losses and gradients as the
-/// CPU's, the trained weights (the tower's under its checkpoint names) close to the CPU's, and a
+/// `train-dpo` and `train-sft --train decoder,projector,vision` on the GPU: the step losses and
+/// gradients as the CPU's, the trained weights (the tower's under its checkpoint names) close to the CPU's, and a
 /// resumed run bit-identical (emulated device).
 #[test]
 fn train_vision_cuda_matches_cpu_and_resumes_bit_identically() {
@@ -604,6 +610,8 @@ fn train_vision_cuda_matches_cpu_and_resumes_bit_identically() {
     let model = tiny64_vision_with_weights("cuda-vision-cli", 23);
     let parts = "decoder,projector,vision";
     let steps = ["--max-steps", "2", "--max-grad-norm", "1e30"];
+    let (cpu, gpu) = (train_parts("train-dpo", &model, parts, "cpu", "vdpo", &steps), train_parts("train-dpo", &model, parts, "cuda", "vdpo", &steps));
+    compare_outputs(&cpu, &gpu, None, "train-dpo --train decoder,projector,vision");
     let (cpu, gpu) = (train_parts("train-sft", &model, parts, "cpu", "vrun", &steps), train_parts("train-sft", &model, parts, "cuda", "vrun", &steps));
     compare_outputs(&cpu, &gpu, None, "train-sft --train decoder,projector,vision");
     // The tower's update (final - base) over its trained tensors, as the full run's rule.

@@ -1,4 +1,4 @@
-//! The vision tower trained in full on the device (`--train vision`, LLaVA-1.5-style towers):
+//! The vision tower trained in full on the device (`--train vision`; LLaVA-1.5 and LLaVA-NeXT):
 //! its weights up to the feature layer (patch embedding, class and position embeddings,
 //! pre_layrnorm, each encoder layer's norms, q/k/v/out and fc1/fc2 with their biases) as f32
 //! masters, gradients and AdamW moments in one flat buffer set ([`DeviceDecoder`]'s), the bf16
