@@ -38,6 +38,22 @@ fn decoder_params(cfg: &TextConfig, n_layers: usize) -> Vec<(String, usize)> {
     out
 }
 
+/// Refuses `--train part` when the f32 masters, gradients and AdamW moments of `len` weights (16
+/// bytes each) do not fit the device's free memory.
+pub(super) fn check_fits(part: &str, len: usize) -> Result<()> {
+    let need = 16 * len as u64;
+    if let Ok((free, _)) = cudarc::driver::result::mem_get_info() {
+        if need > free as u64 {
+            return Err(Error::Input(format!(
+                "--train {part} on --device cuda: the f32 masters, gradients and AdamW moments of {len} weights need {:.2} GiB, but the device has {:.2} GiB free",
+                need as f64 / (1u64 << 30) as f64,
+                free as f64 / (1u64 << 30) as f64
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// One fused AdamW step over the flat buffers `f` (HF's decay grouping on `{prefix}.{name}`), the
 /// gradients zeroed.
 fn adamw_step(dev: &crate::backend::cuda::CudaDevice, f: &mut DeviceDecoder, cfg: &crate::optim::AdamWConfig, lr: f32, gscale: f32, prefix: &str) -> Result<()> {
@@ -74,16 +90,7 @@ impl CudaLearner {
             params.push((name, n, len));
             len += n;
         }
-        let need = 16 * len as u64;
-        if let Ok((free, _)) = cudarc::driver::result::mem_get_info() {
-            if need > free as u64 {
-                return Err(Error::Input(format!(
-                    "--train decoder on --device cuda: the f32 masters, gradients and AdamW moments of {len} weights need {:.2} GiB, but the device has {:.2} GiB free",
-                    need as f64 / (1u64 << 30) as f64,
-                    free as f64 / (1u64 << 30) as f64
-                )));
-            }
-        }
+        check_fits("decoder", len)?;
         let dev = self.dev.clone();
         let mut p = dev.zeros::<f32>(len)?;
         let offs: Vec<(usize, usize)> = params.iter().map(|(_, n, o)| (*o, *n)).collect();

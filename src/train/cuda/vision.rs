@@ -145,6 +145,7 @@ impl CudaLearner {
             params.push((name, n, len));
             len += n;
         }
+        super::full::check_fits("vision", len)?;
         let dev = self.dev.clone();
         let mut p = dev.zeros::<f32>(len)?;
         for (w, (_, n, off)) in tower_weights_mut(self.pipe.model.vision_tower_mut(), depth)?.into_iter().zip(&params) {
