@@ -80,3 +80,66 @@ extern "C" __global__ void layernorm(const u16* __restrict__ x, const u16* __res
         }
     }
 }
+
+// layernorm_backward(x: u16[T, C], w: u16[C], dy: u16[T, C], dx: u16[T, C], C: u32, eps: f32,
+//                    stats_out: f32[2T] or null)
+//   mean, inv as layernorm (two passes);  xh = (x - mean) * inv;  g = w * dy
+//   dx = bf16(inv * (g - sum(g) / C - xh * sum(g * xh) / C))
+// stats_out (or null): each row's (mean, inv) at [2t], [2t + 1], for layernorm_dwdb (the norm's
+// weight and bias gradients when it trains in full).
+// Reference: cpu::layernorm_backward (its dx). One block per row, as layernorm; scalar loads; the
+// sums reduced in f32 (block_sum). dx must not overlap x, w or dy.
+extern "C" __global__ void layernorm_backward(const u16* __restrict__ x, const u16* __restrict__ w,
+                                              const u16* __restrict__ dy, u16* __restrict__ dx,
+                                              u32 C, float eps, float* __restrict__ stats_out) {
+    const u64 row = (u64)blockIdx.x * C;
+    const u16* xr = x + row;
+    const u16* dyr = dy + row;
+    float s = 0.0f;
+    for (u32 i = threadIdx.x; i < C; i += blockDim.x) s += bf16_bits_to_f32(xr[i]);
+    const float mean = block_sum(s) / (float)C;
+    float ss = 0.0f;
+    for (u32 i = threadIdx.x; i < C; i += blockDim.x) {
+        const float d = bf16_bits_to_f32(xr[i]) - mean;
+        ss += d * d;
+    }
+    const float inv = 1.0f / sqrtf(block_sum(ss) / (float)C + eps);
+    float sg = 0.0f, sgx = 0.0f;
+    for (u32 i = threadIdx.x; i < C; i += blockDim.x) {
+        const float g = bf16_bits_to_f32(w[i]) * bf16_bits_to_f32(dyr[i]);
+        sg += g;
+        sgx += g * (bf16_bits_to_f32(xr[i]) - mean) * inv;
+    }
+    const float mg = block_sum(sg) / (float)C;
+    const float mgx = block_sum(sgx) / (float)C;
+    if (stats_out != nullptr && threadIdx.x == 0) {
+        stats_out[2u * blockIdx.x] = mean;
+        stats_out[2u * blockIdx.x + 1u] = inv;
+    }
+    for (u32 i = threadIdx.x; i < C; i += blockDim.x) {
+        const float xh = (bf16_bits_to_f32(xr[i]) - mean) * inv;
+        const float g = bf16_bits_to_f32(w[i]) * bf16_bits_to_f32(dyr[i]);
+        dx[row + i] = f32_to_bf16_bits_rne(inv * (g - mg - xh * mgx));
+    }
+}
+
+// layernorm_dwdb(x: u16[T, C], dy: u16[T, C], stats: f32[2T], dw: f32[C], db: f32[C], T: u32, C: u32)
+//   dw[c] += sum_t dy[t, c] * (x[t, c] - mean[t]) * inv[t];   db[c] += sum_t dy[t, c]
+// (stats: layernorm_backward's stats_out). One thread per column, the rows summed in order in f32
+// (no atomics: the same bits on every run). Reference: cpu::layernorm_backward (its dw, db).
+// dw and db must not overlap the inputs or each other.
+extern "C" __global__ void layernorm_dwdb(const u16* __restrict__ x, const u16* __restrict__ dy,
+                                          const float* __restrict__ stats, float* __restrict__ dw,
+                                          float* __restrict__ db, u32 T, u32 C) {
+    const u32 c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float aw = 0.0f, ab = 0.0f;
+    for (u32 t = 0; t < T; ++t) {
+        const u64 i = (u64)t * C + c;
+        const float d = bf16_bits_to_f32(dy[i]);
+        aw += d * (bf16_bits_to_f32(x[i]) - stats[2u * t]) * stats[2u * t + 1u];
+        ab += d;
+    }
+    dw[c] += aw;
+    db[c] += ab;
+}

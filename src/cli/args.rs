@@ -379,8 +379,7 @@ pub struct TrainCommon {
     pub lora_r: Option<usize>,
     /// Train these parts in full instead of LoRA adapters, comma-separated: decoder (every weight
     /// of the language model), projector (alone: LLaVA's stage-1 alignment), vision (the CLIP
-    /// tower up to the feature layer, at --lr; CPU learner only: decoder and projector also run
-    /// on --device cuda).
+    /// tower up to the feature layer, at --lr; on --device cuda for vision head dims 64 and 128).
     /// OUT is then a complete HF model directory (and OUT/checkpoint one plus the optimiser).
     #[arg(long, value_parser = parse_train_parts)]
     pub train: Option<stic::train::full::TrainParts>,

@@ -16,14 +16,14 @@ use crate::weights::WeightSource;
 
 /// One CLIP encoder layer (`CLIPEncoderLayer`), shared by the vision and text towers.
 pub(crate) struct ClipLayer<B: Backend> {
-    ln1: B::LayerNorm,
-    q: B::Linear,
-    k: B::Linear,
-    v: B::Linear,
-    o: B::Linear,
-    ln2: B::LayerNorm,
-    fc1: B::Linear,
-    fc2: B::Linear,
+    pub(crate) ln1: B::LayerNorm,
+    pub(crate) q: B::Linear,
+    pub(crate) k: B::Linear,
+    pub(crate) v: B::Linear,
+    pub(crate) o: B::Linear,
+    pub(crate) ln2: B::LayerNorm,
+    pub(crate) fc1: B::Linear,
+    pub(crate) fc2: B::Linear,
 }
 
 impl<B: Backend> ClipLayer<B> {
@@ -58,11 +58,11 @@ impl<B: Backend> ClipLayer<B> {
 pub struct ClipVision<B: Backend = Cpu> {
     cfg: VisionConfig,
     be: B,
-    patch: B::Linear,                // the conv as a product: [C, 3*P*P], no bias
-    class_embedding: B::Tensor,      // [1, C]
-    position_embedding: B::Tensor,   // [G*G + 1, C]
-    pre_ln: B::LayerNorm,
-    layers: Vec<ClipLayer<B>>,
+    pub(crate) patch: B::Linear,              // the conv as a product: [C, 3*P*P], no bias
+    pub(crate) class_embedding: B::Tensor,    // [1, C]
+    pub(crate) position_embedding: B::Tensor, // [G*G + 1, C]
+    pub(crate) pre_ln: B::LayerNorm,
+    pub(crate) layers: Vec<ClipLayer<B>>,
 }
 
 impl<B: Backend> ClipVision<B> {
@@ -98,7 +98,7 @@ impl<B: Backend> ClipVision<B> {
 
     /// Embeddings [N*(G*G+1), C]: per tile the class embedding, then the patches, plus the
     /// position embeddings.
-    fn embed(&self, pixels: &Tensor) -> Result<B::Tensor> {
+    pub(crate) fn embed(&self, pixels: &Tensor) -> Result<B::Tensor> {
         let be = &self.be;
         let n = pixels.dim(0);
         let gg = self.cfg.num_patches();

@@ -159,8 +159,25 @@ impl<B: Backend> Llava<B> {
         be.concat_cols(&picked.iter().collect::<Vec<_>>())
     }
 
+    /// The vision tower (the GPU learner trains it in place: `train::cuda`).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn vision_tower(&self) -> &ClipVision<B> {
+        &self.vision
+    }
+
+    #[cfg(feature = "cuda")]
+    pub(crate) fn vision_tower_mut(&mut self) -> &mut ClipVision<B> {
+        &mut self.vision
+    }
+
+    /// The hidden-state indices the features are read from (0 = the pre-LN embeddings).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn feature_states(&self) -> &[usize] {
+        &self.feature_states
+    }
+
     /// The class rows dropped from each tile's hidden states (1 for "default", 0 for "full").
-    fn feature_skip(&self) -> usize {
+    pub(crate) fn feature_skip(&self) -> usize {
         match self.cfg.vision_feature_select_strategy {
             FeatureSelect::Default => 1,
             FeatureSelect::Full => 0,

@@ -45,9 +45,6 @@ pub fn train_on(
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(n) => {
-            if args.train.is_some_and(|p| p.vision) {
-                return Err(Error::Input("--train vision: the vision tower trains on the CPU learner only (--device cpu); on --device cuda use --train decoder,projector".into()));
-            }
             let pipe = Pipeline::load_on(&crate::backend::cuda::Cuda::new(n)?, model, random_weights, None)?;
             match job {
                 TrainJob::Dpo { prefs } => super::cuda::train_dpo(pipe, model, prefs, out, args, resume, stop_after),

@@ -70,9 +70,9 @@ pub struct CudaRmsNorm {
 }
 
 pub struct CudaLayerNorm {
-    weight: DevBuf<u16>,
-    bias: DevBuf<u16>,
-    eps: f32,
+    pub(crate) weight: DevBuf<u16>,
+    pub(crate) bias: DevBuf<u16>,
+    pub(crate) eps: f32,
 }
 
 pub struct CudaRope {

@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | `cast.rs` | `cast_bf16_to_f32(_into)`, `cast_f32_to_bf16(_into)` | `kernels/cast.cu` |
 //! | `rmsnorm.rs` | `rmsnorm`, `rmsnorm_residual`, `rmsnorm_backward` (dx; + dw by `rmsnorm_dw` when the norm trains) | `kernels/rmsnorm.cu` |
-//! | `layernorm.rs` | `layernorm` | `kernels/layernorm.cu` |
+//! | `layernorm.rs` | `layernorm`, `layernorm_backward` (dx; + dw, db by `layernorm_dwdb` when the norm trains) | `kernels/layernorm.cu` |
 //! | `rope.rs` | `rope_inv_freq`, `rope`, `rope_qk` | `kernels/rope.cu` |
 //! | `activation.rs` | `silu`, `gelu`, `quick_gelu`, `activation`, `swiglu`, `swiglu_fused` | `kernels/activation.cu` |
 //! | `embedding.rs` | `embedding`, `embedding_backward` (the table's gradient, rows grouped by id on the host) | `kernels/embedding.cu` |

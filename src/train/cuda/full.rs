@@ -12,6 +12,7 @@ use crate::backend::cuda::{AdamWTensor, DevBuf};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::model::grads::PROJ_PATHS;
+use crate::model::llava::locate_vision;
 use crate::train::full::{hf_decays, save_tensors, CheckpointNames};
 use crate::weights::WeightStore;
 
@@ -35,6 +36,32 @@ fn decoder_params(cfg: &TextConfig, n_layers: usize) -> Vec<(String, usize)> {
         out.push(("lm_head.weight".to_string(), v * c));
     }
     out
+}
+
+/// Refuses `--train part` when the f32 masters, gradients and AdamW moments of `len` weights (16
+/// bytes each) do not fit the device's free memory.
+pub(super) fn check_fits(part: &str, len: usize) -> Result<()> {
+    let need = 16 * len as u64;
+    if let Ok((free, _)) = cudarc::driver::result::mem_get_info() {
+        if need > free as u64 {
+            return Err(Error::Input(format!(
+                "--train {part} on --device cuda: the f32 masters, gradients and AdamW moments of {len} weights need {:.2} GiB, but the device has {:.2} GiB free",
+                need as f64 / (1u64 << 30) as f64,
+                free as f64 / (1u64 << 30) as f64
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One fused AdamW step over the flat buffers `f` (HF's decay grouping on `{prefix}.{name}`), the
+/// gradients zeroed.
+fn adamw_step(dev: &crate::backend::cuda::CudaDevice, f: &mut DeviceDecoder, cfg: &crate::optim::AdamWConfig, lr: f32, gscale: f32, prefix: &str) -> Result<()> {
+    let tensors: Vec<AdamWTensor> =
+        f.params.iter().map(|(name, len, _)| AdamWTensor { len: *len, lr, weight_decay: if hf_decays(&format!("{prefix}.{name}")) { cfg.weight_decay } else { 0.0 } }).collect();
+    f.step += 1;
+    dev.adamw(&mut f.p.as_view_mut(), &f.g.as_view(), &mut f.m.as_view_mut(), &mut f.v.as_view_mut(), &tensors, cfg, f.step, gscale)?;
+    dev.stream().memset_zeros(&mut f.g).map_err(|e| crate::backend::cuda::cuda_err("memset_zeros", "full-parameter gradients", e))
 }
 
 impl CudaLearner {
@@ -63,16 +90,7 @@ impl CudaLearner {
             params.push((name, n, len));
             len += n;
         }
-        let need = 16 * len as u64;
-        if let Ok((free, _)) = cudarc::driver::result::mem_get_info() {
-            if need > free as u64 {
-                return Err(Error::Input(format!(
-                    "--train decoder on --device cuda: the f32 masters, gradients and AdamW moments of {len} weights need {:.2} GiB, but the device has {:.2} GiB free",
-                    need as f64 / (1u64 << 30) as f64,
-                    free as f64 / (1u64 << 30) as f64
-                )));
-            }
-        }
+        check_fits("decoder", len)?;
         let dev = self.dev.clone();
         let mut p = dev.zeros::<f32>(len)?;
         let offs: Vec<(usize, usize)> = params.iter().map(|(_, n, o)| (*o, *n)).collect();
@@ -101,18 +119,19 @@ impl CudaLearner {
     /// One AdamW step of the decoder at `lr` with HF's decay grouping (`hf_decays`), then the bf16
     /// weights refreshed and the gradients zeroed.
     pub(super) fn step_decoder(&mut self, lr: f32, gscale: f32) -> Result<()> {
-        let cfg = self.cfg;
-        let dev = self.dev.clone();
-        let Some(f) = self.full.as_mut() else { return Ok(()) };
-        let tensors: Vec<AdamWTensor> = f
-            .params
-            .iter()
-            .map(|(name, len, _)| AdamWTensor { len: *len, lr, weight_decay: if hf_decays(&format!("model.language_model.{name}")) { cfg.weight_decay } else { 0.0 } })
-            .collect();
-        f.step += 1;
-        dev.adamw(&mut f.p.as_view_mut(), &f.g.as_view(), &mut f.m.as_view_mut(), &mut f.v.as_view_mut(), &tensors, &cfg, f.step, gscale)?;
-        dev.stream().memset_zeros(&mut f.g).map_err(|e| crate::backend::cuda::cuda_err("memset_zeros", "decoder gradients", e))?;
+        if let Some(f) = self.full.as_mut() {
+            adamw_step(&self.dev, f, &self.cfg, lr, gscale, "model.language_model")?;
+        }
         self.refresh_decoder()
+    }
+
+    /// One AdamW step of the vision tower (`--train vision`) at `lr`, as the CPU learner's (HF's
+    /// decay grouping on the LLaVA names), then its bf16 weights refreshed.
+    pub(super) fn step_tower(&mut self, lr: f32, gscale: f32) -> Result<()> {
+        if let Some(t) = self.tower.as_mut() {
+            adamw_step(&self.dev, t, &self.cfg, lr, gscale, "model.vision_tower.vision_model")?;
+        }
+        self.refresh_tower()
     }
 
     /// The accumulated decoder gradients by weight name (`DecoderGrads::named`'s names; raw sums;
@@ -123,8 +142,9 @@ impl CudaLearner {
         Ok(f.params.iter().map(|(n, len, off)| (n.clone(), g[*off..off + len].to_vec())).collect())
     }
 
-    /// `--train`: the trained tensors (decoder and projector masters) by checkpoint name.
-    fn trained_host(&self, names: &CheckpointNames) -> Result<Vec<(String, Vec<f32>)>> {
+    /// `--train`: the trained tensors (decoder, projector and vision tower masters) by checkpoint
+    /// name (`tower`: the checkpoint's vision tower prefix).
+    fn trained_host(&self, names: &CheckpointNames, tower: &str) -> Result<Vec<(String, Vec<f32>)>> {
         let mut out = Vec::new();
         if let Some(f) = &self.full {
             let p = self.dev.dtoh(&f.p)?;
@@ -134,6 +154,10 @@ impl CudaLearner {
             let p = self.dev.dtoh(&pr.p)?;
             out.extend(pr.params.iter().map(|(n, shape, off)| (names.projector(n), p[*off..off + shape.iter().product::<usize>()].to_vec())));
         }
+        if let Some(t) = &self.tower {
+            let p = self.dev.dtoh(&t.p)?;
+            out.extend(t.params.iter().map(|(n, len, off)| (format!("{tower}.{n}"), p[*off..off + len].to_vec())));
+        }
         Ok(out)
     }
 
@@ -142,7 +166,8 @@ impl CudaLearner {
     pub(super) fn save_full(&mut self, dir: &Path) -> Result<()> {
         let base = self.base.clone().ok_or_else(|| Error::Input("--train on --device cuda: no base checkpoint to write the model from".into()))?;
         let ws = WeightStore::open(&base)?;
-        let host = self.trained_host(&CheckpointNames::of(&ws)?)?;
+        let tower = if self.tower.is_some() { locate_vision(&ws)? } else { "" };
+        let host = self.trained_host(&CheckpointNames::of(&ws)?, tower)?;
         let trained: HashMap<String, &[f32]> = host.iter().map(|(n, v)| (n.clone(), v.as_slice())).collect();
         save_tensors(&ws, &base, dir, trained, self.pipe.model.cfg.text.tie_word_embeddings, self.shard_bytes)
     }
@@ -177,7 +202,16 @@ impl CudaLearner {
             }
             self.dev.htod_into(&host, &mut pr.p.as_view_mut())?;
         }
+        if let Some(t) = self.tower.as_mut() {
+            let tower = locate_vision(&ws)?;
+            let mut host = vec![0f32; t.p.len()];
+            for (n, len, off) in &t.params {
+                read(format!("{tower}.{n}"), *len, &mut host[*off..off + len])?;
+            }
+            self.dev.htod_into(&host, &mut t.p.as_view_mut())?;
+        }
         self.refresh_decoder()?;
+        self.refresh_tower()?;
         self.refresh_projector()
     }
 }

@@ -28,9 +28,6 @@ impl CudaLearner {
                 return Err(Error::Input(format!("layer {li} {} has a bias: LoRA training on --device cuda supports bias-free projections only", PROJECTIONS[p])));
             }
         }
-        if args.train.is_some_and(|p| p.vision) {
-            return Err(Error::Input("--train vision: the vision tower trains on the CPU learner only (--device cpu); on --device cuda use --train decoder,projector".into()));
-        }
         let inv_freq = dev.rope_inv_freq(tc.head_dim, tc.rope_theta)?;
         let neg_inv_freq = dev.rope_inv_freq_backward(tc.head_dim, tc.rope_theta)?;
         let mut learner = CudaLearner {
@@ -45,6 +42,7 @@ impl CudaLearner {
             neg_inv_freq,
             pipe,
             full: None,
+            tower: None,
             parts: args.train,
             base: None,
             shard_bytes: args.shard_mib.max(1) << 20,
@@ -59,6 +57,9 @@ impl CudaLearner {
         }
         if args.train.is_some_and(|p| p.decoder) {
             learner.full = Some(learner.decoder_state()?);
+        }
+        if args.train.is_some_and(|p| p.vision) {
+            learner.tower = Some(learner.tower_state()?);
         }
         Ok(learner)
     }
@@ -210,6 +211,9 @@ impl Learner for CudaLearner {
         if let Some(f) = &self.full {
             put(decoder_keys(f), &f.m, &f.v, f.step)?;
         }
+        if let Some(t) = &self.tower {
+            put(tower_keys(t), &t.m, &t.v, t.step)?;
+        }
         opt.save(path)
     }
 
@@ -244,6 +248,9 @@ impl Learner for CudaLearner {
         if let Some(f) = self.full.as_mut() {
             (f.m, f.v, f.step) = take(decoder_keys(f), f.p.len())?;
         }
+        if let Some(t) = self.tower.as_mut() {
+            (t.m, t.v, t.step) = take(tower_keys(t), t.p.len())?;
+        }
         Ok(())
     }
 
@@ -256,7 +263,7 @@ impl Learner for CudaLearner {
         if let Some(pr) = &self.projector {
             sumsq += self.dev.grad_sumsq(&pr.g.as_view())?;
         }
-        if let Some(f) = &self.full {
+        for f in self.full.iter().chain(&self.tower) {
             sumsq += self.dev.grad_sumsq(&f.g.as_view())?;
         }
         Ok(self.pending_w.unwrap_or(1.0) as f64 * sumsq.sqrt())
@@ -286,7 +293,8 @@ impl Learner for CudaLearner {
             dev.stream().memset_zeros(&mut pr.g).map_err(|e| crate::backend::cuda::cuda_err("memset_zeros", "projector gradients", e))?;
             self.refresh_projector()?;
         }
-        self.step_decoder(lr, w * gscale)
+        self.step_decoder(lr, w * gscale)?;
+        self.step_tower(lr, w * gscale)
     }
 
     fn save_model(&mut self, dir: &Path) -> Result<()> {
@@ -309,6 +317,11 @@ fn projector_keys(pr: &DeviceProjector) -> Vec<(String, usize, usize)> {
 /// The decoder's AdamW state keys (`decoder.{name}`, as `TrainAdamW::step_decoder`'s).
 fn decoder_keys(f: &DeviceDecoder) -> Vec<(String, usize, usize)> {
     f.params.iter().map(|(name, len, off)| (format!("decoder.{name}"), *off, *len)).collect()
+}
+
+/// The vision tower's AdamW state keys (`vision.vision_model.{name}`, as the CPU learner's).
+fn tower_keys(t: &DeviceDecoder) -> Vec<(String, usize, usize)> {
+    t.params.iter().map(|(name, len, off)| (format!("vision.vision_model.{name}"), *off, *len)).collect()
 }
 
 /// A learner for `pipe` (loaded from `base`): with `--train`, the trained parts' f32 masters are

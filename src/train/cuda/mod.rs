@@ -61,8 +61,18 @@
 //! device, while on hardware the attention backward's dq atomics, as under LoRA, are not ordered). Checkpoints and outputs are the CPU learner's HF
 //! model directories (`train::full::save_tensors`), resumed as `load_trained` does; the AdamW
 //! state keys are `decoder.{name}`, as `TrainAdamW::step_decoder`'s. The f32 state needs 16 bytes
-//! per weight: a clear error when it does not fit the device's free memory. `--train vision` is
-//! refused here (the vision tower trains on the CPU learner).
+//! per weight: a clear error when it does not fit the device's free memory.
+//!
+//! The vision tower (`--train vision`, alone or with the others): its weights up to the feature
+//! layer train in full in a second flat buffer set of the same kind (`vision`: f32 masters,
+//! gradients, AdamW moments; the CPU learner's names, decay grouping and state keys
+//! `vision.vision_model.{name}`), the bf16 tower weights refreshed after each step. The image's
+//! forward keeps the tower's tape (patch rows, the embeddings before pre_layrnorm, each layer's
+//! input); the projector's backward goes on to d(features) (its weights' gradients only when it
+//! trains), and the tower's backward recomputes each layer and runs `layernorm_backward`,
+//! `attention_bwd` (bidirectional), `activation_backward` and the linears' dW, db, then the
+//! embeddings' gradients. Its attention backward takes head dims 64 and 128 (a clear error
+//! otherwise), and one feature layer.
 //!
 //! Not supported here (a clear error): biases on the decoder's projections (LLaMA, Vicuna and
 //! Mistral have none).
@@ -71,7 +81,8 @@
 //! decoder trained in full (state, step, model directories); `batch` a
 //! step's attention description (cu_seqlens, positions, shared-prefix pairs); `projector` the
 //! projector's training state, tapes and backward; `layer` one layer's forward and backward;
-//! `objective` the DPO and SFT examples (forward, loss, backward); `learner` new, checkpoints,
+//! `objective` the DPO and SFT examples (forward, loss, backward); `vision` the vision tower's
+//! training state, tape and backward; `learner` new, checkpoints,
 //! the [`Learner`](crate::train::run_loop::Learner) impl and the `train_dpo` / `train_sft` runs.
 
 mod batch;
@@ -81,6 +92,7 @@ mod learner;
 mod objective;
 mod projector;
 mod state;
+mod vision;
 
 pub use learner::{train_dpo, train_sft};
 pub use state::CudaLearner;

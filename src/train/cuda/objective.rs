@@ -124,9 +124,9 @@ impl CudaLearner {
         // The reference embeds images without tapes (nothing flows back) and has no adapters
         // (so no dropout).
         self.dropout_seed = None;
-        let saved = self.projector.take();
+        let (saved, tower) = (self.projector.take(), self.tower.take());
         let prepared = self.prepare(pair);
-        self.projector = saved;
+        (self.projector, self.tower) = (saved, tower);
         let Prepared { x, layouts, rows, targets, chosen: c, .. } = prepared?;
         let b = self.batch(&layouts)?;
         let (h, _, _) = self.forward(x, &b, false, false)?;

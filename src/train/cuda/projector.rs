@@ -20,6 +20,8 @@ pub(super) struct ImageTape {
     a: Option<CudaTensor>,
     /// (row of the sequence, row of the projector's output) of every projected feature row.
     map: Vec<(u32, u32)>,
+    /// The vision tower's tape when it trains.
+    tower: Option<super::vision::TowerTape>,
 }
 
 impl CudaLearner {
@@ -94,17 +96,18 @@ impl CudaLearner {
     }
 
     /// A column of `n` ones (bf16).
-    fn ones(&mut self, n: usize) -> Result<CudaView<'_, u16>> {
+    pub(super) fn ones(&mut self, n: usize) -> Result<CudaView<'_, u16>> {
         if self.ones.as_ref().is_none_or(|o| o.len() < n) {
             self.ones = Some(self.dev.htod(&vec![0x3F80u16; n.max(1)])?);
         }
         Ok(self.ones.as_ref().expect("set above").slice(0..n))
     }
 
-    /// `Pipeline::embed`, keeping each image's projector tape when the projector trains (then
-    /// `base` is the row where this sequence starts in the packed batch).
+    /// `Pipeline::embed`, keeping each image's projector tape (and the tower's) when the
+    /// projector or the vision tower trains (then `base` is the row where this sequence starts in
+    /// the packed batch).
     pub(super) fn embed(&self, ids: &[u32], images: &[crate::image::RgbImage], base: usize) -> Result<(CudaTensor, Vec<ImageTape>)> {
-        if self.projector.is_none() {
+        if self.projector.is_none() && self.tower.is_none() {
             return Ok((self.pipe.embed(ids, images)?.0, Vec::new()));
         }
         let model = &self.pipe.model;
@@ -113,7 +116,13 @@ impl CudaLearner {
         let mut tapes = Vec::new();
         for img in images {
             let px = crate::image::preprocess(img, &self.pipe.processor)?;
-            let v = model.vision_features(&px.pixel_values)?;
+            let (v, tower) = match self.tower {
+                Some(_) => {
+                    let (v, t) = self.tower_forward(&px.pixel_values)?;
+                    (v, Some(t))
+                }
+                None => (model.vision_features(&px.pixel_values)?, None),
+            };
             let (y, h, a) = match &model.projector {
                 Projector::Mlp { linear_1, act, linear_2 } => {
                     let h = be.matmul(&v, linear_1)?;
@@ -126,7 +135,7 @@ impl CudaLearner {
             let n = px.pixel_values.dim(0);
             let rows = model.feature_rows(&px, n, y.rows / n.max(1))?;
             feats.push(model.gather_features(&y, &rows)?);
-            tapes.push((v, h, a, rows));
+            tapes.push((v, h, a, rows, tower));
         }
         let x = model.embed_with_images(ids, &feats)?;
         // Image j's rows start after the tokens before its <image> and the earlier images' rows.
@@ -135,11 +144,11 @@ impl CudaLearner {
         let mut tapes = tapes.into_iter();
         for &t in ids {
             if t == model.cfg.image_token_index {
-                let (v, h, a, rows) = tapes.next().expect("embed_with_images checked the count");
+                let (v, h, a, rows, tower) = tapes.next().expect("embed_with_images checked the count");
                 let map: Vec<(u32, u32)> =
                     rows.iter().enumerate().filter_map(|(r, fr)| if let FeatureRow::Projected(i) = *fr { Some(((row + r) as u32, i as u32)) } else { None }).collect();
                 row += rows.len();
-                out.push(ImageTape { v, h, a, map });
+                out.push(ImageTape { v, h, a, map, tower });
             } else {
                 row += 1;
             }
@@ -147,7 +156,8 @@ impl CudaLearner {
         Ok((x, out))
     }
 
-    /// Add one image's projector gradients, given d(input embeddings) `dx` [T, C].
+    /// Add one image's projector gradients (when it trains), given d(input embeddings) `dx`
+    /// [T, C]; when the vision tower trains, d(features) on to its backward.
     pub(super) fn projector_bwd(&mut self, tape: &ImageTape, dx: &CudaTensor) -> Result<()> {
         let be = self.decoder().backend().clone();
         let c = dx.cols;
@@ -160,10 +170,12 @@ impl CudaLearner {
         let dev = self.dev.clone();
         self.ones(np)?;
         let ones = self.ones.as_ref().expect("made above").slice(0..np);
-        let pr = self.projector.as_mut().ok_or_else(|| Error::Input("the projector does not train".into()))?;
+        let mut pr = self.projector.as_mut();
         let linears = self.pipe.model.projector.linears();
-        // dW [N, K] += dy^T x, db [N] += dy^T 1 for the linear `prefix` with input x.
+        // dW [N, K] += dy^T x, db [N] += dy^T 1 for the linear `prefix` with input x (when the
+        // projector trains).
         let mut weight_grads = |prefix: &str, x: &CudaTensor, dy: &CudaTensor, l: &CudaLinear| -> Result<()> {
+            let Some(pr) = pr.as_mut() else { return Ok(()) };
             let off = |name: String| pr.params.iter().find(|(n, _, _)| *n == name).map(|(_, _, o)| *o).ok_or_else(|| Error::Input(format!("no projector parameter `{name}`")));
             let ow = off(format!("{prefix}weight"))?;
             dev.matmul_tn(&dy.data.as_view(), &x.data.as_view(), &mut pr.g.slice_mut(ow..ow + l.n * l.k), l.n, l.k, np, true)?;
@@ -173,19 +185,32 @@ impl CudaLearner {
             }
             Ok(())
         };
-        match (tape.h.as_ref(), tape.a.as_ref(), &self.pipe.model.projector) {
+        // dx [N*P, K] = dy W of the linear l.
+        let input_grad = |dy: &CudaTensor, l: &CudaLinear| -> Result<CudaTensor> {
+            // SAFETY (alloc below): matmul_nn writes every element of dx.
+            let mut dx = CudaTensor { data: unsafe { dev.alloc_uninit::<u16>(np * l.k) }?, rows: np, cols: l.k };
+            dev.matmul_nn(&dy.data.as_view(), &l.weight.as_view(), &mut dx.data.as_view_mut(), np, l.k, l.n, false)?;
+            Ok(dx)
+        };
+        // d(vision features) when the tower trains.
+        let dv = match (tape.h.as_ref(), tape.a.as_ref(), &self.pipe.model.projector) {
             (Some(h), Some(a), Projector::Mlp { act, .. }) => {
                 let (l1, l2) = (linears[0].1, linears[1].1);
                 weight_grads("linear_2.", a, &dy, l2)?;
                 // da = dy W2 [N*P, C], then dh = da act'(h) in place.
-                let mut da = CudaTensor { data: unsafe { dev.alloc_uninit::<u16>(np * l2.k) }?, rows: np, cols: l2.k };
-                // SAFETY (alloc above): matmul_nn writes every element of da.
-                dev.matmul_nn(&dy.data.as_view(), &l2.weight.as_view(), &mut da.data.as_view_mut(), np, l2.k, l2.n, false)?;
+                let mut da = input_grad(&dy, l2)?;
                 dev.activation_backward(act, &h.data.as_view(), &mut da.data.as_view_mut())?;
                 weight_grads("linear_1.", &tape.v, &da, l1)?;
+                tape.tower.as_ref().map(|_| input_grad(&da, l1)).transpose()?
             }
-            (_, _, Projector::Linear(l)) => weight_grads("", &tape.v, &dy, l)?,
+            (_, _, Projector::Linear(l)) => {
+                weight_grads("", &tape.v, &dy, l)?;
+                tape.tower.as_ref().map(|_| input_grad(&dy, l)).transpose()?
+            }
             _ => return Err(Error::Input("projector tape and projector kind differ".into())),
+        };
+        if let (Some(t), Some(dv)) = (tape.tower.as_ref(), dv) {
+            self.tower_bwd(t, &dv)?;
         }
         Ok(())
     }

@@ -111,6 +111,9 @@ pub struct CudaLearner {
     pub(super) neg_inv_freq: DevBuf<f32>,
     /// `--train decoder`: the language model's training state.
     pub(super) full: Option<DeviceDecoder>,
+    /// `--train vision`: the vision tower's training state (`train::cuda::vision`; the same flat
+    /// buffer set as the decoder's, its tensors named relative to the tower).
+    pub(super) tower: Option<DeviceDecoder>,
     /// `--train`: the parts that train in full, the base checkpoint (the model directories it
     /// writes take every other tensor from it) and the shard size of those directories.
     pub(super) parts: Option<TrainParts>,
@@ -130,8 +133,8 @@ impl CudaLearner {
     /// Something trains: adapters, the projector, or both (projector only: LLaVA's alignment
     /// stage, `--lora-r 0 --projector-lr LR`).
     pub(super) fn check_trainable(&self) -> Result<()> {
-        if self.loras.is_none() && self.projector.is_none() && self.full.is_none() {
-            return Err(Error::Input("nothing to train: no adapters attached, and neither the projector nor the decoder trains".into()));
+        if self.loras.is_none() && self.projector.is_none() && self.full.is_none() && self.tower.is_none() {
+            return Err(Error::Input("nothing to train: no adapters attached, and neither the projector, the decoder nor the vision tower trains".into()));
         }
         Ok(())
     }

@@ -96,7 +96,7 @@ use logprob::{logprob_case, logprob_dw_case, logprob_shapes};
 use lora::{dropout_case, lora_case, lora_dropout_case, LORA_SHAPES, LORA_SHAPES_EMU};
 use matmul::{matmul_case, matmul_nn_case, matmul_tn_case, MATMUL_SHAPES, MATMUL_SHAPES_EMU};
 use metric::{evaluate, Case, Corruption, Expected, Output, MEAN_RULE_MIN};
-use norm::{layernorm_case, rmsnorm_backward_case, rmsnorm_case, rmsnorm_residual_case};
+use norm::{layernorm_backward_case, layernorm_case, rmsnorm_backward_case, rmsnorm_case, rmsnorm_residual_case};
 use rope::{rope_case, rope_case_dir, Positions};
 use sample::{argmax_case, sample_case, SAMPLE_SHAPES};
 
@@ -311,6 +311,9 @@ pub fn checks() -> Vec<Check> {
     // Backward kernels of training (the norm weight's dw for full-parameter training).
     for &(t, c, off) in &[(1, 4096, 8), (7, 4096, 8), (5, 33, 3)] {
         add("rmsnorm", "rmsnorm_backward", shape2(t, c, off, "eps 1e-5, dx and dw"), Box::new(move |s| rmsnorm_backward_case(t, c, 1e-5, off, s)));
+    }
+    for &(t, c, off) in &[(1, 1024, 8), (7, 1024, 8), (5, 33, 3)] {
+        add("layernorm", "layernorm_backward", shape2(t, c, off, "eps 1e-5, dx, dw and db"), Box::new(move |s| layernorm_backward_case(t, c, 1e-5, off, s)));
     }
     for &(v, c, t, off) in &[(100, 64, 12, 8), (17, 33, 9, 1)] {
         add("embedding", "embedding_backward", format!("V={v} C={c} T={t} at +{off}, repeated ids, image rows skipped"), Box::new(move |s| embedding_backward_case(v, c, t, off, s)));

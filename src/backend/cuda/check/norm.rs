@@ -1,5 +1,6 @@
 //! The norm checks: `rmsnorm`, `rmsnorm_residual` (kernels/rmsnorm.cu), `layernorm`
-//! (kernels/layernorm.cu) and `rmsnorm_backward` (kernels/rmsnorm.cu: dx, and dw += by `rmsnorm_dw`).
+//! (kernels/layernorm.cu), `rmsnorm_backward` (kernels/rmsnorm.cu: dx, and dw += by `rmsnorm_dw`)
+//! and `layernorm_backward` (kernels/layernorm.cu: dx, and dw, db += by `layernorm_dwdb`).
 
 use half::bf16;
 
@@ -128,6 +129,57 @@ pub(super) fn rmsnorm_backward_case(t: usize, c: usize, eps: f64, off: usize, se
                 Some(&mut gw.slice_mut(off..off + c)),
             )?;
             Ok(vec![download_bf16(dev, &ddx, off, t * c)?, download_f32(dev, &gw, off, c)?])
+        }),
+    }
+}
+
+pub(super) fn layernorm_backward_case(t: usize, c: usize, eps: f64, off: usize, seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    // Shifted rows: a mean well away from 0, as the tower's residual stream has.
+    let x = norm_input(&mut rng, t, c, 0.75);
+    let w = rng.bf16s(c, 0.5, 1.5);
+    let dy = rng.bf16s(t * c, 1.0 / 64.0, 1.0);
+    // dw and db accumulate (+=) onto earlier gradients (the tower trained in full).
+    let dw0: Vec<f32> = widen(&rng.bf16s(c, 1.0 / 64.0, 1.0));
+    let db0: Vec<f32> = widen(&rng.bf16s(c, 1.0 / 64.0, 1.0));
+    let (xf, wf, dyf) = (widen(&x), widen(&w), widen(&dy));
+    let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+    let eps32 = eps as f32;
+    let (reference, ref_dw, ref_db) = cpu::layernorm_backward(&f64s(&xf), &f64s(&wf), &f64s(&dyf), eps32 as f64);
+    let (cpu_dx, _, cpu_db) = cpu::layernorm_backward(&xf, &wf, &dyf, eps32 as f64);
+    // The dw stand-in in the kernel's f32 arithmetic (each row's mean and inv in f32, the rows
+    // summed in order): cpu::layernorm_backward keeps f64 row statistics, far tighter than f32.
+    let stats: Vec<(f32, f32)> = xf
+        .chunks(c)
+        .map(|r| {
+            let mean = r.iter().sum::<f32>() / c as f32;
+            let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+            (mean, 1.0 / (var + eps32).sqrt())
+        })
+        .collect();
+    let cpu_dw: Vec<f32> = (0..c).map(|j| (0..t).fold(0f32, |acc, r| acc + dyf[r * c + j] * (xf[r * c + j] - stats[r].0) * stats[r].1)).collect();
+    let plus64 = |g: Vec<f64>, g0: &[f32]| -> Vec<f64> { g.iter().zip(g0).map(|(a, &b)| a + b as f64).collect() };
+    let plus32 = |g: Vec<f32>, g0: &[f32]| -> Vec<f32> { g.iter().zip(g0).map(|(a, b)| a + b).collect() };
+    Case {
+        expect: vec![
+            Expected::Close { name: "dx", reference, cpu: cpu_dx },
+            Expected::CloseF32 { name: "dw", reference: plus64(ref_dw, &dw0), cpu: plus32(cpu_dw, &dw0) },
+            Expected::CloseF32 { name: "db", reference: plus64(ref_db, &db0), cpu: plus32(cpu_db, &db0) },
+        ],
+        device: Box::new(move |dev| {
+            let (dxx, dw, ddy) = (upload(dev, &x, off, POISON_BF16)?, upload(dev, &w, off, POISON_BF16)?, upload(dev, &dy, off, POISON_BF16)?);
+            let mut ddx = poisoned(dev, t * c, off, POISON_BF16)?;
+            let mut gw = upload(dev, &dw0, off, f32::from_bits(POISON_U32))?;
+            let mut gb = upload(dev, &db0, off, f32::from_bits(POISON_U32))?;
+            dev.layernorm_backward(
+                &dxx.slice(off..off + t * c),
+                &dw.slice(off..off + c),
+                &ddy.slice(off..off + t * c),
+                eps32,
+                &mut ddx.slice_mut(off..off + t * c),
+                Some((&mut gw.slice_mut(off..off + c), &mut gb.slice_mut(off..off + c))),
+            )?;
+            Ok(vec![download_bf16(dev, &ddx, off, t * c)?, download_f32(dev, &gw, off, c)?, download_f32(dev, &gb, off, c)?])
         }),
     }
 }
